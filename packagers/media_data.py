@@ -1,0 +1,101 @@
+"""From sample tables to the bytes a muxer needs, without doing I/O.
+
+Packagers *ask* for bytes (``ReadRequest``); the gateway reads them (``os.pread`` on the store, or any byte source)
+and hands the buffers back. ``gather`` turns those buffers into one contiguous payload per track, ready for a muxer.
+Neighbouring samples are coalesced into few large reads (an interleaved MP4 alternates audio and video chunks a few
+hundred KB apart: one read per segment beats dozens of small ones on NFS).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .errors import bad_data
+from .model import SampleTable, Track
+
+DEFAULT_MAX_GAP = 256 * 1024  # bytes of unrelated data we accept reading to save a separate request
+
+
+@dataclass(frozen=True)
+class ReadRequest:
+    offset: int
+    size: int
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.size
+
+
+@dataclass(frozen=True, eq=False)
+class TrackSegment:
+    """One track's share of a segment: its samples and their payload bytes back to back, in sample order."""
+
+    track: Track
+    samples: SampleTable
+    payload: bytes
+
+    def sample_positions(self) -> np.ndarray:
+        """Start of each sample inside ``payload`` (int64)."""
+        pos = np.zeros(len(self.samples) + 1, dtype=np.int64)
+        np.cumsum(self.samples.sizes, out=pos[1:])
+        return pos[:-1]
+
+
+@dataclass(frozen=True, eq=False)
+class MediaSegment:
+    """What a muxer builds one output segment from. ``index`` is 0-based; URLs number segments from 1."""
+
+    index: int
+    tracks: tuple[TrackSegment, ...]
+
+
+def plan_reads(tables: Sequence[SampleTable], max_gap: int = DEFAULT_MAX_GAP) -> list[ReadRequest]:
+    """Coalesce the byte ranges of all samples into sorted, merged read requests."""
+    nonempty = [t for t in tables if len(t)]
+    if not nonempty:
+        return []
+    starts = np.concatenate([t.offsets for t in nonempty]).astype(np.int64)
+    ends = starts + np.concatenate([t.sizes for t in nonempty]).astype(np.int64)
+    order = np.argsort(starts, kind="stable")
+    starts, ends = starts[order], ends[order]
+    reach = np.maximum.accumulate(ends)
+    # A new request starts where the gap after everything before exceeds max_gap.
+    new = np.empty(len(starts), dtype=bool)
+    new[0] = True
+    new[1:] = starts[1:] > reach[:-1] + max_gap
+    first = np.flatnonzero(new)
+    last = np.append(first[1:], len(starts)) - 1
+    return [ReadRequest(int(s), int(e - s)) for s, e in zip(starts[first], reach[last])]
+
+
+def gather(table: SampleTable, requests: Sequence[ReadRequest], buffers: Sequence[bytes]) -> bytes:
+    """The payload of every sample of ``table``, back to back, cut out of the buffers read for ``requests``.
+
+    Runs of samples that are contiguous in the file are copied as one slice, so an interleaved MP4 costs one slice
+    per chunk, not one per sample.
+    """
+    if len(table) == 0:
+        return b""
+    req_offsets = np.fromiter((r.offset for r in requests), dtype=np.int64, count=len(requests))
+    offsets = table.offsets.astype(np.int64)
+    sizes = table.sizes.astype(np.int64)
+    which = np.searchsorted(req_offsets, offsets, side="right") - 1
+    if (which < 0).any():
+        raise bad_data("gather: a sample lies before every read request")
+    for i, (r, b) in enumerate(zip(requests, buffers)):
+        if len(b) != r.size:
+            raise bad_data(f"gather: read {i} returned {len(b)} of {r.size} bytes (file truncated?)")
+    req_sizes = np.fromiter((r.size for r in requests), dtype=np.int64, count=len(requests))
+    local = offsets - req_offsets[which]
+    if ((local + sizes) > req_sizes[which]).any():
+        raise bad_data("gather: a sample extends past the bytes read for it (file truncated?)")
+    # Split into runs where the next sample starts exactly where this one ends, in the same buffer.
+    breaks = np.ones(len(table), dtype=bool)
+    breaks[1:] = (which[1:] != which[:-1]) | (local[1:] != local[:-1] + sizes[:-1])
+    starts = np.flatnonzero(breaks)
+    stops = np.append(starts[1:], len(table))
+    run_end = local[stops - 1] + sizes[stops - 1]
+    views = [memoryview(buffers[w]) for w in range(len(buffers))]
+    return b"".join(views[w][s:e] for w, s, e in zip(which[starts].tolist(), local[starts].tolist(), run_end.tolist()))
