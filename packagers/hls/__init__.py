@@ -1,0 +1,4 @@
+"""HLS manifest writers (RFC 8216)."""
+from .playlists import build_master_playlist, build_media_playlist, media_playlist_name, segment_name
+
+__all__ = ["build_master_playlist", "build_media_playlist", "media_playlist_name", "segment_name"]

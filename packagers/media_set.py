@@ -1,0 +1,113 @@
+"""A media set: the presentations one request addresses (one file, or the files of a url set) and their plans.
+
+This is nginx-vod-module's "media set": built once per request target from cached presentations, it resolves track
+selections, knows the segment plan of every file, and turns (selection, segment index) into read requests and then
+into a ``MediaSegment`` for a muxer. It holds no bytes and does no I/O.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .errors import ErrorCode, PackagerError, bad_request, not_found
+from .media_data import MediaSegment, ReadRequest, TrackSegment, gather, plan_reads
+from .model import Presentation, SampleTable, Track
+from .naming import TrackSpec
+from .segmenter import DEFAULT_SEGMENT_DURATION_MS, SegmentPlan, build_shared_plans
+
+
+@dataclass(frozen=True, eq=False)
+class Selection:
+    """Resolved tracks of one file of the set, in a fixed order: video first, then audio."""
+
+    file_index: int  # 0-based
+    spec: TrackSpec  # canonical spec (file present only for url sets)
+    tracks: tuple[Track, ...]
+
+    @property
+    def source(self) -> str:
+        return self.tracks[0].source
+
+
+class MediaSet:
+    def __init__(
+        self,
+        presentations: Sequence[Presentation],
+        segment_duration_ms: int = DEFAULT_SEGMENT_DURATION_MS,
+        is_url_set: bool | None = None,
+    ):
+        if not presentations:
+            raise PackagerError(ErrorCode.NO_STREAMS, "MediaSet: no presentation")
+        self.presentations = tuple(presentations)
+        self.is_url_set = len(self.presentations) > 1 if is_url_set is None else is_url_set
+        self.segment_duration_ms = segment_duration_ms
+        self.plans: tuple[SegmentPlan, ...] = build_shared_plans(self.presentations, segment_duration_ms)
+        self._ranges: dict[int, np.ndarray] = {}
+
+    @property
+    def shared_plan(self) -> bool:
+        return all(p is self.plans[0] for p in self.plans)
+
+    def resolve(self, spec: TrackSpec) -> Selection:
+        """Tracks named by ``spec``; no -v/-a at all means the first video plus the first audio track."""
+        if spec.file is not None and not self.is_url_set:
+            raise bad_request(f"MediaSet.resolve: '-f{spec.file}' given for a single file")
+        file_index = (spec.file or 1) - 1
+        if not 0 <= file_index < len(self.presentations):
+            raise not_found(f"MediaSet.resolve: no file {file_index + 1} in a set of {len(self.presentations)}")
+        presentation = self.presentations[file_index]
+        video, audio = spec.video, spec.audio
+        if video is None and audio is None:
+            video = 1 if presentation.video_tracks else None
+            audio = 1 if presentation.audio_tracks else None
+        tracks = presentation.select(video, audio)
+        if not tracks:
+            raise PackagerError(ErrorCode.NO_STREAMS, f"MediaSet.resolve: selection '{spec.suffix()}' has no track")
+        canonical = TrackSpec(file_index + 1 if self.is_url_set else None, video, audio)
+        return Selection(file_index, canonical, tracks)
+
+    def plan(self, selection: Selection) -> SegmentPlan:
+        return self.plans[selection.file_index]
+
+    def sample_ranges(self, selection: Selection, track: Track) -> np.ndarray:
+        key = id(track)
+        ranges = self._ranges.get(key)
+        if ranges is None:
+            ranges = self._ranges[key] = self.plan(selection).sample_ranges(track)
+        return ranges
+
+    def segment_tables(self, selection: Selection, index: int) -> list[SampleTable]:
+        """Per selected track, the samples of segment ``index`` (0-based); NOT_FOUND past the end."""
+        self.plan(selection).check_index(index)
+        tables = []
+        for track in selection.tracks:
+            r = self.sample_ranges(selection, track)
+            tables.append(track.samples[int(r[index]) : int(r[index + 1])])
+        return tables
+
+    def segment_reads(self, selection: Selection, index: int) -> list[ReadRequest]:
+        """The coalesced byte ranges of ``selection.source`` that segment ``index`` needs."""
+        return plan_reads(self.segment_tables(selection, index))
+
+    def media_segment(
+        self, selection: Selection, index: int, requests: Sequence[ReadRequest], buffers: Sequence[bytes]
+    ) -> MediaSegment:
+        tables = self.segment_tables(selection, index)
+        parts = tuple(
+            TrackSegment(track, table, gather(table, requests, buffers)) for track, table in zip(selection.tracks, tables)
+        )
+        return MediaSegment(index, parts)
+
+    def segment_sizes(self, selection: Selection) -> list[np.ndarray]:
+        """Per track, the payload bytes of every segment (for bitrate figures in manifests)."""
+        out = []
+        for track in selection.tracks:
+            r = self.sample_ranges(selection, track)
+            csum = np.concatenate(([0], np.cumsum(track.samples.sizes, dtype=np.int64)))
+            out.append(np.diff(csum[r]))
+        return out
+
+    def segment_sample_counts(self, selection: Selection) -> list[np.ndarray]:
+        return [np.diff(self.sample_ranges(selection, t)) for t in selection.tracks]

@@ -1,0 +1,38 @@
+import numpy as np
+import pytest
+
+from packagers.errors import PackagerError
+from packagers.media_data import gather, plan_reads
+from packagers.model import SampleTable
+
+
+def table(offsets, sizes):
+    n = len(offsets)
+    z = np.zeros(n)
+    return SampleTable(np.array(offsets), np.array(sizes), z, z, z, np.ones(n, bool))
+
+
+def test_coalesces_near_ranges_and_gathers_in_sample_order():
+    data = bytes(range(256)) * 40  # a fake file
+    video = table([100, 150, 5000], [50, 30, 20])
+    audio = table([180, 4000], [10, 10])
+    reqs = plan_reads([video, audio], max_gap=1000)
+    assert [(r.offset, r.size) for r in reqs] == [(100, 90), (4000, 1020)]
+    bufs = [data[r.offset:r.end] for r in reqs]
+    assert gather(video, reqs, bufs) == data[100:180] + data[5000:5020]
+    assert gather(audio, reqs, bufs) == data[180:190] + data[4000:4010]
+
+
+def test_overlapping_and_unsorted_samples():
+    data = bytes(np.random.default_rng(1).integers(0, 256, 3000, dtype=np.uint8))
+    t = table([2000, 10, 15], [100, 20, 5])
+    reqs = plan_reads([t], max_gap=0)
+    bufs = [data[r.offset:r.end] for r in reqs]
+    assert gather(t, reqs, bufs) == data[2000:2100] + data[10:30] + data[15:20]
+
+
+def test_short_read_is_bad_data():
+    t = table([0], [100])
+    reqs = plan_reads([t])
+    with pytest.raises(PackagerError):
+        gather(t, reqs, [b"x" * 50])
