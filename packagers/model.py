@@ -10,6 +10,7 @@ walk them one Python object at a time.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -116,10 +117,17 @@ class Track:
     language: str = "und"  # ISO 639-2/T from mdhd
     source: str = ""  # path of the file the track came from (store-relative), for reads and error messages
 
-    @property
+    @functools.cached_property
     def duration(self) -> int:
-        """Presentation duration in track timescale: from presentation 0 to the end of the last sample."""
-        return max(0, self.samples.end_dts() - self.edit_offset)
+        """Presentation duration in track timescale: from presentation 0 to the end of the sample presented last.
+
+        With B-frames the last sample in decode order is not the last presented, so this is max(pts + duration),
+        not the end of the decode timeline.
+        """
+        if len(self.samples) == 0:
+            return 0
+        end = int((self.samples.pts + self.samples.durations.astype(np.int64)).max())
+        return max(0, end - self.edit_offset)
 
     @property
     def duration_seconds(self) -> float:
@@ -142,9 +150,10 @@ class Track:
     @property
     def frame_rate(self) -> float:
         """Mean frames per second (video); 0 for audio or an empty track."""
-        if self.kind != "video" or self.duration <= 0:
+        if self.kind != "video" or len(self.samples) == 0:
             return 0.0
-        return len(self.samples) * self.timescale / self.duration
+        total = int(self.samples.durations.sum(dtype=np.uint64))
+        return len(self.samples) * self.timescale / total if total else 0.0
 
     def with_samples(self, samples: SampleTable) -> "Track":
         return dataclasses.replace(self, samples=samples)

@@ -1,0 +1,78 @@
+"""Golden HLS playlists for fixed synthetic media sets (independent of encoder versions).
+
+Run ``python -m pytest tests/packagers/test_golden_playlists.py --update-golden`` after an intended change, then
+review the diff of tests/golden/.
+"""
+from pathlib import Path
+
+import m3u8
+import numpy as np
+import pytest
+
+from packagers.hls import build_master_playlist, build_media_playlist
+from packagers.media_set import MediaSet
+from packagers.naming import TrackSpec
+
+from .synthetic import audio_track, presentation, video_track
+
+GOLDEN = Path(__file__).parent.parent / "golden"
+
+
+def _ladder():
+    return MediaSet([presentation(video_track(20, timescale=12288 * k), audio_track(20), source=f"r{k}.mp4")
+                     for k in (1, 2, 3)], 6000)
+
+
+SCENARIOS = {
+    "single_file": lambda: MediaSet([presentation(video_track(20), audio_track(20))], 6000),
+    "url_set_ladder": _ladder,
+    "two_audio": lambda: MediaSet([presentation(video_track(13), audio_track(13, track_id=2),
+                                                audio_track(13, track_id=3, language="fra"))], 4000),
+    "audio_only": lambda: MediaSet([presentation(audio_track(14.5))], 6000),
+    "long_gop": lambda: MediaSet([presentation(video_track(25, gop=24 * 7), audio_track(25))], 6000),
+}
+
+
+def _render(media_set: MediaSet) -> dict[str, str]:
+    out = {"master.m3u8": build_master_playlist(media_set)}
+    master = m3u8.loads(out["master.m3u8"])
+    uris = [p.uri for p in master.playlists] + [m.uri for m in master.media if m.uri]
+    for uri in uris:
+        suffix = uri[len("index"):-len(".m3u8")]
+        out[uri] = build_media_playlist(media_set, media_set.resolve(TrackSpec.parse(suffix)))
+    return out
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_golden(scenario, update_golden):
+    rendered = _render(SCENARIOS[scenario]())
+    folder = GOLDEN / scenario
+    if update_golden:
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.m3u8"):
+            old.unlink()
+        for name, text in rendered.items():
+            (folder / name).write_text(text)
+    expected = {p.name: p.read_text() for p in folder.glob("*.m3u8")}
+    assert expected, f"no golden files in {folder}: run with --update-golden"
+    assert rendered == expected
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_playlists_are_valid_hls(scenario):
+    media_set = SCENARIOS[scenario]()
+    rendered = _render(media_set)
+    for name, text in rendered.items():
+        if name == "master.m3u8":
+            continue
+        pl = m3u8.loads(text)
+        assert pl.is_endlist and pl.playlist_type == "vod"
+        durations = np.array([s.duration for s in pl.segments])
+        # RFC 8216 §4.3.3.1: every EXTINF rounded to the nearest integer <= TARGETDURATION
+        assert (np.round(durations) <= pl.target_duration).all()
+        assert durations.sum() == pytest.approx(media_set.presentations[0].duration_seconds, abs=0.002 * len(durations))
+    master = m3u8.loads(rendered["master.m3u8"])
+    for variant in master.playlists:
+        info = variant.stream_info
+        assert info.bandwidth >= info.average_bandwidth > 0
+        assert info.codecs
