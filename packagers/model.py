@@ -23,7 +23,7 @@ _DTYPES = {
     "offsets": np.uint64,  # absolute byte offset of the sample in its file
     "sizes": np.uint32,  # sample size in bytes
     "dts": np.int64,  # decode time, track timescale
-    "cts": np.int32,  # composition offset: pts = dts + cts (ctts v1 may be negative)
+    "cts": np.int32,  # composition offset: pts = dts + cts (demuxers normalise ctts v1 so cts >= 0)
     "durations": np.uint32,  # sample_delta from stts
     "keyframe": np.bool_,  # sync sample (stss; all samples when stss is absent)
 }
