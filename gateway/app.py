@@ -1,0 +1,113 @@
+"""The aiohttp application: one catch-all route, the URL grammar as the router, shared state in AppKeys.
+
+``make_app(settings)`` builds the app; the thread pool, store, caches and counters are created in ``cleanup_ctx`` so
+each app (and each test) owns its state and nothing lives in module globals.
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from . import __version__
+from .errors import error_response, response_for_exception
+from .handlers_hls import serve_hls
+from .handlers_mp4 import serve_mp4
+from .packaging import PACKAGING, Packaging
+from .responses import ALLOWED_METHODS, add_common_headers, cache_control, preflight
+from .settings import SETTINGS, Settings
+from .store import FileChanged
+from .urls import GatewayRequest, Mp4Download, StatusRequest, parse_path
+
+
+@dataclass
+class Metrics:
+    started: float = field(default_factory=time.monotonic)
+    responses: Counter = field(default_factory=Counter)  # by status class: "2xx", "3xx", ...
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started
+
+
+METRICS = web.AppKey("metrics", Metrics)
+
+
+def make_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[http_middleware])
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_gateway_state)
+    app.on_response_prepare.append(add_common_headers)
+    app.on_response_prepare.append(_count_response)
+    app.router.add_route("*", "/{tail:.*}", dispatch)
+    return app
+
+
+async def _gateway_state(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    executor = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="gateway-io")
+    app[PACKAGING] = Packaging(settings, executor)
+    app[METRICS] = Metrics()
+    yield
+    executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def _count_response(request: web.Request, response: web.StreamResponse) -> None:
+    request.app[METRICS].responses[f"{response.status // 100}xx"] += 1
+
+
+@web.middleware
+async def http_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """Methods, CORS preflight and the exception → response mapping for every route."""
+    if request.method == "OPTIONS":
+        return preflight(request)
+    if request.method not in ("GET", "HEAD"):
+        return error_response(405, "METHOD_NOT_ALLOWED", f"{request.method} is not allowed", Allow=ALLOWED_METHODS)
+    try:
+        return await handler(request)
+    except Exception as exc:  # CancelledError is a BaseException and propagates
+        packaging = request.app[PACKAGING]
+        response = response_for_exception(exc, request, hide=(packaging.store.root, str(packaging.settings.store)))
+        if response.status == 404 and packaging.settings.not_found_max_age > 0:
+            response.headers["Cache-Control"] = cache_control(packaging.settings.not_found_max_age)
+        return response
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    parsed = parse_path(request.rel_url.raw_path, request.app[SETTINGS].max_url_set_files)
+    try:
+        return await _serve(request, parsed)
+    except FileChanged as changed:
+        # Replaced since we last stat'ed it: forget the stale identity and answer from the new file (once).
+        request.app[PACKAGING].stats.forget(changed.path)
+        return await _serve(request, parsed)
+
+
+async def _serve(request: web.Request, parsed: GatewayRequest) -> web.StreamResponse:
+    if isinstance(parsed, StatusRequest):
+        return serve_status(request)
+    if isinstance(parsed, Mp4Download):
+        return await serve_mp4(request, parsed)
+    return await serve_hls(request, parsed)
+
+
+def serve_status(request: web.Request) -> web.Response:
+    packaging, metrics = request.app[PACKAGING], request.app[METRICS]
+    metadata = packaging.metadata.stats()
+    body = {
+        "version": __version__,
+        "uptime_seconds": round(metrics.uptime(), 3),
+        "requests": {cls: metrics.responses.get(cls, 0) for cls in ("1xx", "2xx", "3xx", "4xx", "5xx")},
+        "segment_cache": packaging.responses.stats(),
+        "metadata_cache": metadata["presentations"],
+        "media_set_cache": metadata["media_sets"],
+        "settings": {
+            "segment_duration_ms": packaging.settings.segment_duration_ms,
+            "segment_cache_mb": packaging.settings.segment_cache_mb,
+            "hls_container": packaging.settings.hls_container,
+        },
+    }
+    return web.json_response(body, headers={"Cache-Control": "no-store"})

@@ -1,0 +1,150 @@
+"""Between handlers and the packaging core: identities → cached MediaSet → packaged bytes from the response cache.
+
+Every blocking step (stat, pread, moov parse, plan, mux) runs in the app's thread pool, each as one executor job, so
+a build costs one thread hop and the event loop keeps answering cache hits while NFS stalls. Cache keys start with
+the identities of the files involved, so a file replaced on disk is never served from stale entries.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import OrderedDict
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Callable, Hashable, TypeVar
+
+from aiohttp import web
+
+from packagers.media_set import MediaSet, Selection
+from packagers.model import Presentation
+from packagers.mp4 import read_presentation
+from packagers.ts import TsMuxer
+
+from . import __version__
+from .cache import ByteLRU, MetadataCache
+from .settings import Settings
+from .store import FileIdentity, Store
+from .urls import MediaTarget
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, eq=False)
+class OpenedSet:
+    """A MediaSet together with the identities of the files it was built from."""
+
+    files: tuple[FileIdentity, ...]
+    media_set: MediaSet
+
+    @property
+    def last_modified(self) -> float:
+        return max(f.mtime_ns for f in self.files) / 1e9
+
+    def etag(self, request_key: Hashable) -> str:
+        """Strong validator from what the bytes depend on; equal on every node sharing the store."""
+        text = repr((__version__, [f.etag_key for f in self.files], *self._variant, request_key))
+        return '"' + hashlib.sha256(text.encode()).hexdigest()[:32] + '"'
+
+    def cache_key(self, request_key: Hashable) -> tuple:
+        return (tuple(f.cache_key for f in self.files), *self._variant, request_key)
+
+    @property
+    def _variant(self) -> tuple:
+        """What else shapes the bytes: one file and a url set of that one file name things differently (``-f1``)."""
+        return (self.media_set.segment_duration_ms, self.media_set.is_url_set)
+
+
+class StatCache:
+    """File identities seen in the last ``ttl`` seconds, so that cache hits skip the thread hop of a stat.
+
+    A replaced file is noticed at most ``ttl`` later (nginx's ``open_file_cache_valid`` plays the same role).
+    Only successful stats are kept: a file that appears is served at once.
+    """
+
+    def __init__(self, ttl: float, max_entries: int = 10_000):
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[float, FileIdentity]] = OrderedDict()
+
+    def get(self, paths: tuple[str, ...]) -> tuple[FileIdentity, ...] | None:
+        now = time.monotonic()
+        found = []
+        for path in paths:
+            entry = self._entries.get(path)
+            if entry is None or entry[0] < now:
+                return None
+            found.append(entry[1])
+        return tuple(found)
+
+    def forget(self, path: str) -> None:
+        self._entries.pop(path, None)
+
+    def put(self, files: tuple[FileIdentity, ...]) -> None:
+        if self.ttl <= 0:
+            return
+        expires = time.monotonic() + self.ttl
+        for file in files:
+            self._entries.pop(file.path, None)
+            self._entries[file.path] = (expires, file)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+
+class Packaging:
+    def __init__(self, settings: Settings, executor: Executor):
+        self.settings = settings
+        self.executor = executor
+        self.store = Store(settings.store)
+        self.stats = StatCache(settings.stat_cache_seconds)
+        self.metadata = MetadataCache(settings.metadata_cache_entries, settings.media_set_cache_entries)
+        self.responses = ByteLRU(settings.segment_cache_bytes)
+
+    async def run(self, fn: Callable[..., T], *args) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def identify_all(self, paths: tuple[str, ...]) -> tuple[FileIdentity, ...]:
+        files = self.stats.get(paths)
+        if files is None:
+            files = await self.store.identify_all(paths, self.executor)
+            self.stats.put(files)
+        return files
+
+    async def open(self, target: MediaTarget) -> OpenedSet:
+        """Stat the files (that is how replaced files are noticed), then the cached MediaSet."""
+        files = await self.identify_all(target.paths)
+        key = (tuple(f.cache_key for f in files), self.settings.segment_duration_ms, target.is_url_set)
+
+        async def load() -> MediaSet:
+            presentations = await asyncio.gather(*(self.presentation(f) for f in files))
+            return await self.run(MediaSet, presentations, self.settings.segment_duration_ms, target.is_url_set)
+
+        return OpenedSet(files, await self.metadata.media_set(key, load))
+
+    async def presentation(self, file: FileIdentity) -> Presentation:
+        async def load() -> Presentation:
+            return await self.run(parse_presentation, self.store, file)
+
+        return await self.metadata.presentation(file.cache_key, load)
+
+    async def packaged(self, opened: OpenedSet, request_key: Hashable, build: Callable[[], bytes]) -> bytes:
+        """The response cache in front of a blocking ``build`` that runs in the executor."""
+        return await self.responses.get_or_build(opened.cache_key(request_key), lambda: self.run(build))
+
+
+def parse_presentation(store: Store, file: FileIdentity) -> Presentation:
+    """Read the moov of one file (box headers and moov only). Blocking."""
+    with store.open(file) as reader:
+        return read_presentation(reader.pread, file.size, file.path)
+
+
+def build_ts_segment(store: Store, file: FileIdentity, media_set: MediaSet, selection: Selection, index: int) -> bytes:
+    """Read one segment's samples with coalesced preads on one descriptor, then mux to MPEG-TS. Blocking."""
+    requests = media_set.segment_reads(selection, index)
+    with store.open(file) as reader:
+        buffers = reader.read_all(requests)
+    segment = media_set.media_segment(selection, index, requests, buffers)
+    return TsMuxer(selection.tracks).build(segment)
+
+
+PACKAGING = web.AppKey("packaging", Packaging)

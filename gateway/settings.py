@@ -1,0 +1,55 @@
+"""Runtime settings of one gateway process: plain data, validated once, shared read-only through an AppKey."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+HLS_CONTAINERS = ("mpegts",)  # fMP4 HLS joins when packagers/fmp4 exists
+
+
+@dataclass(frozen=True)
+class Settings:
+    store: Path = Path("media")  # content store root; nothing outside it is ever readable
+    host: str = "127.0.0.1"  # loopback by default: exposing the gateway is an explicit choice (--host 0.0.0.0)
+    port: int = 8080
+    segment_duration_ms: int = 6000  # target; real segments end on the first key frame at or after the grid point
+    segment_cache_mb: float = 256  # response cache (segments and playlists) bounded in bytes; 0 disables it
+    metadata_cache_entries: int = 1024  # parsed moov boxes (Presentation objects)
+    media_set_cache_entries: int = 256  # MediaSet objects (plans); a url set is one entry
+    hls_container: str = "mpegts"
+    segment_max_age: int = 86400  # Cache-Control max-age of segments: immutable for a given file identity
+    manifest_max_age: int = 3600  # playlists: shorter, so a replaced file reaches players within the hour
+    not_found_max_age: int = 0  # 0 = 404s are no-store (an upload becomes visible at once); >0 shields the store
+    stat_cache_seconds: float = 1.0  # reuse a file's stat this long: cache hits skip a thread hop; 0 = stat always
+    io_threads: int = 16  # executor for stat/pread/parse/mux: an NFS stall blocks a thread, never the event loop
+    max_url_set_files: int = 32
+    access_log: bool = True  # one INFO line per request on the "aiohttp.access" logger
+
+    def __post_init__(self) -> None:
+        if self.segment_duration_ms <= 0:
+            raise ValueError(f"segment duration must be > 0 ms, got {self.segment_duration_ms}")
+        if self.segment_cache_mb < 0:
+            raise ValueError(f"segment cache size must be >= 0 MB, got {self.segment_cache_mb}")
+        if self.metadata_cache_entries < 1 or self.media_set_cache_entries < 1:
+            raise ValueError("metadata caches need at least one entry")
+        if self.hls_container not in HLS_CONTAINERS:
+            raise ValueError(f"HLS container {self.hls_container!r} is not one of {HLS_CONTAINERS}")
+        if self.stat_cache_seconds < 0:
+            raise ValueError("stat_cache_seconds must be >= 0")
+        if self.io_threads < 1:
+            raise ValueError("io_threads must be >= 1")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port {self.port} out of range")
+
+    @property
+    def segment_cache_bytes(self) -> int:
+        return int(self.segment_cache_mb * 1024 * 1024)
+
+    def replace(self, **changes) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+SETTINGS = web.AppKey("settings", Settings)

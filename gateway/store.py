@@ -1,0 +1,135 @@
+"""The content store: safe path resolution, file identity and positioned reads.
+
+Every path a request names goes through ``Store.identify``: join onto the store root, ``realpath`` (so symlinks are
+followed the way the kernel will follow them), then require the result to lie inside ``realpath(root)`` and to be a
+regular file. Anything else is the same NOT_FOUND as a missing file, so a probe cannot learn what exists outside.
+Messages name the store-relative path the client asked for, never an absolute one.
+
+Reads use ``os.pread`` on one descriptor per build, in the caller's executor thread: the store is NFS in production
+and a stalled read must block a worker thread, not the event loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from packagers.errors import not_found
+from packagers.media_data import ReadRequest
+
+
+class FileChanged(Exception):
+    """The file was replaced between identification and reading; the next request sees the new file."""
+
+    def __init__(self, path: str):
+        super().__init__(f"FileReader: '{path}' changed while being read, retry")
+        self.path = path
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What makes cached metadata and packaged bytes valid: the resolved file and its stat at parse time."""
+
+    path: str  # as requested, store-relative (for messages and Track.source)
+    real_path: str  # absolute realpath inside the store (for opening; never shown to clients)
+    store_path: str  # realpath relative to the store root: stable across nodes that mount the store elsewhere
+    size: int
+    mtime_ns: int
+    inode: int  # catches `rsync -t`-style replacement that keeps size and mtime
+
+    @property
+    def cache_key(self) -> tuple:
+        return (self.real_path, self.size, self.mtime_ns, self.inode)
+
+    @property
+    def etag_key(self) -> str:
+        return f"{self.store_path}:{self.size}:{self.mtime_ns}"
+
+
+class Store:
+    def __init__(self, root: Path | str):
+        self.root = os.path.realpath(root)
+        if not os.path.isdir(self.root):
+            raise ValueError(f"store root {root} is not a directory")
+
+    def identify(self, path: str) -> FileIdentity:
+        """Resolve a store-relative path (validated by gateway.urls) to a regular file inside the store. Blocking."""
+        missing = not_found(f"Store.identify: no such file '{path}'")
+        if not path or path.startswith("/") or "\x00" in path:
+            raise missing
+        real = os.path.realpath(os.path.join(self.root, path))
+        if os.path.commonpath([self.root, real]) != self.root or real == self.root:
+            raise missing
+        try:
+            st = os.stat(real)
+        except (OSError, ValueError):
+            raise missing from None
+        if not stat.S_ISREG(st.st_mode):
+            raise missing
+        return FileIdentity(path, real, os.path.relpath(real, self.root), st.st_size, st.st_mtime_ns, st.st_ino)
+
+    async def identify_all(self, paths: Sequence[str], executor: Executor | None) -> tuple[FileIdentity, ...]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, lambda: tuple(self.identify(p) for p in paths))
+
+    @staticmethod
+    def open(identity: FileIdentity) -> "FileReader":
+        return FileReader(identity)
+
+    async def read(
+        self, identity: FileIdentity, requests: Sequence[ReadRequest], executor: Executor | None
+    ) -> list[bytes]:
+        """The bytes of ``requests`` (short at end of file), read in the executor."""
+
+        def read_all() -> list[bytes]:
+            with self.open(identity) as reader:
+                return reader.read_all(requests)
+
+        return await asyncio.get_running_loop().run_in_executor(executor, read_all)
+
+
+class FileReader:
+    """One open descriptor on an identified file; ``pread`` is the ``read`` callable packagers take. Blocking."""
+
+    def __init__(self, identity: FileIdentity):
+        self.identity = identity
+        try:
+            self.fd = os.open(identity.real_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            raise FileChanged(identity.path) from None
+        st = os.fstat(self.fd)
+        if (st.st_size, st.st_mtime_ns, st.st_ino) != (identity.size, identity.mtime_ns, identity.inode):
+            os.close(self.fd)
+            raise FileChanged(identity.path)
+
+    def pread(self, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset``; shorter only at end of file (os.pread may return short reads)."""
+        if offset < 0 or size < 0:
+            raise ValueError(f"FileReader.pread: negative offset {offset} or size {size}")
+        chunks = []
+        while size > 0:
+            chunk = os.pread(self.fd, size, offset)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            offset += len(chunk)
+            size -= len(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def read_all(self, requests: Sequence[ReadRequest]) -> list[bytes]:
+        return [self.pread(r.offset, r.size) for r in requests]
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> "FileReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,168 @@
+"""The URL grammar: raw request path → a typed request, or a BAD_REQUEST/NOT_FOUND ``PackagerError``.
+
+The grammar is nginx-vod-module's, so players keep their URLs when switching:
+
+    /hls/<path>/master.m3u8                       every rendition of <path>
+    /hls/<path>/index<suffix>.m3u8                one media playlist (suffix = track selection, ``-v1-a1``)
+    /hls/<path>/seg-<n><suffix>.ts                segment n, counted from 1
+    /hls/<dir>/<prefix>,<a>,<b>,<suffix>.urlset/… a url set: <dir>/<prefix><a><suffix>, <dir>/<prefix><b><suffix>
+    /mp4/<path>                                   the file itself (progressive download)
+    /status                                       counters (JSON)
+
+We parse the *raw* path (``request.rel_url.raw_path``) and percent-decode each segment on its own: aiohttp neither
+resolves dot segments nor keeps ``%2F`` apart from ``/`` in ``request.path``, so only per-segment decoding can tell
+``a%2Fb`` from ``a/b`` and see ``%2e%2e`` as the ``..`` it is. Any segment that decodes to something a filesystem
+would interpret (``.``/``..``, a slash, a backslash, NUL) is rejected here; ``gateway.store`` checks containment
+again after ``realpath``.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from packagers.errors import ErrorCode, PackagerError, bad_request, not_found
+from packagers.naming import TrackSpec
+
+MAX_RAW_PATH = 4096  # longer paths get 414; aiohttp itself refuses request lines over 8190 bytes
+MAX_SEGMENT = 255  # NAME_MAX of common filesystems
+URL_SET_EXTENSION = ".urlset"
+_SEGMENT_FILE = re.compile(r"seg-([0-9]+)(.*)\.ts")
+_INDEX_FILE = re.compile(r"index(.*)\.m3u8")
+_MAX_SEGMENT_DIGITS = 10
+
+
+class UrlTooLong(PackagerError):
+    """A path longer than any store path we serve: answered 414 before any parsing."""
+
+    def __init__(self, length: int):
+        super().__init__(ErrorCode.BAD_REQUEST, f"parse_path: request path of {length} bytes is too long")
+
+
+@dataclass(frozen=True)
+class MediaTarget:
+    """The store files one HLS request addresses: one file, or the files of a url set (in url order)."""
+
+    paths: tuple[str, ...]  # store-relative, '/'-separated, validated segments
+    is_url_set: bool
+
+
+@dataclass(frozen=True)
+class HlsMaster:
+    target: MediaTarget
+
+
+@dataclass(frozen=True)
+class HlsMediaPlaylist:
+    target: MediaTarget
+    spec: TrackSpec
+
+
+@dataclass(frozen=True)
+class HlsSegment:
+    target: MediaTarget
+    spec: TrackSpec
+    index: int  # 0-based; the URL says index + 1
+
+
+@dataclass(frozen=True)
+class Mp4Download:
+    path: str
+
+
+@dataclass(frozen=True)
+class StatusRequest:
+    pass
+
+
+HlsRequest = HlsMaster | HlsMediaPlaylist | HlsSegment
+GatewayRequest = HlsRequest | Mp4Download | StatusRequest
+
+
+def split_path(raw_path: str) -> list[str]:
+    """Decoded, validated segments of a raw path (``/a/b%20c`` → ``['a', 'b c']``)."""
+    if len(raw_path) > MAX_RAW_PATH:
+        raise UrlTooLong(len(raw_path))
+    if not raw_path.startswith("/"):
+        raise bad_request("split_path: request path must start with '/'")
+    segments = raw_path[1:].split("/")
+    return [_decode_segment(s) for s in segments]
+
+
+def _decode_segment(raw: str) -> str:
+    try:
+        text = unquote(raw, encoding="utf-8", errors="strict")
+    except UnicodeDecodeError:
+        raise bad_request("split_path: path is not valid percent-encoded UTF-8") from None
+    check_name(text)
+    return text
+
+
+def check_name(name: str) -> None:
+    """One path component we are willing to hand to the filesystem; hidden names (``.x``, ``..``) are refused."""
+    if not name:
+        raise bad_request("check_name: empty path segment ('//' or trailing '/')")
+    if name.startswith("."):
+        raise bad_request("check_name: path segments may not start with '.'")
+    if len(name.encode("utf-8")) > MAX_SEGMENT:
+        raise bad_request(f"check_name: path segment longer than {MAX_SEGMENT} bytes")
+    if any(c in name for c in "/\\") or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise bad_request("check_name: path segment contains a slash, backslash or control character")
+
+
+def parse_path(raw_path: str, max_url_set_files: int = 32) -> GatewayRequest:
+    """The typed request a raw path names. Raises PackagerError (BAD_REQUEST or NOT_FOUND) and nothing else."""
+    segments = split_path(raw_path)
+    head, rest = segments[0], segments[1:]
+    if head == "hls":
+        return parse_hls(rest, max_url_set_files)
+    if head == "mp4":
+        if not rest:
+            raise bad_request("parse_path: /mp4/ needs a file path")
+        return Mp4Download("/".join(rest))
+    if head == "status" and not rest:
+        return StatusRequest()
+    raise not_found("parse_path: no such endpoint (try /hls/, /mp4/ or /status)")
+
+
+def parse_hls(segments: list[str], max_url_set_files: int = 32) -> HlsRequest:
+    """``segments`` are the decoded segments after ``/hls``: media path segments, then the HLS file name."""
+    if len(segments) < 2:
+        raise bad_request("parse_hls: expected /hls/<media path>/<file name>")
+    target = _media_target(segments[:-1], max_url_set_files)
+    name = segments[-1]
+    if name == "master.m3u8":
+        return HlsMaster(target)
+    if m := _INDEX_FILE.fullmatch(name):
+        return HlsMediaPlaylist(target, TrackSpec.parse(m.group(1)))
+    if m := _SEGMENT_FILE.fullmatch(name):
+        return HlsSegment(target, TrackSpec.parse(m.group(2)), _segment_index(m.group(1)))
+    raise bad_request("parse_hls: unknown HLS file name (master.m3u8, index<tracks>.m3u8 or seg-<n><tracks>.ts)")
+
+
+def _segment_index(digits: str) -> int:
+    """0-based index from the URL's 1-based number, in canonical form only (no zero, no leading zeros)."""
+    if digits.startswith("0"):
+        raise bad_request("parse_hls: segment numbers start at 1 and have no leading zeros")
+    if len(digits) > _MAX_SEGMENT_DIGITS:
+        raise bad_request(f"parse_hls: segment number longer than {_MAX_SEGMENT_DIGITS} digits")
+    return int(digits) - 1
+
+
+def _media_target(segments: list[str], max_url_set_files: int) -> MediaTarget:
+    last = segments[-1]
+    if not last.endswith(URL_SET_EXTENSION):
+        return MediaTarget(("/".join(segments),), False)
+    parts = last[: -len(URL_SET_EXTENSION)].split(",")
+    if len(parts) < 3:
+        raise bad_request("parse_hls: a url set is <prefix>,<name>[,<name>...],<suffix>.urlset")
+    prefix, middles, suffix = parts[0], parts[1:-1], parts[-1]
+    if len(middles) > max_url_set_files:
+        raise bad_request(f"parse_hls: url set of {len(middles)} files (at most {max_url_set_files})")
+    directory = "/".join(segments[:-1])
+    paths = []
+    for middle in middles:
+        name = prefix + middle + suffix
+        check_name(name)
+        paths.append(f"{directory}/{name}" if directory else name)
+    return MediaTarget(tuple(paths), True)

@@ -1,0 +1,184 @@
+"""URL grammar: table tests for what is accepted, and a property test that nothing else escapes as an exception."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.responses import ByteRange, RangeNotSatisfiable, parse_range
+from gateway.urls import (
+    HlsMaster,
+    HlsMediaPlaylist,
+    HlsSegment,
+    MediaTarget,
+    Mp4Download,
+    StatusRequest,
+    UrlTooLong,
+    parse_path,
+)
+from packagers.errors import ErrorCode, PackagerError
+from packagers.naming import TrackSpec
+
+ONE = MediaTarget(("title_360p.mp4",), False)
+NESTED = MediaTarget(("a/b c/x.mp4",), False)
+SET3 = MediaTarget(("title_360p.mp4", "title_240p.mp4", "title_180p.mp4"), True)
+
+ACCEPTED = [
+    ("/hls/title_360p.mp4/master.m3u8", HlsMaster(ONE)),
+    ("/hls/title_360p.mp4/index.m3u8", HlsMediaPlaylist(ONE, TrackSpec())),
+    ("/hls/title_360p.mp4/index-v1-a1.m3u8", HlsMediaPlaylist(ONE, TrackSpec(None, 1, 1))),
+    ("/hls/title_360p.mp4/index-a2.m3u8", HlsMediaPlaylist(ONE, TrackSpec(None, None, 2))),
+    ("/hls/title_360p.mp4/seg-1.ts", HlsSegment(ONE, TrackSpec(), 0)),
+    ("/hls/title_360p.mp4/seg-12-v1-a1.ts", HlsSegment(ONE, TrackSpec(None, 1, 1), 11)),
+    ("/hls/title_360p.mp4/seg-9999999999.ts", HlsSegment(ONE, TrackSpec(), 9999999998)),
+    ("/hls/a/b%20c/x.mp4/master.m3u8", HlsMaster(NESTED)),
+    ("/hls/title_,360p,240p,180p,.mp4.urlset/master.m3u8", HlsMaster(SET3)),
+    ("/hls/title_,360p,240p,180p,.mp4.urlset/index-f1-v1-a1.m3u8", HlsMediaPlaylist(SET3, TrackSpec(1, 1, 1))),
+    ("/hls/title_,360p,240p,180p,.mp4.urlset/seg-3-f2-v1-a1.ts", HlsSegment(SET3, TrackSpec(2, 1, 1), 2)),
+    ("/hls/title_,360p,.mp4.urlset/master.m3u8", HlsMaster(MediaTarget(("title_360p.mp4",), True))),
+    ("/hls/d/t_,a,b,.mp4.urlset/master.m3u8", HlsMaster(MediaTarget(("d/t_a.mp4", "d/t_b.mp4"), True))),
+    ("/hls/%74itle_360p.mp4/master.m3u8", HlsMaster(ONE)),
+    ("/mp4/title_360p.mp4", Mp4Download("title_360p.mp4")),
+    ("/mp4/a/caf%C3%A9.mp4", Mp4Download("a/café.mp4")),
+    ("/status", StatusRequest()),
+]
+
+
+@pytest.mark.parametrize("path, expected", ACCEPTED)
+def test_accepted(path, expected):
+    assert parse_path(path) == expected
+
+
+REJECTED = [
+    # (path, code)
+    ("/hls/title_360p.mp4/seg-0.ts", ErrorCode.BAD_REQUEST),
+    ("/hls/title_360p.mp4/seg-01.ts", ErrorCode.BAD_REQUEST),
+    ("/hls/title_360p.mp4/seg-00000000001.ts", ErrorCode.BAD_REQUEST),
+    ("/hls/title_360p.mp4/seg-12345678901.ts", ErrorCode.BAD_REQUEST),
+    ("/hls/title_360p.mp4/seg-.ts", ErrorCode.BAD_REQUEST),
+    ("/hls/title_360p.mp4/seg-x.ts", ErrorCode.BAD_REQUEST),
+    ("/hls/title_360p.mp4/seg--1.ts", ErrorCode.BAD_REQUEST),
+    ("/hls/title_360p.mp4/seg-1-v0.ts", ErrorCode.BAD_REQUEST),
+    ("/hls/title_360p.mp4/seg-1-a1-v1.ts", ErrorCode.BAD_REQUEST),
+    ("/hls/title_360p.mp4/seg-1-v1-v1.ts", ErrorCode.BAD_REQUEST),
+    ("/hls/title_360p.mp4/seg-1.m4s", ErrorCode.BAD_REQUEST),
+    ("/hls/title_360p.mp4/index-x.m3u8", ErrorCode.BAD_REQUEST),
+    ("/hls/title_360p.mp4/playlist.m3u8", ErrorCode.BAD_REQUEST),
+    ("/hls/title_360p.mp4/", ErrorCode.BAD_REQUEST),
+    ("/hls/master.m3u8", ErrorCode.BAD_REQUEST),
+    ("/hls/", ErrorCode.BAD_REQUEST),
+    ("/hls", ErrorCode.BAD_REQUEST),
+    ("/hls/x,.mp4.urlset/master.m3u8", ErrorCode.BAD_REQUEST),
+    ("/hls/x,a%2Fb,.mp4.urlset/master.m3u8", ErrorCode.BAD_REQUEST),
+    ("/hls/,..,.urlset/master.m3u8", ErrorCode.BAD_REQUEST),
+    ("/hls/,.hidden,.urlset/master.m3u8", ErrorCode.BAD_REQUEST),
+    ("/hls/,.,.urlset/master.m3u8", ErrorCode.BAD_REQUEST),
+    ("/hls/../etc/passwd/master.m3u8", ErrorCode.BAD_REQUEST),
+    ("/hls/%2e%2e/etc/master.m3u8", ErrorCode.BAD_REQUEST),
+    ("/hls/%2E%2e/etc/master.m3u8", ErrorCode.BAD_REQUEST),
+    ("/hls/a/..%2f..%2fetc/master.m3u8", ErrorCode.BAD_REQUEST),
+    ("/hls/a%5c..%5cb/master.m3u8", ErrorCode.BAD_REQUEST),
+    ("/hls/a\\b/master.m3u8", ErrorCode.BAD_REQUEST),
+    ("/hls/a%00.mp4/master.m3u8", ErrorCode.BAD_REQUEST),
+    ("/hls//etc/passwd/master.m3u8", ErrorCode.BAD_REQUEST),
+    ("//etc/passwd", ErrorCode.BAD_REQUEST),
+    ("/hls/./x.mp4/master.m3u8", ErrorCode.BAD_REQUEST),
+    ("/hls/.hidden.mp4/master.m3u8", ErrorCode.BAD_REQUEST),
+    ("/hls/%ff.mp4/master.m3u8", ErrorCode.BAD_REQUEST),
+    ("/hls/a%0a.mp4/master.m3u8", ErrorCode.BAD_REQUEST),
+    ("/mp4/", ErrorCode.BAD_REQUEST),
+    ("/mp4", ErrorCode.BAD_REQUEST),
+    ("/mp4/../x", ErrorCode.BAD_REQUEST),
+    ("/", ErrorCode.BAD_REQUEST),
+    ("/dash/x.mp4/manifest.mpd", ErrorCode.NOT_FOUND),
+    ("/status/x", ErrorCode.NOT_FOUND),
+    ("relative/path", ErrorCode.BAD_REQUEST),
+    ("/hls/" + "a" * 256 + "/master.m3u8", ErrorCode.BAD_REQUEST),
+]
+
+
+@pytest.mark.parametrize("path, code", REJECTED)
+def test_rejected(path, code):
+    with pytest.raises(PackagerError) as info:
+        parse_path(path)
+    assert info.value.code is code
+    assert "\n" not in info.value.message
+
+
+def test_url_set_file_limit():
+    middles = ",".join(str(i) for i in range(40))
+    with pytest.raises(PackagerError):
+        parse_path(f"/hls/t_,{middles},.mp4.urlset/master.m3u8", max_url_set_files=32)
+    assert len(parse_path(f"/hls/t_,{middles},.mp4.urlset/master.m3u8", max_url_set_files=40).target.paths) == 40
+
+
+def test_huge_path_is_url_too_long():
+    with pytest.raises(UrlTooLong):
+        parse_path("/hls/" + "a/" * 3000 + "master.m3u8")
+
+
+TOKENS = ["hls", "mp4", "status", "/", "/", "/", "..", ".", "%2e", "%2E", "%2f", "%5c", "\\", "%00", "%ff", ",", ",",
+          ".urlset", "seg-", "index", "master.m3u8", "-v1", "-a1", "-f2", "-v", ".ts", ".m3u8", "0", "1", "9", "x.mp4",
+          "%", "%C3%A9", "~", " ", "?", "#"]
+
+
+def _check(path: str) -> None:
+    try:
+        parsed = parse_path(path)
+    except PackagerError as e:
+        assert e.code in (ErrorCode.BAD_REQUEST, ErrorCode.NOT_FOUND)
+        assert "\n" not in e.message
+        return
+    paths = ()
+    if isinstance(parsed, (HlsMaster, HlsMediaPlaylist, HlsSegment)):
+        paths = parsed.target.paths
+        if isinstance(parsed, HlsSegment):
+            assert parsed.index >= 0
+    elif isinstance(parsed, Mp4Download):
+        paths = (parsed.path,)
+    else:
+        assert isinstance(parsed, StatusRequest)
+    for p in paths:
+        assert not p.startswith("/")
+        for part in p.split("/"):
+            assert part and not part.startswith(".") and "\\" not in part and "\x00" not in part
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text())
+def test_arbitrary_text_is_typed_or_4xx(text):
+    _check("/" + text)
+    _check(text)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.sampled_from(TOKENS), max_size=14))
+def test_arbitrary_token_soup_is_typed_or_4xx(tokens):
+    _check("/" + "".join(tokens))
+    _check("/hls/" + "".join(tokens))
+
+
+RANGES = [
+    ("bytes=0-99", 1000, ByteRange(0, 100)),
+    ("bytes=100-", 1000, ByteRange(100, 1000)),
+    ("bytes=-500", 1000, ByteRange(500, 1000)),
+    ("bytes=-5000", 1000, ByteRange(0, 1000)),
+    ("bytes=990-5000", 1000, ByteRange(990, 1000)),
+    ("bytes=999-999", 1000, ByteRange(999, 1000)),
+    ("BYTES = 1-2", 1000, ByteRange(1, 3)),
+    ("bytes=0-1,5-6", 1000, None),  # multi-range: full body
+    ("items=0-1", 1000, None),  # unknown unit: ignored
+    ("garbage", 1000, None),
+]
+
+
+@pytest.mark.parametrize("header, length, expected", RANGES)
+def test_parse_range(header, length, expected):
+    assert parse_range(header, length) == expected
+
+
+@pytest.mark.parametrize("header", ["bytes=1000-", "bytes=5-2", "bytes=-0", "bytes=-", "bytes=abc", "bytes=1-2-3",
+                                    "bytes=" + "9" * 30 + "-"])
+def test_unsatisfiable_range(header):
+    with pytest.raises(RangeNotSatisfiable):
+        parse_range(header, 1000)
