@@ -111,3 +111,23 @@ class MediaSet:
 
     def segment_sample_counts(self, selection: Selection) -> list[np.ndarray]:
         return [np.diff(self.sample_ranges(selection, t)) for t in selection.tracks]
+
+    def segment_times(self, selection: Selection, track: Track, decode: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Per segment of ``track``: (start, duration) in the track's timescale, int64; starts tile the timeline
+        (start[k + 1] == start[k] + duration[k]).
+
+        By default times are presentation times (what a DASH SegmentTimeline or an MSS chunk list states): a
+        segment starts at the presentation time of its first sample (the key frame, for video) and the last one
+        ends at the track's presentation end. With ``decode=True`` they are decode times (dts - edit_offset), as a
+        fragment's tfdt carries them, and durations are the sums of the sample durations.
+        """
+        ranges = self.sample_ranges(selection, track)
+        n = len(track.samples)
+        if decode:
+            times = track.presentation_dts()
+            end = int(times[-1]) + int(track.samples.durations[-1]) if n else 0
+        else:
+            times = track.presentation_pts()
+            end = track.duration
+        bounds = np.append(times, end)[ranges]
+        return bounds[:-1].astype(np.int64), np.diff(bounds).astype(np.int64)

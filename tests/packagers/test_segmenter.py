@@ -86,3 +86,18 @@ def test_segments_partition_every_sample_once():
         for k, t in enumerate(ms.segment_tables(sel, i)):
             counts[k] += len(t)
     assert counts == [len(v.samples), len(a.samples)]
+
+
+def test_segment_times_tile_the_timeline():
+    v, a = video_track(20), audio_track(20)
+    ms = MediaSet([presentation(v, a)], 6000)
+    sel = ms.resolve(TrackSpec())
+    for track in sel.tracks:
+        for decode in (False, True):
+            starts, durations = ms.segment_times(sel, track, decode=decode)
+            assert (starts[1:] == starts[:-1] + durations[:-1]).all()
+            assert len(starts) == ms.plan(sel).count
+        starts, durations = ms.segment_times(sel, track)
+        assert starts[-1] + durations[-1] == track.duration
+    vstarts, _ = ms.segment_times(sel, v)
+    assert (vstarts == np.array([0, 6, 12, 18]) * v.timescale).all()
