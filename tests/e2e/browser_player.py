@@ -185,7 +185,7 @@ def serve_directory(root: Path | str, *, cors: bool = True, allow: tuple[str, ..
 def serve_player() -> Iterator[str]:
     """Serve player.html and the player libraries; yields the player page's URL."""
     ensure_node_modules()
-    allow = ("player.html", "node_modules/hls.js/dist/", "node_modules/dash.js/dist/")
+    allow = ("player.html", "node_modules/hls.js/dist/", "node_modules/dashjs/dist/", "node_modules/shaka-player/dist/")
     with serve_directory(BROWSER_DIR, cors=False, allow=allow) as base:
         yield f"{base}/player.html"
 

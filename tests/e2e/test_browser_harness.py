@@ -80,3 +80,32 @@ def test_missing_cors_fails(ffmpeg_hls):
         r = play_in_browser(f"{base}/index.m3u8", seconds=3.0, timeout=20.0)
     assert r["ok"] is False
     assert any(e["details"] == "manifestLoadError" for e in fatal_errors(r)), r
+
+
+@pytest.fixture(scope="module")
+def dash_origin(tmp_path_factory) -> str:
+    """ffmpeg's own DASH muxer output (SegmentTemplate + SegmentTimeline) on a CORS origin."""
+    if shutil.which("ffmpeg") is None:
+        (pytest.fail if in_ci() else pytest.skip)("the ffmpeg CLI is needed (CI installs it: see .ci/run)")
+    out = tmp_path_factory.mktemp("ffmpeg_dash")
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(fixture_path("title_180p.mp4")), "-c", "copy", "-map", "0",
+         "-f", "dash", "-seg_duration", "2", "-use_timeline", "1", "-use_template", "1", str(out / "manifest.mpd")],
+        check=True, stdin=subprocess.DEVNULL, timeout=120,
+    )
+    with serve_directory(out, cors=True) as base:
+        yield base
+
+
+@pytest.mark.parametrize("kind", ["dash", "shaka"])
+def test_dash_players_play_cross_origin(dash_origin, kind):
+    r = play_in_browser(f"{dash_origin}/manifest.mpd", kind=kind, seconds=3.0, timeout=40.0)
+    assert r["ok"], r
+    assert r["totalVideoFrames"] > 0 and fatal_errors(r) == [], r
+    assert r["audioDecodedBytes"] > 0, r
+
+
+@pytest.mark.parametrize("kind", ["dash", "shaka", "mss"])
+def test_dash_players_fail_on_missing_manifest(dash_origin, kind):
+    r = play_in_browser(f"{dash_origin}/nope.mpd", kind=kind, seconds=2.0, timeout=25.0)
+    assert r["ok"] is False and fatal_errors(r), r
