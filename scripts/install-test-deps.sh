@@ -62,7 +62,7 @@ fi
 step "pip install -e '.[test]'"
 quietly "$PYTHON" -m pip install -e '.[test]'
 
-step "npm ci (hls.js, playwright-core; never a browser download)"
+step "npm ci (hls.js, dashjs, shaka-player, playwright-core; never a browser download)"
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
 (cd tests/e2e/browser && quietly npm ci --no-audit --no-fund)
 
