@@ -21,7 +21,9 @@ from .packaging import PACKAGING, Packaging
 from .responses import ALLOWED_METHODS, add_common_headers, cache_control, preflight
 from .settings import SETTINGS, Settings
 from .store import FileChanged
-from .urls import GatewayRequest, Mp4Download, StatusRequest, parse_path
+from packagers.errors import ErrorCode, PackagerError
+
+from .urls import GatewayRequest, HlsMaster, HlsMediaPlaylist, HlsSegment, Mp4Download, StatusRequest, parse_path
 
 
 @dataclass
@@ -91,7 +93,9 @@ async def _serve(request: web.Request, parsed: GatewayRequest) -> web.StreamResp
         return serve_status(request)
     if isinstance(parsed, Mp4Download):
         return await serve_mp4(request, parsed)
-    return await serve_hls(request, parsed)
+    if isinstance(parsed, (HlsMaster, HlsMediaPlaylist)) or (isinstance(parsed, HlsSegment) and parsed.container == "ts"):
+        return await serve_hls(request, parsed)
+    raise PackagerError(ErrorCode.UNSUPPORTED, f"dispatch: {type(parsed).__name__} is not served yet")
 
 
 def serve_status(request: web.Request) -> web.Response:

@@ -4,7 +4,11 @@ The grammar is nginx-vod-module's, so players keep their URLs when switching:
 
     /hls/<path>/master.m3u8                       every rendition of <path>
     /hls/<path>/index<suffix>.m3u8                one media playlist (suffix = track selection, ``-v1-a1``)
-    /hls/<path>/seg-<n><suffix>.ts                segment n, counted from 1
+    /hls/<path>/seg-<n><suffix>.ts                segment n, counted from 1 (MPEG-TS)
+    /hls/<path>/init<suffix>.mp4, seg-<n><suffix>.m4s   HLS with fMP4 segments (EXT-X-MAP)
+    /dash/<path>/manifest.mpd                     DASH: init<suffix>.mp4, fragment-<n><suffix>.m4s
+    /mss/<path>/manifest                          Smooth: QualityLevels(<bitrate>)/Fragments(<stream>=<start>)
+    /hds/<path>/manifest.f4m                      HDS: frag<suffix>-Seg1-Frag<n>
     /hls/<dir>/<prefix>,<a>,<b>,<suffix>.urlset/… a url set: <dir>/<prefix><a><suffix>, <dir>/<prefix><b><suffix>
     /mp4/<path>                                   the file itself (progressive download)
     /status                                       counters (JSON)
@@ -27,8 +31,13 @@ from packagers.naming import TrackSpec
 MAX_RAW_PATH = 4096  # longer paths get 414; aiohttp itself refuses request lines over 8190 bytes
 MAX_SEGMENT = 255  # NAME_MAX of common filesystems
 URL_SET_EXTENSION = ".urlset"
-_SEGMENT_FILE = re.compile(r"seg-([0-9]+)(.*)\.ts")
+_SEGMENT_FILE = re.compile(r"seg-([0-9]+)(.*)\.(ts|m4s)")
 _INDEX_FILE = re.compile(r"index(.*)\.m3u8")
+_INIT_FILE = re.compile(r"init(.*)\.mp4")
+_DASH_FRAGMENT = re.compile(r"fragment-([0-9]+)(.*)\.m4s")
+_HDS_FRAGMENT = re.compile(r"frag(.*)-Seg1-Frag([0-9]+)")
+_MSS_QUALITY = re.compile(r"QualityLevels\(([0-9]{1,10})\)")
+_MSS_FRAGMENT = re.compile(r"Fragments\(([A-Za-z0-9_]{1,32})=([0-9]{1,20})\)")
 _MAX_SEGMENT_DIGITS = 10
 
 
@@ -63,6 +72,55 @@ class HlsSegment:
     target: MediaTarget
     spec: TrackSpec
     index: int  # 0-based; the URL says index + 1
+    container: str = "ts"  # ts (MPEG-TS) or fmp4 (.m4s)
+
+
+@dataclass(frozen=True)
+class InitSegment:
+    """An fMP4 initialization segment (HLS EXT-X-MAP or DASH SegmentTemplate@initialization)."""
+
+    protocol: str  # hls | dash
+    target: MediaTarget
+    spec: TrackSpec
+
+
+@dataclass(frozen=True)
+class DashManifest:
+    target: MediaTarget
+
+
+@dataclass(frozen=True)
+class DashFragment:
+    target: MediaTarget
+    spec: TrackSpec
+    index: int
+
+
+@dataclass(frozen=True)
+class MssManifest:
+    target: MediaTarget
+
+
+@dataclass(frozen=True)
+class MssFragment:
+    """Smooth Streaming names fragments by stream, bitrate and start time, not by number: the packager maps them."""
+
+    target: MediaTarget
+    stream: str  # StreamIndex Name: video, audio, audio_fra...
+    bitrate: int
+    start: int  # in the stream's timescale
+
+
+@dataclass(frozen=True)
+class HdsManifest:
+    target: MediaTarget
+
+
+@dataclass(frozen=True)
+class HdsFragment:
+    target: MediaTarget
+    spec: TrackSpec
+    index: int
 
 
 @dataclass(frozen=True)
@@ -75,8 +133,9 @@ class StatusRequest:
     pass
 
 
-HlsRequest = HlsMaster | HlsMediaPlaylist | HlsSegment
-GatewayRequest = HlsRequest | Mp4Download | StatusRequest
+HlsRequest = HlsMaster | HlsMediaPlaylist | HlsSegment | InitSegment
+PackagedRequest = HlsRequest | DashManifest | DashFragment | MssManifest | MssFragment | HdsManifest | HdsFragment
+GatewayRequest = PackagedRequest | Mp4Download | StatusRequest
 
 
 def split_path(raw_path: str) -> list[str]:
@@ -116,13 +175,19 @@ def parse_path(raw_path: str, max_url_set_files: int = 32) -> GatewayRequest:
     head, rest = segments[0], segments[1:]
     if head == "hls":
         return parse_hls(rest, max_url_set_files)
+    if head == "dash":
+        return parse_dash(rest, max_url_set_files)
+    if head == "mss":
+        return parse_mss(rest, max_url_set_files)
+    if head == "hds":
+        return parse_hds(rest, max_url_set_files)
     if head == "mp4":
         if not rest:
             raise bad_request("parse_path: /mp4/ needs a file path")
         return Mp4Download("/".join(rest))
     if head == "status" and not rest:
         return StatusRequest()
-    raise not_found("parse_path: no such endpoint (try /hls/, /mp4/ or /status)")
+    raise not_found("parse_path: no such endpoint (try /hls/, /dash/, /mss/, /hds/, /mp4/ or /status)")
 
 
 def parse_hls(segments: list[str], max_url_set_files: int = 32) -> HlsRequest:
@@ -136,16 +201,58 @@ def parse_hls(segments: list[str], max_url_set_files: int = 32) -> HlsRequest:
     if m := _INDEX_FILE.fullmatch(name):
         return HlsMediaPlaylist(target, TrackSpec.parse(m.group(1)))
     if m := _SEGMENT_FILE.fullmatch(name):
-        return HlsSegment(target, TrackSpec.parse(m.group(2)), _segment_index(m.group(1)))
-    raise bad_request("parse_hls: unknown HLS file name (master.m3u8, index<tracks>.m3u8 or seg-<n><tracks>.ts)")
+        container = "ts" if m.group(3) == "ts" else "fmp4"
+        return HlsSegment(target, TrackSpec.parse(m.group(2)), _segment_index(m.group(1)), container)
+    if m := _INIT_FILE.fullmatch(name):
+        return InitSegment("hls", target, TrackSpec.parse(m.group(1)))
+    raise bad_request(
+        "parse_hls: unknown HLS file name (master.m3u8, index<tracks>.m3u8, seg-<n><tracks>.ts|.m4s, init<tracks>.mp4)"
+    )
+
+
+def parse_dash(segments: list[str], max_url_set_files: int = 32) -> PackagedRequest:
+    if len(segments) < 2:
+        raise bad_request("parse_dash: expected /dash/<media path>/<file name>")
+    target = _media_target(segments[:-1], max_url_set_files)
+    name = segments[-1]
+    if name == "manifest.mpd":
+        return DashManifest(target)
+    if m := _INIT_FILE.fullmatch(name):
+        return InitSegment("dash", target, TrackSpec.parse(m.group(1)))
+    if m := _DASH_FRAGMENT.fullmatch(name):
+        return DashFragment(target, TrackSpec.parse(m.group(2)), _segment_index(m.group(1)))
+    raise bad_request("parse_dash: unknown DASH file name (manifest.mpd, init<tracks>.mp4, fragment-<n><tracks>.m4s)")
+
+
+def parse_mss(segments: list[str], max_url_set_files: int = 32) -> PackagedRequest:
+    if len(segments) >= 2 and segments[-1] in ("manifest", "Manifest"):
+        return MssManifest(_media_target(segments[:-1], max_url_set_files))
+    if len(segments) >= 3:
+        quality, fragment = _MSS_QUALITY.fullmatch(segments[-2]), _MSS_FRAGMENT.fullmatch(segments[-1])
+        if quality and fragment:
+            target = _media_target(segments[:-2], max_url_set_files)
+            return MssFragment(target, fragment.group(1), int(quality.group(1)), int(fragment.group(2)))
+    raise bad_request("parse_mss: expected /mss/<media path>/manifest or .../QualityLevels(<bitrate>)/Fragments(<stream>=<t>)")
+
+
+def parse_hds(segments: list[str], max_url_set_files: int = 32) -> PackagedRequest:
+    if len(segments) < 2:
+        raise bad_request("parse_hds: expected /hds/<media path>/<file name>")
+    target = _media_target(segments[:-1], max_url_set_files)
+    name = segments[-1]
+    if name == "manifest.f4m":
+        return HdsManifest(target)
+    if m := _HDS_FRAGMENT.fullmatch(name):
+        return HdsFragment(target, TrackSpec.parse(m.group(1)), _segment_index(m.group(2)))
+    raise bad_request("parse_hds: unknown HDS file name (manifest.f4m or frag<tracks>-Seg1-Frag<n>)")
 
 
 def _segment_index(digits: str) -> int:
     """0-based index from the URL's 1-based number, in canonical form only (no zero, no leading zeros)."""
     if digits.startswith("0"):
-        raise bad_request("parse_hls: segment numbers start at 1 and have no leading zeros")
+        raise bad_request("parse_path: segment numbers start at 1 and have no leading zeros")
     if len(digits) > _MAX_SEGMENT_DIGITS:
-        raise bad_request(f"parse_hls: segment number longer than {_MAX_SEGMENT_DIGITS} digits")
+        raise bad_request(f"parse_path: segment number longer than {_MAX_SEGMENT_DIGITS} digits")
     return int(digits) - 1
 
 
@@ -155,10 +262,10 @@ def _media_target(segments: list[str], max_url_set_files: int) -> MediaTarget:
         return MediaTarget(("/".join(segments),), False)
     parts = last[: -len(URL_SET_EXTENSION)].split(",")
     if len(parts) < 3:
-        raise bad_request("parse_hls: a url set is <prefix>,<name>[,<name>...],<suffix>.urlset")
+        raise bad_request("parse_path: a url set is <prefix>,<name>[,<name>...],<suffix>.urlset")
     prefix, middles, suffix = parts[0], parts[1:-1], parts[-1]
     if len(middles) > max_url_set_files:
-        raise bad_request(f"parse_hls: url set of {len(middles)} files (at most {max_url_set_files})")
+        raise bad_request(f"parse_path: url set of {len(middles)} files (at most {max_url_set_files})")
     directory = "/".join(segments[:-1])
     paths = []
     for middle in middles:

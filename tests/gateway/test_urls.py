@@ -7,6 +7,13 @@ from hypothesis import strategies as st
 
 from gateway.responses import ByteRange, RangeNotSatisfiable, parse_range
 from gateway.urls import (
+    DashFragment,
+    DashManifest,
+    HdsFragment,
+    HdsManifest,
+    InitSegment,
+    MssFragment,
+    MssManifest,
     HlsMaster,
     HlsMediaPlaylist,
     HlsSegment,
@@ -61,7 +68,7 @@ REJECTED = [
     ("/hls/title_360p.mp4/seg-1-v0.ts", ErrorCode.BAD_REQUEST),
     ("/hls/title_360p.mp4/seg-1-a1-v1.ts", ErrorCode.BAD_REQUEST),
     ("/hls/title_360p.mp4/seg-1-v1-v1.ts", ErrorCode.BAD_REQUEST),
-    ("/hls/title_360p.mp4/seg-1.m4s", ErrorCode.BAD_REQUEST),
+    ("/hls/title_360p.mp4/seg-1.mp4", ErrorCode.BAD_REQUEST),
     ("/hls/title_360p.mp4/index-x.m3u8", ErrorCode.BAD_REQUEST),
     ("/hls/title_360p.mp4/playlist.m3u8", ErrorCode.BAD_REQUEST),
     ("/hls/title_360p.mp4/", ErrorCode.BAD_REQUEST),
@@ -90,11 +97,44 @@ REJECTED = [
     ("/mp4", ErrorCode.BAD_REQUEST),
     ("/mp4/../x", ErrorCode.BAD_REQUEST),
     ("/", ErrorCode.BAD_REQUEST),
-    ("/dash/x.mp4/manifest.mpd", ErrorCode.NOT_FOUND),
+    ("/flv/x.mp4/manifest.mpd", ErrorCode.NOT_FOUND),
+    ("/dash/x.mp4/manifest.m3u8", ErrorCode.BAD_REQUEST),
+    ("/dash/x.mp4/fragment-0-v1.m4s", ErrorCode.BAD_REQUEST),
+    ("/dash/x.mp4/fragment-1-v1.mp4", ErrorCode.BAD_REQUEST),
+    ("/dash/x.mp4/init-v1-v2.mp4", ErrorCode.BAD_REQUEST),
+    ("/dash/manifest.mpd", ErrorCode.BAD_REQUEST),
+    ("/mss/x.mp4/QualityLevels(abc)/Fragments(video=0)", ErrorCode.BAD_REQUEST),
+    ("/mss/x.mp4/QualityLevels(100)/Fragments(video=-1)", ErrorCode.BAD_REQUEST),
+    ("/mss/x.mp4/QualityLevels(100)/Fragments(vid%20eo=1)", ErrorCode.BAD_REQUEST),
+    ("/mss/x.mp4/Fragments(video=1)", ErrorCode.BAD_REQUEST),
+    ("/mss/manifest", ErrorCode.BAD_REQUEST),
+    ("/hds/x.mp4/frag-v1-Seg2-Frag1", ErrorCode.BAD_REQUEST),
+    ("/hds/x.mp4/frag-v1-Seg1-Frag0", ErrorCode.BAD_REQUEST),
+    ("/hds/x.mp4/manifest.xml", ErrorCode.BAD_REQUEST),
     ("/status/x", ErrorCode.NOT_FOUND),
     ("relative/path", ErrorCode.BAD_REQUEST),
     ("/hls/" + "a" * 256 + "/master.m3u8", ErrorCode.BAD_REQUEST),
 ]
+
+
+ACCEPTED_OTHER_PROTOCOLS = [
+    ("/hls/a/x.mp4/init-v1-a1.mp4", InitSegment("hls", MediaTarget(("a/x.mp4",), False), TrackSpec(None, 1, 1))),
+    ("/hls/x.mp4/seg-3-v1.m4s", HlsSegment(MediaTarget(("x.mp4",), False), TrackSpec(None, 1, None), 2, "fmp4")),
+    ("/dash/x.mp4/manifest.mpd", DashManifest(MediaTarget(("x.mp4",), False))),
+    ("/dash/t_,a,b,.mp4.urlset/init-f2-v1.mp4",
+     InitSegment("dash", MediaTarget(("t_a.mp4", "t_b.mp4"), True), TrackSpec(2, 1, None))),
+    ("/dash/x.mp4/fragment-12-a2.m4s", DashFragment(MediaTarget(("x.mp4",), False), TrackSpec(None, None, 2), 11)),
+    ("/mss/x.mp4/manifest", MssManifest(MediaTarget(("x.mp4",), False))),
+    ("/mss/d/x.mp4/QualityLevels(96000)/Fragments(audio_fra=20000000)",
+     MssFragment(MediaTarget(("d/x.mp4",), False), "audio_fra", 96000, 20000000)),
+    ("/hds/x.mp4/manifest.f4m", HdsManifest(MediaTarget(("x.mp4",), False))),
+    ("/hds/x.mp4/frag-v1-a1-Seg1-Frag7", HdsFragment(MediaTarget(("x.mp4",), False), TrackSpec(None, 1, 1), 6)),
+]
+
+
+@pytest.mark.parametrize("path, expected", ACCEPTED_OTHER_PROTOCOLS)
+def test_accepted_other_protocols(path, expected):
+    assert parse_path(path) == expected
 
 
 @pytest.mark.parametrize("path, code", REJECTED)
