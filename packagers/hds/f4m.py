@@ -1,0 +1,154 @@
+"""The F4M manifest (Adobe Flash Media Manifest File Format Specification 1.0) and the HDS URL names.
+
+One ``<media>`` per rendition: each file of a url set (or the single file) with its first video and first audio
+track muxed, audio-only files as they are; further audio tracks of the first file that has several become alternate
+audio ``<media type="audio" alternate="true" lang=...>`` (OSMF late-binding audio), as nginx-vod-module does. Each
+``<media>`` has its own ``<bootstrapInfo profile="named">`` with the ``abst`` box inline (base64), and an AMF0
+``onMetaData`` in ``<metadata>`` (base64). ``url`` is ``frag<suffix>-``: a player appends ``Seg1-Frag<n>``.
+
+Times are milliseconds here and only here become seconds (``<duration>``, onMetaData ``duration``).
+"""
+from __future__ import annotations
+
+import base64
+import math
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from xml.sax.saxutils import escape, quoteattr
+
+from ..errors import bad_request
+from ..media_set import MediaSet, Selection
+from ..naming import TrackSpec
+from . import amf0, flv
+from .bootstrap import build_bootstrap
+from .fragment import check_hds_codecs, fragment_sizes
+
+F4M_NAMESPACE = "http://ns.adobe.com/f4m/1.0"
+MANIFEST_NAME = "manifest.f4m"
+MANIFEST_CONTENT_TYPE = "application/f4m+xml"
+FRAGMENT_CONTENT_TYPE = "video/f4f"
+FRAGMENT_PREFIX = "frag"  # nginx-vod-module's hds_fragment_file_name_prefix
+SEGMENT_NUMBER = 1  # every fragment lives in segment 1 (one segment run, see ``bootstrap``)
+
+_FRAGMENT_NAME = re.compile(r"frag((?:-[fva][0-9]{1,3})*)-Seg([0-9]+)-Frag([0-9]+)", re.ASCII)
+_MAX_FRAGMENT = 10**9
+
+
+def fragment_url(spec: TrackSpec) -> str:
+    """The ``<media url>`` of a rendition: ``frag-v1-a1-`` (a player requests it + ``Seg1-Frag<n>``)."""
+    return f"{FRAGMENT_PREFIX}{spec.suffix()}-"
+
+
+def fragment_name(index: int, spec: TrackSpec) -> str:
+    """URL file name of 0-based fragment ``index``: ``frag-f2-v1-a1-Seg1-Frag3`` for index 2."""
+    return f"{fragment_url(spec)}Seg{SEGMENT_NUMBER}-Frag{index + 1}"
+
+
+def parse_fragment_name(name: str) -> tuple[TrackSpec, int]:
+    """``frag<suffix>-Seg1-Frag<n>`` -> (track spec, 0-based fragment index); BAD_REQUEST for anything else.
+
+    Numbers are canonical (no leading zeros) so one fragment has one URL (and one cache key); the segment is
+    always 1. Whether the fragment exists is for the plan to say (NOT_FOUND past the end).
+    """
+    m = _FRAGMENT_NAME.fullmatch(name) if isinstance(name, str) else None
+    if m is None:
+        raise bad_request(f"parse_fragment_name: '{name}' is not frag<tracks>-Seg1-Frag<n>")
+    suffix, segment, fragment = m.groups()
+    if segment != str(SEGMENT_NUMBER):
+        raise bad_request(f"parse_fragment_name: segment {segment!r} in '{name}'; HDS fragments are in Seg1")
+    if fragment.startswith("0") or len(fragment) > 9:
+        raise bad_request(f"parse_fragment_name: fragment number {fragment!r} in '{name}' is not 1..{_MAX_FRAGMENT - 1}"
+                          " without leading zeros")  # fmt: skip
+    return TrackSpec.parse(suffix), int(fragment) - 1
+
+
+@dataclass(frozen=True)
+class MediaEntry:
+    """One ``<media>`` of the manifest."""
+
+    selection: Selection
+    alternate_audio: bool = False
+
+
+def media_entries(media_set: MediaSet) -> list[MediaEntry]:
+    """The renditions the manifest lists, in url-set order, then the alternate audio tracks."""
+    out = []
+    for file_index in range(len(media_set.presentations)):
+        f = file_index + 1 if media_set.is_url_set else None
+        out.append(MediaEntry(media_set.resolve(TrackSpec(f))))
+    for file_index, presentation in enumerate(media_set.presentations):
+        if len(presentation.audio_tracks) > 1:
+            f = file_index + 1 if media_set.is_url_set else None
+            out += [MediaEntry(media_set.resolve(TrackSpec(f, None, n)), True)
+                    for n in range(2, len(presentation.audio_tracks) + 1)]  # fmt: skip
+            break
+    return out
+
+
+def _seconds(ms: int) -> str:
+    return f"{ms // 1000}.{ms % 1000:03d}"
+
+
+def bitrate_kbps(media_set: MediaSet, selection: Selection) -> int:
+    """Average bitrate of the fragments a player downloads (FLV and box overhead included), kbit/s rounded up."""
+    seconds = float(media_set.plan(selection).durations().sum())
+    total = int(fragment_sizes(media_set, selection).sum())
+    return max(1, math.ceil(total * 8 / max(seconds, 1e-3) / 1000))
+
+
+def on_metadata(media_set: MediaSet, selection: Selection) -> bytes:
+    """The AMF0 ``onMetaData`` script data of a rendition (FLV spec E.5; fields as nginx-vod-module writes them)."""
+    tracks = selection.tracks
+    video = next((t for t in tracks if t.kind == "video"), None)
+    audio = next((t for t in tracks if t.kind == "audio"), None)
+    meta: dict[str, amf0.Value] = {"duration": max(t.duration_seconds for t in tracks)}
+    if video is not None:
+        meta.update(width=video.codec.width, height=video.codec.height, videodatarate=video.average_bitrate / 1000,
+                    framerate=video.frame_rate, videocodecid=flv.CODEC_ID_AVC)  # fmt: skip
+    if audio is not None:
+        meta.update(audiodatarate=audio.average_bitrate / 1000, audiosamplerate=audio.codec.sample_rate,
+                    audiosamplesize=16, stereo=audio.codec.channels > 1, audiochannels=audio.codec.channels,
+                    audiocodecid=flv.SOUND_FORMAT_AAC)  # fmt: skip
+    meta["filesize"] = int(fragment_sizes(media_set, selection).sum())
+    return amf0.script_data("onMetaData", meta)
+
+
+def _manifest_id(media_set: MediaSet) -> str:
+    source = media_set.presentations[0].source
+    return PurePosixPath(source.replace("\\", "/")).stem or "manifest"
+
+
+def build_f4m(media_set: MediaSet, manifest_id: str | None = None) -> str:
+    """The F4M manifest of a VOD media set (see the module docstring); UNSUPPORTED unless H.264/AAC."""
+    for p in media_set.presentations:
+        check_hds_codecs(p.tracks, "build_f4m")
+    duration_ms = round(max(p.duration_seconds for p in media_set.presentations) * 1000)
+    lines = [
+        '<?xml version="1.0" encoding="utf-8"?>',
+        f'<manifest xmlns="{F4M_NAMESPACE}">',
+        f"  <id>{escape(manifest_id or _manifest_id(media_set))}</id>",
+        "  <streamType>recorded</streamType>",
+        f"  <duration>{_seconds(duration_ms)}</duration>",
+    ]
+    entries = media_entries(media_set)
+    for k, entry in enumerate(entries):
+        abst = base64.b64encode(build_bootstrap(media_set, entry.selection)).decode("ascii")
+        lines.append(f'  <bootstrapInfo profile="named" id="bootstrap{k}">{abst}</bootstrapInfo>')
+    for k, entry in enumerate(entries):
+        sel = entry.selection
+        spec = sel.spec
+        attrs = [f"streamId={quoteattr(spec.suffix().lstrip('-'))}", f"url={quoteattr(fragment_url(spec))}",
+                 f'bitrate="{bitrate_kbps(media_set, sel)}"']  # fmt: skip
+        video = next((t for t in sel.tracks if t.kind == "video"), None)
+        if video is not None:
+            attrs += [f'width="{video.codec.width}"', f'height="{video.codec.height}"']
+        if entry.alternate_audio:
+            lang = sel.tracks[0].language
+            attrs += ['type="audio"', 'alternate="true"', f"lang={quoteattr(lang)}",
+                      f"label={quoteattr(lang if lang != 'und' else f'Audio {spec.audio}')}"]  # fmt: skip
+        attrs.append(f'bootstrapInfoId="bootstrap{k}"')
+        metadata = base64.b64encode(on_metadata(media_set, sel)).decode("ascii")
+        lines += [f"  <media {' '.join(attrs)}>", f"    <metadata>{metadata}</metadata>", "  </media>"]
+    lines.append("</manifest>")
+    return "\n".join(lines) + "\n"
