@@ -15,15 +15,13 @@ from aiohttp import web
 
 from . import __version__
 from .errors import error_response, response_for_exception
-from .handlers_hls import serve_hls
+from .handlers_packaged import serve_packaged_request
 from .handlers_mp4 import serve_mp4
 from .packaging import PACKAGING, Packaging
 from .responses import ALLOWED_METHODS, add_common_headers, cache_control, preflight
 from .settings import SETTINGS, Settings
 from .store import FileChanged
-from packagers.errors import ErrorCode, PackagerError
-
-from .urls import GatewayRequest, HlsMaster, HlsMediaPlaylist, HlsSegment, Mp4Download, StatusRequest, parse_path
+from .urls import CrossDomainPolicy, GatewayRequest, Mp4Download, StatusRequest, parse_path
 
 
 @dataclass
@@ -36,6 +34,11 @@ class Metrics:
 
 
 METRICS = web.AppKey("metrics", Metrics)
+# Media here is public unless signed (issue 4), like the CORS policy: any domain may load it.
+CROSSDOMAIN_XML = (
+    '<?xml version="1.0"?>\n<!DOCTYPE cross-domain-policy SYSTEM "http://www.adobe.com/xml/dtds/cross-domain-policy.dtd">\n'
+    '<cross-domain-policy><allow-access-from domain="*" secure="false"/></cross-domain-policy>\n'
+)
 
 
 def make_app(settings: Settings) -> web.Application:
@@ -91,11 +94,12 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
 async def _serve(request: web.Request, parsed: GatewayRequest) -> web.StreamResponse:
     if isinstance(parsed, StatusRequest):
         return serve_status(request)
+    if isinstance(parsed, CrossDomainPolicy):
+        return web.Response(text=CROSSDOMAIN_XML, content_type="text/x-cross-domain-policy",
+                            headers={"Cache-Control": cache_control(86400)})
     if isinstance(parsed, Mp4Download):
         return await serve_mp4(request, parsed)
-    if isinstance(parsed, (HlsMaster, HlsMediaPlaylist)) or (isinstance(parsed, HlsSegment) and parsed.container == "ts"):
-        return await serve_hls(request, parsed)
-    raise PackagerError(ErrorCode.UNSUPPORTED, f"dispatch: {type(parsed).__name__} is not served yet")
+    return await serve_packaged_request(request, parsed)
 
 
 def serve_status(request: web.Request) -> web.Response:

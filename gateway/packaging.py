@@ -16,10 +16,9 @@ from typing import Callable, Hashable, TypeVar
 
 from aiohttp import web
 
-from packagers.media_set import MediaSet, Selection
+from packagers.media_set import MediaSet
 from packagers.model import Presentation
 from packagers.mp4 import read_presentation
-from packagers.ts import TsMuxer
 
 from . import __version__
 from .cache import ByteLRU, MetadataCache
@@ -136,15 +135,6 @@ def parse_presentation(store: Store, file: FileIdentity) -> Presentation:
     """Read the moov of one file (box headers and moov only). Blocking."""
     with store.open(file) as reader:
         return read_presentation(reader.pread, file.size, file.path)
-
-
-def build_ts_segment(store: Store, file: FileIdentity, media_set: MediaSet, selection: Selection, index: int) -> bytes:
-    """Read one segment's samples with coalesced preads on one descriptor, then mux to MPEG-TS. Blocking."""
-    requests = media_set.segment_reads(selection, index)
-    with store.open(file) as reader:
-        buffers = reader.read_all(requests)
-    segment = media_set.media_segment(selection, index, requests, buffers)
-    return TsMuxer(selection.tracks).build(segment)
 
 
 PACKAGING = web.AppKey("packaging", Packaging)

@@ -133,9 +133,14 @@ class StatusRequest:
     pass
 
 
+@dataclass(frozen=True)
+class CrossDomainPolicy:
+    """/crossdomain.xml: Flash-based HDS/MSS players fetch it before any cross-origin request."""
+
+
 HlsRequest = HlsMaster | HlsMediaPlaylist | HlsSegment | InitSegment
 PackagedRequest = HlsRequest | DashManifest | DashFragment | MssManifest | MssFragment | HdsManifest | HdsFragment
-GatewayRequest = PackagedRequest | Mp4Download | StatusRequest
+GatewayRequest = PackagedRequest | Mp4Download | StatusRequest | CrossDomainPolicy
 
 
 def split_path(raw_path: str) -> list[str]:
@@ -187,6 +192,8 @@ def parse_path(raw_path: str, max_url_set_files: int = 32) -> GatewayRequest:
         return Mp4Download("/".join(rest))
     if head == "status" and not rest:
         return StatusRequest()
+    if head == "crossdomain.xml" and not rest:
+        return CrossDomainPolicy()
     raise not_found("parse_path: no such endpoint (try /hls/, /dash/, /mss/, /hds/, /mp4/ or /status)")
 
 

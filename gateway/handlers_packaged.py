@@ -1,0 +1,23 @@
+"""Every packaged endpoint (HLS, DASH, MSS, HDS): open the media set, pick the product, answer from the cache."""
+from __future__ import annotations
+
+from aiohttp import web
+
+from .packaging import PACKAGING
+from .products import product_for
+from .responses import serve_packaged
+from .urls import PackagedRequest
+
+
+async def serve_packaged_request(request: web.Request, parsed: PackagedRequest) -> web.Response:
+    packaging = request.app[PACKAGING]
+    opened = await packaging.open(parsed.target)
+    product = product_for(parsed, opened, packaging)
+    return await serve_packaged(
+        request,
+        lambda: packaging.packaged(opened, product.key, product.build),
+        content_type=product.content_type,
+        etag=opened.etag(product.key),
+        last_modified=opened.last_modified,
+        max_age=product.max_age,
+    )
