@@ -3,17 +3,31 @@
 Names follow nginx-vod-module: ``index<suffix>.m3u8`` for media playlists and ``seg-<n><suffix>.ts`` for segments,
 n from 1, where <suffix> is the track selection (``-f1-v1-a1``). URIs are relative, so a query string or path token on
 the master URL is inherited by everything a player fetches from it.
+
+Two containers. ``ts`` (MPEG-TS, the default): audio rides in the video variants unless a file has several audio
+tracks. ``fmp4`` (RFC 8216 §3.3): every playlist carries one track, ``EXT-X-MAP:URI="init<suffix>.mp4"`` names its
+init segment and segments are ``seg-<n><suffix>.m4s``; audio is always demuxed into EXT-X-MEDIA groups (video-only
+variants + audio renditions, as Apple's HLS authoring specification recommends and hls.js handles best), with the
+renditions of ``packagers.fmp4.renditions``. ``choose_container`` resolves the 'auto' setting.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
+from ..errors import bad_request
+from ..fmp4.fragment import fragment_size_bound
+from ..fmp4.init import codec_string
+from ..fmp4.renditions import audio_groups, video_selections
 from ..media_set import MediaSet, Selection
 from ..model import Track
 from ..naming import TrackSpec
+
+Container = Literal["ts", "fmp4"]
+FMP4_VERSION = 7  # RFC 8216 §7 asks >= 6 for EXT-X-MAP; 7 is the version that brought fMP4 (Apple's tools write it)
 
 # ISO 639-2/T (mdhd) → RFC 5646 primary tag for the languages players show most; others pass through unchanged.
 _LANG_639_1 = {
@@ -61,15 +75,36 @@ def ts_size_estimate(media_set: MediaSet, selection: Selection) -> np.ndarray:
     return total
 
 
-def variant_figures(media_set: MediaSet, selection: Selection) -> VariantFigures:
+def fmp4_size_estimate(media_set: MediaSet, selection: Selection) -> np.ndarray:
+    """An upper bound of each fMP4 segment's size in bytes: payload plus ``fragment_size_bound``'s overhead."""
+    sizes = sum(media_set.segment_sizes(selection))
+    counts = sum(media_set.segment_sample_counts(selection))
+    return fragment_size_bound(sizes, counts, len(selection.tracks)).astype(np.float64)
+
+
+def variant_figures(media_set: MediaSet, selection: Selection, container: Container = "ts") -> VariantFigures:
     durations = media_set.plan(selection).durations()
-    size = ts_size_estimate(media_set, selection)
+    estimate = fmp4_size_estimate if container == "fmp4" else ts_size_estimate
+    size = estimate(media_set, selection)
     rate = size * 8 / np.maximum(durations, 1e-3)
     return VariantFigures(int(math.ceil(rate.max())), int(math.ceil(size.sum() * 8 / max(durations.sum(), 1e-3))))
 
 
 def _codecs(tracks: tuple[Track, ...]) -> str:
     return ",".join(t.codec.codec_string for t in tracks)
+
+
+def choose_container(media_set: MediaSet, setting: str) -> Container:
+    """The HLS container for a delivery setting: 'ts' (or 'mpegts'), 'fmp4', or 'auto' = fmp4 when any video track
+    is HEVC (Apple plays HEVC only from fMP4), else ts."""
+    if setting in ("ts", "mpegts"):
+        return "ts"
+    if setting == "fmp4":
+        return "fmp4"
+    if setting != "auto":
+        raise bad_request(f"choose_container: unknown HLS container setting '{setting}'")
+    hevc = any(t.codec.codec == "hevc" for p in media_set.presentations for t in p.video_tracks)
+    return "fmp4" if hevc else "ts"
 
 
 def _video_attrs(track: Track) -> list[str]:
@@ -90,8 +125,16 @@ def segment_name(index: int, spec: TrackSpec, extension: str = "ts") -> str:
     return f"seg-{index + 1}{spec.suffix()}.{extension}"
 
 
-def build_master_playlist(media_set: MediaSet) -> str:
-    """Every file of the set as a variant; files with several audio tracks get an EXT-X-MEDIA audio group."""
+def init_segment_name(spec: TrackSpec) -> str:
+    """URL file name of the fMP4 init segment of a media playlist (EXT-X-MAP)."""
+    return f"init{spec.suffix()}.mp4"
+
+
+def build_master_playlist(media_set: MediaSet, container: Container = "ts") -> str:
+    """Every file of the set as a variant; with TS, files with several audio tracks get an EXT-X-MEDIA audio group;
+    with fMP4, see ``_fmp4_master_playlist``."""
+    if container == "fmp4":
+        return _fmp4_master_playlist(media_set)
     lines = ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-INDEPENDENT-SEGMENTS"]
     variants = []
     for file_index, presentation in enumerate(media_set.presentations):
@@ -136,18 +179,71 @@ def build_master_playlist(media_set: MediaSet) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_media_playlist(media_set: MediaSet, selection: Selection, extension: str = "ts") -> str:
-    """VOD media playlist: every segment with its real duration (RFC 8216 §4.3.2.1), then ENDLIST."""
+def _rendition_name(track: Track, n: int) -> str:
+    lang = language_tag(track.language)
+    return f"{_LANG_NAME.get(lang, lang if lang != 'und' else f'Audio {n}')} ({n})"
+
+
+def _fmp4_master_playlist(media_set: MediaSet) -> str:
+    """Video-only variants (one per file) whose AUDIO group lists that file's distinct audio renditions; variants
+    whose files carry the same audio share one group. Audio-only sets: one variant per file, on its first audio
+    rendition (with the group when the file has several). BANDWIDTH = video peak + the group's highest peak."""
+    lines = ["#EXTM3U", f"#EXT-X-VERSION:{FMP4_VERSION}", "#EXT-X-INDEPENDENT-SEGMENTS"]
+    groups = audio_groups(media_set)
+    figures = [variant_figures(media_set, sel, "fmp4") for sel in groups.renditions]
+    videos = {sel.file_index: sel for sel in video_selections(media_set)}
+    files = sorted(videos) if videos else [i for i, m in enumerate(groups.of_file) if m]
+    members = list(dict.fromkeys(groups.of_file[i] for i in files if groups.of_file[i]))  # in file order
+    group_ids = {key: "audio" if len(members) == 1 else f"audio{k}" for k, key in enumerate(members, 1)}
+    for key, group_id in group_ids.items():
+        if not videos and len(key) == 1:
+            continue  # an audio-only variant with one rendition needs no group
+        for n, index in enumerate(key, start=1):
+            sel = groups.renditions[index]
+            track = sel.tracks[0]
+            lines.append(
+                f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="{group_id}",LANGUAGE="{language_tag(track.language)}",'
+                f'NAME="{_rendition_name(track, n)}",DEFAULT={"YES" if n == 1 else "NO"},AUTOSELECT=YES,'
+                f'CHANNELS="{track.codec.channels or 2}",URI="{media_playlist_name(sel.spec)}"'
+            )
+    for i in files:
+        key = groups.of_file[i]
+        audio_codecs = list(dict.fromkeys(codec_string(groups.renditions[k].tracks[0].codec) for k in key))
+        audio_peak = max((figures[k].peak_bps for k in key), default=0)
+        audio_avg = max((figures[k].average_bps for k in key), default=0)
+        if i in videos:
+            sel = videos[i]
+            fig = variant_figures(media_set, sel, "fmp4")
+            attrs = [f"BANDWIDTH={fig.peak_bps + audio_peak}", f"AVERAGE-BANDWIDTH={fig.average_bps + audio_avg}",
+                     f'CODECS="{",".join([codec_string(sel.tracks[0].codec), *audio_codecs])}"',
+                     *_video_attrs(sel.tracks[0])]
+        else:
+            sel = groups.renditions[key[0]]
+            attrs = [f"BANDWIDTH={audio_peak}", f"AVERAGE-BANDWIDTH={audio_avg}", f'CODECS="{",".join(audio_codecs)}"']
+        if key and (i in videos or len(key) > 1):
+            attrs.append(f'AUDIO="{group_ids[key]}"')
+        lines.append("#EXT-X-STREAM-INF:" + ",".join(attrs))
+        lines.append(media_playlist_name(sel.spec))
+    return "\n".join(lines) + "\n"
+
+
+def build_media_playlist(media_set: MediaSet, selection: Selection, extension: str = "ts",
+                         container: Container = "ts") -> str:
+    """VOD media playlist: every segment with its real duration (RFC 8216 §4.3.2.1), then ENDLIST. With fMP4, the
+    EXT-X-MAP of the selection's init segment (§4.3.2.5) comes first and segments end in .m4s."""
     durations = media_set.plan(selection).durations()
     target = max(1, int(math.ceil(float(durations.max())))) if len(durations) else 1
     lines = [
         "#EXTM3U",
-        "#EXT-X-VERSION:3",
+        f"#EXT-X-VERSION:{FMP4_VERSION if container == 'fmp4' else 3}",
         f"#EXT-X-TARGETDURATION:{target}",
         "#EXT-X-MEDIA-SEQUENCE:1",
         "#EXT-X-PLAYLIST-TYPE:VOD",
         "#EXT-X-INDEPENDENT-SEGMENTS",
     ]
+    if container == "fmp4":
+        extension = "m4s"
+        lines.append(f'#EXT-X-MAP:URI="{init_segment_name(selection.spec)}"')
     for index, d in enumerate(durations.tolist()):
         lines.append(f"#EXTINF:{d:.3f},")
         lines.append(segment_name(index, selection.spec, extension))
