@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 from urllib.parse import quote
 
 from . import __version__
-from .settings import Settings
+from .settings import HLS_CONTAINERS, Settings
 
 DEMO_PATHS = (
     ("ABR ladder, 3 renditions", "/hls/title_,360p,240p,180p,.mp4.urlset/master.m3u8"),
@@ -76,6 +76,8 @@ def _server_options(p: argparse.ArgumentParser, default_port: int) -> None:
                    help="how long a file's size/mtime is trusted before the next stat (0 = every request)")
     p.add_argument("--io-threads", type=int, default=d.io_threads, metavar="N")
     p.add_argument("--no-access-log", dest="access_log", action="store_false", help="do not log every request")
+    p.add_argument("--hls-container", default=d.hls_container, choices=HLS_CONTAINERS,
+                   help="HLS segments: ts (MPEG-TS), fmp4, or auto = fmp4 for HEVC (Apple's rule), ts otherwise")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -92,6 +94,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         stat_cache_seconds=args.stat_cache_seconds,
         io_threads=args.io_threads,
         access_log=args.access_log,
+        hls_container=args.hls_container,
     )
 
 

@@ -10,15 +10,19 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Hashable
 
+from packagers.dash import mpd as dash
+from packagers.errors import ErrorCode, PackagerError
+from packagers.fmp4 import Fmp4Muxer, build_init_segment
 from packagers.hds import build_f4m, fragment_muxer
 from packagers.hds.f4m import FRAGMENT_CONTENT_TYPE, MANIFEST_CONTENT_TYPE
-from packagers.hls import build_master_playlist, build_media_playlist
+from packagers.hls.playlists import build_master_playlist, build_media_playlist, choose_container
 from packagers.media_set import MediaSet, Selection
 from packagers.ts import TsMuxer
 
 from .packaging import OpenedSet, Packaging
 from .store import FileIdentity, Store
-from .urls import HdsFragment, HdsManifest, HlsMaster, HlsMediaPlaylist, HlsSegment, PackagedRequest
+from .urls import (DashFragment, DashManifest, HdsFragment, HdsManifest, HlsMaster, HlsMediaPlaylist, HlsSegment,
+                   InitSegment, PackagedRequest)
 
 M3U8_TYPE = "application/vnd.apple.mpegurl"
 TS_TYPE = "video/MP2T"
@@ -51,22 +55,50 @@ def _text(fn: Callable[..., str], *args) -> Callable[[], bytes]:
     return lambda: fn(*args).encode()
 
 
+def _fmp4_type(selection: Selection) -> str:
+    return dash.content_type("video" if any(t.kind == "video" for t in selection.tracks) else "audio")
+
+
 def product_for(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging) -> Product:
     settings = packaging.settings
     media_set = opened.media_set
     manifest_age, segment_age = settings.manifest_max_age, settings.segment_max_age
 
-    if isinstance(parsed, HlsMaster):
-        return Product(("hls", "master"), _text(build_master_playlist, media_set), M3U8_TYPE, manifest_age)
-    if isinstance(parsed, HlsMediaPlaylist):
+    if isinstance(parsed, (HlsMaster, HlsMediaPlaylist)):
+        container = choose_container(media_set, settings.hls_container)
+        if isinstance(parsed, HlsMaster):
+            build = _text(build_master_playlist, media_set, container)
+            return Product(("hls", "master", container), build, M3U8_TYPE, manifest_age)
         selection = media_set.resolve(parsed.spec)
-        key = ("hls", "index", selection.spec.suffix())
-        return Product(key, _text(build_media_playlist, media_set, selection), M3U8_TYPE, manifest_age)
-    if isinstance(parsed, HlsSegment) and parsed.container == "ts":
+        extension = "ts" if container == "ts" else "m4s"
+        build = _text(build_media_playlist, media_set, selection, extension, container)
+        return Product(("hls", "index", selection.spec.suffix(), container), build, M3U8_TYPE, manifest_age)
+    if isinstance(parsed, HlsSegment):
         selection = media_set.resolve(parsed.spec)
-        mux = TsMuxer(selection.tracks).build
-        key = ("hls", "seg", parsed.index, selection.spec.suffix(), "ts")
-        return Product(key, _segment(packaging, opened, selection, parsed.index, mux), TS_TYPE, segment_age)
+        if parsed.container == "ts":
+            mux, content_type = TsMuxer(selection.tracks).build, TS_TYPE
+        else:
+            # presentation times exactly as in TS (minus TS_PTS_OFFSET): tfdt = dts, signed composition offsets
+            mux, content_type = Fmp4Muxer(selection.tracks).build, _fmp4_type(selection)
+        key = ("hls", "seg", parsed.index, selection.spec.suffix(), parsed.container)
+        return Product(key, _segment(packaging, opened, selection, parsed.index, mux), content_type, segment_age)
+    if isinstance(parsed, InitSegment):
+        selection = media_set.resolve(parsed.spec)
+        # identical for HLS and DASH: one cache entry
+        build = partial(build_init_segment, selection.tracks)
+        return Product(("init", selection.spec.suffix()), build, _fmp4_type(selection), segment_age)
+
+    if isinstance(parsed, DashManifest):
+        return Product(("dash", "manifest"), _text(dash.build_mpd, media_set), dash.MPD_CONTENT_TYPE, manifest_age)
+    if isinstance(parsed, DashFragment):
+        selection = media_set.resolve(parsed.spec)
+        if len(selection.tracks) != 1:
+            raise PackagerError(ErrorCode.BAD_REQUEST, "product_for: a DASH fragment carries one track (-vN or -aN)")
+        # DASH timelines cannot be negative: AAC priming moves into presentationTimeOffset (declared in the MPD)
+        mux = Fmp4Muxer(selection.tracks, non_negative=True).build
+        key = ("dash", "frag", parsed.index, selection.spec.suffix())
+        return Product(key, _segment(packaging, opened, selection, parsed.index, mux), _fmp4_type(selection),
+                       segment_age)
 
     if isinstance(parsed, HdsManifest):
         return Product(("hds", "manifest"), _text(build_f4m, media_set), MANIFEST_CONTENT_TYPE, manifest_age)
@@ -76,7 +108,5 @@ def product_for(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging
         key = ("hds", "frag", parsed.index, selection.spec.suffix())
         return Product(key, _segment(packaging, opened, selection, parsed.index, mux), FRAGMENT_CONTENT_TYPE,
                        segment_age)
-
-    from packagers.errors import ErrorCode, PackagerError
 
     raise PackagerError(ErrorCode.UNSUPPORTED, f"product_for: {type(parsed).__name__} is not served yet")

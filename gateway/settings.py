@@ -7,7 +7,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-HLS_CONTAINERS = ("mpegts",)  # fMP4 HLS joins when packagers/fmp4 exists
+HLS_CONTAINERS = ("auto", "ts", "fmp4", "mpegts")  # auto: fMP4 for HEVC (Apple requires it), MPEG-TS otherwise
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class Settings:
     segment_cache_mb: float = 256  # response cache (segments and playlists) bounded in bytes; 0 disables it
     metadata_cache_entries: int = 1024  # parsed moov boxes (Presentation objects)
     media_set_cache_entries: int = 256  # MediaSet objects (plans); a url set is one entry
-    hls_container: str = "mpegts"
+    hls_container: str = "auto"
     segment_max_age: int = 86400  # Cache-Control max-age of segments: immutable for a given file identity
     manifest_max_age: int = 3600  # playlists: shorter, so a replaced file reaches players within the hour
     not_found_max_age: int = 0  # 0 = 404s are no-store (an upload becomes visible at once); >0 shields the store

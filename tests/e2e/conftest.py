@@ -31,14 +31,13 @@ def e2e_store(tmp_path_factory) -> Path:
     return store
 
 
-@pytest.fixture(scope="session")
-def gateway_url(e2e_store: Path):
-    """Base URL of a `gateway serve` subprocess (the real CLI), stopped at the end of the session."""
+def start_gateway(store: Path, log_path: Path, *extra: str):
+    """Start `gateway serve` (the real CLI) on a free loopback port; returns (process, base URL) once it answers."""
     port = free_port()
-    log = open(e2e_store.parent / "gateway.log", "wb")
+    log = open(log_path, "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--store", str(e2e_store), "--host", "127.0.0.1",
-         "--port", str(port), "--segment-duration", "4"],
+        [sys.executable, "-m", "gateway", "serve", "--store", str(store), "--host", "127.0.0.1",
+         "--port", str(port), "--segment-duration", "4", *extra],
         stdout=log, stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
@@ -46,12 +45,36 @@ def gateway_url(e2e_store: Path):
     while True:
         try:
             urllib.request.urlopen(base + "/status", timeout=5).read()
-            break
+            return proc, base
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"gateway serve did not start: {(e2e_store.parent / 'gateway.log').read_text()}")
+                proc.kill()
+                raise RuntimeError(f"gateway serve did not start: {log_path.read_text()}")
             time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def gateway_url(e2e_store: Path):
+    """Base URL of a `gateway serve` subprocess with default settings (HLS container auto)."""
+    proc, base = start_gateway(e2e_store, e2e_store.parent / "gateway.log")
     yield base
     proc.terminate()
     proc.wait(10)
-    log.close()
+
+
+@pytest.fixture(scope="session")
+def gateway_fmp4_url(e2e_store: Path):
+    """The same store served with `--hls-container fmp4` (HLS with EXT-X-MAP and .m4s segments)."""
+    proc, base = start_gateway(e2e_store, e2e_store.parent / "gateway-fmp4.log", "--hls-container", "fmp4")
+    yield base
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def gateway_ts_url(e2e_store: Path):
+    """The same store served with `--hls-container ts`: MPEG-TS for every codec, HEVC included."""
+    proc, base = start_gateway(e2e_store, e2e_store.parent / "gateway-ts.log", "--hls-container", "ts")
+    yield base
+    proc.terminate()
+    proc.wait(10)

@@ -2,19 +2,17 @@
 from __future__ import annotations
 
 import io
-import urllib.request
 from urllib.parse import urljoin
 
 import av
 import m3u8
 import pytest
 
+from .http import get
+
 URLSET = "/hls/title_,360p,240p,180p,.mp4.urlset/master.m3u8"
 
 
-def get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=60) as r:
-        return r.read()
 
 
 def segments(playlist_url: str) -> list[tuple[float, bytes]]:

@@ -9,7 +9,6 @@ durations must add up to the source duration.
 from __future__ import annotations
 
 import io
-import urllib.request
 from urllib.parse import urljoin
 
 import av
@@ -19,6 +18,8 @@ import pytest
 
 from fixtures.generate import fixture_path
 from packagers.ts import TS_PTS_OFFSET
+
+from .http import get
 
 CASES = {
     "title_360p.mp4": "/hls/title_360p.mp4/master.m3u8",
@@ -32,9 +33,6 @@ CASES = {
 FRAMING_NALS = {"h264": {7, 8, 9}, "hevc": {32, 33, 34, 35}}
 
 
-def get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=60) as r:
-        return r.read()
 
 
 def nal_type(codec: str, nal: bytes) -> int:
@@ -95,8 +93,8 @@ def playlist_packets(playlist_url: str) -> tuple[dict[str, list], float]:
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_packets_equal_source(gateway_url, name):
-    master_url = gateway_url + CASES[name]
+def test_packets_equal_source(gateway_ts_url, name):
+    master_url = gateway_ts_url + CASES[name]
     master = m3u8.loads(get(master_url).decode())
     source = source_packets(name)
     video_src = [v for v in source.values() if v[0][3] in ("h264", "hevc")]
