@@ -17,12 +17,14 @@ from packagers.hds import build_f4m, fragment_muxer
 from packagers.hds.f4m import FRAGMENT_CONTENT_TYPE, MANIFEST_CONTENT_TYPE
 from packagers.hls.playlists import build_master_playlist, build_media_playlist, choose_container
 from packagers.media_set import MediaSet, Selection
+from packagers.mss import MANIFEST_CONTENT_TYPE as MSS_MANIFEST_TYPE
+from packagers.mss import build_smooth_manifest, locate_fragment
 from packagers.ts import TsMuxer
 
 from .packaging import OpenedSet, Packaging
 from .store import FileIdentity, Store
 from .urls import (DashFragment, DashManifest, HdsFragment, HdsManifest, HlsMaster, HlsMediaPlaylist, HlsSegment,
-                   InitSegment, PackagedRequest)
+                   InitSegment, MssFragment, MssManifest, PackagedRequest)
 
 M3U8_TYPE = "application/vnd.apple.mpegurl"
 TS_TYPE = "video/MP2T"
@@ -99,6 +101,15 @@ def product_for(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging
         key = ("dash", "frag", parsed.index, selection.spec.suffix())
         return Product(key, _segment(packaging, opened, selection, parsed.index, mux), _fmp4_type(selection),
                        segment_age)
+
+    if isinstance(parsed, MssManifest):
+        return Product(("mss", "manifest"), _text(build_smooth_manifest, media_set), MSS_MANIFEST_TYPE, manifest_age)
+    if isinstance(parsed, MssFragment):
+        selection, index = locate_fragment(media_set, parsed.stream, parsed.bitrate, parsed.start)
+        # moof (with tfxd) + mdat, no styp: Smooth clients build the init segment from the manifest
+        mux = Fmp4Muxer(selection.tracks, styp=False, tfxd=True).build
+        key = ("mss", "frag", index, selection.spec.suffix())
+        return Product(key, _segment(packaging, opened, selection, index, mux), _fmp4_type(selection), segment_age)
 
     if isinstance(parsed, HdsManifest):
         return Product(("hds", "manifest"), _text(build_f4m, media_set), MANIFEST_CONTENT_TYPE, manifest_age)

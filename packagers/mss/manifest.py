@@ -1,0 +1,149 @@
+"""Microsoft Smooth Streaming: the client manifest and the fragment lookup (MS-SSTR §2.2.2, §2.2.4).
+
+One StreamIndex for video (a QualityLevel per file of a url set: their chunks must coincide, so the files' key frames
+must align) and one per distinct audio track (``audio``, ``audio_fra``...). Each StreamIndex carries its own
+TimeScale, the track's, so fragments keep the source's exact times (MS-SSTR §2.2.2.3 allows it; dash.js honours
+it). Chunk ``t`` is the fragment's decode start, the same value as its tfxd ``fragment_absolute_time`` and tfdt; the
+presentation times inside are exactly those of every other protocol (see packagers.fmp4.fragment).
+
+Fragments are named by stream, bitrate and start time, ``QualityLevels(<bitrate>)/Fragments(<stream>=<t>)``, so
+``locate_fragment`` maps a request back to (selection, segment index) and answers NOT_FOUND for any other value.
+"""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ErrorCode, PackagerError, not_found
+from ..fmp4.renditions import audio_groups, video_selections
+from ..media_set import MediaSet, Selection
+from ..model import Track
+
+MANIFEST_NAME = "manifest"
+MANIFEST_CONTENT_TYPE = "text/xml"  # what IIS Smooth Streaming and nginx-vod-module send
+MANIFEST_TIMESCALE = 10_000_000  # MS-SSTR default: 100 ns ticks
+_FOURCC = {"h264": "H264", "aac": "AACL"}
+
+
+@dataclass(frozen=True, eq=False)
+class SmoothStream:
+    """A StreamIndex: its quality levels (bitrate → selection) share one chunk list."""
+
+    name: str
+    kind: str  # video | audio
+    timescale: int
+    levels: tuple[tuple[int, Selection], ...]
+    starts: np.ndarray  # chunk t, int64, stream timescale
+    durations: np.ndarray  # chunk d
+
+    def url(self) -> str:
+        return f"QualityLevels({{bitrate}})/Fragments({self.name}={{start time}})"
+
+
+def _chunks(media_set: MediaSet, selection: Selection) -> tuple[np.ndarray, np.ndarray]:
+    """Decode-time chunk list of a one-track selection in the source's own time base (raw dts, never negative)."""
+    track = selection.tracks[0]
+    starts, durations = media_set.segment_times(selection, track, decode=True)
+    return starts + track.edit_offset, durations
+
+
+def _unique_bitrates(tracks: list[Track]) -> list[int]:
+    """Bitrates as QualityLevel names: the URL names a level by bitrate, so equal ones get nudged apart by 1 bps."""
+    out: list[int] = []
+    for t in tracks:
+        b = max(1, t.average_bitrate)
+        while b in out:
+            b += 1
+        out.append(b)
+    return out
+
+
+def smooth_streams(media_set: MediaSet) -> list[SmoothStream]:
+    streams = []
+    videos = video_selections(media_set)
+    if videos:
+        tracks = [s.tracks[0] for s in videos]
+        for t in tracks:
+            if t.codec.codec not in _FOURCC:
+                raise PackagerError(ErrorCode.UNSUPPORTED,
+                                    f"smooth_streams: Smooth Streaming carries H.264 and AAC, not {t.codec.codec}")
+        chunk_lists = [_chunks(media_set, s) for s in videos]
+        same = all(t.timescale == tracks[0].timescale for t in tracks) and all(
+            np.array_equal(c[0], chunk_lists[0][0]) and np.array_equal(c[1], chunk_lists[0][1]) for c in chunk_lists)
+        if not same:
+            raise PackagerError(ErrorCode.UNSUPPORTED, "smooth_streams: the renditions' fragments do not line up "
+                                "(key frames or timescales differ), which one Smooth video stream cannot express")
+        levels = tuple(zip(_unique_bitrates(tracks), videos))
+        streams.append(SmoothStream("video", "video", tracks[0].timescale, levels, *chunk_lists[0]))
+    names: set[str] = set()
+    for selection in audio_groups(media_set).renditions:
+        track = selection.tracks[0]
+        if track.codec.codec != "aac":
+            raise PackagerError(ErrorCode.UNSUPPORTED, f"smooth_streams: audio codec {track.codec.codec} not supported")
+        name = "audio" if not names else f"audio_{track.language}"
+        while name in names:
+            name += "_"
+        names.add(name)
+        streams.append(SmoothStream(name, "audio", track.timescale, ((_unique_bitrates([track])[0], selection),),
+                                    *_chunks(media_set, selection)))
+    if not streams:
+        raise PackagerError(ErrorCode.NO_STREAMS, "smooth_streams: nothing to stream")
+    return streams
+
+
+def locate_fragment(media_set: MediaSet, stream: str, bitrate: int, start: int) -> tuple[Selection, int]:
+    """(selection, 0-based segment index) of ``QualityLevels(bitrate)/Fragments(stream=start)``."""
+    for s in smooth_streams(media_set):
+        if s.name != stream:
+            continue
+        selection = next((sel for b, sel in s.levels if b == bitrate), None)
+        if selection is None:
+            raise not_found(f"locate_fragment: stream {stream} has no quality level of bitrate {bitrate}")
+        index = int(np.searchsorted(s.starts, start))
+        if index >= len(s.starts) or int(s.starts[index]) != start:
+            raise not_found(f"locate_fragment: no {stream} fragment starts at {start}")
+        return selection, index
+    raise not_found(f"locate_fragment: no stream named {stream}")
+
+
+def _hex(data: bytes) -> str:
+    return data.hex().upper()
+
+
+def _quality_level(index: int, bitrate: int, track: Track) -> ET.Element:
+    c = track.codec
+    attrs = {"Index": str(index), "Bitrate": str(bitrate), "FourCC": _FOURCC[c.codec]}
+    if track.kind == "video":
+        attrs["MaxWidth"], attrs["MaxHeight"] = str(c.width), str(c.height)
+        # Annex-B parameter sets (MS-SSTR §2.2.2.5: CodecPrivateData for H264)
+        attrs["CodecPrivateData"] = "".join("00000001" + _hex(ps) for ps in c.parameter_sets)
+    else:
+        attrs.update(SamplingRate=str(c.sample_rate), Channels=str(c.channels), BitsPerSample="16",
+                     PacketSize=str(4 * c.channels), AudioTag="255", CodecPrivateData=_hex(c.extradata))
+    return ET.Element("QualityLevel", attrs)
+
+
+def build_smooth_manifest(media_set: MediaSet) -> str:
+    root = ET.Element("SmoothStreamingMedia", {
+        "MajorVersion": "2", "MinorVersion": "2", "TimeScale": str(MANIFEST_TIMESCALE),
+        "Duration": str(round(media_set.presentations[0].duration_seconds * MANIFEST_TIMESCALE)),
+    })
+    for s in smooth_streams(media_set):
+        attrs = {"Type": s.kind, "Name": s.name, "Chunks": str(len(s.starts)), "QualityLevels": str(len(s.levels)),
+                 "Url": s.url(), "TimeScale": str(s.timescale)}
+        tracks = [sel.tracks[0] for _, sel in s.levels]
+        if s.kind == "video":
+            width, height = max(t.codec.width for t in tracks), max(t.codec.height for t in tracks)
+            attrs.update(MaxWidth=str(width), MaxHeight=str(height), DisplayWidth=str(width), DisplayHeight=str(height))
+        else:
+            attrs["Language"] = tracks[0].language
+        index = ET.SubElement(root, "StreamIndex", attrs)
+        for i, (bitrate, sel) in enumerate(s.levels):
+            index.append(_quality_level(i, bitrate, sel.tracks[0]))
+        for k, (t, d) in enumerate(zip(s.starts.tolist(), s.durations.tolist())):
+            # the first chunk's start is always written; later ones follow from the durations
+            ET.SubElement(index, "c", {"t": str(t), "d": str(d)} if k == 0 else {"d": str(d)})
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
