@@ -7,6 +7,7 @@ hundred KB apart: one read per segment beats dozens of small ones on NFS).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -30,11 +31,32 @@ class ReadRequest:
 
 @dataclass(frozen=True, eq=False)
 class TrackSegment:
-    """One track's share of a segment: its samples and their payload bytes back to back, in sample order."""
+    """One track's share of a segment: its samples and their payload bytes back to back, in sample order.
+
+    The bytes may come as several chunks (runs of samples contiguous in the file, as views of the read buffers):
+    a muxer that only needs them in order (fMP4's mdat) joins the chunks straight into its output, and
+    ``payload`` joins them once for muxers that index into one buffer. A single ``bytes`` is accepted too.
+    """
 
     track: Track
     samples: SampleTable
-    payload: bytes
+    chunks: tuple
+
+    def __post_init__(self) -> None:
+        if isinstance(self.chunks, (bytes, bytearray, memoryview)):
+            object.__setattr__(self, "chunks", (self.chunks,))
+        else:
+            object.__setattr__(self, "chunks", tuple(self.chunks))
+
+    @functools.cached_property
+    def payload(self) -> bytes:
+        if len(self.chunks) == 1 and isinstance(self.chunks[0], bytes):
+            return self.chunks[0]
+        return b"".join(self.chunks)
+
+    @functools.cached_property
+    def payload_size(self) -> int:
+        return sum(len(c) for c in self.chunks)
 
     def sample_positions(self) -> np.ndarray:
         """Start of each sample inside ``payload`` (int64)."""
@@ -71,13 +93,18 @@ def plan_reads(tables: Sequence[SampleTable], max_gap: int = DEFAULT_MAX_GAP) ->
 
 
 def gather(table: SampleTable, requests: Sequence[ReadRequest], buffers: Sequence[bytes]) -> bytes:
-    """The payload of every sample of ``table``, back to back, cut out of the buffers read for ``requests``.
+    """The payload of every sample of ``table``, back to back, cut out of the buffers read for ``requests``."""
+    return b"".join(gather_runs(table, requests, buffers))
 
-    Runs of samples that are contiguous in the file are copied as one slice, so an interleaved MP4 costs one slice
-    per chunk, not one per sample.
+
+def gather_runs(table: SampleTable, requests: Sequence[ReadRequest], buffers: Sequence[bytes]) -> list[memoryview]:
+    """Views of the buffers read for ``requests`` that, in order, are the payload of every sample of ``table``.
+
+    Runs of samples that are contiguous in the file are one view, so an interleaved MP4 costs one view per chunk,
+    not one per sample, and nothing is copied here.
     """
     if len(table) == 0:
-        return b""
+        return []
     req_offsets = np.fromiter((r.offset for r in requests), dtype=np.int64, count=len(requests))
     offsets = table.offsets.astype(np.int64)
     sizes = table.sizes.astype(np.int64)
@@ -98,4 +125,4 @@ def gather(table: SampleTable, requests: Sequence[ReadRequest], buffers: Sequenc
     stops = np.append(starts[1:], len(table))
     run_end = local[stops - 1] + sizes[stops - 1]
     views = [memoryview(buffers[w]) for w in range(len(buffers))]
-    return b"".join(views[w][s:e] for w, s, e in zip(which[starts].tolist(), local[starts].tolist(), run_end.tolist()))
+    return [views[w][s:e] for w, s, e in zip(which[starts].tolist(), local[starts].tolist(), run_end.tolist())]

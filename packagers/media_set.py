@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import ErrorCode, PackagerError, bad_request, not_found
-from .media_data import MediaSegment, ReadRequest, TrackSegment, gather, plan_reads
+from .media_data import MediaSegment, ReadRequest, TrackSegment, gather_runs, plan_reads
 from .model import Presentation, SampleTable, Track
 from .naming import TrackSpec
 from .segmenter import DEFAULT_SEGMENT_DURATION_MS, SegmentPlan, build_shared_plans
@@ -96,7 +96,7 @@ class MediaSet:
     ) -> MediaSegment:
         tables = self.segment_tables(selection, index)
         parts = tuple(
-            TrackSegment(track, table, gather(table, requests, buffers)) for track, table in zip(selection.tracks, tables)
+            TrackSegment(track, table, gather_runs(table, requests, buffers)) for track, table in zip(selection.tracks, tables)
         )
         return MediaSegment(index, parts)
 

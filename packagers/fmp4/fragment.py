@@ -133,8 +133,8 @@ class Fmp4Muxer:
         parts = segment.tracks
         runs = self._runs([part.samples for part in parts])
         for part, run in zip(parts, runs):
-            if len(part.payload) != run.payload_size:
-                raise bad_data(f"Fmp4Muxer.build: track {part.track.track_id} payload has {len(part.payload)} bytes, "
+            if part.payload_size != run.payload_size:
+                raise bad_data(f"Fmp4Muxer.build: track {part.track.track_id} payload has {part.payload_size} bytes, "
                                f"its samples {run.payload_size}")
         payload_size = sum(r.payload_size for r in runs)
         moof_size = 8 + 16 + sum(r.traf_size for r in runs)
@@ -148,7 +148,8 @@ class Fmp4Muxer:
                 self._traf(chunks, i, part.samples, run, data_offset)
                 data_offset += run.payload_size
         chunks.append(box_header(b"mdat", payload_size))
-        chunks += [part.payload for part in parts]
+        for part in parts:
+            chunks += part.chunks  # the read buffers' views: the payload is copied once, into the output
         return b"".join(chunks)
 
     def _traf(self, chunks: list[bytes], i: int, table: SampleTable, run: _Run, data_offset: int) -> None:
