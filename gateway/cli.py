@@ -20,8 +20,11 @@ from .settings import HLS_CONTAINERS, Settings
 
 DEMO_PATHS = (
     ("ABR ladder, 3 renditions", "/hls/title_,360p,240p,180p,.mp4.urlset/master.m3u8"),
+    ("  the same as DASH", "/dash/title_,360p,240p,180p,.mp4.urlset/manifest.mpd"),
+    ("  as Smooth Streaming", "/mss/title_,360p,240p,180p,.mp4.urlset/manifest"),
+    ("  as HDS", "/hds/title_,360p,240p,180p,.mp4.urlset/manifest.f4m"),
     ("two audio languages", "/hls/two_audio.mp4/master.m3u8"),
-    ("HEVC", "/hls/hevc.mp4/master.m3u8"),
+    ("HEVC (HLS with fMP4)", "/hls/hevc.mp4/master.m3u8"),
     ("audio only", "/hls/audio_only.mp4/master.m3u8"),
     ("progressive MP4", "/mp4/title_360p.mp4"),
     ("counters", "/status"),
