@@ -130,9 +130,9 @@ def measure_segment_build(path: Path, segment_ms: int, container: str, limit: in
             elapsed = 0.0
             for i in range(count):
                 t = time.perf_counter()
-                reqs = media_set.segment_reads(selection, i)
+                tables, reqs = media_set.segment_job(selection, i)
                 bufs = read_into_scratch(fd, reqs)  # as the gateway reads: a reused per-thread buffer
-                data = muxer.build(media_set.media_segment(selection, i, reqs, bufs))
+                data = muxer.build(media_set.media_segment(selection, i, reqs, bufs, tables))
                 elapsed += time.perf_counter() - t
                 out_bytes += len(data)
                 progress.step()

@@ -41,10 +41,10 @@ class Product:
 def build_segment(store: Store, file: FileIdentity, media_set: MediaSet, selection: Selection, index: int,
                   mux: Callable) -> bytes:
     """Read one segment's samples with coalesced preads on one descriptor, then mux. Blocking."""
-    requests = media_set.segment_reads(selection, index)
+    tables, requests = media_set.segment_job(selection, index)
     with store.open(file) as reader:
-        buffers = reader.read_scratch(requests)  # valid in this thread until its next read: gather copies out
-        return mux(media_set.media_segment(selection, index, requests, buffers))
+        buffers = reader.read_scratch(requests)  # valid in this thread until its next read: muxers copy out
+        return mux(media_set.media_segment(selection, index, requests, buffers, tables))
 
 
 def _segment(packaging: Packaging, opened: OpenedSet, selection: Selection, index: int, mux: Callable) -> Callable:

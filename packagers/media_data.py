@@ -105,24 +105,21 @@ def gather_runs(table: SampleTable, requests: Sequence[ReadRequest], buffers: Se
     """
     if len(table) == 0:
         return []
-    req_offsets = np.fromiter((r.offset for r in requests), dtype=np.int64, count=len(requests))
-    offsets = table.offsets.astype(np.int64)
-    sizes = table.sizes.astype(np.int64)
-    which = np.searchsorted(req_offsets, offsets, side="right") - 1
-    if (which < 0).any():
-        raise bad_data("gather: a sample lies before every read request")
     for i, (r, b) in enumerate(zip(requests, buffers)):
         if len(b) != r.size:
             raise bad_data(f"gather: read {i} returned {len(b)} of {r.size} bytes (file truncated?)")
-    req_sizes = np.fromiter((r.size for r in requests), dtype=np.int64, count=len(requests))
-    local = offsets - req_offsets[which]
-    if ((local + sizes) > req_sizes[which]).any():
-        raise bad_data("gather: a sample extends past the bytes read for it (file truncated?)")
-    # Split into runs where the next sample starts exactly where this one ends, in the same buffer.
-    breaks = np.ones(len(table), dtype=bool)
-    breaks[1:] = (which[1:] != which[:-1]) | (local[1:] != local[:-1] + sizes[:-1])
-    starts = np.flatnonzero(breaks)
-    stops = np.append(starts[1:], len(table))
-    run_end = local[stops - 1] + sizes[stops - 1]
-    views = [memoryview(buffers[w]) for w in range(len(buffers))]
-    return [views[w][s:e] for w, s, e in zip(which[starts].tolist(), local[starts].tolist(), run_end.tolist())]
+    # Runs of samples contiguous in the file; a run has no gap, so it lies inside one request (requests only split
+    # at gaps): only run starts need mapping to requests.
+    offsets = table.offsets.astype(np.int64)
+    ends = offsets + table.sizes
+    breaks = np.flatnonzero(offsets[1:] != ends[:-1]) + 1
+    run_start = offsets[np.concatenate(([0], breaks))]
+    run_end = ends[np.append(breaks - 1, len(table) - 1)]
+    req_offsets = np.fromiter((r.offset for r in requests), dtype=np.int64, count=len(requests))
+    req_ends = req_offsets + np.fromiter((r.size for r in requests), dtype=np.int64, count=len(requests))
+    which = np.searchsorted(req_offsets, run_start, side="right") - 1
+    if (which < 0).any() or (run_end > req_ends[np.maximum(which, 0)]).any():
+        raise bad_data("gather: a sample lies outside the bytes read for it (file truncated?)")
+    local = run_start - req_offsets[which]
+    views = [memoryview(b) for b in buffers]
+    return [views[w][a:a + n] for w, a, n in zip(which.tolist(), local.tolist(), (run_end - run_start).tolist())]

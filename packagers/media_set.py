@@ -91,10 +91,19 @@ class MediaSet:
         """The coalesced byte ranges of ``selection.source`` that segment ``index`` needs."""
         return plan_reads(self.segment_tables(selection, index))
 
-    def media_segment(
-        self, selection: Selection, index: int, requests: Sequence[ReadRequest], buffers: Sequence[bytes]
-    ) -> MediaSegment:
+    def segment_job(self, selection: Selection, index: int) -> tuple[list[SampleTable], list[ReadRequest]]:
+        """The sample tables of segment ``index`` and the reads they need, computed once for a build."""
         tables = self.segment_tables(selection, index)
+        return tables, plan_reads(tables)
+
+    def media_segment(
+        self, selection: Selection, index: int, requests: Sequence[ReadRequest], buffers: Sequence[bytes],
+        tables: Sequence[SampleTable] | None = None,
+    ) -> MediaSegment:
+        """The segment a muxer builds from, once ``requests`` were read into ``buffers`` (``tables`` from
+        ``segment_job``, or computed again)."""
+        if tables is None:
+            tables = self.segment_tables(selection, index)
         parts = tuple(
             TrackSegment(track, table, gather_runs(table, requests, buffers)) for track, table in zip(selection.tracks, tables)
         )
