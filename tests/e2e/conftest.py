@@ -53,28 +53,28 @@ def start_gateway(store: Path, log_path: Path, *extra: str):
             time.sleep(0.1)
 
 
+def _serve(store: Path, name: str, *extra: str):
+    proc, base = start_gateway(store, store.parent / f"{name}.log", *extra)
+    try:
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 @pytest.fixture(scope="session")
 def gateway_url(e2e_store: Path):
     """Base URL of a `gateway serve` subprocess with default settings (HLS container auto)."""
-    proc, base = start_gateway(e2e_store, e2e_store.parent / "gateway.log")
-    yield base
-    proc.terminate()
-    proc.wait(10)
+    yield from _serve(e2e_store, "gateway")
 
 
 @pytest.fixture(scope="session")
 def gateway_fmp4_url(e2e_store: Path):
     """The same store served with `--hls-container fmp4` (HLS with EXT-X-MAP and .m4s segments)."""
-    proc, base = start_gateway(e2e_store, e2e_store.parent / "gateway-fmp4.log", "--hls-container", "fmp4")
-    yield base
-    proc.terminate()
-    proc.wait(10)
+    yield from _serve(e2e_store, "gateway-fmp4", "--hls-container", "fmp4")
 
 
 @pytest.fixture(scope="session")
 def gateway_ts_url(e2e_store: Path):
     """The same store served with `--hls-container ts`: MPEG-TS for every codec, HEVC included."""
-    proc, base = start_gateway(e2e_store, e2e_store.parent / "gateway-ts.log", "--hls-container", "ts")
-    yield base
-    proc.terminate()
-    proc.wait(10)
+    yield from _serve(e2e_store, "gateway-ts", "--hls-container", "ts")

@@ -37,3 +37,28 @@ def audio_track(seconds: float, rate: int = 44100, offset: int = 10_000_000, tra
 
 def presentation(*tracks: Track, source: str = "synthetic.mp4") -> Presentation:
     return Presentation(tuple(tracks), source=source)
+
+
+def ladder(timescales=(12288, 24576, 36864)):
+    """Three renditions of one title (a url set), each with its own video timescale and the same audio."""
+    from packagers.media_set import MediaSet
+
+    return MediaSet([presentation(video_track(20, timescale=ts), audio_track(20), source=f"r{k}.mp4")
+                     for k, ts in enumerate(timescales, start=1)], 6000)
+
+
+def _base_scenarios() -> dict:
+    from packagers.media_set import MediaSet
+
+    return {
+        "single_file": lambda: MediaSet([presentation(video_track(20), audio_track(20))], 6000),
+        "url_set_ladder": ladder,
+        "two_audio": lambda: MediaSet([presentation(video_track(13), audio_track(13, track_id=2),
+                                                    audio_track(13, track_id=3, language="fra"))], 4000),
+        "audio_only": lambda: MediaSet([presentation(audio_track(14.5))], 6000),
+        "long_gop": lambda: MediaSet([presentation(video_track(25, gop=24 * 7), audio_track(25))], 6000),
+    }
+
+
+# The media sets every protocol's golden files are made from; protocol tests add their own special cases.
+SCENARIOS = _base_scenarios()

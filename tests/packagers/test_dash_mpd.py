@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,24 +30,15 @@ from packagers.mp4 import open_presentation
 from packagers.naming import TrackSpec
 
 from .fmp4_tools import read_fragment, write_track_files
-from .synthetic import audio_track, presentation, video_track
+from .golden import check_golden
+from .synthetic import SCENARIOS as BASE_SCENARIOS
+from .synthetic import audio_track, ladder, presentation, video_track
 
 NS = {"d": "urn:mpeg:dash:schema:mpd:2011"}
-GOLDEN = Path(__file__).parent.parent / "golden"
-
-
-def _ladder():
-    return MediaSet([presentation(video_track(20, timescale=12288 * k), audio_track(20), source=f"r{k}.mp4")
-                     for k in (1, 2, 3)], 6000)  # fmt: skip
 
 
 SCENARIOS = {
-    "single_file": lambda: MediaSet([presentation(video_track(20), audio_track(20))], 6000),
-    "url_set_ladder": _ladder,
-    "two_audio": lambda: MediaSet([presentation(video_track(13), audio_track(13, track_id=2),
-                                                audio_track(13, track_id=3, language="fra"))], 4000),
-    "audio_only": lambda: MediaSet([presentation(audio_track(14.5))], 6000),
-    "long_gop": lambda: MediaSet([presentation(video_track(25, gop=24 * 7), audio_track(25))], 6000),
+    **BASE_SCENARIOS,
     "no_bframes_ntsc": lambda: MediaSet([presentation(video_track(10, fps=30, timescale=30000, bframes=False),
                                                       audio_track(10, rate=48000, language="und"))], 4000),
 }
@@ -182,12 +172,11 @@ def test_unaligned_renditions_are_not_segment_aligned():
 
 def test_audio_dedup_and_escaping():
     """Identical audio in every file of a ladder is one Representation; distinct audio is listed per file."""
-    ladder = _ladder()
-    reps = [r.attrib["id"] for _, r in representations(build_mpd(ladder))]
+    reps = [r.attrib["id"] for _, r in representations(build_mpd(ladder()))]
     assert reps == ["f1-v1", "f2-v1", "f3-v1", "f1-a1"]
     distinct = MediaSet([presentation(video_track(8), audio_track(8 + k), source=f"r{k}.mp4") for k in (0, 1)], 4000)
     assert [r.attrib["id"] for _, r in representations(build_mpd(distinct))] == ["f1-v1", "f2-v1", "f1-a1", "f2-a1"]
-    mpd = build_mpd(ladder, base_url="https://cdn.example/a&b<c>/")
+    mpd = build_mpd(ladder(), base_url="https://cdn.example/a&b<c>/")
     assert ET.fromstring(mpd).find("d:BaseURL", NS).text == "https://cdn.example/a&b<c>/"
 
 
@@ -212,14 +201,7 @@ def _fragment_digests(media_set: MediaSet) -> str:
 def test_golden(scenario, update_golden):
     media_set = SCENARIOS[scenario]()
     rendered = {MANIFEST_NAME: build_mpd(media_set), "fragments.sha256": _fragment_digests(media_set)}
-    folder = GOLDEN / f"dash_{scenario}"
-    if update_golden:
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, text in rendered.items():
-            (folder / name).write_text(text)
-    expected = {p.name: p.read_text() for p in folder.glob("*") if p.is_file()}
-    assert expected, f"no golden files in {folder}: run with --update-golden"
-    assert rendered == expected
+    check_golden(f"dash_{scenario}", rendered, update_golden)
 
 
 # -- against real fragments -------------------------------------------------------------------------------------------

@@ -3,8 +3,6 @@
 Run ``python -m pytest tests/packagers/test_golden_playlists.py --update-golden`` after an intended change, then
 review the diff of tests/golden/.
 """
-from pathlib import Path
-
 import m3u8
 import numpy as np
 import pytest
@@ -13,25 +11,8 @@ from packagers.hls import build_master_playlist, build_media_playlist
 from packagers.media_set import MediaSet
 from packagers.naming import TrackSpec
 
-from .synthetic import audio_track, presentation, video_track
-
-GOLDEN = Path(__file__).parent.parent / "golden"
-
-
-def _ladder():
-    return MediaSet([presentation(video_track(20, timescale=12288 * k), audio_track(20), source=f"r{k}.mp4")
-                     for k in (1, 2, 3)], 6000)
-
-
-SCENARIOS = {
-    "single_file": lambda: MediaSet([presentation(video_track(20), audio_track(20))], 6000),
-    "url_set_ladder": _ladder,
-    "two_audio": lambda: MediaSet([presentation(video_track(13), audio_track(13, track_id=2),
-                                                audio_track(13, track_id=3, language="fra"))], 4000),
-    "audio_only": lambda: MediaSet([presentation(audio_track(14.5))], 6000),
-    "long_gop": lambda: MediaSet([presentation(video_track(25, gop=24 * 7), audio_track(25))], 6000),
-}
-
+from .golden import check_golden
+from .synthetic import SCENARIOS
 
 def _render(media_set: MediaSet) -> dict[str, str]:
     out = {"master.m3u8": build_master_playlist(media_set)}
@@ -45,17 +26,7 @@ def _render(media_set: MediaSet) -> dict[str, str]:
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_golden(scenario, update_golden):
-    rendered = _render(SCENARIOS[scenario]())
-    folder = GOLDEN / scenario
-    if update_golden:
-        folder.mkdir(parents=True, exist_ok=True)
-        for old in folder.glob("*.m3u8"):
-            old.unlink()
-        for name, text in rendered.items():
-            (folder / name).write_text(text)
-    expected = {p.name: p.read_text() for p in folder.glob("*.m3u8")}
-    assert expected, f"no golden files in {folder}: run with --update-golden"
-    assert rendered == expected
+    check_golden(scenario, _render(SCENARIOS[scenario]()), update_golden)
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))

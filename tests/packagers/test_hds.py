@@ -18,7 +18,6 @@ import struct
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import av
 import av.logging
@@ -37,9 +36,9 @@ from packagers.model import CodecConfig
 from packagers.mp4 import open_presentation
 from packagers.naming import TrackSpec
 
+from .golden import check_golden
 from .synthetic import audio_track, presentation, video_track
 
-GOLDEN = Path(__file__).parent.parent / "golden"
 NS = {"f4m": "http://ns.adobe.com/f4m/1.0"}
 SEGMENT_MS = 2000
 
@@ -533,15 +532,7 @@ def _render(media_set: MediaSet) -> dict[str, str]:
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_golden(scenario, update_golden):
-    rendered = _render(SCENARIOS[scenario]())
-    folder = GOLDEN / f"hds_{scenario}"
-    if update_golden:
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, text in rendered.items():
-            (folder / name).write_text(text)
-    expected = {p.name: p.read_text() for p in folder.glob("*") if p.is_file()}
-    assert expected, f"no golden files in {folder}: run with --update-golden"
-    assert rendered == expected
+    check_golden(f"hds_{scenario}", _render(SCENARIOS[scenario]()), update_golden)
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))

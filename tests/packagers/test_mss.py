@@ -1,5 +1,4 @@
 """Smooth Streaming manifest (MS-SSTR §2.2.2) and fragment lookup, on synthetic media sets."""
-from pathlib import Path
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -9,10 +8,8 @@ from packagers.errors import ErrorCode, PackagerError
 from packagers.media_set import MediaSet
 from packagers.mss import build_smooth_manifest, locate_fragment, smooth_streams
 
+from .golden import check_golden
 from .synthetic import audio_track, presentation, video_track
-
-GOLDEN = Path(__file__).parent.parent / "golden"
-
 
 def ladder(timescales=(12288, 12288, 12288)) -> MediaSet:
     return MediaSet([presentation(video_track(20, timescale=ts), audio_track(20), source=f"r{i}.mp4")
@@ -29,12 +26,7 @@ SCENARIOS = {
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_golden_manifest(scenario, update_golden):
-    text = build_smooth_manifest(SCENARIOS[scenario]())
-    path = GOLDEN / scenario / "Manifest.xml"
-    if update_golden:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert text == path.read_text()
+    check_golden(scenario, {"Manifest.xml": build_smooth_manifest(SCENARIOS[scenario]())}, update_golden)
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
