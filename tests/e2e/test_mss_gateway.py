@@ -93,6 +93,10 @@ def test_fragments_carry_the_source_samples(gateway_url, name):
             durations = np.array([s.sample_duration for s in trun.sample_info])
             assert durations.sum() == d, "the chunk's d is the fragment's real duration"
             sizes = [s.sample_size for s in trun.sample_info]
+            if trun.flags.sample_flags_present:
+                keys += [not s.sample_flags.sample_is_non_sync_sample for s in trun.sample_info]
+            else:
+                keys += [True] * len(sizes)  # no per-sample flags: every sample is a sync sample (audio)
             body = bytes(mdat.data)
             pos = 0
             for size in sizes:
@@ -103,6 +107,7 @@ def test_fragments_carry_the_source_samples(gateway_url, name):
         src = source[stream.get("Name")]
         assert len(payloads) == len(src)
         assert payloads == [p for p, _ in src], f"{stream.get('Name')}: payloads differ from the source"
+        assert keys == [k for _, k in src], f"{stream.get('Name')}: sync sample flags differ from the source"
     # one past the last chunk, and a start that is no chunk's: 404
     bad = base + streams[0].get("Url").replace("{bitrate}", streams[0].find("QualityLevel").get("Bitrate"))
     import urllib.error
