@@ -12,6 +12,10 @@ The grammar is nginx-vod-module's, so players keep their URLs when switching:
     /hls/<dir>/<prefix>,<a>,<b>,<suffix>.urlset/… a url set: <dir>/<prefix><a><suffix>, <dir>/<prefix><b><suffix>
     /mp4/<path>                                   the file itself (progressive download)
     /status                                       counters (JSON)
+    /p/<partner>/playManifest/entryId/<entry>[/format/<f>][/flavorIds/<a>,<b>][/ks/<ks>]/a.<ext>
+                                                  delivery decision: 302 to the packaged URL (Kaltura's API)
+    /s/<entry>/<token>/<any of the above media URLs>   signed access to a secured entry's media: the token sits in
+                                                  the path, so relative URIs in manifests inherit it
 
 We parse the *raw* path (``request.rel_url.raw_path``) and percent-decode each segment on its own: aiohttp neither
 resolves dot segments nor keeps ``%2F`` apart from ``/`` in ``request.path``, so only per-segment decoding can tell
@@ -22,7 +26,7 @@ again after ``realpath``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from packagers.errors import ErrorCode, PackagerError, bad_request, not_found
@@ -54,6 +58,7 @@ class MediaTarget:
 
     paths: tuple[str, ...]  # store-relative, '/'-separated, validated segments
     is_url_set: bool
+    name: str = field(default="", compare=False)  # the decoded URL path naming it (what a signed token covers)
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,13 @@ class HlsSegment:
     spec: TrackSpec
     index: int  # 0-based; the URL says index + 1
     container: str = "ts"  # ts (MPEG-TS) or fmp4 (.m4s)
+
+
+@dataclass(frozen=True)
+class HlsKey:
+    """The AES-128 key of an encrypted entry's HLS segments (served only under a valid signed URL)."""
+
+    target: MediaTarget
 
 
 @dataclass(frozen=True)
@@ -138,9 +150,40 @@ class CrossDomainPolicy:
     """/crossdomain.xml: Flash-based HDS/MSS players fetch it before any cross-origin request."""
 
 
-HlsRequest = HlsMaster | HlsMediaPlaylist | HlsSegment | InitSegment
+HlsRequest = HlsMaster | HlsMediaPlaylist | HlsSegment | InitSegment | HlsKey
 PackagedRequest = HlsRequest | DashManifest | DashFragment | MssManifest | MssFragment | HdsManifest | HdsFragment
-GatewayRequest = PackagedRequest | Mp4Download | StatusRequest | CrossDomainPolicy
+@dataclass(frozen=True)
+class PlayManifest:
+    """Kaltura's playManifest: the platform, not the player, picks the delivery type."""
+
+    partner_id: int
+    entry_id: str
+    format: str | None = None
+    flavor_ids: tuple[str, ...] = ()
+    ks: str | None = None
+    extension: str = ""
+
+
+MediaRequest = PackagedRequest | Mp4Download
+
+
+@dataclass(frozen=True)
+class Signed:
+    """A media request under ``/s/<entry>/<token>/``: the token signs the entry's media path and an expiry."""
+
+    entry_id: str
+    token: str
+    request: MediaRequest
+
+
+GatewayRequest = MediaRequest | StatusRequest | CrossDomainPolicy | PlayManifest | Signed
+_PLAY_MANIFEST_KEYS = {"entryId", "format", "flavorIds", "ks", "protocol", "deliveryProfileId", "uiConfId"}
+_ENTRY_ID = re.compile(r"[0-9]_[a-z0-9]{8}")
+
+
+def media_target_name(request: MediaRequest) -> str:
+    """The path a signed URL's token covers: the media target (file or url set), whatever the protocol."""
+    return request.path if isinstance(request, Mp4Download) else request.target.name
 
 
 def split_path(raw_path: str) -> list[str]:
@@ -178,6 +221,15 @@ def parse_path(raw_path: str, max_url_set_files: int = 32) -> GatewayRequest:
     """The typed request a raw path names. Raises PackagerError (BAD_REQUEST or NOT_FOUND) and nothing else."""
     segments = split_path(raw_path)
     head, rest = segments[0], segments[1:]
+    if head == "s":
+        if len(rest) < 3 or not _ENTRY_ID.fullmatch(rest[0]):
+            raise bad_request("parse_path: a signed URL is /s/<entry id>/<token>/<media URL>")
+        inner = parse_path("/" + "/".join(rest[2:]), max_url_set_files)
+        if not isinstance(inner, (Mp4Download, *PackagedRequest.__args__)):
+            raise bad_request("parse_path: only media URLs can be signed")
+        return Signed(rest[0], rest[1], inner)
+    if head == "p":
+        return parse_play_manifest(rest)
     if head == "hls":
         return parse_hls(rest, max_url_set_files)
     if head == "dash":
@@ -197,6 +249,27 @@ def parse_path(raw_path: str, max_url_set_files: int = 32) -> GatewayRequest:
     raise not_found("parse_path: no such endpoint (try /hls/, /dash/, /mss/, /hds/, /mp4/ or /status)")
 
 
+def parse_play_manifest(segments: list[str]) -> PlayManifest:
+    """``<partner>/playManifest/<key>/<value>/.../a.<ext>`` (the trailing file name only carries an extension)."""
+    if len(segments) < 4 or segments[1] != "playManifest" or not segments[0].isdigit():
+        raise bad_request("parse_play_manifest: expected /p/<partner id>/playManifest/entryId/<entry id>/.../a.<ext>")
+    pairs, last = segments[2:], ""
+    if len(pairs) % 2 == 1:
+        pairs, last = pairs[:-1], pairs[-1]
+    values: dict[str, str] = {}
+    for key, value in zip(pairs[0::2], pairs[1::2]):
+        if key not in _PLAY_MANIFEST_KEYS:
+            raise bad_request(f"parse_play_manifest: unknown parameter '{key}'")
+        if key in values:
+            raise bad_request(f"parse_play_manifest: parameter '{key}' given twice")
+        values[key] = value
+    if "entryId" not in values or not _ENTRY_ID.fullmatch(values["entryId"]):
+        raise bad_request("parse_play_manifest: entryId missing or not an entry id like 0_abcd1234")
+    flavors = tuple(f for f in values.get("flavorIds", "").split(",") if f)
+    return PlayManifest(int(segments[0]), values["entryId"], values.get("format"), flavors, values.get("ks"),
+                        last.rpartition(".")[2] if "." in last else "")
+
+
 def parse_hls(segments: list[str], max_url_set_files: int = 32) -> HlsRequest:
     """``segments`` are the decoded segments after ``/hls``: media path segments, then the HLS file name."""
     if len(segments) < 2:
@@ -205,6 +278,8 @@ def parse_hls(segments: list[str], max_url_set_files: int = 32) -> HlsRequest:
     name = segments[-1]
     if name == "master.m3u8":
         return HlsMaster(target)
+    if name == "encryption.key":
+        return HlsKey(target)
     if m := _INDEX_FILE.fullmatch(name):
         return HlsMediaPlaylist(target, TrackSpec.parse(m.group(1)))
     if m := _SEGMENT_FILE.fullmatch(name):
@@ -266,7 +341,7 @@ def _segment_index(digits: str) -> int:
 def _media_target(segments: list[str], max_url_set_files: int) -> MediaTarget:
     last = segments[-1]
     if not last.endswith(URL_SET_EXTENSION):
-        return MediaTarget(("/".join(segments),), False)
+        return MediaTarget(("/".join(segments),), False, "/".join(segments))
     parts = last[: -len(URL_SET_EXTENSION)].split(",")
     if len(parts) < 3:
         raise bad_request("parse_path: a url set is <prefix>,<name>[,<name>...],<suffix>.urlset")
@@ -279,4 +354,4 @@ def _media_target(segments: list[str], max_url_set_files: int) -> MediaTarget:
         name = prefix + middle + suffix
         check_name(name)
         paths.append(f"{directory}/{name}" if directory else name)
-    return MediaTarget(tuple(paths), True)
+    return MediaTarget(tuple(paths), True, "/".join(segments))

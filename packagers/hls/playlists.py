@@ -228,9 +228,11 @@ def _fmp4_master_playlist(media_set: MediaSet) -> str:
 
 
 def build_media_playlist(media_set: MediaSet, selection: Selection, extension: str = "ts",
-                         container: Container = "ts") -> str:
+                         container: Container = "ts", key_uri: str | None = None) -> str:
     """VOD media playlist: every segment with its real duration (RFC 8216 §4.3.2.1), then ENDLIST. With fMP4, the
-    EXT-X-MAP of the selection's init segment (§4.3.2.5) comes first and segments end in .m4s."""
+    EXT-X-MAP of the selection's init segment (§4.3.2.5) comes first and segments end in .m4s. ``key_uri``: the
+    segments are AES-128 encrypted with the key at that (relative) URI and, with no IV attribute, the media sequence
+    number as IV (§4.3.2.4, §5.2)."""
     durations = media_set.plan(selection).durations()
     target = max(1, int(math.ceil(float(durations.max())))) if len(durations) else 1
     lines = [
@@ -244,6 +246,8 @@ def build_media_playlist(media_set: MediaSet, selection: Selection, extension: s
     if container == "fmp4":
         extension = "m4s"
         lines.append(f'#EXT-X-MAP:URI="{init_segment_name(selection.spec)}"')
+    if key_uri is not None:
+        lines.append(f'#EXT-X-KEY:METHOD=AES-128,URI="{key_uri}"')
     for index, d in enumerate(durations.tolist()):
         lines.append(f"#EXTINF:{d:.3f},")
         lines.append(segment_name(index, selection.spec, extension))

@@ -1,0 +1,291 @@
+"""Delivery types, per-type delivery profiles and the partner configuration (system defaults ⊕ partner override).
+
+Names follow Kaltura: the request format names of playManifest (``url``, ``applehttp``, ``mpegdash``,
+``hdnetworkmanifest``, ``smooth``) and the four delivery keys of ``base.ini`` (``short_entries_max_duration``,
+``short_entries_default_delivery_type``, ``secured_default_delivery_type``, ``default_delivery_type``).
+
+A partner override is a *partial* JSON-like dict laid over ``SYSTEM_DEFAULTS`` by ``merge``. Every value is
+validated where it is stored (the dataclasses' ``__post_init__``), so a config built directly or by ``merge`` is
+equally checked, and every message is one line that starts with the path of the bad key
+(``profiles.hls.segment_duration_ms: must be a positive integer, got 0``). Unknown keys are always errors.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+
+class ProfileError(ValueError):
+    """A bad delivery configuration or delivery request; the message is one line naming the bad key path."""
+
+
+class DeliveryType(enum.StrEnum):
+    """Internal delivery types; the value is also the name used in configs and in ``to_dict``."""
+
+    HTTP = "http"  # progressive download of the MP4 itself
+    HLS = "hls"
+    DASH = "dash"
+    HDS = "hds"
+    MSS = "mss"
+
+
+# playManifest's ``format`` names (Kaltura PlaybackProtocol) → internal type.
+FORMAT_NAMES: Mapping[str, DeliveryType] = MappingProxyType({
+    "url": DeliveryType.HTTP,
+    "applehttp": DeliveryType.HLS,
+    "mpegdash": DeliveryType.DASH,
+    "hdnetworkmanifest": DeliveryType.HDS,
+    "smooth": DeliveryType.MSS,
+})
+KALTURA_FORMAT: Mapping[DeliveryType, str] = MappingProxyType({t: name for name, t in FORMAT_NAMES.items()})
+_BY_NAME: dict[str, DeliveryType] = {**FORMAT_NAMES, **{t.value: t for t in DeliveryType}}
+
+HLS_CONTAINERS = ("auto", "ts", "fmp4")  # auto: the gateway decides per presentation (fMP4 for HEVC)
+ENCRYPTIONS = ("none", "aes-128")  # aes-128: HLS whole-segment AES-128 (RFC 8216 §4.3.2.4), hls only
+
+
+def _lookup(name: object) -> DeliveryType | None:
+    return _BY_NAME.get(name.strip().lower()) if isinstance(name, str) else None
+
+
+def parse_format(name: str) -> DeliveryType:
+    """Kaltura format name (``applehttp``) or internal name (``hls``), case-insensitive → ``DeliveryType``."""
+    t = _lookup(name)
+    if t is None:
+        raise ProfileError(f"unknown delivery format {name!r} (known: {', '.join(_BY_NAME)})")
+    return t
+
+
+def _fail(path: str, message: str) -> ProfileError:
+    return ProfileError(f"{path}: {message}" if path else message)
+
+
+def _check_keys(obj: Mapping, allowed: tuple[str, ...], path: str) -> None:
+    for key in obj:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(allowed)})"
+            raise _fail(path, f"unknown key {key!r}{hint}")
+
+
+def _type_list(value: object, path: str, *, allow_empty: bool) -> tuple[DeliveryType, ...]:
+    """A Kaltura-style ``"hls,dash"`` string or a list of names → tuple of types, in order."""
+    if isinstance(value, str):
+        items: list[object] = value.split(",") if value.strip() else []
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise _fail(path, f"must be a comma-separated string or a list of delivery types, got {value!r}")
+    types = []
+    for item in items:
+        if not isinstance(item, str) or not item.strip():
+            raise _fail(path, f"empty or non-string item {item!r} in {value!r}")
+        t = _lookup(item)
+        if t is None:
+            raise _fail(path, f"unknown delivery type {item.strip()!r}")
+        types.append(t)
+    if not types and not allow_empty:
+        raise _fail(path, "must name at least one delivery type")
+    return tuple(types)
+
+
+def _json_like(value: object, path: str) -> object:
+    """Deep copy of a JSON value (str keys; str/int/float/bool/None/list/dict), or a ProfileError at its path."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _fail(path, f"must be a finite number, got {value!r}")
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_json_like(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise _fail(path, f"keys must be strings, got {k!r}")
+            out[k] = _json_like(v, f"{path}.{k}")
+        return out
+    raise _fail(path, f"not a JSON value: {value!r}")
+
+
+@dataclass(frozen=True)
+class DeliveryProfile:
+    """How one delivery type is served to a partner. ``extra`` carries free-form JSON settings for later use."""
+
+    type: DeliveryType
+    enabled: bool = True
+    segment_duration_ms: int = 6000
+    hls_container: str = "auto"  # hls only: "ts", "fmp4" or "auto"
+    encryption: str = "none"  # hls only: "none" or "aes-128"
+    extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        t = _lookup(self.type)
+        if t is None:
+            raise ProfileError(f"profiles: unknown delivery type {self.type!r}")
+        object.__setattr__(self, "type", t)
+        path = f"profiles.{t}"
+        if not isinstance(self.enabled, bool):
+            raise _fail(f"{path}.enabled", f"must be true or false, got {self.enabled!r}")
+        ms = self.segment_duration_ms
+        if not isinstance(ms, int) or isinstance(ms, bool) or ms <= 0:
+            raise _fail(f"{path}.segment_duration_ms", f"must be a positive integer, got {ms!r}")
+        if self.hls_container not in HLS_CONTAINERS:
+            raise _fail(f"{path}.hls_container", f"must be one of {', '.join(HLS_CONTAINERS)}, got {self.hls_container!r}")
+        if t is not DeliveryType.HLS and self.hls_container != "auto":
+            raise _fail(f"{path}.hls_container", "applies to hls only (leave it 'auto')")
+        if self.encryption not in ENCRYPTIONS:
+            raise _fail(f"{path}.encryption", f"must be one of {', '.join(ENCRYPTIONS)}, got {self.encryption!r}")
+        if t is not DeliveryType.HLS and self.encryption != "none":
+            raise _fail(f"{path}.encryption", f"{self.encryption!r} applies to hls only")
+        if not isinstance(self.extra, Mapping):
+            raise _fail(f"{path}.extra", f"must be an object, got {self.extra!r}")
+        object.__setattr__(self, "extra", MappingProxyType(_json_like(self.extra, f"{path}.extra")))
+
+
+def _default_profiles() -> dict[DeliveryType, DeliveryProfile]:
+    # One segment duration for every type: segment k then carries the same samples in every protocol, so all
+    # protocols share one SegmentPlan (and nginx-vod-module's vod_segment_duration is one value for all, too).
+    return {t: DeliveryProfile(t) for t in DeliveryType}
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    """A partner's delivery rules: Kaltura's four ``base.ini`` keys plus one ``DeliveryProfile`` per type.
+
+    The ``*_delivery_type`` values are ordered preference lists (Kaltura reads them as ``"hls,dash"``); a string or
+    any sequence of names is accepted and stored as a tuple of ``DeliveryType``. ``default_delivery_type`` must name
+    at least one type; the secured and short-entry lists may be empty (no preference of their own).
+    """
+
+    short_entries_max_duration: float = 300  # seconds; an entry is short when duration <= this
+    short_entries_default_delivery_type: tuple[DeliveryType, ...] = (DeliveryType.HTTP,)
+    secured_default_delivery_type: tuple[DeliveryType, ...] = (DeliveryType.HTTP,)
+    default_delivery_type: tuple[DeliveryType, ...] = (DeliveryType.HTTP,)
+    profiles: Mapping[DeliveryType, DeliveryProfile] = field(default_factory=_default_profiles, hash=False)
+
+    def __post_init__(self) -> None:
+        d = self.short_entries_max_duration
+        if not isinstance(d, (int, float)) or isinstance(d, bool) or not math.isfinite(d) or d < 0:
+            raise _fail("short_entries_max_duration", f"must be a non-negative number of seconds, got {d!r}")
+        object.__setattr__(self, "short_entries_max_duration", float(d))
+        for key in LIST_KEYS:
+            value = _type_list(getattr(self, key), key, allow_empty=key != "default_delivery_type")
+            object.__setattr__(self, key, value)
+        if not isinstance(self.profiles, Mapping):
+            raise _fail("profiles", f"must be an object, got {self.profiles!r}")
+        profiles: dict[DeliveryType, DeliveryProfile] = {}
+        for key, profile in self.profiles.items():
+            t = _lookup(key)
+            if t is None:
+                raise _fail("profiles", f"unknown delivery type {key!r}")
+            if not isinstance(profile, DeliveryProfile) or profile.type is not t:
+                raise _fail(f"profiles.{t}", f"must be a DeliveryProfile of type {t}, got {profile!r}")
+            profiles[t] = profile
+        missing = [t.value for t in DeliveryType if t not in profiles]
+        if missing:
+            raise _fail("profiles", f"missing profile for {', '.join(missing)}")
+        object.__setattr__(self, "profiles", MappingProxyType({t: profiles[t] for t in DeliveryType}))
+
+    def profile(self, t: DeliveryType | str) -> DeliveryProfile:
+        return self.profiles[parse_format(t)]
+
+    def is_enabled(self, t: DeliveryType | str) -> bool:
+        return self.profile(t).enabled
+
+
+LIST_KEYS = ("short_entries_default_delivery_type", "secured_default_delivery_type", "default_delivery_type")
+TOP_KEYS = ("short_entries_max_duration", *LIST_KEYS, "profiles")
+PROFILE_KEYS = ("enabled", "segment_duration_ms", "hls_container", "encryption", "extra")
+
+# Kaltura base.ini: short_entries_max_duration = 300, the three *_delivery_type = http; every type enabled.
+SYSTEM_DEFAULTS = DeliveryConfig()
+
+
+def merge(defaults: DeliveryConfig, override: Mapping[str, Any]) -> DeliveryConfig:
+    """``defaults`` ⊕ a partial partner override. Scalars and lists replace; ``profiles.<type>`` merges key by key,
+    and ``profiles.<type>.extra`` merges one level deep. Raises ``ProfileError`` naming the bad key path."""
+    if not isinstance(override, Mapping):
+        raise ProfileError(f"override: must be an object, got {type(override).__name__}")
+    _check_keys(override, TOP_KEYS, "")
+    changes: dict[str, Any] = {k: v for k, v in override.items() if k != "profiles"}
+    if "profiles" in override:
+        ps = override["profiles"]
+        if not isinstance(ps, Mapping):
+            raise _fail("profiles", f"must be an object, got {ps!r}")
+        profiles = dict(defaults.profiles)
+        seen: dict[DeliveryType, str] = {}
+        for key, p in ps.items():
+            t = _lookup(key)
+            if t is None:
+                raise _fail("profiles", f"unknown delivery type {key!r}")
+            if t in seen:
+                raise _fail(f"profiles.{key}", f"same delivery type as {seen[t]!r}")
+            seen[t] = key
+            if not isinstance(p, Mapping):
+                raise _fail(f"profiles.{t}", f"must be an object, got {p!r}")
+            _check_keys(p, PROFILE_KEYS, f"profiles.{t}")
+            fields = dict(p)
+            if "extra" in fields:
+                if not isinstance(fields["extra"], Mapping):
+                    raise _fail(f"profiles.{t}.extra", f"must be an object, got {fields['extra']!r}")
+                fields["extra"] = {**profiles[t].extra, **fields["extra"]}
+            profiles[t] = dataclasses.replace(profiles[t], **fields)
+        changes["profiles"] = profiles
+    return dataclasses.replace(defaults, **changes)
+
+
+def loads_override(text: str | bytes) -> dict[str, Any]:
+    """Parse a partner override file (JSON). Duplicate keys and NaN/Infinity are errors, never silently taken."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in items:
+            if k in out:
+                raise ProfileError(f"override: duplicate key {k!r}")
+            out[k] = v
+        return out
+
+    def constant(name: str) -> None:
+        raise ProfileError(f"override: {name} is not a number")
+
+    try:
+        value = json.loads(text, object_pairs_hook=pairs, parse_constant=constant)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ProfileError(f"override: invalid JSON: {e}") from None
+    except RecursionError:
+        raise ProfileError("override: invalid JSON: nested too deeply") from None
+    if not isinstance(value, dict):
+        raise ProfileError(f"override: must be an object, got {type(value).__name__}")
+    return value
+
+
+def to_dict(config: DeliveryConfig) -> dict[str, Any]:
+    """JSON-serialisable full form of ``config``; ``merge(SYSTEM_DEFAULTS, to_dict(c)) == c``."""
+    return {
+        "short_entries_max_duration": config.short_entries_max_duration,
+        **{key: [t.value for t in getattr(config, key)] for key in LIST_KEYS},
+        "profiles": {
+            t.value: {
+                "enabled": p.enabled,
+                "segment_duration_ms": p.segment_duration_ms,
+                "hls_container": p.hls_container,
+                "encryption": p.encryption,
+                "extra": json.loads(json.dumps(dict(p.extra))),
+            }
+            for t, p in config.profiles.items()
+        },
+    }
+
+
+def enabled_types(config: DeliveryConfig) -> tuple[DeliveryType, ...]:
+    """The partner's enabled delivery types, in the fixed order http, hls, dash, hds, mss."""
+    return tuple(t for t, p in config.profiles.items() if p.enabled)

@@ -1,0 +1,80 @@
+"""From a delivery decision to the URL a player is sent to, and the secrets derived per entry.
+
+An entry's flavors become one url set (``<dir>/<prefix>,<a>,<b>,<suffix>.urlset``), so one manifest lists every
+rendition. A secured entry's URL is prefixed with ``/s/<entry>/<token>/``: the token signs the media target and an
+expiry with the partner's secret, and sits in the *path* so the relative URIs inside manifests inherit it (a query
+string would not be inherited). Nothing here keeps state: every node derives the same URLs, tokens and keys from the
+shared catalog.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import posixpath
+from urllib.parse import quote
+
+from delivery_profiles.tokens import sign_path
+
+# what each delivery type's manifest is called under its protocol prefix
+MANIFESTS = {
+    "hls": ("hls", "master.m3u8"),
+    "dash": ("dash", "manifest.mpd"),
+    "hds": ("hds", "manifest.f4m"),
+    "mss": ("mss", "manifest"),
+}
+HLS_KEY_NAME = "encryption.key"
+
+
+class DeliveryError(ValueError):
+    """The catalog describes something no URL can express (flavors in different directories)."""
+
+
+def url_set(paths: list[str]) -> str:
+    """The media target naming ``paths``: the file itself for one flavor, else a url set of them all."""
+    if len(paths) == 1:
+        return paths[0]
+    dirs = {posixpath.dirname(p) for p in paths}
+    if len(dirs) != 1:
+        raise DeliveryError(f"url_set: flavors live in different directories ({', '.join(sorted(dirs))})")
+    (directory,) = dirs
+    names = [posixpath.basename(p) for p in paths]
+    prefix = os.path.commonprefix(names)
+    suffix = os.path.commonprefix([n[len(prefix):][::-1] for n in names])[::-1]
+    middles = [n[len(prefix): len(n) - len(suffix)] for n in names]
+    if any("," in part for part in [prefix, suffix, *middles]):
+        raise DeliveryError("url_set: flavor file names may not contain ','")
+    name = ",".join([prefix, *middles, suffix]) + ".urlset"
+    return f"{directory}/{name}" if directory else name
+
+
+def media_url(delivery_type: str, flavor_paths: list[str]) -> tuple[str, str]:
+    """(target, URL path) for a delivery type: the MP4 itself for ``http``, else the packaged manifest."""
+    if delivery_type == "http":
+        target = flavor_paths[0]
+        return target, "/mp4/" + quote(target)
+    protocol, manifest = MANIFESTS[delivery_type]
+    target = url_set(flavor_paths)
+    return target, f"/{protocol}/{quote(target)}/{manifest}"
+
+
+def signed(url_path: str, entry_id: str, target: str, secret: str, expires: int) -> str:
+    """``url_path`` under the signed prefix that the gateway checks for a secured entry."""
+    return f"/s/{entry_id}/{sign_path(secret, target, expires)}{url_path}"
+
+
+def hls_key(secret: str, entry_id: str) -> bytes:
+    """The entry's AES-128 key: derived, not stored, so every node serves the same key without shared state."""
+    return hmac.new(secret.encode(), f"hls-aes-128:{entry_id}".encode(), hashlib.sha256).digest()[:16]
+
+
+def encrypt_segment(key: bytes, media_sequence: int, data: bytes) -> bytes:
+    """RFC 8216 §5.2 METHOD=AES-128: the whole segment, AES-128-CBC with PKCS#7 padding; with no IV attribute the
+    IV is the segment's Media Sequence Number as a 16-byte big-endian integer."""
+    from cryptography.hazmat.primitives import padding
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    padder = padding.PKCS7(128).padder()
+    padded = padder.update(data) + padder.finalize()
+    encryptor = Cipher(algorithms.AES(key), modes.CBC(media_sequence.to_bytes(16, "big"))).encryptor()
+    return encryptor.update(padded) + encryptor.finalize()
