@@ -21,7 +21,10 @@ from .packaging import PACKAGING, Packaging
 from .responses import ALLOWED_METHODS, add_common_headers, cache_control, preflight
 from .settings import SETTINGS, Settings
 from .store import FileChanged
-from .urls import CrossDomainPolicy, GatewayRequest, Mp4Download, StatusRequest, parse_path
+from .access import CATALOG, authorize
+from .catalog import Catalog
+from .handlers_delivery import serve_play_manifest
+from .urls import CrossDomainPolicy, GatewayRequest, Mp4Download, PlayManifest, Signed, StatusRequest, parse_path
 
 
 @dataclass
@@ -55,6 +58,7 @@ async def _gateway_state(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     executor = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="gateway-io")
     app[PACKAGING] = Packaging(settings, executor)
+    app[CATALOG] = Catalog(settings.store, settings.catalog, settings.catalog_ttl)
     app[METRICS] = Metrics()
     yield
     executor.shutdown(wait=False, cancel_futures=True)
@@ -94,12 +98,33 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
 async def _serve(request: web.Request, parsed: GatewayRequest) -> web.StreamResponse:
     if isinstance(parsed, StatusRequest):
         return serve_status(request)
+    if isinstance(parsed, PlayManifest):
+        return await serve_play_manifest(request, parsed)
     if isinstance(parsed, CrossDomainPolicy):
         return web.Response(text=CROSSDOMAIN_XML, content_type="text/x-cross-domain-policy",
                             headers={"Cache-Control": cache_control(86400)})
+    signed = None
+    if isinstance(parsed, Signed):
+        signed, parsed = parsed, parsed.request
+    packaging = request.app[PACKAGING]
+    view = await packaging.run(request.app[CATALOG].view)  # may stat the shared store: off the event loop
+    paths = (parsed.path,) if isinstance(parsed, Mp4Download) else parsed.target.paths
+    files = await packaging.identify_all(paths)  # 404 for missing files; realpaths for the ownership check
+    context = authorize(view, request.app[SETTINGS], parsed, signed, tuple(f.store_path for f in files))
     if isinstance(parsed, Mp4Download):
-        return await serve_mp4(request, parsed)
-    return await serve_packaged_request(request, parsed)
+        response = await serve_mp4(request, parsed)
+    else:
+        response = await serve_packaged_request(request, parsed, context)
+    if signed is not None:
+        # signed bytes: no shared cache may keep them, and no copy may outlive the token
+        remaining = max(0, signed_expiry(signed.token) - int(time.time()))
+        response.headers["Cache-Control"] = f"private, max-age={remaining}"
+    return response
+
+
+def signed_expiry(token: str) -> int:
+    head = token.partition("-")[0]
+    return int(head) if head.isdigit() else 0
 
 
 def serve_status(request: web.Request) -> web.Response:

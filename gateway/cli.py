@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 from urllib.parse import quote
 
 from . import __version__
+from .cli_catalog import add_catalog_commands
 from .settings import HLS_CONTAINERS, Settings
 
 DEMO_PATHS = (
@@ -62,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     sub.add_parser("bench", help="benchmarks (gateway bench --help)", add_help=False)
+    add_catalog_commands(sub)  # partners ..., entries ...
     return p
 
 
@@ -79,6 +81,11 @@ def _server_options(p: argparse.ArgumentParser, default_port: int) -> None:
                    help="how long a file's size/mtime is trusted before the next stat (0 = every request)")
     p.add_argument("--io-threads", type=int, default=d.io_threads, metavar="N")
     p.add_argument("--no-access-log", dest="access_log", action="store_false", help="do not log every request")
+    p.add_argument("--catalog", type=Path, default=None, help="partners and entries (default <store>/.catalog)")
+    p.add_argument("--catalog-ttl", type=float, default=d.catalog_ttl, metavar="SECONDS",
+                   help="re-read changed catalog files at most this often (0: on every request)")
+    p.add_argument("--signed-url-ttl", type=int, default=d.signed_url_ttl, metavar="SECONDS",
+                   help="lifetime of the signed URLs issued for secured entries")
     p.add_argument("--hls-container", default=d.hls_container, choices=HLS_CONTAINERS,
                    help="HLS segments: ts (MPEG-TS), fmp4, or auto = fmp4 for HEVC (Apple's rule), ts otherwise")
 
@@ -98,6 +105,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         io_threads=args.io_threads,
         access_log=args.access_log,
         hls_container=args.hls_container,
+        catalog=args.catalog,
+        catalog_ttl=args.catalog_ttl,
+        signed_url_ttl=args.signed_url_ttl,
     )
 
 

@@ -52,10 +52,10 @@ def media_url(delivery_type: str, flavor_paths: list[str]) -> tuple[str, str]:
     """(target, URL path) for a delivery type: the MP4 itself for ``http``, else the packaged manifest."""
     if delivery_type == "http":
         target = flavor_paths[0]
-        return target, "/mp4/" + quote(target)
+        return target, "/mp4/" + quote(target, safe="/,")
     protocol, manifest = MANIFESTS[delivery_type]
     target = url_set(flavor_paths)
-    return target, f"/{protocol}/{quote(target)}/{manifest}"
+    return target, f"/{protocol}/{quote(target, safe='/,')}/{manifest}"
 
 
 def signed(url_path: str, entry_id: str, target: str, secret: str, expires: int) -> str:

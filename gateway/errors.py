@@ -12,6 +12,11 @@ from aiohttp import web
 
 from packagers.errors import ErrorCode, PackagerError
 
+from delivery_profiles import ProfileError
+from delivery_profiles.tokens import TokenError
+
+from .access import AccessDenied
+from .delivery import DeliveryError
 from .store import FileChanged
 from .urls import UrlTooLong
 
@@ -26,7 +31,7 @@ STATUS_BY_CODE = {
 }
 # Codes for failures that do not come from the packaging core, by HTTP status.
 CODE_BY_STATUS = {
-    400: "BAD_REQUEST", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "TOO_LARGE", 414: "URI_TOO_LONG",
+    400: "BAD_REQUEST", 403: "ACCESS_DENIED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "TOO_LARGE", 414: "URI_TOO_LONG",
     416: "RANGE_NOT_SATISFIABLE", 500: "INTERNAL_ERROR", 503: "UNAVAILABLE",
 }
 MAX_MESSAGE = 300
@@ -57,6 +62,15 @@ def response_for_exception(exc: BaseException, request: web.Request, hide: tuple
         status = STATUS_BY_CODE.get(exc.code, 500)
         (log.warning if status >= 500 else log.info)("%s → %d %s: %s", where, status, exc.code.name, exc.message)
         return error_response(status, exc.code.name, exc.message, hide=hide)
+    if isinstance(exc, (AccessDenied, TokenError)):
+        log.info("%s → 403: %s", where, exc)
+        return error_response(403, "ACCESS_DENIED", str(exc), Cache_Control="no-store")
+    if isinstance(exc, ProfileError):  # SelectionError included: a format the partner does not enable
+        log.info("%s → 400: %s", where, exc)
+        return error_response(400, "DELIVERY_NOT_ALLOWED", str(exc))
+    if isinstance(exc, DeliveryError):
+        log.warning("%s → 500: %s", where, exc)
+        return error_response(500, "CATALOG_ERROR", str(exc))
     if isinstance(exc, FileChanged):
         log.warning("%s → 503: %s", where, exc)
         return error_response(503, "FILE_CHANGED", str(exc), hide=hide, Retry_After="1")

@@ -3,16 +3,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from .access import DeliveryContext
 from .packaging import PACKAGING
 from .products import product_for
 from .responses import serve_packaged
 from .urls import PackagedRequest
 
 
-async def serve_packaged_request(request: web.Request, parsed: PackagedRequest) -> web.Response:
+async def serve_packaged_request(request: web.Request, parsed: PackagedRequest, context: DeliveryContext) -> web.Response:
     packaging = request.app[PACKAGING]
-    opened = await packaging.open(parsed.target)
-    product = product_for(parsed, opened, packaging)
+    opened = await packaging.open(parsed.target, context.segment_duration_ms)
+    product = product_for(parsed, opened, packaging, context)
     return await serve_packaged(
         request,
         lambda: packaging.packaged(opened, product.key, product.build),
@@ -20,4 +21,5 @@ async def serve_packaged_request(request: web.Request, parsed: PackagedRequest) 
         etag=opened.etag(product.key),
         last_modified=opened.last_modified,
         max_age=product.max_age,
+        private=product.private,
     )

@@ -109,14 +109,16 @@ class Packaging:
             self.stats.put(files)
         return files
 
-    async def open(self, target: MediaTarget) -> OpenedSet:
-        """Stat the files (that is how replaced files are noticed), then the cached MediaSet."""
+    async def open(self, target: MediaTarget, segment_duration_ms: int | None = None) -> OpenedSet:
+        """Stat the files (that is how replaced files are noticed), then the cached MediaSet. The segment duration
+        is the server's unless the files' partner profile sets its own."""
+        duration = segment_duration_ms or self.settings.segment_duration_ms
         files = await self.identify_all(target.paths)
-        key = (tuple(f.cache_key for f in files), self.settings.segment_duration_ms, target.is_url_set)
+        key = (tuple(f.cache_key for f in files), duration, target.is_url_set)
 
         async def load() -> MediaSet:
             presentations = await asyncio.gather(*(self.presentation(f) for f in files))
-            return await self.run(MediaSet, presentations, self.settings.segment_duration_ms, target.is_url_set)
+            return await self.run(MediaSet, presentations, duration, target.is_url_set)
 
         return OpenedSet(files, await self.metadata.media_set(key, load))
 

@@ -21,10 +21,12 @@ from packagers.mss import MANIFEST_CONTENT_TYPE as MSS_MANIFEST_TYPE
 from packagers.mss import build_smooth_manifest, locate_fragment
 from packagers.ts import TsMuxer
 
+from .access import DeliveryContext
+from .delivery import HLS_KEY_NAME, encrypt_segment
 from .packaging import OpenedSet, Packaging
 from .store import FileIdentity, Store
-from .urls import (DashFragment, DashManifest, HdsFragment, HdsManifest, HlsMaster, HlsMediaPlaylist, HlsSegment,
-                   InitSegment, MssFragment, MssManifest, PackagedRequest)
+from .urls import (DashFragment, DashManifest, HdsFragment, HdsManifest, HlsKey, HlsMaster, HlsMediaPlaylist,
+                   HlsSegment, InitSegment, MssFragment, MssManifest, PackagedRequest)
 
 M3U8_TYPE = "application/vnd.apple.mpegurl"
 TS_TYPE = "video/MP2T"
@@ -36,6 +38,7 @@ class Product:
     build: Callable[[], bytes]  # blocking; runs in the executor
     content_type: str
     max_age: int
+    private: bool = False  # keys: never stored by shared caches
 
 
 def build_segment(store: Store, file: FileIdentity, media_set: MediaSet, selection: Selection, index: int,
@@ -61,29 +64,42 @@ def _fmp4_type(selection: Selection) -> str:
     return dash.content_type("video" if any(t.kind == "video" for t in selection.tracks) else "audio")
 
 
-def product_for(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging) -> Product:
+def product_for(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging, context: DeliveryContext) -> Product:
     settings = packaging.settings
     media_set = opened.media_set
     manifest_age, segment_age = settings.manifest_max_age, settings.segment_max_age
+    aes_key = context.hls_key
+    aes = ("aes-128", context.entry.id) if aes_key is not None else ()  # encrypted and clear bytes never share a key
 
+    if isinstance(parsed, HlsKey):
+        if aes_key is None:
+            raise PackagerError(ErrorCode.NOT_FOUND, "product_for: this media is not encrypted")
+        return Product(("hls", "key", *aes), lambda: aes_key, "application/octet-stream", 0, private=True)
     if isinstance(parsed, (HlsMaster, HlsMediaPlaylist)):
-        container = choose_container(media_set, settings.hls_container)
+        container = choose_container(media_set, context.hls_container)
         if isinstance(parsed, HlsMaster):
             build = _text(build_master_playlist, media_set, container)
             return Product(("hls", "master", container), build, M3U8_TYPE, manifest_age)
         selection = media_set.resolve(parsed.spec)
         extension = "ts" if container == "ts" else "m4s"
-        build = _text(build_media_playlist, media_set, selection, extension, container)
-        return Product(("hls", "index", selection.spec.suffix(), container), build, M3U8_TYPE, manifest_age)
+        key_uri = HLS_KEY_NAME if aes_key is not None else None
+        build = _text(build_media_playlist, media_set, selection, extension, container, key_uri)
+        return Product(("hls", "index", selection.spec.suffix(), container, *aes), build, M3U8_TYPE, manifest_age)
     if isinstance(parsed, HlsSegment):
         selection = media_set.resolve(parsed.spec)
-        if parsed.container == "ts":
+        if parsed.container == "ts" and aes_key is not None:
+            # IV = media sequence number: the playlist starts at EXT-X-MEDIA-SEQUENCE:1
+            clear = TsMuxer(selection.tracks).build
+            mux, content_type = (lambda segment: encrypt_segment(aes_key, segment.index + 1, clear(segment))), TS_TYPE
+        elif aes_key is not None:
+            raise PackagerError(ErrorCode.NOT_FOUND, "product_for: encrypted HLS is served as MPEG-TS only")
+        elif parsed.container == "ts":
             mux, content_type = TsMuxer(selection.tracks).build, TS_TYPE
         else:
             # presentation times exactly as in TS (minus TS_PTS_OFFSET): tfdt = dts, signed composition offsets
             mux, content_type = Fmp4Muxer(selection.tracks).build, _fmp4_type(selection)
-        key = ("hls", "seg", parsed.index, selection.spec.suffix(), parsed.container)
-        return Product(key, _segment(packaging, opened, selection, parsed.index, mux), content_type, segment_age)
+        cache_key = ("hls", "seg", parsed.index, selection.spec.suffix(), parsed.container, *aes)
+        return Product(cache_key, _segment(packaging, opened, selection, parsed.index, mux), content_type, segment_age)
     if isinstance(parsed, InitSegment):
         selection = media_set.resolve(parsed.spec)
         # identical for HLS and DASH: one cache entry
@@ -98,8 +114,8 @@ def product_for(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging
             raise PackagerError(ErrorCode.BAD_REQUEST, "product_for: a DASH fragment carries one track (-vN or -aN)")
         # DASH timelines cannot be negative: AAC priming moves into presentationTimeOffset (declared in the MPD)
         mux = Fmp4Muxer(selection.tracks, non_negative=True).build
-        key = ("dash", "frag", parsed.index, selection.spec.suffix())
-        return Product(key, _segment(packaging, opened, selection, parsed.index, mux), _fmp4_type(selection),
+        cache_key = ("dash", "frag", parsed.index, selection.spec.suffix())
+        return Product(cache_key, _segment(packaging, opened, selection, parsed.index, mux), _fmp4_type(selection),
                        segment_age)
 
     if isinstance(parsed, MssManifest):
@@ -108,16 +124,16 @@ def product_for(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging
         selection, index = locate_fragment(media_set, parsed.stream, parsed.bitrate, parsed.start)
         # moof (with tfxd) + mdat, no styp: Smooth clients build the init segment from the manifest
         mux = Fmp4Muxer(selection.tracks, styp=False, tfxd=True).build
-        key = ("mss", "frag", index, selection.spec.suffix())
-        return Product(key, _segment(packaging, opened, selection, index, mux), _fmp4_type(selection), segment_age)
+        cache_key = ("mss", "frag", index, selection.spec.suffix())
+        return Product(cache_key, _segment(packaging, opened, selection, index, mux), _fmp4_type(selection), segment_age)
 
     if isinstance(parsed, HdsManifest):
         return Product(("hds", "manifest"), _text(build_f4m, media_set), MANIFEST_CONTENT_TYPE, manifest_age)
     if isinstance(parsed, HdsFragment):
         selection = media_set.resolve(parsed.spec)
         mux = fragment_muxer(media_set, selection).build  # one timeline for every rendition of the set
-        key = ("hds", "frag", parsed.index, selection.spec.suffix())
-        return Product(key, _segment(packaging, opened, selection, parsed.index, mux), FRAGMENT_CONTENT_TYPE,
+        cache_key = ("hds", "frag", parsed.index, selection.spec.suffix())
+        return Product(cache_key, _segment(packaging, opened, selection, parsed.index, mux), FRAGMENT_CONTENT_TYPE,
                        segment_age)
 
     raise PackagerError(ErrorCode.UNSUPPORTED, f"product_for: {type(parsed).__name__} is not served yet")

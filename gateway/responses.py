@@ -120,12 +120,15 @@ async def serve_packaged(
     etag: str,
     last_modified: float,
     max_age: int,
+    private: bool = False,
 ) -> web.Response:
     """200/206/304/416 for a body built in memory, built only when the client has no valid copy.
 
     aiohttp drops the body of a HEAD response but keeps its Content-Length, so HEAD and GET share this path.
+    ``private`` (keys): no shared cache may store it.
     """
-    validators = {"ETag": etag, "Last-Modified": http_date(last_modified), "Cache-Control": cache_control(max_age)}
+    control = "private, no-store" if private else cache_control(max_age)
+    validators = {"ETag": etag, "Last-Modified": http_date(last_modified), "Cache-Control": control}
     if not_modified(request, etag, last_modified):
         return web.Response(status=304, headers=validators)
     data = await body()

@@ -27,6 +27,9 @@ class Settings:
     io_threads: int = 16  # executor for stat/pread/parse/mux: an NFS stall blocks a thread, never the event loop
     max_url_set_files: int = 32
     access_log: bool = True  # one INFO line per request on the "aiohttp.access" logger
+    catalog: Path | None = None  # partners and entries; default <store>/.catalog (never served: hidden name)
+    catalog_ttl: float = 1.0  # re-check catalog files at most this often: edits reach every node within it
+    signed_url_ttl: int = 6 * 3600  # lifetime of the signed URLs playManifest issues for secured entries
 
     def __post_init__(self) -> None:
         if self.segment_duration_ms <= 0:
@@ -39,6 +42,8 @@ class Settings:
             raise ValueError(f"HLS container {self.hls_container!r} is not one of {HLS_CONTAINERS}")
         if self.stat_cache_seconds < 0:
             raise ValueError("stat_cache_seconds must be >= 0")
+        if self.catalog_ttl < 0 or self.signed_url_ttl < 1:
+            raise ValueError("catalog_ttl must be >= 0 and signed_url_ttl >= 1")
         if self.io_threads < 1:
             raise ValueError("io_threads must be >= 1")
         if not 0 <= self.port <= 65535:

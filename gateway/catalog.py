@@ -1,0 +1,513 @@
+"""The entry/partner catalog: JSON files on the shared store, read by every node, written atomically by operators.
+
+Layout and schema are in docs/catalog.md: ``<catalog>/partners/<id>.json`` and ``<catalog>/entries/<entry_id>.json``,
+``<catalog>`` defaulting to ``<store>/.catalog`` — a hidden name, so ``gateway.urls`` never serves it. Nodes keep no
+state of their own: a running ``Catalog`` re-stats the files at most every ``ttl`` seconds and re-reads only those whose
+(mtime_ns, size, inode) changed. Writers write a temporary file and rename it over the old one, so a reader sees the
+old or the new version, never half of one; a file that is invalid anyway (a hand edit gone wrong) is logged and its
+last good version kept, so a typo never takes a partner offline.
+
+Disk access: ``Catalog.refresh()`` lists, stats and reads files, and so do ``Catalog.view()`` and the shortcuts
+``partner/entry/entries_for_path`` when ``due()``; a ``CatalogView`` and its lookups are memory only and immutable.
+Everything is synchronous: the gateway runs ``view()`` in its executor when ``due()``, and looks up in the view.
+"""
+from __future__ import annotations
+
+import copy
+import fcntl
+import json
+import logging
+import os
+import re
+import secrets
+import stat
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from delivery_profiles import SYSTEM_DEFAULTS, ProfileError, merge
+from packagers.errors import ErrorCode, PackagerError
+
+from .store import Store
+
+log = logging.getLogger("gateway.catalog")
+
+CATALOG_DIR_NAME = ".catalog"
+ENTRY_ID = re.compile(r"[0-9]_[a-z0-9]{8}")  # Kaltura's <partition>_<8 chars>; flavor ids have the same shape
+SECRET = re.compile(r"[0-9a-fA-F]{32,}")
+RULES = (  # Kaltura's base.ini delivery keys, the top-level scalars of a delivery override
+    "default_delivery_type", "short_entries_default_delivery_type", "secured_default_delivery_type",
+    "short_entries_max_duration",
+)
+
+
+class CatalogError(ValueError):
+    """An invalid catalog document or argument; the message is one line: ``<file>: <key>: <problem>``."""
+
+
+class CatalogNotFound(PackagerError, LookupError):
+    """No such partner or entry: a NOT_FOUND, so gateway.errors answers 404 without knowing about catalogs."""
+
+    def __init__(self, message: str):
+        super().__init__(ErrorCode.NOT_FOUND, message)
+
+
+@dataclass(frozen=True)
+class Partner:
+    id: int
+    name: str
+    secret: str
+    delivery: dict = field(default_factory=dict)  # partial override for delivery_profiles.merge; do not mutate
+
+    def to_json(self, show_secret: bool = True) -> dict:
+        secret = self.secret if show_secret else "*" * (len(self.secret) - 4) + self.secret[-4:]
+        return {"id": self.id, "name": self.name, "secret": secret, "delivery": copy.deepcopy(self.delivery)}
+
+
+@dataclass(frozen=True)
+class Flavor:
+    id: str
+    path: str  # store-relative; bitrate, resolution and duration come from the media (the metadata cache)
+    tags: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "path": self.path, **({"tags": list(self.tags)} if self.tags else {})}
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: str
+    partner_id: int
+    name: str
+    secured: bool
+    flavors: tuple[Flavor, ...]
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return tuple(f.path for f in self.flavors)
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "partner_id": self.partner_id, "name": self.name, "secured": self.secured,
+                "flavors": [f.to_json() for f in self.flavors]}
+
+
+# ---------------------------------------------------------------- validation
+
+
+def check_delivery(delivery: dict) -> None:
+    """Raise ValueError unless a partner's override merges onto the system defaults.
+
+    The one seam to ``delivery_profiles``: its ``merge`` alone judges what an override may say (its messages name
+    the key path, ``profiles.hls.segment_duration_ms: must be a positive integer, got 0``).
+    """
+    try:
+        merge(SYSTEM_DEFAULTS, delivery)
+    except ProfileError as e:
+        raise ValueError(str(e)) from None
+
+
+def _fail(where: str, key: str, problem: str) -> None:
+    raise CatalogError(f"{where}: {key}: {problem}")
+
+
+def _object(doc: Any, where: str, key: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
+    if not isinstance(doc, dict):
+        _fail(where, key, "must be a JSON object")
+    prefix = "" if key == "(document)" else key + "."
+    for name in doc:
+        if name not in required + optional:
+            _fail(where, prefix + name, f"unknown key (expected {', '.join(required + optional)})")
+    for name in required:
+        if name not in doc:
+            _fail(where, prefix + name, "is required")
+    return doc
+
+
+def _positive_int(value: Any, where: str, key: str) -> int:
+    if type(value) is not int or value <= 0:  # type(): True is an int to isinstance
+        _fail(where, key, "must be an integer > 0")
+    return value
+
+
+def _name(value: Any, where: str, key: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        _fail(where, key, "must be a non-empty string")
+    return value
+
+
+def _kaltura_id(value: Any, where: str, key: str) -> str:
+    if not isinstance(value, str) or not ENTRY_ID.fullmatch(value):
+        _fail(where, key, "must look like 0_abcd1234 (a digit, '_', 8 of [a-z0-9])")
+    return value
+
+
+def path_problem(path: Any) -> str | None:
+    """Why ``path`` cannot name a store file (None if it can): the same rules as gateway.urls.check_name."""
+    if not isinstance(path, str) or not path:
+        return "must be a non-empty string"
+    segments = path.split("/")
+    if path.startswith("/") or ".." in segments:
+        return "must be a relative path inside the store"
+    for segment in segments:
+        if segment.startswith("."):
+            return f"hidden segment {segment!r} (names starting with '.' are never served)"
+        if not segment or "\\" in segment or any(ord(c) < 0x20 or ord(c) == 0x7F for c in segment):
+            return "empty segment, backslash or control character"
+        if len(segment.encode()) > 255:
+            return "segment longer than 255 bytes"
+    return None
+
+
+def parse_partner(doc: Any, where: str) -> Partner:
+    """A validated Partner from a JSON document; ``where`` (``partners/101.json``) prefixes every message."""
+    _object(doc, where, "(document)", ("id", "name", "secret"), ("delivery",))
+    partner_id = _positive_int(doc["id"], where, "id")
+    if Path(where).name != f"{partner_id}.json":
+        _fail(where, "id", f"{partner_id} does not match the file name")
+    if not isinstance(doc["secret"], str) or not SECRET.fullmatch(doc["secret"]):
+        _fail(where, "secret", "must be a hex string of at least 32 characters")
+    delivery = doc.get("delivery", {})
+    if not isinstance(delivery, dict):
+        _fail(where, "delivery", "must be a JSON object")
+    try:
+        check_delivery(delivery)
+    except ValueError as e:
+        _fail(where, "delivery", str(e))
+    return Partner(partner_id, _name(doc["name"], where, "name"), doc["secret"], copy.deepcopy(delivery))
+
+
+def parse_entry(doc: Any, where: str) -> Entry:
+    """A validated Entry; flavor files are not looked at here (see ``missing_flavors``)."""
+    _object(doc, where, "(document)", ("id", "partner_id", "name", "secured", "flavors"))
+    entry_id = _kaltura_id(doc["id"], where, "id")
+    if Path(where).name != f"{entry_id}.json":
+        _fail(where, "id", f"{entry_id} does not match the file name")
+    if not isinstance(doc["secured"], bool):
+        _fail(where, "secured", "must be true or false")
+    if not isinstance(doc["flavors"], list) or not doc["flavors"]:
+        _fail(where, "flavors", "must be a non-empty list")
+    flavors: list[Flavor] = []
+    for i, item in enumerate(doc["flavors"]):
+        key = f"flavors[{i}]"
+        _object(item, where, key, ("id", "path"), ("tags",))
+        flavor_id = _kaltura_id(item["id"], where, key + ".id")
+        if problem := path_problem(item["path"]):
+            _fail(where, key + ".path", problem)
+        tags = item.get("tags", [])
+        if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
+            _fail(where, key + ".tags", "must be a list of non-empty strings")
+        for j, other in enumerate(flavors):
+            if other.id == flavor_id:
+                _fail(where, key + ".id", f"duplicates flavors[{j}].id")
+            if other.path == item["path"]:
+                _fail(where, key + ".path", f"duplicates flavors[{j}].path")
+        flavors.append(Flavor(flavor_id, item["path"], tuple(tags)))
+    return Entry(entry_id, _positive_int(doc["partner_id"], where, "partner_id"), _name(doc["name"], where, "name"),
+                 doc["secured"], tuple(flavors))
+
+
+def resolve_flavors(entry: Entry, store: Store) -> tuple[str | None, ...]:
+    """Each flavor's realpath relative to the store (``FileIdentity.store_path``), None if no file there. Blocking."""
+    resolved = []
+    for flavor in entry.flavors:
+        try:
+            resolved.append(store.identify(flavor.path).store_path)
+        except PackagerError:
+            resolved.append(None)
+    return tuple(resolved)
+
+
+def missing_flavors(entry: Entry, where: str, resolved: tuple[str | None, ...]) -> list[str]:
+    """Warnings, not errors: media may reach the store after its entry."""
+    return [f"{where}: flavors[{i}].path: {f.path!r} is not a regular file inside the store (yet)"
+            for i, (f, real) in enumerate(zip(entry.flavors, resolved)) if real is None]
+
+
+def _decode(raw: bytes, where: str) -> Any:
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+        doc = {}
+        for key, value in pairs:
+            if key in doc:
+                _fail(where, key, "duplicate key")
+            doc[key] = value
+        return doc
+
+    def no_constants(name: str) -> None:
+        _fail(where, "(document)", f"{name} is not JSON")
+
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=no_constants)
+    except UnicodeDecodeError:
+        _fail(where, "(document)", "not UTF-8")
+    except json.JSONDecodeError as e:
+        _fail(where, "(document)", f"invalid JSON: {e}")
+
+
+# ---------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class CatalogView:
+    """One consistent state of the catalog: immutable, memory only, safe to share between threads."""
+
+    by_partner: dict[int, Partner] = field(default_factory=dict)
+    by_entry: dict[str, Entry] = field(default_factory=dict)
+    by_path: dict[str, tuple[Entry, ...]] = field(default_factory=dict)
+    problems: tuple[str, ...] = ()  # invalid files, missing flavor files, entries of unknown partners
+
+    def partner(self, partner_id: int) -> Partner:
+        try:
+            return self.by_partner[partner_id]
+        except KeyError:
+            raise CatalogNotFound(f"Catalog.partner: no partner {partner_id}") from None
+
+    def entry(self, entry_id: str, partner_id: int | None = None) -> Entry:
+        """The entry; with ``partner_id``, only if it belongs to that partner (one partner never sees another's)."""
+        entry = self.by_entry.get(entry_id)
+        if entry is None or (partner_id is not None and entry.partner_id != partner_id):
+            of = f" of partner {partner_id}" if partner_id is not None else ""
+            raise CatalogNotFound(f"Catalog.entry: no entry {entry_id!r}{of}")
+        return entry
+
+    def entries_for_path(self, store_path: str) -> tuple[Entry, ...]:
+        """Entries with a flavor at ``store_path``: its declared path or its realpath (``FileIdentity.store_path``)."""
+        return self.by_path.get(store_path, ())
+
+    def partners(self) -> tuple[Partner, ...]:
+        return tuple(self.by_partner[k] for k in sorted(self.by_partner))
+
+    def entries(self, partner_id: int | None = None) -> tuple[Entry, ...]:
+        return tuple(self.by_entry[k] for k in sorted(self.by_entry)
+                     if partner_id is None or self.by_entry[k].partner_id == partner_id)
+
+
+@dataclass
+class _File:
+    signature: tuple[int, int, int]  # (mtime_ns, size, inode) of the version last read, valid or not
+    value: Partner | Entry | None  # the last good version
+    error: str | None = None
+    resolved: tuple[str | None, ...] = ()  # entries: flavor realpaths
+
+
+class Catalog:
+    """The catalog as this node sees it, re-checked against the shared store at most every ``ttl`` seconds."""
+
+    def __init__(self, store: Path | str, catalog_dir: Path | str | None = None, ttl: float = 1.0, quiet: bool = False):
+        self.store = Store(store)
+        self.dir = Path(catalog_dir) if catalog_dir is not None else Path(store) / CATALOG_DIR_NAME
+        if ttl < 0:
+            raise ValueError(f"catalog ttl must be >= 0, got {ttl}")
+        self.ttl = ttl
+        self.quiet = quiet  # no log lines: the caller reports ``view().problems`` itself (the CLI)
+        self._lock = threading.Lock()
+        self._files: dict[str, _File] = {}  # by "partners/101.json"
+        self._view = CatalogView()
+        self._checked: float | None = None
+        self._checked_missing = False
+
+    def due(self) -> bool:
+        return self._checked is None or time.monotonic() - self._checked >= self.ttl
+
+    def view(self) -> CatalogView:
+        """The current view, refreshed first if the ttl ran out (then it touches the disk)."""
+        if self.due():
+            with self._lock:
+                if self.due():  # not refreshed by another thread while we waited
+                    self._refresh()
+        return self._view
+
+    def partner(self, partner_id: int) -> Partner:
+        return self.view().partner(partner_id)
+
+    def entry(self, entry_id: str, partner_id: int | None = None) -> Entry:
+        return self.view().entry(entry_id, partner_id)
+
+    def entries_for_path(self, store_path: str) -> tuple[Entry, ...]:
+        return self.view().entries_for_path(store_path)
+
+    def refresh(self) -> CatalogView:
+        """Stat every catalog file now, whatever the ttl. Blocking."""
+        with self._lock:
+            self._refresh()
+        return self._view
+
+    def _refresh(self) -> None:
+        """Re-read the files that changed, retry missing flavor files, rebuild the view if anything moved."""
+        if self._files and not os.path.isdir(self.dir):
+            # The whole directory gone is an unmounted share, not an operator deleting every partner: forgetting
+            # the catalog would make secured files look unsecured. Keep the last view until it is back.
+            if not self._checked_missing:
+                log.warning("catalog: %s is missing; keeping the catalog loaded before", self.dir)
+            self._checked_missing = True
+            self._checked = time.monotonic()
+            return
+        self._checked_missing = False
+        changed = self._scan("partners", parse_partner) | self._scan("entries", parse_entry)
+        for state in self._files.values():
+            if isinstance(state.value, Entry) and None in state.resolved:
+                resolved = resolve_flavors(state.value, self.store)
+                changed |= resolved != state.resolved
+                state.resolved = resolved
+        if changed:
+            self._view = self._build_view()
+        self._checked = time.monotonic()
+
+    def _scan(self, kind: str, parse) -> bool:
+        directory = self.dir / kind
+        try:
+            names = [n for n in os.listdir(directory) if n.endswith(".json") and not n.startswith(".")]
+        except FileNotFoundError:
+            names = []
+        except OSError as e:  # an NFS hiccup must not empty the catalog: keep what we have
+            log.warning("catalog: cannot list %s: %s", directory, e)
+            return False
+        changed = False
+        gone = {rel for rel in self._files if rel.startswith(kind + "/")} - {f"{kind}/{n}" for n in names}
+        for rel in gone:
+            del self._files[rel]
+            log.debug("catalog: %s removed", rel)
+            changed = True
+        for name in names:
+            changed |= self._load(f"{kind}/{name}", directory / name, parse)
+        return changed
+
+    def _load(self, rel: str, path: Path, parse) -> bool:
+        old = self._files.get(rel)
+        try:
+            st = os.stat(path)
+            if old is not None and old.signature == (st.st_mtime_ns, st.st_size, st.st_ino):
+                return False
+            with open(path, "rb") as f:  # the signature of what we read, not of what we stat'ed before
+                st = os.fstat(f.fileno())
+                raw = f.read()
+        except FileNotFoundError:
+            changed = self._files.pop(rel, None) is not None  # renamed away between listdir and stat
+            return changed
+        except OSError as e:
+            log.warning("catalog: cannot read %s: %s", rel, e)
+            return False
+        signature = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        try:
+            value = parse(_decode(raw, rel), rel)
+        except Exception as e:  # CatalogError, or a bug in a validator: either way this file is not usable
+            message = str(e) if isinstance(e, CatalogError) else f"{rel}: (document): {type(e).__name__}: {e}"
+            kept = old.value if old else None
+            suffix = "keeping the last good version" if kept else "not loaded"
+            self._files[rel] = _File(signature, kept, f"{message} ({suffix})", old.resolved if old else ())
+            return True
+        resolved = resolve_flavors(value, self.store) if isinstance(value, Entry) else ()
+        if old is not None and old.error and not self.quiet:
+            log.info("catalog: %s is valid again", rel)
+        self._files[rel] = _File(signature, value, None, resolved)
+        return True
+
+    def _build_view(self) -> CatalogView:
+        partners, entries, by_path, problems = {}, {}, {}, []
+        for rel, state in sorted(self._files.items()):
+            if state.error:
+                problems.append(state.error)
+            if isinstance(state.value, Partner):
+                partners[state.value.id] = state.value
+            elif isinstance(state.value, Entry):
+                entry = state.value
+                entries[entry.id] = entry
+                problems += missing_flavors(entry, rel, state.resolved)
+                for key in dict.fromkeys(entry.paths + tuple(p for p in state.resolved if p)):
+                    by_path[key] = by_path.get(key, ()) + (entry,)
+        for entry in entries.values():
+            if entry.partner_id not in partners:
+                problems.append(f"entries/{entry.id}.json: partner_id: no partner {entry.partner_id} in the catalog")
+        for problem in sorted(set(problems) - set(self._view.problems)) if not self.quiet else ():
+            log.warning("catalog: %s", problem)
+        return CatalogView(partners, entries, by_path, tuple(problems))
+
+
+# ---------------------------------------------------------------- files and writes
+
+
+def catalog_dir(store: Path | str, override: Path | str | None = None) -> Path:
+    return Path(override) if override is not None else Path(store) / CATALOG_DIR_NAME
+
+
+def partner_path(directory: Path, partner_id: int) -> Path:
+    return directory / "partners" / f"{partner_id}.json"
+
+
+def entry_path(directory: Path, entry_id: str) -> Path:
+    return directory / "entries" / f"{entry_id}.json"
+
+
+def _read(path: Path, parse, what: str):
+    where = f"{path.parent.name}/{path.name}"
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise CatalogNotFound(f"{what}: no {where}") from None
+    return parse(_decode(raw, where), where)
+
+
+def read_partner(directory: Path, partner_id: int) -> Partner:
+    """One partner file, strictly: CatalogNotFound if absent, CatalogError if invalid (no last good version here)."""
+    return _read(partner_path(directory, partner_id), parse_partner, "read_partner")
+
+
+def read_entry(directory: Path, entry_id: str) -> Entry:
+    if not ENTRY_ID.fullmatch(entry_id):
+        raise CatalogError(f"entries/{entry_id}.json: id: must look like 0_abcd1234 (a digit, '_', 8 of [a-z0-9])")
+    return _read(entry_path(directory, entry_id), parse_entry, "read_entry")
+
+
+def write_partner(directory: Path, partner: Partner) -> Path:
+    """Validate (delivery_profiles.merge included), then replace the file atomically."""
+    path = partner_path(directory, partner.id)
+    doc = partner.to_json()
+    parse_partner(doc, f"partners/{path.name}")
+    write_json_atomic(path, doc)
+    return path
+
+
+def write_entry(directory: Path, entry: Entry) -> Path:
+    path = entry_path(directory, entry.id)
+    doc = entry.to_json()
+    parse_entry(doc, f"entries/{path.name}")
+    write_json_atomic(path, doc)
+    return path
+
+
+def write_json_atomic(path: Path, doc: Any) -> None:
+    """Write ``<name>.tmp.<pid>.<random>`` beside ``path``, fsync, rename over ``path``, fsync the directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}.{secrets.token_hex(4)}")
+    data = (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+@contextmanager
+def write_lock(directory: Path) -> Iterator[None]:
+    """Serialise read-modify-write commands (two operators on one partner) with flock on ``<catalog>/.lock``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
