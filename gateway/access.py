@@ -26,6 +26,13 @@ from .urls import (DashFragment, DashManifest, HdsFragment, HdsManifest, MediaRe
 CATALOG = web.AppKey("catalog", Catalog)
 
 
+async def catalog_view(app: web.Application, run) -> CatalogView:
+    """The catalog as of now: from memory while fresh (no thread hop on the hot path), else refreshed in ``run``
+    (the executor), since a refresh stats the shared store."""
+    catalog = app[CATALOG]
+    return catalog.view() if not catalog.due() else await run(catalog.view)
+
+
 class AccessDenied(Exception):
     """403: the message says why (one line), never anything about the media."""
 

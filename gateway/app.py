@@ -21,7 +21,7 @@ from .packaging import PACKAGING, Packaging
 from .responses import ALLOWED_METHODS, add_common_headers, cache_control, preflight
 from .settings import SETTINGS, Settings
 from .store import FileChanged
-from .access import CATALOG, authorize
+from .access import CATALOG, authorize, catalog_view
 from .catalog import Catalog
 from .handlers_delivery import serve_play_manifest
 from .urls import CrossDomainPolicy, GatewayRequest, Mp4Download, PlayManifest, Signed, StatusRequest, parse_path
@@ -107,7 +107,7 @@ async def _serve(request: web.Request, parsed: GatewayRequest) -> web.StreamResp
     if isinstance(parsed, Signed):
         signed, parsed = parsed, parsed.request
     packaging = request.app[PACKAGING]
-    view = await packaging.run(request.app[CATALOG].view)  # may stat the shared store: off the event loop
+    view = await catalog_view(request.app, packaging.run)
     paths = (parsed.path,) if isinstance(parsed, Mp4Download) else parsed.target.paths
     files = await packaging.identify_all(paths)  # 404 for missing files; realpaths for the ownership check
     context = authorize(view, request.app[SETTINGS], parsed, signed, tuple(f.store_path for f in files))

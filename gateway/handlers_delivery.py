@@ -14,7 +14,7 @@ from aiohttp import web
 from delivery_profiles import KALTURA_FORMAT, select_delivery
 from delivery_profiles.tokens import verify_ks
 
-from .access import CATALOG, AccessDenied, partner_config
+from .access import AccessDenied, catalog_view, partner_config
 from .catalog import Entry
 from .delivery import media_url, signed
 from .packaging import PACKAGING
@@ -37,7 +37,7 @@ def _flavors(entry: Entry, wanted: tuple[str, ...]):
 
 async def serve_play_manifest(request: web.Request, pm: PlayManifest) -> web.Response:
     packaging = request.app[PACKAGING]
-    view = await packaging.run(request.app[CATALOG].view)  # may stat the shared store: off the event loop
+    view = await catalog_view(request.app, packaging.run)
     partner = view.partner(pm.partner_id)
     entry = view.entry(pm.entry_id, pm.partner_id)
     now = time.time()

@@ -238,3 +238,15 @@ def test_operator_urls_play(base, store):
         assert status == 200 and body, (name, status)
     status, headers, _ = fetch(urls["playManifest"].strip())
     assert status == 302 and "/s/0_secure01/" in headers["Location"]
+
+
+def test_flavor_ids_pick_the_renditions(base, store):
+    out = gateway_cli(store, "entries", "show", "0_secure01")
+    flavors = [f["id"] for f in json.loads(out)["flavors"]]
+    ks = make_ks(SECRET_103, 103, int(time.time()) + 600)
+    picked = ",".join(flavors[:2])
+    status, _, body = fetch(play_manifest(base, 103, "0_secure01", "flavorIds", picked, "ks", ks) + "?responseFormat=json")
+    decision = json.loads(body)
+    assert status == 200 and [f["id"] for f in decision["flavors"]] == flavors[:2]
+    assert decision["url"].endswith("/hls/title_,36,24,0p.mp4.urlset/master.m3u8")
+    assert fetch(play_manifest(base, 103, "0_secure01", "flavorIds", "0_nosuch01", "ks", ks))[0] == 404
