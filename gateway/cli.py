@@ -71,6 +71,8 @@ def _server_options(p: argparse.ArgumentParser, default_port: int) -> None:
     d = Settings()
     p.add_argument("--host", default=d.host, help=f"bind address (default {d.host}; 0.0.0.0 for all interfaces)")
     p.add_argument("--port", type=int, default=default_port, help="0 picks a free port (printed at start)")
+    p.add_argument("--rtmp-port", type=int, default=0, metavar="N", help="also accept RTMP publishers/players on "
+                   "this port (e.g. 1935; 0 = off)")
     p.add_argument("--segment-duration", type=float, default=d.segment_duration_ms / 1000, metavar="SECONDS")
     p.add_argument("--segment-cache-mb", type=float, default=d.segment_cache_mb, metavar="N", help="0 disables it")
     p.add_argument("--metadata-cache-entries", type=int, default=d.metadata_cache_entries, metavar="N")
@@ -120,12 +122,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not settings.store.is_dir():
         print(f"gateway serve: store {settings.store} is not a directory", file=sys.stderr)
         return 2
-    serve(settings, lambda base: print(f"gateway {__version__}: serving {settings.store} on {base}/", flush=True))
+    serve(settings, lambda base: print(f"gateway {__version__}: serving {settings.store} on {base}/", flush=True),
+          rtmp_port=args.rtmp_port)
     return 0
 
 
-def serve(settings: Settings, on_listening: Callable[[str], None]) -> None:
-    """Run until SIGINT/SIGTERM; ``on_listening`` gets the base URL once the socket is bound (port 0 resolved)."""
+def serve(settings: Settings, on_listening: Callable[[str], None], rtmp_port: int = 0) -> None:
+    """Run until SIGINT/SIGTERM; ``on_listening`` gets the base URL once the socket is bound (port 0 resolved).
+    ``rtmp_port`` > 0 also runs the RTMP ingest server (rtmp.server) on the same event loop."""
     from aiohttp import web
     from aiohttp.log import access_logger
 
@@ -137,6 +141,7 @@ def serve(settings: Settings, on_listening: Callable[[str], None]) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         runner = web.AppRunner(make_app(settings), access_log=access_logger if settings.access_log else None)
+        rtmp = None
         await runner.setup()
         try:
             site = web.TCPSite(runner, settings.host, settings.port)
@@ -144,8 +149,14 @@ def serve(settings: Settings, on_listening: Callable[[str], None]) -> None:
             host, port = runner.addresses[0][:2]
             shown = "localhost" if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
             on_listening(f"http://{shown}:{port}")
+            if rtmp_port:
+                from rtmp.server import serve_rtmp
+                rtmp = await serve_rtmp(settings.host, rtmp_port)
+                print(f"gateway: RTMP ingest on rtmp://{shown}:{rtmp.port}/<app>/<stream>", flush=True)
             await stop.wait()
         finally:
+            if rtmp is not None:
+                await rtmp.close()
             await runner.cleanup()
 
     asyncio.run(run())

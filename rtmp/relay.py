@@ -1,0 +1,272 @@
+"""Live fan-out hub, no I/O: one publisher per "app/stream" key, any number of subscribers, each with a bounded queue.
+
+Per stream the relay keeps a GOP cache: the last metadata, the audio/video sequence headers, and every message since
+the last video key frame (cleared at each key frame; bounded in bytes — past the bound the GOP is dropped until the
+next key frame). A late joiner first gets metadata + sequence headers + the current GOP, so its first video frame is
+a key frame that decodes at once.
+
+Subscriber queues hold pre-serialised chunk bytes. Each message is serialised once per (outgoing chunk size, message
+stream id) with type-0 headers (`ChunkWriter.serialize`) and the bytes are shared. A subscriber whose queue is full
+drops everything except sequence headers/metadata until the next video key frame that fits (audio-only streams: the
+next audio message), and its drops are counted: the publisher and the other subscribers never wait for it.
+Timestamps are the publisher's, unchanged.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from rtmp.chunk import ChunkWriter
+from rtmp.messages import MSG_AUDIO, MSG_VIDEO, Message
+from rtmp.session import AUDIO_CSID, DATA_CSID, VIDEO_CSID
+
+__all__ = ["Relay", "Subscriber"]
+
+_VIDEO_CODECS = {2: "h263", 3: "screen", 4: "vp6", 5: "vp6a", 6: "screen2", 7: "avc", 12: "hevc"}
+_AUDIO_CODECS = {0: "pcm", 1: "adpcm", 2: "mp3", 3: "pcm_le", 7: "g711a", 8: "g711u", 10: "aac", 11: "speex",
+                 14: "mp3_8k"}
+
+
+class Subscriber:
+    """A bounded queue of bytes for one player. The owner (an I/O loop) drains it with ``pop_all()``; ``on_wakeup``
+    is called when bytes are queued, ``on_unpublish`` when the publisher leaves (the owner queues its notice)."""
+
+    def __init__(self, *, chunk_size: int = 4096, stream_id: int = 1, max_queue_bytes: int = 4 * 1024 * 1024,
+                 on_wakeup: Callable[[], None] | None = None,
+                 on_unpublish: Callable[[], None] | None = None) -> None:
+        self.chunk_size = chunk_size
+        self.stream_id = stream_id
+        self.max_queue_bytes = max_queue_bytes
+        self.on_wakeup = on_wakeup
+        self.on_unpublish = on_unpublish
+        self.queue: deque[bytes] = deque()
+        self.queued_bytes = 0
+        self.dropped = 0            # messages dropped because the queue was full
+        self.bytes_out = 0          # bytes handed to the owner
+        self.waiting_for_key = False
+
+    def push(self, data: bytes, *, resume_point: bool, essential: bool = False) -> bool:
+        """Queue ``data``; return False when it was dropped. ``essential`` data (sequence headers, metadata,
+        end-of-stream notices) is always queued; other data is dropped while the queue is full and then until a
+        ``resume_point`` (a key frame) fits."""
+        if not essential:
+            if self.waiting_for_key and not resume_point:
+                self.dropped += 1
+                return False
+            if self.queued_bytes + len(data) > self.max_queue_bytes:
+                self.waiting_for_key = True
+                self.dropped += 1
+                return False
+            self.waiting_for_key = False
+        self.queue.append(data)
+        self.queued_bytes += len(data)
+        if self.on_wakeup is not None:
+            self.on_wakeup()
+        return True
+
+    def pop_all(self) -> list[bytes]:
+        items = list(self.queue)
+        self.queue.clear()
+        self.bytes_out += self.queued_bytes
+        self.queued_bytes = 0
+        return items
+
+
+@dataclass
+class _Item:
+    """One publisher message rewritten for players, with its serialisations by (chunk size, stream id)."""
+    message: Message
+    keyframe: bool
+    essential: bool
+    _bytes: dict = field(default_factory=dict)
+
+    def bytes_for(self, chunk_size: int, stream_id: int) -> bytes:
+        k = (chunk_size, stream_id)
+        data = self._bytes.get(k)
+        if data is None:
+            m = self.message
+            data = ChunkWriter.serialize(Message(m.chunk_stream_id, m.timestamp, m.message_type_id, stream_id,
+                                                 m.payload), chunk_size)
+            self._bytes[k] = data
+        return data
+
+
+@dataclass
+class _Stream:
+    key: str
+    publisher: object | None
+    started: float
+    subscribers: list = field(default_factory=list)
+    metadata: _Item | None = None
+    video_header: _Item | None = None
+    audio_header: _Item | None = None
+    gop: list = field(default_factory=list)
+    gop_bytes: int = 0
+    gop_valid: bool = False
+    has_video: bool = False
+    bytes_in: int = 0
+    messages_in: int = 0
+    video_codec: str | None = None
+    audio_codec: str | None = None
+    dropped_gone: int = 0       # drops of subscribers that already left
+    bytes_out_gone: int = 0
+
+
+class Relay:
+    def __init__(self, *, gop_cache_bytes: int = 16 * 1024 * 1024, clock: Callable[[], float] = time.monotonic) -> None:
+        self.gop_cache_bytes = gop_cache_bytes
+        self._clock = clock
+        self._streams: dict[str, _Stream] = {}
+
+    # -------------------------------------------------------------------------------------------- membership
+    def publish(self, key: str, publisher: object) -> bool:
+        """Claim ``key`` for ``publisher``; False when another publisher holds it (→ NetStream.Publish.BadName)."""
+        st = self._streams.get(key)
+        if st is not None and st.publisher is not None:
+            return False
+        if st is None:
+            self._streams[key] = _Stream(key, publisher, self._clock())
+        else:   # subscribers waiting from a previous publisher keep their place; the caches start afresh
+            self._streams[key] = _Stream(key, publisher, self._clock(), subscribers=st.subscribers)
+        return True
+
+    def is_publisher(self, key: str, publisher: object) -> bool:
+        st = self._streams.get(key)
+        return st is not None and st.publisher is publisher
+
+    def unpublish(self, key: str, publisher: object | None = None) -> None:
+        """End the stream (only if ``publisher`` holds it, when given); subscribers are told via ``on_unpublish``
+        and stay attached, so a new publisher on the same key resumes them."""
+        st = self._streams.get(key)
+        if st is None or st.publisher is None or (publisher is not None and st.publisher is not publisher):
+            return
+        st.publisher = None
+        for sub in list(st.subscribers):
+            if sub.on_unpublish is not None:
+                sub.on_unpublish()
+        if not st.subscribers:
+            del self._streams[key]
+        else:
+            self._streams[key] = _Stream(key, None, st.started, subscribers=st.subscribers,
+                                         dropped_gone=st.dropped_gone, bytes_out_gone=st.bytes_out_gone)
+
+    def subscribe(self, key: str, sub: Subscriber) -> bool:
+        """Attach ``sub`` and queue the cache (metadata, sequence headers, current GOP); False when nobody publishes
+        ``key`` (→ NetStream.Play.StreamNotFound)."""
+        st = self._streams.get(key)
+        if st is None or st.publisher is None:
+            return False
+        st.subscribers.append(sub)
+        for item in (st.metadata, st.video_header, st.audio_header):
+            if item is not None:
+                sub.push(item.bytes_for(sub.chunk_size, sub.stream_id), resume_point=True, essential=True)
+        if st.gop_valid:
+            for item in st.gop:
+                sub.push(item.bytes_for(sub.chunk_size, sub.stream_id), resume_point=item.keyframe)
+        elif st.has_video:
+            sub.waiting_for_key = True   # nothing decodable cached: start at the next key frame
+        return True
+
+    def unsubscribe(self, key: str, sub: Subscriber) -> None:
+        st = self._streams.get(key)
+        if st is None or sub not in st.subscribers:
+            return
+        st.subscribers.remove(sub)
+        st.dropped_gone += sub.dropped
+        st.bytes_out_gone += sub.bytes_out + sub.queued_bytes
+        if st.publisher is None and not st.subscribers:
+            del self._streams[key]
+
+    # -------------------------------------------------------------------------------------------- data
+    def metadata(self, key: str, message: Message) -> None:
+        st = self._streams.get(key)
+        if st is None or st.publisher is None:
+            return
+        item = _Item(Message(DATA_CSID, message.timestamp, message.message_type_id, 0, message.payload), False, True)
+        st.metadata = item
+        self._count_in(st, message)
+        self._fan_out(st, item)
+
+    def media(self, key: str, message: Message, *, keyframe: bool, sequence_header: bool) -> None:
+        st = self._streams.get(key)
+        if st is None or st.publisher is None:
+            return
+        video = message.message_type_id == MSG_VIDEO
+        csid = VIDEO_CSID if video else AUDIO_CSID if message.message_type_id == MSG_AUDIO else DATA_CSID
+        resume = keyframe or (not video and not st.has_video)
+        item = _Item(Message(csid, message.timestamp, message.message_type_id, 0, message.payload), resume,
+                     sequence_header)
+        self._count_in(st, message)
+        if video:
+            st.has_video = True
+        if sequence_header:
+            if video:
+                st.video_header = item
+                st.video_codec = _codec_name(message, True)
+            else:
+                st.audio_header = item
+                st.audio_codec = _codec_name(message, False)
+        else:
+            self._cache(st, item, video and keyframe)
+        self._fan_out(st, item)
+
+    def _cache(self, st: _Stream, item: _Item, video_keyframe: bool) -> None:
+        if video_keyframe:
+            st.gop = []
+            st.gop_bytes = 0
+            st.gop_valid = True
+        elif not st.has_video:      # audio only: keep a short window so a joiner starts right away
+            st.gop_valid = True
+        if not st.gop_valid:
+            return
+        size = len(item.message.payload)
+        if st.gop_bytes + size > self.gop_cache_bytes:
+            if st.has_video:
+                st.gop, st.gop_bytes, st.gop_valid = [], 0, False
+                return
+            while st.gop and st.gop_bytes + size > self.gop_cache_bytes:
+                st.gop_bytes -= len(st.gop.pop(0).message.payload)
+        st.gop.append(item)
+        st.gop_bytes += size
+
+    @staticmethod
+    def _count_in(st: _Stream, message: Message) -> None:
+        st.bytes_in += len(message.payload)
+        st.messages_in += 1
+
+    @staticmethod
+    def _fan_out(st: _Stream, item: _Item) -> None:
+        for sub in st.subscribers:
+            sub.push(item.bytes_for(sub.chunk_size, sub.stream_id), resume_point=item.keyframe,
+                     essential=item.essential)
+
+    # -------------------------------------------------------------------------------------------- stats
+    def stats(self) -> dict[str, dict]:
+        now = self._clock()
+        return {key: {
+            "publishing": st.publisher is not None,
+            "subscribers": len(st.subscribers),
+            "bytes_in": st.bytes_in,
+            "messages_in": st.messages_in,
+            "bytes_out": st.bytes_out_gone + sum(s.bytes_out + s.queued_bytes for s in st.subscribers),
+            "drops": st.dropped_gone + sum(s.dropped for s in st.subscribers),
+            "uptime": round(now - st.started, 3),
+            "video_codec": st.video_codec,
+            "audio_codec": st.audio_codec,
+            "gop_cache_bytes": st.gop_bytes,
+        } for key, st in self._streams.items()}
+
+
+def _codec_name(message: Message, video: bool) -> str | None:
+    b = message.payload[0]
+    if video:
+        if b & 0x80:
+            fourcc = message.payload[1:5]
+            return fourcc.decode("latin-1") if len(fourcc) == 4 else None
+        return _VIDEO_CODECS.get(b & 0x0F)
+    if b >> 4 == 9:
+        fourcc = message.payload[1:5]
+        return fourcc.decode("latin-1") if len(fourcc) == 4 else None
+    return _AUDIO_CODECS.get(b >> 4)

@@ -1,0 +1,195 @@
+"""The asyncio edge of the RTMP package: sockets → `ServerSession` → `Relay`, and subscriber queues → sockets.
+
+One task per connection reads, feeds the session, writes its replies and dispatches its events to the relay, in order.
+A player gets a second task that drains its `Subscriber` queue (bytes serialised once by the relay). Any `RtmpError`
+or socket error closes only that connection, with one log line. A connection that has not started publishing or
+playing, or a publisher, that stays silent for ``idle_timeout`` seconds is closed; players may stay quiet.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from rtmp.errors import RtmpError
+from rtmp.relay import Relay, Subscriber
+from rtmp.session import Media, Metadata, Play, Publish, ServerSession, StopPlay, Unpublish
+
+__all__ = ["RtmpServer", "serve_rtmp"]
+
+log = logging.getLogger("rtmp.server")
+
+
+class _Connection:
+    def __init__(self, server: RtmpServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.session = ServerSession(time.monotonic())
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.publish_key: str | None = None
+        self.play_key: str | None = None
+        self.subscriber: Subscriber | None = None
+        self.wakeup = asyncio.Event()
+        self.pump: asyncio.Task | None = None
+        self.closing = False
+
+    async def run(self) -> None:
+        relay = self.server.relay
+        try:
+            while True:
+                idle = self.server.idle_timeout if self.play_key is None else None
+                try:
+                    data = await asyncio.wait_for(self.reader.read(65536), idle)
+                except asyncio.TimeoutError:
+                    log.info("rtmp %s: idle for %.0f s, closing", self.peer, idle)
+                    return
+                if not data:
+                    return
+                out = self.session.feed(data, time.monotonic())
+                if out.send:
+                    self.writer.write(out.send)
+                for event in out.events:
+                    self._dispatch(event, relay)
+                await self.writer.drain()
+        except RtmpError as e:
+            log.warning("rtmp %s: closing: %s", self.peer, e)
+        except (ConnectionError, OSError) as e:
+            log.info("rtmp %s: connection lost: %s", self.peer, e)
+        finally:
+            self._leave(relay)
+            if self.pump is not None:
+                self.pump.cancel()
+            self.writer.close()
+            try:
+                await self.writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
+
+    def _dispatch(self, event, relay: Relay) -> None:
+        s = self.session
+        if isinstance(event, Media):
+            if self.publish_key is not None:
+                relay.media(self.publish_key, event.message, keyframe=event.is_keyframe,
+                            sequence_header=event.is_sequence_header)
+        elif isinstance(event, Metadata):
+            if self.publish_key is not None:
+                relay.metadata(self.publish_key, event.message)
+        elif isinstance(event, Publish):
+            if relay.publish(event.key, self):
+                self.publish_key = event.key
+                self.writer.write(s.accept_publish())
+                log.info("rtmp %s: publishing %s", self.peer, event.key)
+            else:
+                self.writer.write(s.reject_publish("NetStream.Publish.BadName", f"{event.key} is already published"))
+                log.info("rtmp %s: publish %s refused: busy", self.peer, event.key)
+        elif isinstance(event, Play):
+            sub = Subscriber(chunk_size=s.chunk_size, stream_id=event.stream_id,
+                             max_queue_bytes=self.server.queue_bytes, on_wakeup=self.wakeup.set,
+                             on_unpublish=self._on_unpublish)
+            if relay.subscribe(event.key, sub):
+                # Written now, so it precedes the cached media the pump task will write from the queue.
+                self.writer.write(s.accept_play())
+                self.play_key = event.key
+                self.subscriber = sub
+                self.pump = asyncio.create_task(self._pump())
+                log.info("rtmp %s: playing %s", self.peer, event.key)
+            else:
+                self.writer.write(s.reject_play("NetStream.Play.StreamNotFound", f"{event.key} is not published"))
+        elif isinstance(event, Unpublish):
+            if self.publish_key is not None:
+                relay.unpublish(self.publish_key, self)
+                self.publish_key = None
+        elif isinstance(event, StopPlay):
+            if self.play_key is not None and self.subscriber is not None:
+                relay.unsubscribe(self.play_key, self.subscriber)
+                self.play_key = None
+
+    def _on_unpublish(self) -> None:
+        if self.subscriber is not None and self.session.playing is not None:
+            self.subscriber.push(self.session.unpublish_notify(), resume_point=True, essential=True)
+
+    async def _pump(self) -> None:
+        sub = self.subscriber
+        assert sub is not None
+        try:
+            while True:
+                await self.wakeup.wait()
+                self.wakeup.clear()
+                items = sub.pop_all()
+                if items:
+                    self.writer.write(b"".join(items))
+                    await self.writer.drain()
+        except (ConnectionError, OSError) as e:
+            log.info("rtmp %s: player write failed: %s", self.peer, e)
+            self.writer.close()
+
+    def _leave(self, relay: Relay) -> None:
+        if self.publish_key is not None:
+            relay.unpublish(self.publish_key, self)
+            log.info("rtmp %s: stream %s ended", self.peer, self.publish_key)
+            self.publish_key = None
+        if self.play_key is not None and self.subscriber is not None:
+            relay.unsubscribe(self.play_key, self.subscriber)
+            self.play_key = None
+
+
+class RtmpServer:
+    """Owns the listening socket and the live connections. ``port`` is the bound port (useful with port 0)."""
+
+    def __init__(self, relay: Relay | None = None, *, idle_timeout: float = 30.0,
+                 queue_bytes: int = 4 * 1024 * 1024) -> None:
+        self.relay = relay if relay is not None else Relay()
+        self.idle_timeout = idle_timeout
+        self.queue_bytes = queue_bytes
+        self.server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self.connections_total = 0
+        self.errors = 0
+
+    async def start(self, host: str, port: int) -> asyncio.Server:
+        self.server = await asyncio.start_server(self._accept, host, port)
+        return self.server
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections_total += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            await _Connection(self, reader, writer).run()
+        except asyncio.CancelledError:
+            pass    # close(): the connection's finally already ran; end the task quietly (asyncio logs cancelled ones)
+        except Exception:  # never let one connection's bug reach the others or the loop
+            self.errors += 1
+            log.exception("rtmp: connection handler failed")
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+
+    def stats(self) -> dict:
+        return {"connections": len(self._tasks), "connections_total": self.connections_total,
+                "streams": self.relay.stats()}
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.server is not None:
+            await self.server.wait_closed()
+
+
+async def serve_rtmp(host: str, port: int, relay: Relay | None = None, **options) -> RtmpServer:
+    """Start listening; return the `RtmpServer` (its ``.server`` is the `asyncio.Server`, ``.port`` the bound port)."""
+    server = RtmpServer(relay, **options)
+    await server.start(host, port)
+    return server

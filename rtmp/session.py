@@ -1,0 +1,352 @@
+"""One server-side RTMP connection, sans-I/O (Adobe RTMP spec 1.0 §5, §7): bytes in → `SessionOutput(send, events)`.
+
+``ServerSession.feed(data)`` runs the handshake, then the chunk stream; it answers protocol control and the
+NetConnection commands itself (connect, releaseStream, FCPublish, createStream, getStreamLength, ping) and reports what
+needs a decision elsewhere as events: `Publish`, `Play` (the caller answers with ``accept_publish``/``reject_publish``,
+``accept_play``/``reject_play``, which return bytes to send), `Unpublish`, `StopPlay`, `Metadata`, `Media`.
+
+Every complete message in the buffer is processed in order, so pipelined clients (everything in one write) never wait.
+Events come out in the order of the messages that caused them; a caller that handles them in order (e.g. accepts the
+publish before looking at the next `Media` event) sees exactly what a one-message-at-a-time client would cause.
+
+Media going to a player is written by the relay as bytes serialised once (``ChunkWriter.serialize``, type-0 headers) on
+chunk streams the session never compresses against (`AUDIO_CSID`, `VIDEO_CSID`, `DATA_CSID`), so shared bytes and
+this connection's own writer never disagree about header state.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rtmp import amf0
+from rtmp.chunk import ChunkReader, ChunkWriter
+from rtmp.errors import RtmpError
+from rtmp.handshake import ServerHandshake
+from rtmp.messages import (MSG_AUDIO, MSG_COMMAND_AMF0, MSG_COMMAND_AMF3, MSG_DATA_AMF0,
+                           MSG_DATA_AMF3, MSG_USER_CONTROL, MSG_VIDEO, MSG_WINDOW_ACK_SIZE, AckTracker, LimitType,
+                           Message, PingRequest, SetChunkSize, SetPeerBandwidth, StreamBegin, StreamEOF,
+                           WindowAcknowledgementSize, is_control, parse_control)
+
+__all__ = ["ServerSession", "SessionOutput", "Publish", "Play", "Unpublish", "StopPlay", "Metadata", "Media",
+           "classify_media", "COMMAND_CSID", "AUDIO_CSID", "VIDEO_CSID", "DATA_CSID", "OUT_CHUNK_SIZE",
+           "WINDOW_ACK_SIZE"]
+
+COMMAND_CSID = 3
+AUDIO_CSID = 4
+DATA_CSID = 5
+VIDEO_CSID = 6
+OUT_CHUNK_SIZE = 4096
+WINDOW_ACK_SIZE = 2_500_000
+
+
+# ------------------------------------------------------------------------------------------------------ events
+@dataclass(frozen=True, slots=True)
+class Publish:
+    app: str
+    name: str          # stream name without its query string ("test" for "test?key=...")
+    stream_id: int
+    publish_type: str  # "live", "record", "append"
+    raw_name: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.app}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Play:
+    app: str
+    name: str
+    stream_id: int
+    start: float
+    raw_name: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.app}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Unpublish:
+    app: str
+    name: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.app}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class StopPlay:
+    app: str
+    name: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.app}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Metadata:
+    """``@setDataFrame onMetaData {...}`` from a publisher, re-encoded as what players receive: ``onMetaData {...}``
+    (the original bytes after the first AMF0 value, untouched)."""
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Media:
+    message: Message
+    is_keyframe: bool
+    is_sequence_header: bool
+
+
+@dataclass(slots=True)
+class SessionOutput:
+    send: bytes = b""
+    events: list = field(default_factory=list)
+
+
+def classify_media(message: Message) -> tuple[bool, bool]:
+    """(is_keyframe, is_sequence_header) of an FLV audio/video message body (FLV spec v10.1 E.4.2/E.4.3, E-RTMP v1).
+
+    Video: legacy first byte = frame type (high nibble, 1 = key frame) | codec id; AVC (7) / HEVC (12) packet type 0 is
+    the sequence header. E-RTMP (first byte bit 0x80 IsExHeader): frame type (b>>4)&7, packet type b&0x0f,
+    PacketTypeSequenceStart 0 (and MPEG2TSSequenceStart 5) carry the decoder configuration. A sequence header is not
+    counted as a key frame. Audio: AAC (format 10) packet type 0, or E-RTMP audio (format 9) packet type 0 (SequenceStart).
+    """
+    p = message.payload
+    if not p:
+        return False, False
+    b = p[0]
+    if message.message_type_id == MSG_VIDEO:
+        if b & 0x80:
+            frame_type, packet_type = (b >> 4) & 7, b & 0x0F
+            seq = packet_type in (0, 5)
+            return (frame_type == 1 and not seq and packet_type != 4), seq
+        frame_type, codec = b >> 4, b & 0x0F
+        seq = codec in (7, 12, 13) and len(p) > 1 and p[1] == 0
+        return frame_type == 1 and not seq, seq
+    if message.message_type_id == MSG_AUDIO:
+        fmt = b >> 4
+        if fmt == 10:
+            return False, len(p) > 1 and p[1] == 0
+        if fmt == 9:
+            return False, (b & 0x0F) == 0
+    return False, False
+
+
+def _status(level: str, code: str, description: str, **extra) -> dict:
+    return {"level": level, "code": code, "description": description, **extra}
+
+
+# ------------------------------------------------------------------------------------------------------ session
+class ServerSession:
+    """The server side of one RTMP connection. ``now`` (seconds, any clock) is kept as ``last_activity``."""
+
+    def __init__(self, now: float = 0.0, *, chunk_size: int = OUT_CHUNK_SIZE, window_ack_size: int = WINDOW_ACK_SIZE,
+                 max_message_size: int = 16 * 1024 * 1024) -> None:
+        self._handshake = ServerHandshake(time_ms=0)
+        self._reader = ChunkReader(max_message_size=max_message_size)
+        self._writer = ChunkWriter()
+        self._ack = AckTracker(0)
+        self._out_chunk_size = chunk_size
+        self._window = window_ack_size
+        self.started = now
+        self.last_activity = now
+        self.connected = False
+        self.app = ""
+        self.tc_url = ""
+        self._next_stream_id = 1
+        self._streams: set[int] = set()
+        self.publishing: Publish | None = None   # a publish request seen (accepted or pending)
+        self.publish_accepted = False
+        self.playing: Play | None = None
+        self.bytes_in = 0
+
+    # -------------------------------------------------------------------------------------------- input
+    @property
+    def chunk_size(self) -> int:
+        """The chunk size of bytes we send (what a relay must serialise with)."""
+        return self._writer.chunk_size
+
+    @property
+    def handshake_done(self) -> bool:
+        return self._handshake.done
+
+    def feed(self, data: bytes, now: float | None = None) -> SessionOutput:
+        """Consume received bytes; raise `RtmpError` on any protocol violation (the caller closes the connection)."""
+        if now is not None:
+            self.last_activity = now
+        out = SessionOutput()
+        send: list[bytes] = []
+        if not self._handshake.done:
+            reply = self._handshake.feed(data)
+            if reply:
+                send.append(reply)
+            if not self._handshake.done:
+                out.send = b"".join(send)
+                return out
+            data = self._handshake.leftover
+            self._handshake.leftover = b""
+        if data:
+            self.bytes_in += len(data)
+            ack = self._ack.received(len(data))
+            for message in self._reader.feed(data):
+                self._on_message(message, send, out.events)
+            if ack is not None:
+                send.append(self._writer.write(ack.to_message()))
+        out.send = b"".join(send)
+        return out
+
+    def _on_message(self, m: Message, send: list[bytes], events: list) -> None:
+        t = m.message_type_id
+        if is_control(t):
+            ctl = parse_control(t, m.payload)   # Set Chunk Size/Abort were already applied by the reader
+            if t == MSG_WINDOW_ACK_SIZE:
+                self._ack.set_window(ctl.size)
+            elif t == MSG_USER_CONTROL and isinstance(ctl, PingRequest):
+                send.append(self._writer.write(ctl.ping_response().to_message()))
+            # Acknowledgement, SetPeerBandwidth, SetBufferLength, PingResponse, unknown events: nothing to do.
+            return
+        if t in (MSG_COMMAND_AMF0, MSG_COMMAND_AMF3):
+            body = m.payload[1:] if t == MSG_COMMAND_AMF3 and m.payload[:1] == b"\x00" else m.payload
+            self._on_command(m, amf0.decode_all(body), send, events)
+        elif t in (MSG_DATA_AMF0, MSG_DATA_AMF3):
+            body = m.payload[1:] if t == MSG_DATA_AMF3 and m.payload[:1] == b"\x00" else m.payload
+            self._on_data(m, body, events)
+        elif t in (MSG_AUDIO, MSG_VIDEO):
+            if self.publishing is not None and m.payload:
+                key, seq = classify_media(m)
+                events.append(Media(m, key, seq))
+        # Aggregate, shared objects and other types are ignored (never sent by ffmpeg/OBS publishers).
+
+    def _on_data(self, m: Message, body: bytes, events: list) -> None:
+        if self.publishing is None:
+            return
+        first, pos = amf0.decode(body, 0)
+        if first == "@setDataFrame":
+            body = body[pos:]
+            first, _ = amf0.decode(body, 0)
+        if first == "onMetaData":
+            events.append(Metadata(Message(DATA_CSID, m.timestamp, MSG_DATA_AMF0, m.message_stream_id, bytes(body))))
+
+    def _on_command(self, m: Message, values: list, send: list[bytes], events: list) -> None:
+        if not values or not isinstance(values[0], str):
+            raise RtmpError("ServerSession.feed: command message without a command name")
+        name = values[0]
+        tid = values[1] if len(values) > 1 and isinstance(values[1], (int, float)) else 0.0
+        args = values[3:]
+        if name == "connect":
+            self._connect(values[2] if len(values) > 2 else None, tid, send)
+            return
+        if not self.connected:
+            raise RtmpError(f"ServerSession.feed: command {name!r} before connect")
+        if name == "createStream":
+            sid = self._next_stream_id
+            self._next_stream_id += 1
+            self._streams.add(sid)
+            send.append(self._command(0, "_result", tid, None, float(sid)))
+        elif name == "releaseStream":
+            send.append(self._command(0, "_result", tid, None))
+        elif name == "FCPublish":
+            stream = args[0] if args and isinstance(args[0], str) else ""
+            send.append(self._command(0, "onFCPublish", 0.0, None,
+                                      _status("status", "NetStream.Publish.Start", stream)))
+        elif name == "publish":
+            raw = args[0] if args and isinstance(args[0], str) else ""
+            ptype = args[1] if len(args) > 1 and isinstance(args[1], str) else "live"
+            if self.publishing is not None or self.playing is not None:
+                raise RtmpError("ServerSession.feed: publish on a connection that already publishes or plays")
+            self.publishing = Publish(self.app, raw.split("?", 1)[0], m.message_stream_id, ptype, raw)
+            events.append(self.publishing)
+        elif name == "play":
+            raw = args[0] if args and isinstance(args[0], str) else ""
+            start = float(args[1]) if len(args) > 1 and isinstance(args[1], (int, float)) else -2000.0
+            if self.publishing is not None or self.playing is not None:
+                raise RtmpError("ServerSession.feed: play on a connection that already publishes or plays")
+            self.playing = Play(self.app, raw.split("?", 1)[0], m.message_stream_id, start, raw)
+            events.append(self.playing)
+        elif name in ("FCUnpublish", "deleteStream", "closeStream"):
+            self._stop(events)
+        elif name == "getStreamLength":
+            send.append(self._command(0, "_result", tid, None, 0.0))
+        # Anything else (_checkbw, receiveAudio, pause, ...) is ignored, like nginx-rtmp does for unknown calls.
+
+    def _connect(self, obj, tid: float, send: list[bytes]) -> None:
+        if self.connected:
+            raise RtmpError("ServerSession.feed: connect received twice")
+        if not isinstance(obj, dict):
+            raise RtmpError("ServerSession.feed: connect without a command object")
+        app = obj.get("app", "")
+        self.app = app.strip("/") if isinstance(app, str) else ""
+        tc = obj.get("tcUrl", "")
+        self.tc_url = tc if isinstance(tc, str) else ""
+        self.connected = True
+        w = self._writer
+        send.append(w.write(WindowAcknowledgementSize(self._window).to_message()))
+        send.append(w.write(SetPeerBandwidth(self._window, LimitType.DYNAMIC).to_message()))
+        send.append(w.write(SetChunkSize(self._out_chunk_size).to_message()))
+        w.set_chunk_size(self._out_chunk_size)
+        send.append(self._command(0, "_result", tid, {"fmsVer": "FMS/3,0,1,123", "capabilities": 31.0},
+                                  _status("status", "NetConnection.Connect.Success", "Connection succeeded.",
+                                          objectEncoding=0.0)))
+
+    def _stop(self, events: list) -> None:
+        if self.publishing is not None:
+            events.append(Unpublish(self.publishing.app, self.publishing.name))
+            self.publishing = None
+            self.publish_accepted = False
+        elif self.playing is not None:
+            events.append(StopPlay(self.playing.app, self.playing.name))
+            self.playing = None
+
+    # -------------------------------------------------------------------------------------------- output
+    def _command(self, stream_id: int, *values) -> bytes:
+        return self._writer.write(Message(COMMAND_CSID, 0, MSG_COMMAND_AMF0, stream_id, amf0.encode_all(*values)))
+
+    def _on_status(self, stream_id: int, level: str, code: str, description: str) -> bytes:
+        return self._command(stream_id, "onStatus", 0.0, None, _status(level, code, description))
+
+    def accept_publish(self) -> bytes:
+        p = self._require(self.publishing, "accept_publish")
+        self.publish_accepted = True
+        return (self._writer.write(StreamBegin(p.stream_id).to_message())
+                + self._on_status(p.stream_id, "status", "NetStream.Publish.Start", f"{p.raw_name} is now published."))
+
+    def reject_publish(self, code: str = "NetStream.Publish.BadName", description: str = "") -> bytes:
+        p = self._require(self.publishing, "reject_publish")
+        self.publishing = None
+        return self._on_status(p.stream_id, "error", code, description or f"{p.name} is already published.")
+
+    def accept_play(self) -> bytes:
+        p = self._require(self.playing, "accept_play")
+        return (self._writer.write(StreamBegin(p.stream_id).to_message())
+                + self._on_status(p.stream_id, "status", "NetStream.Play.Reset", f"Playing and resetting {p.name}.")
+                + self._on_status(p.stream_id, "status", "NetStream.Play.Start", f"Started playing {p.name}."))
+
+    def reject_play(self, code: str = "NetStream.Play.StreamNotFound", description: str = "") -> bytes:
+        p = self._require(self.playing, "reject_play")
+        self.playing = None
+        return self._on_status(p.stream_id, "error", code, description or f"No such stream: {p.name}.")
+
+    def unpublish_notify(self) -> bytes:
+        """StreamEOF + onStatus NetStream.Play.UnpublishNotify for a player whose publisher left. Serialised with
+        type-0 headers on the data chunk stream so that it can be queued among relay bytes."""
+        p = self._require(self.playing, "unpublish_notify")
+        status = amf0.encode_all("onStatus", 0.0, None,
+                                 _status("status", "NetStream.Play.UnpublishNotify", f"{p.name} is now unpublished."))
+        return (ChunkWriter.serialize(StreamEOF(p.stream_id).to_message(), self.chunk_size)
+                + ChunkWriter.serialize(Message(DATA_CSID, 0, MSG_COMMAND_AMF0, p.stream_id, status), self.chunk_size))
+
+    def send_media(self, message: Message) -> bytes:
+        """Bytes carrying one audio/video/data message to this player (for a single subscriber; the relay shares
+        `ChunkWriter.serialize` bytes between players instead)."""
+        p = self._require(self.playing, "send_media")
+        csid = {MSG_AUDIO: AUDIO_CSID, MSG_VIDEO: VIDEO_CSID}.get(message.message_type_id, DATA_CSID)
+        return ChunkWriter.serialize(Message(csid, message.timestamp, message.message_type_id, p.stream_id,
+                                             message.payload), self.chunk_size)
+
+    @staticmethod
+    def _require(value, who: str):
+        if value is None:
+            raise RtmpError(f"ServerSession.{who}: no such request pending")
+        return value
