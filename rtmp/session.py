@@ -40,49 +40,39 @@ WINDOW_ACK_SIZE = 2_500_000
 
 # ------------------------------------------------------------------------------------------------------ events
 @dataclass(frozen=True, slots=True)
-class Publish:
+class StreamEvent:
+    """An event about the stream ``<app>/<name>`` (the relay's key)."""
+
     app: str
-    name: str          # stream name without its query string ("test" for "test?key=...")
+    name: str  # stream name without its query string ("test" for "test?key=...")
+
+    @property
+    def key(self) -> str:
+        return f"{self.app}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Publish(StreamEvent):
     stream_id: int
     publish_type: str  # "live", "record", "append"
     raw_name: str
 
-    @property
-    def key(self) -> str:
-        return f"{self.app}/{self.name}"
-
 
 @dataclass(frozen=True, slots=True)
-class Play:
-    app: str
-    name: str
+class Play(StreamEvent):
     stream_id: int
     start: float
     raw_name: str
 
-    @property
-    def key(self) -> str:
-        return f"{self.app}/{self.name}"
+
+@dataclass(frozen=True, slots=True)
+class Unpublish(StreamEvent):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
-class Unpublish:
-    app: str
-    name: str
-
-    @property
-    def key(self) -> str:
-        return f"{self.app}/{self.name}"
-
-
-@dataclass(frozen=True, slots=True)
-class StopPlay:
-    app: str
-    name: str
-
-    @property
-    def key(self) -> str:
-        return f"{self.app}/{self.name}"
+class StopPlay(StreamEvent):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
