@@ -22,17 +22,24 @@ def _browser():
     require_browser()
 
 
+def ffmpeg_package(tmp_path_factory, name: str, *args: str) -> Path:
+    """The 12 s H.264 + AAC fixture packaged by the ffmpeg CLI itself (``args`` end with the output path's name)."""
+    if shutil.which("ffmpeg") is None:
+        (pytest.fail if in_ci() else pytest.skip)("the ffmpeg CLI is needed (CI installs it: see .ci/run)")
+    out = tmp_path_factory.mktemp(name)
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(fixture_path("title_180p.mp4")), "-c", "copy",
+         *args[:-1], str(out / args[-1])],
+        check=True, stdin=subprocess.DEVNULL, timeout=120,
+    )
+    return out
+
+
 @pytest.fixture(scope="module")
 def ffmpeg_hls(tmp_path_factory) -> Path:
     """A 12 s H.264 + AAC stream cut into 2 s MPEG-TS segments by the ffmpeg CLI."""
-    if shutil.which("ffmpeg") is None:
-        (pytest.fail if in_ci() else pytest.skip)("the ffmpeg CLI is needed (CI installs it: see .ci/run)")
-    out = tmp_path_factory.mktemp("ffmpeg_hls")
-    subprocess.run(
-        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(fixture_path("title_180p.mp4")), "-c", "copy",
-         "-f", "hls", "-hls_time", "2", "-hls_playlist_type", "vod", str(out / "index.m3u8")],
-        check=True, stdin=subprocess.DEVNULL, timeout=120,
-    )
+    out = ffmpeg_package(tmp_path_factory, "ffmpeg_hls", "-f", "hls", "-hls_time", "2", "-hls_playlist_type", "vod",
+                         "index.m3u8")
     assert len(list(out.glob("*.ts"))) >= 5
     return out
 
@@ -85,14 +92,8 @@ def test_missing_cors_fails(ffmpeg_hls):
 @pytest.fixture(scope="module")
 def dash_origin(tmp_path_factory) -> str:
     """ffmpeg's own DASH muxer output (SegmentTemplate + SegmentTimeline) on a CORS origin."""
-    if shutil.which("ffmpeg") is None:
-        (pytest.fail if in_ci() else pytest.skip)("the ffmpeg CLI is needed (CI installs it: see .ci/run)")
-    out = tmp_path_factory.mktemp("ffmpeg_dash")
-    subprocess.run(
-        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(fixture_path("title_180p.mp4")), "-c", "copy", "-map", "0",
-         "-f", "dash", "-seg_duration", "2", "-use_timeline", "1", "-use_template", "1", str(out / "manifest.mpd")],
-        check=True, stdin=subprocess.DEVNULL, timeout=120,
-    )
+    out = ffmpeg_package(tmp_path_factory, "ffmpeg_dash", "-map", "0", "-f", "dash", "-seg_duration", "2",
+                         "-use_timeline", "1", "-use_template", "1", "manifest.mpd")
     with serve_directory(out, cors=True) as base:
         yield base
 
