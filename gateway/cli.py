@@ -18,6 +18,7 @@ from urllib.parse import quote
 from . import __version__
 from .cli_catalog import add_catalog_commands
 from .settings import HLS_CONTAINERS, Settings
+from rtmp.config import RtmpConfig
 
 DEMO_PATHS = (
     ("ABR ladder, 3 renditions", "/hls/title_,360p,240p,180p,.mp4.urlset/master.m3u8"),
@@ -73,6 +74,8 @@ def _server_options(p: argparse.ArgumentParser, default_port: int) -> None:
     p.add_argument("--port", type=int, default=default_port, help="0 picks a free port (printed at start)")
     p.add_argument("--rtmp-port", type=int, default=0, metavar="N", help="also accept RTMP publishers/players on "
                    "this port (e.g. 1935; 0 = off)")
+    p.add_argument("--rtmp-config", type=Path, default=None, metavar="FILE.toml",
+                   help="RTMP applications: live packaging, recording, push/pull, auth (see docs/rtmp.md)")
     p.add_argument("--segment-duration", type=float, default=d.segment_duration_ms / 1000, metavar="SECONDS")
     p.add_argument("--segment-cache-mb", type=float, default=d.segment_cache_mb, metavar="N", help="0 disables it")
     p.add_argument("--metadata-cache-entries", type=int, default=d.metadata_cache_entries, metavar="N")
@@ -122,12 +125,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not settings.store.is_dir():
         print(f"gateway serve: store {settings.store} is not a directory", file=sys.stderr)
         return 2
+    try:
+        rtmp_config = load_rtmp_config(args.rtmp_config)
+    except (OSError, ValueError) as e:
+        print(f"gateway serve: {args.rtmp_config}: {e}", file=sys.stderr)
+        return 2
     serve(settings, lambda base: print(f"gateway {__version__}: serving {settings.store} on {base}/", flush=True),
-          rtmp_port=args.rtmp_port)
+          rtmp_port=args.rtmp_port, rtmp_config=rtmp_config)
     return 0
 
 
-def serve(settings: Settings, on_listening: Callable[[str], None], rtmp_port: int = 0) -> None:
+def load_rtmp_config(path: Path | None) -> RtmpConfig:
+    """The ``[rtmp]`` table of a TOML file (or the whole file when it has no such table); defaults without a file."""
+    if path is None:
+        return RtmpConfig()
+    import tomllib
+    with open(path, "rb") as f:
+        data = tomllib.load(f)
+    return RtmpConfig.from_dict(data.get("rtmp", data))
+
+
+def serve(settings: Settings, on_listening: Callable[[str], None], rtmp_port: int = 0,
+          rtmp_config: RtmpConfig | None = None) -> None:
     """Run until SIGINT/SIGTERM; ``on_listening`` gets the base URL once the socket is bound (port 0 resolved).
     ``rtmp_port`` > 0 also runs the RTMP ingest server (rtmp.server) on the same event loop."""
     from aiohttp import web
@@ -150,8 +169,8 @@ def serve(settings: Settings, on_listening: Callable[[str], None], rtmp_port: in
             shown = "localhost" if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
             on_listening(f"http://{shown}:{port}")
             if rtmp_port:
-                from rtmp.server import serve_rtmp
-                rtmp = await serve_rtmp(settings.host, rtmp_port)
+                from .ingest import start_ingest
+                rtmp = await start_ingest(settings, rtmp_config or RtmpConfig(), settings.host, rtmp_port)
                 print(f"gateway: RTMP ingest on rtmp://{shown}:{rtmp.port}/<app>/<stream>", flush=True)
             await stop.wait()
         finally:

@@ -10,19 +10,37 @@ stream id) with type-0 headers (`ChunkWriter.serialize`) and the bytes are share
 drops everything except sequence headers/metadata until the next video key frame that fits (audio-only streams: the
 next audio message), and its drops are counted: the publisher and the other subscribers never wait for it.
 Timestamps are the publisher's, unchanged.
+
+Taps (`RelayTap`: the live packager, the recorder, push relays) see every stream's messages as `Message` objects in
+publisher order, synchronously and before the fan-out; a tap must only queue work. A tap that raises is logged and
+counted, and the relay carries on without it for that message.
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol, Sequence
 
 from rtmp.chunk import ChunkWriter
 from rtmp.messages import MSG_AUDIO, MSG_VIDEO, Message
 from rtmp.session import AUDIO_CSID, DATA_CSID, VIDEO_CSID
 
-__all__ = ["Relay", "Subscriber"]
+__all__ = ["Relay", "RelayTap", "Subscriber"]
+
+log = logging.getLogger("rtmp.relay")
+
+
+class RelayTap(Protocol):
+    """An in-process consumer of published streams. ``on_message`` gets metadata (``onMetaData``, data message type)
+    and audio/video messages with their classification; ``message.timestamp`` is the publisher's (ms)."""
+
+    def on_publish(self, key: str) -> None: ...
+
+    def on_message(self, key: str, message: Message, *, keyframe: bool, sequence_header: bool) -> None: ...
+
+    def on_unpublish(self, key: str) -> None: ...
 
 _VIDEO_CODECS = {2: "h263", 3: "screen", 4: "vp6", 5: "vp6a", 6: "screen2", 7: "avc", 12: "hevc"}
 _AUDIO_CODECS = {0: "pcm", 1: "adpcm", 2: "mp3", 3: "pcm_le", 7: "g711a", 8: "g711u", 10: "aac", 11: "speex",
@@ -115,10 +133,28 @@ class _Stream:
 
 
 class Relay:
-    def __init__(self, *, gop_cache_bytes: int = 16 * 1024 * 1024, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, *, gop_cache_bytes: int = 16 * 1024 * 1024, clock: Callable[[], float] = time.monotonic,
+                 taps: Sequence[RelayTap] = ()) -> None:
         self.gop_cache_bytes = gop_cache_bytes
         self._clock = clock
         self._streams: dict[str, _Stream] = {}
+        self.taps: list[RelayTap] = list(taps)
+        self.tap_errors = 0
+
+    def add_tap(self, tap: RelayTap) -> None:
+        self.taps.append(tap)
+
+    def _tell(self, method: str, key: str, *args, **kwargs) -> None:
+        for tap in self.taps:
+            try:
+                getattr(tap, method)(key, *args, **kwargs)
+            except Exception:   # one broken consumer must not stop the publisher or the others
+                self.tap_errors += 1
+                log.exception("rtmp relay: tap %r failed in %s(%s)", tap, method, key)
+
+    def is_published(self, key: str) -> bool:
+        st = self._streams.get(key)
+        return st is not None and st.publisher is not None
 
     # -------------------------------------------------------------------------------------------- membership
     def publish(self, key: str, publisher: object) -> bool:
@@ -130,6 +166,7 @@ class Relay:
             self._streams[key] = _Stream(key, publisher, self._clock())
         else:   # subscribers waiting from a previous publisher keep their place; the caches start afresh
             self._streams[key] = _Stream(key, publisher, self._clock(), subscribers=st.subscribers)
+        self._tell("on_publish", key)
         return True
 
     def is_publisher(self, key: str, publisher: object) -> bool:
@@ -143,6 +180,7 @@ class Relay:
         if st is None or st.publisher is None or (publisher is not None and st.publisher is not publisher):
             return
         st.publisher = None
+        self._tell("on_unpublish", key)
         for sub in list(st.subscribers):
             if sub.on_unpublish is not None:
                 sub.on_unpublish()
@@ -187,6 +225,7 @@ class Relay:
         item = _Item(Message(DATA_CSID, message.timestamp, message.message_type_id, 0, message.payload), False, True)
         st.metadata = item
         self._count_in(st, message)
+        self._tell("on_message", key, message, keyframe=False, sequence_header=False)
         self._fan_out(st, item)
 
     def media(self, key: str, message: Message, *, keyframe: bool, sequence_header: bool) -> None:
@@ -199,6 +238,7 @@ class Relay:
         item = _Item(Message(csid, message.timestamp, message.message_type_id, 0, message.payload), resume,
                      sequence_header)
         self._count_in(st, message)
+        self._tell("on_message", key, message, keyframe=keyframe, sequence_header=sequence_header)
         if video:
             st.has_video = True
         if sequence_header:

@@ -4,6 +4,13 @@ One task per connection reads, feeds the session, writes its replies and dispatc
 A player gets a second task that drains its `Subscriber` queue (bytes serialised once by the relay). Any `RtmpError`
 or socket error closes only that connection, with one log line. A connection that has not started publishing or
 playing, or a publisher, that stays silent for ``idle_timeout`` seconds is closed; players may stay quiet.
+
+Policy is injected by the composition root (``rtmp`` never imports ``gateway``):
+- ``authorize(action, event, peer)``: awaited for every publish (action ``"publish"``) and play (``"play"``) before it
+  is accepted; returns None to allow or a reason to refuse. A refused publisher gets ``NetStream.Publish.BadName``,
+  a refused player ``NetStream.Play.Failed``; both are then closed.
+- ``pull(event)``: awaited when a player asks for a stream nobody publishes here; returns True once it has claimed the
+  key in the relay (an upstream pull), after which the player is subscribed as usual.
 """
 from __future__ import annotations
 
@@ -13,9 +20,14 @@ import time
 
 from rtmp.errors import RtmpError
 from rtmp.relay import Relay, Subscriber
-from rtmp.session import Media, Metadata, Play, Publish, ServerSession, StopPlay, Unpublish
+from typing import Awaitable, Callable, Literal, Optional
 
-__all__ = ["RtmpServer", "serve_rtmp"]
+from rtmp.session import Media, Metadata, Play, Publish, ServerSession, StopPlay, StreamEvent, Unpublish
+
+__all__ = ["RtmpServer", "serve_rtmp", "Authorize", "Pull"]
+
+Authorize = Callable[[Literal["publish", "play"], StreamEvent, str], Awaitable[Optional[str]]]
+Pull = Callable[[Play], Awaitable[bool]]
 
 log = logging.getLogger("rtmp.server")
 
@@ -51,7 +63,9 @@ class _Connection:
                 if out.send:
                     self.writer.write(out.send)
                 for event in out.events:
-                    self._dispatch(event, relay)
+                    if not await self._dispatch(event, relay):
+                        await self.writer.drain()
+                        return
                 await self.writer.drain()
         except RtmpError as e:
             log.warning("rtmp %s: closing: %s", self.peer, e)
@@ -67,8 +81,35 @@ class _Connection:
             except (ConnectionError, OSError):
                 pass
 
-    def _dispatch(self, event, relay: Relay) -> None:
+    async def _refused(self, action: Literal["publish", "play"], event: StreamEvent) -> str | None:
+        authorize = self.server.authorize
+        if authorize is None:
+            return None
+        try:
+            return await authorize(action, event, self.peer)
+        except Exception as e:  # a broken policy refuses rather than letting everyone in
+            log.exception("rtmp %s: authorize(%s %s) failed", self.peer, action, event.key)
+            return f"authorization failed: {e}"
+
+    async def _dispatch(self, event, relay: Relay) -> bool:
+        """Act on one session event; False when the connection must be closed (a refused publish or play)."""
         s = self.session
+        if isinstance(event, (Publish, Play)):
+            action = "publish" if isinstance(event, Publish) else "play"
+            reason = await self._refused(action, event)
+            if reason is not None:
+                log.info("rtmp %s: %s %s refused: %s", self.peer, action, event.key, reason)
+                self.server.refused += 1
+                if isinstance(event, Publish):
+                    self.writer.write(s.reject_publish("NetStream.Publish.BadName", reason))
+                else:
+                    self.writer.write(s.reject_play("NetStream.Play.Failed", reason))
+                return False
+        if isinstance(event, Play) and not relay.is_published(event.key) and self.server.pull is not None:
+            try:
+                await self.server.pull(event)
+            except Exception:
+                log.exception("rtmp %s: pull of %s failed", self.peer, event.key)
         if isinstance(event, Media):
             if self.publish_key is not None:
                 relay.media(self.publish_key, event.message, keyframe=event.is_keyframe,
@@ -105,6 +146,7 @@ class _Connection:
             if self.play_key is not None and self.subscriber is not None:
                 relay.unsubscribe(self.play_key, self.subscriber)
                 self.play_key = None
+        return True
 
     def _on_unpublish(self) -> None:
         if self.subscriber is not None and self.session.playing is not None:
@@ -139,10 +181,14 @@ class RtmpServer:
     """Owns the listening socket and the live connections. ``port`` is the bound port (useful with port 0)."""
 
     def __init__(self, relay: Relay | None = None, *, idle_timeout: float = 30.0,
-                 queue_bytes: int = 4 * 1024 * 1024) -> None:
+                 queue_bytes: int = 4 * 1024 * 1024, authorize: Authorize | None = None,
+                 pull: Pull | None = None) -> None:
         self.relay = relay if relay is not None else Relay()
         self.idle_timeout = idle_timeout
         self.queue_bytes = queue_bytes
+        self.authorize = authorize
+        self.pull = pull
+        self.refused = 0
         self.server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task] = set()
         self.connections_total = 0

@@ -1,0 +1,100 @@
+"""What each RTMP application (the ``app`` of ``rtmp://host/app/stream``) does with its streams: plain data.
+
+The gateway loads it from TOML (``gateway serve --rtmp-config``); ``from_dict`` validates it once so that a typo is a
+startup error, not a surprise at the first publish. Applications not listed get ``default``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+__all__ = ["ApplicationConfig", "RtmpConfig", "ConfigError", "AUTH_MODES"]
+
+AUTH_MODES = ("none", "key", "callback")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ApplicationConfig:
+    live: bool = True                 # package live HLS + DASH under <store>/live/<app>/<stream>/
+    record: bool = False              # record every publish to an MP4 under <store>/recordings/<app>/
+    push: tuple[str, ...] = ()        # relay every stream to these rtmp://host[:port]/app[/stream] targets
+    pull: str | None = None           # rtmp://host[:port]/app to pull a stream from when nobody publishes it here
+    publish_auth: str = "none"        # none | key (stream key signed with the partner's secret) | callback
+    play_auth: str = "none"
+    on_publish: str | None = None     # HTTP callback for publish_auth = "callback": 2xx allows, anything else refuses
+    on_play: str | None = None        # same for play_auth = "callback"
+    partner_id: int | None = None     # whose secret signs this application's stream keys
+
+    def __post_init__(self) -> None:
+        for url in self.push + ((self.pull,) if self.pull else ()):
+            parts = urlsplit(url)
+            if parts.scheme != "rtmp" or not parts.hostname or not parts.path.strip("/"):
+                raise ConfigError(f"{url!r} is not rtmp://host[:port]/app[/stream]")
+        for mode, callback, what in ((self.publish_auth, self.on_publish, "publish"),
+                                     (self.play_auth, self.on_play, "play")):
+            if mode not in AUTH_MODES:
+                raise ConfigError(f"{what}_auth must be one of {AUTH_MODES}, got {mode!r}")
+            if mode == "callback" and not (callback and urlsplit(callback).scheme in ("http", "https")):
+                raise ConfigError(f"{what}_auth = \"callback\" needs an http(s) on_{what} URL")
+            if mode == "key" and self.partner_id is None:
+                raise ConfigError(f"{what}_auth = \"key\" needs partner_id (whose secret signs the keys)")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "application") -> ApplicationConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        values = dict(data)
+        if "push" in values:
+            push = values["push"]
+            if isinstance(push, str):
+                push = [push]
+            if not isinstance(push, (list, tuple)) or not all(isinstance(u, str) for u in push):
+                raise ConfigError(f"{where}: push must be a list of rtmp:// URLs")
+            values["push"] = tuple(push)
+        for name in ("live", "record"):
+            if name in values and not isinstance(values[name], bool):
+                raise ConfigError(f"{where}: {name} must be true or false")
+        if "partner_id" in values and (not isinstance(values["partner_id"], int) or isinstance(values["partner_id"], bool)):
+            raise ConfigError(f"{where}: partner_id must be an integer")
+        try:
+            return cls(**values)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+
+
+@dataclass(frozen=True)
+class RtmpConfig:
+    applications: Mapping[str, ApplicationConfig] = field(default_factory=dict)
+    default: ApplicationConfig = ApplicationConfig()
+    idle_timeout: float = 30.0                  # seconds a publisher (or an idle connection) may stay silent
+    live_segment_duration_ms: int = 2000        # live segments end on the first key frame at or after this
+    live_window: int = 6                        # segments listed in a live playlist / MPD
+
+    def for_app(self, app: str) -> ApplicationConfig:
+        return self.applications.get(app, self.default)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RtmpConfig:
+        """From the ``[rtmp]`` table of the config file: scalar settings, ``[rtmp.default]`` and
+        ``[rtmp.applications.<name>]``."""
+        data = dict(data)
+        apps = data.pop("applications", {}) or {}
+        if not isinstance(apps, Mapping):
+            raise ConfigError("rtmp.applications must be a table of applications")
+        default = ApplicationConfig.from_dict(data.pop("default", {}) or {}, "rtmp.default")
+        applications = {name: ApplicationConfig.from_dict(v, f"rtmp.applications.{name}") for name, v in apps.items()}
+        known = {"idle_timeout", "live_segment_duration_ms", "live_window"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"rtmp: unknown setting(s) {', '.join(unknown)}")
+        config = cls(applications, default, **data)
+        if config.idle_timeout <= 0 or config.live_segment_duration_ms <= 0 or config.live_window < 2:
+            raise ConfigError("rtmp: idle_timeout and live_segment_duration_ms must be > 0, live_window >= 2")
+        return config
