@@ -82,6 +82,14 @@ def add_catalog_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ttl", type=int, default=6 * 3600, help="lifetime of signed URLs and of the ks (seconds)")
     p.set_defaults(func=cmd_urls, action="")
 
+    p = sub.add_parser("stream-key", parents=[common], help="an RTMP publish (or play) URL with a signed stream key")
+    p.add_argument("partner_id", type=int, help="the partner_id of the application (rtmp config)")
+    p.add_argument("app_stream", metavar="APP/STREAM")
+    p.add_argument("--base-url", default="rtmp://127.0.0.1:1935", help="where encoders reach the RTMP ingest")
+    p.add_argument("--ttl", type=int, default=24 * 3600, help="seconds the key may start a publish (or play)")
+    p.add_argument("--play", action="store_true", help="a play key (never valid for publishing)")
+    p.set_defaults(func=cmd_stream_key, action="")
+
 
 def _command(fn: Callable[[argparse.Namespace, Path], int]) -> Callable[[argparse.Namespace], int]:
     """Catalog errors become one stderr line and an exit code, named after the command."""
@@ -291,4 +299,16 @@ def entry_urls(view: CatalogView, partner_id: int, entry_id: str, base_url: str,
 def cmd_urls(args: argparse.Namespace, directory: Path) -> int:
     urls = entry_urls(_view(args, directory), args.partner_id, args.entry_id, args.base_url, args.ttl)
     _table(("format", "url"), sorted(urls.items()))
+    return 0
+
+
+@_command
+def cmd_stream_key(args: argparse.Namespace, directory: Path) -> int:
+    from .ingest_auth import stream_key_urls
+
+    app_stream = args.app_stream.strip("/")
+    if app_stream.count("/") != 1 or "?" in app_stream:
+        raise CatalogError(f"{app_stream!r} is not APP/STREAM")
+    secret = _view(args, directory).partner(args.partner_id).secret
+    _table(("what", "value"), list(stream_key_urls(secret, app_stream, args.base_url, args.ttl, args.play).items()))
     return 0

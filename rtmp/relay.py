@@ -23,7 +23,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
+from rtmp import amf0
 from rtmp.chunk import ChunkWriter
+from rtmp.errors import RtmpError
 from rtmp.messages import MSG_AUDIO, MSG_VIDEO, Message
 from rtmp.session import AUDIO_CSID, DATA_CSID, VIDEO_CSID
 
@@ -53,7 +55,8 @@ class Subscriber:
 
     def __init__(self, *, chunk_size: int = 4096, stream_id: int = 1, max_queue_bytes: int = 4 * 1024 * 1024,
                  on_wakeup: Callable[[], None] | None = None,
-                 on_unpublish: Callable[[], None] | None = None) -> None:
+                 on_unpublish: Callable[[], None] | None = None, peer: str = "") -> None:
+        self.peer = peer            # for stats only ("ip:port" of the player)
         self.chunk_size = chunk_size
         self.stream_id = stream_id
         self.max_queue_bytes = max_queue_bytes
@@ -130,6 +133,9 @@ class _Stream:
     audio_codec: str | None = None
     dropped_gone: int = 0       # drops of subscribers that already left
     bytes_out_gone: int = 0
+    video: dict = field(default_factory=dict)     # width, height, fps as declared by onMetaData
+    window: deque = field(default_factory=deque)  # [second, payload bytes, video frames] per clock second
+    first_in: float | None = None                 # clock of the first message: rates are measured from there
 
 
 class Relay:
@@ -224,7 +230,8 @@ class Relay:
             return
         item = _Item(Message(DATA_CSID, message.timestamp, message.message_type_id, 0, message.payload), False, True)
         st.metadata = item
-        self._count_in(st, message)
+        st.video = _declared_video(message.payload)
+        self._count_in(st, message, self._clock(), False)
         self._tell("on_message", key, message, keyframe=False, sequence_header=False)
         self._fan_out(st, item)
 
@@ -237,7 +244,7 @@ class Relay:
         resume = keyframe or (not video and not st.has_video)
         item = _Item(Message(csid, message.timestamp, message.message_type_id, 0, message.payload), resume,
                      sequence_header)
-        self._count_in(st, message)
+        self._count_in(st, message, self._clock(), video and not sequence_header)
         self._tell("on_message", key, message, keyframe=keyframe, sequence_header=sequence_header)
         if video:
             st.has_video = True
@@ -272,9 +279,22 @@ class Relay:
         st.gop_bytes += size
 
     @staticmethod
-    def _count_in(st: _Stream, message: Message) -> None:
-        st.bytes_in += len(message.payload)
+    def _count_in(st: _Stream, message: Message, now: float, frame: bool) -> None:
+        """Totals, and per-second buckets of the last ``RATE_WINDOW`` seconds for the measured bitrate and fps."""
+        size = len(message.payload)
+        if st.first_in is None:
+            st.first_in = now
+        st.bytes_in += size
         st.messages_in += 1
+        second = int(now)
+        w = st.window
+        if w and w[-1][0] == second:
+            w[-1][1] += size
+            w[-1][2] += frame
+        else:
+            w.append([second, size, int(frame)])
+            while w[0][0] <= second - RATE_WINDOW:
+                w.popleft()
 
     @staticmethod
     def _fan_out(st: _Stream, item: _Item) -> None:
@@ -284,10 +304,15 @@ class Relay:
 
     # -------------------------------------------------------------------------------------------- stats
     def stats(self) -> dict[str, dict]:
+        """Per stream: totals, codecs, declared resolution/fps (onMetaData), measured bitrate (bit/s of FLV payload)
+        and fps over the last ``RATE_WINDOW`` seconds, the publisher's and each player's peer and counters."""
         now = self._clock()
         return {key: {
             "publishing": st.publisher is not None,
+            "publisher": getattr(st.publisher, "peer", None) if st.publisher is not None else None,
             "subscribers": len(st.subscribers),
+            "players": [{"peer": s.peer, "bytes_out": s.bytes_out, "queued_bytes": s.queued_bytes,
+                         "drops": s.dropped} for s in st.subscribers],
             "bytes_in": st.bytes_in,
             "messages_in": st.messages_in,
             "bytes_out": st.bytes_out_gone + sum(s.bytes_out + s.queued_bytes for s in st.subscribers),
@@ -296,7 +321,40 @@ class Relay:
             "video_codec": st.video_codec,
             "audio_codec": st.audio_codec,
             "gop_cache_bytes": st.gop_bytes,
+            "width": st.video.get("width"),
+            "height": st.video.get("height"),
+            "declared_fps": st.video.get("fps"),
+            **_rates(st.window, now, now - (st.first_in if st.first_in is not None else now)),
         } for key, st in self._streams.items()}
+
+
+RATE_WINDOW = 5   # seconds of per-second buckets behind the measured bitrate and fps
+
+
+def _rates(window: deque, now: float, age: float) -> dict:
+    """Bitrate and frame rate over the buckets of the last ``RATE_WINDOW`` s (the current, partial one included)."""
+    first = int(now) - RATE_WINDOW + 1
+    span = min(float(RATE_WINDOW) - 1 + (now - int(now)), age)
+    recent = [b for b in window if b[0] >= first]
+    if span <= 0.2:     # too young to say
+        return {"bitrate": None, "fps": None}
+    return {"bitrate": round(sum(b[1] for b in recent) * 8 / span),
+            "fps": round(sum(b[2] for b in recent) / span, 2)}
+
+
+def _declared_video(payload: bytes) -> dict:
+    """width/height/framerate from an ``onMetaData`` body (ffmpeg and OBS write them); {} when absent or unreadable."""
+    try:
+        values = amf0.decode_all(payload)
+    except RtmpError:
+        return {}
+    meta = values[1] if len(values) > 1 and isinstance(values[1], dict) else {}
+    out = {}
+    for name, key in (("width", "width"), ("height", "height"), ("fps", "framerate")):
+        v = meta.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e6:
+            out[name] = int(v) if name != "fps" else round(float(v), 3)
+    return out
 
 
 def _codec_name(message: Message, video: bool) -> str | None:

@@ -45,6 +45,7 @@ class _Connection:
         self.subscriber: Subscriber | None = None
         self.wakeup = asyncio.Event()
         self.pump: asyncio.Task | None = None
+        self.backlogged = False
         self.closing = False
 
     async def run(self) -> None:
@@ -98,12 +99,13 @@ class _Connection:
             action = "publish" if isinstance(event, Publish) else "play"
             reason = await self._refused(action, event)
             if reason is not None:
-                log.info("rtmp %s: %s %s refused: %s", self.peer, action, event.key, reason)
+                code = "NetStream.Publish.BadName" if isinstance(event, Publish) else "NetStream.Play.Failed"
+                log.info("rtmp %s: %s %s refused (%s): %s", self.peer, action, event.key, code, reason)
                 self.server.refused += 1
                 if isinstance(event, Publish):
-                    self.writer.write(s.reject_publish("NetStream.Publish.BadName", reason))
+                    self.writer.write(s.reject_publish(code, reason, request=event))
                 else:
-                    self.writer.write(s.reject_play("NetStream.Play.Failed", reason))
+                    self.writer.write(s.reject_play(code, reason, request=event))
                 return False
         if isinstance(event, Play) and not relay.is_published(event.key) and self.server.pull is not None:
             try:
@@ -120,24 +122,29 @@ class _Connection:
         elif isinstance(event, Publish):
             if relay.publish(event.key, self):
                 self.publish_key = event.key
-                self.writer.write(s.accept_publish())
+                self.writer.write(s.accept_publish(event))
                 log.info("rtmp %s: publishing %s", self.peer, event.key)
             else:
-                self.writer.write(s.reject_publish("NetStream.Publish.BadName", f"{event.key} is already published"))
-                log.info("rtmp %s: publish %s refused: busy", self.peer, event.key)
+                self.writer.write(s.reject_publish("NetStream.Publish.BadName", f"{event.key} is already published",
+                                                    request=event))
+                log.info("rtmp %s: publish %s refused (NetStream.Publish.BadName): busy", self.peer, event.key)
         elif isinstance(event, Play):
             sub = Subscriber(chunk_size=s.chunk_size, stream_id=event.stream_id,
-                             max_queue_bytes=self.server.queue_bytes, on_wakeup=self.wakeup.set,
-                             on_unpublish=self._on_unpublish)
+                             max_queue_bytes=self.server.queue_bytes, on_wakeup=self._on_queued,
+                             on_unpublish=self._on_unpublish, peer=self.peer)
+            self.subscriber = sub
+            self.backlogged = True      # the cache queued by subscribe() must follow the Play.Start reply
             if relay.subscribe(event.key, sub):
-                # Written now, so it precedes the cached media the pump task will write from the queue.
-                self.writer.write(s.accept_play())
+                self.writer.write(s.accept_play(event))
                 self.play_key = event.key
-                self.subscriber = sub
                 self.pump = asyncio.create_task(self._pump())
+                self.backlogged = False
+                self._flush()
                 log.info("rtmp %s: playing %s", self.peer, event.key)
             else:
-                self.writer.write(s.reject_play("NetStream.Play.StreamNotFound", f"{event.key} is not published"))
+                self.subscriber, self.backlogged = None, False
+                self.writer.write(s.reject_play("NetStream.Play.StreamNotFound", f"{event.key} is not published",
+                                                 request=event))
         elif isinstance(event, Unpublish):
             if self.publish_key is not None:
                 relay.unpublish(self.publish_key, self)
@@ -152,6 +159,26 @@ class _Connection:
         if self.subscriber is not None and self.session.playing is not None:
             self.subscriber.push(self.session.unpublish_notify(), resume_point=True, essential=True)
 
+    # A player's bytes are written from the relay's fan-out while its socket keeps up, once per publisher read
+    # (`RtmpServer.schedule_flush` batches them with one call_soon): no task switch and one send() per player per
+    # read. Once the transport buffers past its high-water mark the player is "backlogged": the relay
+    # queue (bounded, drops to the next key frame) takes over and the pump task drains it at the socket's pace.
+    def _on_queued(self) -> None:
+        if not self.backlogged:
+            self.server.schedule_flush(self)
+
+    def _flush(self) -> None:
+        sub = self.subscriber
+        transport = self.writer.transport
+        if sub is None or transport.is_closing():
+            return
+        items = sub.pop_all()
+        if items:
+            self.writer.write(b"".join(items))
+        if transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]:
+            self.backlogged = True
+            self.wakeup.set()
+
     async def _pump(self) -> None:
         sub = self.subscriber
         assert sub is not None
@@ -159,10 +186,11 @@ class _Connection:
             while True:
                 await self.wakeup.wait()
                 self.wakeup.clear()
-                items = sub.pop_all()
-                if items:
-                    self.writer.write(b"".join(items))
+                await self.writer.drain()
+                while sub.queue:
+                    self.writer.write(b"".join(sub.pop_all()))
                     await self.writer.drain()
+                self.backlogged = False
         except (ConnectionError, OSError) as e:
             log.info("rtmp %s: player write failed: %s", self.peer, e)
             self.writer.close()
@@ -189,10 +217,22 @@ class RtmpServer:
         self.authorize = authorize
         self.pull = pull
         self.refused = 0
+        self._dirty: dict[_Connection, None] = {}    # players with queued bytes, flushed once per loop turn
         self.server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task] = set()
         self.connections_total = 0
         self.errors = 0
+
+    def schedule_flush(self, connection: _Connection) -> None:
+        if not self._dirty:
+            asyncio.get_running_loop().call_soon(self._flush_dirty)
+        self._dirty[connection] = None
+
+    def _flush_dirty(self) -> None:
+        dirty, self._dirty = self._dirty, {}
+        for connection in dirty:
+            if not connection.backlogged:
+                connection._flush()
 
     async def start(self, host: str, port: int) -> asyncio.Server:
         self.server = await asyncio.start_server(self._accept, host, port)
@@ -221,7 +261,7 @@ class RtmpServer:
 
     def stats(self) -> dict:
         return {"connections": len(self._tasks), "connections_total": self.connections_total,
-                "streams": self.relay.stats()}
+                "refused": self.refused, "errors": self.errors, "streams": self.relay.stats()}
 
     async def close(self) -> None:
         if self.server is not None:

@@ -296,26 +296,32 @@ class ServerSession:
     def _on_status(self, stream_id: int, level: str, code: str, description: str) -> bytes:
         return self._command(stream_id, "onStatus", 0.0, None, _status(level, code, description))
 
-    def accept_publish(self) -> bytes:
-        p = self._require(self.publishing, "accept_publish")
-        self.publish_accepted = True
+    def accept_publish(self, request: Publish | None = None) -> bytes:
+        """Answer ``request`` (default: the pending one). Passing the event matters when one read carried both the
+        publish and its end (FCUnpublish/deleteStream): the session has moved on, the answer is still owed."""
+        p = self._require(request or self.publishing, "accept_publish")
+        self.publish_accepted = self.publishing is p
         return (self._writer.write(StreamBegin(p.stream_id).to_message())
                 + self._on_status(p.stream_id, "status", "NetStream.Publish.Start", f"{p.raw_name} is now published."))
 
-    def reject_publish(self, code: str = "NetStream.Publish.BadName", description: str = "") -> bytes:
-        p = self._require(self.publishing, "reject_publish")
-        self.publishing = None
+    def reject_publish(self, code: str = "NetStream.Publish.BadName", description: str = "",
+                       request: Publish | None = None) -> bytes:
+        p = self._require(request or self.publishing, "reject_publish")
+        if self.publishing is p:
+            self.publishing = None
         return self._on_status(p.stream_id, "error", code, description or f"{p.name} is already published.")
 
-    def accept_play(self) -> bytes:
-        p = self._require(self.playing, "accept_play")
+    def accept_play(self, request: Play | None = None) -> bytes:
+        p = self._require(request or self.playing, "accept_play")
         return (self._writer.write(StreamBegin(p.stream_id).to_message())
                 + self._on_status(p.stream_id, "status", "NetStream.Play.Reset", f"Playing and resetting {p.name}.")
                 + self._on_status(p.stream_id, "status", "NetStream.Play.Start", f"Started playing {p.name}."))
 
-    def reject_play(self, code: str = "NetStream.Play.StreamNotFound", description: str = "") -> bytes:
-        p = self._require(self.playing, "reject_play")
-        self.playing = None
+    def reject_play(self, code: str = "NetStream.Play.StreamNotFound", description: str = "",
+                    request: Play | None = None) -> bytes:
+        p = self._require(request or self.playing, "reject_play")
+        if self.playing is p:
+            self.playing = None
         return self._on_status(p.stream_id, "error", code, description or f"No such stream: {p.name}.")
 
     def unpublish_notify(self) -> bytes:

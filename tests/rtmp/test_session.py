@@ -236,3 +236,20 @@ def test_classify_e_rtmp_video_and_audio():
     assert classify_media(Message(4, 0, MSG_AUDIO, 1, AAC_SEQ)) == (False, True)
     assert classify_media(Message(4, 0, MSG_AUDIO, 1, bytes([0x90]) + b"Opus")) == (False, True)
     assert classify_media(Message(4, 0, MSG_AUDIO, 1, bytes([0x2F, 0xFF]))) == (False, False)   # mp3
+
+
+def test_publish_and_its_end_in_one_read_still_get_their_answer():
+    """A short publish (or a client that pipelines its teardown) delivers Publish … Unpublish from one feed(); the
+    answer to the publish is still owed and must not raise, and the session ends up not publishing."""
+    s, c = ServerSession(0.0), ScriptedClient()
+    c.handshake(s)
+    out = s.feed(publish_bytes(c) + c.media(MSG_VIDEO, 0, AVC_KEY) + c.command("FCUnpublish", "test")
+                 + c.command("deleteStream", 1.0))
+    publish, media, end = out.events
+    assert isinstance(publish, Publish) and isinstance(media, Media) and end == Unpublish("live", "test")
+    c.read(out.send)
+    (st,) = commands(c.read(s.accept_publish(publish)))[-1:]
+    assert st[3]["code"] == "NetStream.Publish.Start"
+    assert s.publishing is None and not s.publish_accepted
+    with pytest.raises(RtmpError):
+        s.accept_publish()      # nothing pending any more

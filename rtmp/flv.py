@@ -1,0 +1,334 @@
+"""FLV tag bodies (the payloads of RTMP audio/video messages) → samples of the media model.
+
+Video (FLV spec v10.1 §E.4.3, Enhanced RTMP v1): legacy AVC (codec id 7) and HEVC (12, the widespread extension
+with the AVC layout), and E-RTMP ex-headers (IsExHeader bit, FourCC ``avc1``/``hvc1``, packet types SequenceStart,
+CodedFrames (with a signed 24-bit composition time), CodedFramesX (composition time 0), SequenceEnd). The sequence
+header is the avcC/hvcC record, parsed by the MP4 demuxer's code (``packagers.mp4.codecs``), so the ``CodecConfig``
+is the one an MP4 of the same stream gives; width/height come from the SPS (cropped), as ffmpeg writes them into an
+MP4 sample entry. Samples are the length-prefixed NAL units after the tag header: exactly an MP4 sample.
+
+Audio (§E.4.2): AAC (sound format 10; packet type 0 = AudioSpecificConfig, 1 = one raw frame) and E-RTMP audio
+(sound format 9) with FourCC ``mp4a``.
+
+Anything else (VP6, MP3, AV1, multitrack...) is skipped and counted in ``ignored`` with one log line per kind: a
+publisher sending a codec we cannot package must not be disconnected for it. Malformed bodies raise `RtmpError`.
+Timestamps are unwrapped past 2**32 ms by the signed 32-bit difference to the previous message (audio and video
+interleave slightly out of order, so a small step back is a step back, not a wrap).
+"""
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+from packagers.errors import PackagerError
+from packagers.model import CodecConfig
+from packagers.mp4.aac import parse_audio_specific_config
+from packagers.mp4.codecs import parse_avcc, parse_hvcc
+
+from .errors import RtmpError
+from .messages import MSG_AUDIO, MSG_VIDEO, Message
+
+__all__ = ["FlvDemuxer", "FlvSample"]
+
+log = logging.getLogger("rtmp.flv")
+
+_LEGACY_VIDEO = {7: "avc1", 12: "hvc1"}                 # FLV codec id → sample entry
+_EX_VIDEO = {b"avc1": "avc1", b"hvc1": "hvc1"}          # E-RTMP FourCC → sample entry
+_SEQUENCE_START, _CODED_FRAMES, _SEQUENCE_END, _CODED_FRAMES_X = 0, 1, 2, 3
+_METADATA = 4
+_COMMAND_FRAME = 5                                       # video info / command frame: no picture
+_FLV_RATES = (5512, 11025, 22050, 44100)
+_EMULATION_PREVENTION = re.compile(b"\x00\x00\x03")
+U32 = 1 << 32
+
+
+@dataclass(frozen=True, slots=True)
+class FlvSample:
+    kind: str        # "video" | "audio"
+    dts: int         # ms, publisher timestamp unwrapped past 2**32 to a monotonic 64-bit int
+    cts: int         # ms composition offset (AVC/HEVC CompositionTime, signed 24-bit), 0 for audio
+    keyframe: bool
+    data: bytes      # video: length-prefixed NAL units exactly as in an MP4 sample; audio: one raw AAC frame
+
+
+class FlvDemuxer:
+    """One published stream's FLV tags → `FlvSample`s. Sequence headers update ``video``/``audio`` (and bump
+    ``config_generation`` when the configuration really changes) and yield no sample."""
+
+    def __init__(self) -> None:
+        self.video: CodecConfig | None = None
+        self.audio: CodecConfig | None = None
+        self.config_generation = 0
+        self.ignored: Counter[str] = Counter()      # skipped messages by reason ("video codec 4", ...)
+        self._last_raw: int | None = None
+        self._last_dts = 0
+
+    # ------------------------------------------------------------------------------------------------ public
+    def feed(self, message: Message) -> list[FlvSample]:
+        if message.message_type_id == MSG_VIDEO:
+            return self._video(message)
+        if message.message_type_id == MSG_AUDIO:
+            return self._audio(message)
+        return []
+
+    def unwrap(self, timestamp: int) -> int:
+        """The 64-bit ms time of a 32-bit RTMP timestamp: previous + signed 32-bit difference."""
+        raw = timestamp & (U32 - 1)
+        if self._last_raw is None:
+            self._last_dts = raw
+        else:
+            delta = (raw - self._last_raw) & (U32 - 1)
+            self._last_dts += delta - U32 if delta >= 1 << 31 else delta
+        self._last_raw = raw
+        return self._last_dts
+
+    # ------------------------------------------------------------------------------------------------ video
+    def _video(self, message: Message) -> list[FlvSample]:
+        p = message.payload
+        if not p:
+            raise RtmpError("FlvDemuxer.feed: empty video message")
+        b = p[0]
+        if b & 0x80:    # E-RTMP ex-header: IsExHeader | FrameType (3 bits) | PacketType (4 bits), then FourCC
+            frame_type, packet_type = (b >> 4) & 7, b & 0x0F
+            if packet_type == _METADATA or frame_type == _COMMAND_FRAME:    # HDR colour info, seek commands
+                return []
+            if packet_type > _CODED_FRAMES_X:   # MPEG2TSSequenceStart, Multitrack, ModEx
+                return self._ignore(f"E-RTMP video packet type {packet_type}")
+            if len(p) < 5:
+                raise RtmpError(f"FlvDemuxer.feed: E-RTMP video header of {len(p)} bytes")
+            fourcc = _EX_VIDEO.get(bytes(p[1:5]))
+            if fourcc is None:
+                return self._ignore(f"video FourCC {bytes(p[1:5])!r}")
+            if packet_type == _CODED_FRAMES:
+                if len(p) < 8:
+                    raise RtmpError("FlvDemuxer.feed: E-RTMP CodedFrames without composition time")
+                return self._frame(message, fourcc, frame_type, _si24(p, 5), p[8:])
+            if packet_type == _CODED_FRAMES_X:
+                return self._frame(message, fourcc, frame_type, 0, p[5:])
+            if packet_type == _SEQUENCE_START:
+                self._set_video(fourcc, bytes(p[5:]))
+            return []
+        frame_type, codec_id = b >> 4, b & 0x0F
+        if frame_type == _COMMAND_FRAME:    # video info / command frame: one command byte, no picture
+            return []
+        fourcc = _LEGACY_VIDEO.get(codec_id)
+        if fourcc is None:
+            return self._ignore(f"video codec id {codec_id}")
+        if len(p) < 5:
+            raise RtmpError(f"FlvDemuxer.feed: AVC video header of {len(p)} bytes")
+        packet_type = p[1]
+        if packet_type == 0:
+            self._set_video(fourcc, bytes(p[5:]))
+            return []
+        if packet_type == 1:
+            return self._frame(message, fourcc, frame_type, _si24(p, 2), p[5:])
+        if packet_type == 2:    # end of sequence
+            return []
+        raise RtmpError(f"FlvDemuxer.feed: AVC packet type {packet_type}")
+
+    def _frame(self, message: Message, fourcc: str, frame_type: int, cts: int, data: bytes) -> list[FlvSample]:
+        dts = self.unwrap(message.timestamp)
+        if not data:
+            return []
+        if self.video is None or self.video.fourcc != fourcc:
+            return self._ignore("video frame before its sequence header")
+        _check_nal_lengths(data, self.video.nal_length_size)
+        return [FlvSample("video", dts, cts, frame_type == 1, bytes(data))]
+
+    def _set_video(self, fourcc: str, record: bytes) -> None:
+        try:
+            parsed = (parse_hvcc if fourcc == "hvc1" else parse_avcc)(record, fourcc, "FLV sequence header")
+        except PackagerError as e:
+            raise RtmpError(f"FlvDemuxer.feed: bad {fourcc} sequence header: {e.message}") from None
+        sps_type = 33 if fourcc == "hvc1" else 7
+        sps = next((n for n in parsed.parameter_sets if n and _nal_type(fourcc, n[0]) == sps_type), None)
+        if sps is None:
+            raise RtmpError(f"FlvDemuxer.feed: {fourcc} sequence header without SPS")
+        width, height = (_hevc_sps_size if fourcc == "hvc1" else _avc_sps_size)(sps)
+        config = CodecConfig(fourcc=fourcc, codec_string=parsed.codec_string, extradata=record,
+                             parameter_sets=parsed.parameter_sets, nal_length_size=parsed.nal_length_size,
+                             width=width, height=height)
+        if config != self.video:
+            self.video = config
+            self.config_generation += 1
+
+    # ------------------------------------------------------------------------------------------------ audio
+    def _audio(self, message: Message) -> list[FlvSample]:
+        p = message.payload
+        if not p:
+            raise RtmpError("FlvDemuxer.feed: empty audio message")
+        sound_format = p[0] >> 4
+        if sound_format == 9:   # E-RTMP audio: SoundFormat 9 | AudioPacketType, FourCC
+            packet_type = p[0] & 0x0F
+            if len(p) < 5:
+                raise RtmpError(f"FlvDemuxer.feed: E-RTMP audio header of {len(p)} bytes")
+            if bytes(p[1:5]) != b"mp4a":
+                return self._ignore(f"audio FourCC {bytes(p[1:5])!r}")
+            if packet_type == _SEQUENCE_END:
+                return []
+            if packet_type > _CODED_FRAMES:     # MultichannelConfig, Multitrack, ModEx
+                return self._ignore(f"E-RTMP audio packet type {packet_type}")
+            rate, channels, body = 0, 0, p[5:]
+        elif sound_format == 10:
+            if len(p) < 2:
+                raise RtmpError("FlvDemuxer.feed: AAC message without packet type")
+            rate, channels, body, packet_type = _FLV_RATES[(p[0] >> 2) & 3], 1 + (p[0] & 1), p[2:], p[1]
+            if packet_type > _CODED_FRAMES:
+                raise RtmpError(f"FlvDemuxer.feed: AAC packet type {packet_type}")
+        else:
+            return self._ignore(f"audio sound format {sound_format}")
+        if packet_type == _SEQUENCE_START:
+            self._set_audio(bytes(body), rate, channels)
+            return []
+        dts = self.unwrap(message.timestamp)
+        if not body:
+            return []
+        if self.audio is None:
+            return self._ignore("audio frame before its sequence header")
+        return [FlvSample("audio", dts, 0, True, bytes(body))]
+
+    def _set_audio(self, asc: bytes, flv_rate: int, flv_channels: int) -> None:
+        if not asc:
+            raise RtmpError("FlvDemuxer.feed: empty AudioSpecificConfig")
+        try:
+            parsed = parse_audio_specific_config(asc, "FLV AAC sequence header")
+        except PackagerError as e:
+            raise RtmpError(f"FlvDemuxer.feed: bad AudioSpecificConfig: {e.message}") from None
+        config = CodecConfig(fourcc="mp4a", codec_string=parsed.codec_string, extradata=asc,
+                             sample_rate=parsed.sample_rate or flv_rate, channels=parsed.channels or flv_channels)
+        if config != self.audio:
+            self.audio = config
+            self.config_generation += 1
+
+    def _ignore(self, reason: str) -> list[FlvSample]:
+        if not self.ignored[reason]:
+            log.warning("rtmp flv: skipping %s (counted in FlvDemuxer.ignored)", reason)
+        self.ignored[reason] += 1
+        return []
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def _si24(p: bytes, at: int) -> int:
+    v = int.from_bytes(p[at:at + 3], "big")
+    return v - (1 << 24) if v & 0x800000 else v
+
+
+def _nal_type(fourcc: str, first_byte: int) -> int:
+    return (first_byte >> 1) & 0x3F if fourcc == "hvc1" else first_byte & 0x1F
+
+
+def _check_nal_lengths(data: bytes, nal_length_size: int) -> None:
+    """The length prefixes must tile the frame exactly (one step per NAL unit, a handful per frame)."""
+    pos, end = 0, len(data)
+    while pos < end:
+        if pos + nal_length_size > end:
+            raise RtmpError(f"FlvDemuxer.feed: NAL length prefix cut at byte {pos} of {end}")
+        pos += nal_length_size + int.from_bytes(data[pos:pos + nal_length_size], "big")
+    if pos != end:
+        raise RtmpError(f"FlvDemuxer.feed: NAL units overrun the frame ({pos} > {end} bytes)")
+
+
+class _Bits:
+    """Exp-Golomb reader over an RBSP (emulation prevention bytes removed); overruns are RtmpError."""
+
+    def __init__(self, nal: bytes, skip_bytes: int) -> None:
+        rbsp = _EMULATION_PREVENTION.sub(b"\x00\x00", nal[skip_bytes:skip_bytes + 512])
+        self.value, self.left = int.from_bytes(rbsp, "big"), 8 * len(rbsp)
+
+    def u(self, n: int) -> int:
+        if n > self.left:
+            raise RtmpError("FlvDemuxer.feed: SPS truncated")
+        self.left -= n
+        return (self.value >> self.left) & ((1 << n) - 1)
+
+    def ue(self) -> int:
+        zeros = 0
+        while self.u(1) == 0:
+            zeros += 1
+            if zeros > 31:
+                raise RtmpError("FlvDemuxer.feed: SPS exp-Golomb code too long")
+        return (1 << zeros) - 1 + self.u(zeros)
+
+    def se(self) -> int:
+        k = self.ue()
+        return (k + 1) // 2 if k & 1 else -(k // 2)
+
+
+_AVC_HIGH_PROFILES = {100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135}
+_SUB_WH = {0: (1, 1), 1: (2, 2), 2: (2, 1), 3: (1, 1)}   # chroma_format_idc → SubWidthC, SubHeightC
+
+
+def _avc_sps_size(sps: bytes) -> tuple[int, int]:
+    """Cropped picture size from an H.264 SPS (ITU-T H.264 §7.3.2.1.1, §7.4.2.1.1 frame_crop_*)."""
+    b = _Bits(sps, 1)
+    profile_idc = b.u(8)
+    b.u(16)     # constraint flags, level_idc
+    b.ue()      # seq_parameter_set_id
+    chroma_format_idc, separate_planes = 1, 0
+    if profile_idc in _AVC_HIGH_PROFILES:
+        chroma_format_idc = b.ue()
+        if chroma_format_idc == 3:
+            separate_planes = b.u(1)
+        b.ue(), b.ue(), b.u(1)      # bit depths, qpprime_y_zero_transform_bypass_flag
+        if b.u(1):                  # seq_scaling_matrix_present_flag
+            for i in range(12 if chroma_format_idc == 3 else 8):
+                if b.u(1):
+                    last = nxt = 8
+                    for _ in range(16 if i < 6 else 64):
+                        if nxt:
+                            nxt = (last + b.se() + 256) % 256
+                        last = nxt or last
+    b.ue()      # log2_max_frame_num_minus4
+    poc_type = b.ue()
+    if poc_type == 0:
+        b.ue()
+    elif poc_type == 1:
+        b.u(1), b.se(), b.se()
+        for _ in range(min(b.ue(), 255)):
+            b.se()
+    b.ue(), b.u(1)      # max_num_ref_frames, gaps_in_frame_num_value_allowed_flag
+    width_mbs, height_units = b.ue() + 1, b.ue() + 1
+    frame_mbs_only = b.u(1)
+    if not frame_mbs_only:
+        b.u(1)
+    b.u(1)      # direct_8x8_inference_flag
+    crop = (b.ue(), b.ue(), b.ue(), b.ue()) if b.u(1) else (0, 0, 0, 0)
+    chroma_array_type = 0 if separate_planes else chroma_format_idc
+    sub_w, sub_h = _SUB_WH[chroma_array_type] if chroma_array_type else (1, 1)
+    unit_x, unit_y = sub_w, sub_h * (2 - frame_mbs_only)
+    width = width_mbs * 16 - unit_x * (crop[0] + crop[1])
+    height = (2 - frame_mbs_only) * height_units * 16 - unit_y * (crop[2] + crop[3])
+    if width <= 0 or height <= 0:
+        raise RtmpError(f"FlvDemuxer.feed: SPS gives a {width}x{height} picture")
+    return width, height
+
+
+def _hevc_sps_size(sps: bytes) -> tuple[int, int]:
+    """Cropped picture size from an HEVC SPS (ITU-T H.265 §7.3.2.2, conformance window §7.4.3.2.1)."""
+    b = _Bits(sps, 2)
+    b.u(4)      # sps_video_parameter_set_id
+    max_sub_layers_minus1 = b.u(3)
+    b.u(1)      # sps_temporal_id_nesting_flag
+    b.u(96)     # general profile_tier_level: 2+1+5 + 32 + 48 + level 8 (§7.3.3)
+    present = [(b.u(1), b.u(1)) for _ in range(max_sub_layers_minus1)]
+    if max_sub_layers_minus1:
+        b.u(2 * (8 - max_sub_layers_minus1))
+    for profile_present, level_present in present:
+        b.u(88 * profile_present + 8 * level_present)
+    b.ue()      # sps_seq_parameter_set_id
+    chroma_format_idc = b.ue()
+    if chroma_format_idc > 3:
+        raise RtmpError(f"FlvDemuxer.feed: HEVC chroma_format_idc {chroma_format_idc}")
+    if chroma_format_idc == 3 and b.u(1):   # separate_colour_plane_flag
+        chroma_format_idc = 0
+    width, height = b.ue(), b.ue()
+    if b.u(1):  # conformance_window_flag
+        sub_w, sub_h = _SUB_WH[chroma_format_idc]
+        left, right, top, bottom = b.ue(), b.ue(), b.ue(), b.ue()
+        width -= sub_w * (left + right)
+        height -= sub_h * (top + bottom)
+    if width <= 0 or height <= 0:
+        raise RtmpError(f"FlvDemuxer.feed: SPS gives a {width}x{height} picture")
+    return width, height

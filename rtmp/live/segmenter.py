@@ -1,0 +1,281 @@
+"""Live segmenter, sans-I/O: one publish's RTMP audio/video messages → `Cut`s (the samples of one segment per track).
+
+Timelines. A *period* is a stretch with one codec configuration and one clock: it starts at a video key frame (or,
+without video, at the first audio frame) whose publisher time becomes media time 0 (``base``). A publish, a new
+sequence header with a different configuration, an overflow of the packager's queue (``interrupt``) and a segment
+that grew past ``max_segment_ms`` without a key frame all end the period; the next one starts at the next key frame.
+
+Times. Video: 90 kHz, ``(dts_ms - base) * 90`` and ``cts_ms * 90``: integers, exact, no drift. Audio: the sample rate,
+each AAC frame snapped onto the previous frame's end (1024 or 2048 samples later) while the publisher's millisecond
+time stays within half a frame of it; beyond that (a real gap) it resyncs to the publisher's time. So consecutive
+segments tile the timeline exactly (the next segment starts where the last sample of this one ends).
+
+Cuts. Video: before the first key frame at or after ``target_ms`` since the segment's first key frame; audio frames
+before that key frame's time go with the closing segment. Audio only: before the first frame at or after
+``target_ms``. A segment's presentation span runs from its earliest pts to its latest pts + duration (with video: to
+the next key frame's pts), so for closed GOPs it is exactly the next segment's start.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from packagers.model import CodecConfig, SampleTable, Track
+
+from ..flv import FlvDemuxer, FlvSample
+from ..messages import Message
+
+__all__ = ["Cut", "LiveSegmenter", "TrackCut", "VIDEO_TIMESCALE"]
+
+log = logging.getLogger("rtmp.live")
+
+VIDEO_TIMESCALE = 90_000
+VIDEO_TRACK_ID, AUDIO_TRACK_ID = 1, 2
+
+
+@dataclass(frozen=True, eq=False)
+class TrackCut:
+    """One track's share of a segment: samples with offsets into ``b"".join(chunks)``, and its presentation span."""
+    track: Track            # the period's track (codec, timescale); its own sample table is empty
+    samples: SampleTable
+    chunks: tuple[bytes, ...]
+    start: int              # earliest presentation time, ticks of period media time
+    duration: int           # presentation span, ticks
+
+    @property
+    def size(self) -> int:
+        return int(self.samples.sizes.sum(dtype=np.uint64))
+
+
+@dataclass(frozen=True, eq=False)
+class Cut:
+    period: int             # 0-based period of this publish
+    new_period: bool        # first segment of the period
+    tracks: tuple[TrackCut, ...]   # video first; a track without samples in this segment is left out
+    period_tracks: tuple[Track, ...]
+    wall_clock: float       # POSIX time when the segment's first sample arrived
+    period_wall_clock: float  # ... and the period's first sample
+    closed_at: float        # monotonic time when the message that closed the segment arrived
+
+    @property
+    def main(self) -> TrackCut:
+        """The track whose span is the segment's duration (video when there is video)."""
+        return self.tracks[0]
+
+
+@dataclass
+class _Pending:
+    """Samples of one track not cut yet: plain lists, turned into numpy columns once per segment."""
+    dts: list = field(default_factory=list)     # ticks
+    cts: list = field(default_factory=list)
+    keyframe: list = field(default_factory=list)
+    data: list = field(default_factory=list)
+    ms: list = field(default_factory=list)      # publisher ms (audio: to split at a video cut)
+
+    def add(self, dts: int, cts: int, keyframe: bool, data: bytes, ms: int) -> None:
+        self.dts.append(dts), self.cts.append(cts), self.keyframe.append(keyframe)
+        self.data.append(data), self.ms.append(ms)
+
+    def take(self, n: int) -> tuple[list, list, list, list]:
+        out = self.dts[:n], self.cts[:n], self.keyframe[:n], self.data[:n]
+        del self.dts[:n], self.cts[:n], self.keyframe[:n], self.data[:n], self.ms[:n]
+        return out
+
+
+class LiveSegmenter:
+    def __init__(self, target_ms: int, *, source: str = "", max_segment_ms: int | None = None) -> None:
+        self.target_ms = target_ms
+        self.max_segment_ms = max_segment_ms or max(10 * target_ms, 30_000)
+        self.source = source
+        self.demuxer = FlvDemuxer()
+        self.dropped: Counter[str] = Counter()   # samples not packaged, by reason
+        self.period = -1
+        self._tracks: tuple[Track, ...] = ()      # of the current period; () = waiting for a period start
+        self._video: _Pending | None = None
+        self._audio: _Pending | None = None
+        self._new_period = False
+        self._base = 0                  # publisher ms of media time 0
+        self._segment_ms = 0            # publisher ms of the current segment's first sample
+        self._segment_wall = 0.0
+        self._period_wall = 0.0
+        self._frame = 1024              # AAC frame, in samples at the configured rate
+        self._last_video_duration = 0
+        self._last_audio_end: int | None = None
+        self._early_audio: list[FlvSample] = []     # while waiting for a key frame: the last audio frames
+
+    # ------------------------------------------------------------------------------------------------ input
+    def feed(self, message: Message, received: float, wall: float) -> list[Cut]:
+        """One RTMP message (``received``: monotonic time, ``wall``: POSIX time of its arrival). RtmpError for a
+        malformed body (the caller drops that message)."""
+        generation = self.demuxer.config_generation
+        samples = self.demuxer.feed(message)
+        out: list[Cut] = []
+        if self.demuxer.config_generation != generation and self._tracks:
+            out += self.interrupt(received)   # a new configuration is a new period
+        for s in samples:
+            out += self._sample(s, received, wall)
+        return out
+
+    def interrupt(self, received: float) -> list[Cut]:
+        """End the current period here (cutting what it has); the next one starts at the next key frame."""
+        out = self._cut(received, None)
+        self._tracks = ()
+        return out
+
+    def finish(self, received: float) -> list[Cut]:
+        """The publisher left: the last segment."""
+        return self.interrupt(received)
+
+    # ------------------------------------------------------------------------------------------------ samples
+    def _sample(self, s: FlvSample, received: float, wall: float) -> list[Cut]:
+        if not self._tracks:
+            if not self._start_period(s, wall):
+                return []
+            early, self._early_audio = self._early_audio, []
+            for a in early:     # audio that arrived just before the key frame with the same (or a later) time
+                if a.dts >= self._base:
+                    self._sample(a, received, wall)
+                else:
+                    self.dropped["waiting for a key frame"] += 1
+        out: list[Cut] = []
+        if s.kind == "video":
+            if self._video is None:
+                self.dropped["video in an audio-only period"] += 1
+                return []
+            dts = (s.dts - self._base) * 90
+            if self._video.dts and dts <= self._video.dts[-1]:
+                self.dropped["video dts not increasing"] += 1
+                return out
+            since = s.dts - self._segment_ms
+            if s.keyframe and since >= self.target_ms:
+                out += self._cut(received, s)
+            elif since >= self.max_segment_ms:     # no key frame for far too long: end the period here
+                self.dropped["no key frame within max_segment_ms"] += 1
+                return self.interrupt(received)
+            if not self._video.dts:
+                self._segment_ms, self._segment_wall = s.dts, wall
+            self._video.add(dts, s.cts * 90, s.keyframe, s.data, s.dts)
+            return out
+        if self._audio is None:
+            self.dropped["audio in a video-only period"] += 1
+            return []
+        if s.dts < self._base:
+            self.dropped["audio before the period's first key frame"] += 1
+            return []
+        if self._video is None and s.dts - self._segment_ms >= self.target_ms:
+            out += self._cut(received, None)
+        rate = self._tracks[-1].timescale
+        exact = ((s.dts - self._base) * rate + 500) // 1000
+        if self._audio.dts:
+            expected = self._audio.dts[-1] + self._frame
+            if abs(exact - expected) <= self._frame // 2:
+                exact = expected
+            elif exact <= self._audio.dts[-1]:
+                self.dropped["audio dts not increasing"] += 1
+                return out
+        elif self._last_audio_end is not None and abs(exact - self._last_audio_end) <= self._frame // 2:
+            exact = self._last_audio_end   # continue the previous segment's timeline exactly
+        if self._video is None and not self._audio.dts:
+            self._segment_ms, self._segment_wall = s.dts, wall
+        self._audio.add(exact, 0, True, s.data, s.dts)
+        return out
+
+    def _start_period(self, s: FlvSample, wall: float) -> bool:
+        video, audio = self.demuxer.video, self.demuxer.audio
+        if s.kind == "video" and not s.keyframe:
+            self.dropped["waiting for a key frame"] += 1
+            return False
+        if s.kind == "audio" and video is not None:
+            if len(self._early_audio) >= 64:
+                self.dropped["waiting for a key frame"] += 1
+                del self._early_audio[0]
+            self._early_audio.append(s)
+            return False
+        tracks = []
+        if s.kind == "video":
+            tracks.append(self._track(VIDEO_TRACK_ID, "video", VIDEO_TIMESCALE, video))
+        if audio is not None:
+            tracks.append(self._track(AUDIO_TRACK_ID, "audio", audio.sample_rate or 44100, audio))
+            self._frame = 2048 if audio.codec_string in ("mp4a.40.5", "mp4a.40.29") else 1024
+        self.period += 1
+        self._tracks = tuple(tracks)
+        self._video = _Pending() if s.kind == "video" else None
+        self._audio = _Pending() if audio is not None else None
+        self._new_period = True
+        self._base = self._segment_ms = s.dts
+        self._segment_wall = self._period_wall = wall
+        self._last_audio_end = None
+        self._last_video_duration = 0
+        return True
+
+    def _track(self, track_id: int, kind: str, timescale: int, codec: CodecConfig) -> Track:
+        return Track(track_id, kind, timescale, codec, SampleTable.empty(), source=self.source)
+
+    # ------------------------------------------------------------------------------------------------ cutting
+    def _cut(self, received: float, key: FlvSample | None) -> list[Cut]:
+        """Close the current segment before ``key`` (a video key frame; None = everything pending)."""
+        if not self._tracks:
+            return []
+        parts = []
+        for track in self._tracks:
+            if track.kind == "video":
+                part = self._cut_video(track, key)
+            else:
+                part = self._cut_audio(track, key)
+            if part is not None:
+                parts.append(part)
+        if not parts:
+            return []
+        cut = Cut(self.period, self._new_period, tuple(parts), self._tracks, self._segment_wall, self._period_wall,
+                  received)
+        self._new_period = False
+        return [cut]
+
+    def _cut_video(self, track: Track, key: FlvSample | None) -> TrackCut | None:
+        p = self._video
+        if not p.dts:
+            return None
+        dts, cts, keyframe, data = p.take(len(p.dts))
+        dts = np.array(dts, dtype=np.int64)
+        durations = np.empty(len(dts), dtype=np.int64)
+        durations[:-1] = np.diff(dts)
+        if key is not None:
+            durations[-1] = (key.dts - self._base) * 90 - dts[-1]
+        else:   # the publisher left: the last frame lasts as long as the one before
+            durations[-1] = durations[-2] if len(dts) > 1 else (self._last_video_duration or 3600)
+        self._last_video_duration = int(durations[-1])
+        # the span ends where the next segment's key frame is presented (closed GOP: its earliest picture); FLV's
+        # whole-ms durations cannot say it as exactly
+        end = (key.dts - self._base + key.cts) * 90 if key is not None else None
+        return _track_cut(track, dts, np.array(cts, dtype=np.int64), keyframe, data, durations, end)
+
+    def _cut_audio(self, track: Track, key: FlvSample | None) -> TrackCut | None:
+        p = self._audio
+        n = len(p.dts) if key is None else int(np.searchsorted(np.array(p.ms, dtype=np.int64), key.dts, "left"))
+        if n == 0:
+            return None
+        after = p.dts[n] if n < len(p.dts) else None
+        dts, cts, keyframe, data = p.take(n)
+        dts = np.array(dts, dtype=np.int64)
+        durations = np.empty(n, dtype=np.int64)
+        durations[:-1] = np.diff(dts)
+        durations[-1] = after - dts[-1] if after is not None else self._frame
+        self._last_audio_end = int(dts[-1] + durations[-1])
+        return _track_cut(track, dts, np.zeros(n, dtype=np.int64), keyframe, data, durations)
+
+
+def _track_cut(track: Track, dts: np.ndarray, cts: np.ndarray, keyframe: list, data: list,
+               durations: np.ndarray, end: int | None = None) -> TrackCut:
+    sizes = np.fromiter(map(len, data), dtype=np.int64, count=len(data))
+    offsets = np.zeros(len(sizes), dtype=np.int64)
+    np.cumsum(sizes[:-1], out=offsets[1:])
+    table = SampleTable(offsets=offsets, sizes=sizes, dts=dts, cts=cts, durations=durations,
+                        keyframe=np.array(keyframe, dtype=bool))
+    pts = dts + cts
+    start = int(pts.min())
+    if end is None or end <= start:
+        end = int((pts + durations).max())
+    return TrackCut(track, table, tuple(data), start, end - start)

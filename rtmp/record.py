@@ -1,0 +1,356 @@
+"""Recording published streams into progressive MP4 files in the store (a `RelayTap`).
+
+Per stream of a recorded application: FLV tags → `FlvDemuxer` → `Mp4Writer` (in the relay's thread, a few integer
+appends per sample) → bytes queued to a worker thread per file, which writes
+``<store>/.recording/<app>/<stream>-<UTC>.mp4.part``. On unpublish (the server's close unpublishes every stream too)
+the worker builds the moov, patches the mdat header, fsyncs and renames the file to
+``<store>/recordings/<app>/<stream>-<UTC>.mp4``: the rename is atomic, so the VOD path (which serves every store file
+and never a hidden name) sees the whole file or nothing. Then it calls ``on_recorded(store_relative_path, info)``.
+
+A file starts at the first video key frame once the video (and audio) sequence headers are known, or at the first
+audio frame of a stream without video (one whose onMetaData declares no videocodecid and that sent no video header). A new sequence header with a different configuration finishes the file and
+starts the next at the following start point. Times: video in ms (FLV's own unit, exact), audio in samples at its
+rate, snapped to whole 1024-sample AAC frames when the ms timestamps agree within 1 ms (gapless, as in the source).
+
+The relay calls taps synchronously on the event loop: nothing here blocks. A worker that falls behind (slow NFS) is
+not waited for: past ``max_queue_bytes`` samples are dropped and counted (video until the next key frame, so the file
+stays decodable), and the recording goes on.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from packagers.errors import ErrorCode, PackagerError
+from packagers.mp4.writer import Mp4Writer, TrackSpec
+
+from . import amf0
+from .errors import RtmpError
+from .flv import FlvDemuxer, FlvSample
+from .messages import MSG_DATA_AMF0, Message
+
+__all__ = ["Recorder", "RECORDING_DIR", "PART_DIR"]
+
+log = logging.getLogger("rtmp.record")
+
+RECORDING_DIR = "recordings"   # finished files, served by the VOD path
+PART_DIR = ".recording"        # files being written: a hidden name, never served
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+AAC_FRAME = 1024
+OnRecorded = Callable[[str, dict], None]
+
+
+def safe_name(name: str) -> str:
+    """A file-name segment for an app or stream name: [A-Za-z0-9._-] only, never hidden, never empty."""
+    cleaned = _UNSAFE.sub("_", name)[:120].lstrip(".")
+    return cleaned or "_"
+
+
+class _FileWorker(threading.Thread):
+    """Writes one recording: appends queued bytes, then finishes it (moov, patch, fsync, rename, callback)."""
+
+    _FINISH = object()
+
+    def __init__(self, recorder: Recorder, key: str, started: float, writer: Mp4Writer) -> None:
+        super().__init__(name=f"record {key}", daemon=True)
+        self.recorder, self.key, self.started, self.writer = recorder, key, started, writer
+        app, _, stream = key.partition("/")
+        self.app, self.stream = safe_name(app), safe_name(stream)   # the directory and file names
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.queued_bytes = 0
+        self.dropped = 0
+        self.reason = ""
+        self.reserved = ""
+
+    def put(self, data: bytes) -> None:
+        with self.lock:
+            self.queued_bytes += len(data)
+        self.queue.put(data)
+
+    def room_for(self, size: int) -> bool:
+        with self.lock:
+            return self.queued_bytes + size <= self.recorder.max_queue_bytes
+
+    def finish(self, reason: str) -> None:
+        self.reason = reason
+        self.queue.put(self._FINISH)
+
+    def run(self) -> None:
+        rec = self.recorder
+        part_dir = rec.store / PART_DIR / self.app
+        final_dir = rec.store / RECORDING_DIR / self.app
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.started))
+        f = part = None
+        try:
+            part_dir.mkdir(parents=True, exist_ok=True)
+            final_dir.mkdir(parents=True, exist_ok=True)
+            # Two files of one stream in one second (a codec change) get -1, -2...: a name stays reserved until
+            # its file is renamed, so a later file never replaces an earlier one that is still being finished.
+            for i in range(1000):
+                name = f"{self.stream}-{stamp}{f'-{i}' if i else ''}.mp4"
+                if not rec._reserve(f"{self.app}/{name}"):
+                    continue
+                if not (final_dir / name).exists():
+                    try:
+                        f = open(part_dir / f"{name}.part", "xb", buffering=1 << 20)
+                        part, self.reserved = part_dir / f"{name}.part", f"{self.app}/{name}"
+                        break
+                    except FileExistsError:
+                        pass
+                rec._release(f"{self.app}/{name}")
+            else:
+                raise OSError(f"no free file name for {self.stream}-{stamp} in {final_dir}")
+        except OSError as e:
+            rec._error(f"cannot create a recording of {self.key}: {e}")
+        self._drain(f)
+        if f is None:
+            return
+        try:
+            self._finalize(f, part, final_dir / part.name[:-len(".part")])
+        except Exception as e:     # never leave the thread with a traceback only: count it, say where the bytes are
+            f.close()
+            if isinstance(e, PackagerError) and e.code == ErrorCode.NO_STREAMS:
+                part.unlink(missing_ok=True)    # every sample was dropped: nothing to keep
+                rec._error(f"recording of {self.key} is empty: {e}")
+            else:
+                rec._error(f"finishing {part} failed (left in place): {e}", exc_info=not isinstance(e, OSError))
+        finally:
+            rec._release(self.reserved)
+
+    def _drain(self, f) -> None:
+        """Write queued bytes until the finish marker; after a write error keep draining, writing nothing."""
+        while True:
+            batch = [self.queue.get()]
+            while True:     # everything queued meanwhile in one write call
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            done = batch[-1] is self._FINISH
+            data = batch[:-1] if done else batch
+            size = sum(map(len, data))
+            if f is not None and not f.closed and data:
+                try:
+                    f.writelines(data)
+                    self.recorder.bytes_written += size
+                except OSError as e:
+                    self.recorder._error(f"writing {f.name} failed: {e}")
+                    f.close()
+            with self.lock:
+                self.queued_bytes -= size
+            if done:
+                return
+
+    def _finalize(self, f, part: Path, final: Path) -> None:
+        if f.closed:
+            raise OSError("an earlier write failed")
+        counts = {kind: self.writer.samples(kind) for kind in ("video", "audio")}
+        offset, patch, moov = self.writer.finish()
+        f.write(moov)
+        f.flush()
+        os.pwrite(f.fileno(), patch, offset)
+        os.fsync(f.fileno())
+        size = os.fstat(f.fileno()).st_size
+        f.close()
+        os.replace(part, final)
+        _fsync_dir(final.parent)
+        rec = self.recorder
+        rec.files_finished += 1
+        path = final.relative_to(rec.store).as_posix()
+        tracks = {t.kind: t for t in self.writer.tracks()}
+        app, _, stream = self.key.partition("/")
+        info = {
+            "key": self.key, "app": app, "stream": stream, "path": path, "bytes": size, "reason": self.reason,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
+            "duration_ms": round(1000 * max(t.duration_seconds for t in tracks.values())),
+            "samples": counts, "dropped": self.dropped,
+            "codecs": {kind: t.codec.codec_string for kind, t in tracks.items()},
+        }
+        log.info("rtmp record: %s finished (%s, %d bytes, %d ms)", path, self.reason, size, info["duration_ms"])
+        if rec.on_recorded is not None:
+            try:
+                rec.on_recorded(path, info)
+            except Exception:
+                rec._error(f"on_recorded({path}) failed", exc_info=True)
+
+
+@dataclass
+class _Stream:
+    key: str
+    demux: FlvDemuxer = field(default_factory=FlvDemuxer)
+    generation: int = 0
+    worker: _FileWorker | None = None
+    base_ms: int = 0            # FLV time of the file's first sample = its time 0
+    audio_ticks: int | None = None  # last audio dts written, in samples
+    last_dts: dict = field(default_factory=dict)
+    waiting_for_key: bool = False
+    expects_video: bool = False     # onMetaData declared a video codec: never start audio-only
+
+
+class Recorder:
+    """The recording tap. ``enabled(app)`` says which applications record; ``on_recorded(path, info)`` is called in
+    the file's worker thread once a recording is in place (``path`` relative to ``store``)."""
+
+    def __init__(self, store: Path | str, *, enabled: Callable[[str], bool] = lambda app: True,
+                 on_recorded: OnRecorded | None = None, max_queue_bytes: int = 32 << 20,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = Path(store)
+        self.enabled = enabled
+        self.on_recorded = on_recorded
+        self.max_queue_bytes = max_queue_bytes
+        self.clock = clock
+        self._streams: dict[str, _Stream] = {}
+        self._workers: set[_FileWorker] = set()
+        self._names: set[str] = set()      # "<app>/<file>" being written, see _FileWorker.run
+        self._names_lock = threading.Lock()
+        self.files_started = 0
+        self.files_finished = 0
+        self.bytes_written = 0
+        self.dropped = 0            # samples not recorded: the worker was behind, or video until the next key frame
+        self.errors = 0             # malformed messages, I/O failures, callback failures
+
+    def _reserve(self, name: str) -> bool:
+        with self._names_lock:
+            if name in self._names:
+                return False
+            self._names.add(name)
+            return True
+
+    def _release(self, name: str) -> None:
+        with self._names_lock:
+            self._names.discard(name)
+
+    def _error(self, message: str, exc_info: bool = False) -> None:
+        self.errors += 1
+        log.error("rtmp record: %s", message, exc_info=exc_info)
+
+    # ------------------------------------------------------------------------------------------------ RelayTap
+    def on_publish(self, key: str) -> None:
+        if self.enabled(key.partition("/")[0]):
+            self._finish(key, "republish")
+            self._streams[key] = _Stream(key)
+
+    def on_message(self, key: str, message: Message, *, keyframe: bool, sequence_header: bool) -> None:
+        st = self._streams.get(key)
+        if st is None:
+            return
+        if message.message_type_id == MSG_DATA_AMF0:
+            st.expects_video |= _declares_video(message.payload)
+            return
+        try:
+            samples = st.demux.feed(message)
+            if st.demux.config_generation != st.generation:
+                st.generation = st.demux.config_generation
+                if st.worker is not None:
+                    self._close_file(st, "codec change")
+            for sample in samples:
+                self._sample(st, sample)
+        except (RtmpError, PackagerError) as e:    # one bad message: skip it, resume at the next key frame
+            self._error(f"{key}: {e}")
+            st.waiting_for_key = True
+
+    def on_unpublish(self, key: str) -> None:
+        self._finish(key, "unpublish")
+
+    # ------------------------------------------------------------------------------------------------ files
+    def _sample(self, st: _Stream, s: FlvSample) -> None:
+        demux = st.demux
+        if st.worker is None:
+            if demux.video is not None:
+                starts = s.kind == "video" and s.keyframe
+            else:
+                starts = s.kind == "audio" and not st.expects_video
+            if not starts:
+                return
+            tracks = [TrackSpec("video", demux.video, 1000)] if demux.video is not None else []
+            if demux.audio is not None:
+                tracks.append(TrackSpec("audio", demux.audio, demux.audio.sample_rate or 1000))
+            writer = Mp4Writer(tracks)
+            st.worker = _FileWorker(self, st.key, self.clock(), writer)
+            st.base_ms, st.audio_ticks, st.last_dts, st.waiting_for_key = s.dts, None, {}, False
+            st.worker.put(writer.header())
+            self._workers.add(st.worker)
+            self.files_started += 1
+            st.worker.start()
+        worker = st.worker
+        if s.kind not in worker.writer.specs:
+            return
+        if s.kind == "video" and st.waiting_for_key:
+            if not s.keyframe:      # undecodable without the frames lost before it
+                worker.dropped += 1
+                self.dropped += 1
+                return
+            st.waiting_for_key = False
+        if not worker.room_for(len(s.data)):
+            worker.dropped += 1
+            self.dropped += 1
+            st.waiting_for_key = st.waiting_for_key or s.kind == "video"
+            return
+        dts = self._dts(st, s)
+        worker.put(worker.writer.add(s.kind, dts, s.cts, s.keyframe, s.data))
+
+    def _dts(self, st: _Stream, s: FlvSample) -> int:
+        """The sample's decode time in its track's timescale, never before the previous one of its track."""
+        ms = s.dts - st.base_ms
+        if s.kind == "audio":
+            rate = st.worker.writer.specs["audio"].timescale
+            ticks = (2 * ms * rate + 1000) // 2000
+            if st.audio_ticks is not None and abs(ticks - st.audio_ticks - AAC_FRAME) * 1000 <= rate:
+                ticks = st.audio_ticks + AAC_FRAME
+            st.audio_ticks = ticks = max(ticks, st.audio_ticks if st.audio_ticks is not None else ticks)
+            return ticks
+        dts = max(ms, st.last_dts.get(s.kind, ms))
+        st.last_dts[s.kind] = dts
+        return dts
+
+    def _close_file(self, st: _Stream, reason: str) -> None:
+        st.worker.finish(reason)
+        st.worker = None
+
+    def _finish(self, key: str, reason: str) -> None:
+        st = self._streams.pop(key, None)
+        if st is not None and st.worker is not None:
+            self._close_file(st, reason)
+
+    # ------------------------------------------------------------------------------------------------ lifecycle
+    def close(self, timeout: float | None = 60.0) -> None:
+        """Finish every open recording and wait for the workers (blocking: run it in a thread from async code)."""
+        for key in list(self._streams):
+            self._finish(key, "close")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for worker in list(self._workers):
+            worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if not worker.is_alive():
+                self._workers.discard(worker)
+
+    def stats(self) -> dict:
+        self._workers = {w for w in self._workers if w.is_alive()}
+        return {"recording": sum(st.worker is not None for st in self._streams.values()),
+                "writers": len(self._workers), "files_started": self.files_started,
+                "files_finished": self.files_finished, "bytes_written": self.bytes_written,
+                "dropped": self.dropped, "errors": self.errors}
+
+
+def _declares_video(payload: bytes) -> bool:
+    """Whether an onMetaData message names a video codec (``videocodecid``); malformed metadata says nothing."""
+    try:
+        values = amf0.decode_all(payload)
+    except RtmpError:
+        return False
+    return any(isinstance(v, dict) and v.get("videocodecid") not in (None, 0, "") for v in values)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
