@@ -17,13 +17,19 @@ from . import __version__
 from .errors import error_response, response_for_exception
 from .handlers_packaged import serve_packaged_request
 from .handlers_mp4 import serve_mp4
+from .handlers_live import add_live_routes
 from .packaging import PACKAGING, Packaging
 from .responses import ALLOWED_METHODS, add_common_headers, cache_control, preflight
 from .settings import SETTINGS, Settings
 from .store import FileChanged
 from .access import CATALOG, authorize, catalog_view
 from .catalog import Catalog
+from .ingest import Ingest
 from .handlers_delivery import serve_play_manifest
+from .metrics import metrics_middleware, metrics_state, record_response, serve_metrics
+from .status_page import serve_dashboard, serve_static, serve_status_page
+from .health import add_health_routes
+from .access_log import CACHE_RESULT
 from .urls import CrossDomainPolicy, GatewayRequest, Mp4Download, PlayManifest, Signed, StatusRequest, parse_path
 
 
@@ -37,6 +43,7 @@ class Metrics:
 
 
 METRICS = web.AppKey("metrics", Metrics)
+INGEST = web.AppKey("ingest", Ingest)   # only set when this process runs the RTMP ingest: use app.get(INGEST)
 # Media here is public unless signed (issue 4), like the CORS policy: any domain may load it.
 CROSSDOMAIN_XML = (
     '<?xml version="1.0"?>\n<!DOCTYPE cross-domain-policy SYSTEM "http://www.adobe.com/xml/dtds/cross-domain-policy.dtd">\n'
@@ -44,12 +51,23 @@ CROSSDOMAIN_XML = (
 )
 
 
-def make_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[http_middleware])
+def make_app(settings: Settings, ingest: Ingest | None = None) -> web.Application:
+    """``ingest``: the running RTMP ingest of this process, if any (its stats appear in /status as "rtmp")."""
+    app = web.Application(middlewares=[metrics_middleware, http_middleware])
     app[SETTINGS] = settings
+    if ingest is not None:
+        app[INGEST] = ingest
     app.cleanup_ctx.append(_gateway_state)
+    app.cleanup_ctx.append(metrics_state)  # after _gateway_state: it hooks the packaging stages
     app.on_response_prepare.append(add_common_headers)
     app.on_response_prepare.append(_count_response)
+    app.on_response_prepare.append(record_response)
+    add_health_routes(app)  # /health, /ready: before the catch-all
+    app.router.add_get("/metrics", serve_metrics)  # Prometheus (gateway/metrics.py)
+    app.router.add_get("/", serve_status_page)  # the dashboard and test player (gateway/status_page.py)
+    app.router.add_get("/status/dashboard", serve_dashboard)
+    app.router.add_get("/static/{name}", serve_static)
+    add_live_routes(app)  # /live/<app>/<stream>/<file> and /time, before the catch-all
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app
 
@@ -112,6 +130,7 @@ async def _serve(request: web.Request, parsed: GatewayRequest) -> web.StreamResp
     files = await packaging.identify_all(paths)  # 404 for missing files; realpaths for the ownership check
     context = authorize(view, request.app[SETTINGS], parsed, signed, tuple(f.store_path for f in files))
     if isinstance(parsed, Mp4Download):
+        request[CACHE_RESULT] = "bypass"  # the file itself (sendfile), never the response cache
         response = await serve_mp4(request, parsed)
     else:
         response = await serve_packaged_request(request, parsed, context)
@@ -143,4 +162,7 @@ def serve_status(request: web.Request) -> web.Response:
             "hls_container": packaging.settings.hls_container,
         },
     }
+    ingest = request.app.get(INGEST)
+    if ingest is not None:
+        body["rtmp"] = ingest.stats()
     return web.json_response(body, headers={"Cache-Control": "no-store"})

@@ -251,6 +251,14 @@ def run(seconds: float = 5.0, segments: int | None = None, json_out: bool = Fals
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
+    if argv and argv[0] == "nginx":  # gateway bench nginx: the load balancer's cache (gateway/bench_nginx.py)
+        from .bench_nginx import main as bench_nginx
+
+        return bench_nginx(argv[1:])
+    if argv and argv[0] == "rtmp":  # gateway bench rtmp: RTMP fan-out cost (gateway/bench_rtmp.py)
+        from .bench_rtmp import main as bench_rtmp
+
+        return bench_rtmp(argv[1:])
     p = argparse.ArgumentParser(prog="gateway bench", description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=5.0, help="duration of each HTTP load phase (default 5)")
     p.add_argument("--segments", type=int, default=None, help="build only the first N segments of the 720p file")

@@ -8,6 +8,7 @@ request tries again (the file may have been fixed).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Generic, Hashable, TypeVar
@@ -39,6 +40,7 @@ class SingleFlightLRU(Generic[V]):
         self.weight = 0
         self._entries: OrderedDict[Hashable, tuple[V, int]] = OrderedDict()
         self._inflight: dict[Hashable, asyncio.Task] = {}
+        self.on_lookup: Callable[[int], None] = _ignore  # ns of each lookup, build excluded (gateway/metrics.py)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -51,10 +53,12 @@ class SingleFlightLRU(Generic[V]):
             self.counters.misses += 1
             self.counters.builds += 1
             return await build()
+        started = time.perf_counter_ns()
         entry = self._entries.get(key)
         if entry is not None:
             self._entries.move_to_end(key)
             self.counters.hits += 1
+            self.on_lookup(time.perf_counter_ns() - started)
             return entry[0]
         task = self._inflight.get(key)
         if task is None:
@@ -64,6 +68,7 @@ class SingleFlightLRU(Generic[V]):
             self._inflight[key] = task
         else:
             self.counters.coalesced += 1
+        self.on_lookup(time.perf_counter_ns() - started)
         return await asyncio.shield(task)
 
     async def _build_and_store(self, key: Hashable, build: Callable[[], Awaitable[V]]) -> V:
@@ -99,6 +104,10 @@ class SingleFlightLRU(Generic[V]):
             "hits": c.hits, "misses": c.misses, "coalesced": c.coalesced, "builds": c.builds, "failures": c.failures,
             "evictions": c.evictions, "oversize": c.oversize, "entries": len(self._entries), "inflight": len(self._inflight),
         }
+
+
+def _ignore(_elapsed_ns: int) -> None:
+    pass
 
 
 def _retrieve_exception(task: asyncio.Task) -> None:

@@ -6,18 +6,19 @@ a player. ``probe`` shows what the gateway will see in a file: its tracks and th
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Sequence
 from urllib.parse import quote
 
 from . import __version__
 from .cli_catalog import add_catalog_commands
-from .settings import HLS_CONTAINERS, Settings
+from .nginx_config import add_nginx_config_command
+from .config_file import LOG_LEVELS, ConfigError, ConfigSource, load_rtmp_table
+from .serve import serve, serve_config
+from .settings import ACCESS_LOG_FORMATS, HLS_CONTAINERS, Settings
 from rtmp.config import RtmpConfig
 
 DEMO_PATHS = (
@@ -38,18 +39,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["bench"]:
         return run_bench(argv[1:])
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    level = (args.log_level or "info").upper()  # None: not given (a config file may set log_level)
+    logging.basicConfig(level=getattr(logging, level), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return args.func(args)
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gateway", description="On-the-fly HLS packaging of MP4 files.")
     p.add_argument("--version", action="version", version=f"gateway {__version__}")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default=None, choices=LOG_LEVELS, help="default info")
     sub = p.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="serve a content store over HTTP")
-    serve.add_argument("--store", type=Path, required=True, help="content store root")
+    serve = sub.add_parser("serve", help="serve a content store over HTTP",
+                           description="Flags override the --config file; SIGHUP re-reads it (docs/operations.md).")
+    serve.add_argument("--store", type=Path, default=None, help="content store root (required here or in --config)")
+    serve.add_argument("--config", type=Path, default=None, metavar="FILE.toml",
+                       help="every setting in one file (see gateway.example.toml); flags given here win")
+    serve.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="HTTP worker processes on the one port (default 1; worker 0 also runs RTMP)")
+    serve.add_argument("--shutdown-grace", type=float, default=None, metavar="SECONDS",
+                       help="after SIGTERM or a reload, time given to in-flight responses (default 30)")
+    serve.add_argument("--drain-delay", type=float, default=None, metavar="SECONDS",
+                       help="after SIGTERM, answer /ready 503 this long before closing the port (default 0)")
     _server_options(serve, default_port=8080)
     serve.set_defaults(func=cmd_serve)
 
@@ -65,120 +76,85 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("bench", help="benchmarks (gateway bench --help)", add_help=False)
     add_catalog_commands(sub)  # partners ..., entries ...
+    add_nginx_config_command(sub)  # nginx-config: the load balancer in front of a pool of nodes
     return p
 
 
 def _server_options(p: argparse.ArgumentParser, default_port: int) -> None:
+    """Every default is None, meaning "not given": the value comes from the config file, else from ``Settings()``."""
     d = Settings()
-    p.add_argument("--host", default=d.host, help=f"bind address (default {d.host}; 0.0.0.0 for all interfaces)")
-    p.add_argument("--port", type=int, default=default_port, help="0 picks a free port (printed at start)")
-    p.add_argument("--rtmp-port", type=int, default=0, metavar="N", help="also accept RTMP publishers/players on "
+    p.add_argument("--host", default=None, help=f"bind address (default {d.host}; 0.0.0.0 for all interfaces)")
+    p.add_argument("--port", type=int, default=None, help=f"default {default_port}; 0 picks a free port (printed)")
+    p.add_argument("--rtmp-port", type=int, default=None, metavar="N", help="also accept RTMP publishers/players on "
                    "this port (e.g. 1935; 0 = off)")
     p.add_argument("--rtmp-config", type=Path, default=None, metavar="FILE.toml",
                    help="RTMP applications: live packaging, recording, push/pull, auth (see docs/rtmp.md)")
-    p.add_argument("--segment-duration", type=float, default=d.segment_duration_ms / 1000, metavar="SECONDS")
-    p.add_argument("--segment-cache-mb", type=float, default=d.segment_cache_mb, metavar="N", help="0 disables it")
-    p.add_argument("--metadata-cache-entries", type=int, default=d.metadata_cache_entries, metavar="N")
-    p.add_argument("--segment-max-age", type=int, default=d.segment_max_age, metavar="SECONDS")
-    p.add_argument("--manifest-max-age", type=int, default=d.manifest_max_age, metavar="SECONDS")
-    p.add_argument("--not-found-max-age", type=int, default=d.not_found_max_age, metavar="SECONDS")
-    p.add_argument("--stat-cache-seconds", type=float, default=d.stat_cache_seconds, metavar="SECONDS",
-                   help="how long a file's size/mtime is trusted before the next stat (0 = every request)")
-    p.add_argument("--io-threads", type=int, default=d.io_threads, metavar="N")
-    p.add_argument("--no-access-log", dest="access_log", action="store_false", help="do not log every request")
+    p.add_argument("--segment-duration", type=float, default=None, metavar="SECONDS",
+                   help=f"default {d.segment_duration_ms / 1000:g}")
+    p.add_argument("--segment-cache-mb", type=float, default=None, metavar="N",
+                   help=f"default {d.segment_cache_mb:g}; 0 disables it")
+    p.add_argument("--metadata-cache-entries", type=int, default=None, metavar="N",
+                   help=f"default {d.metadata_cache_entries}")
+    p.add_argument("--segment-max-age", type=int, default=None, metavar="SECONDS", help=f"default {d.segment_max_age}")
+    p.add_argument("--manifest-max-age", type=int, default=None, metavar="SECONDS",
+                   help=f"default {d.manifest_max_age}")
+    p.add_argument("--not-found-max-age", type=int, default=None, metavar="SECONDS",
+                   help=f"default {d.not_found_max_age}")
+    p.add_argument("--stat-cache-seconds", type=float, default=None, metavar="SECONDS",
+                   help=f"how long a file's size/mtime is trusted before the next stat (default "
+                        f"{d.stat_cache_seconds:g}; 0 = every request)")
+    p.add_argument("--io-threads", type=int, default=None, metavar="N", help=f"default {d.io_threads}")
+    p.add_argument("--no-access-log", dest="access_log", action="store_const", const=False, default=None,
+                   help="do not log every request")
+    p.add_argument("--access-log-format", default=None, choices=ACCESS_LOG_FORMATS,
+                   help="text (default) or json: one JSON object per line")
     p.add_argument("--catalog", type=Path, default=None, help="partners and entries (default <store>/.catalog)")
-    p.add_argument("--catalog-ttl", type=float, default=d.catalog_ttl, metavar="SECONDS",
-                   help="re-read changed catalog files at most this often (0: on every request)")
-    p.add_argument("--signed-url-ttl", type=int, default=d.signed_url_ttl, metavar="SECONDS",
-                   help="lifetime of the signed URLs issued for secured entries")
-    p.add_argument("--hls-container", default=d.hls_container, choices=HLS_CONTAINERS,
-                   help="HLS segments: ts (MPEG-TS), fmp4, or auto = fmp4 for HEVC (Apple's rule), ts otherwise")
+    p.add_argument("--catalog-ttl", type=float, default=None, metavar="SECONDS",
+                   help=f"re-read changed catalog files at most this often (default {d.catalog_ttl:g}; 0: on every "
+                        "request)")
+    p.add_argument("--signed-url-ttl", type=int, default=None, metavar="SECONDS",
+                   help=f"lifetime of the signed URLs issued for secured entries (default {d.signed_url_ttl})")
+    p.add_argument("--hls-container", default=None, choices=HLS_CONTAINERS,
+                   help="HLS segments: ts (MPEG-TS), fmp4, or auto = fmp4 for HEVC (Apple's rule), ts otherwise "
+                        "(default auto)")
+
+
+_FLAG_KEYS = ("store", "host", "port", "rtmp_port", "segment_cache_mb", "metadata_cache_entries", "segment_max_age",
+              "manifest_max_age", "not_found_max_age", "stat_cache_seconds", "io_threads", "access_log",
+              "access_log_format", "catalog", "catalog_ttl", "signed_url_ttl", "hls_container", "workers",
+              "shutdown_grace", "drain_delay", "log_level")
+
+
+def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags actually given, under their config-file keys (gateway/config_file.py)."""
+    values = {key: getattr(args, key) for key in _FLAG_KEYS if getattr(args, key, None) is not None}
+    if getattr(args, "segment_duration", None) is not None:
+        values["segment_duration_ms"] = int(round(args.segment_duration * 1000))
+    return values
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    return Settings(
-        store=args.store,
-        host=args.host,
-        port=args.port,
-        segment_duration_ms=int(round(args.segment_duration * 1000)),
-        segment_cache_mb=args.segment_cache_mb,
-        metadata_cache_entries=args.metadata_cache_entries,
-        segment_max_age=args.segment_max_age,
-        manifest_max_age=args.manifest_max_age,
-        not_found_max_age=args.not_found_max_age,
-        stat_cache_seconds=args.stat_cache_seconds,
-        io_threads=args.io_threads,
-        access_log=args.access_log,
-        hls_container=args.hls_container,
-        catalog=args.catalog,
-        catalog_ttl=args.catalog_ttl,
-        signed_url_ttl=args.signed_url_ttl,
-    )
+    """Settings from flags alone (``gateway demo``): what is not given keeps its default."""
+    values = flag_overrides(args)
+    return Settings(**{k: v for k, v in values.items() if k in Settings.__dataclass_fields__})
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    source = ConfigSource(args.config, flag_overrides(args), args.rtmp_config)
     try:
-        settings = settings_from_args(args)
-    except ValueError as e:
+        config = source.load()
+    except ConfigError as e:
         print(f"gateway serve: {e}", file=sys.stderr)
         return 2
-    if not settings.store.is_dir():
-        print(f"gateway serve: store {settings.store} is not a directory", file=sys.stderr)
-        return 2
-    try:
-        rtmp_config = load_rtmp_config(args.rtmp_config)
-    except (OSError, ValueError) as e:
-        print(f"gateway serve: {args.rtmp_config}: {e}", file=sys.stderr)
-        return 2
-    serve(settings, lambda base: print(f"gateway {__version__}: serving {settings.store} on {base}/", flush=True),
-          rtmp_port=args.rtmp_port, rtmp_config=rtmp_config)
-    return 0
+    logging.getLogger().setLevel(config.log_level.upper())
+    store = config.settings.store
+    return serve_config(config, lambda base: print(f"gateway {__version__}: serving {store} on {base}/", flush=True),
+                        reload=source.load)
 
 
 def load_rtmp_config(path: Path | None) -> RtmpConfig:
     """The ``[rtmp]`` table of a TOML file (or the whole file when it has no such table); defaults without a file."""
-    if path is None:
-        return RtmpConfig()
-    import tomllib
-    with open(path, "rb") as f:
-        data = tomllib.load(f)
-    return RtmpConfig.from_dict(data.get("rtmp", data))
-
-
-def serve(settings: Settings, on_listening: Callable[[str], None], rtmp_port: int = 0,
-          rtmp_config: RtmpConfig | None = None) -> None:
-    """Run until SIGINT/SIGTERM; ``on_listening`` gets the base URL once the socket is bound (port 0 resolved).
-    ``rtmp_port`` > 0 also runs the RTMP ingest server (rtmp.server) on the same event loop."""
-    from aiohttp import web
-    from aiohttp.log import access_logger
-
-    from .app import make_app
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        runner = web.AppRunner(make_app(settings), access_log=access_logger if settings.access_log else None)
-        rtmp = None
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, settings.host, settings.port)
-            await site.start()
-            host, port = runner.addresses[0][:2]
-            shown = "localhost" if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
-            on_listening(f"http://{shown}:{port}")
-            if rtmp_port:
-                from .ingest import start_ingest
-                rtmp = await start_ingest(settings, rtmp_config or RtmpConfig(), settings.host, rtmp_port)
-                print(f"gateway: RTMP ingest on rtmp://{shown}:{rtmp.port}/<app>/<stream>", flush=True)
-            await stop.wait()
-        finally:
-            if rtmp is not None:
-                await rtmp.close()
-            await runner.cleanup()
-
-    asyncio.run(run())
+    return RtmpConfig() if path is None else RtmpConfig.from_dict(load_rtmp_table(path))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

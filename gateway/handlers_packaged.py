@@ -4,6 +4,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from .access import DeliveryContext
+from .access_log import CACHE_RESULT
 from .packaging import PACKAGING
 from .products import product_for
 from .responses import serve_packaged
@@ -14,9 +15,15 @@ async def serve_packaged_request(request: web.Request, parsed: PackagedRequest, 
     packaging = request.app[PACKAGING]
     opened = await packaging.open(parsed.target, context.segment_duration_ms)
     product = product_for(parsed, opened, packaging, context)
+    async def body() -> bytes:
+        cache = packaging.responses  # checked in the same loop step as the lookup itself: no race
+        hit = cache.capacity > 0 and opened.cache_key(product.key) in cache
+        request[CACHE_RESULT] = "hit" if hit else ("miss" if cache.capacity > 0 else "bypass")
+        return await packaging.packaged(opened, product.key, product.build)
+
     return await serve_packaged(
         request,
-        lambda: packaging.packaged(opened, product.key, product.build),
+        body,
         content_type=product.content_type,
         etag=opened.etag(product.key),
         last_modified=opened.last_modified,

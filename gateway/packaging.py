@@ -98,6 +98,7 @@ class Packaging:
         self.stats = StatCache(settings.stat_cache_seconds)
         self.metadata = MetadataCache(settings.metadata_cache_entries, settings.media_set_cache_entries)
         self.responses = ByteLRU(settings.segment_cache_bytes)
+        self.observe_stage: Callable[[str, int], None] = ignore_stage  # (stage, ns): gateway/metrics.py sets it
 
     async def run(self, fn: Callable[..., T], *args) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -118,19 +119,32 @@ class Packaging:
 
         async def load() -> MediaSet:
             presentations = await asyncio.gather(*(self.presentation(f) for f in files))
-            return await self.run(MediaSet, presentations, duration, target.is_url_set)
+            return await self.run(timed, self.observe_stage, "plan", MediaSet, presentations, duration,
+                                  target.is_url_set)
 
         return OpenedSet(files, await self.metadata.media_set(key, load))
 
     async def presentation(self, file: FileIdentity) -> Presentation:
         async def load() -> Presentation:
-            return await self.run(parse_presentation, self.store, file)
+            return await self.run(timed, self.observe_stage, "parse", parse_presentation, self.store, file)
 
         return await self.metadata.presentation(file.cache_key, load)
 
     async def packaged(self, opened: OpenedSet, request_key: Hashable, build: Callable[[], bytes]) -> bytes:
         """The response cache in front of a blocking ``build`` that runs in the executor."""
         return await self.responses.get_or_build(opened.cache_key(request_key), lambda: self.run(build))
+
+
+def ignore_stage(_stage: str, _elapsed_ns: int) -> None:
+    pass
+
+
+def timed(observe_stage: Callable[[str, int], None], stage: str, fn: Callable[..., T], *args) -> T:
+    """``fn(*args)``, its duration reported as ``stage`` when it returns (failures are not timed)."""
+    started = time.perf_counter_ns()
+    result = fn(*args)
+    observe_stage(stage, time.perf_counter_ns() - started)
+    return result
 
 
 def parse_presentation(store: Store, file: FileIdentity) -> Presentation:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from time import perf_counter_ns
 from typing import Callable, Hashable
 
 from packagers.dash import mpd as dash
@@ -23,7 +24,7 @@ from packagers.ts import TsMuxer
 
 from .access import DeliveryContext
 from .delivery import HLS_KEY_NAME, encrypt_segment
-from .packaging import OpenedSet, Packaging
+from .packaging import OpenedSet, Packaging, ignore_stage, timed
 from .store import FileIdentity, Store
 from .urls import (DashFragment, DashManifest, HdsFragment, HdsManifest, HlsKey, HlsMaster, HlsMediaPlaylist,
                    HlsSegment, InitSegment, MssFragment, MssManifest, PackagedRequest)
@@ -42,22 +43,30 @@ class Product:
 
 
 def build_segment(store: Store, file: FileIdentity, media_set: MediaSet, selection: Selection, index: int,
-                  mux: Callable) -> bytes:
+                  mux: Callable, observe_stage: Callable[[str, int], None] = ignore_stage) -> bytes:
     """Read one segment's samples with coalesced preads on one descriptor, then mux. Blocking."""
+    t0 = perf_counter_ns()
     tables, requests = media_set.segment_job(selection, index)
+    t1 = perf_counter_ns()
     with store.open(file) as reader:
         buffers = reader.read_scratch(requests)  # valid in this thread until its next read: muxers copy out
-        return mux(media_set.media_segment(selection, index, requests, buffers, tables))
+        t2 = perf_counter_ns()
+        body = mux(media_set.media_segment(selection, index, requests, buffers, tables))
+    t3 = perf_counter_ns()
+    for stage, elapsed in (("plan", t1 - t0), ("read", t2 - t1), ("mux", t3 - t2)):
+        observe_stage(stage, elapsed)
+    return body
 
 
 def _segment(packaging: Packaging, opened: OpenedSet, selection: Selection, index: int, mux: Callable) -> Callable:
     opened.media_set.plan(selection).check_index(index)  # 404 past the end, before the cache
     file = opened.files[selection.file_index]
-    return partial(build_segment, packaging.store, file, opened.media_set, selection, index, mux)
+    return partial(build_segment, packaging.store, file, opened.media_set, selection, index, mux,
+                   packaging.observe_stage)
 
 
-def _text(fn: Callable[..., str], *args) -> Callable[[], bytes]:
-    return lambda: fn(*args).encode()
+def _text(packaging: Packaging, fn: Callable[..., str], *args) -> Callable[[], bytes]:
+    return lambda: timed(packaging.observe_stage, "manifest", fn, *args).encode()
 
 
 def _fmp4_type(selection: Selection) -> str:
@@ -78,12 +87,12 @@ def product_for(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging
     if isinstance(parsed, (HlsMaster, HlsMediaPlaylist)):
         container = choose_container(media_set, context.hls_container)
         if isinstance(parsed, HlsMaster):
-            build = _text(build_master_playlist, media_set, container)
+            build = _text(packaging, build_master_playlist, media_set, container)
             return Product(("hls", "master", container), build, M3U8_TYPE, manifest_age)
         selection = media_set.resolve(parsed.spec)
         extension = "ts" if container == "ts" else "m4s"
         key_uri = HLS_KEY_NAME if aes_key is not None else None
-        build = _text(build_media_playlist, media_set, selection, extension, container, key_uri)
+        build = _text(packaging, build_media_playlist, media_set, selection, extension, container, key_uri)
         return Product(("hls", "index", selection.spec.suffix(), container, *aes), build, M3U8_TYPE, manifest_age)
     if isinstance(parsed, HlsSegment):
         selection = media_set.resolve(parsed.spec)
@@ -107,7 +116,8 @@ def product_for(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging
         return Product(("init", selection.spec.suffix()), build, _fmp4_type(selection), segment_age)
 
     if isinstance(parsed, DashManifest):
-        return Product(("dash", "manifest"), _text(dash.build_mpd, media_set), dash.MPD_CONTENT_TYPE, manifest_age)
+        return Product(("dash", "manifest"),
+                       _text(packaging, dash.build_mpd, media_set), dash.MPD_CONTENT_TYPE, manifest_age)
     if isinstance(parsed, DashFragment):
         selection = media_set.resolve(parsed.spec)
         if len(selection.tracks) != 1:
@@ -119,7 +129,8 @@ def product_for(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging
                        segment_age)
 
     if isinstance(parsed, MssManifest):
-        return Product(("mss", "manifest"), _text(build_smooth_manifest, media_set), MSS_MANIFEST_TYPE, manifest_age)
+        return Product(("mss", "manifest"),
+                       _text(packaging, build_smooth_manifest, media_set), MSS_MANIFEST_TYPE, manifest_age)
     if isinstance(parsed, MssFragment):
         selection, index = locate_fragment(media_set, parsed.stream, parsed.bitrate, parsed.start)
         # moof (with tfxd) + mdat, no styp: Smooth clients build the init segment from the manifest
@@ -128,7 +139,8 @@ def product_for(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging
         return Product(cache_key, _segment(packaging, opened, selection, index, mux), _fmp4_type(selection), segment_age)
 
     if isinstance(parsed, HdsManifest):
-        return Product(("hds", "manifest"), _text(build_f4m, media_set), MANIFEST_CONTENT_TYPE, manifest_age)
+        return Product(("hds", "manifest"),
+                       _text(packaging, build_f4m, media_set), MANIFEST_CONTENT_TYPE, manifest_age)
     if isinstance(parsed, HdsFragment):
         selection = media_set.resolve(parsed.spec)
         mux = fragment_muxer(media_set, selection).build  # one timeline for every rendition of the set

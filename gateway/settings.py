@@ -8,6 +8,7 @@ from pathlib import Path
 from aiohttp import web
 
 HLS_CONTAINERS = ("auto", "ts", "fmp4", "mpegts")  # auto: fMP4 for HEVC (Apple requires it), MPEG-TS otherwise
+ACCESS_LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -26,10 +27,13 @@ class Settings:
     stat_cache_seconds: float = 1.0  # reuse a file's stat this long: cache hits skip a thread hop; 0 = stat always
     io_threads: int = 16  # executor for stat/pread/parse/mux: an NFS stall blocks a thread, never the event loop
     max_url_set_files: int = 32
-    access_log: bool = True  # one INFO line per request on the "aiohttp.access" logger
+    access_log: bool = True  # one INFO line per request on the "gateway.access" logger (gateway/access_log.py)
+    access_log_format: str = "text"  # text | json (one JSON object per line)
     catalog: Path | None = None  # partners and entries; default <store>/.catalog (never served: hidden name)
     catalog_ttl: float = 1.0  # re-check catalog files at most this often: edits reach every node within it
     signed_url_ttl: int = 6 * 3600  # lifetime of the signed URLs playManifest issues for secured entries
+    ready_timeout: float = 2.0  # /ready answers 503 when the store check takes longer (a hung NFS mount)
+    ready_file: str | None = None  # store-relative file /ready also reads: proves data reads, not cached metadata
 
     def __post_init__(self) -> None:
         if self.segment_duration_ms <= 0:
@@ -46,6 +50,10 @@ class Settings:
             raise ValueError("catalog_ttl must be >= 0 and signed_url_ttl >= 1")
         if self.io_threads < 1:
             raise ValueError("io_threads must be >= 1")
+        if self.access_log_format not in ACCESS_LOG_FORMATS:
+            raise ValueError(f"access log format {self.access_log_format!r} is not one of {ACCESS_LOG_FORMATS}")
+        if self.ready_timeout <= 0:
+            raise ValueError("ready_timeout must be > 0 seconds")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port {self.port} out of range")
 

@@ -58,3 +58,6 @@ async def status(client: TestClient) -> dict:
     response = await client.get("/status")
     assert response.status == 200
     return await response.json()
+
+
+from .processes import gateways  # noqa: E402,F401  (fixture: real `gateway serve` processes)
