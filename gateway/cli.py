@@ -11,7 +11,6 @@ import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
-from urllib.parse import quote
 
 from . import __version__
 from .cli_catalog import add_catalog_commands
@@ -30,7 +29,8 @@ DEMO_PATHS = (
     ("HEVC (HLS with fMP4)", "/hls/hevc.mp4/master.m3u8"),
     ("audio only", "/hls/audio_only.mp4/master.m3u8"),
     ("progressive MP4", "/mp4/title_360p.mp4"),
-    ("counters", "/status"),
+    ("counters (JSON)", "/status"),
+    ("Prometheus metrics", "/metrics"),
 )
 
 
@@ -170,12 +170,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         width = max(len(label) for label, _ in DEMO_PATHS)
         lines = [f"gateway {__version__}: serving {store}/ on {base}/", ""]
         lines += [f"  {label:<{width}}  {base}{path}" for label, path in DEMO_PATHS]
-        first = base + DEMO_PATHS[0][1]
         lines += [
             "",
-            "Play a master playlist in Safari, with `ffplay URL`, or in hls.js:",
-            f"  https://hlsjs.video-dev.org/demo/?src={quote(first, safe='')}",
-            "Ctrl-C stops the server.",
+            f"Open {base}/ for the status page and its built-in hls.js/dash.js player (no CDN), or play any URL",
+            "above with `ffplay URL` or in Safari. Ctrl-C stops the server.",
         ]
         print("\n".join(lines), flush=True)
 
