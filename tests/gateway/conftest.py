@@ -60,4 +60,4 @@ async def status(client: TestClient) -> dict:
     return await response.json()
 
 
-from .processes import gateways  # noqa: E402,F401  (fixture: real `gateway serve` processes)
+from .processes import gateways  # noqa: E402,F401  (a fixture: real `gateway serve` processes)

@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 from .processes import BIG_FILE_MB, HANG_GUARD, Gateway, gateway_command, get, refused, wait_until
+from tests.e2e.conftest import free_port
 
 
 def answering_pids(gw: Gateway, needed: set[int], attempts: int = 400) -> set[int]:
@@ -228,12 +229,6 @@ def rtmp_listener_owners(port: int, pids: set[int]) -> set[int]:
             if target.startswith("socket:[") and target[8:-1] in inodes:
                 owners.add(pid)
     return owners
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_rtmp_ingest_runs_in_exactly_one_worker(gateways, store):

@@ -26,6 +26,7 @@ import pytest
 
 from fixtures.generate import fixture_path
 from gateway.nginx_config import NginxConfig, render
+from tests.e2e.conftest import free_port
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
@@ -39,12 +40,6 @@ SECURE_FILE = "secure/title_180p.mp4"  # a copy: the flavors of a secured entry 
 if not os.access(NGINX, os.X_OK):
     pytest.skip(f"nginx is not installed ({NGINX}); scripts/install-test-deps.sh installs it",
                 allow_module_level=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _accepts(port: int) -> bool:
