@@ -95,6 +95,22 @@ def _server_options(p: argparse.ArgumentParser, default_port: int) -> None:
                    help=f"default {d.segment_cache_mb:g}; 0 disables it")
     p.add_argument("--metadata-cache-entries", type=int, default=None, metavar="N",
                    help=f"default {d.metadata_cache_entries}")
+    p.add_argument("--metadata-cache-mb", type=float, default=None, metavar="N",
+                   help=f"parsed moov boxes and plans, weighed by their real size (default {d.metadata_cache_mb:g})")
+    p.add_argument("--max-frame-count", type=int, default=None, metavar="N",
+                   help=f"frames one file may describe, all tracks (default {d.max_frame_count}; nginx-vod's "
+                        "vod_max_frame_count)")
+    p.add_argument("--segment-max-frame-count", type=int, default=None, metavar="N",
+                   help=f"frames one segment may carry (default {d.segment_max_frame_count})")
+    p.add_argument("--header-timeout", type=float, default=None, metavar="SECONDS",
+                   help=f"time a client has to send its request line and headers (default {d.header_timeout:g})")
+    p.add_argument("--keepalive-timeout", type=float, default=None, metavar="SECONDS",
+                   help=f"idle kept-alive connections are closed after this (default {d.keepalive_timeout:g})")
+    p.add_argument("--max-connections", type=int, default=None, metavar="N",
+                   help="connections per worker; when full the oldest idle one is closed (default 0 = auto: "
+                        "from the open-file limit)")
+    p.add_argument("--max-connections-per-address", type=int, default=None, metavar="N",
+                   help="connections per client address and worker (default 0 = no cap; keep 0 behind nginx)")
     p.add_argument("--segment-max-age", type=int, default=None, metavar="SECONDS", help=f"default {d.segment_max_age}")
     p.add_argument("--manifest-max-age", type=int, default=None, metavar="SECONDS",
                    help=f"default {d.manifest_max_age}")
@@ -119,7 +135,9 @@ def _server_options(p: argparse.ArgumentParser, default_port: int) -> None:
                         "(default auto)")
 
 
-_FLAG_KEYS = ("store", "host", "port", "rtmp_port", "segment_cache_mb", "metadata_cache_entries", "segment_max_age",
+_FLAG_KEYS = ("store", "host", "port", "rtmp_port", "segment_cache_mb", "metadata_cache_entries", "metadata_cache_mb",
+              "max_frame_count", "segment_max_frame_count", "header_timeout", "keepalive_timeout", "max_connections",
+              "max_connections_per_address", "segment_max_age",
               "manifest_max_age", "not_found_max_age", "stat_cache_seconds", "io_threads", "access_log",
               "access_log_format", "catalog", "catalog_ttl", "signed_url_ttl", "hls_container", "workers",
               "shutdown_grace", "drain_delay", "log_level")

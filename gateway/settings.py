@@ -20,6 +20,13 @@ class Settings:
     segment_cache_mb: float = 256  # response cache (segments and playlists) bounded in bytes; 0 disables it
     metadata_cache_entries: int = 1024  # parsed moov boxes (Presentation objects)
     media_set_cache_entries: int = 256  # MediaSet objects (plans); a url set is one entry
+    metadata_cache_mb: float = 256  # parsed presentations and plans weighed by their arrays' real size
+    max_frame_count: int = 1 << 20  # frames (samples, all tracks) one file may describe: nginx-vod's vod_max_frame_count
+    segment_max_frame_count: int = 1 << 16  # frames one segment may carry: nginx-vod's vod_segment_max_frame_count
+    header_timeout: float = 10.0  # seconds a client has to send a request's line and headers (slowloris)
+    keepalive_timeout: float = 75.0  # seconds an idle kept-alive connection stays open
+    max_connections: int = 0  # per worker; when full the oldest idle connection is closed. 0 = auto from RLIMIT_NOFILE
+    max_connections_per_address: int = 0  # per client address and worker; 0 = no cap (behind nginx all share one)
     hls_container: str = "auto"
     segment_max_age: int = 86400  # Cache-Control max-age of segments: immutable for a given file identity
     manifest_max_age: int = 3600  # playlists: shorter, so a replaced file reaches players within the hour
@@ -42,6 +49,14 @@ class Settings:
             raise ValueError(f"segment cache size must be >= 0 MB, got {self.segment_cache_mb}")
         if self.metadata_cache_entries < 1 or self.media_set_cache_entries < 1:
             raise ValueError("metadata caches need at least one entry")
+        if self.metadata_cache_mb <= 0:
+            raise ValueError(f"metadata cache size must be > 0 MB, got {self.metadata_cache_mb}")
+        if self.max_frame_count < 1 or self.segment_max_frame_count < 1:
+            raise ValueError("max_frame_count and segment_max_frame_count must be >= 1")
+        if self.header_timeout <= 0 or self.keepalive_timeout <= 0:
+            raise ValueError("header_timeout and keepalive_timeout must be > 0 seconds")
+        if self.max_connections < 0 or self.max_connections_per_address < 0:
+            raise ValueError("max_connections and max_connections_per_address must be >= 0")
         if self.hls_container not in HLS_CONTAINERS:
             raise ValueError(f"HLS container {self.hls_container!r} is not one of {HLS_CONTAINERS}")
         if self.stat_cache_seconds < 0:
@@ -60,6 +75,10 @@ class Settings:
     @property
     def segment_cache_bytes(self) -> int:
         return int(self.segment_cache_mb * 1024 * 1024)
+
+    @property
+    def metadata_cache_bytes(self) -> int:
+        return int(self.metadata_cache_mb * 1024 * 1024)
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)
