@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import time
 from collections import OrderedDict
 from concurrent.futures import Executor
@@ -16,6 +17,7 @@ from typing import Callable, Hashable, TypeVar
 
 from aiohttp import web
 
+from packagers.limits import Limits
 from packagers.media_set import MediaSet
 from packagers.model import Presentation
 from packagers.mp4 import read_presentation
@@ -95,8 +97,10 @@ class Packaging:
         self.settings = settings
         self.executor = executor
         self.store = Store(settings.store)
+        self.limits = limits_from(settings)
         self.stats = StatCache(settings.stat_cache_seconds)
-        self.metadata = MetadataCache(settings.metadata_cache_entries, settings.media_set_cache_entries)
+        self.metadata = MetadataCache(settings.metadata_cache_entries, settings.media_set_cache_entries,
+                                      settings.metadata_cache_bytes)
         self.responses = ByteLRU(settings.segment_cache_bytes)
         self.observe_stage: Callable[[str, int], None] = ignore_stage  # (stage, ns): gateway/metrics.py sets it
 
@@ -120,13 +124,14 @@ class Packaging:
         async def load() -> MediaSet:
             presentations = await asyncio.gather(*(self.presentation(f) for f in files))
             return await self.run(timed, self.observe_stage, "plan", MediaSet, presentations, duration,
-                                  target.is_url_set)
+                                  target.is_url_set, self.limits)
 
         return OpenedSet(files, await self.metadata.media_set(key, load))
 
     async def presentation(self, file: FileIdentity) -> Presentation:
         async def load() -> Presentation:
-            return await self.run(timed, self.observe_stage, "parse", parse_presentation, self.store, file)
+            return await self.run(timed, self.observe_stage, "parse", parse_presentation, self.store, file,
+                                  self.limits)
 
         return await self.metadata.presentation(file.cache_key, load)
 
@@ -147,10 +152,18 @@ def timed(observe_stage: Callable[[str, int], None], stage: str, fn: Callable[..
     return result
 
 
-def parse_presentation(store: Store, file: FileIdentity) -> Presentation:
-    """Read the moov of one file (box headers and moov only). Blocking."""
+def limits_from(settings: Settings) -> Limits:
+    """The packaging core's limits from the server settings (the rest keep packagers.limits' defaults)."""
+    return Limits(max_frame_count=settings.max_frame_count, segment_max_frame_count=settings.segment_max_frame_count)
+
+
+def parse_presentation(store: Store, file: FileIdentity, limits: Limits | None = None) -> Presentation:
+    """Read the moov of one file (box headers and moov only). Blocking. The allocated size of the open file bounds
+    the sample bytes it may claim (a sparse file cannot promise bytes it does not hold)."""
     with store.open(file) as reader:
-        return read_presentation(reader.pread, file.size, file.path)
+        allocated = os.fstat(reader.fd).st_blocks * 512
+        return read_presentation(reader.pread, file.size, file.path, limits=limits or Limits(),
+                                 allocated_bytes=allocated)
 
 
 PACKAGING = web.AppKey("packaging", Packaging)

@@ -11,7 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import ErrorCode, PackagerError, bad_request, not_found
+from .errors import ErrorCode, PackagerError, bad_data, bad_request, not_found
+from .limits import DEFAULT_LIMITS, Limits
 from .media_data import MediaSegment, ReadRequest, TrackSegment, gather_runs, plan_reads
 from .model import Presentation, SampleTable, Track
 from .naming import TrackSpec
@@ -37,13 +38,16 @@ class MediaSet:
         presentations: Sequence[Presentation],
         segment_duration_ms: int = DEFAULT_SEGMENT_DURATION_MS,
         is_url_set: bool | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ):
         if not presentations:
             raise PackagerError(ErrorCode.NO_STREAMS, "MediaSet: no presentation")
         self.presentations = tuple(presentations)
         self.is_url_set = len(self.presentations) > 1 if is_url_set is None else is_url_set
         self.segment_duration_ms = segment_duration_ms
-        self.plans: tuple[SegmentPlan, ...] = build_shared_plans(self.presentations, segment_duration_ms)
+        self.limits = limits
+        # build_shared_plans is the sanity check all manifests share (durations, segment lengths and frames)
+        self.plans: tuple[SegmentPlan, ...] = build_shared_plans(self.presentations, segment_duration_ms, limits)
         self._ranges: dict[int, np.ndarray] = {}
 
     @property
@@ -139,4 +143,12 @@ class MediaSet:
             times = track.presentation_pts()
             end = track.duration
         bounds = np.append(times, end)[ranges]
-        return bounds[:-1].astype(np.int64), np.diff(bounds).astype(np.int64)
+        durations = np.diff(bounds).astype(np.int64)
+        # A track's own segment spans (DASH S@d, MSS chunk d) must be as sane as the plan's; segments where the
+        # track has no sample keep their 0.
+        spans = durations[np.diff(ranges) > 0]
+        low, high = self.limits.min_segment_seconds, self.limits.max_segment_seconds
+        if len(spans) and (spans.min() < low * track.timescale or spans.max() > high * track.timescale):
+            raise bad_data(f"MediaSet.segment_times: a segment of track {track.track_id} lasts {spans.min()} or "
+                           f"{spans.max()} ticks (timescale {track.timescale}) in {track.source or 'presentation'}")
+        return bounds[:-1].astype(np.int64), durations

@@ -7,6 +7,13 @@ switching). A GOP longer than the target makes a longer segment; there are never
 cut on the grid at audio frame boundaries.
 
 All boundary times are integers in the plan's timescale (the driving track's own, so key-frame times are exact).
+
+``build_plan`` is also the one sanity check every manifest writer relies on (HLS EXTINF and TARGETDURATION, DASH
+durations, MSS chunks, HDS fragments all come from a plan): a presentation of zero duration, a grid of more than
+``Limits.max_segments`` entries (checked before it is allocated), a segment shorter than
+``Limits.min_segment_seconds`` (1 ms) or longer than ``Limits.max_segment_seconds``, or one holding more than
+``Limits.segment_max_frame_count`` frames is BAD_DATA. ``MediaSet.segment_times`` holds each track's own segment
+spans (DASH S@d, MSS chunks) to the same range.
 """
 from __future__ import annotations
 
@@ -15,7 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import ErrorCode, PackagerError, not_found
+from .errors import ErrorCode, PackagerError, bad_data, not_found
+from .limits import DEFAULT_LIMITS, Limits
 from .model import Presentation, Track
 
 DEFAULT_SEGMENT_DURATION_MS = 6000
@@ -79,34 +87,74 @@ class SegmentPlan:
         return out
 
 
-def build_plan(presentation: Presentation, segment_duration_ms: int = DEFAULT_SEGMENT_DURATION_MS) -> SegmentPlan:
-    """Key-frame-aligned boundaries for one presentation."""
+def build_plan(presentation: Presentation, segment_duration_ms: int = DEFAULT_SEGMENT_DURATION_MS,
+               limits: Limits = DEFAULT_LIMITS) -> SegmentPlan:
+    """Key-frame-aligned boundaries for one presentation, checked against ``limits`` (see the module docstring)."""
     if segment_duration_ms <= 0:
         raise PackagerError(ErrorCode.BAD_REQUEST, f"build_plan: segment duration {segment_duration_ms} ms must be > 0")
     driver = driving_track(presentation)
     ts = driver.timescale
+    where = presentation.source or "presentation"
+    check_tracks(presentation, limits, where)
     end = max(int(np.ceil(t.duration * ts / t.timescale)) for t in presentation.tracks if len(t.samples))
+    target = max(1, segment_duration_ms * ts // 1000)
+    segments = (end - 1) // target + 1  # the grid's size, before it exists
+    if segments > limits.max_segments:
+        raise bad_data(f"build_plan: {segments} segments are more than {limits.max_segments} in {where}")
     sync = sync_times(driver)
     sync = sync[(sync > 0) & (sync < end)]
-    target = segment_duration_ms * ts // 1000
-    grid = np.arange(target, end, max(1, target), dtype=np.int64)
+    grid = np.arange(target, end, target, dtype=np.int64)
     pos = np.searchsorted(sync, grid, side="left")
     inner = np.unique(sync[pos[pos < len(sync)]])
     plan = SegmentPlan(ts, np.concatenate(([0], inner, [end])).astype(np.int64))
-    return _drop_empty(plan, presentation.tracks)
+    plan, frames = _drop_empty(plan, presentation.tracks)
+    check_plan(plan, frames, limits, where)
+    return plan
 
 
-def _drop_empty(plan: SegmentPlan, tracks: Sequence[Track]) -> SegmentPlan:
-    """Merge away segments in which no track has a sample (e.g. a grid point after the last audio frame)."""
-    has_samples = np.zeros(plan.count, dtype=bool)
+def check_tracks(presentation: Presentation, limits: Limits, where: str) -> None:
+    """Every track with samples lasts more than 0 and at most ``max_duration_seconds`` (edit lists and composition
+    offsets can move a sane stts out of range)."""
+    for track in presentation.tracks:
+        if not len(track.samples):
+            continue
+        if track.duration <= 0:
+            raise bad_data(f"check_tracks: track {track.track_id} has samples but no duration in {where}")
+        if track.duration / track.timescale > limits.max_duration_seconds:
+            raise bad_data(f"check_tracks: track {track.track_id} lasts {track.duration_seconds:.0f} s, more than "
+                           f"{limits.max_duration_seconds:.0f} s in {where}")
+
+
+def _drop_empty(plan: SegmentPlan, tracks: Sequence[Track]) -> tuple[SegmentPlan, np.ndarray]:
+    """Merge away segments in which no track has a sample (e.g. a grid point after the last audio frame); also the
+    frames of all tracks in each segment of the plan returned."""
+    frames = np.zeros(plan.count, dtype=np.int64)
     for track in tracks:
-        has_samples |= np.diff(plan.sample_ranges(track)) > 0
+        frames += np.diff(plan.sample_ranges(track))
+    has_samples = frames > 0
     if has_samples.all() or not has_samples.any():
-        return plan
+        return plan, frames
     keep = np.flatnonzero(has_samples)
     # Keep the starts of non-empty segments; the first segment always starts at 0 and the end stays the end.
     bounds = np.concatenate(([0], plan.boundaries[keep[1:]], [plan.boundaries[-1]]))
-    return SegmentPlan(plan.timescale, bounds.astype(np.int64))
+    # a merged segment gets only empty ones, so its frames are the non-empty segment's
+    return SegmentPlan(plan.timescale, bounds.astype(np.int64)), frames[keep]
+
+
+def check_plan(plan: SegmentPlan, frames: np.ndarray, limits: Limits, where: str) -> None:
+    """The sanity every manifest writer relies on: segments of positive duration, none longer than the limit, none
+    with more frames than the limit."""
+    lengths = np.diff(plan.boundaries)
+    if plan.count < 1 or int(lengths.min()) < limits.min_segment_seconds * plan.timescale:
+        raise bad_data(f"check_plan: a segment of {int(lengths.min()) if plan.count else 0} ticks (timescale "
+                       f"{plan.timescale}) is shorter than {limits.min_segment_seconds} s in {where}")
+    longest = int(lengths.max())
+    if longest > limits.max_segment_seconds * plan.timescale:
+        raise bad_data(f"check_plan: a segment of {longest / plan.timescale:.0f} s is longer than "
+                       f"{limits.max_segment_seconds:.0f} s in {where}")
+    if len(frames) and int(frames.max()) > limits.segment_max_frame_count:
+        raise bad_data(f"check_plan: segment {int(frames.argmax()) + 1} has {int(frames.max())} frames, more than "
+                       f"{limits.segment_max_frame_count} in {where}")
 
 
 def aligned(plan: SegmentPlan, presentation: Presentation) -> bool:
@@ -124,9 +172,15 @@ def aligned(plan: SegmentPlan, presentation: Presentation) -> bool:
     return bool((nearest <= tol).all())
 
 
-def build_shared_plans(presentations: Sequence[Presentation], segment_duration_ms: int) -> tuple[SegmentPlan, ...]:
-    """One plan per presentation; the same plan object for all when their key frames align (seamless ABR)."""
-    first = build_plan(presentations[0], segment_duration_ms)
+def build_shared_plans(presentations: Sequence[Presentation], segment_duration_ms: int,
+                       limits: Limits = DEFAULT_LIMITS) -> tuple[SegmentPlan, ...]:
+    """One plan per presentation; the same plan object for all when their key frames align (seamless ABR). A shared
+    plan is checked against every presentation, since each has its own samples in its segments."""
+    first = build_plan(presentations[0], segment_duration_ms, limits)
     if all(aligned(first, p) for p in presentations[1:]):
+        for p in presentations[1:]:
+            check_tracks(p, limits, p.source or "presentation")
+            _, frames = _drop_empty(first, p.tracks)
+            check_plan(first, frames, limits, p.source or "presentation")
         return (first,) * len(presentations)
-    return (first,) + tuple(build_plan(p, segment_duration_ms) for p in presentations[1:])
+    return (first,) + tuple(build_plan(p, segment_duration_ms, limits) for p in presentations[1:])

@@ -75,6 +75,9 @@ def adts_constant(config: AudioSpecificConfig) -> int:
         raise PackagerError(
             ErrorCode.UNSUPPORTED, f"adts_constant: AAC object type {config.object_type} has no ADTS profile"
         )
+    if config.channel_configuration > 7:  # 4 bits in an AudioSpecificConfig, 3 in an ADTS header
+        raise PackagerError(ErrorCode.UNSUPPORTED, f"adts_constant: channelConfiguration "
+                            f"{config.channel_configuration} does not fit an ADTS header")
     return (
         (0xFFF1 << 40)  # syncword, ID 0 (MPEG-4), layer 00, protection_absent 1
         | ((config.object_type - 1) << 38)  # profile_ObjectType

@@ -17,6 +17,9 @@ import numpy as np
 from ..errors import bad_data
 
 START_CODE = b"\x00\x00\x00\x01"
+# Muxers repeat the decoder configuration before every key frame (TS parameter sets, HDS sequence headers), so its
+# size multiplies with the frames of a segment. Real encoders write a few hundred bytes; more than this is bad data.
+MAX_PARAMETER_SET_BYTES = 16 * 1024
 
 # NAL unit types (H.264 Table 7-1, H.265 Table 7-1)
 H264_SPS, H264_PPS, H264_AUD = 7, 8, 9

@@ -99,7 +99,7 @@ def representation(media_set: MediaSet, selection: Selection) -> Representation:
     starts, durations, decode_durations = starts[:keep], durations[:keep], decode_durations[:keep]
     counts, sizes = counts[:keep], sizes[:keep]
     span = np.maximum(np.minimum(durations, decode_durations), 1)  # the shorter span gives the higher rate
-    rate = fragment_size_bound(sizes, counts) * 8 * track.timescale / span
+    rate = fragment_size_bound(sizes, counts).astype(np.float64) * 8 * track.timescale / span  # no int64 overflow
     peak = int(math.ceil(float(rate[counts > 0].max()))) if keep else 0
     pto = presentation_time_offset(track)
     return Representation(selection, starts + pto, durations, pto, peak)

@@ -68,15 +68,21 @@ def esds(track: Track) -> bytes:
     if not asc:
         raise bad_data(f"esds: AAC track {track.track_id} of {track.source or 'media'} has no AudioSpecificConfig")
     sizes = track.samples.sizes
+    largest = int(sizes.max()) if len(sizes) else 0
+    if largest > 0xFFFFFF:
+        raise bad_data(f"esds: AAC frame of {largest} bytes in track {track.track_id} of {track.source or 'media'} "
+                       "does not fit bufferSizeDB (24 bits)")
     peak = 0
     if len(sizes):
         # maxBitrate (14496-1 §7.2.6.6, bits in any one-second window): bounded by two adjacent one-second bins.
-        seconds = (track.samples.dts - track.samples.dts[0]) // track.timescale
-        bins = np.bincount(seconds, weights=sizes, minlength=2)
-        peak = int((bins[1:] + bins[:-1]).max()) * 8
+        # Bins of the seconds that have samples only: a lying stts must not size an array by its time span.
+        seconds, which = np.unique((track.samples.dts - track.samples.dts[0]) // track.timescale, return_inverse=True)
+        bins = np.bincount(which, weights=sizes)
+        pairs = bins[:-1] + np.where(np.diff(seconds) == 1, bins[1:], 0)
+        peak = int(max(bins.max(), pairs.max(initial=0))) * 8
     decoder_config = (
         bytes([0x40, 0x05 << 2 | 1])  # objectTypeIndication: MPEG-4 audio; streamType 5 (audio), reserved 1
-        + (int(sizes.max()) if len(sizes) else 0).to_bytes(3, "big")  # bufferSizeDB
+        + largest.to_bytes(3, "big")  # bufferSizeDB
         + U32(min(peak, 0xFFFFFFFF)) + U32(min(track.average_bitrate, 0xFFFFFFFF))
         + _descriptor(0x05, asc)
     )  # fmt: skip
@@ -111,6 +117,9 @@ def audio_sample_entry(track: Track) -> bytes:
     codec = track.codec
     if codec.fourcc != "mp4a":
         raise PackagerError(ErrorCode.UNSUPPORTED, f"audio_sample_entry: no fMP4 sample entry for '{codec.fourcc}'")
+    if not 0 <= codec.channels <= 0xFFFF:  # a QuickTime v2 sound description has 32 bits for it, we write 16
+        raise bad_data(f"audio_sample_entry: {codec.channels} channels in track {track.track_id} of "
+                       f"{track.source or 'media'}")
     rate = codec.sample_rate if codec.sample_rate < 0x10000 else 0
     fields = bytes(6) + U16(1) + bytes(8) + U16(codec.channels or 2) + U16(16) + bytes(4) + U32(rate << 16)
     return box(b"mp4a", fields, esds(track))

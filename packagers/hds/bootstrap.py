@@ -214,6 +214,10 @@ def bootstrap_info(media_set: MediaSet, selection: Selection) -> BootstrapInfo:
     starts, durations, end = fragment_times(media_set, selection)
     if (durations < 0).any():
         raise bad_data(f"bootstrap_info: fragment times of {selection.source} go backwards")
+    # afrt stores FirstFragmentTimestamp in 64 bits and FragmentDuration in 32 (F.3.3): ms beyond them are bad data
+    if len(starts) and (int(starts.min()) < 0 or int(durations.max()) > 0xFFFFFFFF or end >= 1 << 63):
+        raise bad_data(f"bootstrap_info: fragment times of {selection.source} do not fit the afrt fields "
+                       f"(longest {int(durations.max())} ms)")
     entries = fragment_run_entries(starts, durations)
     entries.append(FragmentRunEntry(0, 0, 0, END_OF_PRESENTATION))
     return BootstrapInfo(

@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..bitstream.annexb import MAX_PARAMETER_SET_BYTES
 from ..errors import ErrorCode, PackagerError, bad_data, bad_request
 from ..media_data import MediaSegment, TrackSegment
 from ..media_set import MediaSet, Selection
@@ -72,6 +73,9 @@ class HdsMuxer:
         for t in tracks:
             if not t.codec.extradata:
                 raise bad_data(f"HdsMuxer: {t.kind} track {t.track_id} of {t.source} has no decoder configuration")
+            if len(t.codec.extradata) > MAX_PARAMETER_SET_BYTES:  # a sequence header tag goes before every key frame
+                raise bad_data(f"HdsMuxer: {len(t.codec.extradata)} bytes of decoder configuration in {t.kind} track "
+                               f"{t.track_id} of {t.source}")
         self.tracks: tuple[Track, ...] = tuple(videos + audios)
         needed = timeline.timestamp_offset_ms(self.tracks)
         self.offset = needed if timestamp_offset_ms is None else int(timestamp_offset_ms)

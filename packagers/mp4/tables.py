@@ -21,8 +21,8 @@ from ..errors import bad_data
 from ..model import SampleTable
 from .boxes import Box, Fields
 
-# A ceiling on the samples of one track: 2**24 is 77 hours of 60 fps video or 97 hours of 48 kHz AAC. Without it a
-# uniform-size stsz (no per-sample bytes to check a count against) could make us allocate gigabytes.
+# A hard ceiling on the samples of one track, whatever the Limits: sample numbers must fit stss/ctts's uint32 runs and
+# int64 sums. The real budget is ``Limits.max_frame_count``, checked by the demuxer before a table is expanded.
 MAX_SAMPLES = 1 << 24
 _MAX_OFFSET = 1 << 62  # chunk offsets above this cannot be in any file, and would overflow int64 arithmetic
 
@@ -110,6 +110,31 @@ def parse_stss(buf: bytes, box: Box, where: str) -> np.ndarray:
     return f.array(">u4", f.u32(), "entry")
 
 
+def run_total(counts: np.ndarray, values: np.ndarray) -> float:
+    """sum(count x value) of (count, value) runs, from the runs (float64: a limit check needs no exact ticks)."""
+    return float(counts.astype(np.float64) @ values.astype(np.float64))
+
+
+def check_chunk_overlap(chunk_spans: list, where: str) -> None:
+    """Sample data of the file's tracks may not share bytes: sort all chunks by start and require each to end by the
+    next one's start (real muxers write disjoint chunks; shared bytes would let a small file make huge segments)."""
+    if not chunk_spans:
+        return
+    starts = np.concatenate([s for s, _ in chunk_spans])
+    ends = np.concatenate([e for _, e in chunk_spans])
+    full = ends > starts  # chunks of zero bytes share nothing
+    starts, ends = starts[full], ends[full]
+    if len(starts) < 2:
+        return
+    order = np.argsort(starts, kind="stable")
+    starts, ends = starts[order], ends[order]
+    bad = np.flatnonzero(ends[:-1] > starts[1:])
+    if len(bad):
+        i = int(bad[0])
+        raise bad_data(f"check_chunk_overlap: sample data at {starts[i]}..{ends[i]} overlaps data at {starts[i + 1]} "
+                       f"({len(bad)} overlapping chunks) in {where}")
+
+
 def _expand_runs(counts: np.ndarray, values: np.ndarray, n: int, func: str, box: str, where: str) -> np.ndarray:
     total = int(counts.sum(dtype=np.uint64))
     if total != n:
@@ -129,9 +154,10 @@ def _exclusive_cumsum(values: np.ndarray, length: int) -> np.ndarray:
 
 
 def sample_offsets(sizes: np.ndarray, first_chunk: np.ndarray, samples_per_chunk: np.ndarray,
-                   chunk_offsets: np.ndarray, where: str) -> tuple[np.ndarray, int]:
+                   chunk_offsets: np.ndarray, where: str, chunk_spans: list | None = None) -> tuple[np.ndarray, int]:
     """File offset of every sample (int64) from stsc runs and chunk offsets, and where the sample data ends (the
-    furthest end of a chunk's samples)."""
+    furthest end of a chunk's samples). ``chunk_spans`` gets (starts, ends) of the chunks holding bytes, int64, so
+    that the demuxer can check that no two chunks of a file share bytes (within a chunk samples are contiguous)."""
     n, n_chunks = len(sizes), len(chunk_offsets)
     if n == 0:
         return np.zeros(0, dtype=np.int64), 0
@@ -157,7 +183,13 @@ def sample_offsets(sizes: np.ndarray, first_chunk: np.ndarray, samples_per_chunk
     chunk_end = np.cumsum(per_chunk)  # one past each chunk's last sample
     base = chunk_offsets.astype(np.int64)
     base -= csum[chunk_end - per_chunk]
-    data_end = int(np.where(per_chunk > 0, base + csum[chunk_end], 0).max())
+    ends = base + csum[chunk_end]
+    held = per_chunk > 0
+    every = bool(held.all())  # the usual case: skip copies (one chunk per sample makes these arrays n long)
+    data_end = int(ends.max() if every else np.where(held, ends, 0).max())
+    if chunk_spans is not None:
+        starts = chunk_offsets.view(np.int64) if chunk_offsets.dtype == np.uint64 else chunk_offsets.astype(np.int64)
+        chunk_spans.append((starts, ends) if every else (starts[held], ends[held]))
     offsets = np.repeat(base, per_chunk)
     offsets += csum[:-1]
     return offsets, data_end
@@ -165,8 +197,10 @@ def sample_offsets(sizes: np.ndarray, first_chunk: np.ndarray, samples_per_chunk
 
 def build_sample_table(stts: tuple[np.ndarray, np.ndarray], ctts: tuple[np.ndarray, np.ndarray] | None,
                        stsz: SampleSizes, stsc: tuple[np.ndarray, np.ndarray], chunk_offsets: np.ndarray,
-                       stss: np.ndarray | None, where: str, file_size: int | None = None) -> tuple[SampleTable, int]:
-    """Expand and cross-check the parsed boxes of one track. Sample data must end by ``file_size`` when given.
+                       stss: np.ndarray | None, where: str, file_size: int | None = None,
+                       chunk_spans: list | None = None) -> tuple[SampleTable, int]:
+    """Expand and cross-check the parsed boxes of one track. Sample data must end by ``file_size`` when given;
+    ``chunk_spans`` collects the byte spans of its chunks (see ``sample_offsets``).
 
     Returns the table and ``cts_shift``, what was added to every composition offset to make them all >= 0 (ctts
     version 1); the track's edit offset must grow by as much."""
@@ -175,7 +209,7 @@ def build_sample_table(stts: tuple[np.ndarray, np.ndarray], ctts: tuple[np.ndarr
         raise bad_data(f"build_sample_table: {n} samples of {stsz.uniform} bytes cannot fit the file in {where}")
     durations = _expand_runs(stts[0], stts[1], n, "parse_stts", "stts", where)
     sizes = stsz.expand()
-    offsets, data_end = sample_offsets(sizes, stsc[0], stsc[1], chunk_offsets, where)
+    offsets, data_end = sample_offsets(sizes, stsc[0], stsc[1], chunk_offsets, where, chunk_spans)
     if file_size is not None and data_end > file_size:
         raise bad_data(f"build_sample_table: sample data ends at {data_end}, past the end of the file ({file_size}) "
                        f"in {where}")

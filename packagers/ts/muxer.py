@@ -9,11 +9,12 @@ PTS and 5 stuffing bytes when DTS would equal PTS; when a PCR would not fit the 
 1 to 8 more PES header stuffing bytes (2.4.3.7 allows 32) push the PES over one more packet so that it does.
 
 Speed. No Python loop runs per byte or per TS packet. Each unit (sample) gets a prefix -- [adaptation field][PES
-header] when it starts a PES, then AUD [+ parameter sets] or its ADTS header -- as the right-aligned tail of a row
-of a 0xFF-filled matrix. The TS payload of the whole segment is one ``writelines`` of (prefix, sample) slices whose
-length is a multiple of 184 by construction; NAL length prefixes are overwritten there with start codes; the packet
-headers (sync byte, PUSI, PID, continuity_counter) are one uint32 column, and one strided copy lays the 184-byte
-rows behind them. Large intermediate buffers are reused per thread (``_Scratch``).
+header] when it starts a PES, then AUD or its ADTS header -- as the right-aligned tail of a row of a 0xFF-filled
+matrix (the parameter sets of key frames are joined behind it: in the matrix they would widen every row). The TS
+payload of the whole segment is one ``writelines`` of (prefix, sample) slices whose length is a multiple of 184 by
+construction; NAL length prefixes are overwritten there with start codes; the packet headers (sync byte, PUSI,
+PID, continuity_counter) are one uint32 column, and one strided copy lays the 184-byte rows behind them. Large
+intermediate buffers are reused per thread (``_Scratch``).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import numpy as np
 
 from ..bitstream import annexb
 from ..bitstream.adts import ADTS_HEADER_SIZE, adts_constant, parse_audio_specific_config
-from ..errors import ErrorCode, PackagerError, bad_request
+from ..errors import ErrorCode, PackagerError, bad_data, bad_request
 from ..media_data import MediaSegment, TrackSegment
 from ..model import Track
 from . import packets as p
@@ -73,6 +74,9 @@ class TsMuxer:
                 nls, sets = config.nal_length_size, tuple(config.parameter_sets)
                 if not sets and config.extradata:
                     nls, sets = (annexb.parse_hvcc if codec == "hevc" else annexb.parse_avcc)(config.extradata)
+                if sum(len(ps) for ps in sets) > annexb.MAX_PARAMETER_SET_BYTES:
+                    raise bad_data(f"TsMuxer: {sum(len(ps) for ps in sets)} bytes of parameter sets in track "
+                                   f"{track.track_id} of {track.source or 'media'}")
                 aud = annexb.aud_for(codec)
                 prefixes = tuple(np.frombuffer(b, dtype=np.uint8) for b in (aud, aud + annexb.with_start_codes(sets)))
                 stream_type = p.STREAM_TYPE_HEVC if codec == "hevc" else p.STREAM_TYPE_H264
@@ -192,6 +196,9 @@ class TsMuxer:
             pes = np.concatenate([u.pes for u in units], axis=1)
             bodies = [b for u in units for b in u.bodies]
         n_units = len(unit_len)
+        # Parameter sets (before video key frames) stay out of the prefix matrix, whose every row is as wide as the
+        # longest prefix: a file may declare kilobytes of them. They are joined behind their row's tail instead.
+        ps_len = np.concatenate([_parameter_set_lengths(u) for u in units])
         pes = self._pes_layout(pes, unit_len, [u.pes.shape[1] for u in units])
         first, count, stuffing, af_len, n_packets, cc_first = (
             pes[r] for r in (FIRST, COUNT, STUFFING, AF, PACKETS, CC)
@@ -206,10 +213,12 @@ class TsMuxer:
         unit_prefix = prefix_len[unit_order]
         total_prefix = unit_prefix.copy()
         total_prefix[out_first] += af_len + PES_HEADER_SIZE + stuffing
-        width = int(total_prefix.max())
+        unit_ps = ps_len[unit_order]
+        in_matrix = total_prefix - unit_ps
+        width = int(in_matrix.max())
         m = np.full((n_units, width), 0xFF, dtype=np.uint8)
         flat = m.reshape(-1)
-        header_at = out_first * width + (width - PES_HEADER_SIZE) - stuffing - prefix_len[first]
+        header_at = out_first * width + (width - PES_HEADER_SIZE) - stuffing - (prefix_len - ps_len)[first]
         # The adaptation field head and the PES header of every PES, byte by byte from the table's first 7 rows.
         # Written in this order so that each write may spill into the next one's place: adaptation fields (8 bytes
         # even when shorter, the PES header overwrites the rest), PES headers, then the AUD/ADTS prefixes.
@@ -224,14 +233,19 @@ class TsMuxer:
             if u.adts is not None:
                 m[rows, width - ADTS_HEADER_SIZE :] = u.adts
                 continue
-            for blob, sel in zip(u.stream.prefixes, (~u.with_ps, u.with_ps)):
-                m[rows[sel], width - len(blob) :] = blob
+            aud = u.stream.prefixes[0]
+            m[rows, width - len(aud) :] = aud
 
         # -- the TS payload of every packet, back to back: (prefix, sample) for each unit in output order ---------
         mv = memoryview(flat)
         pieces: list = [None] * (2 * n_units)
         row_end = range(width, (n_units + 1) * width, width)
-        pieces[0::2] = [mv[e - n : e] for e, n in zip(row_end, total_prefix.tolist())]
+        pieces[0::2] = [mv[e - n : e] for e, n in zip(row_end, in_matrix.tolist())]
+        keyed = np.flatnonzero(unit_ps).tolist()
+        if keyed:  # only video carries parameter sets, and the video comes first
+            parameter_sets = units[0].stream.prefixes[1][len(units[0].stream.prefixes[0]) :].tobytes()
+            for r in keyed:
+                pieces[2 * r] = b"".join((pieces[2 * r], parameter_sets))
         pieces[1::2] = list(map(bodies.__getitem__, unit_order.tolist()))
         rows_after = np.cumsum(n_packets)
         n_rows = int(rows_after[-1])
@@ -265,6 +279,13 @@ class TsMuxer:
             view.release()
             _scratch.release_large()
         return out.tobytes()
+
+
+def _parameter_set_lengths(u: Units) -> np.ndarray:
+    """Per unit, the bytes of parameter sets in its prefix (after the AUD): video key frames only."""
+    if u.with_ps is None:
+        return np.zeros(len(u.unit_len), dtype=np.int64)
+    return u.with_ps * (len(u.stream.prefixes[1]) - len(u.stream.prefixes[0]))
 
 
 class _Scratch(threading.local):

@@ -87,7 +87,9 @@ def video_units(s: Stream, ts: TrackSegment) -> Units:
     starts = ends - sizes
     data = np.frombuffer(payload, dtype=np.uint8)
     offsets, lengths, owner = annexb.nal_units(data, starts, sizes, 4)
-    types = annexb.nal_unit_type(s.codec, data[offsets + 4])
+    # an empty NAL unit (length 0) has no header byte: read a byte that exists, then give it no type
+    types = annexb.nal_unit_type(s.codec, data[np.minimum(offsets + 4, len(data) - 1)])
+    types[lengths == 0] = 0xFF
     body_start, body_len = starts, sizes
     drop = types == annexb.aud_type(s.codec)
     if drop.any():  # an AUD already heading a sample is dropped: ours comes first, then the parameter sets
