@@ -15,9 +15,16 @@ rate, snapped to whole 1024-sample AAC frames when the ms timestamps agree withi
 The relay calls taps synchronously on the event loop: nothing here blocks. A worker that falls behind (slow NFS) is
 not waited for: past ``max_queue_bytes`` samples are dropped and counted (video until the next key frame, so the file
 stays decodable), and the recording goes on.
+
+A write error (ENOSPC, EDQUOT, EIO: any OSError) ends that publish's recording: the worker writes nothing more, the
+relay side stops feeding it, and the file is closed on what reached the disk: the moov describes only the samples
+whose bytes were wholly written (``Mp4Writer.truncate``), giving back media at the end when the moov needs room. That
+file is renamed and announced as usual; when nothing is playable, or the moov cannot be written, the part file is
+removed. One log line, and ``failed`` / ``bytes_lost`` in ``stats()``. The next publish records again.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
@@ -69,6 +76,11 @@ class _FileWorker(threading.Thread):
         self.dropped = 0
         self.reason = ""
         self.reserved = ""
+        self.on_disk = 0            # bytes that reached the file (written by this thread only)
+        self.handed = 0             # bytes of the whole file, had every write succeeded (known at the finish)
+        self.error: OSError | None = None   # the write error that ended this recording
+        self.failed = False         # set by this thread on an error: the relay side then stops feeding it
+        self.closed = False         # the part file's descriptor was closed (its number may be reused at once)
 
     def put(self, data: bytes) -> None:
         with self.lock:
@@ -88,7 +100,7 @@ class _FileWorker(threading.Thread):
         part_dir = rec.store / PART_DIR / self.app
         final_dir = rec.store / RECORDING_DIR / self.app
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.started))
-        f = part = None
+        fd = part = None
         try:
             part_dir.mkdir(parents=True, exist_ok=True)
             final_dir.mkdir(parents=True, exist_ok=True)
@@ -100,7 +112,8 @@ class _FileWorker(threading.Thread):
                     continue
                 if not (final_dir / name).exists():
                     try:
-                        f = open(part_dir / f"{name}.part", "xb", buffering=1 << 20)
+                        # unbuffered: every byte counted in on_disk is in the file, so a failure knows what is kept
+                        fd = os.open(part_dir / f"{name}.part", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
                         part, self.reserved = part_dir / f"{name}.part", f"{self.app}/{name}"
                         break
                     except FileExistsError:
@@ -109,23 +122,36 @@ class _FileWorker(threading.Thread):
             else:
                 raise OSError(f"no free file name for {self.stream}-{stamp} in {final_dir}")
         except OSError as e:
+            self.failed = True
             rec._error(f"cannot create a recording of {self.key}: {e}")
-        self._drain(f)
-        if f is None:
+        self._drain(fd)
+        if fd is None:
+            rec._lost(self.writer.position)     # the relay side stopped feeding it at its next sample
             return
         try:
-            self._finalize(f, part, final_dir / part.name[:-len(".part")])
+            self._finalize(fd, part, final_dir / part.name[:-len(".part")])
         except Exception as e:     # never leave the thread with a traceback only: count it, say where the bytes are
-            f.close()
+            if not self.closed:
+                _close(fd)
             if isinstance(e, PackagerError) and e.code == ErrorCode.NO_STREAMS:
-                part.unlink(missing_ok=True)    # every sample was dropped: nothing to keep
-                rec._error(f"recording of {self.key} is empty: {e}")
+                part.unlink(missing_ok=True)    # every sample was dropped or none reached the disk: nothing to keep
+                if self.error is None:
+                    rec._error(f"recording of {self.key} is empty: {e}")
+                else:
+                    rec._lost(self.handed)
+                    rec._error(f"recording of {self.key} lost ({self.error}): no whole sample on disk, or no room "
+                               f"left for the moov")
+            elif isinstance(e, OSError):
+                part.unlink(missing_ok=True)    # no moov (or no rename): a part file nobody can play
+                rec._lost(self.handed)
+                after = f" after {self.error}" if self.error is not None and self.error is not e else ""
+                rec._error(f"recording of {self.key} lost: closing {part.name} failed ({e}){after}")
             else:
-                rec._error(f"finishing {part} failed (left in place): {e}", exc_info=not isinstance(e, OSError))
+                rec._error(f"finishing {part} failed (left in place): {e}", exc_info=True)
         finally:
             rec._release(self.reserved)
 
-    def _drain(self, f) -> None:
+    def _drain(self, fd: int | None) -> None:
         """Write queued bytes until the finish marker; after a write error keep draining, writing nothing."""
         while True:
             batch = [self.queue.get()]
@@ -137,34 +163,47 @@ class _FileWorker(threading.Thread):
             done = batch[-1] is self._FINISH
             data = batch[:-1] if done else batch
             size = sum(map(len, data))
-            if f is not None and not f.closed and data:
+            if fd is not None and self.error is None and data:
                 try:
-                    f.writelines(data)
-                    self.recorder.bytes_written += size
+                    self._write(fd, data[0] if len(data) == 1 else b"".join(data))
                 except OSError as e:
-                    self.recorder._error(f"writing {f.name} failed: {e}")
-                    f.close()
+                    self.error, self.failed = e, True
             with self.lock:
                 self.queued_bytes -= size
             if done:
                 return
 
-    def _finalize(self, f, part: Path, final: Path) -> None:
-        if f.closed:
-            raise OSError("an earlier write failed")
+    def _write(self, fd: int, data: bytes) -> None:
+        for n in _write_all(fd, data):
+            self.on_disk += n
+            self.recorder.bytes_written += n
+
+    def _finalize(self, fd: int, part: Path, final: Path) -> None:
+        self.handed = handed = self.writer.position
+        if self.error is None:
+            try:
+                self._close_mp4(fd, self.writer.finish())
+            except OSError as e:
+                self.error = e
+        if self.error is not None:
+            self._salvage(fd)
         counts = {kind: self.writer.samples(kind) for kind in ("video", "audio")}
-        offset, patch, moov = self.writer.finish()
-        f.write(moov)
-        f.flush()
-        os.pwrite(f.fileno(), patch, offset)
-        os.fsync(f.fileno())
-        size = os.fstat(f.fileno()).st_size
-        f.close()
+        size = os.fstat(fd).st_size
+        self.closed = True
+        os.close(fd)
         os.replace(part, final)
-        _fsync_dir(final.parent)
+        try:
+            _fsync_dir(final.parent)
+        except OSError as e:        # the file is in place; only the rename's durability is in doubt
+            self.recorder._error(f"fsync of {final.parent} failed: {e}")
         rec = self.recorder
         rec.files_finished += 1
         path = final.relative_to(rec.store).as_posix()
+        lost = handed - self.writer.position
+        if self.error is not None:
+            rec._lost(lost)
+            rec._error(f"{self.key}: writing {path} failed ({self.error}): kept {self.writer.position} bytes, "
+                       f"{counts['video']} video and {counts['audio']} audio samples, lost {lost} bytes")
         tracks = {t.kind: t for t in self.writer.tracks()}
         app, _, stream = self.key.partition("/")
         info = {
@@ -173,6 +212,7 @@ class _FileWorker(threading.Thread):
             "duration_ms": round(1000 * max(t.duration_seconds for t in tracks.values())),
             "samples": counts, "dropped": self.dropped,
             "codecs": {kind: t.codec.codec_string for kind, t in tracks.items()},
+            "error": str(self.error) if self.error is not None else None,
         }
         log.info("rtmp record: %s finished (%s, %d bytes, %d ms)", path, self.reason, size, info["duration_ms"])
         if rec.on_recorded is not None:
@@ -180,6 +220,36 @@ class _FileWorker(threading.Thread):
                 rec.on_recorded(path, info)
             except Exception:
                 rec._error(f"on_recorded({path}) failed", exc_info=True)
+
+    def _close_mp4(self, fd: int, finished: tuple[int, bytes, bytes]) -> None:
+        """Append the moov at the writer's end, patch the mdat header, fsync. A failure leaves no moov bytes."""
+        offset, patch, moov = finished
+        end = self.writer.position
+        try:
+            os.lseek(fd, end, os.SEEK_SET)
+            for _ in _write_all(fd, moov):
+                pass
+            os.pwrite(fd, patch, offset)
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, end)
+            raise
+
+    def _salvage(self, fd: int) -> None:
+        """Close the file on the samples that reached the disk. The disk is likely still full, so when the moov does
+        not fit, media at the end is given back to make room for it (a few tries, each giving back more)."""
+        end = self.on_disk
+        for attempt in range(4):
+            os.ftruncate(fd, self.writer.truncate(end))
+            finished = self.writer.finish()     # NO_STREAMS when no sample is kept
+            try:
+                self._close_mp4(fd, finished)
+                return
+            except OSError as e:
+                if attempt == 3 or e.errno not in _NO_SPACE:
+                    raise
+            # give back the moov's size and some more (pages, a neighbour writing meanwhile), more at each try
+            end = self.writer.position - (len(finished[2]) << attempt) - (16 << 10 << 2 * attempt)
 
 
 @dataclass
@@ -193,6 +263,7 @@ class _Stream:
     last_dts: dict = field(default_factory=dict)
     waiting_for_key: bool = False
     expects_video: bool = False     # onMetaData declared a video codec: never start audio-only
+    failed: bool = False            # a write error ended this publish's recording
 
 
 class Recorder:
@@ -216,6 +287,9 @@ class Recorder:
         self.bytes_written = 0
         self.dropped = 0            # samples not recorded: the worker was behind, or video until the next key frame
         self.errors = 0             # malformed messages, I/O failures, callback failures
+        self.failed = 0             # recordings cut short or lost by a write error (full disk, quota, I/O)
+        self.bytes_lost = 0         # bytes of those recordings that are not in a finished file
+        self._lost_lock = threading.Lock()
 
     def _reserve(self, name: str) -> bool:
         with self._names_lock:
@@ -227,6 +301,11 @@ class Recorder:
     def _release(self, name: str) -> None:
         with self._names_lock:
             self._names.discard(name)
+
+    def _lost(self, size: int) -> None:
+        with self._lost_lock:
+            self.failed += 1
+            self.bytes_lost += size
 
     def _error(self, message: str, exc_info: bool = False) -> None:
         self.errors += 1
@@ -268,7 +347,7 @@ class Recorder:
                 starts = s.kind == "video" and s.keyframe
             else:
                 starts = s.kind == "audio" and not st.expects_video
-            if not starts:
+            if not starts or st.failed:
                 return
             tracks = [TrackSpec("video", demux.video, 1000)] if demux.video is not None else []
             if demux.audio is not None:
@@ -281,6 +360,10 @@ class Recorder:
             self.files_started += 1
             st.worker.start()
         worker = st.worker
+        if worker.failed:       # its disk is full (or failing): this publish is not recorded any further
+            self._close_file(st, "write error")
+            st.failed = True
+            return
         if s.kind not in worker.writer.specs:
             return
         if s.kind == "video" and st.waiting_for_key:
@@ -336,7 +419,28 @@ class Recorder:
         return {"recording": sum(st.worker is not None for st in self._streams.values()),
                 "writers": len(self._workers), "files_started": self.files_started,
                 "files_finished": self.files_finished, "bytes_written": self.bytes_written,
-                "dropped": self.dropped, "errors": self.errors}
+                "dropped": self.dropped, "errors": self.errors, "failed": self.failed,
+                "bytes_lost": self.bytes_lost}
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _write_all(fd: int, data: bytes):
+    """Write all of ``data`` at the file position, yielding each count written (a short count means the disk filled
+    up: the next call raises, and the caller has counted what did reach the file)."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        yield n
+        view = view[n:]
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def _declares_video(payload: bytes) -> bool:

@@ -2,6 +2,7 @@
 
 Made for recording live streams: the caller appends ``header()`` once, then what every ``add()`` returns, and at the
 end ``finish()`` gives the moov to append and 16 bytes to write over the mdat header. No I/O here: bytes in, bytes out.
+When a write fails (a full disk), ``truncate(size)`` limits the file to the samples wholly in its first ``size`` bytes.
 
 The mdat header's size is only known at the end, and whether it needs 64 bits too, so ``header()`` reserves 16 bytes
 as ffmpeg's mov muxer does: ``free`` (8 bytes) + ``mdat`` with size 0 ("to the end of the file", §4.2, so an
@@ -61,9 +62,12 @@ class _Columns:
         self.offsets, self.dts = array("q"), array("q")
         self.sizes, self.cts, self.keyframe = array("I"), array("i"), array("b")
 
-    def table(self, last_duration: int | None, copy: bool) -> SampleTable:
-        """Numpy views of the columns (copies when ``copy``: a view pins the arrays, they could not grow)."""
-        column = (lambda a, t: np.frombuffer(a, t).copy()) if copy else np.frombuffer
+    def table(self, last_duration: int | None, copy: bool, count: int) -> SampleTable:
+        """Numpy views of the first ``count`` rows (copies when ``copy``: a view pins the arrays: they cannot grow)."""
+
+        def column(a: array, t: type) -> np.ndarray:
+            view = np.frombuffer(a, t)[:count]
+            return view.copy() if copy else view
         dts = column(self.dts, np.int64)
         durations = np.empty(len(dts), dtype=np.int64)
         np.subtract(dts[1:], dts[:-1], out=durations[:-1])
@@ -155,6 +159,7 @@ class Mp4Writer:
         self._mdat_start: int | None = None
         self.position = 0  # bytes handed out so far = the size of the file being written
         self.finished = False
+        self._kept: dict[str, int] | None = None   # samples per kind that truncate() kept (None: all)
 
     def header(self) -> bytes:
         h264 = any(t.codec.codec == "h264" for t in self.specs.values())
@@ -175,15 +180,35 @@ class Mp4Writer:
         return self._mdat_start
 
     def samples(self, kind: str) -> int:
-        return len(self._columns[kind].dts) if kind in self._columns else 0
+        if kind not in self._columns:
+            return 0
+        return len(self._columns[kind].dts) if self._kept is None else self._kept[kind]
+
+    def truncate(self, size: int) -> int:
+        """Keep only the samples whose bytes lie wholly within the file's first ``size`` bytes (a write failed there:
+        the rest never reached the disk) and return the new end of the mdat. Allowed after ``finish()``, which may
+        then be called once more; ``add()`` is not allowed any more."""
+        if self._mdat_start is None:
+            raise bad_request("Mp4Writer.truncate: header() first")
+        end = self._mdat_start + 16
+        kept = {}
+        for kind, columns in self._columns.items():
+            n = len(columns.dts) if self._kept is None else self._kept[kind]
+            offsets = np.frombuffer(columns.offsets, np.int64)[:n]
+            ends = offsets + np.frombuffer(columns.sizes, np.uint32)[:n]   # non-decreasing: appended in file order
+            kept[kind] = int(np.searchsorted(ends, size, side="right"))
+            if kept[kind]:
+                end = max(end, int(ends[kept[kind] - 1]))
+        self._kept, self.position, self.finished = kept, end, False
+        return end
 
     def add(self, kind: str, dts: int, cts: int, keyframe: bool, data: bytes) -> bytes:
         """Record one sample and return the bytes to append (``data`` itself: mdat holds the samples as they are)."""
         columns = self._columns.get(kind)
         if columns is None:
             raise bad_request(f"Mp4Writer.add: no {kind} track")
-        if self._mdat_start is None or self.finished:
-            raise bad_request("Mp4Writer.add: header() first, and nothing after finish()")
+        if self._mdat_start is None or self.finished or self._kept is not None:
+            raise bad_request("Mp4Writer.add: header() first, and nothing after finish() or truncate()")
         if columns.dts and dts < columns.dts[-1]:
             raise bad_request(f"Mp4Writer.add: {kind} dts {dts} before the previous {columns.dts[-1]}")
         if not _I32.min <= cts <= _I32.max:
@@ -200,10 +225,10 @@ class Mp4Writer:
         """The media model of what was written (tracks with samples, video first), as our demuxer will read it."""
         out = []
         for kind, spec in sorted(self.specs.items(), key=lambda kv: kv[0] != "video"):
-            columns = self._columns[kind]
-            if not columns.dts:
+            columns, count = self._columns[kind], self.samples(kind)
+            if not count:
                 continue
-            table = columns.table((last_durations or {}).get(kind), copy=not self.finished)
+            table = columns.table((last_durations or {}).get(kind), copy=not self.finished, count=count)
             out.append(Track(len(out) + 1, spec.kind, spec.timescale, spec.codec, table, language=spec.language))
         return tuple(out)
 
@@ -212,7 +237,7 @@ class Mp4Writer:
         of each track's last sample (default: the one before it). NO_STREAMS when no sample was added."""
         if self._mdat_start is None or self.finished:
             raise bad_request("Mp4Writer.finish: header() first, and only once")
-        if not any(c.dts for c in self._columns.values()):
+        if not any(self.samples(kind) for kind in self._columns):
             raise PackagerError(ErrorCode.NO_STREAMS, "Mp4Writer.finish: no sample was added")
         self.finished = True    # from here the columns never grow: the tables may be views of them
         tracks = self.tracks(last_durations)

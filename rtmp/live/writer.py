@@ -20,6 +20,12 @@ playlist gets EXT-X-ENDLIST and the MPD a mediaPresentationDuration (see ``packa
 
 Window: ``window`` segments listed; files of ``keep_extra`` more stay on disk for players that are behind, older
 ones (and init segments of periods with no segment left) are deleted.
+
+Write errors (a full disk, a quota, EIO): a segment that cannot be written whole is skipped: its files and temporaries
+are removed, the playlists do not list it, its number is used by the next segment, and that next segment carries an
+EXT-X-DISCONTINUITY (its timestamps jump by the missing span; in the MPD the SegmentTimeline simply has a gap, an
+explicit S@t, within the same Period). Nothing is retried: packaging resumes by itself with the next segment that
+fits. Skips are counted (``segments_skipped``) and logged at most once per ``ERROR_LOG_INTERVAL`` per stream.
 """
 from __future__ import annotations
 
@@ -56,6 +62,7 @@ MEDIA_PLAYLIST, MASTER_PLAYLIST, MPD = "index.m3u8", "master.m3u8", "manifest.mp
 LIVE_FILE = re.compile(r"index\.m3u8|master\.m3u8|manifest\.mpd|(?P<tid>[0-9a-z]{1,13})-"
                        r"(?:[0-9]{1,12}\.ts|[0-9]{1,9}-[va]-(?:init\.mp4|[0-9]{1,18}\.m4s))")
 _KIND_LETTER = {"video": "v", "audio": "a"}
+ERROR_LOG_INTERVAL = 5.0        # seconds: a full disk fails every segment; one line per stream per interval is enough
 
 
 @dataclass(eq=False)
@@ -100,6 +107,11 @@ class LiveStreamWriter:
         self.segments_written = 0
         self.bytes_written = 0
         self.errors = 0
+        self.segments_skipped = 0   # segments lost to a write or mux error
+        self._skipping = 0          # ... since the last segment written
+        self._restart_period = False    # a period's start failed: its next segment starts it again
+        self._logged_at: float | None = None    # monotonic time of the last error line
+        self._unlogged = 0          # errors since that line, not logged
         self.latencies_ms: deque[float] = deque(maxlen=512)    # closing key frame received → playlists renamed
         self._listed: deque[_Segment] = deque()
         self._kept: deque[_Segment] = deque()                   # out of the window, files still on disk
@@ -120,14 +132,18 @@ class LiveStreamWriter:
         try:
             if not self._cleaned:
                 self._clean_directory()
-            if cut.new_period or self._period is None:
-                self._start_period(cut)
+            if cut.new_period or self._period is None or self._restart_period:
+                self._start_period(cut)     # again after a failed start: never mux with the last period's tracks
             segment = self._write_segment(cut)
         except (OSError, PackagerError) as e:
-            self.errors += 1
+            self.segments_skipped += 1
+            self._skipping += 1
             self._broken = True
-            log.error("live %s: segment %d not written: %s", self.directory, self._next_number, e)
+            self._failed(f"segment skipped ({self._skipping} in a row)", e)
             return
+        if self._skipping:
+            log.warning("live %s: writing again after %d skipped segment(s)", self.directory, self._skipping)
+            self._skipping = 0
         self.ended = False
         self._listed.append(segment)
         while len(self._listed) > self.window:
@@ -139,9 +155,8 @@ class LiveStreamWriter:
             self.latencies_ms.append((self._monotonic() - cut.closed_at) * 1000)
             self._expire()
             self._write_master()
-        except OSError as e:
-            self.errors += 1
-            log.error("live %s: playlists not written: %s", self.directory, e)
+        except OSError as e:    # the segment stays listed: the next playlists that fit list it
+            self._failed("playlists not written", e)
 
     def end(self) -> None:
         """The publisher left (after its last segment was added): ENDLIST and the MPD's end."""
@@ -151,8 +166,7 @@ class LiveStreamWriter:
         try:
             self._write_playlists()
         except OSError as e:
-            self.errors += 1
-            log.error("live %s: final playlists not written: %s", self.directory, e)
+            self._failed("final playlists not written", e)
 
     # ------------------------------------------------------------------------------------------------ segments
     def _start_period(self, cut: Cut) -> None:
@@ -164,8 +178,9 @@ class LiveStreamWriter:
         pid = self._periods
         tracks = cut.period_tracks
         init_names = {t.kind: f"{self.tid}-{pid}-{_KIND_LETTER[t.kind]}-init.mp4" for t in tracks}
-        for track in tracks:
-            self._write(init_names[track.kind], build_init_segment([track]))
+        self._restart_period = True
+        self._write_all([(init_names[t.kind], build_init_segment([t])) for t in tracks])
+        self._restart_period = False
         self._period = _Period(pid, start_ms, tracks, TsMuxer(tracks), {t.kind: Fmp4Muxer([t]) for t in tracks},
                                init_names)
         self._periods += 1
@@ -181,8 +196,7 @@ class LiveStreamWriter:
             data = period.fmp4[tc.track.kind].build(MediaSegment(n - 1, (part,)))
             files.append((name, data))
             info[tc.track.kind] = (tc.start, tc.duration, len(data), name)
-        for name, data in files:
-            self._write(name, data)
+        self._write_all(files)
         if not period.frame_rate and cut.tracks[0].track.kind == "video":
             period.frame_rate = _frame_rate(cut.tracks[0])
         main = cut.main
@@ -273,9 +287,36 @@ class LiveStreamWriter:
     # ------------------------------------------------------------------------------------------------ files
     def _write(self, name: str, data: bytes) -> None:
         tmp = self.directory / f".{name}.{threading.get_ident()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, self.directory / name)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, self.directory / name)
+        except BaseException:
+            tmp.unlink(missing_ok=True)     # a partial temporary would hold the space a full disk lacks
+            raise
+
+    def _write_all(self, files: list[tuple[str, bytes]]) -> None:
+        """Write every file or, on an error, none: those already written are removed (nothing lists them)."""
+        done = []
+        try:
+            for name, data in files:
+                self._write(name, data)
+                done.append(name)
+        except BaseException:
+            for name in done:
+                self._remove(name)
+            raise
+
+    def _failed(self, what: str, error: Exception) -> None:
+        """Count an error; log it unless this stream logged one less than ERROR_LOG_INTERVAL ago."""
+        self.errors += 1
+        now = self._monotonic()
+        if self._logged_at is not None and now - self._logged_at < ERROR_LOG_INTERVAL:
+            self._unlogged += 1
+            return
+        more = f" ({self._unlogged} more errors since the last line)" if self._unlogged else ""
+        log.error("live %s: %s: %s%s", self.directory, what, error, more)
+        self._logged_at, self._unlogged = now, 0
 
     def _remove(self, name: str) -> None:
         try:
@@ -300,7 +341,8 @@ class LiveStreamWriter:
     # ------------------------------------------------------------------------------------------------ stats
     def stats(self) -> dict:
         return {"segments": self.segments_written, "bytes": self.bytes_written, "errors": self.errors,
-                "ended": self.ended, "media_sequence": self._listed[0].number if self._listed else None,
+                "segments_skipped": self.segments_skipped, "ended": self.ended,
+                "media_sequence": self._listed[0].number if self._listed else None,
                 "periods": self._periods, "latency_ms": latency_summary(self.latencies_ms)}
 
 
