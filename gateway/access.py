@@ -5,11 +5,23 @@ secured entry is served only under ``/s/<entry>/<token>/`` with a token that the
 media target and an expiry; anything else gets 403 with the reason and no media byte. A file of a catalog entry is
 packaged with its partner's delivery profile (segment duration, HLS container, AES-128); other store files with the
 server's settings. If any entry owning a file is secured, the file is secured: a public entry cannot open a hole.
+Likewise, a delivery type (hls, dash, mss, hds, http = ``/mp4/``) that the partner of any entry owning a file
+disables is refused (403) on that file's direct URLs, signed or not: a file shared by two partners obeys the
+stricter of the two, so one partner's profile cannot be bypassed through another's entry.
+
+A file is owned by an entry when the request names it by a flavor's path, by the realpath of one (a symlink), or is
+the same inode (device, inode) as a flavor file: a hardlink or any other name of a secured file needs its token.
+The identity index is the catalog's (gateway.catalog); ``IdentityWatch`` has it rebuilt before answering for a file
+whose ctime is newer than what the index vouches for (making a link or renaming over a flavor file updates the
+inode's ctime). Copies are other files (another inode, not in the catalog): they are the operator's business.
 """
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 from dataclasses import dataclass
+from typing import Awaitable, Callable, Sequence
 
 from delivery_profiles import SYSTEM_DEFAULTS, DeliveryConfig, merge
 from delivery_profiles.tokens import TokenError, verify_path
@@ -19,8 +31,9 @@ from aiohttp import web
 from .catalog import Catalog, CatalogView, Entry, Partner
 from .delivery import hls_key
 from .settings import Settings
-from .urls import (DashFragment, DashManifest, HdsFragment, HdsManifest, MediaRequest, Mp4Download, MssFragment,
-                   MssManifest, Signed, media_target_name)
+from .store import FileIdentity
+from .urls import (DashFragment, DashManifest, HdsFragment, HdsManifest, InitSegment, MediaRequest, Mp4Download,
+                   MssFragment, MssManifest, Signed, media_target_name)
 
 
 CATALOG = web.AppKey("catalog", Catalog)
@@ -31,6 +44,45 @@ async def catalog_view(app: web.Application, run) -> CatalogView:
     (the executor), since a refresh stats the shared store."""
     catalog = app[CATALOG]
     return catalog.view() if not catalog.due() else await run(catalog.view)
+
+
+class IdentityWatch:
+    """Makes sure the catalog's identity index has seen the names a request's files have now.
+
+    A request's files were stat'ed just before (``FileIdentity.ctime_ns``). When one is newer than the view's
+    ``identity_ctime_ns``, it may have gained a name after the index was built, so the request waits for a full
+    identity pass that starts after its stat. Passes are single-flight (every request waiting when a pass starts
+    shares it) and at most one per catalog ttl; the waiting happens on the event loop, never in a thread, so a
+    file that keeps changing costs its requests latency, not the executor. The common case is one comparison.
+    """
+
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+        self._next: asyncio.Future | None = None  # the pass not started yet, which newcomers join
+        self._pending = 0  # the newest ctime among the requests waiting for ``_next``
+        self._last = -math.inf  # monotonic start of the last pass
+
+    async def view(self, view: CatalogView, files: Sequence[FileIdentity],
+                   run: Callable[..., Awaitable]) -> CatalogView:
+        newest = max((f.ctime_ns for f in files), default=0)
+        if newest <= view.identity_ctime_ns or not view.by_entry:  # no entries: nothing to recognise
+            return view
+        self._pending = max(self._pending, newest)
+        if self._next is None:
+            self._next = asyncio.ensure_future(self._rescan(run))
+        return await asyncio.shield(self._next)  # a client that goes away does not cancel the others' pass
+
+    async def _rescan(self, run: Callable[..., Awaitable]) -> CatalogView:
+        delay = self._last + self.catalog.ttl - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        # whoever arrives from now on may have stat'ed after this pass began: they wait for the next one
+        self._next, covered, self._pending = None, self._pending, 0
+        self._last = time.monotonic()
+        return await run(self.catalog.rescan_identities, covered)
+
+
+IDENTITY_WATCH = web.AppKey("identity_watch", IdentityWatch)
 
 
 class AccessDenied(Exception):
@@ -57,6 +109,8 @@ def _protocol(request: MediaRequest) -> str:
         return "mss"
     if isinstance(request, (HdsManifest, HdsFragment)):
         return "hds"
+    if isinstance(request, InitSegment):  # shared by HLS (EXT-X-MAP) and DASH: the URL says whose it is
+        return request.protocol
     return "hls"
 
 
@@ -69,25 +123,32 @@ def partner_config(partner: Partner) -> DeliveryConfig:
 
 
 def authorize(view: CatalogView, settings: Settings, request: MediaRequest, signed: Signed | None,
-              real_paths: tuple[str, ...] = (), now: float | None = None) -> DeliveryContext:
+              files: Sequence[FileIdentity] = (), now: float | None = None) -> DeliveryContext:
     """The delivery context of an allowed request; AccessDenied otherwise.
 
-    ``real_paths`` are the files' store-relative realpaths: a symlink in the store must not reach a secured file
-    under another name, so ownership is looked up under both names."""
+    ``files`` are the requested files as stat'ed (in request order): a symlink or a hardlink in the store must not
+    reach a secured file under another name, so ownership is looked up by the requested name, the realpath and the
+    (device, inode). Without them (unit use), by the requested names only."""
     now = time.time() if now is None else now
-    names = tuple(zip(_paths(request), real_paths or _paths(request)))
+    paths = _paths(request)
+    found: Sequence[FileIdentity | None] = files or (None,) * len(paths)
 
-    def owners_of(path: str, real: str) -> dict[str, Entry]:
-        return {e.id: e for name in {path, real} for e in view.entries_for_path(name)}
+    def owners_of(path: str, file: FileIdentity | None) -> dict[str, Entry]:
+        owners = {e.id: e for e in view.entries_for_path(path)}
+        if file is not None:
+            owners.update((e.id, e) for e in view.entries_for_path(file.store_path))
+            owners.update((e.id, e) for e in view.entries_for_identity(file.device, file.inode))
+        return owners
 
-    owners = {k: e for path, real in names for k, e in owners_of(path, real).items()}
+    names = tuple(zip(paths, found))
+    owners = {k: e for path, file in names for k, e in owners_of(path, file).items()}
     secured = [e for e in owners.values() if e.secured]
     entry: Entry | None = None
     if signed is not None:
         entry = view.by_entry.get(signed.entry_id)
         if entry is None:
             raise AccessDenied(f"authorize: signed URL names unknown entry {signed.entry_id}")
-        missing = [path for path, real in names if entry.id not in owners_of(path, real)]
+        missing = [path for path, file in names if entry.id not in owners_of(path, file)]
         if missing:
             raise AccessDenied(f"authorize: entry {entry.id} does not contain {missing[0]}")
         partner = view.partner(entry.partner_id)
@@ -100,10 +161,18 @@ def authorize(view: CatalogView, settings: Settings, request: MediaRequest, sign
                            "use the signed URL that playManifest issues")
     else:
         entry = next(iter(owners.values()), None)
+    protocol = _protocol(request)
+    # an entry of a partner missing from the catalog is a catalog problem (reported) that restricts nothing here
+    configs = {p.id: partner_config(p) for e in owners.values() if (p := view.by_partner.get(e.partner_id))}
+    for owner in owners.values():
+        config = configs.get(owner.partner_id)
+        if config is not None and not config.is_enabled(protocol):
+            raise AccessDenied(f"authorize: {protocol} delivery is disabled for entry {owner.id} (partner "
+                               f"{owner.partner_id}), which contains {media_target_name(request)}")
     if entry is None:
         return DeliveryContext(settings.segment_duration_ms, settings.hls_container)
     partner = view.partner(entry.partner_id)
-    profile = partner_config(partner).profile(_protocol(request))
+    profile = (configs.get(partner.id) or partner_config(partner)).profile(protocol)
     key = None
     if entry.secured and signed is not None and profile.encryption == "aes-128":
         key = hls_key(partner.secret, entry.id)

@@ -22,13 +22,14 @@ from .packaging import PACKAGING, Packaging
 from .responses import ALLOWED_METHODS, add_common_headers, cache_control, preflight
 from .settings import SETTINGS, Settings
 from .store import FileChanged
-from .access import CATALOG, authorize, catalog_view
+from .access import CATALOG, IDENTITY_WATCH, IdentityWatch, authorize, catalog_view
 from .catalog import Catalog
 from .ingest import Ingest
 from .handlers_delivery import serve_play_manifest
 from .metrics import metrics_middleware, metrics_state, record_response, serve_metrics
 from .status_page import serve_dashboard, serve_static, serve_status_page
 from .health import add_health_routes
+from .connections import CONNECTIONS
 from .access_log import CACHE_RESULT
 from .urls import CrossDomainPolicy, GatewayRequest, Mp4Download, PlayManifest, Signed, StatusRequest, parse_path
 
@@ -77,6 +78,7 @@ async def _gateway_state(app: web.Application) -> AsyncIterator[None]:
     executor = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="gateway-io")
     app[PACKAGING] = Packaging(settings, executor)
     app[CATALOG] = Catalog(settings.store, settings.catalog, settings.catalog_ttl)
+    app[IDENTITY_WATCH] = IdentityWatch(app[CATALOG])
     app[METRICS] = Metrics()
     yield
     executor.shutdown(wait=False, cancel_futures=True)
@@ -127,8 +129,9 @@ async def _serve(request: web.Request, parsed: GatewayRequest) -> web.StreamResp
     packaging = request.app[PACKAGING]
     view = await catalog_view(request.app, packaging.run)
     paths = (parsed.path,) if isinstance(parsed, Mp4Download) else parsed.target.paths
-    files = await packaging.identify_all(paths)  # 404 for missing files; realpaths for the ownership check
-    context = authorize(view, request.app[SETTINGS], parsed, signed, tuple(f.store_path for f in files))
+    files = await packaging.identify_all(paths)  # 404 for missing files; names and inodes for the ownership check
+    view = await request.app[IDENTITY_WATCH].view(view, files, packaging.run)  # a file linked since the index?
+    context = authorize(view, request.app[SETTINGS], parsed, signed, files)
     if isinstance(parsed, Mp4Download):
         request[CACHE_RESULT] = "bypass"  # the file itself (sendfile), never the response cache
         response = await serve_mp4(request, parsed)
@@ -162,6 +165,9 @@ def serve_status(request: web.Request) -> web.Response:
             "hls_container": packaging.settings.hls_container,
         },
     }
+    connections = request.app.get(CONNECTIONS)  # set by `gateway serve` (gateway/serve.py)
+    if connections is not None:
+        body["connections"] = connections.stats()
     ingest = request.app.get(INGEST)
     if ingest is not None:
         body["rtmp"] = ingest.stats()

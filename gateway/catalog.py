@@ -10,9 +10,16 @@ last good version kept, so a typo never takes a partner offline.
 Disk access: ``Catalog.refresh()`` lists, stats and reads files, and so do ``Catalog.view()`` and the shortcuts
 ``partner/entry/entries_for_path`` when ``due()``; a ``CatalogView`` and its lookups are memory only and immutable.
 Everything is synchronous: the gateway runs ``view()`` in its executor when ``due()``, and looks up in the view.
+
+Flavor files are known by name (declared path and realpath) and by identity (device, inode), so a hardlink or any
+other name of a secured file is recognised too. Identities are stat'ed when an entry is (re)loaded, in a full pass
+over every entry at most every ``rescan`` seconds, and on demand (``rescan_identities``): gateway.access asks for
+one when a requested file changed (its ctime) after the index was last made whole, since a new name or a replaced
+flavor file changes the ctime of the inode concerned.
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import logging
@@ -26,11 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from packagers.errors import PackagerError
 
 from .catalog_schema import (
     CATALOG_DIR_NAME, ENTRY_ID, SECRET, RULES, CatalogError, CatalogNotFound, Partner, Flavor, Entry, check_delivery, path_problem, parse_partner, parse_entry, resolve_flavors, missing_flavors, _decode,
 )
-from .store import Store
+from .store import FileIdentity, Store
 
 # the documents and their validation live in catalog_schema; importers may keep using gateway.catalog for them
 __all__ = ["CATALOG_DIR_NAME", "ENTRY_ID", "SECRET", "RULES", "CatalogError", "CatalogNotFound", "Partner", "Flavor",
@@ -51,6 +59,10 @@ class CatalogView:
     by_entry: dict[str, Entry] = field(default_factory=dict)
     by_path: dict[str, tuple[Entry, ...]] = field(default_factory=dict)
     problems: tuple[str, ...] = ()  # invalid files, missing flavor files, entries of unknown partners
+    by_identity: dict[tuple[int, int], tuple[Entry, ...]] = field(default_factory=dict)  # (st_dev, st_ino)
+    # A file whose ctime is at most this was last linked, renamed or replaced before the last full identity pass
+    # started, so by_identity knows it; a newer one may have a name the index has not seen (gateway.access).
+    identity_ctime_ns: int = 0
 
     def partner(self, partner_id: int) -> Partner:
         try:
@@ -70,6 +82,10 @@ class CatalogView:
         """Entries with a flavor at ``store_path``: its declared path or its realpath (``FileIdentity.store_path``)."""
         return self.by_path.get(store_path, ())
 
+    def entries_for_identity(self, device: int, inode: int) -> tuple[Entry, ...]:
+        """Entries with a flavor file that is this inode, under whatever name it was requested."""
+        return self.by_identity.get((device, inode), ())
+
     def partners(self) -> tuple[Partner, ...]:
         return tuple(self.by_partner[k] for k in sorted(self.by_partner))
 
@@ -83,19 +99,23 @@ class _File:
     signature: tuple[int, int, int]  # (mtime_ns, size, inode) of the version last read, valid or not
     value: Partner | Entry | None  # the last good version
     error: str | None = None
-    resolved: tuple[str | None, ...] = ()  # entries: flavor realpaths
+    resolved: tuple[FileIdentity | None, ...] = ()  # entries: flavor files; () = not identified yet
 
 
 class Catalog:
     """The catalog as this node sees it, re-checked against the shared store at most every ``ttl`` seconds."""
 
-    def __init__(self, store: Path | str, catalog_dir: Path | str | None = None, ttl: float = 1.0, quiet: bool = False):
+    def __init__(self, store: Path | str, catalog_dir: Path | str | None = None, ttl: float = 1.0, quiet: bool = False,
+                 rescan: float = 60.0):
         self.store = Store(store)
         self.dir = Path(catalog_dir) if catalog_dir is not None else Path(store) / CATALOG_DIR_NAME
         if ttl < 0:
             raise ValueError(f"catalog ttl must be >= 0, got {ttl}")
         self.ttl = ttl
         self.quiet = quiet  # no log lines: the caller reports ``view().problems`` itself (the CLI)
+        # Backstop for what no ctime announces: a symlinked flavor path re-pointed at an older file, NFS clock skew.
+        self.rescan = rescan
+        self._rescanned: float | None = None  # monotonic time of the last full identity pass
         self._lock = threading.Lock()
         self._files: dict[str, _File] = {}  # by "partners/101.json"
         self._view = CatalogView()
@@ -128,26 +148,46 @@ class Catalog:
             self._refresh()
         return self._view
 
-    def _refresh(self) -> None:
-        """Re-read the files that changed, retry missing flavor files, rebuild the view if anything moved."""
-        if self._files and not os.path.isdir(self.dir):
+    def rescan_identities(self, covered_ctime_ns: int = 0) -> CatalogView:
+        """Stat every entry's flavor files now (the catalog files too when due). Blocking: one stat per flavor.
+
+        ``covered_ctime_ns``: the newest ctime the caller saw in stats made before this call; the new view vouches
+        for it (``identity_ctime_ns``), since any name change it records happened before this pass began."""
+        with self._lock:
+            # the catalog files themselves only when due: they cost a stat each too, and have their own ttl
+            self._refresh(full=True, covered_ctime_ns=covered_ctime_ns, scan=self.due())
+        return self._view
+
+    def _refresh(self, full: bool = False, covered_ctime_ns: int = 0, scan: bool = True) -> None:
+        """Re-read the files that changed, identify new and missing flavor files (all of them in a full pass),
+        rebuild the view if anything moved."""
+        now = time.monotonic()
+        full = full or self._rescanned is None or now - self._rescanned >= self.rescan
+        changed = False
+        if scan and self._files and not os.path.isdir(self.dir):
             # The whole directory gone is an unmounted share, not an operator deleting every partner: forgetting
             # the catalog would make secured files look unsecured. Keep the last view until it is back.
             if not self._checked_missing:
                 log.warning("catalog: %s is missing; keeping the catalog loaded before", self.dir)
             self._checked_missing = True
-            self._checked = time.monotonic()
-            return
-        self._checked_missing = False
-        changed = self._scan("partners", parse_partner) | self._scan("entries", parse_entry)
+        elif scan:
+            self._checked_missing = False
+            changed = self._scan("partners", parse_partner) | self._scan("entries", parse_entry)
         for state in self._files.values():
-            if isinstance(state.value, Entry) and None in state.resolved:
-                resolved = resolve_flavors(state.value, self.store)
+            if isinstance(state.value, Entry) and (full or not state.resolved or None in state.resolved):
+                resolved = identify_flavors(state.value, self.store, state.resolved)
                 changed |= resolved != state.resolved
                 state.resolved = resolved
+        identity_ctime_ns = self._view.identity_ctime_ns
+        if full:
+            self._rescanned = now
+            identity_ctime_ns = max(identity_ctime_ns, covered_ctime_ns)
         if changed:
-            self._view = self._build_view()
-        self._checked = time.monotonic()
+            self._view = self._build_view(identity_ctime_ns)
+        elif identity_ctime_ns != self._view.identity_ctime_ns:
+            self._view = dataclasses.replace(self._view, identity_ctime_ns=identity_ctime_ns)
+        if scan:
+            self._checked = time.monotonic()
 
     def _scan(self, kind: str, parse) -> bool:
         directory = self.dir / kind
@@ -194,14 +234,13 @@ class Catalog:
             suffix = "keeping the last good version" if kept else "not loaded"
             self._files[rel] = _File(signature, kept, f"{message} ({suffix})", old.resolved if old else ())
             return True
-        resolved = resolve_flavors(value, self.store) if isinstance(value, Entry) else ()
         if old is not None and old.error and not self.quiet:
             log.info("catalog: %s is valid again", rel)
-        self._files[rel] = _File(signature, value, None, resolved)
+        self._files[rel] = _File(signature, value, None)  # its flavor files are identified by _refresh
         return True
 
-    def _build_view(self) -> CatalogView:
-        partners, entries, by_path, problems = {}, {}, {}, []
+    def _build_view(self, identity_ctime_ns: int) -> CatalogView:
+        partners, entries, by_path, by_identity, problems = {}, {}, {}, {}, []
         for rel, state in sorted(self._files.items()):
             if state.error:
                 problems.append(state.error)
@@ -211,14 +250,41 @@ class Catalog:
                 entry = state.value
                 entries[entry.id] = entry
                 problems += missing_flavors(entry, rel, state.resolved)
-                for key in dict.fromkeys(entry.paths + tuple(p for p in state.resolved if p)):
+                for key in dict.fromkeys(entry.paths + tuple(f.store_path for f in state.resolved if f)):
                     by_path[key] = by_path.get(key, ()) + (entry,)
+                for key in dict.fromkeys((f.device, f.inode) for f in state.resolved if f):
+                    by_identity[key] = by_identity.get(key, ()) + (entry,)
         for entry in entries.values():
             if entry.partner_id not in partners:
                 problems.append(f"entries/{entry.id}.json: partner_id: no partner {entry.partner_id} in the catalog")
         for problem in sorted(set(problems) - set(self._view.problems)) if not self.quiet else ():
             log.warning("catalog: %s", problem)
-        return CatalogView(partners, entries, by_path, tuple(problems))
+        return CatalogView(partners, entries, by_path, tuple(problems), by_identity, identity_ctime_ns)
+
+
+def identify_flavors(entry: Entry, store: Store, known: tuple[FileIdentity | None, ...] = ()
+                     ) -> tuple[FileIdentity | None, ...]:
+    """Each flavor's file (symlinks followed, as a request would), None if no regular file there. Blocking.
+
+    A flavor still at the (device, inode) of its ``known`` identity keeps it: one stat instead of a realpath (a
+    stat per path component), which makes a full pass over 10,000 entries cheap. Only (device, inode) and the
+    realpath are looked up in the index, and a path that now leads to another inode is identified afresh."""
+    found: list[FileIdentity | None] = []
+    for i, flavor in enumerate(entry.flavors):
+        old = known[i] if i < len(known) and len(known) == len(entry.flavors) else None
+        if old is not None:
+            try:
+                st = os.stat(os.path.join(store.root, flavor.path))
+                if (st.st_dev, st.st_ino) == (old.device, old.inode) and stat.S_ISREG(st.st_mode):
+                    found.append(old)
+                    continue
+            except (OSError, ValueError):
+                pass
+        try:
+            found.append(store.identify(flavor.path))
+        except PackagerError:
+            found.append(None)
+    return tuple(found)
 
 
 # ---------------------------------------------------------------- files and writes

@@ -5,13 +5,26 @@ it where it falls short: it would serve a sibling ``<file>.gz``/``.br`` when the
 answers a multi-range request and ``bytes=-0`` differently from our packaged endpoints; and it ignores an ETag in
 If-Range. So the range decision is ours (``gateway.responses``), and FileResponse sees a request whose Range header
 is either gone or one canonical ``bytes=a-b``, and which has no Accept-Encoding or If-Range.
+
+A body that cannot be completed must end its connection: once the status line and Content-Length are out, the only
+honest signal left is to close. FileResponse would stop silently at a shrunk file's new end and keep the connection
+alive, so the client hangs and a pipelined next response lands inside this body. We replace its ``_sendfile`` (the
+one step after the headers): the body goes out in pieces from the descriptor FileResponse opened (so a file replaced
+by rename is still read whole from its old inode), and a piece that comes back short, a read error, or a change of
+that descriptor's size or mtime between pieces aborts the response: one warning, ``gateway_responses_aborted_total``
+and the transport closed (never reused).
 """
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+
 from aiohttp import web
-from aiohttp.web_fileresponse import FileResponse
+from aiohttp.web_fileresponse import NOSENDFILE, FileResponse
 from multidict import CIMultiDict
 
+from .metrics import PROMETHEUS
 from .packaging import PACKAGING
 from .responses import (
     ByteRange,
@@ -24,6 +37,13 @@ from .responses import (
 from .urls import Mp4Download
 
 MP4_TYPE = "video/mp4"
+PIECE = 8 << 20  # bytes per sendfile call, the descriptor re-checked between pieces (48 MB downloads: same MB/s)
+
+log = logging.getLogger("gateway")
+
+
+class ResponseAborted(ConnectionResetError):
+    """The body could not be completed; a ConnectionError, so aiohttp drops the connection instead of reusing it."""
 
 
 class StoreFileResponse(FileResponse):
@@ -39,7 +59,68 @@ class StoreFileResponse(FileResponse):
             headers.popall(name, None)
         if self._byte_range is not None:
             headers["Range"] = f"bytes={self._byte_range.start}-{self._byte_range.stop - 1}"
+        self._original = request  # the clone shares its transport; metrics classify the original path
         return await super().prepare(request.clone(headers=headers))
+
+    async def _sendfile(self, request: web.BaseRequest, fobj, offset: int, count: int):
+        """FileResponse._sendfile, in pieces, each checked (see the module docstring)."""
+        fd = fobj.fileno()
+        st = os.fstat(fd)  # FileResponse stat'ed this descriptor just before: the headers describe this
+        opened = (st.st_size, st.st_mtime_ns)
+        writer = await web.StreamResponse.prepare(self, request)
+        transport, sent = request.transport, 0
+        while sent < count:
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("Connection lost")
+            want = min(PIECE, count - sent)
+            try:
+                got = await self._send_piece(request, writer, fobj, offset + sent, want)
+                # on the loop, like sendfile's own reads; a stat of an open descriptor (NFS: attribute cache)
+                st = os.fstat(fd) if got == want and sent + got < count else None
+            except ConnectionError:
+                raise  # the client went away: nothing to report
+            except OSError as exc:
+                self._abort(request, "read_error", sent, count, f"read failed: {exc}")
+            sent += got
+            if got < want:
+                self._abort(request, "truncated", sent, count, "a read came back short: the file shrank")
+            if st is not None:
+                if st.st_size < opened[0]:
+                    self._abort(request, "truncated", sent, count, f"the file shrank to {st.st_size} bytes")
+                if (st.st_size, st.st_mtime_ns) != opened:
+                    self._abort(request, "changed", sent, count, "the file changed in place")
+        await web.StreamResponse.write_eof(self)
+        return writer
+
+    async def _send_piece(self, request: web.BaseRequest, writer, fobj, offset: int, count: int) -> int:
+        """Bytes sent: sendfile, or (no sendfile on this transport) reads in the executor and writes."""
+        loop = asyncio.get_running_loop()
+        if not NOSENDFILE and not self.compression:
+            try:
+                return await loop.sendfile(request.transport, fobj, offset, count)
+            except NotImplementedError:
+                pass
+        sent = 0
+        while sent < count:
+            chunk = await loop.run_in_executor(None, os.pread, fobj.fileno(), min(self._chunk_size, count - sent),
+                                               offset + sent)
+            if not chunk:
+                break
+            await writer.write(chunk)
+            sent += len(chunk)
+        await writer.drain()
+        return sent
+
+    def _abort(self, request: web.BaseRequest, reason: str, sent: int, count: int, why: str):
+        original = getattr(self, "_original", request)
+        log.warning("%s %s aborted after %d of %d body bytes: %s; connection closed", original.method,
+                    original.rel_url.raw_path[:200], sent, count, why)
+        metrics = original.app.get(PROMETHEUS)
+        if metrics is not None:
+            metrics.record_abort(original, reason)
+        if request.transport is not None:
+            request.transport.abort()  # now, whatever is still buffered: the body is wrong anyway
+        raise ResponseAborted(why)
 
 
 def file_etag(size: int, mtime_ns: int) -> str:

@@ -13,6 +13,9 @@ What is measured, and why it is measured where it is:
   with ``time.perf_counter_ns`` around the existing calls in gateway/ (packagers/ stays pure) and reach us through
   ``Packaging.observe_stage`` and ``SingleFlightLRU.on_lookup``: plain callables, so that bench and unit tests can run
   the packaging path without prometheus.
+- Aborted responses: ``gateway_responses_aborted_total{protocol, reason}``, counted where the response gives up
+  (gateway/handlers_mp4.py closes a download whose file shrank or changed; gateway/handlers_packaged.py refuses a
+  segment whose reads came back short), since the status line cannot tell.
 - Caches: the counters of gateway/cache.py are copied (as deltas) into prometheus counters after every response and
   at every scrape, so a scrape right after a response always includes it.
 - Live: streams, publishers and viewers from the RTMP relay when ingest runs in this process, plus HTTP viewers
@@ -45,6 +48,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from packagers.errors import PackagerError
 
 from . import __version__
+from .connections import CONNECTIONS
 from .packaging import PACKAGING
 from .urls import split_path
 
@@ -182,6 +186,9 @@ class GatewayMetrics:
                                   "response headers", ["protocol", "type"], buckets=REQUEST_BUCKETS, registry=r)
         self.bytes_out = Counter("gateway_response_bytes", "Response body bytes (Content-Length of GET responses)",
                                  ["protocol", "type"], registry=r)
+        self.aborted = Counter("gateway_responses_aborted", "Responses that could not be completed because their "
+                               "file changed or a read failed (reason: truncated, changed, read_error)",
+                               ["protocol", "reason"], registry=r)
         stage = Histogram("gateway_stage_duration_seconds", "Time of one packaging stage (nginx-vod perf counters)",
                           ["stage"], buckets=STAGE_BUCKETS, registry=r)
         self._stages = {name: stage.labels(name) for name in STAGES}
@@ -202,6 +209,12 @@ class GatewayMetrics:
         self.live_streams = Gauge("gateway_live_streams", "RTMP streams known to the relay", registry=r, **live)
         self.live_publishers = Gauge("gateway_live_publishers", "RTMP streams with a publisher", registry=r, **live)
         self.rtmp_connections = Gauge("gateway_rtmp_connections", "Open RTMP connections", registry=r, **live)
+        self.http_connections = Gauge("gateway_http_connections", "Open HTTP connections", registry=r, **live)
+        events = Counter("gateway_http_connection_events", "HTTP connections closed or refused by the connection "
+                         "bounds (gateway/connections.py), and accept() failures", ["event"], registry=r)
+        self._connection_events = {name: events.labels(name.removeprefix("closed_")) for name in
+                                   ("closed_header_timeout", "evicted", "refused_full", "refused_per_address",
+                                    "accept_errors")}
         self.viewers = Gauge("gateway_live_viewers", "Viewers of a live stream: RTMP players, and HTTP clients that "
                              "fetched its playlists in the last 30 s", ["stream", "protocol"], registry=r, **live)
         self.quality_viewers = Gauge("gateway_live_quality_viewers", "Viewers of one quality of a live stream "
@@ -245,6 +258,10 @@ class GatewayMetrics:
         elif protocol == "live" and kind == "manifest":
             self.live_viewers.saw(request.rel_url.raw_path, client_id(request))
 
+    def record_abort(self, request: web.BaseRequest, reason: str) -> None:
+        """A response given up because of its file: a download closed mid-body, a segment refused with 503."""
+        self._child(self.aborted, classify(request.rel_url.raw_path)[0], reason).inc()
+
     # -- pulled values: cache counters, gauges
 
     def sync_caches(self, packaging) -> None:
@@ -257,6 +274,12 @@ class GatewayMetrics:
         for cache_name, cache in (("presentation", packaging.metadata.presentations),
                                   ("media_set", packaging.metadata.media_sets)):
             self._mirror(cache.counters, self._metadata_children[cache_name])
+
+    def sync_connections(self, tracker) -> None:
+        """The worker's connection tracker (`gateway serve` only): open connections and its counters' deltas."""
+        if tracker is not None:
+            self.http_connections.set(len(tracker.open))
+            self._mirror(tracker.counters, self._connection_events)
 
     def _mirror(self, counters, targets: dict) -> None:
         entry = self._baselines.get(id(counters))
@@ -396,6 +419,7 @@ async def metrics_state(app: web.Application) -> AsyncIterator[None]:
         while True:
             try:
                 metrics.refresh(packaging, ingest_stats(app))
+                metrics.sync_connections(app.get(CONNECTIONS))
             except Exception:
                 log.exception("metrics: refreshing the gauges failed")
             await asyncio.sleep(REFRESH_SECONDS)
@@ -410,5 +434,6 @@ async def metrics_state(app: web.Application) -> AsyncIterator[None]:
 async def serve_metrics(request: web.Request) -> web.Response:
     metrics, packaging = request.app[PROMETHEUS], request.app[PACKAGING]
     metrics.refresh(packaging, ingest_stats(request.app))
+    metrics.sync_connections(request.app.get(CONNECTIONS))
     body, content_type = await packaging.run(metrics.exposition, request.headers.get("Accept"))
     return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})

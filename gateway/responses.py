@@ -2,8 +2,10 @@
 
 Packaged bodies (playlists, segments) are built whole and then sliced, so ranges, HEAD and conditionals behave
 exactly as for a static file. One range per request: a multi-range request gets the full 200 (players never send
-them, and multipart/byteranges would only add a code path). A malformed ``bytes=`` range gets 416, as aiohttp's
-FileResponse does for /mp4, so the two endpoints agree.
+them, and multipart/byteranges would only add a code path). Ranges follow RFC 9110 §14 on every endpoint (/mp4's
+decision is ours too, see gateway.handlers_mp4): an invalid range-set (``bytes=abc``, ``bytes=5-2``) is ignored → 200
+(§14.2 lets a server ignore it); a last-pos at or past the end, however many digits, is clamped → 206; a valid but
+unsatisfiable one (first-pos ≥ length, ``bytes=-0``) is 416 with ``Content-Range: bytes */len``.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from .errors import error_response
 ALLOWED_METHODS = "GET, HEAD, OPTIONS"
 EXPOSED_HEADERS = "Content-Length, Content-Range, Content-Type, ETag, Last-Modified, Accept-Ranges, Date"
 PREFLIGHT_MAX_AGE = 86400
-_RANGE_SPEC = re.compile(r"\s*(\d{0,18})\s*-\s*(\d{0,18})\s*")
+_RANGE_SPEC = re.compile(r"\s*([0-9]*)\s*-\s*([0-9]*)\s*", re.ASCII)
+_HUGE = 1 << 64  # stands for any position with more digits than a file size can have
 
 
 class RangeNotSatisfiable(Exception):
@@ -37,25 +40,35 @@ class ByteRange:
 
 
 def parse_range(header: str, length: int) -> ByteRange | None:
-    """The one range of a Range header, None to answer the full body, or RangeNotSatisfiable (RFC 9110 §14.1)."""
+    """The one range of a Range header, None to answer the full body, or RangeNotSatisfiable (RFC 9110 §14.1.2)."""
     unit, sep, spec = header.partition("=")
     if not sep or unit.strip().lower() != "bytes":
         return None  # unknown range units are ignored
-    if "," in spec:
-        return None  # multi-range: full 200, documented above
-    m = _RANGE_SPEC.fullmatch(spec)
+    specs = [s for s in spec.split(",") if s.strip()]  # a list rule: empty elements are ignored (§5.6.1.2)
+    if len(specs) != 1:
+        return None  # multi-range: full 200, documented above; no range at all: invalid, ignored
+    m = _RANGE_SPEC.fullmatch(specs[0])
     if not m or not (m[1] or m[2]):
-        raise RangeNotSatisfiable(header)
+        return None  # invalid range-spec: ignored (§14.2)
     if m[1]:
-        start = int(m[1])
-        last = int(m[2]) if m[2] else length - 1
-        if last < start or start >= length:
+        start = _position(m[1])
+        last = _position(m[2]) if m[2] else _HUGE
+        if last < start:
+            return None  # invalid int-range (§14.1.1): ignored
+        if start >= length:
             raise RangeNotSatisfiable(header)
         return ByteRange(start, min(last, length - 1) + 1)
-    suffix = int(m[2])
+    suffix = _position(m[2])
     if suffix == 0 or length == 0:
         raise RangeNotSatisfiable(header)
     return ByteRange(max(0, length - suffix), length)
+
+
+def _position(digits: str) -> int:
+    """A byte position; beyond 19 significant digits it is just "past any file" (and int() of a header-long digit
+    string would raise ValueError past Python's 4300-digit limit)."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 19 else _HUGE
 
 
 def http_date(timestamp: float) -> str:

@@ -8,6 +8,8 @@ keep-alive connections are closed. The socket is never closed or re-registered, 
 queue is lost. (Giving each generation its own asyncio server on a ``dup`` of the socket, then closing the old one,
 reset or stranded tens of connections per hundred reloads under load: measured, and reproduced with bare asyncio.)
 A reload starts with the running caches when the store and the cache sizes did not change: it is not a cold start.
+Every accepted connection is also wrapped and counted by the worker's ``ConnectionTracker`` (gateway/connections.py:
+header-read timeout, connection caps, rate-limited accept errors), which outlives the generations as the socket does.
 
 SIGTERM/SIGINT: /ready turns 503 (``draining``), after ``drain_delay`` the socket is closed (new connections are
 refused from then on), RTMP sessions are closed, in-flight responses get ``shutdown_grace`` seconds, then exit 0.
@@ -31,6 +33,7 @@ from rtmp.config import RtmpConfig
 
 from .access_log import configure_access_log
 from .config_file import ServeConfig
+from .connections import CONNECTIONS, ConnectionTracker, TrackedConnection
 from .settings import Settings
 from .workers import Address, Supervisor
 
@@ -39,6 +42,10 @@ __all__ = ["serve", "serve_config", "run_worker", "shown_host"]
 log = logging.getLogger("gateway.serve")
 
 LISTEN_BACKLOG = 1024
+# asyncio accepts up to `backlog` connections per loop tick before any of them reaches the connection tracker; a
+# small batch keeps a burst within the descriptors the auto cap leaves free (gateway/connections.py), instead of
+# EMFILE and a 1 s accept pause. The kernel's queue stays LISTEN_BACKLOG (listen() again after create_server).
+ACCEPT_BATCH = 64
 SETTLE_SECONDS = 0.5  # see retire()
 
 
@@ -104,6 +111,7 @@ class Worker:
         self.address = address
         self.ingest = None
         self.current: Generation | None = None
+        self.connections: ConnectionTracker | None = None  # every generation's connections: caps, header timeout
         self.server: asyncio.Server | None = None
         self.retiring: set[asyncio.Task] = set()  # old generations finishing their in-flight responses
         self.stop = asyncio.Event()
@@ -116,13 +124,16 @@ class Worker:
             loop.add_signal_handler(sig, self.stop.set)
         logging.getLogger().setLevel(self.config.log_level.upper())
         try:
+            self.connections = ConnectionTracker(self.config.settings, rtmp=self._runs_rtmp(self.config))
+            self.connections.install(loop)  # accept errors: one log line a second at most
             self.sock = listen(self.address)
             if self.index == 0 and self.config.rtmp_port:
                 from .ingest import start_ingest  # started first so that the app can show its stats (/status "rtmp")
                 settings = self.config.settings
                 self.ingest = await start_ingest(settings, self.config.rtmp, settings.host, self.config.rtmp_port)
             self.current = await self.start_generation(self.config)
-            self.server = await loop.create_server(self.new_connection, sock=self.sock, backlog=LISTEN_BACKLOG)
+            self.server = await loop.create_server(self.new_connection, sock=self.sock, backlog=ACCEPT_BATCH)
+            self.sock.listen(LISTEN_BACKLOG)
         except Exception as e:
             log.error("gateway: worker %d could not start: %s", self.index, e)
             self._send(("failed", str(e)))
@@ -135,8 +146,11 @@ class Worker:
         return 0
 
     def new_connection(self):
-        """The protocol for a connection just accepted: a request handler of the current generation."""
-        return self.current.runner.server()
+        """The protocol for a connection just accepted: a request handler of the current generation, tracked."""
+        return TrackedConnection(self.connections, self.current.runner.server())
+
+    def _runs_rtmp(self, config: ServeConfig) -> bool:
+        return self.index == 0 and bool(config.rtmp_port)
 
     def _send(self, message) -> None:
         try:
@@ -168,9 +182,12 @@ class Worker:
         settings = config.settings
         app = make_app(settings, ingest=self.ingest)
         app[WORKER_INDEX] = self.index
+        app[CONNECTIONS] = self.connections
+        app.middlewares.insert(0, self.connections.middleware)  # marks connections busy while a request runs
         access_log, access_log_class = configure_access_log(settings.access_log, settings.access_log_format)
         runner = web.AppRunner(app, access_log=access_log, access_log_class=access_log_class,
-                               access_log_format=settings.access_log_format, shutdown_timeout=config.shutdown_grace)
+                               access_log_format=settings.access_log_format, shutdown_timeout=config.shutdown_grace,
+                               keepalive_timeout=settings.keepalive_timeout)
         try:
             await runner.setup()  # cleanup_ctx ran: the app's caches exist
             if self.current is not None:
@@ -191,6 +208,7 @@ class Worker:
                 log.exception("gateway: worker %d: reload failed, keeping the running configuration", self.index)
                 return
             self.config = config
+            self.connections.configure(config.settings, rtmp=self._runs_rtmp(config))
             logging.getLogger().setLevel(config.log_level.upper())
             log.info("gateway: worker %d (pid %d): configuration reloaded", self.index, os.getpid())
         await retire(old.runner)  # not under the lock: a SIGTERM must not wait for it
@@ -241,8 +259,10 @@ def carry_caches(old: Generation, app) -> None:
 
     before, after = old.app[PACKAGING], app[PACKAGING]
     a, b = before.settings, after.settings
-    same = (a.store, a.segment_cache_mb, a.metadata_cache_entries, a.media_set_cache_entries, a.stat_cache_seconds) \
-        == (b.store, b.segment_cache_mb, b.metadata_cache_entries, b.media_set_cache_entries, b.stat_cache_seconds)
+    same = (a.store, a.segment_cache_mb, a.metadata_cache_entries, a.media_set_cache_entries, a.metadata_cache_mb,
+            a.stat_cache_seconds) \
+        == (b.store, b.segment_cache_mb, b.metadata_cache_entries, b.media_set_cache_entries, b.metadata_cache_mb,
+            b.stat_cache_seconds)
     if not same:
         return
     caches = (("responses",), ("metadata", "presentations"), ("metadata", "media_sets"))

@@ -24,11 +24,16 @@ from packagers.media_data import ReadRequest
 
 
 class FileChanged(Exception):
-    """The file was replaced between identification and reading; the next request sees the new file."""
+    """The file was replaced between identification and reading; the next request sees the new file.
 
-    def __init__(self, path: str):
+    ``reason``: "replaced" when opening finds another file than the one identified (a stale stat: routine), or
+    "truncated"/"changed" when it changed in place while being read (counted in gateway_responses_aborted_total).
+    """
+
+    def __init__(self, path: str, reason: str = "replaced"):
         super().__init__(f"FileReader: '{path}' changed while being read, retry")
         self.path = path
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,8 @@ class FileIdentity:
     size: int
     mtime_ns: int
     inode: int  # catches `rsync -t`-style replacement that keeps size and mtime
+    device: int = 0  # (device, inode) names the file whatever its name: gateway.access finds hardlinks by it
+    ctime_ns: int = 0  # a new name (link, rename) updates it: tells gateway.access its identity index may be stale
 
     @property
     def cache_key(self) -> tuple:
@@ -71,7 +78,8 @@ class Store:
             raise missing from None
         if not stat.S_ISREG(st.st_mode):
             raise missing
-        return FileIdentity(path, real, os.path.relpath(real, self.root), st.st_size, st.st_mtime_ns, st.st_ino)
+        return FileIdentity(path, real, os.path.relpath(real, self.root), st.st_size, st.st_mtime_ns, st.st_ino,
+                            st.st_dev, st.st_ctime_ns)
 
     async def identify_all(self, paths: Sequence[str], executor: Executor | None) -> tuple[FileIdentity, ...]:
         loop = asyncio.get_running_loop()
@@ -104,13 +112,25 @@ class FileReader:
             raise FileChanged(identity.path) from None
         st = os.fstat(self.fd)
         if (st.st_size, st.st_mtime_ns, st.st_ino) != (identity.size, identity.mtime_ns, identity.inode):
-            os.close(self.fd)
+            self.close()
             raise FileChanged(identity.path)
 
+    def _expected(self, offset: int, size: int) -> int:
+        """What a read must return: all of it, except past the end of the file as identified."""
+        return max(0, min(size, self.identity.size - offset))
+
+    def _check_unchanged(self) -> None:
+        """Raise FileChanged if the file changed in place since it was identified (one fstat)."""
+        st = os.fstat(self.fd)
+        if (st.st_size, st.st_mtime_ns) != (self.identity.size, self.identity.mtime_ns):
+            raise FileChanged(self.identity.path, "changed")
+
     def pread(self, offset: int, size: int) -> bytes:
-        """Up to ``size`` bytes at ``offset``; shorter only at end of file (os.pread may return short reads)."""
+        """Up to ``size`` bytes at ``offset``; shorter only past the end of the file as identified, else the file
+        was truncated in place after identification: FileChanged, never short bytes that look like a corrupt file."""
         if offset < 0 or size < 0:
             raise ValueError(f"FileReader.pread: negative offset {offset} or size {size}")
+        expected = self._expected(offset, size)
         chunks = []
         while size > 0:
             chunk = os.pread(self.fd, size, offset)
@@ -119,14 +139,25 @@ class FileReader:
             chunks.append(chunk)
             offset += len(chunk)
             size -= len(chunk)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if len(data) < expected:
+            raise FileChanged(self.identity.path, "truncated")
+        return data
 
     def read_all(self, requests: Sequence[ReadRequest]) -> list[bytes]:
         return [self.pread(r.offset, r.size) for r in requests]
 
     def read_scratch(self, requests: Sequence[ReadRequest]) -> list[memoryview]:
-        """``requests`` read into this thread's reusable buffer (see ``read_into_scratch``)."""
-        return read_into_scratch(self.fd, requests)
+        """``requests`` read into this thread's reusable buffer (see ``read_into_scratch``).
+
+        A read short of the file as identified, or a size/mtime change by the time all are read, is FileChanged
+        (503 and a retry) rather than a segment built from the wrong bytes; reads past the identified end stay
+        short (the packager reports that file as BAD_DATA)."""
+        views = read_into_scratch(self.fd, requests)
+        if any(len(v) < self._expected(r.offset, r.size) for r, v in zip(requests, views)):
+            raise FileChanged(self.identity.path, "truncated")
+        self._check_unchanged()
+        return views
 
     def close(self) -> None:
         if self.fd >= 0:

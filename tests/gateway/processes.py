@@ -27,14 +27,16 @@ def gateway_command() -> list[str]:
 class Gateway:
     """A real `gateway serve` process on a free loopback port (``--port 0``: the URL comes from its banner)."""
 
-    def __init__(self, log: Path, *args: str, store: Path | None = None, log_level: str | None = None):
+    def __init__(self, log: Path, *args: str, store: Path | None = None, log_level: str | None = None,
+                 preexec_fn=None):
+        """``preexec_fn``: run in the child before exec (e.g. to lower its RLIMIT_NOFILE)."""
         self.log = log
         cmd = gateway_command() + (["--log-level", log_level] if log_level else [])
         cmd += ["serve", "--host", "127.0.0.1", "--port", "0", *args]
         if store is not None:
             cmd += ["--store", str(store)]
         with open(log, "ab") as stderr:  # a file, not a pipe: the access log must never block the server
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True)
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, preexec_fn=preexec_fn)
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read_stdout, daemon=True).start()
         line = self.read_line()

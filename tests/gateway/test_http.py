@@ -77,7 +77,7 @@ async def test_range_is_a_slice_of_the_full_body(client, path, spec):
 
 
 @pytest.mark.parametrize("path", RESOURCES)
-@pytest.mark.parametrize("spec", ["bytes=100000000-", "bytes=9-2", "bytes=-0", "bytes=x-y", "bytes=--1"])
+@pytest.mark.parametrize("spec", ["bytes=100000000-", "bytes=-0"])  # invalid ones are ignored: test_ranges_rfc9110
 async def test_unsatisfiable_range_is_416(client, path, spec):
     length = len(await (await client.get(path)).read())
     response = await client.get(path, headers={"Range": spec})
