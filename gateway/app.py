@@ -129,12 +129,13 @@ async def _serve(request: web.Request, parsed: GatewayRequest) -> web.StreamResp
     packaging = request.app[PACKAGING]
     view = await catalog_view(request.app, packaging.run)
     paths = (parsed.path,) if isinstance(parsed, Mp4Download) else parsed.target.paths
-    files = await packaging.identify_all(paths)  # 404 for missing files; names and inodes for the ownership check
+    # 404 for missing files; names and inodes for the ownership check (fresh for downloads: see identify_all)
+    files = await packaging.identify_all(paths, fresh=isinstance(parsed, Mp4Download))
     view = await request.app[IDENTITY_WATCH].view(view, files, packaging.run)  # a file linked since the index?
     context = authorize(view, request.app[SETTINGS], parsed, signed, files)
     if isinstance(parsed, Mp4Download):
         request[CACHE_RESULT] = "bypass"  # the file itself (sendfile), never the response cache
-        response = await serve_mp4(request, parsed)
+        response = await serve_mp4(request, files[0])
     else:
         response = await serve_packaged_request(request, parsed, context)
     if signed is not None:

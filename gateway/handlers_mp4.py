@@ -34,7 +34,7 @@ from .responses import (
     range_decision,
     range_not_satisfiable,
 )
-from .urls import Mp4Download
+from .store import FileIdentity
 
 MP4_TYPE = "video/mp4"
 PIECE = 8 << 20  # bytes per sendfile call, the descriptor re-checked between pieces (48 MB downloads: same MB/s)
@@ -49,8 +49,9 @@ class ResponseAborted(ConnectionResetError):
 class StoreFileResponse(FileResponse):
     """FileResponse that serves exactly ``byte_range`` (or everything) of a path already checked by the Store."""
 
-    def __init__(self, path: str, byte_range: ByteRange | None, headers: dict[str, str]):
-        super().__init__(path, headers=headers)
+    def __init__(self, file: FileIdentity, byte_range: ByteRange | None, headers: dict[str, str]):
+        super().__init__(file.real_path, headers=headers)
+        self._file = file
         self._byte_range = byte_range
 
     async def prepare(self, request: web.BaseRequest):
@@ -61,6 +62,32 @@ class StoreFileResponse(FileResponse):
             headers["Range"] = f"bytes={self._byte_range.start}-{self._byte_range.stop - 1}"
         self._original = request  # the clone shares its transport; metrics classify the original path
         return await super().prepare(request.clone(headers=headers))
+
+    async def _prepare_open_file(self, request: web.BaseRequest, fobj, st: os.stat_result, file_encoding):
+        """Send only the inode that was authorized: if the name now leads elsewhere (replaced in the instant
+        between our stat and FileResponse's open), answer 503 FILE_CHANGED before any header is out."""
+        if (st.st_dev, st.st_ino) != (self._file.device, self._file.inode):
+            return await self._file_changed(request)
+        return await super()._prepare_open_file(request, fobj, st, file_encoding)
+
+    async def _file_changed(self, request: web.BaseRequest):
+        original = getattr(self, "_original", request)
+        log.warning("%s %s: the file was replaced between its check and its open; 503", original.method,
+                    original.rel_url.raw_path[:200])
+        metrics = original.app.get(PROMETHEUS)
+        if metrics is not None:
+            metrics.record_abort(original, "replaced")
+        body = f"FILE_CHANGED: '{self._file.path}' changed while being opened, retry\n".encode()
+        self.set_status(503)
+        for name in ("ETag", "Last-Modified", "Accept-Ranges", "Content-Range"):
+            self.headers.popall(name, None)
+        self.headers.update({"Retry-After": "1", "Cache-Control": "no-store"})
+        self.content_type, self.content_length = "text/plain", len(body)
+        writer = await web.StreamResponse.prepare(self, request)
+        if request.method != "HEAD":
+            await writer.write(body)
+        await web.StreamResponse.write_eof(self)
+        return writer
 
     async def _sendfile(self, request: web.BaseRequest, fobj, offset: int, count: int):
         """FileResponse._sendfile, in pieces, each checked (see the module docstring)."""
@@ -128,9 +155,9 @@ def file_etag(size: int, mtime_ns: int) -> str:
     return f'"{mtime_ns:x}-{size:x}"'
 
 
-async def serve_mp4(request: web.Request, mp4: Mp4Download) -> web.StreamResponse:
+async def serve_mp4(request: web.Request, file: FileIdentity) -> web.StreamResponse:
+    """``file`` as identified (fresh) and authorized by the dispatcher."""
     packaging = request.app[PACKAGING]
-    (file,) = await packaging.identify_all((mp4.path,))
     etag, last_modified = file_etag(file.size, file.mtime_ns), file.mtime_ns / 1e9
     byte_range = None
     if not not_modified(request, etag, last_modified):  # a 304 (FileResponse's) beats any Range verdict
@@ -139,4 +166,4 @@ async def serve_mp4(request: web.Request, mp4: Mp4Download) -> web.StreamRespons
         except RangeNotSatisfiable:
             return range_not_satisfiable(file.size)
     headers = {"Content-Type": MP4_TYPE, "Cache-Control": cache_control(packaging.settings.manifest_max_age)}
-    return StoreFileResponse(file.real_path, byte_range, headers)
+    return StoreFileResponse(file, byte_range, headers)

@@ -107,8 +107,10 @@ class Packaging:
     async def run(self, fn: Callable[..., T], *args) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    async def identify_all(self, paths: tuple[str, ...]) -> tuple[FileIdentity, ...]:
-        files = self.stats.get(paths)
+    async def identify_all(self, paths: tuple[str, ...], fresh: bool = False) -> tuple[FileIdentity, ...]:
+        """The files' identities, from the stat cache unless ``fresh`` (a download opens the file by name right after:
+        it must be authorized on what that name is now, not on what it was up to a second ago)."""
+        files = None if fresh else self.stats.get(paths)
         if files is None:
             files = await self.store.identify_all(paths, self.executor)
             self.stats.put(files)
