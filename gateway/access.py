@@ -65,7 +65,7 @@ class IdentityWatch:
     async def view(self, view: CatalogView, files: Sequence[FileIdentity],
                    run: Callable[..., Awaitable]) -> CatalogView:
         newest = max((f.ctime_ns for f in files), default=0)
-        if newest <= view.identity_ctime_ns or not view.by_entry:  # no entries: nothing to recognise
+        if newest <= view.identity_ctime_ns or not view.restricts_access:  # no rule another name could get around
             return view
         self._pending = max(self._pending, newest)
         if self._next is None:

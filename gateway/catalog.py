@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from delivery_profiles import SYSTEM_DEFAULTS, DeliveryType, merge
 from packagers.errors import PackagerError
 
 from .catalog_schema import (
@@ -81,6 +83,15 @@ class CatalogView:
     def entries_for_path(self, store_path: str) -> tuple[Entry, ...]:
         """Entries with a flavor at ``store_path``: its declared path or its realpath (``FileIdentity.store_path``)."""
         return self.by_path.get(store_path, ())
+
+    @functools.cached_property
+    def restricts_access(self) -> bool:
+        """Whether any entry is secured or any partner disables a delivery type: only then can another name of an
+        entry's file (a hardlink) be a way around a rule, so only then is the identity index worth a wait."""
+        if any(e.secured for e in self.by_entry.values()):
+            return True
+        return any(not merge(SYSTEM_DEFAULTS, p.delivery).is_enabled(t) for p in self.by_partner.values()
+                   for t in DeliveryType)
 
     def entries_for_identity(self, device: int, inode: int) -> tuple[Entry, ...]:
         """Entries with a flavor file that is this inode, under whatever name it was requested."""

@@ -232,6 +232,28 @@ async def test_new_files_share_one_identity_pass_and_are_then_known(make_client,
     assert len(passes) == done and catalog.view().identity_ctime_ns >= newest
 
 
+async def test_no_identity_pass_when_no_rule_could_be_got_around(make_client, store, partners):
+    """Without a secured entry or a disabled type, another name of an entry's file gets around nothing: new files
+    are answered at once, with no identity pass (and so no wait for one); a rule added later turns the watch on."""
+    from gateway.access import CATALOG
+
+    client = await make_client(catalog_ttl=0.2)
+    catalog = client.server.app[CATALOG]
+    passes: list[int] = []
+    rescan = catalog.rescan_identities
+    catalog.rescan_identities = lambda covered: passes.append(covered) or rescan(covered)
+    assert not catalog.view().restricts_access
+    shutil.copyfile(fixture_path(LOOSE), store / "fresh.mp4")
+    assert (await status_of(client, "/mp4/fresh.mp4"))[0] == 200
+    assert passes == []
+    set_profile(store, partners[101], "hds", False)
+    await until(client, [f"/hds/{OWNED}/manifest.f4m"], 403)
+    assert catalog.view().restricts_access
+    os.link(store / OWNED, store / "second_name.mp4")
+    assert (await status_of(client, "/hds/second_name.mp4/manifest.f4m"))[0] == 403
+    assert len(passes) >= 1
+
+
 def test_gateway_serve_workers_with_the_operator_cli(gateways, store):
     """The real thing: `gateway serve --workers 2`, a catalog written by the operator commands, a hardlink made
     after both workers answered, and a type disabled while they run (new connections: either worker answers)."""
