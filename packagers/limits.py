@@ -52,6 +52,11 @@ class Limits:
     def moov_size_limit(self) -> int:
         return self.moov_base_bytes + self.moov_bytes_per_frame * self.max_frame_count
 
+    @property
+    def request_memory_bytes(self) -> int:
+        """The working memory one request may need beyond twice the bytes it sends (see the module docstring)."""
+        return (16 << 20) + 128 * self.max_frame_count
+
     def sample_bytes_limit(self, allocated_bytes: int | None) -> int | None:
         """How many sample bytes a file with ``allocated_bytes`` on disk (st_blocks x 512) may claim; None when
         unknown (0 or None: some filesystems do not report blocks)."""

@@ -144,9 +144,15 @@ class MediaSet:
             end = track.duration
         bounds = np.append(times, end)[ranges]
         durations = np.diff(bounds).astype(np.int64)
-        # A track's own segment spans (DASH S@d, MSS chunk d) must be as sane as the plan's; segments where the
-        # track has no sample keep their 0.
-        spans = durations[np.diff(ranges) > 0]
+        # A track's own segment spans (DASH S@d, MSS chunk d) must be as sane as the plan's. Segments where the
+        # track has no sample keep their 0, which only trailing ones may (a track that ends before the others: the
+        # writers leave them out); an empty one before a full one would be a 0-length entry of the timeline.
+        filled = np.diff(ranges) > 0
+        if filled.any() and not filled[: int(np.flatnonzero(filled)[-1])].all():
+            raise bad_data(f"MediaSet.segment_times: track {track.track_id} has no sample in segment "
+                           f"{int(np.flatnonzero(~filled)[0]) + 1} but has in later ones, in "
+                           f"{track.source or 'presentation'}")
+        spans = durations[filled]
         low, high = self.limits.min_segment_seconds, self.limits.max_segment_seconds
         if len(spans) and (spans.min() < low * track.timescale or spans.max() > high * track.timescale):
             raise bad_data(f"MediaSet.segment_times: a segment of track {track.track_id} lasts {spans.min()} or "

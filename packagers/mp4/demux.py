@@ -39,6 +39,7 @@ class _Budget:
     frames: int = 0
     sample_bytes: int = 0
     chunk_spans: list = field(default_factory=list)
+    moov_span: tuple[int, int] | None = None  # (start, end) of moov in the file, when parsing from a file
 
 
 def find_moov(read: Read, file_size: int, where: str) -> tuple[Box, str]:
@@ -72,7 +73,7 @@ def read_presentation(read: Read, file_size: int, source: str = "", *, limits: L
     data = bytes(read(moov.start, moov.size))
     if len(data) != moov.size:
         raise bad_data(f"read_presentation: moov truncated ({len(data)} of {moov.size} bytes read) in {where}")
-    budget = _Budget(limits, limits.sample_bytes_limit(allocated_bytes))
+    budget = _Budget(limits, limits.sample_bytes_limit(allocated_bytes), moov_span=(moov.start, moov.end))
     return _parse_movie(data, Box("moov", 0, moov.header_size, moov.size), source, file_size, brand, budget)
 
 
@@ -108,7 +109,7 @@ def _parse_movie(buf: bytes, moov: Box, source: str, file_size: int | None, bran
     tracks = [t for trak in traks if (t := parse_trak(buf, trak, timescale, source, file_size, budget)) is not None]
     if not tracks:
         raise PackagerError(ErrorCode.NO_STREAMS, f"parse_moov: no H.264, HEVC or AAC track with samples in {where}")
-    check_chunk_overlap(budget.chunk_spans, where)
+    check_chunk_overlap(budget.chunk_spans, where, budget.moov_span)
     return Presentation(tracks=tuple(tracks), source=source, timescale=timescale, brand=brand)
 
 

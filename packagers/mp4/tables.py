@@ -115,15 +115,22 @@ def run_total(counts: np.ndarray, values: np.ndarray) -> float:
     return float(counts.astype(np.float64) @ values.astype(np.float64))
 
 
-def check_chunk_overlap(chunk_spans: list, where: str) -> None:
+def check_chunk_overlap(chunk_spans: list, where: str, moov: tuple[int, int] | None = None) -> None:
     """Sample data of the file's tracks may not share bytes: sort all chunks by start and require each to end by the
-    next one's start (real muxers write disjoint chunks; shared bytes would let a small file make huge segments)."""
+    next one's start (real muxers write disjoint chunks; shared bytes would let a small file make huge segments).
+    Nor may it lie in the ``moov`` box's (start, end) bytes: media is never inside the metadata."""
     if not chunk_spans:
         return
     starts = np.concatenate([s for s, _ in chunk_spans])
     ends = np.concatenate([e for _, e in chunk_spans])
     full = ends > starts  # chunks of zero bytes share nothing
     starts, ends = starts[full], ends[full]
+    if moov is not None:
+        inside = np.flatnonzero((starts < moov[1]) & (ends > moov[0]))
+        if len(inside):
+            i = int(inside[0])
+            raise bad_data(f"check_chunk_overlap: sample data at {starts[i]}..{ends[i]} lies in the moov box "
+                           f"({moov[0]}..{moov[1]}) in {where}")
     if len(starts) < 2:
         return
     order = np.argsort(starts, kind="stable")

@@ -102,6 +102,21 @@ def test_overlapping_samples_refused():
     assert peak < SMALL_PEAK
 
 
+def test_sample_data_inside_the_moov_is_refused(tmp_path):
+    """A chunk offset pointing at the file's start (found by the fuzz suite: it served 200s of moov bytes as media)."""
+    from fixtures.mp4_variants import rewrite, top
+
+    def first_chunk_at_zero(nodes):
+        stco = top(nodes, b"moov").find(b"trak", b"mdia", b"minf", b"stbl", b"stco")[0]
+        stco.payload = stco.payload[:8] + b"\0\0\0\0" + stco.payload[12:]
+
+    path = tmp_path / "chunk_at_zero.mp4"
+    path.write_bytes(rewrite(fixture_path("title_180p.mp4").read_bytes(), first_chunk_at_zero))
+    with pytest.raises(PackagerError, match=r"check_chunk_overlap: sample data at 0\.\.[0-9]+ lies in the moov box"):
+        parse_file(path)
+    parse_file(fixture_path("title_180p.mp4"))  # moov first (faststart): its real chunks all lie after it
+
+
 def test_chunk_overlap_edges():
     touching = [(np.array([100, 0]), np.array([200, 100])), (np.array([200, 150]), np.array([300, 150]))]
     check_chunk_overlap(touching, "t")  # end == next start, and a zero-byte chunk, share nothing
@@ -138,7 +153,7 @@ def test_default_frame_limit_edge_and_parse_memory_bound():
     result, peak = peak_of(lambda: parse_frames((frames,), limits))
     assert not isinstance(result, PackagerError), result
     assert len(result.tracks[0].samples) == frames
-    assert peak < (16 << 20) + 128 * frames, peak
+    assert peak < Limits(max_frame_count=frames).request_memory_bytes, peak
     result, peak = peak_of(lambda: parse_frames((frames + 1,), limits))
     assert_bad_data(result, f"{frames + 1} frames")
     assert peak < SMALL_PEAK
@@ -158,7 +173,7 @@ def test_parse_memory_bound_on_the_densest_moov_we_accept(tmp_path):
     result, peak = peak_of(lambda: parse_file(path, allocated=False))
     assert not isinstance(result, PackagerError), result
     assert len(result.tracks[0].samples) == frames
-    assert peak < (16 << 20) + 128 * frames, peak
+    assert peak < Limits(max_frame_count=frames).request_memory_bytes, peak
 
 
 def test_moov_size_follows_the_frame_limit():
@@ -221,7 +236,7 @@ def test_a_track_segment_longer_than_the_limit_is_bad_data():
     """The plan (video, key frames every 2 s) is sane, but an audio sample lasting 4000 s makes that track's own
     segment span (DASH S@d, MSS d) longer than an hour."""
     video = video_track(4200, fps=1, timescale=1000, gop=2, bframes=False)
-    durations = np.array([1024, 4000 * 44100, 1024], np.uint32)
+    durations = np.array([1024, 1024, 4000 * 44100], np.uint32)  # last: the segments after it are trailing empties
     dts = np.concatenate(([0], np.cumsum(durations[:-1], dtype=np.int64)))
     table = SampleTable(np.arange(3, dtype=np.uint64) * 300 + 10_000_000, np.full(3, 300, np.uint32), dts,
                         np.zeros(3, np.int32), durations, np.ones(3, bool))
@@ -230,6 +245,23 @@ def test_a_track_segment_longer_than_the_limit_is_bad_data():
     selection = media_set.resolve(TrackSpec())
     media_set.segment_times(selection, video)
     with pytest.raises(PackagerError, match="MediaSet.segment_times: a segment of track 2"):
+        media_set.segment_times(selection, audio)
+
+
+def test_a_track_with_no_sample_in_a_middle_segment_is_bad_data():
+    """An audio gap spanning a whole segment (found by the fuzz suite in a mutated HEVC file) would be a 0-length
+    S@d in DASH and d="0" in MSS; only trailing empty segments (a track ending early) are left out of a timeline."""
+    video = video_track(30, fps=1, timescale=1000, gop=2, bframes=False)
+    durations = np.full(517, 1024, np.uint32)
+    durations[258] = int(6.1 * 44100)  # the sample that starts at 5.99 s ends at 12.09 s: nothing starts in 6..12 s
+    dts = np.concatenate(([0], np.cumsum(durations[:-1], dtype=np.int64)))
+    table = SampleTable(np.arange(517, dtype=np.uint64) * 300 + 10_000_000, np.full(517, 300, np.uint32), dts,
+                        np.zeros(517, np.int32), durations, np.ones(517, bool))
+    audio = Track(2, "audio", 44100, CodecConfig("mp4a", "mp4a.40.2", sample_rate=44100, channels=2), table)
+    media_set = MediaSet([presentation(video, audio)], 6000)
+    selection = media_set.resolve(TrackSpec())
+    media_set.segment_times(selection, video)
+    with pytest.raises(PackagerError, match="track 2 has no sample in segment 2 but has in later ones"):
         media_set.segment_times(selection, audio)
 
 
