@@ -84,8 +84,9 @@ class Gateway:
 def gateways(tmp_path):
     started: list[Gateway] = []
 
-    def start(*args: str, store: Path | None = None, log_level: str | None = None) -> Gateway:
-        gw = Gateway(tmp_path / f"gateway-{len(started)}.log", *args, store=store, log_level=log_level)
+    def start(*args: str, store: Path | None = None, log_level: str | None = None, preexec_fn=None) -> Gateway:
+        gw = Gateway(tmp_path / f"gateway-{len(started)}.log", *args, store=store, log_level=log_level,
+                     preexec_fn=preexec_fn)
         started.append(gw)
         return gw
 

@@ -53,17 +53,8 @@ def store(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def serve(tmp_path: Path, store: Path):
-    started: list[Gateway] = []
-
-    def start(*args: str) -> Gateway:
-        gw = Gateway(tmp_path / f"gateway-{len(started)}.log", *args, store=store, preexec_fn=limit_nofile)
-        started.append(gw)
-        return gw
-
-    yield start
-    for gw in started:
-        gw.close()
+def serve(gateways, store: Path):
+    return lambda *args: gateways(*args, store=store, preexec_fn=limit_nofile)
 
 
 def connect(gw: Gateway, source: str = "127.0.0.1") -> socket.socket:
