@@ -36,12 +36,20 @@ DEMO_PATHS = (
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:
-        return run_bench(argv[1:])
-    args = _parser().parse_args(argv)
-    level = (args.log_level or "info").upper()  # None: not given (a config file may set log_level)
-    logging.basicConfig(level=getattr(logging, level), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return args.func(args)
+    try:
+        if argv[:1] == ["bench"]:
+            return run_bench(argv[1:])
+        args = _parser().parse_args(argv)
+        level = (args.log_level or "info").upper()  # None: not given (a config file may set log_level)
+        logging.basicConfig(level=getattr(logging, level), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        return args.func(args)
+    except ModuleNotFoundError as e:
+        if e.name != "av":
+            raise
+        # only `gateway demo` and `gateway bench` encode media (fixtures/): serving needs no PyAV
+        print("gateway: this command encodes sample media with PyAV: python3 -m pip install -e '.[demo]'",
+              file=sys.stderr)
+        return 2
 
 
 def _parser() -> argparse.ArgumentParser:

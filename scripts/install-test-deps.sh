@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a Debian 12 machine (as root): ffmpeg, Chromium, node >= 20, the Python package
-# with its test extra, and the pinned npm packages of the browser tests. Idempotent. Step output goes to a log that
-# is printed only when a step fails. Used by the README's test command and so by CI.
+# with its test and demo extras, and the pinned npm packages of the browser tests. Idempotent. Step output goes to a
+# log that is printed only when a step fails. Used by the README's test command and so by CI.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -61,8 +61,8 @@ if ! node_ok; then
   node_ok || { echo "no node >= $NODE_MAJOR_MIN with npm after the fallback" >&2; exit 1; }
 fi
 
-step "pip install -e '.[test]'"
-quietly "$PYTHON" -m pip install -e '.[test]'
+step "pip install -e '.[test,demo]'"
+quietly "$PYTHON" -m pip install -e '.[test,demo]'
 
 step "npm ci (hls.js, dashjs, shaka-player, playwright-core; never a browser download)"
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1

@@ -1,11 +1,12 @@
 """Segment k is the same media in every protocol.
 
-For each segment of a file, the samples of HLS-TS, HLS-fMP4, DASH, Smooth and HDS are read back with parsers written
-here (ffmpeg's for TS), reduced to (payload, presentation time in seconds) per track, and compared: identical
-payloads in identical order, presentation times equal within the precision of each container (1/90000 s for TS, the
-track's timescale for fMP4, 1 ms for FLV). The fMP4 protocols must agree with TS to the tick, with no offset; HDS may
-add one constant (FLV timestamps cannot be negative), the same for every sample. Finally, all segments together are
-the source MP4's samples, as ffmpeg demuxes them.
+For each segment of a file, the samples of HLS-TS, HLS-fMP4, DASH, Smooth and HDS are read back with parsers that
+share no code with ours (ffmpeg's for TS, pymp4's for fMP4, FLV tags read here for HDS), reduced to (payload,
+presentation time in seconds) per track, and compared: identical payloads in identical order, presentation times equal
+within the precision of each container (1/90000 s for TS, the track's timescale for fMP4, 1 ms for FLV). The fMP4
+protocols must agree with TS to the tick, with no offset; HDS may add one constant (FLV timestamps cannot be
+negative), the same for every sample. Finally, all segments together are the source MP4's samples, as ffmpeg demuxes
+them.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import pytest
 from fixtures.generate import fixture_path
 from packagers.ts import TS_PTS_OFFSET
 
+from ..packagers.fmp4_tools import read_fragment, root
 from .http import get
 from .test_sample_fidelity import FRAMING_NALS, nal_type, nals_from_annexb, nals_from_length_prefixed, strip_adts
 
@@ -33,66 +35,18 @@ def norm_video(codec: str, nals: list[bytes]) -> tuple:
     return tuple(n for n in nals if nal_type(codec, n) not in FRAMING_NALS[codec])
 
 
-# -- fMP4: a minimal independent moof/trun reader (ISO/IEC 14496-12 §8.8) ------------------------------------------
-
-def walk(data: bytes, start: int = 0, end: int | None = None):
-    end = len(data) if end is None else end
-    pos = start
-    while pos < end:
-        size, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        header = 8
-        if size == 1:
-            (size,) = struct.unpack(">Q", data[pos + 8:pos + 16])
-            header = 16
-        yield kind.decode("latin-1"), pos, pos + header, pos + size
-        pos += size
-
+# -- fMP4: read back with pymp4 (tests/packagers/fmp4_tools.py), independent of our box writer ----------------------
 
 def mdhd_timescale(init: bytes) -> int:
-    at = init.find(b"mdhd")
-    version = init[at + 4]
-    return struct.unpack(">I", init[at + 8 + (16 if version else 8):at + 12 + (16 if version else 8)])[0]
+    return root(init).find(b"moov", b"trak", b"mdia", b"mdhd").parsed.timescale
 
 
 def fmp4_samples(fragment: bytes, timescale: int, pto: int = 0) -> list[tuple[bytes, float]]:
     """(payload, presentation seconds) of the one-track fragment ``fragment``."""
-    moof = next(b for b in walk(fragment) if b[0] == "moof")
-    _, moof_start, moof_body, moof_end = moof
-    traf = next(b for b in walk(fragment, moof_body, moof_end) if b[0] == "traf")
-    children = {k: (s, b, e) for k, s, b, e in walk(fragment, traf[2], traf[3])}
-    _, b, _ = children["tfhd"]
-    tfhd_flags = int.from_bytes(fragment[b + 1:b + 4], "big")
-    pos = b + 8 + (8 if tfhd_flags & 1 else 0) + (4 if tfhd_flags & 2 else 0)
-    default_duration = default_size = 0
-    if tfhd_flags & 0x08:
-        (default_duration,) = struct.unpack(">I", fragment[pos:pos + 4]); pos += 4
-    if tfhd_flags & 0x10:
-        (default_size,) = struct.unpack(">I", fragment[pos:pos + 4])
-    _, b, _ = children["tfdt"]
-    base = struct.unpack(">Q" if fragment[b] == 1 else ">I", fragment[b + 4:b + (12 if fragment[b] == 1 else 8)])[0]
-    _, b, _ = children["trun"]
-    version, flags = fragment[b], int.from_bytes(fragment[b + 1:b + 4], "big")
-    count, pos = struct.unpack(">I", fragment[b + 4:b + 8])[0], b + 8
-    data_offset = 0
-    if flags & 1:
-        (data_offset,) = struct.unpack(">i", fragment[pos:pos + 4]); pos += 4
-    if flags & 4:
-        pos += 4
-    out, t, at = [], base, moof_start + data_offset
-    for _ in range(count):
-        duration, size, cto = default_duration, default_size, 0
-        if flags & 0x100:
-            (duration,) = struct.unpack(">I", fragment[pos:pos + 4]); pos += 4
-        if flags & 0x200:
-            (size,) = struct.unpack(">I", fragment[pos:pos + 4]); pos += 4
-        if flags & 0x400:
-            pos += 4
-        if flags & 0x800:
-            (cto,) = struct.unpack(">i" if version else ">I", fragment[pos:pos + 4]); pos += 4
-        out.append((fragment[at:at + size], (t + cto - pto) / timescale))
-        t += duration
-        at += size
-    return out
+    (traf,) = read_fragment(fragment)
+    ends = traf.sizes.cumsum()
+    payloads = [traf.payload[end - size:end] for size, end in zip(traf.sizes.tolist(), ends.tolist())]
+    return [(p, (t - pto) / timescale) for p, t in zip(payloads, traf.presentation.tolist())]
 
 
 def fmp4_track(codec: str, kind: str, samples: list[tuple[bytes, float]]) -> list[tuple]:
@@ -165,6 +119,19 @@ def mss_segments(base: str, codec: str, count: int) -> list[dict]:
             out[k][kind] = fmp4_track(codec, kind, fmp4_samples(get(f"{base}/mss/{NAME}/{url}"), ts))
             t += int(c.get("d"))
     return out
+
+
+def walk(data: bytes):
+    """(type, start, body, end) of each top-level box; HDS's abst/afra are boxes that pymp4 does not know."""
+    pos = 0
+    while pos < len(data):
+        size, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        header = 8
+        if size == 1:
+            (size,) = struct.unpack(">Q", data[pos + 8:pos + 16])
+            header = 16
+        yield kind.decode("latin-1"), pos, pos + header, pos + size
+        pos += size
 
 
 def hds_segments(base: str, codec: str, count: int) -> list[dict]:

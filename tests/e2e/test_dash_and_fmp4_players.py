@@ -7,6 +7,7 @@ import shutil
 import subprocess
 
 import av
+import m3u8
 import pytest
 
 from fixtures.generate import fixture_path
@@ -93,7 +94,9 @@ def test_hevc_defaults_to_fmp4_hls(gateway_url):
     """--hls-container auto (the default): HEVC is offered as fMP4 (EXT-X-MAP), H.264 as MPEG-TS."""
     from .http import get, media_playlists
 
-    hevc = get(media_playlists(f"{gateway_url}/hls/hevc.mp4/master.m3u8")[0]).decode()
-    avc = get(media_playlists(f"{gateway_url}/hls/title_180p.mp4/master.m3u8")[0]).decode()
-    assert "#EXT-X-MAP:URI=" in hevc and ".m4s" in hevc
-    assert "#EXT-X-MAP" not in avc and ".ts" in avc
+    hevc = m3u8.loads(get(media_playlists(f"{gateway_url}/hls/hevc.mp4/master.m3u8")[0]).decode())
+    avc = m3u8.loads(get(media_playlists(f"{gateway_url}/hls/title_180p.mp4/master.m3u8")[0]).decode())
+    assert [m.uri.rpartition(".")[2] for m in hevc.segment_map] == ["mp4"]
+    assert hevc.segments and {s.uri.rpartition(".")[2] for s in hevc.segments} == {"m4s"}
+    assert not avc.segment_map
+    assert avc.segments and {s.uri.rpartition(".")[2] for s in avc.segments} == {"ts"}

@@ -85,9 +85,9 @@ def test_fragments_carry_the_source_samples(gateway_url, name):
             traf = next(b for b in moof.children if b.type == b"traf")
             by_type = {b.type: b for b in traf.children}
             tfdt, trun = by_type[b"tfdt"], by_type[b"trun"]
-            at = data.find(TFXD.bytes)
-            assert at > 0, "tfxd box missing"
-            version_flags, absolute, tfxd_duration = struct.unpack(">IQQ", data[at + 16:at + 36])
+            tfxd = [b for b in traf.children if b.type == b"uuid" and b.extended_type == TFXD]
+            assert len(tfxd) == 1, "one tfxd box in the traf"
+            version_flags, absolute, tfxd_duration = struct.unpack(">IQQ", tfxd[0].data)
             assert version_flags >> 24 == 1 and (absolute, tfxd_duration) == (t, d), "tfxd disagrees with the manifest"
             assert tfdt.baseMediaDecodeTime == t
             durations = np.array([s.sample_duration for s in trun.sample_info])

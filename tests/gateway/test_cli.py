@@ -10,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 
+import m3u8
 import pytest
 
 from fixtures.generate import fixture_path
@@ -65,7 +66,7 @@ def test_serve_subprocess(serve):
     assert status == 200 and headers["Content-Type"] == "application/vnd.apple.mpegurl"
     assert b"index-f1-v1-a1.m3u8" in body
     status, _, playlist = fetch(base + URLSET + "/index-f2-v1-a1.m3u8")
-    assert status == 200 and b"#EXT-X-TARGETDURATION:4" in playlist  # --segment-duration reached the plan
+    assert status == 200 and m3u8.loads(playlist.decode()).target_duration == 4  # --segment-duration reached the plan
     status, headers, segment = fetch(base + URLSET + "/seg-1-f2-v1-a1.ts")
     assert status == 200 and segment[:1] == b"\x47" and headers["Access-Control-Allow-Origin"] == "*"
     status, _, part = fetch(base + URLSET + "/seg-1-f2-v1-a1.ts", {"Range": "bytes=-500"})
@@ -167,3 +168,20 @@ def test_demo_banner_lists_playable_urls(monkeypatch, tmp_path, capsys):
     time.sleep(0.01)
     assert main(["demo"]) == 0
     assert (tmp_path / "media" / "title_360p.mp4").stat().st_mtime_ns == mtime  # not regenerated
+
+
+def test_demo_without_pyav_says_which_extra_to_install(tmp_path):
+    """Serving needs no PyAV (it is the `demo` extra); `gateway demo` without it names the install command."""
+    code = (
+        "import sys\n"
+        "class NoAv:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'av' or name.startswith('av.'):\n"
+        "            raise ModuleNotFoundError(\"No module named 'av'\", name='av')\n"
+        "sys.meta_path.insert(0, NoAv())\n"
+        "from gateway.cli import main\n"
+        f"sys.exit(main(['demo', '--store', {str(tmp_path / 'media')!r}, '--port', '0']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "pip install -e '.[demo]'" in done.stderr
