@@ -2,7 +2,8 @@
 
 The RTMP server (rtmp.server + rtmp.relay, exactly what `gateway serve --rtmp-port` runs) is the only thing running in
 this process, so its CPU time (``resource.getrusage``) is the server's. The publisher and the players run in a child
-process (``python -m gateway.bench_rtmp load ...``): raw-socket RTMP clients built from rtmp.handshake/chunk/amf0.
+process (``python -m gateway.bench_rtmp load ...``): raw-socket RTMP clients built from rtmp.handshake/chunk and
+packagers.codecs.amf0.
 The publisher sends synthetic FLV messages with realistic sizes (30 fps H.264-like video with a 2 s GOP, 43 fps AAC)
 whose timestamps are their send times (ms since the load process's start, on CLOCK_MONOTONIC, shared by every
 process of the machine). Most players only count bytes; a few, spread over the join order, parse the chunk stream
@@ -23,7 +24,7 @@ import time
 
 import numpy as np
 
-from rtmp import amf0
+from packagers.codecs import amf0
 from rtmp.chunk import ChunkReader, ChunkWriter
 from rtmp.handshake import ClientHandshake
 from rtmp.messages import MSG_AUDIO, MSG_COMMAND_AMF0, MSG_DATA_AMF0, MSG_VIDEO, Message, SetChunkSize

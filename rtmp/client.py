@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from rtmp import amf0
+from packagers.codecs import amf0
 from rtmp.chunk import ChunkReader, ChunkWriter
 from rtmp.errors import RtmpError
 from rtmp.handshake import ClientHandshake
@@ -243,7 +243,10 @@ class RtmpClient:
         return self._tid
 
     def _command(self, name: str, tid: float, obj, *args, stream_id: int = 0) -> None:
-        payload = amf0.encode_all(name, tid, obj, *args)
+        try:
+            payload = amf0.encode_all(name, tid, obj, *args)
+        except amf0.Amf0Error as e:     # arguments AMF0 cannot carry: the caller's error, reported as before
+            raise RtmpError(str(e)) from None
         self._w.write(self._out.write(Message(COMMAND_CSID, 0, MSG_COMMAND_AMF0, stream_id, payload)))
 
     async def _call(self, name: str, *args, obj=None) -> tuple[str, list]:
@@ -291,7 +294,7 @@ class RtmpClient:
                 if not data:
                     break
                 await self._on_bytes(data)
-        except RtmpError as e:
+        except (RtmpError, amf0.Amf0Error) as e:     # a malformed command from the server is a protocol failure
             reason = str(e)
             log.warning("rtmp client %s: %s", self.url.tc_url, e)
         except (ConnectionError, OSError) as e:

@@ -1,11 +1,12 @@
 """FLV tag bodies (the payloads of RTMP audio/video messages) → samples of the media model.
 
-Video (FLV spec v10.1 §E.4.3, Enhanced RTMP v1): legacy AVC (codec id 7) and HEVC (12, the widespread extension
-with the AVC layout), and E-RTMP ex-headers (IsExHeader bit, FourCC ``avc1``/``hvc1``, packet types SequenceStart,
-CodedFrames (with a signed 24-bit composition time), CodedFramesX (composition time 0), SequenceEnd). The sequence
-header is the avcC/hvcC record, parsed by the MP4 demuxer's code (``packagers.mp4.codecs``), so the ``CodecConfig``
-is the one an MP4 of the same stream gives; width/height come from the SPS (cropped), as ffmpeg writes them into an
-MP4 sample entry. Samples are the length-prefixed NAL units after the tag header: exactly an MP4 sample.
+Tag headers are read by ``packagers.codecs.flv``; this module decides what to package. Video (FLV spec v10.1 §E.4.3,
+Enhanced RTMP v1): legacy AVC (codec id 7) and HEVC (12, the widespread extension with the AVC layout; 13, AV1 in the
+same extension, is skipped), and E-RTMP ex-headers (IsExHeader bit, FourCC ``avc1``/``hvc1``, packet types
+SequenceStart, CodedFrames (with a signed 24-bit composition time), CodedFramesX (composition time 0), SequenceEnd). The
+sequence header is the avcC/hvcC record, parsed by the MP4 demuxer's code (``packagers.mp4.codecs``), so the
+``CodecConfig`` is the one an MP4 of the same stream gives; width/height come from the SPS (cropped), as ffmpeg writes
+them into an MP4 sample entry. Samples are the length-prefixed NAL units after the tag header: exactly an MP4 sample.
 
 Audio (§E.4.2): AAC (sound format 10; packet type 0 = AudioSpecificConfig, 1 = one raw frame) and E-RTMP audio
 (sound format 9) with FourCC ``mp4a``.
@@ -22,9 +23,10 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
+from packagers.codecs import flv
+from packagers.codecs.aac import parse_audio_specific_config
 from packagers.errors import PackagerError
 from packagers.model import CodecConfig
-from packagers.mp4.aac import parse_audio_specific_config
 from packagers.mp4.codecs import parse_avcc, parse_hvcc
 
 from .errors import RtmpError
@@ -34,12 +36,8 @@ __all__ = ["FlvDemuxer", "FlvSample"]
 
 log = logging.getLogger("rtmp.flv")
 
-_LEGACY_VIDEO = {7: "avc1", 12: "hvc1"}                 # FLV codec id → sample entry
-_EX_VIDEO = {b"avc1": "avc1", b"hvc1": "hvc1"}          # E-RTMP FourCC → sample entry
-_SEQUENCE_START, _CODED_FRAMES, _SEQUENCE_END, _CODED_FRAMES_X = 0, 1, 2, 3
-_METADATA = 4
-_COMMAND_FRAME = 5                                       # video info / command frame: no picture
-_FLV_RATES = (5512, 11025, 22050, 44100)
+# FourCC (E-RTMP, or what a legacy codec id stands for) → the sample entry we package; AV1 is not packaged yet
+_PACKAGED_VIDEO = {b"avc1": "avc1", b"hvc1": "hvc1"}
 _EMULATION_PREVENTION = re.compile(b"\x00\x00\x03")
 U32 = 1 << 32
 
@@ -87,46 +85,38 @@ class FlvDemuxer:
     # ------------------------------------------------------------------------------------------------ video
     def _video(self, message: Message) -> list[FlvSample]:
         p = message.payload
-        if not p:
+        header = flv.video_tag_header(p)
+        if header is None:
             raise RtmpError("FlvDemuxer.feed: empty video message")
-        b = p[0]
-        if b & 0x80:    # E-RTMP ex-header: IsExHeader | FrameType (3 bits) | PacketType (4 bits), then FourCC
-            frame_type, packet_type = (b >> 4) & 7, b & 0x0F
-            if packet_type == _METADATA or frame_type == _COMMAND_FRAME:    # HDR colour info, seek commands
-                return []
-            if packet_type > _CODED_FRAMES_X:   # MPEG2TSSequenceStart, Multitrack, ModEx
-                return self._ignore(f"E-RTMP video packet type {packet_type}")
-            if len(p) < 5:
+        if header.ex_header:
+            if header.packet_type == flv.METADATA or header.frame_type == flv.FRAME_TYPE_COMMAND:
+                return []   # HDR colour info, seek commands: no picture
+            if header.packet_type > flv.CODED_FRAMES_X:   # MPEG2TSSequenceStart, Multitrack, ModEx
+                return self._ignore(f"E-RTMP video packet type {header.packet_type}")
+            if header.fourcc is None:
                 raise RtmpError(f"FlvDemuxer.feed: E-RTMP video header of {len(p)} bytes")
-            fourcc = _EX_VIDEO.get(bytes(p[1:5]))
+            fourcc = _PACKAGED_VIDEO.get(header.fourcc)
             if fourcc is None:
-                return self._ignore(f"video FourCC {bytes(p[1:5])!r}")
-            if packet_type == _CODED_FRAMES:
-                if len(p) < 8:
-                    raise RtmpError("FlvDemuxer.feed: E-RTMP CodedFrames without composition time")
-                return self._frame(message, fourcc, frame_type, _si24(p, 5), p[8:])
-            if packet_type == _CODED_FRAMES_X:
-                return self._frame(message, fourcc, frame_type, 0, p[5:])
-            if packet_type == _SEQUENCE_START:
-                self._set_video(fourcc, bytes(p[5:]))
+                return self._ignore(f"video FourCC {header.fourcc!r}")
+            if header.packet_type == flv.CODED_FRAMES and len(p) < header.header_size:
+                raise RtmpError("FlvDemuxer.feed: E-RTMP CodedFrames without composition time")
+        else:
+            if header.frame_type == flv.FRAME_TYPE_COMMAND:   # one command byte, no picture
+                return []
+            fourcc = _PACKAGED_VIDEO.get(header.fourcc)
+            if fourcc is None:
+                return self._ignore(f"video codec id {header.codec_id}")
+            if len(p) < header.header_size:
+                raise RtmpError(f"FlvDemuxer.feed: AVC video header of {len(p)} bytes")
+            if header.packet_type > flv.SEQUENCE_END:
+                raise RtmpError(f"FlvDemuxer.feed: AVC packet type {header.packet_type}")
+        data = p[header.header_size:]
+        if header.packet_type == flv.SEQUENCE_START:
+            self._set_video(fourcc, bytes(data))
             return []
-        frame_type, codec_id = b >> 4, b & 0x0F
-        if frame_type == _COMMAND_FRAME:    # video info / command frame: one command byte, no picture
-            return []
-        fourcc = _LEGACY_VIDEO.get(codec_id)
-        if fourcc is None:
-            return self._ignore(f"video codec id {codec_id}")
-        if len(p) < 5:
-            raise RtmpError(f"FlvDemuxer.feed: AVC video header of {len(p)} bytes")
-        packet_type = p[1]
-        if packet_type == 0:
-            self._set_video(fourcc, bytes(p[5:]))
-            return []
-        if packet_type == 1:
-            return self._frame(message, fourcc, frame_type, _si24(p, 2), p[5:])
-        if packet_type == 2:    # end of sequence
-            return []
-        raise RtmpError(f"FlvDemuxer.feed: AVC packet type {packet_type}")
+        if header.packet_type in (flv.CODED_FRAMES, flv.CODED_FRAMES_X):
+            return self._frame(message, fourcc, header.frame_type, header.composition_time, data)
+        return []   # end of sequence
 
     def _frame(self, message: Message, fourcc: str, frame_type: int, cts: int, data: bytes) -> list[FlvSample]:
         dts = self.unwrap(message.timestamp)
@@ -157,30 +147,29 @@ class FlvDemuxer:
     # ------------------------------------------------------------------------------------------------ audio
     def _audio(self, message: Message) -> list[FlvSample]:
         p = message.payload
-        if not p:
+        header = flv.audio_tag_header(p)
+        if header is None:
             raise RtmpError("FlvDemuxer.feed: empty audio message")
-        sound_format = p[0] >> 4
-        if sound_format == 9:   # E-RTMP audio: SoundFormat 9 | AudioPacketType, FourCC
-            packet_type = p[0] & 0x0F
-            if len(p) < 5:
+        packet_type = header.packet_type
+        if header.sound_format == flv.SOUND_FORMAT_EX_HEADER:
+            if header.fourcc is None:
                 raise RtmpError(f"FlvDemuxer.feed: E-RTMP audio header of {len(p)} bytes")
-            if bytes(p[1:5]) != b"mp4a":
-                return self._ignore(f"audio FourCC {bytes(p[1:5])!r}")
-            if packet_type == _SEQUENCE_END:
+            if header.fourcc != b"mp4a":
+                return self._ignore(f"audio FourCC {header.fourcc!r}")
+            if packet_type == flv.SEQUENCE_END:
                 return []
-            if packet_type > _CODED_FRAMES:     # MultichannelConfig, Multitrack, ModEx
+            if packet_type > flv.CODED_FRAMES:     # MultichannelConfig, Multitrack, ModEx
                 return self._ignore(f"E-RTMP audio packet type {packet_type}")
-            rate, channels, body = 0, 0, p[5:]
-        elif sound_format == 10:
-            if len(p) < 2:
+        elif header.sound_format == flv.SOUND_FORMAT_AAC:
+            if packet_type is None:
                 raise RtmpError("FlvDemuxer.feed: AAC message without packet type")
-            rate, channels, body, packet_type = _FLV_RATES[(p[0] >> 2) & 3], 1 + (p[0] & 1), p[2:], p[1]
-            if packet_type > _CODED_FRAMES:
+            if packet_type > flv.CODED_FRAMES:
                 raise RtmpError(f"FlvDemuxer.feed: AAC packet type {packet_type}")
         else:
-            return self._ignore(f"audio sound format {sound_format}")
-        if packet_type == _SEQUENCE_START:
-            self._set_audio(bytes(body), rate, channels)
+            return self._ignore(f"audio sound format {header.sound_format}")
+        body = p[header.header_size:]
+        if packet_type == flv.SEQUENCE_START:
+            self._set_audio(bytes(body), header.sample_rate, header.channels)
             return []
         dts = self.unwrap(message.timestamp)
         if not body:
@@ -210,11 +199,6 @@ class FlvDemuxer:
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def _si24(p: bytes, at: int) -> int:
-    v = int.from_bytes(p[at:at + 3], "big")
-    return v - (1 << 24) if v & 0x800000 else v
-
-
 def _nal_type(fourcc: str, first_byte: int) -> int:
     return (first_byte >> 1) & 0x3F if fourcc == "hvc1" else first_byte & 0x1F
 

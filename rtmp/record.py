@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from packagers.codecs import amf0
 from packagers.errors import ErrorCode, PackagerError
 from packagers.mp4.writer import Mp4Writer, TrackSpec
 
-from . import amf0
 from .errors import RtmpError
 from .flv import FlvDemuxer, FlvSample
 from .messages import MSG_DATA_AMF0, Message
@@ -447,7 +447,7 @@ def _declares_video(payload: bytes) -> bool:
     """Whether an onMetaData message names a video codec (``videocodecid``); malformed metadata says nothing."""
     try:
         values = amf0.decode_all(payload)
-    except RtmpError:
+    except amf0.Amf0Error:
         return False
     return any(isinstance(v, dict) and v.get("videocodecid") not in (None, 0, "") for v in values)
 

@@ -23,9 +23,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
-from rtmp import amf0
+from packagers.codecs import amf0, flv
 from rtmp.chunk import ChunkWriter
-from rtmp.errors import RtmpError
 from rtmp.messages import MSG_AUDIO, MSG_VIDEO, Message
 from rtmp.session import AUDIO_CSID, DATA_CSID, VIDEO_CSID
 
@@ -44,9 +43,6 @@ class RelayTap(Protocol):
 
     def on_unpublish(self, key: str) -> None: ...
 
-_VIDEO_CODECS = {2: "h263", 3: "screen", 4: "vp6", 5: "vp6a", 6: "screen2", 7: "avc", 12: "hevc"}
-_AUDIO_CODECS = {0: "pcm", 1: "adpcm", 2: "mp3", 3: "pcm_le", 7: "g711a", 8: "g711u", 10: "aac", 11: "speex",
-                 14: "mp3_8k"}
 
 
 class Subscriber:
@@ -251,10 +247,10 @@ class Relay:
         if sequence_header:
             if video:
                 st.video_header = item
-                st.video_codec = _codec_name(message, True)
+                st.video_codec = flv.video_tag_header(message.payload).codec_name
             else:
                 st.audio_header = item
-                st.audio_codec = _codec_name(message, False)
+                st.audio_codec = flv.audio_tag_header(message.payload).codec_name
         else:
             self._cache(st, item, video and keyframe)
         self._fan_out(st, item)
@@ -346,7 +342,7 @@ def _declared_video(payload: bytes) -> dict:
     """width/height/framerate from an ``onMetaData`` body (ffmpeg and OBS write them); {} when absent or unreadable."""
     try:
         values = amf0.decode_all(payload)
-    except RtmpError:
+    except amf0.Amf0Error:
         return {}
     meta = values[1] if len(values) > 1 and isinstance(values[1], dict) else {}
     out = {}
@@ -356,15 +352,3 @@ def _declared_video(payload: bytes) -> dict:
             out[name] = int(v) if name != "fps" else round(float(v), 3)
     return out
 
-
-def _codec_name(message: Message, video: bool) -> str | None:
-    b = message.payload[0]
-    if video:
-        if b & 0x80:
-            fourcc = message.payload[1:5]
-            return fourcc.decode("latin-1") if len(fourcc) == 4 else None
-        return _VIDEO_CODECS.get(b & 0x0F)
-    if b >> 4 == 9:
-        fourcc = message.payload[1:5]
-        return fourcc.decode("latin-1") if len(fourcc) == 4 else None
-    return _AUDIO_CODECS.get(b >> 4)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rtmp import amf0
+from packagers.codecs import amf0, flv
 from rtmp.chunk import ChunkReader, ChunkWriter
 from rtmp.errors import RtmpError
 from rtmp.handshake import ServerHandshake
@@ -96,31 +96,14 @@ class SessionOutput:
 
 
 def classify_media(message: Message) -> tuple[bool, bool]:
-    """(is_keyframe, is_sequence_header) of an FLV audio/video message body (FLV spec v10.1 E.4.2/E.4.3, E-RTMP v1).
-
-    Video: legacy first byte = frame type (high nibble, 1 = key frame) | codec id; AVC (7) / HEVC (12) packet type 0 is
-    the sequence header. E-RTMP (first byte bit 0x80 IsExHeader): frame type (b>>4)&7, packet type b&0x0f,
-    PacketTypeSequenceStart 0 (and MPEG2TSSequenceStart 5) carry the decoder configuration. A sequence header is not
-    counted as a key frame. Audio: AAC (format 10) packet type 0, or E-RTMP audio (format 9) packet type 0 (SequenceStart).
-    """
-    p = message.payload
-    if not p:
-        return False, False
-    b = p[0]
+    """(is_keyframe, is_sequence_header) of an FLV audio/video message body, as `packagers.codecs.flv` reads its
+    header (legacy and E-RTMP; a sequence header is not counted as a key frame; audio is never a key frame)."""
     if message.message_type_id == MSG_VIDEO:
-        if b & 0x80:
-            frame_type, packet_type = (b >> 4) & 7, b & 0x0F
-            seq = packet_type in (0, 5)
-            return (frame_type == 1 and not seq and packet_type != 4), seq
-        frame_type, codec = b >> 4, b & 0x0F
-        seq = codec in (7, 12, 13) and len(p) > 1 and p[1] == 0
-        return frame_type == 1 and not seq, seq
+        video = flv.video_tag_header(message.payload)
+        return (video.is_keyframe, video.is_sequence_header) if video is not None else (False, False)
     if message.message_type_id == MSG_AUDIO:
-        fmt = b >> 4
-        if fmt == 10:
-            return False, len(p) > 1 and p[1] == 0
-        if fmt == 9:
-            return False, (b & 0x0F) == 0
+        audio = flv.audio_tag_header(message.payload)
+        return False, audio is not None and audio.is_sequence_header
     return False, False
 
 
@@ -181,7 +164,10 @@ class ServerSession:
             self.bytes_in += len(data)
             ack = self._ack.received(len(data))
             for message in self._reader.feed(data):
-                self._on_message(message, send, out.events)
+                try:
+                    self._on_message(message, send, out.events)
+                except amf0.Amf0Error as e:     # the shared codec's error is, here, a protocol violation
+                    raise RtmpError(str(e)) from None
             if ack is not None:
                 send.append(self._writer.write(ack.to_message()))
         out.send = b"".join(send)

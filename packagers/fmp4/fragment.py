@@ -28,10 +28,11 @@ from typing import Sequence
 
 import numpy as np
 
+from ..codecs.box import box_header, box_header_size
 from ..errors import ErrorCode, PackagerError, bad_data, bad_request
 from ..media_data import MediaSegment
 from ..model import SampleTable, Track
-from .boxes import U32, box_header, box_header_size, file_type
+from .boxes import U32, file_type
 
 STYP_BRANDS = (b"msdh",)  # 23009-1 §6.3.4.2: a DASH media segment (no sidx, so not msix)
 TFXD_UUID = bytes.fromhex("6D1D9B0542D544E680E2141DAFF757B2")  # Smooth Streaming TfxdBox (MS-SSTR §2.2.4.4)

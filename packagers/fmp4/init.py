@@ -11,9 +11,11 @@ from typing import Sequence
 
 import numpy as np
 
+from ..codecs.aac import esds_payload
+from ..codecs.box import box, full_box
 from ..errors import ErrorCode, PackagerError, bad_data
 from ..model import CodecConfig, Track
-from .boxes import I16, U16, U32, box, file_type, full_box
+from .boxes import I16, U16, U32, file_type
 
 MOVIE_TIMESCALE = 1000
 FTYP_BRANDS = (b"iso6", b"iso5", b"dash")  # iso5+: default-base-is-moof; iso6: trun v1 signed offsets; 23009-1 §6.3.3
@@ -48,19 +50,6 @@ def language_code(language: str) -> int:
     return (ord(code[0]) - 0x60) << 10 | (ord(code[1]) - 0x60) << 5 | (ord(code[2]) - 0x60)
 
 
-def _descriptor(tag: int, payload: bytes) -> bytes:
-    """An MPEG-4 descriptor (14496-1 §8.3.3): tag, size in 7-bit groups (high bit = more follow), payload."""
-    size, groups = len(payload), []
-    while True:
-        groups.append(size & 0x7F)
-        size >>= 7
-        if not size:
-            break
-    groups.reverse()
-    encoded = bytes(g | 0x80 for g in groups[:-1]) + bytes(groups[-1:])
-    return bytes([tag]) + encoded + payload
-
-
 def esds(track: Track) -> bytes:
     """ESDescriptorBox (14496-14 §5.6): ES_Descriptor > DecoderConfigDescriptor (AAC, 0x40; audio stream) >
     DecoderSpecificInfo (the AudioSpecificConfig), SLConfigDescriptor (predefined 2, MP4)."""
@@ -80,14 +69,7 @@ def esds(track: Track) -> bytes:
         bins = np.bincount(which, weights=sizes)
         pairs = bins[:-1] + np.where(np.diff(seconds) == 1, bins[1:], 0)
         peak = int(max(bins.max(), pairs.max(initial=0))) * 8
-    decoder_config = (
-        bytes([0x40, 0x05 << 2 | 1])  # objectTypeIndication: MPEG-4 audio; streamType 5 (audio), reserved 1
-        + largest.to_bytes(3, "big")  # bufferSizeDB
-        + U32(min(peak, 0xFFFFFFFF)) + U32(min(track.average_bitrate, 0xFFFFFFFF))
-        + _descriptor(0x05, asc)
-    )  # fmt: skip
-    es = U16(0) + b"\0" + _descriptor(0x04, decoder_config) + _descriptor(0x06, b"\x02")
-    return full_box(b"esds", 0, 0, _descriptor(0x03, es))
+    return full_box(b"esds", 0, 0, esds_payload(asc, largest, peak, track.average_bitrate))
 
 
 def visual_sample_entry(track: Track) -> bytes:

@@ -16,25 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import bad_data
+from ..codecs.box import FULL_BOX_FIELDS_SIZE, HEADER_SIZE, LARGE_HEADER_SIZE, full_box, parse_header
+from ..errors import PackagerError, bad_data
 from ..media_set import MediaSet, Selection
 from .timeline import HDS_TIMESCALE, fragment_times
 
 END_OF_PRESENTATION = 0  # DiscontinuityIndicator values (F.3.3)
 DISCONTINUITY_FRAGMENT_NUMBERING = 1
 DISCONTINUITY_TIMESTAMPS = 2
-
-
-def box(box_type: bytes, payload: bytes) -> bytes:
-    """An ISO/IEC 14496-12 box: 32-bit size, type, payload (64-bit largesize when it does not fit)."""
-    size = 8 + len(payload)
-    if size <= 0xFFFFFFFF:
-        return struct.pack(">I4s", size, box_type) + payload
-    return struct.pack(">I4sQ", 1, box_type, size + 8) + payload
-
-
-def full_box(box_type: bytes, payload: bytes, version: int = 0, flags: int = 0) -> bytes:
-    return box(box_type, struct.pack(">I", version << 24 | flags) + payload)
 
 
 class _Reader:
@@ -64,15 +53,18 @@ class _Reader:
 
     def box(self, expected: bytes) -> "_Reader":
         """Enter a full box of type ``expected``: returns a reader over its payload after version and flags."""
-        size, box_type = self.uint(4), self.take(4)
-        header = 8
-        if size == 1:
-            size, header = self.uint(8), 16
-        start = self.pos - header
-        if box_type != expected or size < header + 4 or start + size > self.end:
+        start = self.pos
+        if self.end - start < HEADER_SIZE:
+            self.take(HEADER_SIZE)  # the truncation error
+        try:
+            found = parse_header(self.data[start : min(start + LARGE_HEADER_SIZE, self.end)], start, self.end, "abst")
+        except PackagerError:
+            found = None  # a size that lies: reported below as the box we did not find
+        if (found is None or found.type != expected.decode("latin-1")
+                or found.size < found.header_size + FULL_BOX_FIELDS_SIZE):
             raise bad_data(f"bootstrap._Reader.box: expected a '{expected.decode()}' box at {start}")
-        self.pos = start + size
-        return _Reader(self.data, start + header + 4, start + size)
+        self.pos = found.end
+        return _Reader(self.data, found.payload_start + FULL_BOX_FIELDS_SIZE, found.end)
 
 
 def _strings(values: tuple[str, ...]) -> bytes:
@@ -105,7 +97,7 @@ class SegmentRunTable:
         body = struct.pack(">B", len(self.quality_segment_url_modifiers)) + _strings(self.quality_segment_url_modifiers)
         body += struct.pack(">I", len(self.entries))
         body += b"".join(struct.pack(">II", e.first_segment, e.fragments_per_segment) for e in self.entries)
-        return full_box(b"asrt", body, flags=int(self.update))
+        return full_box(b"asrt", 0, int(self.update), body)
 
     @classmethod
     def parse(cls, r: _Reader) -> "SegmentRunTable":
@@ -132,7 +124,7 @@ class FragmentRunTable:
             parts.append(struct.pack(">IQI", e.first_fragment, e.first_fragment_timestamp, e.fragment_duration))
             if e.fragment_duration == 0:
                 parts.append(struct.pack(">B", e.discontinuity_indicator or 0))
-        return full_box(b"afrt", body + b"".join(parts), flags=int(self.update))
+        return full_box(b"afrt", 0, int(self.update), body, *parts)
 
     @classmethod
     def parse(cls, r: _Reader) -> "FragmentRunTable":
@@ -177,7 +169,7 @@ class BootstrapInfo:
             struct.pack(">B", len(self.segment_run_tables)), *map(bytes, self.segment_run_tables),
             struct.pack(">B", len(self.fragment_run_tables)), *map(bytes, self.fragment_run_tables),
         ]  # fmt: skip
-        return full_box(b"abst", b"".join(body))
+        return full_box(b"abst", 0, 0, *body)
 
     @classmethod
     def parse(cls, data: bytes) -> "BootstrapInfo":

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from xml.sax.saxutils import escape, quoteattr
 
+from ..codecs import amf0, flv
 from ..errors import bad_request
 from ..media_set import MediaSet, Selection
 from ..naming import TrackSpec
-from . import amf0, flv
 from .bootstrap import build_bootstrap
 from .fragment import check_hds_codecs, fragment_sizes
 
@@ -102,7 +102,8 @@ def on_metadata(media_set: MediaSet, selection: Selection) -> bytes:
     tracks = selection.tracks
     video = next((t for t in tracks if t.kind == "video"), None)
     audio = next((t for t in tracks if t.kind == "audio"), None)
-    meta: dict[str, amf0.Value] = {"duration": max(t.duration_seconds for t in tracks)}
+    # an ECMA array, as FLV files and nginx-vod-module carry onMetaData (a plain dict would be an anonymous object)
+    meta = amf0.EcmaArray(duration=max(t.duration_seconds for t in tracks))
     if video is not None:
         meta.update(width=video.codec.width, height=video.codec.height, videodatarate=video.average_bitrate / 1000,
                     framerate=video.frame_rate, videocodecid=flv.CODEC_ID_AVC)  # fmt: skip

@@ -22,12 +22,13 @@ from typing import Sequence
 import numpy as np
 
 from ..bitstream.annexb import MAX_PARAMETER_SET_BYTES
+from ..codecs import flv
+from ..codecs.box import box, box_header, full_box
 from ..errors import ErrorCode, PackagerError, bad_data, bad_request
 from ..media_data import MediaSegment, TrackSegment
 from ..media_set import MediaSet, Selection
 from ..model import SampleTable, Track
-from . import flv, timeline
-from .bootstrap import box, full_box
+from . import timeline
 from .timeline import HDS_TIMESCALE, media_set_timestamp_offset, round_ms
 
 AFRA_HEADER_SIZE = 8 + 4 + 1 + 4 + 4  # box header, version/flags, LongIDs|LongOffsets|GlobalEntries, TimeScale, count
@@ -131,10 +132,7 @@ class HdsMuxer:
         # -- afra (random access points) and the mdat header ---------------------------------------------------------
         tag_size = flv.TAG_HEADER_SIZE + units[_AV] + units[_SIZE] + flv.PREVIOUS_TAG_SIZE_SIZE
         tag_start = np.cumsum(tag_size) - tag_size
-        if total + 8 <= 0xFFFFFFFF:
-            mdat = struct.pack(">I4s", total + 8, b"mdat")
-        else:
-            mdat = struct.pack(">I4sQ", 1, b"mdat", total + 16)
+        mdat = box_header(b"mdat", total)
         afra = self._afra(samples[_TS, rap_at], tag_start[cfg_pos[::g]] + len(mdat))
         return b"".join([afra, mdat, *pieces])
 
@@ -146,7 +144,7 @@ class HdsMuxer:
         entries[:, 0] = times
         entries[:, 1] = offsets + AFRA_HEADER_SIZE + AFRA_ENTRY_SIZE * count
         head = struct.pack(">BII", _AFRA_LONG_IDS_LONG_OFFSETS, HDS_TIMESCALE, count)
-        return full_box(b"afra", head + entries.tobytes())
+        return full_box(b"afra", 0, 0, head, entries.tobytes())
 
     def _sample_columns(self, ts: TrackSegment, pool: list) -> np.ndarray:
         """One track's tag table (rows ``_TYPE`` .. ``_RAP``, one column per sample); appends the samples' data

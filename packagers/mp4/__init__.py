@@ -1,8 +1,8 @@
 """MP4 demuxer: ISO BMFF moov -> ``Presentation`` (tracks with numpy sample tables), without reading mdat.
 
 Modules, in pipeline order: ``boxes`` (bounded box walking), ``demux`` (top-level scan, moov, trak, tkhd/mdhd/hdlr/
-elst), ``sample_entry`` (stsd -> CodecConfig) with ``codecs`` (avcC/hvcC) and ``aac`` (esds/AudioSpecificConfig),
-``tables`` (stts/ctts/stsz/stz2/stsc/stco/co64/stss -> SampleTable, vectorised).
+elst), ``sample_entry`` (stsd -> CodecConfig) with ``codecs`` (avcC/hvcC) and ``packagers.codecs.aac``
+(esds/AudioSpecificConfig), ``tables`` (stts/ctts/stsz/stz2/stsc/stco/co64/stss -> SampleTable, vectorised).
 """
 from __future__ import annotations
 

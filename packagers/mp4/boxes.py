@@ -1,66 +1,23 @@
 """Walking ISO BMFF boxes (ISO/IEC 14496-12 §4.2) inside an in-memory buffer, never trusting a size field.
 
-A box is ``size(32) type(32) [largesize(64) if size == 1]``; ``size == 0`` means "to the end of the enclosing space".
-``Box`` records where a box lies in its buffer; ``Fields`` reads a box payload field by field and turns every overrun
+The header itself is read by ``packagers.codecs.box`` (``parse_header`` -> ``Box``, where a box lies in its buffer;
+re-exported here for the demuxer's modules); ``Fields`` reads a box payload field by field and turns every overrun
 into ``PackagerError(BAD_DATA)``, so corrupt input can never surface as ``struct.error`` or ``IndexError``.
 """
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 
+from ..codecs.box import Box, parse_header, split_full_box_fields
 from ..errors import bad_data
 
-_HEADER = struct.Struct(">I4s")
+__all__ = ["Box", "Fields", "children", "iter_boxes", "parse_header"]
+
 _U8, _U16, _U32, _U64 = (struct.Struct(f) for f in (">B", ">H", ">I", ">Q"))
 _I16, _I32, _I64 = (struct.Struct(f) for f in (">h", ">i", ">q"))
-
-
-@dataclass(frozen=True)
-class Box:
-    type: str  # four-character code (latin-1, so any 4 bytes round-trip)
-    start: int  # offset of the header in the buffer (or file)
-    header_size: int  # 8, or 16 with a largesize
-    size: int  # header included
-
-    @property
-    def payload_start(self) -> int:
-        return self.start + self.header_size
-
-    @property
-    def end(self) -> int:
-        return self.start + self.size
-
-
-def printable(fourcc: str) -> str:
-    """A box type fit for a one-line message: itself if printable ASCII, else its hex."""
-    return fourcc if fourcc.isascii() and fourcc.isprintable() else "0x" + fourcc.encode("latin-1").hex()
-
-
-def parse_header(header: bytes, start: int, limit: int, where: str, parent: str = "its parent") -> Box:
-    """The box whose header bytes (8, or 16 for a largesize) are ``header``, at ``start``; it must end by ``limit``
-    (the end of ``parent``)."""
-    if len(header) < 8:
-        raise bad_data(f"parse_header: box header truncated at offset {start} in {where}")
-    size, raw_type = _HEADER.unpack_from(header)
-    typ = raw_type.decode("latin-1")
-    header_size = 8
-    if size == 1:
-        if len(header) < 16:
-            raise bad_data(f"parse_header: largesize of box '{printable(typ)}' truncated at offset {start} in {where}")
-        (size,) = _U64.unpack_from(header, 8)
-        header_size = 16
-    elif size == 0:
-        size = limit - start
-    if size < header_size:
-        raise bad_data(f"parse_header: box '{printable(typ)}' at offset {start} has size {size} < its header in {where}")
-    if start + size > limit:
-        raise bad_data(f"parse_header: box '{printable(typ)}' at offset {start} ends at {start + size}, past {parent} "
-                       f"({limit}) in {where}")
-    return Box(typ, start, header_size, size)
 
 
 def iter_boxes(buf: bytes, start: int, end: int, where: str) -> Iterator[Box]:
@@ -131,8 +88,7 @@ class Fields:
 
     def full_box(self) -> tuple[int, int]:
         """FullBox (§4.2): version(8) flags(24)."""
-        word = self.u32()
-        return word >> 24, word & 0xFFFFFF
+        return split_full_box_fields(self.u32())
 
     def array(self, dtype: str, count: int, what: str) -> np.ndarray:
         """``count`` big-endian items, after checking that the payload really holds them (a lying count field must

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import struct
 
+from ..codecs.aac import MPEG2_AAC, MPEG4_AUDIO, parse_audio_specific_config, parse_esds
 from ..errors import bad_data
 from ..model import CodecConfig, TrackKind
-from .aac import MPEG2_AAC, MPEG4_AUDIO, parse_audio_specific_config, parse_esds
 from .boxes import Box, Fields, children, parse_header
 from .codecs import parse_avcc, parse_hvcc
 

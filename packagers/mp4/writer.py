@@ -30,8 +30,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ..codecs.box import HEADER, box, box_header, box_header_size, full_box
 from ..errors import ErrorCode, PackagerError, bad_request
-from ..fmp4.boxes import I16, U16, U32, U64, box, file_type, full_box
+from ..fmp4.boxes import I16, U16, U32, U64, file_type
 from ..fmp4.init import audio_sample_entry, language_code, visual_sample_entry
 from ..model import CodecConfig, SampleTable, Track, TrackKind
 
@@ -129,10 +130,11 @@ def sample_table_boxes(samples: SampleTable, *, video: bool) -> list[bytes]:
 
 
 def mdat_header(reserved_at: int, end: int) -> bytes:
-    """The 16 bytes at ``reserved_at`` for an mdat whose data runs from ``reserved_at + 16`` to ``end``."""
-    if end - reserved_at - 8 <= _U32_MAX:
-        return struct.pack(">I4sI4s", 8, b"free", end - reserved_at - 8, b"mdat")
-    return struct.pack(">I4sQ", 1, b"mdat", end - reserved_at)
+    """The 16 bytes at ``reserved_at`` for an mdat whose data runs from ``reserved_at + 16`` to ``end``: an empty
+    free box and a compact mdat header, or an mdat header with a largesize when the data does not fit 32 bits."""
+    payload = end - reserved_at - 16
+    mdat = box_header(b"mdat", payload)
+    return mdat if box_header_size(payload) == 16 else box_header(b"free", 0) + mdat
 
 
 def _rescale(value: int, from_timescale: int, to_timescale: int) -> int:
@@ -168,7 +170,8 @@ class Mp4Writer:
         if self._mdat_start is not None:
             raise bad_request("Mp4Writer.header: called twice")
         self._mdat_start = len(ftyp)
-        out = ftyp + struct.pack(">I4sI4s", 8, b"free", 0, b"mdat")
+        # mdat size 0 ("to the end of the file", §4.2) until finish() patches the real size
+        out = ftyp + box_header(b"free", 0) + HEADER.pack(0, b"mdat")
         self.position = len(out)
         return out
 

@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from ..bitstream import annexb
-from ..bitstream.adts import ADTS_HEADER_SIZE, adts_constant, parse_audio_specific_config
+from ..codecs.aac import ADTS_HEADER_SIZE, adts_constant, parse_audio_specific_config
 from ..errors import ErrorCode, PackagerError, bad_data, bad_request
 from ..media_data import MediaSegment, TrackSegment
 from ..model import Track
@@ -88,7 +88,8 @@ class TsMuxer:
                 if codec != "aac":
                     raise PackagerError(ErrorCode.UNSUPPORTED, f"TsMuxer: audio codec {codec} not supported in TS")
                 n = index - len(videos)
-                adts = adts_constant(parse_audio_specific_config(config.extradata))
+                where = f"track {track.track_id} of {track.source or 'media'}"
+                adts = adts_constant(parse_audio_specific_config(config.extradata, where))
                 streams.append(
                     Stream(index, track, p.PID_AUDIO_FIRST + n, p.STREAM_ID_AUDIO_FIRST + n, p.STREAM_TYPE_AAC_ADTS,
                            codec, not videos and n == 0, adts=adts)

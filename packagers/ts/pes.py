@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..bitstream import annexb
-from ..bitstream.adts import ADTS_HEADER_SIZE, adts_headers
+from ..codecs.aac import ADTS_HEADER_SIZE, adts_headers
 from ..errors import bad_data
 from ..media_data import TrackSegment
 from ..model import Track

@@ -41,6 +41,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.needs import in_ci
+
 BROWSER_DIR = Path(__file__).resolve().parent / "browser"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 # Extra time the subprocess gets beyond the playback timeout: browser start, page load, shutdown.
@@ -57,10 +59,6 @@ _CONTENT_TYPES = {
     ".mjs": "text/javascript",
     ".html": "text/html; charset=utf-8",
 }
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def missing_tools() -> list[str]:

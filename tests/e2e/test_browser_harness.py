@@ -5,14 +5,14 @@ pass (real playback, cross-origin like the gateway) and fail (404, missing CORS)
 """
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from fixtures.generate import fixture_path
-from tests.e2e.browser_player import fatal_errors, in_ci, play_in_browser, require_browser, serve_directory
+from tests.e2e.browser_player import fatal_errors, play_in_browser, require_browser, serve_directory
+from tests.needs import missing, require_executable
 
 pytestmark = pytest.mark.browser
 
@@ -24,8 +24,7 @@ def _browser():
 
 def ffmpeg_package(tmp_path_factory, name: str, *args: str) -> Path:
     """The 12 s H.264 + AAC fixture packaged by the ffmpeg CLI itself (``args`` end with the output path's name)."""
-    if shutil.which("ffmpeg") is None:
-        (pytest.fail if in_ci() else pytest.skip)("the ffmpeg CLI is needed (CI installs it: see .ci/run)")
+    require_executable("ffmpeg")
     out = tmp_path_factory.mktemp(name)
     subprocess.run(
         ["ffmpeg", "-nostdin", "-v", "error", "-i", str(fixture_path("title_180p.mp4")), "-c", "copy",
@@ -68,7 +67,7 @@ def test_native_hls_plays_cross_origin(hls_origin):
     """Chromium's own HLS player (no MSE library): a second, independent client for the same stream."""
     r = play_in_browser(f"{hls_origin}/index.m3u8", kind="native")
     if not r["support"]["nativeHls"]:
-        pytest.skip(f"Chromium {r.get('browserVersion')} has no native HLS")
+        missing(f"Chromium {r.get('browserVersion')} has no native HLS")
     assert r["ok"], r
     assert r["totalVideoFrames"] > 0 and fatal_errors(r) == [], r
 

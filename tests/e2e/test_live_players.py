@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -29,11 +28,12 @@ from gateway.ingest import start_ingest
 from gateway.settings import Settings
 from rtmp.config import RtmpConfig
 from rtmp.live import LivePackager
+from tests.needs import needs_executable
 from tests.rtmp.test_live_packager import annexb_nals, avcc_nals, source_samples
 
 from .browser_player import fatal_errors, play_in_browser, require_browser
 
-pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg CLI")
+pytestmark = needs_executable("ffmpeg")
 
 WINDOW = 5
 SOURCE = "title_360p.mp4"

@@ -23,6 +23,7 @@ import pytest
 from fixtures.generate import fixture_path
 from tests.e2e.browser_player import BROWSER_DIR, CHROMIUM, ensure_node_modules, require_browser
 from tests.e2e.conftest import free_port, start_gateway
+from tests.needs import require_executable
 
 pytestmark = pytest.mark.browser
 
@@ -174,8 +175,7 @@ def test_page_source_escapes_every_name(node):
 def test_live_streams_with_a_hostile_stream_name(tmp_path):
     """An RTMP publisher chooses its stream name: the live table shows it as text, with its RTMP player counted."""
     require_browser()
-    if shutil.which("ffmpeg") is None:
-        pytest.skip("ffmpeg is not installed")
+    require_executable("ffmpeg")
     store = tmp_path / "store"
     store.mkdir()
     rtmp_port = free_port()

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.needs import missing
+
 from .processes import HANG_GUARD, Gateway, get, wait_until
 
 SERVER_NOFILE = 1024
@@ -35,7 +37,7 @@ def limit_nofile() -> None:
 def many_client_sockets():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < SLOWLORIS + 200:
-        pytest.skip(f"needs {SLOWLORIS + 200} descriptors, hard limit is {hard}")
+        missing(f"needs {SLOWLORIS + 200} descriptors, hard limit is {hard}")
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     yield
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

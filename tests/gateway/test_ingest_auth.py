@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
+import av
 import pytest
 from aiohttp import web
 
@@ -22,10 +22,11 @@ from gateway.settings import Settings
 from rtmp.config import ApplicationConfig, RtmpConfig
 from rtmp.messages import MSG_VIDEO
 from rtmp.server import RtmpServer
+from tests.needs import needs_executable
 from tests.rtmp.test_server_ffmpeg import RawClient, wait_until
 from tests.rtmp.test_session import AVC_KEY, AVC_SEQ
 
-pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg CLI not installed")
+pytestmark = needs_executable("ffmpeg")
 
 PARTNER = 7
 
@@ -223,7 +224,6 @@ async def test_play_key(ingest, secret, caplog):
 
 async def test_pyav_player_with_play_key_decodes_and_without_is_refused(ingest, secret, caplog):
     """ffmpeg's own RTMP client (PyAV) as the player: the play key in the URL's query reaches the server."""
-    av = pytest.importorskip("av")
     caplog.set_level(logging.INFO, logger="rtmp.server")
     exp = int(time.time()) + 60
     pub = ffmpeg_publish(f"rtmp://127.0.0.1:{ingest.port}/live/test?key={publish_key(secret, 'live/test', exp)}", 5)

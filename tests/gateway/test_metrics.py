@@ -26,6 +26,7 @@ from gateway.urls import (DashFragment, DashManifest, HdsFragment, HdsManifest, 
                           HlsSegment, InitSegment, Mp4Download, MssFragment, MssManifest, PlayManifest, Signed,
                           parse_path)
 from tests.e2e.conftest import free_port, start_gateway
+from tests.needs import require_executable
 
 TITLE = "/hls/title_360p.mp4"
 STAGES = ("cache_lookup", "parse", "plan", "read", "mux", "manifest")
@@ -277,17 +278,9 @@ def test_multiprocess_mode_sums_every_process(metrics_store, tmp_path, monkeypat
         stop(b)
 
 
-def _serve_has(option: str) -> bool:
-    out = subprocess.run([sys.executable, "-m", "gateway", "serve", "--help"], capture_output=True, text=True,
-                         timeout=60).stdout
-    return option in out
-
-
 def test_workers_are_aggregated(metrics_store, tmp_path, monkeypatch):
     """`gateway serve --workers 2`: the supervisor gives the workers one metrics directory; whichever worker answers
     the scrape reports the requests of both (each request on a new connection: the kernel spreads them)."""
-    if not _serve_has("--workers"):
-        pytest.skip("gateway serve has no --workers option in this tree")
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     proc, base = start_gateway(metrics_store, tmp_path / "workers.log", "--workers", "2")
     try:
@@ -344,8 +337,7 @@ def test_counts_survive_a_reload(metrics_store, tmp_path, monkeypatch):
 
 def test_rtmp_viewers_and_publishers(metrics_store, tmp_path, monkeypatch):
     """A real ffmpeg publisher and two ffmpeg RTMP players: one live stream, one publisher, two viewers."""
-    if shutil.which("ffmpeg") is None:
-        pytest.skip("ffmpeg is not installed")
+    require_executable("ffmpeg")
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     rtmp_port = free_port()
     proc, base = start_gateway(metrics_store, tmp_path / "rtmp.log", "--rtmp-port", str(rtmp_port))

@@ -27,6 +27,7 @@ import pytest
 from fixtures.generate import fixture_path
 from gateway.nginx_config import NginxConfig, render
 from tests.e2e.conftest import free_port
+from tests.needs import missing
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
@@ -37,9 +38,13 @@ ENTRIES = (*FILES, "title_,360p,240p,180p,.mp4.urlset")
 SECURE_PARTNER, SECURE_SECRET, SECURE_ENTRY = 201, "cd" * 32, "0_secure01"
 SECURE_FILE = "secure/title_180p.mp4"  # a copy: the flavors of a secured entry are served only signed
 
-if not os.access(NGINX, os.X_OK):
-    pytest.skip(f"nginx is not installed ({NGINX}); scripts/install-test-deps.sh installs it",
-                allow_module_level=True)
+
+@pytest.fixture(scope="session", autouse=True)
+def nginx_installed() -> None:
+    """Every test here runs nginx: skipped on a machine without it, failed in CI (session scope: before any
+    session fixture starts an nginx)."""
+    if not os.access(NGINX, os.X_OK):
+        missing(f"nginx is not installed ({NGINX})")
 
 
 def _accepts(port: int) -> bool:

@@ -4,22 +4,18 @@ responses and live playlists reach a node every time. Ground truth: the nodes' /
 serves directly (or the source file for /mp4/)."""
 from __future__ import annotations
 
-import shutil
 import threading
 import time
-from pathlib import Path
 from urllib.parse import urljoin
 
 import m3u8
-import pytest
 
 from delivery_profiles.tokens import make_ks
 from fixtures.generate import fixture_path
+from tests.needs import needs_executable
 
 from .conftest import (SECURE_ENTRY, SECURE_FILE, SECURE_PARTNER, SECURE_SECRET, fetch, hls_urls, player_urls,
                        publishing)
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_second_fetch_is_a_hit_and_reaches_no_node(lb_cached, live_pool):
@@ -95,9 +91,7 @@ def test_progressive_download_ranges_pass_through_uncached(lb_cached, live_pool)
     assert whole.status == 200 and whole.body == source
 
 
-@pytest.mark.skipif(not (ROOT / "gateway" / "handlers_live.py").exists(),
-                    reason="live HLS (/live/, gateway/handlers_live.py) is not in this tree")
-@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg CLI not installed")
+@needs_executable("ffmpeg")
 def test_live_playlists_are_never_stored(lb_cached, live_pool, tmp_path):
     pool, lb = live_pool, lb_cached.base
     ingest = pool.nodes[0]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from gateway.urls import Mp4Download, PlayManifest, Signed, parse_path
+from tests.needs import missing
 
 from .conftest import NGINX, STREAM_MODULE, fetch
 
@@ -45,7 +46,7 @@ def test_example_is_the_renderers_output():
 ], ids=["rtmp", "no-cache", "options"])
 def test_cli_output_passes_nginx_t(tmp_path, variant):
     if "--rtmp-node" in variant and not STREAM_MODULE.exists():
-        pytest.skip("libnginx-mod-stream is not installed")
+        missing("libnginx-mod-stream is not installed")
     conf = tmp_path / "nginx.conf"
     r = nginx_config_cli("--node", "127.0.0.1:8081", "--node", "127.0.0.1:8082", "--node", "localhost:8083",
                          "--cache-dir", str(tmp_path / "cache"), "--log-dir", str(tmp_path), "--pid-file",

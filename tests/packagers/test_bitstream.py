@@ -1,8 +1,6 @@
-"""ADTS and Annex B conversions, checked against hand-decoded headers and against ffmpeg itself (PyAV's aac decoder
-and its h264/hevc_mp4toannexb bitstream filters)."""
+"""Annex B conversions, checked against hand-decoded headers and against ffmpeg itself (its h264/hevc_mp4toannexb
+bitstream filters). ADTS is tested with the AudioSpecificConfig in tests/packagers/codecs/test_aac.py."""
 from __future__ import annotations
-
-import io
 
 import av
 import av.bitstream
@@ -13,84 +11,8 @@ from hypothesis import strategies as st
 
 from fixtures.generate import fixture_path
 from packagers.bitstream import annexb
-from packagers.bitstream.adts import (
-    AudioSpecificConfig,
-    adts_constant,
-    adts_headers,
-    parse_audio_specific_config,
-    to_adts,
-)
 from packagers.errors import ErrorCode, PackagerError
 from tests.packagers import pyav_tracks
-
-
-class Bits:
-    def __init__(self, data: bytes):
-        self.value, self.left = int.from_bytes(data, "big"), len(data) * 8
-
-    def read(self, n: int) -> int:
-        self.left -= n
-        return self.value >> self.left & ((1 << n) - 1)
-
-
-# -- ADTS -----------------------------------------------------------------------------------------------------------
-
-
-def test_adts_header_known_bytes():
-    """AAC LC, 44.1 kHz, stereo, a 371-byte frame: worked out by hand from ISO/IEC 14496-3 Table 1.A.5."""
-    config = parse_audio_specific_config(bytes([0x12, 0x10]))
-    assert config == AudioSpecificConfig(2, 4, 2, 44100)
-    assert adts_headers(config, np.array([371])).tobytes() == bytes.fromhex("fff150802f5ffc")
-
-
-@pytest.mark.parametrize("asc, size", [(b"\x12\x10", 0), (b"\x11\x90", 1000), (b"\x13\x08", 8184), (b"\x0a\x10", 5)])
-def test_adts_header_fields(asc, size):
-    config = parse_audio_specific_config(asc)
-    header = adts_headers(config, np.array([size])).tobytes()
-    b = Bits(header)
-    fields = [b.read(n) for n in (12, 1, 2, 1, 2, 4, 1, 3, 1, 1, 1, 1, 13, 11, 2)]
-    sync, mpeg2, layer, no_crc, profile, freq, private, chans, orig, home, cib, cis, length, fullness, blocks = fields
-    assert (sync, mpeg2, layer, no_crc, private, orig, home, cib, cis) == (0xFFF, 0, 0, 1, 0, 0, 0, 0, 0)
-    assert profile == config.object_type - 1 and freq == config.sampling_frequency_index
-    assert chans == config.channel_configuration
-    assert length == size + 7 and fullness == 0x7FF and blocks == 0
-
-
-def test_audio_specific_config_variants():
-    # explicit HE-AAC: object type 5, 24 kHz core, stereo, 48 kHz extension, core object type 2
-    assert parse_audio_specific_config(bytes([0x2B, 0x11, 0x88])) == AudioSpecificConfig(2, 6, 2, 24000)
-    # explicit frequency (index 15, 24 bits) maps to the nearest index
-    asc = (2 << 35 | 15 << 31 | 44000 << 7 | 2 << 3).to_bytes(5, "big")
-    assert parse_audio_specific_config(asc) == AudioSpecificConfig(2, 4, 2, 44000)
-    with pytest.raises(PackagerError) as e:
-        parse_audio_specific_config(b"\x12")
-    assert e.value.code is ErrorCode.BAD_DATA
-    usac = (31 << 11 | (42 - 32) << 5).to_bytes(2, "big") + b"\x20"  # escape object type 42 (USAC)
-    with pytest.raises(PackagerError) as e:
-        adts_constant(parse_audio_specific_config(usac))
-    assert e.value.code is ErrorCode.UNSUPPORTED
-    with pytest.raises(PackagerError) as e:
-        adts_headers(parse_audio_specific_config(b"\x12\x10"), np.array([8185]))
-    assert e.value.code is ErrorCode.BAD_DATA
-
-
-def _decode_audio(container_bytes: bytes, fmt: str) -> list[np.ndarray]:
-    with av.open(io.BytesIO(container_bytes), format=fmt) as c:
-        return [f.to_ndarray() for f in c.decode(audio=0)]
-
-
-def test_adts_stream_decodes_like_the_mp4():
-    source = pyav_tracks.load(fixture_path("audio_only.mp4"))
-    (track,) = source.tracks
-    payload = pyav_tracks.payload(source, track, 0, len(track.samples))
-    stream = to_adts(payload, track.samples.sizes, track.codec.extradata)
-    ours = _decode_audio(stream, "aac")
-    assert len(ours) == len(track.samples)
-    reference = _decode_audio(source.path.read_bytes(), "mp4")
-    # the MP4 path drops the first frame: its 1024 samples are the encoder priming the edit list skips
-    assert len(reference) == len(ours) - 1
-    for a, b in zip(ours[1:], reference):
-        np.testing.assert_array_equal(a, b)
 
 
 # -- Annex B --------------------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from packagers.media_set import MediaSet
 from packagers.model import SampleTable
 from packagers.mp4 import open_presentation
 from packagers.naming import TrackSpec
+from tests.needs import missing
 
 from .fmp4_tools import read_fragment, write_track_files
 from .golden import check_golden
@@ -251,7 +252,7 @@ def test_ffmpeg_dash_demuxer_plays_every_representation(key, tmp_path):
     streams as soon as one ends)."""
     exe = _ffprobe_dash()
     if exe is None:
-        pytest.skip("no ffprobe with a dash demuxer on this machine")
+        missing("no ffprobe with a dash demuxer on this machine")
     media_set, datas = fixture_set(key)
     mpd = build_mpd(media_set)
     (tmp_path / MANIFEST_NAME).write_text(mpd)

@@ -1,4 +1,4 @@
-"""Golden HLS playlists for fixed synthetic media sets (independent of encoder versions).
+"""Golden HLS playlists and MPEG-TS segment digests for fixed synthetic media sets (independent of encoder versions).
 
 Run ``python -m pytest tests/packagers/test_golden_playlists.py --update-golden`` after an intended change, then
 review the diff of tests/golden/.
@@ -10,9 +10,11 @@ import pytest
 from packagers.hls import build_master_playlist, build_media_playlist
 from packagers.media_set import MediaSet
 from packagers.naming import TrackSpec
+from packagers.ts import TsMuxer
 
-from .golden import check_golden
+from .golden import check_golden, segment_digests
 from .synthetic import SCENARIOS
+
 
 def _render(media_set: MediaSet) -> dict[str, str]:
     out = {"master.m3u8": build_master_playlist(media_set)}
@@ -24,9 +26,22 @@ def _render(media_set: MediaSet) -> dict[str, str]:
     return out
 
 
+def _segment_digests(media_set: MediaSet, playlists: dict[str, str]) -> str:
+    """``fragments.sha256`` of every .ts segment the media playlists list, muxed as the gateway muxes clear TS."""
+    segments = []
+    for name, text in playlists.items():
+        if name != "master.m3u8":
+            spec = TrackSpec.parse(name[len("index"):-len(".m3u8")])
+            segments += [(segment.uri, spec, k) for k, segment in enumerate(m3u8.loads(text).segments)]
+    return segment_digests(media_set, segments, lambda selection: TsMuxer(selection.tracks).build)
+
+
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_golden(scenario, update_golden):
-    check_golden(scenario, _render(SCENARIOS[scenario]()), update_golden)
+    media_set = SCENARIOS[scenario]()
+    rendered = _render(media_set)
+    rendered["fragments.sha256"] = _segment_digests(media_set, rendered)
+    check_golden(scenario, rendered, update_golden)
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))

@@ -30,7 +30,7 @@ from fixtures.generate import fixture_path
 from packagers.errors import ErrorCode, PackagerError
 from packagers.hds import (BootstrapInfo, HdsMuxer, build_bootstrap, build_f4m, fragment_muxer, fragment_name,
                            fragment_sizes, parse_fragment_name)  # fmt: skip
-from packagers.hds import amf0, flv
+from packagers.codecs import amf0, flv
 from packagers.media_set import MediaSet
 from packagers.model import CodecConfig
 from packagers.mp4 import open_presentation
@@ -644,13 +644,14 @@ def test_muxer_contracts():
 
 def test_amf0_round_trip():
     value = {"duration": 12.5, "stereo": True, "name": "x" * 10, "long": "é" * 40000, "none": None, "n": 3,
-             "obj": amf0.AmfObject({"a": 1.0, "b": False})}  # fmt: skip
-    raw = amf0.script_data("onMetaData", value)
+             "obj": {"a": 1.0, "b": False}}  # fmt: skip
+    raw = amf0.script_data("onMetaData", amf0.EcmaArray(value))
     name, pos = amf0_decode(raw)
     decoded, end = amf0_decode(raw, pos)
     assert name == "onMetaData" and end == len(raw)
-    assert decoded == {**value, "n": 3.0, "obj": {"a": 1.0, "b": False}}
+    assert decoded == {**value, "n": 3.0}
+    assert raw.index(b"\x00\x03obj\x03") > 0  # a plain dict is an anonymous object (2.5), not an ECMA array
     assert raw[pos] == 0x08 and struct.unpack_from(">I", raw, pos + 1)[0] == len(value)
     assert amf0.encode(2.0) == b"\x00\x40\x00\x00\x00\x00\x00\x00\x00"
-    with pytest.raises(TypeError):
+    with pytest.raises(amf0.Amf0Error):
         amf0.encode(object())

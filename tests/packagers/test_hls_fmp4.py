@@ -1,7 +1,7 @@
-"""HLS with fMP4 segments: playlists parsed by the m3u8 library, golden playlists on synthetic media sets, and
-ffmpeg's HLS demuxer (PyAV) playing a directory of master + media playlists + init + .m4s segments made from real
-files (a real client, no server), HEVC included. The TS playlists must not change (their goldens are checked by
-test_golden_playlists.py).
+"""HLS with fMP4 segments: playlists parsed by the m3u8 library, golden playlists and segment digests (init + .m4s)
+on synthetic media sets, and ffmpeg's HLS demuxer (PyAV) playing a directory of master + media playlists + init +
+.m4s segments made from real files (a real client, no server), HEVC included. The TS playlists must not change (their
+goldens are checked by test_golden_playlists.py).
 
 Run ``python -m pytest tests/packagers/test_hls_fmp4.py --update-golden`` after an intended change and review
 tests/golden/hls_fmp4_*.
@@ -20,6 +20,7 @@ import pytest
 
 from fixtures.generate import fixture_path
 from packagers.errors import ErrorCode, PackagerError
+from packagers.fmp4 import Fmp4Muxer, build_init_segment
 from packagers.hls.playlists import (build_master_playlist, build_media_playlist, choose_container, init_segment_name,
                                      segment_name)
 from packagers.media_set import MediaSet
@@ -28,7 +29,7 @@ from packagers.mp4 import open_presentation
 from packagers.naming import TrackSpec
 
 from .fmp4_tools import write_track_files
-from .golden import check_golden
+from .golden import check_golden, segment_digests
 from .synthetic import SCENARIOS as BASE_SCENARIOS
 from .synthetic import audio_track, ladder, presentation, video_track
 
@@ -64,9 +65,25 @@ def render(media_set: MediaSet) -> dict[str, str]:
     return out
 
 
+def _segment_digests(media_set: MediaSet, playlists: dict[str, str]) -> str:
+    """``fragments.sha256`` of every init segment and .m4s segment the media playlists list."""
+    segments = []
+    for name, text in playlists.items():
+        if name != "master.m3u8":
+            spec, playlist = TrackSpec.parse(name[len("index") : -len(".m3u8")]), m3u8.loads(text)
+            segments.append((playlist.segment_map[0].uri, spec, None))
+            segments += [(segment.uri, spec, k) for k, segment in enumerate(playlist.segments)]
+    # the gateway's muxers for HLS fMP4 (products.py): fragments keep signed composition offsets (no non_negative)
+    return segment_digests(media_set, segments, lambda selection: Fmp4Muxer(selection.tracks).build,
+                           lambda selection: build_init_segment(selection.tracks))
+
+
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_golden(scenario, update_golden):
-    check_golden(f"hls_fmp4_{scenario}", render(SCENARIOS[scenario]()), update_golden)
+    media_set = SCENARIOS[scenario]()
+    rendered = render(media_set)
+    rendered["fragments.sha256"] = _segment_digests(media_set, rendered)
+    check_golden(f"hls_fmp4_{scenario}", rendered, update_golden)
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))

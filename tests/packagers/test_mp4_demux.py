@@ -13,10 +13,11 @@ from pymp4.parser import Box as Pymp4Box
 
 from fixtures import mp4_variants as mv
 from fixtures.generate import fixture_path
+from packagers.codecs.box import parse_header
 from packagers.errors import ErrorCode, PackagerError
 from packagers.mp4 import open_presentation, parse_moov, read_presentation
-from packagers.mp4 import aac, codecs, tables
-from packagers.mp4.boxes import iter_boxes, parse_header
+from packagers.mp4 import codecs, tables
+from packagers.mp4.boxes import iter_boxes
 from packagers.mp4.demux import decode_language, parse_elst
 
 FIXTURES = ("title_360p.mp4", "title_240p.mp4", "title_180p.mp4", "two_audio.mp4", "moov_end.mp4", "hevc.mp4",
@@ -473,42 +474,6 @@ def test_language_decoding():
 def test_hevc_codec_string(constraint, expected):
     assert codecs.hevc_codec_string("hvc1", 0, 0, 1, 0x60000000, constraint, 93) == expected
     assert codecs.hevc_codec_string("hev1", 2, 1, 2, 0x20000000, bytes(6), 120) == "hev1.B2.4.H120"
-
-
-def _bits(*fields: tuple[int, int]) -> bytes:
-    value, n = 0, 0
-    for width, v in fields:
-        value, n = (value << width) | v, n + width
-    pad = -n % 8
-    return (value << pad).to_bytes((n + pad) // 8, "big")
-
-
-@pytest.mark.parametrize("asc,codec,rate,channels", [
-    (bytes.fromhex("1210"), "mp4a.40.2", 44100, 2),
-    (bytes.fromhex("121056e500"), "mp4a.40.2", 44100, 2),  # sync extension, sbrPresentFlag 0 (ffmpeg's)
-    (_bits((5, 2), (4, 6), (4, 2), (3, 0), (11, 0x2B7), (5, 5), (1, 1), (4, 3)), "mp4a.40.2", 48000, 2),
-    (_bits((5, 5), (4, 6), (4, 2), (4, 3), (5, 2), (3, 0)), "mp4a.40.5", 48000, 2),  # explicit HE-AAC
-    (_bits((5, 29), (4, 6), (4, 1), (4, 3), (5, 2), (3, 0)), "mp4a.40.29", 48000, 2),  # HE-AAC v2: PS -> stereo
-    (_bits((5, 2), (4, 15), (24, 37800), (4, 1), (3, 0)), "mp4a.40.2", 37800, 1),  # explicit frequency
-    (_bits((5, 31), (6, 10), (4, 3), (4, 2)), "mp4a.40.42", 48000, 2),  # escaped object type
-    (_bits((5, 2), (4, 13), (4, 0), (3, 0)), "mp4a.40.2", 0, 0),  # reserved index, PCE: sample entry decides
-])
-def test_audio_specific_config(asc, codec, rate, channels):
-    config = aac.parse_audio_specific_config(asc, "t")
-    assert (config.codec_string, config.sample_rate, config.channels) == (codec, rate, channels)
-
-
-def test_esds_descriptor_sizes_short_and_long():
-    asc = bytes.fromhex("1210")
-    dcd = bytes([0x40, 0x15]) + bytes(11)
-    for size_bytes in (lambda n: bytes([n]), lambda n: bytes([0x80, 0x80, 0x80, n])):
-        dsi = b"\x05" + size_bytes(len(asc)) + asc
-        dcd_full = b"\x04" + size_bytes(len(dcd) + len(dsi)) + dcd + dsi
-        es = b"\x00\x01\x00" + dcd_full + b"\x06\x01\x02"
-        esds = b"\x03" + size_bytes(len(es)) + es
-        assert aac.parse_esds(esds, "t") == (0x40, asc)
-    with pytest.raises(PackagerError, match="parse_esds: descriptor"):
-        aac.parse_esds(b"\x03\x80\x80\x80\x7f\x00", "t")
 
 
 def test_avcc_rejects_length_size_3_and_truncation():

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 from fixtures import mp4_variants as mv
 from fixtures.generate import fixture_path
+from packagers.codecs.aac import parse_audio_specific_config, parse_esds
 from packagers.errors import ErrorCode, PackagerError
 from packagers.model import Presentation
 from packagers.mp4 import parse_moov, read_presentation
-from packagers.mp4.aac import parse_audio_specific_config, parse_esds
 from packagers.mp4.codecs import parse_avcc, parse_hvcc
 
 SOURCES = ("audio_only.mp4", "no_bframes.mp4", "hevc.mp4", "two_audio.mp4")

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from fixtures.generate import fixture_path
+from packagers.codecs.box import parse_header
 from packagers.errors import ErrorCode, PackagerError
 from packagers.model import CodecConfig, SampleTable
 from packagers.mp4 import open_presentation
-from packagers.mp4.boxes import parse_header
 from packagers.mp4.tables import (build_sample_table, parse_chunk_offsets, parse_ctts, parse_stsc, parse_stss,
                                   parse_stsz, parse_stts)
 from packagers.mp4.writer import Mp4Writer, TrackSpec, mdat_header, sample_table_boxes

@@ -1,14 +1,16 @@
-"""Smooth Streaming manifest (MS-SSTR §2.2.2) and fragment lookup, on synthetic media sets."""
+"""Smooth Streaming manifest (MS-SSTR §2.2.2) and fragment lookup, on synthetic media sets; golden manifests and
+fragment digests (``python -m pytest tests/packagers/test_mss.py --update-golden`` after an intended change)."""
 import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
 
 from packagers.errors import ErrorCode, PackagerError
+from packagers.fmp4 import Fmp4Muxer
 from packagers.media_set import MediaSet
 from packagers.mss import build_smooth_manifest, locate_fragment, smooth_streams
 
-from .golden import check_golden
+from .golden import check_golden, segment_digests
 from .synthetic import audio_track, presentation, video_track
 
 def ladder(timescales=(12288, 12288, 12288)) -> MediaSet:
@@ -24,9 +26,25 @@ SCENARIOS = {
 }
 
 
+def _fragment_digests(media_set: MediaSet) -> str:
+    """``fragments.sha256`` of every fragment of every quality level, named by its URL (which must find it)."""
+    segments = []
+    for stream in smooth_streams(media_set):
+        for bitrate, selection in stream.levels:
+            for k, start in enumerate(stream.starts.tolist()):
+                found, index = locate_fragment(media_set, stream.name, bitrate, start)
+                assert (found.spec, index) == (selection.spec, k)
+                segments.append((f"QualityLevels({bitrate})/Fragments({stream.name}={start})", selection.spec, k))
+    # the gateway's fragment muxer (products.py): moof with tfxd + mdat, no styp
+    return segment_digests(media_set, segments, lambda selection: Fmp4Muxer(selection.tracks, styp=False,
+                                                                            tfxd=True).build)
+
+
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_golden_manifest(scenario, update_golden):
-    check_golden(scenario, {"Manifest.xml": build_smooth_manifest(SCENARIOS[scenario]())}, update_golden)
+    media_set = SCENARIOS[scenario]()
+    rendered = {"Manifest.xml": build_smooth_manifest(media_set), "fragments.sha256": _fragment_digests(media_set)}
+    check_golden(scenario, rendered, update_golden)
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))

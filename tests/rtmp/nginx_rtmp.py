@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import free_port
+from tests.needs import missing
 
 NGINX = "/usr/sbin/nginx"
 RTMP_MODULE = "/usr/lib/nginx/modules/ngx_rtmp_module.so"   # package libnginx-mod-rtmp
@@ -42,10 +43,11 @@ rtmp {{
 
 
 def skip_without_nginx() -> None:
+    """Skip without nginx or its RTMP module (a failure in CI, which installs both)."""
     if not os.path.exists(NGINX) or shutil.which(NGINX) is None:
-        pytest.skip(f"nginx is not installed ({NGINX}; apt-get install nginx libnginx-mod-rtmp)")
+        missing(f"nginx is not installed ({NGINX}; apt-get install nginx libnginx-mod-rtmp)")
     if not os.path.exists(RTMP_MODULE):
-        pytest.skip(f"the nginx RTMP module is not installed ({RTMP_MODULE}; apt-get install libnginx-mod-rtmp)")
+        missing(f"the nginx RTMP module is not installed ({RTMP_MODULE}; apt-get install libnginx-mod-rtmp)")
 
 
 class NginxRtmp:

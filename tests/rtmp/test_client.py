@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from rtmp import amf0
+from packagers.codecs import amf0
 from rtmp.chunk import ChunkReader, ChunkWriter
 from rtmp.client import RtmpClient, parse_rtmp_url, set_data_frame
 from rtmp.errors import RtmpError

@@ -1,14 +1,14 @@
-"""Fuzzing what reads untrusted bytes, beyond the per-module fuzz tests (tests/rtmp/test_amf0.py: AMF0 decode;
-test_chunk.py: ChunkReader): the handshakes, and a whole `ServerSession` — arbitrary bytes after a valid handshake,
-after connect and after publish, and well-framed messages of any type with arbitrary bodies. The only exception
-allowed out is RtmpError (the server closes that connection), every reply parses, and whatever reaches the relay
-(metadata, media) is handled without error."""
+"""Fuzzing what reads untrusted bytes, beyond the per-module fuzz tests (AMF0 decode:
+tests/packagers/codecs/test_amf0.py; test_chunk.py: ChunkReader): the handshakes, and a whole `ServerSession` —
+arbitrary bytes after a valid handshake, after connect and after publish, and well-framed messages of any type with
+arbitrary bodies. The only exception allowed out is RtmpError (the server closes that connection), every reply parses,
+and whatever reaches the relay (metadata, media) is handled without error."""
 from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rtmp import amf0
+from packagers.codecs import amf0
 from rtmp.chunk import ChunkReader
 from rtmp.errors import RtmpError
 from rtmp.handshake import HANDSHAKE_SIZE, ClientHandshake, ServerHandshake

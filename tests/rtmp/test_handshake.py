@@ -1,5 +1,4 @@
 """RTMP handshake: fragmentation, leftovers, bad versions, client↔server, the recorded and the live ffmpeg client."""
-import shutil
 import struct
 from pathlib import Path
 
@@ -7,9 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rtmp.amf0 import decode_all
+from packagers.codecs.amf0 import decode_all
 from rtmp.errors import RtmpError
 from rtmp.handshake import HANDSHAKE_SIZE, ClientHandshake, ServerHandshake
+from tests.needs import needs_executable
 
 TRANSCRIPTS = Path(__file__).resolve().parent / "transcripts"
 
@@ -168,7 +168,7 @@ def test_recorded_ffmpeg_c1_is_accepted():
     assert out[0] == 3 and out[1 + HANDSHAKE_SIZE:] == c0c1[1:]
 
 
-@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg CLI (installed in CI)")
+@needs_executable("ffmpeg")
 @pytest.mark.timeout(60)
 def test_live_ffmpeg_completes_handshake_and_sends_connect():
     from tests.rtmp.ffmpeg_capture import capture_ffmpeg_connect

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import socket
 import subprocess
 import threading
@@ -19,7 +18,7 @@ from fixtures.generate import fixture_path
 from gateway.app import make_app
 from gateway.ingest import Ingest
 from gateway.settings import Settings
-from rtmp import amf0
+from packagers.codecs import amf0
 from rtmp.chunk import ChunkReader, ChunkWriter
 from rtmp.config import RtmpConfig
 from rtmp.handshake import ClientHandshake
@@ -27,10 +26,11 @@ from rtmp.messages import MSG_AUDIO, MSG_COMMAND_AMF0, MSG_VIDEO, Message
 from rtmp.relay import Relay
 from rtmp.server import RtmpServer
 from rtmp.session import classify_media
+from tests.needs import needs_executable
 from tests.rtmp.test_server_ffmpeg import RawClient, stop, wait_until
 from tests.rtmp.test_session import AVC_KEY, AVC_SEQ, publish_bytes
 
-pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg CLI not installed")
+pytestmark = needs_executable("ffmpeg")
 
 
 class Recorder:

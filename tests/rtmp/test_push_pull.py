@@ -8,16 +8,16 @@ sequence headers by payload.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
 import subprocess
 import time
 
+import av
 import pytest
 
 from gateway.ingest import start_ingest
 from gateway.settings import Settings
-from rtmp import amf0
+from packagers.codecs import amf0
 from rtmp.client import RtmpClient
 from rtmp.config import ApplicationConfig, RtmpConfig
 from rtmp.errors import RtmpError
@@ -27,9 +27,10 @@ from rtmp.push import PushRelay
 from rtmp.relay import Relay
 from rtmp.server import serve_rtmp
 from rtmp.session import ServerSession, classify_media
+from tests.needs import needs_executable
 from tests.rtmp.nginx_rtmp import NginxRtmp, skip_without_nginx
 
-pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg CLI not installed")
+pytestmark = needs_executable("ffmpeg")
 
 T = 30.0    # hang guard
 
@@ -56,7 +57,6 @@ class Recorder:
 @pytest.fixture(scope="module")
 def source():
     """The fixture file and the set of its packets' bytes (PyAV), which every relayed frame must be one of."""
-    av = pytest.importorskip("av")
     from fixtures.generate import fixture_path
     path = str(fixture_path("title_360p.mp4"))
     with av.open(path) as f:

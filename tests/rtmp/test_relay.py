@@ -1,7 +1,7 @@
 """Relay: GOP cache for late joiners, bounded queues that drop to the next key frame, one serialisation per chunk size."""
 from __future__ import annotations
 
-from rtmp import amf0
+from packagers.codecs import amf0
 from rtmp.chunk import ChunkReader
 from rtmp.messages import MSG_AUDIO, MSG_DATA_AMF0, MSG_VIDEO, Message
 from rtmp.relay import Relay, Subscriber

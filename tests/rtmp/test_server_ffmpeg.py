@@ -3,20 +3,21 @@ by a raw scripted subscriber whose FLV payloads are compared with what ffmpeg pu
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import time
 
+import av
 import pytest
 
-from rtmp import amf0
+from packagers.codecs import amf0
 from rtmp.messages import MSG_AUDIO, MSG_COMMAND_AMF0, MSG_VIDEO, Message
 from rtmp.relay import Relay
 from rtmp.server import serve_rtmp
 from rtmp.session import classify_media
+from tests.needs import needs_executable
 from tests.rtmp.test_session import AVC_KEY, AVC_SEQ, ScriptedClient, publish_bytes
 
-pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg CLI not installed")
+pytestmark = needs_executable("ffmpeg")
 
 
 class RecordingRelay(Relay):
@@ -176,7 +177,6 @@ async def test_ffmpeg_publish_raw_subscriber_gets_exact_payloads_and_fast_start(
 
 
 async def test_pyav_plays_fixture_with_source_payloads(server):
-    av = pytest.importorskip("av")
     from fixtures.generate import fixture_path
     source = str(fixture_path("title_180p.mp4"))
     with av.open(source) as f:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from rtmp import amf0
+from packagers.codecs import amf0
 from rtmp.chunk import ChunkReader, ChunkWriter
 from rtmp.errors import RtmpError
 from rtmp.handshake import ClientHandshake

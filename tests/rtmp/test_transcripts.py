@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rtmp import amf0
+from packagers.codecs import amf0
 from rtmp.chunk import ChunkReader, ChunkWriter
 from rtmp.handshake import HANDSHAKE_SIZE, ClientHandshake
 from rtmp.messages import (MSG_AUDIO, MSG_COMMAND_AMF0, MSG_DATA_AMF0, MSG_SET_CHUNK_SIZE, MSG_SET_PEER_BANDWIDTH,

@@ -1,4 +1,5 @@
-"""AMF0 codec: round trips for every type, exact decoding of real bytes, hostile input."""
+"""AMF0 codec (packagers.codecs.amf0, shared by RTMP and HDS): round trips for every type, exact decoding of real
+bytes, hostile input (only Amf0Error comes out; rtmp turns it into RtmpError, see tests/rtmp/test_fuzz.py)."""
 import math
 import struct
 from pathlib import Path
@@ -7,12 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rtmp import amf0
-from rtmp.amf0 import (MAX_DEPTH, UNDEFINED, UNSUPPORTED, Date, EcmaArray, TypedObject, XmlDocument, decode,
-                       decode_all, encode, encode_all)
-from rtmp.errors import RtmpError
+from packagers.codecs import amf0
+from packagers.codecs.amf0 import (MAX_DEPTH, UNDEFINED, UNSUPPORTED, Amf0Error, Date, EcmaArray, TypedObject,
+                                   XmlDocument, decode, decode_all, encode, encode_all)
 
-TRANSCRIPTS = Path(__file__).resolve().parent / "transcripts"
+TRANSCRIPTS = Path(__file__).resolve().parents[2] / "rtmp" / "transcripts"   # real connect bytes from ffmpeg
 
 
 def same(a, b) -> bool:
@@ -137,7 +137,7 @@ def test_reference_decodes_to_same_object():
 
 @pytest.mark.parametrize("data", [b"\x07\x00\x00", b"\x03\x00\x01k\x07\x00\x01\x00\x00\x09", b"\x07\xff\xff"])
 def test_reference_out_of_range(data):
-    with pytest.raises(RtmpError, match=r"^decode: reference \d+ .* out of range"):
+    with pytest.raises(Amf0Error, match=r"^decode: reference \d+ .* out of range"):
         decode(data)
 
 
@@ -164,7 +164,7 @@ def test_amf3_switch_simple_types():
     (b"\x04\x80", "truncated AMF3 U29"),
 ])
 def test_amf3_switch_rejects_complex_and_bad(amf3, message):
-    with pytest.raises(RtmpError, match=message):
+    with pytest.raises(Amf0Error, match=message):
         decode(b"\x11" + amf3)
 
 
@@ -236,23 +236,23 @@ def test_decode_hand_written_on_metadata():
     (b"\x10\x00\x01\x80\x00\x00\x09", "invalid UTF-8 in typed object class name"),
     (b"\x0b\x00\x00\x00\x00\x00\x00\x00\x00\x00", "truncated date time zone"),
 ])
-def test_malformed_input_raises_rtmp_error(data, message):
-    with pytest.raises(RtmpError, match=message) as e:
+def test_malformed_input_raises_amf0_error(data, message):
+    with pytest.raises(Amf0Error, match=message) as e:
         decode(data)
     assert str(e.value).startswith("decode: ") and "\n" not in str(e.value)
 
 
 def test_decode_position_out_of_range():
-    with pytest.raises(RtmpError, match="^decode: position 5 outside"):
+    with pytest.raises(Amf0Error, match="^decode: position 5 outside"):
         decode(b"\x05", 5)
 
 
 @pytest.mark.parametrize("opener", [b"\x03\x00\x01k", b"\x0a\x00\x00\x00\x01", b"\x08\x00\x00\x00\x01\x00\x01k",
                                     b"\x10\x00\x01T\x00\x01k"])
 def test_deep_nesting_raises(opener):
-    with pytest.raises(RtmpError, match="nesting deeper than"):
+    with pytest.raises(Amf0Error, match="nesting deeper than"):
         decode(opener * 64 + b"\x05")
-    with pytest.raises(RtmpError, match="nesting deeper than"):
+    with pytest.raises(Amf0Error, match="nesting deeper than"):
         decode(opener * 100_000)  # no RecursionError, no hang
 
 
@@ -261,7 +261,7 @@ def test_nesting_up_to_the_limit_is_fine():
     for _ in range(MAX_DEPTH):
         v = [v]
     assert roundtrip(v) == v
-    with pytest.raises(RtmpError, match="^encode: nesting deeper than"):
+    with pytest.raises(Amf0Error, match="^encode: nesting deeper than"):
         encode([v])
 
 
@@ -272,7 +272,7 @@ def test_encode_rejects_what_amf0_cannot_carry():
                          ({"k": object()}, "no AMF0 type"), ("\ud800", "not encodable as UTF-8"),
                          (10 ** 400, "does not fit"), (Date(0.0, 40000), "outside s16"),
                          ({"k" * 70000: 1}, "exceeds 65535")]:
-        with pytest.raises(RtmpError, match=message):
+        with pytest.raises(Amf0Error, match=message):
             encode(bad)
 
 
@@ -305,22 +305,22 @@ def test_roundtrip_sequence_property(seq):
     assert len(out) == len(seq) and all(same(a, b) for a, b in zip(out, seq))
 
 
-def _only_rtmp_error(data: bytes) -> None:
+def _only_amf0_error(data: bytes) -> None:
     try:
         decode_all(data)
-    except RtmpError as e:
+    except Amf0Error as e:
         assert str(e).startswith("decode") and "\n" not in str(e)
     try:
         v, pos = decode(data)
         assert 0 < pos <= len(data)
-    except RtmpError:
+    except Amf0Error:
         pass
 
 
 @given(st.binary(max_size=512))
 @settings(max_examples=1000, deadline=1000)
-def test_arbitrary_bytes_raise_only_rtmp_error(data):
-    _only_rtmp_error(data)
+def test_arbitrary_bytes_raise_only_amf0_error(data):
+    _only_amf0_error(data)
 
 
 # markers followed by anything: reaches far deeper into the decoder than uniform random bytes
@@ -332,20 +332,20 @@ amf_ish = st.lists(st.one_of(st.sampled_from([bytes([m]) for m in range(0x13)]),
 
 @given(amf_ish)
 @settings(max_examples=1000, deadline=1000)
-def test_structured_garbage_raises_only_rtmp_error(data):
-    _only_rtmp_error(data)
+def test_structured_garbage_raises_only_amf0_error(data):
+    _only_amf0_error(data)
 
 
 @given(values, st.data())
 @settings(max_examples=200, deadline=None)
-def test_truncated_or_corrupted_encodings_raise_only_rtmp_error(value, data):
+def test_truncated_or_corrupted_encodings_raise_only_amf0_error(value, data):
     wire = bytearray(encode(value))
     cut = data.draw(st.integers(0, len(wire)))
-    _only_rtmp_error(bytes(wire[:cut]))
+    _only_amf0_error(bytes(wire[:cut]))
     if wire:
         i = data.draw(st.integers(0, len(wire) - 1))
         wire[i] = data.draw(st.integers(0, 255))
-        _only_rtmp_error(bytes(wire))
+        _only_amf0_error(bytes(wire))
 
 
 def test_module_exports():

@@ -20,9 +20,13 @@ Type mapping (decode → Python → encode):
 | 0x10   | typed object     | TypedObject(name, fields)                |
 | 0x11   | AMF3 switch      | simple AMF3 values only (decode only)    |
 
-Decoding hostile input raises only RtmpError: every length is checked against the remaining bytes before slicing,
-nesting is bounded by MAX_DEPTH, invalid UTF-8 and unknown markers are rejected. The reference table is shared across
-the values of one decode_all() call (one message body) and fresh for each decode() call.
+Shared by RTMP (command and data messages, which may switch to AMF3 for simple values) and HDS (the ``onMetaData``
+script data an F4M ``<metadata>`` carries and an FLV file starts with, FLV spec E.4.4.1): ``script_data``.
+
+Decoding hostile input raises only Amf0Error (rtmp turns it into its RtmpError): every length is checked against
+the remaining bytes before slicing, nesting is bounded by MAX_DEPTH, invalid UTF-8 and unknown markers are rejected.
+The reference table is shared across the values of one decode_all() call (one message body) and fresh for each
+decode() call.
 """
 from __future__ import annotations
 
@@ -30,12 +34,16 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from rtmp.errors import RtmpError
-
 __all__ = [
-    "MAX_DEPTH", "UNDEFINED", "UNSUPPORTED", "EcmaArray", "XmlDocument", "Date", "TypedObject",
-    "decode", "decode_all", "encode", "encode_all",
+    "MAX_DEPTH", "UNDEFINED", "UNSUPPORTED", "Amf0Error", "EcmaArray", "XmlDocument", "Date", "TypedObject",
+    "decode", "decode_all", "encode", "encode_all", "script_data",
 ]
+
+
+class Amf0Error(ValueError):
+    """A value that is not valid AMF0 (decode) or that AMF0 cannot carry (encode); one line starting with the
+    function name. A ValueError so that a packager's caller treats it like other bad input."""
+
 
 MAX_DEPTH = 32  # nested complex values (objects, arrays) allowed; real commands nest 2-3 levels
 
@@ -102,7 +110,7 @@ class _Decoder:
     def take(self, n: int, what: str) -> bytes:
         end = self.pos + n
         if end > len(self.data):
-            raise RtmpError(f"decode: truncated {what} at offset {self.pos}: need {n} bytes, "
+            raise Amf0Error(f"decode: truncated {what} at offset {self.pos}: need {n} bytes, "
                             f"{len(self.data) - self.pos} left")
         chunk = self.data[self.pos:end]
         self.pos = end
@@ -110,7 +118,7 @@ class _Decoder:
 
     def u8(self, what: str) -> int:
         if self.pos >= len(self.data):
-            raise RtmpError(f"decode: truncated {what} at offset {self.pos}: need 1 byte, 0 left")
+            raise Amf0Error(f"decode: truncated {what} at offset {self.pos}: need 1 byte, 0 left")
         b = self.data[self.pos]
         self.pos += 1
         return b
@@ -130,12 +138,12 @@ class _Decoder:
         try:
             return bytes(raw).decode("utf-8")
         except UnicodeDecodeError as e:
-            raise RtmpError(f"decode: invalid UTF-8 in {what} at offset {start}: {e.reason}") from None
+            raise Amf0Error(f"decode: invalid UTF-8 in {what} at offset {start}: {e.reason}") from None
 
     def enter(self) -> None:
         self.depth += 1
         if self.depth > MAX_DEPTH:
-            raise RtmpError(f"decode: nesting deeper than {MAX_DEPTH} levels at offset {self.pos}")
+            raise Amf0Error(f"decode: nesting deeper than {MAX_DEPTH} levels at offset {self.pos}")
 
     def value(self) -> Any:
         at = self.pos
@@ -160,7 +168,7 @@ class _Decoder:
         if marker == REFERENCE:
             index = self.u16("reference index")
             if index >= len(self.refs):
-                raise RtmpError(f"decode: reference {index} at offset {at} out of range "
+                raise Amf0Error(f"decode: reference {index} at offset {at} out of range "
                                 f"({len(self.refs)} complex objects so far)")
             return self.refs[index]
         if marker == ECMA_ARRAY:
@@ -174,7 +182,7 @@ class _Decoder:
         if marker == STRICT_ARRAY:
             count = self.u32("strict array count")
             if count > len(self.data) - self.pos:  # every element takes at least its marker byte
-                raise RtmpError(f"decode: strict array at offset {at} claims {count} elements, "
+                raise Amf0Error(f"decode: strict array at offset {at} claims {count} elements, "
                                 f"only {len(self.data) - self.pos} bytes left")
             items: list = []
             self.refs.append(items)
@@ -204,8 +212,8 @@ class _Decoder:
         if marker == AVMPLUS:
             return self.amf3_value(at)
         if marker == OBJECT_END:
-            raise RtmpError(f"decode: object end marker outside an object at offset {at}")
-        raise RtmpError(f"decode: unknown or unsupported type marker 0x{marker:02x} at offset {at}")
+            raise Amf0Error(f"decode: object end marker outside an object at offset {at}")
+        raise Amf0Error(f"decode: unknown or unsupported type marker 0x{marker:02x} at offset {at}")
 
     def properties(self, target: dict) -> None:
         """Key/value pairs until an empty key followed by the object end marker."""
@@ -246,15 +254,15 @@ class _Decoder:
         if marker == 0x06:
             header = self.u29()
             if not header & 1:
-                raise RtmpError(f"decode: AMF3 string reference at offset {at} is not supported")
+                raise Amf0Error(f"decode: AMF3 string reference at offset {at} is not supported")
             return self.utf8(header >> 1, "AMF3 string")
-        raise RtmpError(f"decode: AMF3 type 0x{marker:02x} at offset {at} is not supported (complex AMF3)")
+        raise Amf0Error(f"decode: AMF3 type 0x{marker:02x} at offset {at} is not supported (complex AMF3)")
 
 
 def decode(data: bytes, pos: int = 0) -> tuple[Any, int]:
     """Decode one AMF0 value at data[pos:]; return (value, position after it)."""
     if not 0 <= pos <= len(data):
-        raise RtmpError(f"decode: position {pos} outside data of {len(data)} bytes")
+        raise Amf0Error(f"decode: position {pos} outside data of {len(data)} bytes")
     d = _Decoder(data, pos)
     return d.value(), d.pos
 
@@ -273,15 +281,15 @@ def _string_body(s: str, what: str) -> bytes:
     try:
         return s.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise RtmpError(f"encode: {what} is not encodable as UTF-8: {e.reason}") from None
+        raise Amf0Error(f"encode: {what} is not encodable as UTF-8: {e.reason}") from None
 
 
 def _key(out: list, key: Any) -> None:
     if not isinstance(key, str):
-        raise RtmpError(f"encode: object keys must be str, got {type(key).__name__}")
+        raise Amf0Error(f"encode: object keys must be str, got {type(key).__name__}")
     raw = _string_body(key, "object key")
     if len(raw) > 0xFFFF:
-        raise RtmpError(f"encode: object key of {len(raw)} bytes exceeds 65535")
+        raise Amf0Error(f"encode: object key of {len(raw)} bytes exceeds 65535")
     out.append(_U16.pack(len(raw)))
     out.append(raw)
 
@@ -306,7 +314,7 @@ def _encode(out: list, value: Any, depth: int) -> None:
         try:
             out.append(b"\x00" + _F64.pack(float(value)))
         except OverflowError:
-            raise RtmpError(f"encode: integer {value} does not fit a float64 number") from None
+            raise Amf0Error(f"encode: integer {value} does not fit a float64 number") from None
     elif isinstance(value, XmlDocument):
         raw = _string_body(value, "XML document")
         out.append(b"\x0f" + _U32.pack(len(raw)))
@@ -318,15 +326,15 @@ def _encode(out: list, value: Any, depth: int) -> None:
         elif len(raw) <= 0xFFFFFFFF:
             out.append(b"\x0c" + _U32.pack(len(raw)))
         else:
-            raise RtmpError(f"encode: string of {len(raw)} bytes exceeds 2**32 - 1")
+            raise Amf0Error(f"encode: string of {len(raw)} bytes exceeds 2**32 - 1")
         out.append(raw)
     elif isinstance(value, Date):
         if not -0x8000 <= value.tz <= 0x7FFF:
-            raise RtmpError(f"encode: date time zone {value.tz} outside s16")
+            raise Amf0Error(f"encode: date time zone {value.tz} outside s16")
         out.append(b"\x0b" + _F64.pack(float(value.ms)) + _S16.pack(value.tz))
     else:
         if depth >= MAX_DEPTH:
-            raise RtmpError(f"encode: nesting deeper than {MAX_DEPTH} levels (or a cycle)")
+            raise Amf0Error(f"encode: nesting deeper than {MAX_DEPTH} levels (or a cycle)")
         if isinstance(value, EcmaArray):
             out.append(b"\x08" + _U32.pack(len(value) & 0xFFFFFFFF))
             _properties(out, value, depth + 1)
@@ -335,7 +343,7 @@ def _encode(out: list, value: Any, depth: int) -> None:
             _properties(out, value, depth + 1)
         elif isinstance(value, (list, tuple)):
             if len(value) > 0xFFFFFFFF:
-                raise RtmpError(f"encode: strict array of {len(value)} elements exceeds 2**32 - 1")
+                raise Amf0Error(f"encode: strict array of {len(value)} elements exceeds 2**32 - 1")
             out.append(b"\x0a" + _U32.pack(len(value)))
             for item in value:
                 _encode(out, item, depth + 1)
@@ -344,11 +352,11 @@ def _encode(out: list, value: Any, depth: int) -> None:
             _key(out, value.name)
             _properties(out, value.fields, depth + 1)
         else:
-            raise RtmpError(f"encode: no AMF0 type for {type(value).__name__}")
+            raise Amf0Error(f"encode: no AMF0 type for {type(value).__name__}")
 
 
 def encode(value: Any) -> bytes:
-    """Encode one Python value as AMF0 (see the module table). Raises RtmpError for values AMF0 cannot carry."""
+    """Encode one Python value as AMF0 (see the module table). Raises Amf0Error for values AMF0 cannot carry."""
     out: list[bytes] = []
     _encode(out, value, 0)
     return b"".join(out)
@@ -361,3 +369,9 @@ def encode_all(*values: Any) -> bytes:
         _encode(out, v, 0)
     return b"".join(out)
 
+
+
+def script_data(name: str, value: Any) -> bytes:
+    """The body of an FLV SCRIPTDATA tag (FLV spec E.4.4.1): the method name as an AMF0 string, then its value
+    (``onMetaData`` is an `EcmaArray`)."""
+    return encode_all(name, value)

@@ -1,0 +1,1 @@
+"""The one place that knows codec and container headers; nothing else parses one."""
