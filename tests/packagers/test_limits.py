@@ -232,15 +232,20 @@ def test_zero_duration_is_bad_data():
         MediaSet([presentation(track)], 6000)
 
 
+def aac_track_of(durations: np.ndarray) -> Track:
+    """Track 2: AAC at 44.1 kHz with these sample durations, 300-byte samples laid out one after another."""
+    n = len(durations)
+    dts = np.concatenate(([0], np.cumsum(durations[:-1], dtype=np.int64)))
+    table = SampleTable(np.arange(n, dtype=np.uint64) * 300 + 10_000_000, np.full(n, 300, np.uint32), dts,
+                        np.zeros(n, np.int32), durations, np.ones(n, bool))
+    return Track(2, "audio", 44100, CodecConfig("mp4a", "mp4a.40.2", sample_rate=44100, channels=2), table)
+
+
 def test_a_track_segment_longer_than_the_limit_is_bad_data():
     """The plan (video, key frames every 2 s) is sane, but an audio sample lasting 4000 s makes that track's own
     segment span (DASH S@d, MSS d) longer than an hour."""
     video = video_track(4200, fps=1, timescale=1000, gop=2, bframes=False)
-    durations = np.array([1024, 1024, 4000 * 44100], np.uint32)  # last: the segments after it are trailing empties
-    dts = np.concatenate(([0], np.cumsum(durations[:-1], dtype=np.int64)))
-    table = SampleTable(np.arange(3, dtype=np.uint64) * 300 + 10_000_000, np.full(3, 300, np.uint32), dts,
-                        np.zeros(3, np.int32), durations, np.ones(3, bool))
-    audio = Track(2, "audio", 44100, CodecConfig("mp4a", "mp4a.40.2", sample_rate=44100, channels=2), table)
+    audio = aac_track_of(np.array([1024, 1024, 4000 * 44100], np.uint32))  # last: the segments after it are empty
     media_set = MediaSet([presentation(video, audio)], 6000)
     selection = media_set.resolve(TrackSpec())
     media_set.segment_times(selection, video)
@@ -254,10 +259,7 @@ def test_a_track_with_no_sample_in_a_middle_segment_is_bad_data():
     video = video_track(30, fps=1, timescale=1000, gop=2, bframes=False)
     durations = np.full(517, 1024, np.uint32)
     durations[258] = int(6.1 * 44100)  # the sample that starts at 5.99 s ends at 12.09 s: nothing starts in 6..12 s
-    dts = np.concatenate(([0], np.cumsum(durations[:-1], dtype=np.int64)))
-    table = SampleTable(np.arange(517, dtype=np.uint64) * 300 + 10_000_000, np.full(517, 300, np.uint32), dts,
-                        np.zeros(517, np.int32), durations, np.ones(517, bool))
-    audio = Track(2, "audio", 44100, CodecConfig("mp4a", "mp4a.40.2", sample_rate=44100, channels=2), table)
+    audio = aac_track_of(durations)
     media_set = MediaSet([presentation(video, audio)], 6000)
     selection = media_set.resolve(TrackSpec())
     media_set.segment_times(selection, video)
