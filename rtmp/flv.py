@@ -4,9 +4,10 @@ Tag headers are read by ``packagers.codecs.flv``; this module decides what to pa
 Enhanced RTMP v1): legacy AVC (codec id 7) and HEVC (12, the widespread extension with the AVC layout; 13, AV1 in the
 same extension, is skipped), and E-RTMP ex-headers (IsExHeader bit, FourCC ``avc1``/``hvc1``, packet types
 SequenceStart, CodedFrames (with a signed 24-bit composition time), CodedFramesX (composition time 0), SequenceEnd). The
-sequence header is the avcC/hvcC record, parsed by the MP4 demuxer's code (``packagers.mp4.codecs``), so the
-``CodecConfig`` is the one an MP4 of the same stream gives; width/height come from the SPS (cropped), as ffmpeg writes
-them into an MP4 sample entry. Samples are the length-prefixed NAL units after the tag header: exactly an MP4 sample.
+sequence header is the avcC/hvcC record, parsed by the MP4 demuxer's code (``packagers.codecs.avc``/``hevc``), so
+the ``CodecConfig`` is the one an MP4 of the same stream gives; width/height come from the SPS (cropped, same
+modules), as ffmpeg writes them into an MP4 sample entry. Samples are the length-prefixed NAL units after the tag
+header: exactly an MP4 sample.
 
 Audio (§E.4.2): AAC (sound format 10; packet type 0 = AudioSpecificConfig, 1 = one raw frame) and E-RTMP audio
 (sound format 9) with FourCC ``mp4a``.
@@ -19,15 +20,16 @@ interleave slightly out of order, so a small step back is a step back, not a wra
 from __future__ import annotations
 
 import logging
-import re
 from collections import Counter
 from dataclasses import dataclass
+from types import ModuleType
 
-from packagers.codecs import flv
+import numpy as np
+
+from packagers.codecs import avc, flv, hevc
 from packagers.codecs.aac import parse_audio_specific_config
 from packagers.errors import PackagerError
 from packagers.model import CodecConfig
-from packagers.mp4.codecs import parse_avcc, parse_hvcc
 
 from .errors import RtmpError
 from .messages import MSG_AUDIO, MSG_VIDEO, Message
@@ -38,7 +40,6 @@ log = logging.getLogger("rtmp.flv")
 
 # FourCC (E-RTMP, or what a legacy codec id stands for) → the sample entry we package; AV1 is not packaged yet
 _PACKAGED_VIDEO = {b"avc1": "avc1", b"hvc1": "hvc1"}
-_EMULATION_PREVENTION = re.compile(b"\x00\x00\x03")
 U32 = 1 << 32
 
 
@@ -128,15 +129,15 @@ class FlvDemuxer:
         return [FlvSample("video", dts, cts, frame_type == 1, bytes(data))]
 
     def _set_video(self, fourcc: str, record: bytes) -> None:
+        syntax = hevc if fourcc == "hvc1" else avc
         try:
-            parsed = (parse_hvcc if fourcc == "hvc1" else parse_avcc)(record, fourcc, "FLV sequence header")
+            parsed = syntax.parse_config(record, fourcc, "FLV sequence header")
+            sps = next((n for n in parsed.parameter_sets if n and _nal_type(syntax, n[0]) == syntax.SPS), None)
+            if sps is None:
+                raise RtmpError(f"FlvDemuxer.feed: {fourcc} sequence header without SPS")
+            width, height = syntax.sps_size(sps)
         except PackagerError as e:
             raise RtmpError(f"FlvDemuxer.feed: bad {fourcc} sequence header: {e.message}") from None
-        sps_type = 33 if fourcc == "hvc1" else 7
-        sps = next((n for n in parsed.parameter_sets if n and _nal_type(fourcc, n[0]) == sps_type), None)
-        if sps is None:
-            raise RtmpError(f"FlvDemuxer.feed: {fourcc} sequence header without SPS")
-        width, height = (_hevc_sps_size if fourcc == "hvc1" else _avc_sps_size)(sps)
         config = CodecConfig(fourcc=fourcc, codec_string=parsed.codec_string, extradata=record,
                              parameter_sets=parsed.parameter_sets, nal_length_size=parsed.nal_length_size,
                              width=width, height=height)
@@ -199,8 +200,9 @@ class FlvDemuxer:
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def _nal_type(fourcc: str, first_byte: int) -> int:
-    return (first_byte >> 1) & 0x3F if fourcc == "hvc1" else first_byte & 0x1F
+def _nal_type(syntax: ModuleType, first_byte: int) -> int:
+    """nal_unit_type of one NAL header byte; ``syntax`` is ``packagers.codecs.avc`` or ``hevc``."""
+    return int(syntax.nal_unit_types(np.array([first_byte]))[0])
 
 
 def _check_nal_lengths(data: bytes, nal_length_size: int) -> None:
@@ -212,107 +214,3 @@ def _check_nal_lengths(data: bytes, nal_length_size: int) -> None:
         pos += nal_length_size + int.from_bytes(data[pos:pos + nal_length_size], "big")
     if pos != end:
         raise RtmpError(f"FlvDemuxer.feed: NAL units overrun the frame ({pos} > {end} bytes)")
-
-
-class _Bits:
-    """Exp-Golomb reader over an RBSP (emulation prevention bytes removed); overruns are RtmpError."""
-
-    def __init__(self, nal: bytes, skip_bytes: int) -> None:
-        rbsp = _EMULATION_PREVENTION.sub(b"\x00\x00", nal[skip_bytes:skip_bytes + 512])
-        self.value, self.left = int.from_bytes(rbsp, "big"), 8 * len(rbsp)
-
-    def u(self, n: int) -> int:
-        if n > self.left:
-            raise RtmpError("FlvDemuxer.feed: SPS truncated")
-        self.left -= n
-        return (self.value >> self.left) & ((1 << n) - 1)
-
-    def ue(self) -> int:
-        zeros = 0
-        while self.u(1) == 0:
-            zeros += 1
-            if zeros > 31:
-                raise RtmpError("FlvDemuxer.feed: SPS exp-Golomb code too long")
-        return (1 << zeros) - 1 + self.u(zeros)
-
-    def se(self) -> int:
-        k = self.ue()
-        return (k + 1) // 2 if k & 1 else -(k // 2)
-
-
-_AVC_HIGH_PROFILES = {100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135}
-_SUB_WH = {0: (1, 1), 1: (2, 2), 2: (2, 1), 3: (1, 1)}   # chroma_format_idc → SubWidthC, SubHeightC
-
-
-def _avc_sps_size(sps: bytes) -> tuple[int, int]:
-    """Cropped picture size from an H.264 SPS (ITU-T H.264 §7.3.2.1.1, §7.4.2.1.1 frame_crop_*)."""
-    b = _Bits(sps, 1)
-    profile_idc = b.u(8)
-    b.u(16)     # constraint flags, level_idc
-    b.ue()      # seq_parameter_set_id
-    chroma_format_idc, separate_planes = 1, 0
-    if profile_idc in _AVC_HIGH_PROFILES:
-        chroma_format_idc = b.ue()
-        if chroma_format_idc == 3:
-            separate_planes = b.u(1)
-        b.ue(), b.ue(), b.u(1)      # bit depths, qpprime_y_zero_transform_bypass_flag
-        if b.u(1):                  # seq_scaling_matrix_present_flag
-            for i in range(12 if chroma_format_idc == 3 else 8):
-                if b.u(1):
-                    last = nxt = 8
-                    for _ in range(16 if i < 6 else 64):
-                        if nxt:
-                            nxt = (last + b.se() + 256) % 256
-                        last = nxt or last
-    b.ue()      # log2_max_frame_num_minus4
-    poc_type = b.ue()
-    if poc_type == 0:
-        b.ue()
-    elif poc_type == 1:
-        b.u(1), b.se(), b.se()
-        for _ in range(min(b.ue(), 255)):
-            b.se()
-    b.ue(), b.u(1)      # max_num_ref_frames, gaps_in_frame_num_value_allowed_flag
-    width_mbs, height_units = b.ue() + 1, b.ue() + 1
-    frame_mbs_only = b.u(1)
-    if not frame_mbs_only:
-        b.u(1)
-    b.u(1)      # direct_8x8_inference_flag
-    crop = (b.ue(), b.ue(), b.ue(), b.ue()) if b.u(1) else (0, 0, 0, 0)
-    chroma_array_type = 0 if separate_planes else chroma_format_idc
-    sub_w, sub_h = _SUB_WH[chroma_array_type] if chroma_array_type else (1, 1)
-    unit_x, unit_y = sub_w, sub_h * (2 - frame_mbs_only)
-    width = width_mbs * 16 - unit_x * (crop[0] + crop[1])
-    height = (2 - frame_mbs_only) * height_units * 16 - unit_y * (crop[2] + crop[3])
-    if width <= 0 or height <= 0:
-        raise RtmpError(f"FlvDemuxer.feed: SPS gives a {width}x{height} picture")
-    return width, height
-
-
-def _hevc_sps_size(sps: bytes) -> tuple[int, int]:
-    """Cropped picture size from an HEVC SPS (ITU-T H.265 §7.3.2.2, conformance window §7.4.3.2.1)."""
-    b = _Bits(sps, 2)
-    b.u(4)      # sps_video_parameter_set_id
-    max_sub_layers_minus1 = b.u(3)
-    b.u(1)      # sps_temporal_id_nesting_flag
-    b.u(96)     # general profile_tier_level: 2+1+5 + 32 + 48 + level 8 (§7.3.3)
-    present = [(b.u(1), b.u(1)) for _ in range(max_sub_layers_minus1)]
-    if max_sub_layers_minus1:
-        b.u(2 * (8 - max_sub_layers_minus1))
-    for profile_present, level_present in present:
-        b.u(88 * profile_present + 8 * level_present)
-    b.ue()      # sps_seq_parameter_set_id
-    chroma_format_idc = b.ue()
-    if chroma_format_idc > 3:
-        raise RtmpError(f"FlvDemuxer.feed: HEVC chroma_format_idc {chroma_format_idc}")
-    if chroma_format_idc == 3 and b.u(1):   # separate_colour_plane_flag
-        chroma_format_idc = 0
-    width, height = b.ue(), b.ue()
-    if b.u(1):  # conformance_window_flag
-        sub_w, sub_h = _SUB_WH[chroma_format_idc]
-        left, right, top, bottom = b.ue(), b.ue(), b.ue(), b.ue()
-        width -= sub_w * (left + right)
-        height -= sub_h * (top + bottom)
-    if width <= 0 or height <= 0:
-        raise RtmpError(f"FlvDemuxer.feed: SPS gives a {width}x{height} picture")
-    return width, height

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ErrorCode, PackagerError, bad_data
+from .bits import BitReader
 
 SAMPLING_FREQUENCIES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
 EXPLICIT_FREQUENCY = 15  # samplingFrequencyIndex escape: a 24-bit frequency follows
@@ -46,41 +47,27 @@ class AudioSpecificConfig:
         return f"mp4a.40.{self.object_type}"
 
 
-class _Bits:
-    """MSB-first bit reader; reading past the end is BAD_DATA."""
-
-    def __init__(self, data: bytes, where: str):
-        data = data[:64]  # every field we read lies in the first bytes; bounds the big-int work
-        self.value, self.left, self.where = int.from_bytes(data, "big"), 8 * len(data), where
-
-    def read(self, n: int) -> int:
-        if n > self.left:
-            raise bad_data(f"parse_audio_specific_config: AudioSpecificConfig truncated in {self.where}")
-        self.left -= n
-        return (self.value >> self.left) & ((1 << n) - 1)
+def _object_type(b: BitReader) -> int:
+    aot = b.u(5)
+    return 32 + b.u(6) if aot == 31 else aot
 
 
-def _object_type(b: _Bits) -> int:
-    aot = b.read(5)
-    return 32 + b.read(6) if aot == 31 else aot
-
-
-def _frequency(b: _Bits) -> tuple[int, int]:
+def _frequency(b: BitReader) -> tuple[int, int]:
     """(samplingFrequencyIndex as coded, frequency; 0 for a reserved index)."""
-    index = b.read(4)
+    index = b.u(4)
     if index == EXPLICIT_FREQUENCY:
-        return index, b.read(24)
+        return index, b.u(24)
     return index, SAMPLING_FREQUENCIES[index] if index < len(SAMPLING_FREQUENCIES) else 0
 
 
 def parse_audio_specific_config(asc: bytes, where: str) -> AudioSpecificConfig:
     """ISO/IEC 14496-3 §1.6.2.1, as far as rates and channels go (GASpecificConfig only to reach the backward-
     compatible SBR/PS sync extension, §1.6.5)."""
-    b = _Bits(bytes(asc), where)
+    b = BitReader(bytes(asc)[:64], f"parse_audio_specific_config: AudioSpecificConfig truncated in {where}")  # 64: every field we read
     aot = first_aot = _object_type(b)
     index, core_rate = _frequency(b)
     rate = core_rate
-    channel_config = b.read(4)
+    channel_config = b.u(4)
     channels = _CHANNELS.get(channel_config, 0)
     sbr = ps = False
     extension_index = -1
@@ -92,11 +79,11 @@ def parse_audio_specific_config(asc: bytes, where: str) -> AudioSpecificConfig:
     if aot in _GA_SPECIFIC_NOT_ER and channel_config != 0 and not sbr:
         try:  # backward-compatible extension: optional, so a short or odd one is ignored, not an error
             _skip_ga_specific_config(b, aot)
-            if b.left >= 16 and b.read(11) == _SYNC_SBR and b.read(5) == AOT_SBR and b.read(1):  # sbrPresentFlag
+            if b.left >= 16 and b.u(11) == _SYNC_SBR and b.u(5) == AOT_SBR and b.u(1):  # sbrPresentFlag
                 sbr = True
                 rate = _frequency(b)[1] or rate
-                if b.left >= 12 and b.read(11) == _SYNC_PS:
-                    ps = bool(b.read(1))
+                if b.left >= 12 and b.u(11) == _SYNC_PS:
+                    ps = bool(b.u(1))
         except PackagerError:
             pass
     if ps and channels == 1:
@@ -104,16 +91,16 @@ def parse_audio_specific_config(asc: bytes, where: str) -> AudioSpecificConfig:
     return AudioSpecificConfig(first_aot, aot, index, core_rate, rate, channel_config, channels, extension_index)
 
 
-def _skip_ga_specific_config(b: _Bits, aot: int) -> None:
+def _skip_ga_specific_config(b: BitReader, aot: int) -> None:
     """GASpecificConfig (14496-3 §4.4.1) of a non-ER object type with a channelConfiguration (no PCE)."""
-    b.read(1)  # frameLengthFlag
-    if b.read(1):  # dependsOnCoreCoder
-        b.read(14)  # coreCoderDelay
-    extension = b.read(1)
+    b.u(1)  # frameLengthFlag
+    if b.u(1):  # dependsOnCoreCoder
+        b.u(14)  # coreCoderDelay
+    extension = b.u(1)
     if aot == 6:
-        b.read(3)  # layerNr
+        b.u(3)  # layerNr
     if extension:
-        b.read(1)  # extensionFlag3
+        b.u(1)  # extensionFlag3
 
 
 # ------------------------------------------------------------------------------------------ esds (14496-1 §7.2.6)

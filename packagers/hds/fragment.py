@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..bitstream.annexb import MAX_PARAMETER_SET_BYTES
+from ..codecs.avc import MAX_PARAMETER_SET_BYTES
 from ..codecs import flv
 from ..codecs.box import box, box_header, full_box
 from ..errors import ErrorCode, PackagerError, bad_data, bad_request

@@ -10,7 +10,8 @@ from ..codecs.aac import MPEG2_AAC, MPEG4_AUDIO, parse_audio_specific_config, pa
 from ..errors import bad_data
 from ..model import CodecConfig, TrackKind
 from .boxes import Box, Fields, children, parse_header
-from .codecs import parse_avcc, parse_hvcc
+from ..codecs.avc import parse_avcc
+from ..codecs.hevc import parse_hvcc
 
 VIDEO_ENTRIES = {"avc1": ("avcC", parse_avcc), "avc3": ("avcC", parse_avcc),
                  "hvc1": ("hvcC", parse_hvcc), "hev1": ("hvcC", parse_hvcc)}

@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..bitstream import annexb
+from ..codecs import avc, hevc
 from ..codecs.aac import ADTS_HEADER_SIZE, adts_constant, parse_audio_specific_config
 from ..errors import ErrorCode, PackagerError, bad_data, bad_request
 from ..media_data import MediaSegment, TrackSegment
@@ -71,14 +71,16 @@ class TsMuxer:
             if track.kind == "video":
                 if codec not in ("h264", "hevc"):
                     raise PackagerError(ErrorCode.UNSUPPORTED, f"TsMuxer: video codec {codec} not supported in TS")
+                nal_syntax = hevc if codec == "hevc" else avc
                 nls, sets = config.nal_length_size, tuple(config.parameter_sets)
                 if not sets and config.extradata:
-                    nls, sets = (annexb.parse_hvcc if codec == "hevc" else annexb.parse_avcc)(config.extradata)
-                if sum(len(ps) for ps in sets) > annexb.MAX_PARAMETER_SET_BYTES:
+                    parsed = nal_syntax.parse_config(config.extradata, config.fourcc, f"track {track.track_id}")
+                    nls, sets = parsed.nal_length_size, parsed.parameter_sets
+                if sum(len(ps) for ps in sets) > avc.MAX_PARAMETER_SET_BYTES:
                     raise bad_data(f"TsMuxer: {sum(len(ps) for ps in sets)} bytes of parameter sets in track "
                                    f"{track.track_id} of {track.source or 'media'}")
-                aud = annexb.aud_for(codec)
-                prefixes = tuple(np.frombuffer(b, dtype=np.uint8) for b in (aud, aud + annexb.with_start_codes(sets)))
+                aud = nal_syntax.AUD
+                prefixes = tuple(np.frombuffer(b, dtype=np.uint8) for b in (aud, aud + avc.with_start_codes(sets)))
                 stream_type = p.STREAM_TYPE_HEVC if codec == "hevc" else p.STREAM_TYPE_H264
                 streams.append(
                     Stream(index, track, p.PID_VIDEO, p.STREAM_ID_VIDEO, stream_type, codec, True,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..bitstream import annexb
+from ..codecs import avc, hevc
 from ..codecs.aac import ADTS_HEADER_SIZE, adts_headers
 from ..errors import bad_data
 from ..media_data import TrackSegment
@@ -80,18 +80,19 @@ def video_units(s: Stream, ts: TrackSegment) -> Units:
     samples, track = ts.samples, s.track
     payload, sizes = ts.payload, samples.sizes.astype(np.int64)
     if s.nal_length_size != 4:
-        payload, sizes = annexb.widen_length_prefixes(payload, sizes, s.nal_length_size)
+        payload, sizes = avc.widen_length_prefixes(payload, sizes, s.nal_length_size)
     ends = np.cumsum(sizes)
     if len(payload) != int(ends[-1]):
         raise bad_data(f"TsMuxer.build: video payload has {len(payload)} bytes, its samples {int(ends[-1])}")
     starts = ends - sizes
     data = np.frombuffer(payload, dtype=np.uint8)
-    offsets, lengths, owner = annexb.nal_units(data, starts, sizes, 4)
+    offsets, lengths, owner = avc.nal_units(data, starts, sizes, 4)
     # an empty NAL unit (length 0) has no header byte: read a byte that exists, then give it no type
-    types = annexb.nal_unit_type(s.codec, data[np.minimum(offsets + 4, len(data) - 1)])
+    nal_syntax = hevc if s.codec == "hevc" else avc
+    types = nal_syntax.nal_unit_types(data[np.minimum(offsets + 4, len(data) - 1)])
     types[lengths == 0] = 0xFF
     body_start, body_len = starts, sizes
-    drop = types == annexb.aud_type(s.codec)
+    drop = types == nal_syntax.AUD_NAL_TYPE
     if drop.any():  # an AUD already heading a sample is dropped: ours comes first, then the parameter sets
         drop &= offsets == starts[owner]
         body_start, body_len = starts.copy(), sizes.copy()
@@ -99,7 +100,7 @@ def video_units(s: Stream, ts: TrackSegment) -> Units:
         body_len[owner[drop]] -= 4 + lengths[drop]
         offsets, owner, types = offsets[~drop], owner[~drop], types[~drop]
     with_ps = samples.keyframe
-    sps = types == annexb.sps_type(s.codec)
+    sps = types == nal_syntax.SPS
     if sps.any():
         with_ps = with_ps.copy()
         with_ps[owner[sps]] = False

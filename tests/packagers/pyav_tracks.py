@@ -12,7 +12,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from packagers.bitstream.annexb import parse_avcc, parse_hvcc
+from packagers.codecs import avc, hevc
 from packagers.media_data import MediaSegment, TrackSegment
 from packagers.model import CodecConfig, SampleTable, Track
 
@@ -35,7 +35,8 @@ def _codec(stream) -> CodecConfig:
     extradata = bytes(cc.extradata or b"")
     tag = stream.codec_tag
     if stream.type == "video":
-        nls, sets = (parse_hvcc if cc.name == "hevc" else parse_avcc)(extradata)
+        parsed = (hevc if cc.name == "hevc" else avc).parse_config(extradata, tag, "PyAV extradata")
+        nls, sets = parsed.nal_length_size, parsed.parameter_sets
         codec_string = f"avc1.{extradata[1:4].hex()}" if cc.name == "h264" else "hvc1.1.6.L93.B0"
         return CodecConfig(tag, codec_string, extradata, sets, nls, width=cc.width, height=cc.height)
     return CodecConfig(tag, "mp4a.40.2", extradata, sample_rate=cc.sample_rate, channels=cc.channels)

@@ -16,7 +16,7 @@ from fixtures.generate import fixture_path
 from packagers.codecs.box import parse_header
 from packagers.errors import ErrorCode, PackagerError
 from packagers.mp4 import open_presentation, parse_moov, read_presentation
-from packagers.mp4 import codecs, tables
+from packagers.mp4 import tables
 from packagers.mp4.boxes import iter_boxes
 from packagers.mp4.demux import decode_language, parse_elst
 
@@ -101,7 +101,7 @@ def test_codec_facts_match_pyav(name):
 
 
 def _hevc_codec_string(fourcc: str, hvcc: bytes) -> str:
-    """Annex E.3, written out independently of packagers.mp4.codecs."""
+    """Annex E.3, written out independently of packagers.codecs.hevc."""
     space, tier, profile = hvcc[1] >> 6, (hvcc[1] >> 5) & 1, hvcc[1] & 31
     flags = int.from_bytes(hvcc[2:6], "big")
     reversed_flags = sum(((flags >> i) & 1) << (31 - i) for i in range(32))
@@ -466,21 +466,3 @@ def test_language_decoding():
     assert decode_language(0x1A41) == "fra" and decode_language(0) == "und"
 
 
-@pytest.mark.parametrize("constraint,expected", [
-    (bytes([0xB0, 0, 0, 0, 0, 0]), "hvc1.1.6.L93.B0"),
-    (bytes(6), "hvc1.1.6.L93"),
-    (bytes([0x90, 0, 0x12, 0, 0, 0]), "hvc1.1.6.L93.90.0.12"),
-])
-def test_hevc_codec_string(constraint, expected):
-    assert codecs.hevc_codec_string("hvc1", 0, 0, 1, 0x60000000, constraint, 93) == expected
-    assert codecs.hevc_codec_string("hev1", 2, 1, 2, 0x20000000, bytes(6), 120) == "hev1.B2.4.H120"
-
-
-def test_avcc_rejects_length_size_3_and_truncation():
-    good = bytes([1, 0x64, 0, 0x1F, 0xFF, 0xE1, 0, 2, 0x67, 0x64, 1, 0, 1, 0x68])
-    config = codecs.parse_avcc(good, "avc1", "t")
-    assert config.codec_string == "avc1.64001f" and config.parameter_sets == (b"\x67\x64", b"\x68")
-    with pytest.raises(PackagerError, match="NAL length size 3"):
-        codecs.parse_avcc(good[:4] + b"\xFE" + good[5:], "avc1", "t")
-    with pytest.raises(PackagerError, match="parse_avcc: record truncated"):
-        codecs.parse_avcc(good[:-1], "avc1", "t")

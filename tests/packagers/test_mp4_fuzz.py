@@ -15,7 +15,8 @@ from packagers.codecs.aac import parse_audio_specific_config, parse_esds
 from packagers.errors import ErrorCode, PackagerError
 from packagers.model import Presentation
 from packagers.mp4 import parse_moov, read_presentation
-from packagers.mp4.codecs import parse_avcc, parse_hvcc
+from packagers.codecs.avc import parse_avcc
+from packagers.codecs.hevc import parse_hvcc
 
 SOURCES = ("audio_only.mp4", "no_bframes.mp4", "hevc.mp4", "two_audio.mp4")
 FUZZ = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
