@@ -114,14 +114,23 @@ def aborted(base: str, reason: str, protocol: str = "mp4") -> float:
                             0.0)
 
 
+def started_download(gw, *paths: str):
+    """A raw kept-alive connection that sent ``paths`` (pipelined) and read the first 200 head and FIRST_READ bytes."""
+    conn = RawConnection(gw.port)
+    try:
+        conn.send(*paths)
+        assert conn.head() == (200, BIG)
+        return conn, conn.body(FIRST_READ)
+    except BaseException:
+        conn.close()
+        raise
+
+
 def test_download_truncated_in_place_ends_its_connection_and_is_counted(gateways, big_store):
     original = (big_store / "big.mp4").read_bytes()
     gw = gateways("--workers", "2", *KEEPALIVE, store=big_store)
-    conn = RawConnection(gw.port)
+    conn, first = started_download(gw, "/mp4/big.mp4")
     try:
-        conn.send("/mp4/big.mp4")
-        assert conn.head() == (200, BIG)
-        first = conn.body(FIRST_READ)
         os.truncate(big_store / "big.mp4", CUT_BETWEEN_PIECES)  # in place: the descriptor being sent shrinks
         body = first + conn.rest()  # a hang here is socket.timeout: the bug this test is about
     finally:
@@ -139,11 +148,8 @@ def test_download_truncated_in_place_ends_its_connection_and_is_counted(gateways
 def test_pipelined_response_never_appears_inside_an_aborted_body(gateways, big_store):
     original = (big_store / "big.mp4").read_bytes()
     gw = gateways(*KEEPALIVE, store=big_store)
-    conn = RawConnection(gw.port)
+    conn, first = started_download(gw, "/mp4/big.mp4", "/mp4/title_360p.mp4")
     try:
-        conn.send("/mp4/big.mp4", "/mp4/title_360p.mp4")
-        assert conn.head() == (200, BIG)
-        first = conn.body(FIRST_READ)
         os.truncate(big_store / "big.mp4", CUT_WITHIN_PIECE)
         rest = conn.rest()
     finally:
@@ -158,11 +164,8 @@ def test_pipelined_response_never_appears_inside_an_aborted_body(gateways, big_s
 def test_download_rewritten_in_place_with_the_same_size_is_aborted(gateways, big_store):
     original = (big_store / "big.mp4").read_bytes()
     gw = gateways(*KEEPALIVE, store=big_store)
-    conn = RawConnection(gw.port)
+    conn, first = started_download(gw, "/mp4/big.mp4")
     try:
-        conn.send("/mp4/big.mp4")
-        assert conn.head() == (200, BIG)
-        first = conn.body(FIRST_READ)
         with open(big_store / "big.mp4", "r+b") as f:  # same size, new bytes near the end, new mtime
             f.seek(BIG - (4 << 20))
             f.write(b"\0" * (1 << 20))
@@ -177,11 +180,8 @@ def test_download_rewritten_in_place_with_the_same_size_is_aborted(gateways, big
 def test_same_content_replaced_by_rename_during_download_is_served_whole(gateways, big_store):
     expected = hashlib.sha256((big_store / "big.mp4").read_bytes()).hexdigest()
     gw = gateways(*KEEPALIVE, store=big_store)
-    conn = RawConnection(gw.port)
+    conn, first = started_download(gw, "/mp4/big.mp4")
     try:
-        conn.send("/mp4/big.mp4")
-        assert conn.head() == (200, BIG)
-        first = conn.body(FIRST_READ)
         shutil.copyfile(big_store / "big.mp4", big_store / ".big.mp4.tmp")
         os.replace(big_store / ".big.mp4.tmp", big_store / "big.mp4")  # a new inode: the old one is still read
         body = first + conn.body(BIG - len(first))

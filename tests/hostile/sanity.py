@@ -103,13 +103,20 @@ def iso_seconds(value: str | None) -> float | None:
     return ((d * 24 + h) * 60 + mi) * 60 + s
 
 
+def _xml(text: str, protocol: str):
+    """The parsed root, or a Manifest whose one problem says it does not parse."""
+    try:
+        return ET.fromstring(text)
+    except ET.ParseError as e:
+        return Manifest([f"{protocol}: unparsable ({e})"])
+
+
 def check_mpd(text: str) -> Manifest:
     out = Manifest()
     ns = {"d": "urn:mpeg:dash:schema:mpd:2011"}
-    try:
-        root = ET.fromstring(text)
-    except ET.ParseError as e:
-        return Manifest([f"dash: unparsable ({e})"])
+    root = _xml(text, "dash")
+    if isinstance(root, Manifest):
+        return root
     total = iso_seconds(root.get("mediaPresentationDuration"))
     if total is None or not _finite_positive(total):
         out.problems.append(f"dash: mediaPresentationDuration={root.get('mediaPresentationDuration')}")
@@ -148,10 +155,9 @@ def check_mpd(text: str) -> Manifest:
 
 def check_mss(text: str) -> Manifest:
     out = Manifest()
-    try:
-        root = ET.fromstring(text)
-    except ET.ParseError as e:
-        return Manifest([f"mss: unparsable ({e})"])
+    root = _xml(text, "mss")
+    if isinstance(root, Manifest):
+        return root
     scale = int(root.get("TimeScale", "10000000"))
     if int(root.get("Duration", "0")) < MIN_SECONDS * scale:
         out.problems.append(f"mss: Duration={root.get('Duration')}")
@@ -223,10 +229,9 @@ def parse_abst(buf: bytes) -> tuple[int, list[tuple[int, int]]]:
 def check_f4m(text: str) -> Manifest:
     out = Manifest()
     ns = {"f": "http://ns.adobe.com/f4m/1.0"}
-    try:
-        root = ET.fromstring(text)
-    except ET.ParseError as e:
-        return Manifest([f"hds: unparsable ({e})"])
+    root = _xml(text, "hds")
+    if isinstance(root, Manifest):
+        return root
     duration = root.findtext("f:duration", namespaces=ns)
     if duration is None or not _finite_positive(float(duration)):
         out.problems.append(f"hds: duration={duration}")
