@@ -34,7 +34,7 @@ class Settings:
     stat_cache_seconds: float = 1.0  # reuse a file's stat this long: cache hits skip a thread hop; 0 = stat always
     io_threads: int = 16  # executor for stat/pread/parse/mux: an NFS stall blocks a thread, never the event loop
     max_url_set_files: int = 32
-    access_log: bool = True  # one INFO line per request on the "gateway.access" logger (gateway/access_log.py)
+    access_log: bool = True  # one INFO line per request on the "gateway.access" logger (gateway/ops/access_log.py)
     access_log_format: str = "text"  # text | json (one JSON object per line)
     catalog: Path | None = None  # partners and entries; default <store>/.catalog (never served: hidden name)
     catalog_ttl: float = 1.0  # re-check catalog files at most this often: edits reach every node within it

@@ -1,7 +1,7 @@
 """The one error type of the packaging core.
 
 Every failure the core can report is a ``PackagerError`` with a code from ``ErrorCode``; the gateway maps codes to
-HTTP statuses in one place (``gateway.errors``). Messages are one line and start with the name of the function that
+HTTP statuses in one place (``gateway.http.errors``). Messages are one line and start with the name of the function that
 raised them, so a log line points straight at the code (nginx-vod-module does the same).
 """
 from __future__ import annotations

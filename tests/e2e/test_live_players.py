@@ -23,8 +23,8 @@ import pytest
 from aiohttp import web
 
 from fixtures.generate import fixture_path
-from gateway.app import make_app
-from gateway.ingest import start_ingest
+from gateway.http.app import make_app
+from gateway.ingest.service import start_ingest
 from gateway.settings import Settings
 from rtmp.config import RtmpConfig
 from rtmp.live import LivePackager

@@ -9,7 +9,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from fixtures.generate import fixture_path
-from gateway.app import make_app
+from gateway.http.app import make_app
 from gateway.settings import Settings
 
 STORE_FILES = ("title_360p.mp4", "title_240p.mp4", "title_180p.mp4", "two_audio.mp4", "audio_only.mp4")

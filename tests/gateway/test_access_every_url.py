@@ -18,7 +18,7 @@ import pytest
 
 from delivery_profiles.tokens import sign_path
 from fixtures.generate import fixture_path
-from gateway.catalog import Catalog, Partner, catalog_dir, parse_entry, write_entry, write_partner
+from gateway.catalog.catalog import Catalog, Partner, catalog_dir, parse_entry, write_entry, write_partner
 
 from .processes import gateway_command, get, wait_until
 
@@ -213,7 +213,7 @@ def test_identity_index(store, partners, secured):
 async def test_new_files_share_one_identity_pass_and_are_then_known(make_client, store, secured):
     """Concurrent requests for files newer than the index wait for one pass (not one each), and the pass vouches
     for the ctimes they saw: the next request for those files is answered without another pass."""
-    from gateway.access import CATALOG
+    from gateway.catalog.access import CATALOG
 
     client = await make_client(catalog_ttl=1.0)
     assert (await status_of(client, f"/mp4/{LOOSE}"))[0] == 200
@@ -235,7 +235,7 @@ async def test_new_files_share_one_identity_pass_and_are_then_known(make_client,
 async def test_no_identity_pass_when_no_rule_could_be_got_around(make_client, store, partners):
     """Without a secured entry or a disabled type, another name of an entry's file gets around nothing: new files
     are answered at once, with no identity pass (and so no wait for one); a rule added later turns the watch on."""
-    from gateway.access import CATALOG
+    from gateway.catalog.access import CATALOG
 
     client = await make_client(catalog_ttl=0.2)
     catalog = client.server.app[CATALOG]

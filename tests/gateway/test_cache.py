@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from fixtures.generate import fixture_path
-from gateway.cache import ByteLRU, SingleFlightLRU
+from gateway.origin.cache import ByteLRU, SingleFlightLRU
 from packagers.errors import bad_data
 
 from .conftest import URLSET, status

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from delivery_profiles import SYSTEM_DEFAULTS, merge
-from gateway.catalog import (Catalog, CatalogError, CatalogNotFound, Entry, Flavor, Partner, catalog_dir,
+from gateway.catalog.catalog import (Catalog, CatalogError, CatalogNotFound, Entry, Flavor, Partner, catalog_dir,
                              parse_entry, parse_partner, read_entry, read_partner, write_entry, write_json_atomic,
                              write_lock, write_partner)
 from packagers.errors import ErrorCode, PackagerError
@@ -106,15 +106,17 @@ ENTRY_CASES = [
     (entry_doc(flavors=flavors({}, {"path": "../x.mp4"})), "flavors[1].path: must be a relative path inside the store"),
     (entry_doc(flavors=flavors({}, {"path": "a/../../x.mp4"})), "flavors[1].path: must be a relative path inside the store"),
     (entry_doc(flavors=flavors({"path": ".catalog/partners/101.json"})),
-     "flavors[0].path: hidden segment '.catalog' (names starting with '.' are never served)"),
+     "flavors[0].path: path segments may not start with '.'"),
     (entry_doc(flavors=flavors({"path": "a/./hi.mp4"})),
-     "flavors[0].path: hidden segment '.' (names starting with '.' are never served)"),
-    (entry_doc(flavors=flavors({"path": "a//hi.mp4"})), "flavors[0].path: empty segment, backslash or control character"),
-    (entry_doc(flavors=flavors({"path": "a\\hi.mp4"})), "flavors[0].path: empty segment, backslash or control character"),
-    (entry_doc(flavors=flavors({"path": "a/hi\n.mp4"})), "flavors[0].path: empty segment, backslash or control character"),
+     "flavors[0].path: path segments may not start with '.'"),
+    (entry_doc(flavors=flavors({"path": "a//hi.mp4"})), "flavors[0].path: empty path segment ('//' or trailing '/')"),
+    (entry_doc(flavors=flavors({"path": "a\\hi.mp4"})),
+     "flavors[0].path: path segment contains a slash, backslash or control character"),
+    (entry_doc(flavors=flavors({"path": "a/hi\n.mp4"})),
+     "flavors[0].path: path segment contains a slash, backslash or control character"),
     (entry_doc(flavors=flavors({"path": ""})), "flavors[0].path: must be a non-empty string"),
     (entry_doc(flavors=flavors({"path": 3})), "flavors[0].path: must be a non-empty string"),
-    (entry_doc(flavors=flavors({"path": "x" * 256})), "flavors[0].path: segment longer than 255 bytes"),
+    (entry_doc(flavors=flavors({"path": "x" * 256})), "flavors[0].path: path segment longer than 255 bytes"),
     (entry_doc(flavors=flavors({"tags": "hd"})), "flavors[0].tags: must be a list of non-empty strings"),
     (entry_doc(flavors=flavors({"tags": ["hd", ""]})), "flavors[0].tags: must be a list of non-empty strings"),
 ]

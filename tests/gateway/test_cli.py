@@ -14,7 +14,7 @@ import m3u8
 import pytest
 
 from fixtures.generate import fixture_path
-from gateway.cli import main
+from gateway.runtime.cli import main
 
 from .conftest import URLSET
 
@@ -132,12 +132,12 @@ def test_bench_hook_is_lazy(monkeypatch, capsys):
     import types
 
     calls = []
-    fake = types.ModuleType("gateway.bench")
+    fake = types.ModuleType("gateway.tools.bench")
     fake.main = lambda argv: calls.append(argv) or 0
-    monkeypatch.setitem(sys.modules, "gateway.bench", fake)
-    import gateway
+    monkeypatch.setitem(sys.modules, "gateway.tools.bench", fake)
+    import gateway.tools
 
-    monkeypatch.setattr(gateway, "bench", fake, raising=False)
+    monkeypatch.setattr(gateway.tools, "bench", fake, raising=False)
     assert main(["bench", "--quick", "x"]) == 0
     assert calls == [["--quick", "x"]]
 
@@ -149,7 +149,7 @@ def test_python_dash_m_gateway_version():
 
 def test_demo_banner_lists_playable_urls(monkeypatch, tmp_path, capsys):
     """`gateway demo` fills ./media once and prints URLs; the server loop itself is stubbed out here."""
-    from gateway import cli
+    from gateway.runtime import cli
 
     monkeypatch.chdir(tmp_path)
     seen = {}
@@ -179,7 +179,7 @@ def test_demo_without_pyav_says_which_extra_to_install(tmp_path):
         "        if name == 'av' or name.startswith('av.'):\n"
         "            raise ModuleNotFoundError(\"No module named 'av'\", name='av')\n"
         "sys.meta_path.insert(0, NoAv())\n"
-        "from gateway.cli import main\n"
+        "from gateway.runtime.cli import main\n"
         f"sys.exit(main(['demo', '--store', {str(tmp_path / 'media')!r}, '--port', '0']))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

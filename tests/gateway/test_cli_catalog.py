@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from delivery_profiles import SYSTEM_DEFAULTS, DeliveryType, merge
-from gateway.catalog import Catalog, CatalogNotFound, catalog_dir, read_partner
-from gateway.cli import main
+from gateway.catalog.catalog import Catalog, CatalogNotFound, catalog_dir, read_partner
+from gateway.runtime.cli import main
 from delivery_profiles.tokens import TokenError, verify_path
-from gateway.cli_catalog import entry_urls, parse_value, rule_value
+from gateway.runtime.catalog_cli import entry_urls, parse_value, rule_value
 
 SECRET = "0123456789abcdef" * 4
 
@@ -198,7 +198,7 @@ def test_entries_add_list_show(store, capsys):
     (["0_abcd1234", "--partner", "101", "--flavor", "../etc/passwd"],
      "entries/0_abcd1234.json: flavors[1].path: must be a relative path inside the store"),
     (["0_abcd1234", "--partner", "101", "--flavor", ".catalog/partners/101.json"],
-     "entries/0_abcd1234.json: flavors[1].path: hidden segment '.catalog' (names starting with '.' are never served)"),
+     "entries/0_abcd1234.json: flavors[1].path: path segments may not start with '.'"),
     (["0_abcd1234", "--partner", "101", "--flavor", "a/hi.mp4"],
      "entries/0_abcd1234.json: flavors[1].path: duplicates flavors[0].path"),
 ])

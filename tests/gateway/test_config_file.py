@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import _parser, flag_overrides
-from gateway.config_file import ConfigError, ConfigSource, ServeConfig, load_serve_config
+from gateway.runtime.cli import _parser, flag_overrides
+from gateway.runtime.config_file import ConfigError, ConfigSource, ServeConfig, load_serve_config
 from gateway.settings import Settings
 from rtmp.config import ApplicationConfig, RtmpConfig
 

@@ -19,8 +19,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fixtures.generate import fixture_path
-from gateway.packaging import parse_presentation
-from gateway.store import FileChanged, Store
+from gateway.origin.packaging import parse_presentation
+from gateway.origin.store import FileChanged, Store
 from packagers.media_set import MediaSet
 from packagers.naming import TrackSpec
 
@@ -260,7 +260,7 @@ async def test_a_download_sends_only_the_inode_it_authorized(tmp_path):
     from aiohttp import web
     from aiohttp.test_utils import TestClient, TestServer
 
-    from gateway.handlers_mp4 import StoreFileResponse
+    from gateway.http.download import StoreFileResponse
 
     store = Store(tmp_path)
     (tmp_path / "public.mp4").write_bytes(b"public bytes")

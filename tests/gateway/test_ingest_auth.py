@@ -1,4 +1,4 @@
-"""RTMP publish/play authorization (gateway/ingest_auth.py) through the real ingest (gateway.ingest.start_ingest):
+"""RTMP publish/play authorization (gateway/ingest/auth.py) through the real ingest (gateway.ingest.service.start_ingest):
 the ffmpeg CLI publishes with good, bad, expired and missing stream keys; a real aiohttp server plays the
 on_publish/on_play callback (200, 403, too slow, gone); refused clients never disturb a running publisher."""
 from __future__ import annotations
@@ -14,10 +14,10 @@ import pytest
 from aiohttp import web
 
 from delivery_profiles.tokens import new_secret
-from gateway.catalog import Partner, catalog_dir, write_partner
-from gateway.cli import main as gateway_main
-from gateway.ingest import start_ingest
-from gateway.ingest_auth import IngestAuth, play_key, publish_key, query_args
+from gateway.catalog.catalog import Partner, catalog_dir, write_partner
+from gateway.runtime.cli import main as gateway_main
+from gateway.ingest.service import start_ingest
+from gateway.ingest.auth import IngestAuth, play_key, publish_key, query_args
 from gateway.settings import Settings
 from rtmp.config import ApplicationConfig, RtmpConfig
 from rtmp.messages import MSG_VIDEO

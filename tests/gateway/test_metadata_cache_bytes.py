@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fixtures.generate import fixture_path
-from gateway.cache import (MEDIA_SET_OVERHEAD, PRESENTATION_OVERHEAD, TRACK_OVERHEAD, MetadataCache,
+from gateway.origin.cache import (MEDIA_SET_OVERHEAD, PRESENTATION_OVERHEAD, TRACK_OVERHEAD, MetadataCache,
                            weigh_media_set, weigh_presentation)  # fmt: skip
 from packagers.media_set import MediaSet
 from packagers.model import CodecConfig, Presentation, SampleTable, Track
@@ -190,7 +190,7 @@ def test_gateway_serve_keeps_metadata_within_metadata_cache_mb(tmp_path, gateway
             name = f"{k}_{fixture}"
             shutil.copyfile(fixture_path(fixture), store / name)
             names.append(name)
-    # a short catalog ttl: a file new to the catalog's identity index may wait up to one ttl (gateway.access)
+    # a short catalog ttl: a file new to the catalog's identity index may wait up to one ttl (gateway.catalog.access)
     gw = gateways("--metadata-cache-mb", "1", "--workers", "1", "--catalog-ttl", "0.1", store=store)
     for name in names:
         status, _, _ = get(gw.base, f"/hls/{name}/index.m3u8")

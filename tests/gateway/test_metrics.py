@@ -21,8 +21,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fixtures.generate import fixture_path
-from gateway.metrics import LiveViewers, classify
-from gateway.urls import (DashFragment, DashManifest, HdsFragment, HdsManifest, HlsKey, HlsMaster, HlsMediaPlaylist,
+from gateway.ops.metrics import LiveViewers, classify
+from gateway.http.urls import (DashFragment, DashManifest, HdsFragment, HdsManifest, HlsKey, HlsMaster, HlsMediaPlaylist,
                           HlsSegment, InitSegment, Mp4Download, MssFragment, MssManifest, PlayManifest, Signed,
                           parse_path)
 from tests.e2e.conftest import free_port, start_gateway
@@ -107,7 +107,7 @@ TYPE_OF_REQUEST = {HlsMaster: "manifest", HlsMediaPlaylist: "manifest", DashMani
     "/p/101/playManifest/entryId/0_abcd1234/format/applehttp/a.m3u8",
 ])
 def test_classify_agrees_with_the_url_grammar(path):
-    """The cheap string classifier gives the type the real URL parser (gateway.urls) gives."""
+    """The cheap string classifier gives the type the real URL parser (gateway.http.urls) gives."""
     parsed = parse_path(path)
     protocol = path.split("/")[1]
     if isinstance(parsed, Signed):

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from gateway.store import FileChanged, Store
+from gateway.origin.store import FileChanged, Store
 
 from .conftest import add_to_store
 

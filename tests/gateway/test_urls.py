@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.responses import ByteRange, RangeNotSatisfiable, parse_range
-from gateway.urls import (
+from gateway.http.responses import ByteRange, RangeNotSatisfiable, parse_range
+from gateway.http.urls import (
     DashFragment,
     DashManifest,
     HdsFragment,
@@ -17,12 +17,11 @@ from gateway.urls import (
     HlsMaster,
     HlsMediaPlaylist,
     HlsSegment,
-    MediaTarget,
     Mp4Download,
     StatusRequest,
-    UrlTooLong,
     parse_path,
 )
+from gateway.origin.paths import MediaTarget, UrlTooLong
 from packagers.errors import ErrorCode, PackagerError
 from packagers.naming import TrackSpec
 

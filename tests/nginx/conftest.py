@@ -25,7 +25,7 @@ import m3u8
 import pytest
 
 from fixtures.generate import fixture_path
-from gateway.nginx_config import NginxConfig, render
+from gateway.tools.nginx_config import NginxConfig, render
 from tests.e2e.conftest import free_port
 from tests.needs import missing
 

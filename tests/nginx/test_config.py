@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.urls import Mp4Download, PlayManifest, Signed, parse_path
+from gateway.http.urls import Mp4Download, PlayManifest, Signed, parse_path
 from tests.needs import missing
 
 from .conftest import NGINX, STREAM_MODULE, fetch
@@ -87,8 +87,8 @@ def test_cli_refuses_values_that_would_change_the_config(args, message):
 
 
 def expected_entry(path: str) -> str:
-    """The hash key from the gateway's own URL grammar (gateway/urls.py), the independent truth for nginx's map."""
-    if path.startswith("/live/"):  # live/<app>/<stream>/<file>: the stream (not in gateway/urls.py)
+    """The hash key from the gateway's own URL grammar (gateway/http/urls.py), the independent truth for nginx's map."""
+    if path.startswith("/live/"):  # live/<app>/<stream>/<file>: the stream (not in gateway/http/urls.py)
         return "/".join(path.split("/")[2:4])
     parsed = parse_path(path)
     if isinstance(parsed, (Signed, PlayManifest)):
@@ -124,7 +124,7 @@ URL_FORMS = [
 
 
 def test_hash_key_is_the_entry_of_every_url_form(lb_nocache, live_pool):
-    """nginx logs the key it hashed on ($gateway_entry); it must be the entry gateway/urls.py parses from the URL."""
+    """nginx logs the key it hashed on ($gateway_entry); it must be the entry gateway/http/urls.py parses from the URL."""
     for path in URL_FORMS:
         fetch(lb_nocache.base + path)  # any status: only the key matters here
     keys: dict[str, str] = {}

@@ -39,7 +39,7 @@ def parse(data: bytes, name: str = "mutated.mp4") -> Presentation:
 
 
 def build_segment(data: bytes, media_set: MediaSet, spec: TrackSpec, index: int, make_muxer) -> bytes:
-    """What gateway.products.build_segment does, with ``data`` as the file."""
+    """What gateway.http.products.build_segment does, with ``data`` as the file."""
     selection = media_set.resolve(spec)
     tables, requests = media_set.segment_job(selection, index)
     buffers = [data[r.offset : r.offset + r.size] for r in requests]

@@ -23,7 +23,7 @@ from packagers.mp4.writer import Mp4Writer, TrackSpec
 import rtmp.live.writer as live_writer
 import rtmp.record as record
 from fixtures.generate import fixture_path
-from gateway.ingest import start_ingest
+from gateway.ingest.service import start_ingest
 from gateway.settings import Settings
 from rtmp.client import RtmpClient
 from rtmp.config import ApplicationConfig, RtmpConfig

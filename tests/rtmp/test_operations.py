@@ -15,8 +15,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from fixtures.generate import fixture_path
-from gateway.app import make_app
-from gateway.ingest import Ingest
+from gateway.http.app import make_app
+from gateway.ingest.service import Ingest
 from gateway.settings import Settings
 from packagers.codecs import amf0
 from rtmp.chunk import ChunkReader, ChunkWriter
@@ -445,7 +445,7 @@ async def test_duplicate_ffmpeg_publish_is_refused_badname_first_carries_on(capl
 
 async def test_bench_rtmp_smoke():
     """`gateway bench rtmp` end to end with 5 players for a second: it runs and its figures are consistent."""
-    from gateway.bench_rtmp import measure, render
+    from gateway.tools.bench_rtmp import measure, render
     row = await measure(5, 1.0, kbps=1000, samplers=2, warmup=0.3)
     print("\n" + render([row]))
     assert row["players"] == row["subscribers"] == 5 and row["drops"] == 0

@@ -15,7 +15,7 @@ import time
 import av
 import pytest
 
-from gateway.ingest import start_ingest
+from gateway.ingest.service import start_ingest
 from gateway.settings import Settings
 from packagers.codecs import amf0
 from rtmp.client import RtmpClient

@@ -22,9 +22,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from delivery_profiles.tokens import new_secret
 from fixtures.generate import fixture_path
-from gateway.app import make_app
-from gateway.catalog import Catalog, Partner, catalog_dir, write_partner
-from gateway.ingest import register_recording, start_ingest
+from gateway.http.app import make_app
+from gateway.catalog.catalog import Catalog, Partner, catalog_dir, write_partner
+from gateway.ingest.service import register_recording, start_ingest
 from gateway.settings import Settings
 from packagers.codecs.flv import FILE_HEADER_SIZE, PREVIOUS_TAG_SIZE_SIZE, TAG_HEADER_SIZE, parse_tag_header
 from packagers.mp4 import open_presentation

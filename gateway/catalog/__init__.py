@@ -1,0 +1,1 @@
+"""Entries, partners and their rules: the catalog on the shared store, access checks, delivery keys."""

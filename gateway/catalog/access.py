@@ -1,0 +1,181 @@
+"""Who may fetch a media URL, and with which partner's delivery settings.
+
+Every media request (manifest, segment, key, MP4) is checked against the shared catalog: a file that belongs to a
+secured entry is served only under ``/s/<entry>/<token>/`` with a token that the entry's partner signed over the
+media target and an expiry; anything else gets 403 with the reason and no media byte. A file of a catalog entry is
+packaged with its partner's delivery profile (segment duration, HLS container, AES-128); other store files with the
+server's settings. If any entry owning a file is secured, the file is secured: a public entry cannot open a hole.
+Likewise, a delivery type (hls, dash, mss, hds, http = ``/mp4/``) that the partner of any entry owning a file
+disables is refused (403) on that file's direct URLs, signed or not: a file shared by two partners obeys the
+stricter of the two, so one partner's profile cannot be bypassed through another's entry.
+
+A file is owned by an entry when the request names it by a flavor's path, by the realpath of one (a symlink), or is
+the same inode (device, inode) as a flavor file: a hardlink or any other name of a secured file needs its token.
+The identity index is the catalog's (gateway.catalog.catalog); ``IdentityWatch`` has it rebuilt before answering for a file
+whose ctime is newer than what the index vouches for (making a link or renaming over a flavor file updates the
+inode's ctime). Copies are other files (another inode, not in the catalog): they are the operator's business.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Sequence
+
+from delivery_profiles import SYSTEM_DEFAULTS, DeliveryConfig, merge
+from delivery_profiles.tokens import TokenError, verify_path
+
+from aiohttp import web
+
+from .catalog import Catalog, CatalogView, Entry, Partner
+from .delivery import hls_key
+from ..settings import Settings
+from ..origin.store import FileIdentity
+from ..http.urls import (DashFragment, DashManifest, HdsFragment, HdsManifest, InitSegment, MediaRequest, Mp4Download,
+                   MssFragment, MssManifest, Signed, media_target_name)
+
+
+CATALOG = web.AppKey("catalog", Catalog)
+
+
+async def catalog_view(app: web.Application, run) -> CatalogView:
+    """The catalog as of now: from memory while fresh (no thread hop on the hot path), else refreshed in ``run``
+    (the executor), since a refresh stats the shared store."""
+    catalog = app[CATALOG]
+    return catalog.view() if not catalog.due() else await run(catalog.view)
+
+
+class IdentityWatch:
+    """Makes sure the catalog's identity index has seen the names a request's files have now.
+
+    A request's files were stat'ed just before (``FileIdentity.ctime_ns``). When one is newer than the view's
+    ``identity_ctime_ns``, it may have gained a name after the index was built, so the request waits for a full
+    identity pass that starts after its stat. Passes are single-flight (every request waiting when a pass starts
+    shares it) and at most one per catalog ttl; the waiting happens on the event loop, never in a thread, so a
+    file that keeps changing costs its requests latency, not the executor. The common case is one comparison.
+    """
+
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+        self._next: asyncio.Future | None = None  # the pass not started yet, which newcomers join
+        self._pending = 0  # the newest ctime among the requests waiting for ``_next``
+        self._last = -math.inf  # monotonic start of the last pass
+
+    async def view(self, view: CatalogView, files: Sequence[FileIdentity],
+                   run: Callable[..., Awaitable]) -> CatalogView:
+        newest = max((f.ctime_ns for f in files), default=0)
+        if newest <= view.identity_ctime_ns or not view.restricts_access:  # no rule another name could get around
+            return view
+        self._pending = max(self._pending, newest)
+        if self._next is None:
+            self._next = asyncio.ensure_future(self._rescan(run))
+        return await asyncio.shield(self._next)  # a client that goes away does not cancel the others' pass
+
+    async def _rescan(self, run: Callable[..., Awaitable]) -> CatalogView:
+        delay = self._last + self.catalog.ttl - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        # whoever arrives from now on may have stat'ed after this pass began: they wait for the next one
+        self._next, covered, self._pending = None, self._pending, 0
+        self._last = time.monotonic()
+        return await run(self.catalog.rescan_identities, covered)
+
+
+IDENTITY_WATCH = web.AppKey("identity_watch", IdentityWatch)
+
+
+class AccessDenied(Exception):
+    """403: the message says why (one line), never anything about the media."""
+
+
+@dataclass(frozen=True)
+class DeliveryContext:
+    """How this request's media is packaged: the server's settings, or those of the owning entry's partner."""
+
+    segment_duration_ms: int
+    hls_container: str
+    entry: Entry | None = None
+    partner: Partner | None = None
+    hls_key: bytes | None = None  # AES-128 key when the entry's HLS segments are encrypted
+
+
+def _protocol(request: MediaRequest) -> str:
+    if isinstance(request, Mp4Download):
+        return "http"
+    if isinstance(request, (DashManifest, DashFragment)):
+        return "dash"
+    if isinstance(request, (MssManifest, MssFragment)):
+        return "mss"
+    if isinstance(request, (HdsManifest, HdsFragment)):
+        return "hds"
+    if isinstance(request, InitSegment):  # shared by HLS (EXT-X-MAP) and DASH: the URL says whose it is
+        return request.protocol
+    return "hls"
+
+
+def _paths(request: MediaRequest) -> tuple[str, ...]:
+    return (request.path,) if isinstance(request, Mp4Download) else request.target.paths
+
+
+def partner_config(partner: Partner) -> DeliveryConfig:
+    return merge(SYSTEM_DEFAULTS, partner.delivery)
+
+
+def authorize(view: CatalogView, settings: Settings, request: MediaRequest, signed: Signed | None,
+              files: Sequence[FileIdentity] = (), now: float | None = None) -> DeliveryContext:
+    """The delivery context of an allowed request; AccessDenied otherwise.
+
+    ``files`` are the requested files as stat'ed (in request order): a symlink or a hardlink in the store must not
+    reach a secured file under another name, so ownership is looked up by the requested name, the realpath and the
+    (device, inode). Without them (unit use), by the requested names only."""
+    now = time.time() if now is None else now
+    paths = _paths(request)
+    found: Sequence[FileIdentity | None] = files or (None,) * len(paths)
+
+    def owners_of(path: str, file: FileIdentity | None) -> dict[str, Entry]:
+        owners = {e.id: e for e in view.entries_for_path(path)}
+        if file is not None:
+            owners.update((e.id, e) for e in view.entries_for_path(file.store_path))
+            owners.update((e.id, e) for e in view.entries_for_identity(file.device, file.inode))
+        return owners
+
+    names = tuple(zip(paths, found))
+    owners = {k: e for path, file in names for k, e in owners_of(path, file).items()}
+    secured = [e for e in owners.values() if e.secured]
+    entry: Entry | None = None
+    if signed is not None:
+        entry = view.by_entry.get(signed.entry_id)
+        if entry is None:
+            raise AccessDenied(f"authorize: signed URL names unknown entry {signed.entry_id}")
+        missing = [path for path, file in names if entry.id not in owners_of(path, file)]
+        if missing:
+            raise AccessDenied(f"authorize: entry {entry.id} does not contain {missing[0]}")
+        partner = view.partner(entry.partner_id)
+        try:
+            verify_path(partner.secret, media_target_name(request), signed.token, now)
+        except TokenError as e:
+            raise AccessDenied(f"authorize: {e}") from None
+    elif secured:
+        raise AccessDenied(f"authorize: {media_target_name(request)} belongs to secured entry {secured[0].id}: "
+                           "use the signed URL that playManifest issues")
+    else:
+        entry = next(iter(owners.values()), None)
+    protocol = _protocol(request)
+    # an entry of a partner missing from the catalog is a catalog problem (reported) that restricts nothing here
+    configs = {p.id: partner_config(p) for e in owners.values() if (p := view.by_partner.get(e.partner_id))}
+    for owner in owners.values():
+        config = configs.get(owner.partner_id)
+        if config is not None and not config.is_enabled(protocol):
+            raise AccessDenied(f"authorize: {protocol} delivery is disabled for entry {owner.id} (partner "
+                               f"{owner.partner_id}), which contains {media_target_name(request)}")
+    if entry is None:
+        return DeliveryContext(settings.segment_duration_ms, settings.hls_container)
+    partner = view.partner(entry.partner_id)
+    profile = (configs.get(partner.id) or partner_config(partner)).profile(protocol)
+    key = None
+    if entry.secured and signed is not None and profile.encryption == "aes-128":
+        key = hls_key(partner.secret, entry.id)
+    # AES-128 whole-segment encryption is applied to MPEG-TS only (an encrypted EXT-X-MAP would need explicit IVs)
+    container = "ts" if key is not None else profile.hls_container
+    return DeliveryContext(profile.segment_duration_ms, container, entry, partner, key)

@@ -1,0 +1,1 @@
+"""Request handling: the URL grammar, the aiohttp app and its handlers, responses, errors, connection bounds."""

@@ -1,0 +1,131 @@
+"""Live ingest, composed: the RTMP server and relay from ``rtmp/`` with this deployment's policy and consumers.
+
+``rtmp/`` never imports ``gateway``; everything that needs the store, the catalog or HTTP is plugged in here:
+relay taps (live packager, recorder, push relays), ``authorize`` (stream keys, ``on_publish`` callbacks) and ``pull``.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from rtmp.config import RtmpConfig
+from rtmp.live import LivePackager
+from rtmp.pull import Puller
+from rtmp.push import PushRelay
+from rtmp.record import Recorder
+from rtmp.relay import Relay
+from rtmp.server import RtmpServer
+
+from ..catalog.catalog import (Catalog, CatalogError, CatalogNotFound, Entry, Flavor, catalog_dir, read_entry, read_partner,
+                      write_entry, write_lock)
+from .auth import IngestAuth
+from ..settings import Settings
+
+__all__ = ["Ingest", "register_recording", "start_ingest"]
+
+log = logging.getLogger("gateway.ingest")
+
+
+@dataclass
+class Ingest:
+    server: RtmpServer
+    relay: Relay
+    config: RtmpConfig
+    closers: list = field(default_factory=list)   # async callables run on close, after the server stops
+    parts: dict = field(default_factory=dict)     # name → consumer with stats(): live, recorder, push, pull
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def stats(self) -> dict:
+        """The server's connection and stream figures plus one section per consumer (live packaging latency,
+        recordings, push targets, pulls)."""
+        body = self.server.stats()
+        for name, part in self.parts.items():
+            body[name] = part.stats()
+        return body
+
+    async def close(self) -> None:
+        await self.server.close()
+        for closer in reversed(self.closers):
+            try:
+                await closer()
+            except Exception:
+                log.exception("ingest: closing %r failed", closer)
+
+
+async def start_ingest(settings: Settings, config: RtmpConfig, host: str, port: int) -> Ingest:
+    relay = Relay()
+    auth = IngestAuth(config, Catalog(settings.store, settings.catalog, settings.catalog_ttl))
+    server = RtmpServer(relay, idle_timeout=config.idle_timeout, authorize=auth)
+    ingest = Ingest(server, relay, config)
+    ingest.closers.append(auth.close)
+    if any(app.record for app in (config.default, *config.applications.values())):
+        directory = catalog_dir(settings.store, settings.catalog)
+
+        def on_recorded(path: str, info: dict) -> None:   # in the recorder's worker thread: blocking is fine
+            partner_id = config.for_app(info["app"]).partner_id
+            if partner_id is not None:
+                register_recording(directory, partner_id, path, info)
+
+        recorder = Recorder(settings.store, enabled=lambda app: config.for_app(app).record, on_recorded=on_recorded)
+        relay.add_tap(recorder)
+        ingest.parts["recorder"] = recorder
+        ingest.closers.append(lambda: asyncio.to_thread(recorder.close))
+    if any(app.live for app in (config.default, *config.applications.values())):
+        live = LivePackager(Path(settings.store) / "live", config)   # live HLS + DASH of apps with live = true
+        relay.add_tap(live)
+        ingest.parts["live"] = live
+        ingest.closers.append(lambda: asyncio.to_thread(live.close))
+    push = PushRelay(relay, config)         # re-publishes the streams of applications with push targets
+    relay.add_tap(push)
+    ingest.parts["push"] = push
+    ingest.closers.append(push.close)
+    server.pull = Puller(relay, config, idle_timeout=config.idle_timeout)   # plays unknown streams from `pull`
+    ingest.parts["pull"] = server.pull
+    ingest.closers.append(server.pull.close)
+    await server.start(host, port)
+    return ingest
+
+
+def register_recording(directory: Path, partner_id: int, path: str, info: dict) -> Entry | None:
+    """Add a catalog entry (one flavor: the file) for a finished recording, so playManifest knows it; the file is
+    playable under /hls/<path>/... anyway. Entry ids must look like Kaltura's (0_abcd1234), so the id is derived from
+    the path (the same recording is registered once) and the name is the file's "<stream>-<UTC>". None when the
+    partner is not in the catalog."""
+    digest = int.from_bytes(hashlib.sha256(path.encode()).digest()[:12], "big")
+    entry_id, flavor_id = (f"0_{_base36(digest >> shift, 8)}" for shift in (0, 48))
+    entry = Entry(entry_id, partner_id, Path(path).stem, False, (Flavor(flavor_id, path),))
+    with write_lock(directory):
+        try:
+            read_partner(directory, partner_id)
+        except CatalogNotFound:
+            log.warning("ingest: recording %s not registered: no partner %s in the catalog", path, partner_id)
+            return None
+        try:
+            existing = read_entry(directory, entry_id)
+            if existing.paths == (path,):
+                return existing
+            log.error("ingest: recording %s not registered: entry %s exists for %s", path, entry_id, existing.paths)
+            return None
+        except CatalogNotFound:
+            pass
+        except CatalogError:
+            pass        # an invalid file under our id: replace it
+        write_entry(directory, entry)
+    log.info("ingest: recording %s registered as entry %s of partner %s", path, entry_id, partner_id)
+    return entry
+
+
+def _base36(value: int, digits: int) -> str:
+    alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
+    return "".join(alphabet[(value // 36 ** i) % 36] for i in reversed(range(digits)))
+
+
+INGEST = web.AppKey("ingest", Ingest)  # only set when this process runs the RTMP ingest: use app.get(INGEST)

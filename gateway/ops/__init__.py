@@ -1,0 +1,1 @@
+"""What operators watch: Prometheus metrics, health and readiness, the status page, the access log."""

@@ -1,0 +1,1 @@
+"""Where packaged bytes come from: the store, the caches, and packaging (identities → MediaSet → bytes)."""

@@ -1,0 +1,171 @@
+"""Between handlers and the packaging core: identities → cached MediaSet → packaged bytes from the response cache.
+
+Every blocking step (stat, pread, moov parse, plan, mux) runs in the app's thread pool, each as one executor job, so
+a build costs one thread hop and the event loop keeps answering cache hits while NFS stalls. Cache keys start with
+the identities of the files involved, so a file replaced on disk is never served from stale entries.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from collections import OrderedDict
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Callable, Hashable, TypeVar
+
+from aiohttp import web
+
+from packagers.limits import Limits
+from packagers.media_set import MediaSet
+from packagers.model import Presentation
+from packagers.mp4 import read_presentation
+
+from .. import __version__
+from .cache import ByteLRU, MetadataCache
+from ..settings import Settings
+from .store import FileIdentity, Store
+from .paths import MediaTarget
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, eq=False)
+class OpenedSet:
+    """A MediaSet together with the identities of the files it was built from."""
+
+    files: tuple[FileIdentity, ...]
+    media_set: MediaSet
+
+    @property
+    def last_modified(self) -> float:
+        return max(f.mtime_ns for f in self.files) / 1e9
+
+    def etag(self, request_key: Hashable) -> str:
+        """Strong validator from what the bytes depend on; equal on every node sharing the store."""
+        text = repr((__version__, [f.etag_key for f in self.files], *self._variant, request_key))
+        return '"' + hashlib.sha256(text.encode()).hexdigest()[:32] + '"'
+
+    def cache_key(self, request_key: Hashable) -> tuple:
+        return (tuple(f.cache_key for f in self.files), *self._variant, request_key)
+
+    @property
+    def _variant(self) -> tuple:
+        """What else shapes the bytes: one file and a url set of that one file name things differently (``-f1``)."""
+        return (self.media_set.segment_duration_ms, self.media_set.is_url_set)
+
+
+class StatCache:
+    """File identities seen in the last ``ttl`` seconds, so that cache hits skip the thread hop of a stat.
+
+    A replaced file is noticed at most ``ttl`` later (nginx's ``open_file_cache_valid`` plays the same role).
+    Only successful stats are kept: a file that appears is served at once.
+    """
+
+    def __init__(self, ttl: float, max_entries: int = 10_000):
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[float, FileIdentity]] = OrderedDict()
+
+    def get(self, paths: tuple[str, ...]) -> tuple[FileIdentity, ...] | None:
+        now = time.monotonic()
+        found = []
+        for path in paths:
+            entry = self._entries.get(path)
+            if entry is None or entry[0] < now:
+                return None
+            found.append(entry[1])
+        return tuple(found)
+
+    def forget(self, path: str) -> None:
+        self._entries.pop(path, None)
+
+    def put(self, files: tuple[FileIdentity, ...]) -> None:
+        if self.ttl <= 0:
+            return
+        expires = time.monotonic() + self.ttl
+        for file in files:
+            self._entries.pop(file.path, None)
+            self._entries[file.path] = (expires, file)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+
+class Packaging:
+    def __init__(self, settings: Settings, executor: Executor):
+        self.settings = settings
+        self.executor = executor
+        self.store = Store(settings.store)
+        self.limits = limits_from(settings)
+        self.stats = StatCache(settings.stat_cache_seconds)
+        self.metadata = MetadataCache(settings.metadata_cache_entries, settings.media_set_cache_entries,
+                                      settings.metadata_cache_bytes)
+        self.responses = ByteLRU(settings.segment_cache_bytes)
+        self.observe_stage: Callable[[str, int], None] = ignore_stage  # (stage, ns): gateway/ops/metrics.py sets it
+
+    async def run(self, fn: Callable[..., T], *args) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def identify_all(self, paths: tuple[str, ...], fresh: bool = False) -> tuple[FileIdentity, ...]:
+        """The files' identities, from the stat cache unless ``fresh`` (a download opens the file by name right after:
+        it must be authorized on what that name is now, not on what it was up to a second ago)."""
+        files = None if fresh else self.stats.get(paths)
+        if files is None:
+            files = await self.store.identify_all(paths, self.executor)
+            self.stats.put(files)
+        return files
+
+    async def open(self, target: MediaTarget, segment_duration_ms: int | None = None) -> OpenedSet:
+        """Stat the files (that is how replaced files are noticed), then the cached MediaSet. The segment duration
+        is the server's unless the files' partner profile sets its own."""
+        duration = segment_duration_ms or self.settings.segment_duration_ms
+        files = await self.identify_all(target.paths)
+        key = (tuple(f.cache_key for f in files), duration, target.is_url_set)
+
+        async def load() -> MediaSet:
+            presentations = await asyncio.gather(*(self.presentation(f) for f in files))
+            return await self.run(timed, self.observe_stage, "plan", MediaSet, presentations, duration,
+                                  target.is_url_set, self.limits)
+
+        return OpenedSet(files, await self.metadata.media_set(key, load))
+
+    async def presentation(self, file: FileIdentity) -> Presentation:
+        async def load() -> Presentation:
+            return await self.run(timed, self.observe_stage, "parse", parse_presentation, self.store, file,
+                                  self.limits)
+
+        return await self.metadata.presentation(file.cache_key, load)
+
+    async def packaged(self, opened: OpenedSet, request_key: Hashable, build: Callable[[], bytes]) -> bytes:
+        """The response cache in front of a blocking ``build`` that runs in the executor."""
+        return await self.responses.get_or_build(opened.cache_key(request_key), lambda: self.run(build))
+
+
+def ignore_stage(_stage: str, _elapsed_ns: int) -> None:
+    pass
+
+
+def timed(observe_stage: Callable[[str, int], None], stage: str, fn: Callable[..., T], *args) -> T:
+    """``fn(*args)``, its duration reported as ``stage`` when it returns (failures are not timed)."""
+    started = time.perf_counter_ns()
+    result = fn(*args)
+    observe_stage(stage, time.perf_counter_ns() - started)
+    return result
+
+
+def limits_from(settings: Settings) -> Limits:
+    """The packaging core's limits from the server settings (the rest keep packagers.limits' defaults)."""
+    return Limits(max_frame_count=settings.max_frame_count, segment_max_frame_count=settings.segment_max_frame_count)
+
+
+def parse_presentation(store: Store, file: FileIdentity, limits: Limits | None = None) -> Presentation:
+    """Read the moov of one file (box headers and moov only). Blocking. The allocated size of the open file bounds
+    the sample bytes it may claim (a sparse file cannot promise bytes it does not hold)."""
+    with store.open(file) as reader:
+        allocated = os.fstat(reader.fd).st_blocks * 512
+        return read_presentation(reader.pread, file.size, file.path, limits=limits or Limits(),
+                                 allocated_bytes=allocated)
+
+
+PACKAGING = web.AppKey("packaging", Packaging)

@@ -1,0 +1,1 @@
+"""Processes and their configuration: the CLI, `gateway serve` workers and supervisor, the config file."""

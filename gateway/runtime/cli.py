@@ -1,0 +1,232 @@
+"""``gateway serve | probe | demo | bench``: the command line of the gateway.
+
+``demo`` is the README's first command: it makes the sample media (once) and serves it, printing URLs to paste into
+a player. ``probe`` shows what the gateway will see in a file: its tracks and the segment plan.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .. import __version__
+from .catalog_cli import add_catalog_commands
+from ..tools.nginx_config import add_nginx_config_command
+from .config_file import LOG_LEVELS, ConfigError, ConfigSource, load_rtmp_table
+from .serve import serve, serve_config
+from ..settings import ACCESS_LOG_FORMATS, HLS_CONTAINERS, Settings
+from rtmp.config import RtmpConfig
+
+DEMO_PATHS = (
+    ("ABR ladder, 3 renditions", "/hls/title_,360p,240p,180p,.mp4.urlset/master.m3u8"),
+    ("  the same as DASH", "/dash/title_,360p,240p,180p,.mp4.urlset/manifest.mpd"),
+    ("  as Smooth Streaming", "/mss/title_,360p,240p,180p,.mp4.urlset/manifest"),
+    ("  as HDS", "/hds/title_,360p,240p,180p,.mp4.urlset/manifest.f4m"),
+    ("two audio languages", "/hls/two_audio.mp4/master.m3u8"),
+    ("HEVC (HLS with fMP4)", "/hls/hevc.mp4/master.m3u8"),
+    ("audio only", "/hls/audio_only.mp4/master.m3u8"),
+    ("progressive MP4", "/mp4/title_360p.mp4"),
+    ("counters (JSON)", "/status"),
+    ("Prometheus metrics", "/metrics"),
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["bench"]:
+            return run_bench(argv[1:])
+        args = _parser().parse_args(argv)
+        level = (args.log_level or "info").upper()  # None: not given (a config file may set log_level)
+        logging.basicConfig(level=getattr(logging, level), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        return args.func(args)
+    except ModuleNotFoundError as e:
+        if e.name != "av":
+            raise
+        # only `gateway demo` and `gateway bench` encode media (fixtures/): serving needs no PyAV
+        print("gateway: this command encodes sample media with PyAV: python3 -m pip install -e '.[demo]'",
+              file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gateway", description="On-the-fly HLS packaging of MP4 files.")
+    p.add_argument("--version", action="version", version=f"gateway {__version__}")
+    p.add_argument("--log-level", default=None, choices=LOG_LEVELS, help="default info")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve a content store over HTTP",
+                           description="Flags override the --config file; SIGHUP re-reads it (docs/operations.md).")
+    serve.add_argument("--store", type=Path, default=None, help="content store root (required here or in --config)")
+    serve.add_argument("--config", type=Path, default=None, metavar="FILE.toml",
+                       help="every setting in one file (see gateway.example.toml); flags given here win")
+    serve.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="HTTP worker processes on the one port (default 1; worker 0 also runs RTMP)")
+    serve.add_argument("--shutdown-grace", type=float, default=None, metavar="SECONDS",
+                       help="after SIGTERM or a reload, time given to in-flight responses (default 30)")
+    serve.add_argument("--drain-delay", type=float, default=None, metavar="SECONDS",
+                       help="after SIGTERM, answer /ready 503 this long before closing the port (default 0)")
+    _server_options(serve, default_port=8080)
+    serve.set_defaults(func=cmd_serve)
+
+    probe = sub.add_parser("probe", help="print the tracks and segment plan of an MP4 file")
+    probe.add_argument("file", type=Path)
+    probe.add_argument("--segment-duration", type=float, default=6.0, metavar="SECONDS")
+    probe.set_defaults(func=cmd_probe)
+
+    demo = sub.add_parser("demo", help="generate sample media into ./media (once) and serve it on port 8080")
+    demo.add_argument("--store", type=Path, default=Path("media"))
+    _server_options(demo, default_port=8080)
+    demo.set_defaults(func=cmd_demo)
+
+    sub.add_parser("bench", help="benchmarks (gateway bench --help)", add_help=False)
+    add_catalog_commands(sub)  # partners ..., entries ...
+    add_nginx_config_command(sub)  # nginx-config: the load balancer in front of a pool of nodes
+    return p
+
+
+def _server_options(p: argparse.ArgumentParser, default_port: int) -> None:
+    """Every default is None, meaning "not given": the value comes from the config file, else from ``Settings()``."""
+    d = Settings()
+    p.add_argument("--host", default=None, help=f"bind address (default {d.host}; 0.0.0.0 for all interfaces)")
+    p.add_argument("--port", type=int, default=None, help=f"default {default_port}; 0 picks a free port (printed)")
+    p.add_argument("--rtmp-port", type=int, default=None, metavar="N", help="also accept RTMP publishers/players on "
+                   "this port (e.g. 1935; 0 = off)")
+    p.add_argument("--rtmp-config", type=Path, default=None, metavar="FILE.toml",
+                   help="RTMP applications: live packaging, recording, push/pull, auth (see docs/rtmp.md)")
+    p.add_argument("--segment-duration", type=float, default=None, metavar="SECONDS",
+                   help=f"default {d.segment_duration_ms / 1000:g}")
+    p.add_argument("--segment-cache-mb", type=float, default=None, metavar="N",
+                   help=f"default {d.segment_cache_mb:g}; 0 disables it")
+    p.add_argument("--metadata-cache-entries", type=int, default=None, metavar="N",
+                   help=f"default {d.metadata_cache_entries}")
+    p.add_argument("--metadata-cache-mb", type=float, default=None, metavar="N",
+                   help=f"parsed moov boxes and plans, weighed by their real size (default {d.metadata_cache_mb:g})")
+    p.add_argument("--max-frame-count", type=int, default=None, metavar="N",
+                   help=f"frames one file may describe, all tracks (default {d.max_frame_count}; nginx-vod's "
+                        "vod_max_frame_count)")
+    p.add_argument("--segment-max-frame-count", type=int, default=None, metavar="N",
+                   help=f"frames one segment may carry (default {d.segment_max_frame_count})")
+    p.add_argument("--header-timeout", type=float, default=None, metavar="SECONDS",
+                   help=f"time a client has to send its request line and headers (default {d.header_timeout:g})")
+    p.add_argument("--keepalive-timeout", type=float, default=None, metavar="SECONDS",
+                   help=f"idle kept-alive connections are closed after this (default {d.keepalive_timeout:g})")
+    p.add_argument("--max-connections", type=int, default=None, metavar="N",
+                   help="connections per worker; when full the oldest idle one is closed (default 0 = auto: "
+                        "from the open-file limit)")
+    p.add_argument("--max-connections-per-address", type=int, default=None, metavar="N",
+                   help="connections per client address and worker (default 0 = no cap; keep 0 behind nginx)")
+    p.add_argument("--segment-max-age", type=int, default=None, metavar="SECONDS", help=f"default {d.segment_max_age}")
+    p.add_argument("--manifest-max-age", type=int, default=None, metavar="SECONDS",
+                   help=f"default {d.manifest_max_age}")
+    p.add_argument("--not-found-max-age", type=int, default=None, metavar="SECONDS",
+                   help=f"default {d.not_found_max_age}")
+    p.add_argument("--stat-cache-seconds", type=float, default=None, metavar="SECONDS",
+                   help=f"how long a file's size/mtime is trusted before the next stat (default "
+                        f"{d.stat_cache_seconds:g}; 0 = every request)")
+    p.add_argument("--io-threads", type=int, default=None, metavar="N", help=f"default {d.io_threads}")
+    p.add_argument("--no-access-log", dest="access_log", action="store_const", const=False, default=None,
+                   help="do not log every request")
+    p.add_argument("--access-log-format", default=None, choices=ACCESS_LOG_FORMATS,
+                   help="text (default) or json: one JSON object per line")
+    p.add_argument("--catalog", type=Path, default=None, help="partners and entries (default <store>/.catalog)")
+    p.add_argument("--catalog-ttl", type=float, default=None, metavar="SECONDS",
+                   help=f"re-read changed catalog files at most this often (default {d.catalog_ttl:g}; 0: on every "
+                        "request)")
+    p.add_argument("--signed-url-ttl", type=int, default=None, metavar="SECONDS",
+                   help=f"lifetime of the signed URLs issued for secured entries (default {d.signed_url_ttl})")
+    p.add_argument("--hls-container", default=None, choices=HLS_CONTAINERS,
+                   help="HLS segments: ts (MPEG-TS), fmp4, or auto = fmp4 for HEVC (Apple's rule), ts otherwise "
+                        "(default auto)")
+
+
+_FLAG_KEYS = ("store", "host", "port", "rtmp_port", "segment_cache_mb", "metadata_cache_entries", "metadata_cache_mb",
+              "max_frame_count", "segment_max_frame_count", "header_timeout", "keepalive_timeout", "max_connections",
+              "max_connections_per_address", "segment_max_age",
+              "manifest_max_age", "not_found_max_age", "stat_cache_seconds", "io_threads", "access_log",
+              "access_log_format", "catalog", "catalog_ttl", "signed_url_ttl", "hls_container", "workers",
+              "shutdown_grace", "drain_delay", "log_level")
+
+
+def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags actually given, under their config-file keys (gateway/runtime/config_file.py)."""
+    values = {key: getattr(args, key) for key in _FLAG_KEYS if getattr(args, key, None) is not None}
+    if getattr(args, "segment_duration", None) is not None:
+        values["segment_duration_ms"] = int(round(args.segment_duration * 1000))
+    return values
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings from flags alone (``gateway demo``): what is not given keeps its default."""
+    values = flag_overrides(args)
+    return Settings(**{k: v for k, v in values.items() if k in Settings.__dataclass_fields__})
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    source = ConfigSource(args.config, flag_overrides(args), args.rtmp_config)
+    try:
+        config = source.load()
+    except ConfigError as e:
+        print(f"gateway serve: {e}", file=sys.stderr)
+        return 2
+    logging.getLogger().setLevel(config.log_level.upper())
+    store = config.settings.store
+    return serve_config(config, lambda base: print(f"gateway {__version__}: serving {store} on {base}/", flush=True),
+                        reload=source.load)
+
+
+def load_rtmp_config(path: Path | None) -> RtmpConfig:
+    """The ``[rtmp]`` table of a TOML file (or the whole file when it has no such table); defaults without a file."""
+    return RtmpConfig() if path is None else RtmpConfig.from_dict(load_rtmp_table(path))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fixtures.generate import SAMPLE_STORE, make_sample_store
+
+    store: Path = args.store
+    if not all((store / name).exists() for name in SAMPLE_STORE):
+        print(f"Making the sample media in {store}/ (first run only; encoding takes a minute)...", flush=True)
+        make_sample_store(store)
+    settings = settings_from_args(args)
+
+    def banner(base: str) -> None:
+        width = max(len(label) for label, _ in DEMO_PATHS)
+        lines = [f"gateway {__version__}: serving {store}/ on {base}/", ""]
+        lines += [f"  {label:<{width}}  {base}{path}" for label, path in DEMO_PATHS]
+        lines += [
+            "",
+            f"Open {base}/ for the status page and its built-in hls.js/dash.js player (no CDN), or play any URL",
+            "above with `ffplay URL` or in Safari. Ctrl-C stops the server.",
+        ]
+        print("\n".join(lines), flush=True)
+
+    serve(settings, banner)
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from packagers.errors import PackagerError
+
+    from ..tools.probe import describe
+
+    try:
+        print(describe(args.file, int(round(args.segment_duration * 1000))))
+    except PackagerError as e:
+        print(f"gateway probe: {e.code.name}: {e.message}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"gateway probe: {args.file}: {os.strerror(e.errno) if e.errno else e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_bench(argv: list[str]) -> int:
+    try:
+        from ..tools import bench
+    except ImportError as e:
+        print(f"gateway bench: not available ({e})", file=sys.stderr)
+        return 2
+    return bench.main(argv)

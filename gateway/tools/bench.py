@@ -1,0 +1,267 @@
+"""`gateway bench`: packaging speed and memory, as ratios to this machine's own limits measured in the same run.
+
+Figures (issues 2, 3): moov parse time of the 2-hour file; cold TS and fMP4 segment builds (no cache) in segments/s and MB/s; the
+cached segment serve rate over HTTP from a real `gateway serve` subprocess; the index playlist rate; memcpy and
+file-read MB/s as the yardsticks; peak RSS. Targets are printed next to each figure; nothing here asserts.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+MB = 1024 * 1024
+
+
+class Progress:
+    """A one-line progress bar on stderr (no dependency)."""
+
+    def __init__(self, total: int, label: str):
+        self.total, self.label, self.done, self.start = max(1, total), label, 0, time.perf_counter()
+        self.tty = sys.stderr.isatty()
+
+    def step(self, n: int = 1) -> None:
+        self.done += n
+        if self.tty or self.done == self.total:
+            width = 30
+            filled = int(width * self.done / self.total)
+            bar = "#" * filled + "-" * (width - filled)
+            end = "\n" if self.done >= self.total else "\r"
+            sys.stderr.write(f"  {self.label:<28} [{bar}] {self.done}/{self.total} {time.perf_counter() - self.start:6.1f}s{end}")
+            sys.stderr.flush()
+
+
+@dataclass
+class Report:
+    rows: list[tuple[str, str, str]] = field(default_factory=list)
+    data: dict = field(default_factory=dict)
+
+    def add(self, key: str, value: float, unit: str, note: str = "") -> None:
+        self.data[key] = value
+        self.rows.append((key, f"{value:,.2f} {unit}", note))
+
+    def render(self) -> str:
+        w0 = max(len(r[0]) for r in self.rows)
+        w1 = max(len(r[1]) for r in self.rows)
+        return "\n".join(f"{k:<{w0}}  {v:>{w1}}  {n}" for k, v, n in self.rows)
+
+
+def measure_memcpy(size: int = 64 * MB, rounds: int = 8) -> float:
+    """Best-of memcpy MB/s (numpy copyto is a plain memcpy for contiguous arrays)."""
+    src = np.frombuffer(os.urandom(size), dtype=np.uint8)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(rounds):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t)
+    return size / MB / best
+
+
+def measure_file_read(path: Path, chunk: int = 4 * MB) -> float:
+    """Sequential pread MB/s of ``path`` (page cache warm after the first pass: the best this machine can read)."""
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        best = float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            for off in range(0, size, chunk):
+                os.pread(fd, chunk, off)
+            best = min(best, time.perf_counter() - t)
+    finally:
+        os.close(fd)
+    return size / MB / best
+
+
+def measure_parse(path: Path, rounds: int = 20) -> tuple[float, float, int]:
+    """(best, median) ms of read_presentation, and the sample count."""
+    from packagers.mp4 import read_presentation
+
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDONLY)
+    times = []
+    try:
+        for _ in range(rounds):
+            t = time.perf_counter()
+            p = read_presentation(lambda off, n: os.pread(fd, n, off), size, path.name)
+            times.append(time.perf_counter() - t)
+    finally:
+        os.close(fd)
+    return min(times) * 1000, float(np.median(times)) * 1000, sum(len(t.samples) for t in p.tracks)
+
+
+def measure_segment_build(path: Path, segment_ms: int, container: str, limit: int | None = None,
+                          rounds: int = 3) -> tuple[int, int, float]:
+    """Cold build of every segment (first video + first audio track) in ``container`` (ts | fmp4):
+    (segments, output bytes, seconds of the fastest of ``rounds`` passes).
+
+    Each pass plans, reads (pread, page cache warm), gathers and muxes every segment with no cache. Best-of, like
+    the memcpy yardstick: noise on a shared machine only ever slows a pass down."""
+    from packagers.media_set import MediaSet
+    from packagers.mp4 import read_presentation
+    from packagers.naming import TrackSpec
+    from packagers.fmp4 import Fmp4Muxer
+    from packagers.ts import TsMuxer
+
+    from ..origin.store import read_into_scratch
+
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        presentation = read_presentation(lambda off, n: os.pread(fd, n, off), size, path.name)
+        media_set = MediaSet([presentation], segment_ms)
+        selection = media_set.resolve(TrackSpec())
+        count = media_set.plan(selection).count if limit is None else min(limit, media_set.plan(selection).count)
+        muxer = TsMuxer(selection.tracks) if container == "ts" else Fmp4Muxer(selection.tracks)
+        progress = Progress(count * rounds, f"cold {container} build")
+        best = float("inf")
+        for _ in range(rounds):
+            out_bytes = 0
+            elapsed = 0.0
+            for i in range(count):
+                t = time.perf_counter()
+                tables, reqs = media_set.segment_job(selection, i)
+                bufs = read_into_scratch(fd, reqs)  # as the gateway reads: a reused per-thread buffer
+                data = muxer.build(media_set.media_segment(selection, i, reqs, bufs, tables))
+                elapsed += time.perf_counter() - t
+                out_bytes += len(data)
+                progress.step()
+            best = min(best, elapsed)
+        return count, out_bytes, best
+    finally:
+        os.close(fd)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _hammer(url: str, seconds: float, concurrency: int) -> tuple[int, int, float]:
+    import aiohttp
+
+    done = 0
+    nbytes = 0
+    deadline = time.perf_counter() + seconds
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def worker() -> None:
+            nonlocal done, nbytes
+            while time.perf_counter() < deadline:
+                async with session.get(url) as r:
+                    body = await r.read()
+                    if r.status != 200:
+                        raise RuntimeError(f"bench: {url} answered {r.status}")
+                    nbytes += len(body)
+                    done += 1
+
+        t = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return done, nbytes, time.perf_counter() - t
+
+
+def measure_http(store: Path, file_name: str, seconds: float) -> dict:
+    """Cached segment and index playlist rates from a real `gateway serve` subprocess on loopback."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "gateway", "serve", "--store", str(store), "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}/hls/{file_name}"
+        import urllib.request
+
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"{base}/index.m3u8", timeout=30).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        seg = urllib.request.urlopen(f"{base}/seg-2-v1-a1.ts", timeout=30).read()  # warms the cache
+        results = {"segment_bytes": len(seg)}
+        for key, url in (("segment", f"{base}/seg-2-v1-a1.ts"), ("playlist", f"{base}/index-v1-a1.m3u8")):
+            n, nbytes, dt = asyncio.run(_hammer(url, seconds, 16))
+            results[key] = (n / dt, nbytes / MB / dt)
+        return results
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def run(seconds: float = 5.0, segments: int | None = None, json_out: bool = False) -> int:
+    from fixtures.generate import fixture_path
+    from packagers.hls import build_media_playlist
+    from packagers.media_set import MediaSet
+    from packagers.mp4 import open_presentation
+    from packagers.naming import TrackSpec
+
+    print("generating/locating benchmark media (first run encodes ~2 min)...", file=sys.stderr)
+    hd, long = fixture_path("bench_720p_10min.mp4"), fixture_path("bench_lowres_2h.mp4")
+    rep = Report()
+    memcpy = measure_memcpy()
+    fread = measure_file_read(hd)
+    rep.add("memcpy", memcpy, "MB/s", "yardstick")
+    rep.add("file_read", fread, "MB/s", f"yardstick: pread of {hd.name}, page cache warm")
+
+    best, median, samples = measure_parse(long)
+    rep.add("moov_parse_2h_best", best, "ms", f"{samples:,} samples; target <= 20 ms (nginx-vod-module ~2 ms)")
+    rep.add("moov_parse_2h_median", median, "ms", "")
+    best, median, samples = measure_parse(hd)
+    rep.add("moov_parse_720p_best", best, "ms", f"{samples:,} samples")
+
+    count, nbytes, dt = measure_segment_build(hd, 6000, "ts", segments)
+    mbs = nbytes / MB / dt
+    rep.add("ts_build_segments_per_s", count / dt, "seg/s", f"{count} segments of 6 s, 720p ~2 Mbit/s, cache off")
+    rep.add("ts_build_MBps", mbs, "MB/s", f"= {mbs / memcpy:.1%} of memcpy (target >= 8 %; nginx-vod-module 11-12 %)")
+    count, nbytes, dt = measure_segment_build(hd, 6000, "fmp4", segments)
+    mbs = nbytes / MB / dt
+    rep.add("fmp4_build_segments_per_s", count / dt, "seg/s", "same segments as fMP4 (moof + mdat), cache off")
+    rep.add("fmp4_build_MBps", mbs, "MB/s", f"= {mbs / memcpy:.1%} of memcpy (target >= 25 %: mostly one copy)")
+
+    media_set = MediaSet([open_presentation(long)], 6000)
+    sel = media_set.resolve(TrackSpec())
+    t = time.perf_counter()
+    rounds = 20
+    for _ in range(rounds):
+        text = build_media_playlist(media_set, sel)
+    dt = (time.perf_counter() - t) / rounds
+    rep.add("index_playlist_build_2h", dt * 1000, "ms", f"{len(text):,} bytes, {media_set.plan(sel).count} segments")
+
+    http = measure_http(hd.parent, hd.name, seconds)  # the fixture cache folder is the store
+    seg_rps, seg_mbs = http["segment"]
+    rep.add("http_cached_segment", seg_rps, "req/s", f"{seg_mbs:,.0f} MB/s = {seg_mbs / memcpy:.1%} of memcpy, "
+            f"{seg_mbs / fread:.1%} of file read; {http['segment_bytes']:,} B each, 16 connections")
+    pl_rps, _ = http["playlist"]
+    rep.add("http_index_playlist", pl_rps, "req/s", "cached, 16 connections")
+    rep.add("peak_rss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "MB", "bench process")
+
+    print(json.dumps(rep.data, indent=2) if json_out else rep.render())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    if argv and argv[0] == "nginx":  # gateway bench nginx: the load balancer's cache (gateway/tools/bench_nginx.py)
+        from .bench_nginx import main as bench_nginx
+
+        return bench_nginx(argv[1:])
+    if argv and argv[0] == "rtmp":  # gateway bench rtmp: RTMP fan-out cost (gateway/tools/bench_rtmp.py)
+        from .bench_rtmp import main as bench_rtmp
+
+        return bench_rtmp(argv[1:])
+    p = argparse.ArgumentParser(prog="gateway bench", description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=5.0, help="duration of each HTTP load phase (default 5)")
+    p.add_argument("--segments", type=int, default=None, help="build only the first N segments of the 720p file")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = p.parse_args(argv)
+    return run(args.seconds, args.segments, args.json)
