@@ -1,7 +1,8 @@
 """nginx-vod-module's track-selection suffix (``-f2-v1-a1``), shared by every protocol's file names.
 
 ``-fN`` picks the N-th file of a url set, ``-vN``/``-aN`` the N-th video/audio track of that file (all 1-based).
-Keeping the grammar here lets manifest writers and the gateway's URL parser agree by construction.
+Keeping the grammar here lets manifest writers and the gateway's URL parser agree by construction. Each protocol's
+file names (``packagers/<protocol>/names.py``) are built from this suffix and the 1-based segment number below.
 """
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from dataclasses import dataclass
 
 from .errors import bad_request
 
-_TOKEN = re.compile(r"-([fva])(\d{1,3})")
-SUFFIX_PATTERN = r"(?:-[fva]\d{1,3})*"
+_TOKEN = re.compile(r"-([fva])([0-9]{1,3})")
+MAX_SEGMENT_DIGITS = 10
+MAX_SEGMENT_INDEX = 10**MAX_SEGMENT_DIGITS - 2  # 0-based index of the largest number a URL may carry
 
 
 @dataclass(frozen=True)
@@ -45,3 +47,29 @@ class TrackSpec:
         if pos != len(text):
             raise bad_request(f"TrackSpec.parse: malformed track selection '{text}'")
         return cls(values.get("f"), values.get("v"), values.get("a"))
+
+
+@dataclass(frozen=True)
+class MediaFile:
+    """What a protocol's file name says: the kind of file, and for per-rendition files the track selection, the
+    0-based segment index and (HLS segments) the container. Written by manifest writers, parsed back from URLs."""
+
+    kind: str  # manifest | playlist | segment | init | key
+    spec: TrackSpec = TrackSpec()
+    index: int | None = None  # segments only; the name says index + 1
+    container: str | None = None  # HLS segments only: ts (MPEG-TS) or fmp4 (.m4s)
+
+
+def segment_number(index: int) -> str:
+    """The 1-based number a file name gives 0-based segment ``index``."""
+    return str(index + 1)
+
+
+def parse_segment_number(digits: str) -> int:
+    """0-based index from a name's 1-based number, in canonical form only (no zero, no leading zeros), so that one
+    segment has one URL and one cache key. ``digits`` are ASCII digits (the protocols' patterns say so)."""
+    if digits.startswith("0"):
+        raise bad_request("parse_path: segment numbers start at 1 and have no leading zeros")
+    if len(digits) > MAX_SEGMENT_DIGITS:
+        raise bad_request(f"parse_path: segment number longer than {MAX_SEGMENT_DIGITS} digits")
+    return int(digits) - 1

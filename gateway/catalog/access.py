@@ -21,7 +21,7 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Sequence
+from typing import Awaitable, Callable, Protocol, Sequence
 
 from delivery_profiles import SYSTEM_DEFAULTS, DeliveryConfig, merge
 from delivery_profiles.tokens import TokenError, verify_path
@@ -32,8 +32,6 @@ from .catalog import Catalog, CatalogView, Entry, Partner
 from .delivery import hls_key
 from ..settings import Settings
 from ..origin.store import FileIdentity
-from ..http.urls import (DashFragment, DashManifest, HdsFragment, HdsManifest, InitSegment, MediaRequest, Mp4Download,
-                   MssFragment, MssManifest, Signed, media_target_name)
 
 
 CATALOG = web.AppKey("catalog", Catalog)
@@ -89,6 +87,34 @@ class AccessDenied(Exception):
     """403: the message says why (one line), never anything about the media."""
 
 
+class MediaAccess(Protocol):
+    """What access control needs of a media request (gateway.http.urls' requests have it; catalog/ sits below the
+    http layer and never imports it)."""
+
+    @property
+    def delivery_type(self) -> str:
+        """hls | dash | mss | hds | http (the file itself): what a partner's delivery profile enables or disables,
+        and whose profile settings apply (a DASH init segment is DASH's, though HLS has init segments too)."""
+
+    @property
+    def store_paths(self) -> tuple[str, ...]:
+        """The store files the request reads, in request order."""
+
+    @property
+    def signed_name(self) -> str:
+        """The path a signed URL's token covers: the media target (file or url set), whatever the protocol."""
+
+
+class Signature(Protocol):
+    """The ``/s/<entry>/<token>/`` part of a signed URL."""
+
+    @property
+    def entry_id(self) -> str: ...
+
+    @property
+    def token(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class DeliveryContext:
     """How this request's media is packaged: the server's settings, or those of the owning entry's partner."""
@@ -100,29 +126,11 @@ class DeliveryContext:
     hls_key: bytes | None = None  # AES-128 key when the entry's HLS segments are encrypted
 
 
-def _protocol(request: MediaRequest) -> str:
-    if isinstance(request, Mp4Download):
-        return "http"
-    if isinstance(request, (DashManifest, DashFragment)):
-        return "dash"
-    if isinstance(request, (MssManifest, MssFragment)):
-        return "mss"
-    if isinstance(request, (HdsManifest, HdsFragment)):
-        return "hds"
-    if isinstance(request, InitSegment):  # shared by HLS (EXT-X-MAP) and DASH: the URL says whose it is
-        return request.protocol
-    return "hls"
-
-
-def _paths(request: MediaRequest) -> tuple[str, ...]:
-    return (request.path,) if isinstance(request, Mp4Download) else request.target.paths
-
-
 def partner_config(partner: Partner) -> DeliveryConfig:
     return merge(SYSTEM_DEFAULTS, partner.delivery)
 
 
-def authorize(view: CatalogView, settings: Settings, request: MediaRequest, signed: Signed | None,
+def authorize(view: CatalogView, settings: Settings, request: MediaAccess, signed: Signature | None,
               files: Sequence[FileIdentity] = (), now: float | None = None) -> DeliveryContext:
     """The delivery context of an allowed request; AccessDenied otherwise.
 
@@ -130,7 +138,7 @@ def authorize(view: CatalogView, settings: Settings, request: MediaRequest, sign
     reach a secured file under another name, so ownership is looked up by the requested name, the realpath and the
     (device, inode). Without them (unit use), by the requested names only."""
     now = time.time() if now is None else now
-    paths = _paths(request)
+    paths = request.store_paths
     found: Sequence[FileIdentity | None] = files or (None,) * len(paths)
 
     def owners_of(path: str, file: FileIdentity | None) -> dict[str, Entry]:
@@ -153,22 +161,22 @@ def authorize(view: CatalogView, settings: Settings, request: MediaRequest, sign
             raise AccessDenied(f"authorize: entry {entry.id} does not contain {missing[0]}")
         partner = view.partner(entry.partner_id)
         try:
-            verify_path(partner.secret, media_target_name(request), signed.token, now)
+            verify_path(partner.secret, request.signed_name, signed.token, now)
         except TokenError as e:
             raise AccessDenied(f"authorize: {e}") from None
     elif secured:
-        raise AccessDenied(f"authorize: {media_target_name(request)} belongs to secured entry {secured[0].id}: "
+        raise AccessDenied(f"authorize: {request.signed_name} belongs to secured entry {secured[0].id}: "
                            "use the signed URL that playManifest issues")
     else:
         entry = next(iter(owners.values()), None)
-    protocol = _protocol(request)
+    protocol = request.delivery_type
     # an entry of a partner missing from the catalog is a catalog problem (reported) that restricts nothing here
     configs = {p.id: partner_config(p) for e in owners.values() if (p := view.by_partner.get(e.partner_id))}
     for owner in owners.values():
         config = configs.get(owner.partner_id)
         if config is not None and not config.is_enabled(protocol):
             raise AccessDenied(f"authorize: {protocol} delivery is disabled for entry {owner.id} (partner "
-                               f"{owner.partner_id}), which contains {media_target_name(request)}")
+                               f"{owner.partner_id}), which contains {request.signed_name}")
     if entry is None:
         return DeliveryContext(settings.segment_duration_ms, settings.hls_container)
     partner = view.partner(entry.partner_id)

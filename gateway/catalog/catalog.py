@@ -32,7 +32,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from delivery_profiles import SYSTEM_DEFAULTS, DeliveryType, merge
 from packagers.errors import PackagerError
@@ -335,17 +335,15 @@ def read_entry(directory: Path, entry_id: str) -> Entry:
 
 def write_partner(directory: Path, partner: Partner) -> Path:
     """Validate (delivery_profiles.merge included), then replace the file atomically."""
-    path = partner_path(directory, partner.id)
-    doc = partner.to_json()
-    parse_partner(doc, f"partners/{path.name}")
-    write_json_atomic(path, doc)
-    return path
+    return _write(partner_path(directory, partner.id), partner.to_json(), parse_partner, "partners")
 
 
 def write_entry(directory: Path, entry: Entry) -> Path:
-    path = entry_path(directory, entry.id)
-    doc = entry.to_json()
-    parse_entry(doc, f"entries/{path.name}")
+    return _write(entry_path(directory, entry.id), entry.to_json(), parse_entry, "entries")
+
+
+def _write(path: Path, doc: Any, parse: Callable[[Any, str], Any], folder: str) -> Path:
+    parse(doc, f"{folder}/{path.name}")  # what we write must read back
     write_json_atomic(path, doc)
     return path
 

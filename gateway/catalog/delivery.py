@@ -15,15 +15,18 @@ import posixpath
 from urllib.parse import quote
 
 from delivery_profiles.tokens import sign_path
+from packagers.dash import names as dash_names
+from packagers.hds import names as hds_names
+from packagers.hls import names as hls_names
+from packagers.mss import names as mss_names
 
-# what each delivery type's manifest is called under its protocol prefix
+# what each delivery type's manifest is called under its protocol prefix (the protocols' own file-name grammars)
 MANIFESTS = {
-    "hls": ("hls", "master.m3u8"),
-    "dash": ("dash", "manifest.mpd"),
-    "hds": ("hds", "manifest.f4m"),
-    "mss": ("mss", "manifest"),
+    "hls": ("hls", hls_names.MASTER_PLAYLIST_NAME),
+    "dash": ("dash", dash_names.MANIFEST_NAME),
+    "hds": ("hds", hds_names.MANIFEST_NAME),
+    "mss": ("mss", mss_names.MANIFEST_NAME),
 }
-HLS_KEY_NAME = "encryption.key"
 
 
 class DeliveryError(ValueError):

@@ -1,13 +1,16 @@
 """The aiohttp application: one catch-all route, the URL grammar as the router, shared state in AppKeys.
 
-``make_app(settings)`` builds the app; the thread pool, store, caches and counters are created in ``cleanup_ctx`` so
-each app (and each test) owns its state and nothing lives in module globals.
+``make_app(settings, ...)`` builds the app from its parts: a `gateway serve` worker hands it the ones that outlive an
+app generation (caches, metrics, connection tracker, worker index, ingest); an app made without them (tests,
+embedders) builds its own caches and metrics, so each owns its state and nothing lives in module globals. The store,
+catalog and counters are created in ``cleanup_ctx``. Nothing is assigned into the parts once they are built.
 """
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
@@ -18,6 +21,7 @@ from .errors import error_response, response_for_exception
 from .packaged import serve_packaged_request
 from .download import serve_mp4
 from .live import add_live_routes
+from ..origin.cache import Caches
 from ..origin.packaging import PACKAGING, Packaging
 from .responses import ALLOWED_METHODS, add_common_headers, cache_control, preflight
 from ..settings import SETTINGS, Settings
@@ -26,12 +30,14 @@ from ..catalog.access import CATALOG, IDENTITY_WATCH, IdentityWatch, authorize, 
 from ..catalog.catalog import Catalog
 from ..ingest.service import INGEST, Ingest
 from .play_manifest import serve_play_manifest
-from ..ops.metrics import metrics_middleware, metrics_state, record_response, serve_metrics
+from ..ops.metrics import (METRICS_SOURCES, PROMETHEUS, GatewayMetrics, MetricsSources, metrics_for_this_process,
+                           metrics_middleware, metrics_state, record_response, serve_metrics)
 from ..ops.status_page import serve_dashboard, serve_static, serve_status_page
-from ..ops.health import add_health_routes
-from .connections import CONNECTIONS
+from ..ops.health import WORKER_INDEX, add_health_routes
+from .connections import CONNECTIONS, ConnectionTracker
 from ..ops.access_log import CACHE_RESULT
-from .urls import CrossDomainPolicy, GatewayRequest, Mp4Download, PlayManifest, Signed, StatusRequest, parse_path
+from ..ops.labels import REQUEST_LABEL
+from .urls import CrossDomainPolicy, GatewayRequest, PlayManifest, Signed, StatusRequest, parse_path
 
 
 @dataclass
@@ -51,14 +57,33 @@ CROSSDOMAIN_XML = (
 )
 
 
-def make_app(settings: Settings, ingest: Ingest | None = None) -> web.Application:
-    """``ingest``: the running RTMP ingest of this process, if any (its stats appear in /status as "rtmp")."""
-    app = web.Application(middlewares=[metrics_middleware, http_middleware])
+def make_app(settings: Settings, ingest: Ingest | None = None, *, caches: Caches | None = None,
+             metrics: GatewayMetrics | None = None, connections: ConnectionTracker | None = None,
+             worker_index: int = 0) -> web.Application:
+    """The app of one generation. ``ingest``: the running RTMP ingest of this process, if any (its stats appear in
+    /status as "rtmp" and in /metrics). The worker's parts, built once per worker process (gateway/runtime/serve.py):
+    ``caches`` (built with ``metrics.observe_stage`` as their observer), ``metrics`` (one per process: see
+    gateway/ops/metrics.py), ``connections`` (its middleware marks connections busy while a request runs) and
+    ``worker_index``. Left out, the app builds its own caches and metrics."""
+    if metrics is None:
+        metrics = metrics_for_this_process()
+    if caches is None:
+        caches = Caches(settings, metrics.observe_stage)
+    executor = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="gateway-io")
+    busy = [connections.middleware] if connections is not None else []  # outermost: the whole request is busy time
+    app = web.Application(middlewares=[*busy, metrics_middleware, http_middleware])
     app[SETTINGS] = settings
+    app[WORKER_INDEX] = worker_index
+    app[PROMETHEUS] = metrics
+    app[METRICS_SOURCES] = MetricsSources(caches, executor, connections,
+                                          ingest.stats if ingest is not None else None)
+    if connections is not None:
+        app[CONNECTIONS] = connections
     if ingest is not None:
         app[INGEST] = ingest
-    app.cleanup_ctx.append(_gateway_state)
-    app.cleanup_ctx.append(metrics_state)  # after _gateway_state: it hooks the packaging stages
+    app.cleanup_ctx.append(functools.partial(_gateway_state, executor=executor, caches=caches,
+                                             observe_stage=metrics.observe_stage))
+    app.cleanup_ctx.append(metrics_state)
     app.on_response_prepare.append(add_common_headers)
     app.on_response_prepare.append(_count_response)
     app.on_response_prepare.append(record_response)
@@ -72,10 +97,10 @@ def make_app(settings: Settings, ingest: Ingest | None = None) -> web.Applicatio
     return app
 
 
-async def _gateway_state(app: web.Application) -> AsyncIterator[None]:
+async def _gateway_state(app: web.Application, executor: Executor, caches: Caches,
+                         observe_stage) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    executor = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="gateway-io")
-    app[PACKAGING] = Packaging(settings, executor)
+    app[PACKAGING] = Packaging(settings, executor, caches, observe_stage)
     app[CATALOG] = Catalog(settings.store, settings.catalog, settings.catalog_ttl)
     app[IDENTITY_WATCH] = IdentityWatch(app[CATALOG])
     app[METRICS] = Metrics()
@@ -106,6 +131,7 @@ async def http_middleware(request: web.Request, handler) -> web.StreamResponse:
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
     parsed = parse_path(request.rel_url.raw_path, request.app[SETTINGS].max_url_set_files)
+    request[REQUEST_LABEL] = parsed.metrics_label  # what the grammar parsed labels the metrics (gateway/ops/metrics.py)
     try:
         return await _serve(request, parsed)
     except FileChanged as changed:
@@ -115,28 +141,21 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
 
 
 async def _serve(request: web.Request, parsed: GatewayRequest) -> web.StreamResponse:
-    if isinstance(parsed, StatusRequest):
-        return serve_status(request)
-    if isinstance(parsed, PlayManifest):
-        return await serve_play_manifest(request, parsed)
-    if isinstance(parsed, CrossDomainPolicy):
-        return web.Response(text=CROSSDOMAIN_XML, content_type="text/x-cross-domain-policy",
-                            headers={"Cache-Control": cache_control(86400)})
-    signed = None
-    if isinstance(parsed, Signed):
-        signed, parsed = parsed, parsed.request
+    endpoint = _ENDPOINTS.get(type(parsed))
+    if endpoint is not None:
+        return await endpoint(request, parsed)
+    signed, media = (parsed, parsed.request) if isinstance(parsed, Signed) else (None, parsed)
     packaging = request.app[PACKAGING]
     view = await catalog_view(request.app, packaging.run)
-    paths = (parsed.path,) if isinstance(parsed, Mp4Download) else parsed.target.paths
     # 404 for missing files; names and inodes for the ownership check (fresh for downloads: see identify_all)
-    files = await packaging.identify_all(paths, fresh=isinstance(parsed, Mp4Download))
+    files = await packaging.identify_all(media.store_paths, fresh=media.is_download)
     view = await request.app[IDENTITY_WATCH].view(view, files, packaging.run)  # a file linked since the index?
-    context = authorize(view, request.app[SETTINGS], parsed, signed, files)
-    if isinstance(parsed, Mp4Download):
+    context = authorize(view, request.app[SETTINGS], media, signed, files)
+    if media.is_download:
         request[CACHE_RESULT] = "bypass"  # the file itself (sendfile), never the response cache
         response = await serve_mp4(request, files[0])
     else:
-        response = await serve_packaged_request(request, parsed, context)
+        response = await serve_packaged_request(request, media, context)
     if signed is not None:
         # signed bytes: no shared cache may keep them, and no copy may outlive the token
         remaining = max(0, signed_expiry(signed.token) - int(time.time()))
@@ -147,6 +166,19 @@ async def _serve(request: web.Request, parsed: GatewayRequest) -> web.StreamResp
 def signed_expiry(token: str) -> int:
     head = token.partition("-")[0]
     return int(head) if head.isdigit() else 0
+
+
+async def _serve_status(request: web.Request, parsed: StatusRequest) -> web.Response:
+    return serve_status(request)
+
+
+async def _serve_crossdomain(request: web.Request, parsed: CrossDomainPolicy) -> web.Response:
+    return web.Response(text=CROSSDOMAIN_XML, content_type="text/x-cross-domain-policy",
+                        headers={"Cache-Control": cache_control(86400)})
+
+
+# the endpoints that are not media (no catalog, no store files); every other request is a media request
+_ENDPOINTS = {StatusRequest: _serve_status, PlayManifest: serve_play_manifest, CrossDomainPolicy: _serve_crossdomain}
 
 
 def serve_status(request: web.Request) -> web.Response:
@@ -165,7 +197,7 @@ def serve_status(request: web.Request) -> web.Response:
             "hls_container": packaging.settings.hls_container,
         },
     }
-    connections = request.app.get(CONNECTIONS)  # set by `gateway serve` (gateway/runtime/serve.py)
+    connections = request.app.get(CONNECTIONS)  # given to make_app by `gateway serve` (gateway/runtime/serve.py)
     if connections is not None:
         body["connections"] = connections.stats()
     ingest = request.app.get(INGEST)

@@ -24,6 +24,7 @@ from aiohttp import web
 from rtmp.live import LIVE_FILE, STREAM_NAME
 
 from .errors import error_response
+from ..ops.labels import REQUEST_LABEL, live_label
 from ..origin.packaging import PACKAGING
 from .responses import serve_packaged
 from ..settings import SETTINGS
@@ -59,6 +60,7 @@ def _read(path: str) -> tuple[bytes, int, int, int]:
 
 async def serve_live(request: web.Request) -> web.StreamResponse:
     app, stream, name = (request.match_info[k] for k in ("app", "stream", "file"))
+    request[REQUEST_LABEL] = live_label(name)  # the live grammar's label, whatever the answer
     if not (STREAM_NAME.fullmatch(app) and STREAM_NAME.fullmatch(stream) and LIVE_FILE.fullmatch(name)):
         return error_response(404, "NOT_FOUND", "serve_live: no such live file")
     path = os.path.join(request.app[SETTINGS].store, "live", app, stream, name)

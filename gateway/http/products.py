@@ -16,6 +16,7 @@ from packagers.errors import ErrorCode, PackagerError
 from packagers.fmp4 import Fmp4Muxer, build_init_segment
 from packagers.hds import build_f4m, fragment_muxer
 from packagers.hds.f4m import FRAGMENT_CONTENT_TYPE, MANIFEST_CONTENT_TYPE
+from packagers.hls import names as hls_names
 from packagers.hls.playlists import build_master_playlist, build_media_playlist, choose_container
 from packagers.media_set import MediaSet, Selection
 from packagers.mss import MANIFEST_CONTENT_TYPE as MSS_MANIFEST_TYPE
@@ -23,11 +24,10 @@ from packagers.mss import build_smooth_manifest, locate_fragment
 from packagers.ts import TsMuxer
 
 from ..catalog.access import DeliveryContext
-from ..catalog.delivery import HLS_KEY_NAME, encrypt_segment
+from ..catalog.delivery import encrypt_segment
 from ..origin.packaging import OpenedSet, Packaging, ignore_stage, timed
 from ..origin.store import FileIdentity, Store
-from .urls import (DashFragment, DashManifest, HdsFragment, HdsManifest, HlsKey, HlsMaster, HlsMediaPlaylist,
-                   HlsSegment, InitSegment, MssFragment, MssManifest, PackagedRequest)
+from .urls import PackagedRequest
 
 M3U8_TYPE = "application/vnd.apple.mpegurl"
 TS_TYPE = "video/MP2T"
@@ -58,11 +58,13 @@ def build_segment(store: Store, file: FileIdentity, media_set: MediaSet, selecti
     return body
 
 
-def _segment(packaging: Packaging, opened: OpenedSet, selection: Selection, index: int, mux: Callable) -> Callable:
+def _segment(packaging: Packaging, opened: OpenedSet, cache_key: Hashable, selection: Selection, index: int,
+             mux: Callable, content_type: str) -> Product:
     opened.media_set.plan(selection).check_index(index)  # 404 past the end, before the cache
     file = opened.files[selection.file_index]
-    return partial(build_segment, packaging.store, file, opened.media_set, selection, index, mux,
-                   packaging.observe_stage)
+    build = partial(build_segment, packaging.store, file, opened.media_set, selection, index, mux,
+                    packaging.observe_stage)
+    return Product(cache_key, build, content_type, packaging.settings.segment_max_age)
 
 
 def _text(packaging: Packaging, fn: Callable[..., str], *args) -> Callable[[], bytes]:
@@ -73,79 +75,126 @@ def _fmp4_type(selection: Selection) -> str:
     return dash.content_type("video" if any(t.kind == "video" for t in selection.tracks) else "audio")
 
 
-def product_for(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging, context: DeliveryContext) -> Product:
-    settings = packaging.settings
-    media_set = opened.media_set
-    manifest_age, segment_age = settings.manifest_max_age, settings.segment_max_age
+# what BUILDERS hold: one parsed request (keyed by its protocol and file kind) → its Product; max-ages from settings
+Builder = Callable[[PackagedRequest, OpenedSet, Packaging, DeliveryContext], Product]
+
+
+def _aes(context: DeliveryContext) -> tuple:
+    """The cache-key part of encryption: encrypted and clear bytes never share a key."""
+    return ("aes-128", context.entry.id) if context.hls_key is not None else ()
+
+
+def _manifest(protocol: str, write: Callable[[MediaSet], str], content_type: str) -> Builder:
+    """The builder of a protocol's one manifest of the whole media set (cache key: protocol, "manifest")."""
+    def build(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging, context: DeliveryContext) -> Product:
+        return Product((protocol, "manifest"), _text(packaging, write, opened.media_set), content_type,
+                       packaging.settings.manifest_max_age)
+
+    return build
+
+
+def _hls_key(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
+             context: DeliveryContext) -> Product:
     aes_key = context.hls_key
-    aes = ("aes-128", context.entry.id) if aes_key is not None else ()  # encrypted and clear bytes never share a key
+    if aes_key is None:
+        raise PackagerError(ErrorCode.NOT_FOUND, "product_for: this media is not encrypted")
+    return Product(("hls", "key", *_aes(context)), lambda: aes_key, "application/octet-stream", 0, private=True)
 
-    if isinstance(parsed, HlsKey):
-        if aes_key is None:
-            raise PackagerError(ErrorCode.NOT_FOUND, "product_for: this media is not encrypted")
-        return Product(("hls", "key", *aes), lambda: aes_key, "application/octet-stream", 0, private=True)
-    if isinstance(parsed, (HlsMaster, HlsMediaPlaylist)):
-        container = choose_container(media_set, context.hls_container)
-        if isinstance(parsed, HlsMaster):
-            build = _text(packaging, build_master_playlist, media_set, container)
-            return Product(("hls", "master", container), build, M3U8_TYPE, manifest_age)
-        selection = media_set.resolve(parsed.spec)
-        extension = "ts" if container == "ts" else "m4s"
-        key_uri = HLS_KEY_NAME if aes_key is not None else None
-        build = _text(packaging, build_media_playlist, media_set, selection, extension, container, key_uri)
-        return Product(("hls", "index", selection.spec.suffix(), container, *aes), build, M3U8_TYPE, manifest_age)
-    if isinstance(parsed, HlsSegment):
-        selection = media_set.resolve(parsed.spec)
-        if parsed.container == "ts" and aes_key is not None:
-            # IV = media sequence number: the playlist starts at EXT-X-MEDIA-SEQUENCE:1
-            clear = TsMuxer(selection.tracks).build
-            mux, content_type = (lambda segment: encrypt_segment(aes_key, segment.index + 1, clear(segment))), TS_TYPE
-        elif aes_key is not None:
-            raise PackagerError(ErrorCode.NOT_FOUND, "product_for: encrypted HLS is served as MPEG-TS only")
-        elif parsed.container == "ts":
-            mux, content_type = TsMuxer(selection.tracks).build, TS_TYPE
-        else:
-            # presentation times exactly as in TS (minus TS_PTS_OFFSET): tfdt = dts, signed composition offsets
-            mux, content_type = Fmp4Muxer(selection.tracks).build, _fmp4_type(selection)
-        cache_key = ("hls", "seg", parsed.index, selection.spec.suffix(), parsed.container, *aes)
-        return Product(cache_key, _segment(packaging, opened, selection, parsed.index, mux), content_type, segment_age)
-    if isinstance(parsed, InitSegment):
-        selection = media_set.resolve(parsed.spec)
-        # identical for HLS and DASH: one cache entry
-        build = partial(build_init_segment, selection.tracks)
-        return Product(("init", selection.spec.suffix()), build, _fmp4_type(selection), segment_age)
 
-    if isinstance(parsed, DashManifest):
-        return Product(("dash", "manifest"),
-                       _text(packaging, dash.build_mpd, media_set), dash.MPD_CONTENT_TYPE, manifest_age)
-    if isinstance(parsed, DashFragment):
-        selection = media_set.resolve(parsed.spec)
-        if len(selection.tracks) != 1:
-            raise PackagerError(ErrorCode.BAD_REQUEST, "product_for: a DASH fragment carries one track (-vN or -aN)")
-        # DASH timelines cannot be negative: AAC priming moves into presentationTimeOffset (declared in the MPD)
-        mux = Fmp4Muxer(selection.tracks, non_negative=True).build
-        cache_key = ("dash", "frag", parsed.index, selection.spec.suffix())
-        return Product(cache_key, _segment(packaging, opened, selection, parsed.index, mux), _fmp4_type(selection),
-                       segment_age)
+def _hls_master(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
+                context: DeliveryContext) -> Product:
+    container = choose_container(opened.media_set, context.hls_container)
+    build = _text(packaging, build_master_playlist, opened.media_set, container)
+    return Product(("hls", "master", container), build, M3U8_TYPE, packaging.settings.manifest_max_age)
 
-    if isinstance(parsed, MssManifest):
-        return Product(("mss", "manifest"),
-                       _text(packaging, build_smooth_manifest, media_set), MSS_MANIFEST_TYPE, manifest_age)
-    if isinstance(parsed, MssFragment):
-        selection, index = locate_fragment(media_set, parsed.stream, parsed.bitrate, parsed.start)
-        # moof (with tfxd) + mdat, no styp: Smooth clients build the init segment from the manifest
-        mux = Fmp4Muxer(selection.tracks, styp=False, tfxd=True).build
-        cache_key = ("mss", "frag", index, selection.spec.suffix())
-        return Product(cache_key, _segment(packaging, opened, selection, index, mux), _fmp4_type(selection), segment_age)
 
-    if isinstance(parsed, HdsManifest):
-        return Product(("hds", "manifest"),
-                       _text(packaging, build_f4m, media_set), MANIFEST_CONTENT_TYPE, manifest_age)
-    if isinstance(parsed, HdsFragment):
-        selection = media_set.resolve(parsed.spec)
-        mux = fragment_muxer(media_set, selection).build  # one timeline for every rendition of the set
-        cache_key = ("hds", "frag", parsed.index, selection.spec.suffix())
-        return Product(cache_key, _segment(packaging, opened, selection, parsed.index, mux), FRAGMENT_CONTENT_TYPE,
-                       segment_age)
+def _hls_playlist(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
+                  context: DeliveryContext) -> Product:
+    media_set = opened.media_set
+    container = choose_container(media_set, context.hls_container)
+    selection = media_set.resolve(parsed.file.spec)
+    extension = "ts" if container == "ts" else "m4s"
+    key_uri = hls_names.KEY_NAME if context.hls_key is not None else None
+    build = _text(packaging, build_media_playlist, media_set, selection, extension, container, key_uri)
+    return Product(("hls", "index", selection.spec.suffix(), container, *_aes(context)), build, M3U8_TYPE,
+                   packaging.settings.manifest_max_age)
 
-    raise PackagerError(ErrorCode.UNSUPPORTED, f"product_for: {type(parsed).__name__} is not served yet")
+
+def _hls_segment(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
+                 context: DeliveryContext) -> Product:
+    file, aes_key = parsed.file, context.hls_key
+    selection = opened.media_set.resolve(file.spec)
+    if file.container == "ts" and aes_key is not None:
+        # IV = media sequence number: the playlist starts at EXT-X-MEDIA-SEQUENCE:1
+        clear = TsMuxer(selection.tracks).build
+        mux, content_type = (lambda segment: encrypt_segment(aes_key, segment.index + 1, clear(segment))), TS_TYPE
+    elif aes_key is not None:
+        raise PackagerError(ErrorCode.NOT_FOUND, "product_for: encrypted HLS is served as MPEG-TS only")
+    elif file.container == "ts":
+        mux, content_type = TsMuxer(selection.tracks).build, TS_TYPE
+    else:
+        # presentation times exactly as in TS (minus TS_PTS_OFFSET): tfdt = dts, signed composition offsets
+        mux, content_type = Fmp4Muxer(selection.tracks).build, _fmp4_type(selection)
+    cache_key = ("hls", "seg", file.index, selection.spec.suffix(), file.container, *_aes(context))
+    return _segment(packaging, opened, cache_key, selection, file.index, mux, content_type)
+
+
+def _init(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
+          context: DeliveryContext) -> Product:
+    selection = opened.media_set.resolve(parsed.file.spec)
+    # identical for HLS and DASH: one cache entry
+    build = partial(build_init_segment, selection.tracks)
+    return Product(("init", selection.spec.suffix()), build, _fmp4_type(selection), packaging.settings.segment_max_age)
+
+
+def _dash_fragment(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
+                   context: DeliveryContext) -> Product:
+    selection = opened.media_set.resolve(parsed.file.spec)
+    if len(selection.tracks) != 1:
+        raise PackagerError(ErrorCode.BAD_REQUEST, "product_for: a DASH fragment carries one track (-vN or -aN)")
+    # DASH timelines cannot be negative: AAC priming moves into presentationTimeOffset (declared in the MPD)
+    mux = Fmp4Muxer(selection.tracks, non_negative=True).build
+    cache_key = ("dash", "frag", parsed.file.index, selection.spec.suffix())
+    return _segment(packaging, opened, cache_key, selection, parsed.file.index, mux, _fmp4_type(selection))
+
+
+def _mss_fragment(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
+                  context: DeliveryContext) -> Product:
+    file = parsed.file
+    selection, index = locate_fragment(opened.media_set, file.stream, file.bitrate, file.start)
+    # moof (with tfxd) + mdat, no styp: Smooth clients build the init segment from the manifest
+    mux = Fmp4Muxer(selection.tracks, styp=False, tfxd=True).build
+    cache_key = ("mss", "frag", index, selection.spec.suffix())
+    return _segment(packaging, opened, cache_key, selection, index, mux, _fmp4_type(selection))
+
+
+def _hds_fragment(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
+                  context: DeliveryContext) -> Product:
+    selection = opened.media_set.resolve(parsed.file.spec)
+    mux = fragment_muxer(opened.media_set, selection).build  # one timeline for every rendition of the set
+    cache_key = ("hds", "frag", parsed.file.index, selection.spec.suffix())
+    return _segment(packaging, opened, cache_key, selection, parsed.file.index, mux, FRAGMENT_CONTENT_TYPE)
+
+
+BUILDERS: dict[tuple[str, str], Builder] = {
+    ("hls", "key"): _hls_key,
+    ("hls", "manifest"): _hls_master,
+    ("hls", "playlist"): _hls_playlist,
+    ("hls", "segment"): _hls_segment,
+    ("hls", "init"): _init,
+    ("dash", "manifest"): _manifest("dash", dash.build_mpd, dash.MPD_CONTENT_TYPE),
+    ("dash", "init"): _init,
+    ("dash", "segment"): _dash_fragment,
+    ("mss", "manifest"): _manifest("mss", build_smooth_manifest, MSS_MANIFEST_TYPE),
+    ("mss", "segment"): _mss_fragment,
+    ("hds", "manifest"): _manifest("hds", build_f4m, MANIFEST_CONTENT_TYPE),
+    ("hds", "segment"): _hds_fragment,
+}
+
+
+def product_for(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging, context: DeliveryContext) -> Product:
+    builder = BUILDERS.get((parsed.protocol, parsed.file.kind))
+    if builder is None:
+        raise PackagerError(ErrorCode.UNSUPPORTED,
+                            f"product_for: {parsed.protocol} {parsed.file.kind} is not served yet")
+    return builder(parsed, opened, packaging, context)

@@ -17,6 +17,9 @@ The grammar is nginx-vod-module's, so players keep their URLs when switching:
     /s/<entry>/<token>/<any of the above media URLs>   signed access to a secured entry's media: the token sits in
                                                   the path, so relative URIs in manifests inherit it
 
+The file names are each protocol's own (``packagers/<protocol>/names.py``, which the manifest writers use too); this
+module finds the protocol and the media target and asks that grammar what the name says.
+
 Paths are split and percent-decoded segment by segment in gateway/origin/paths.py (``split_path``), which refuses
 any segment a filesystem would interpret.
 """
@@ -24,114 +27,80 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
+from packagers.dash import names as dash_names
 from packagers.errors import bad_request, not_found
-from packagers.naming import TrackSpec
+from packagers.hds import names as hds_names
+from packagers.hls import names as hls_names
+from packagers.mss import names as mss_names
+from packagers.mss.names import SmoothFile
+from packagers.naming import MediaFile
 
 from ..origin.paths import MediaTarget, check_name, split_path
 
 URL_SET_EXTENSION = ".urlset"
-_SEGMENT_FILE = re.compile(r"seg-([0-9]+)(.*)\.(ts|m4s)")
-_INDEX_FILE = re.compile(r"index(.*)\.m3u8")
-_INIT_FILE = re.compile(r"init(.*)\.mp4")
-_DASH_FRAGMENT = re.compile(r"fragment-([0-9]+)(.*)\.m4s")
-_HDS_FRAGMENT = re.compile(r"frag(.*)-Seg1-Frag([0-9]+)")
-_MSS_QUALITY = re.compile(r"QualityLevels\(([0-9]{1,10})\)")
-_MSS_FRAGMENT = re.compile(r"Fragments\(([A-Za-z0-9_]{1,32})=([0-9]{1,20})\)")
-_MAX_SEGMENT_DIGITS = 10
+# the metrics ``type`` label of each kind of file a protocol names (docs/metrics.md): playlists count as manifests
+METRICS_TYPE = {"manifest": "manifest", "playlist": "manifest", "segment": "segment", "init": "init", "key": "key"}
 
 
 @dataclass(frozen=True)
-class HlsMaster:
+class PackagedRequest:
+    """A file the gateway packages: which protocol, which store files, and what the protocol's file name says."""
+
+    protocol: str  # hls | dash | mss | hds: also the delivery type a partner enables or disables
     target: MediaTarget
+    file: MediaFile | SmoothFile
+    is_download: ClassVar[bool] = False
 
+    @property
+    def delivery_type(self) -> str:
+        return self.protocol
 
-@dataclass(frozen=True)
-class HlsMediaPlaylist:
-    target: MediaTarget
-    spec: TrackSpec
+    @property
+    def store_paths(self) -> tuple[str, ...]:
+        return self.target.paths
 
+    @property
+    def signed_name(self) -> str:
+        """The path a signed URL's token covers: the media target (file or url set), whatever the protocol."""
+        return self.target.name
 
-@dataclass(frozen=True)
-class HlsSegment:
-    target: MediaTarget
-    spec: TrackSpec
-    index: int  # 0-based; the URL says index + 1
-    container: str = "ts"  # ts (MPEG-TS) or fmp4 (.m4s)
-
-
-@dataclass(frozen=True)
-class HlsKey:
-    """The AES-128 key of an encrypted entry's HLS segments (served only under a valid signed URL)."""
-
-    target: MediaTarget
-
-
-@dataclass(frozen=True)
-class InitSegment:
-    """An fMP4 initialization segment (HLS EXT-X-MAP or DASH SegmentTemplate@initialization)."""
-
-    protocol: str  # hls | dash
-    target: MediaTarget
-    spec: TrackSpec
-
-
-@dataclass(frozen=True)
-class DashManifest:
-    target: MediaTarget
-
-
-@dataclass(frozen=True)
-class DashFragment:
-    target: MediaTarget
-    spec: TrackSpec
-    index: int
-
-
-@dataclass(frozen=True)
-class MssManifest:
-    target: MediaTarget
-
-
-@dataclass(frozen=True)
-class MssFragment:
-    """Smooth Streaming names fragments by stream, bitrate and start time, not by number: the packager maps them."""
-
-    target: MediaTarget
-    stream: str  # StreamIndex Name: video, audio, audio_fra...
-    bitrate: int
-    start: int  # in the stream's timescale
-
-
-@dataclass(frozen=True)
-class HdsManifest:
-    target: MediaTarget
-
-
-@dataclass(frozen=True)
-class HdsFragment:
-    target: MediaTarget
-    spec: TrackSpec
-    index: int
+    @property
+    def metrics_label(self) -> tuple[str, str]:
+        return self.protocol, METRICS_TYPE[self.file.kind]
 
 
 @dataclass(frozen=True)
 class Mp4Download:
+    """The file itself (progressive download): answered from a fresh stat, with sendfile, never from the cache."""
+
     path: str
+    is_download: ClassVar[bool] = True
+    delivery_type: ClassVar[str] = "http"
+    metrics_label: ClassVar[tuple[str, str]] = ("mp4", "mp4")
+
+    @property
+    def store_paths(self) -> tuple[str, ...]:
+        return (self.path,)
+
+    @property
+    def signed_name(self) -> str:
+        return self.path
 
 
 @dataclass(frozen=True)
 class StatusRequest:
-    pass
+    metrics_label: ClassVar[tuple[str, str]] = ("other", "other")
 
 
 @dataclass(frozen=True)
 class CrossDomainPolicy:
     """/crossdomain.xml: Flash-based HDS/MSS players fetch it before any cross-origin request."""
 
+    metrics_label: ClassVar[tuple[str, str]] = ("other", "other")
 
-HlsRequest = HlsMaster | HlsMediaPlaylist | HlsSegment | InitSegment | HlsKey
-PackagedRequest = HlsRequest | DashManifest | DashFragment | MssManifest | MssFragment | HdsManifest | HdsFragment
+
 @dataclass(frozen=True)
 class PlayManifest:
     """Kaltura's playManifest: the platform, not the player, picks the delivery type."""
@@ -142,6 +111,7 @@ class PlayManifest:
     flavor_ids: tuple[str, ...] = ()
     ks: str | None = None
     extension: str = ""
+    metrics_label: ClassVar[tuple[str, str]] = ("playmanifest", "other")
 
 
 MediaRequest = PackagedRequest | Mp4Download
@@ -155,15 +125,14 @@ class Signed:
     token: str
     request: MediaRequest
 
+    @property
+    def metrics_label(self) -> tuple[str, str]:
+        return self.request.metrics_label
+
 
 GatewayRequest = MediaRequest | StatusRequest | CrossDomainPolicy | PlayManifest | Signed
 _PLAY_MANIFEST_KEYS = {"entryId", "format", "flavorIds", "ks", "protocol", "deliveryProfileId", "uiConfId"}
 _ENTRY_ID = re.compile(r"[0-9]_[a-z0-9]{8}")
-
-
-def media_target_name(request: MediaRequest) -> str:
-    """The path a signed URL's token covers: the media target (file or url set), whatever the protocol."""
-    return request.path if isinstance(request, Mp4Download) else request.target.name
 
 
 def parse_path(raw_path: str, max_url_set_files: int = 32) -> GatewayRequest:
@@ -174,7 +143,7 @@ def parse_path(raw_path: str, max_url_set_files: int = 32) -> GatewayRequest:
         if len(rest) < 3 or not _ENTRY_ID.fullmatch(rest[0]):
             raise bad_request("parse_path: a signed URL is /s/<entry id>/<token>/<media URL>")
         inner = parse_path("/" + "/".join(rest[2:]), max_url_set_files)
-        if not isinstance(inner, (Mp4Download, *PackagedRequest.__args__)):
+        if not isinstance(inner, (Mp4Download, PackagedRequest)):
             raise bad_request("parse_path: only media URLs can be signed")
         return Signed(rest[0], rest[1], inner)
     if head == "p":
@@ -219,72 +188,31 @@ def parse_play_manifest(segments: list[str]) -> PlayManifest:
                         last.rpartition(".")[2] if "." in last else "")
 
 
-def parse_hls(segments: list[str], max_url_set_files: int = 32) -> HlsRequest:
+def parse_hls(segments: list[str], max_url_set_files: int = 32) -> PackagedRequest:
     """``segments`` are the decoded segments after ``/hls``: media path segments, then the HLS file name."""
     if len(segments) < 2:
         raise bad_request("parse_hls: expected /hls/<media path>/<file name>")
     target = _media_target(segments[:-1], max_url_set_files)
-    name = segments[-1]
-    if name == "master.m3u8":
-        return HlsMaster(target)
-    if name == "encryption.key":
-        return HlsKey(target)
-    if m := _INDEX_FILE.fullmatch(name):
-        return HlsMediaPlaylist(target, TrackSpec.parse(m.group(1)))
-    if m := _SEGMENT_FILE.fullmatch(name):
-        container = "ts" if m.group(3) == "ts" else "fmp4"
-        return HlsSegment(target, TrackSpec.parse(m.group(2)), _segment_index(m.group(1)), container)
-    if m := _INIT_FILE.fullmatch(name):
-        return InitSegment("hls", target, TrackSpec.parse(m.group(1)))
-    raise bad_request(
-        "parse_hls: unknown HLS file name (master.m3u8, index<tracks>.m3u8, seg-<n><tracks>.ts|.m4s, init<tracks>.mp4)"
-    )
+    return PackagedRequest("hls", target, hls_names.parse_name(segments[-1]))
 
 
 def parse_dash(segments: list[str], max_url_set_files: int = 32) -> PackagedRequest:
     if len(segments) < 2:
         raise bad_request("parse_dash: expected /dash/<media path>/<file name>")
     target = _media_target(segments[:-1], max_url_set_files)
-    name = segments[-1]
-    if name == "manifest.mpd":
-        return DashManifest(target)
-    if m := _INIT_FILE.fullmatch(name):
-        return InitSegment("dash", target, TrackSpec.parse(m.group(1)))
-    if m := _DASH_FRAGMENT.fullmatch(name):
-        return DashFragment(target, TrackSpec.parse(m.group(2)), _segment_index(m.group(1)))
-    raise bad_request("parse_dash: unknown DASH file name (manifest.mpd, init<tracks>.mp4, fragment-<n><tracks>.m4s)")
+    return PackagedRequest("dash", target, dash_names.parse_name(segments[-1]))
 
 
 def parse_mss(segments: list[str], max_url_set_files: int = 32) -> PackagedRequest:
-    if len(segments) >= 2 and segments[-1] in ("manifest", "Manifest"):
-        return MssManifest(_media_target(segments[:-1], max_url_set_files))
-    if len(segments) >= 3:
-        quality, fragment = _MSS_QUALITY.fullmatch(segments[-2]), _MSS_FRAGMENT.fullmatch(segments[-1])
-        if quality and fragment:
-            target = _media_target(segments[:-2], max_url_set_files)
-            return MssFragment(target, fragment.group(1), int(quality.group(1)), int(fragment.group(2)))
-    raise bad_request("parse_mss: expected /mss/<media path>/manifest or .../QualityLevels(<bitrate>)/Fragments(<stream>=<t>)")
+    file = mss_names.parse_name(segments)
+    return PackagedRequest("mss", _media_target(segments[:-file.path_segments], max_url_set_files), file)
 
 
 def parse_hds(segments: list[str], max_url_set_files: int = 32) -> PackagedRequest:
     if len(segments) < 2:
         raise bad_request("parse_hds: expected /hds/<media path>/<file name>")
     target = _media_target(segments[:-1], max_url_set_files)
-    name = segments[-1]
-    if name == "manifest.f4m":
-        return HdsManifest(target)
-    if m := _HDS_FRAGMENT.fullmatch(name):
-        return HdsFragment(target, TrackSpec.parse(m.group(1)), _segment_index(m.group(2)))
-    raise bad_request("parse_hds: unknown HDS file name (manifest.f4m or frag<tracks>-Seg1-Frag<n>)")
-
-
-def _segment_index(digits: str) -> int:
-    """0-based index from the URL's 1-based number, in canonical form only (no zero, no leading zeros)."""
-    if digits.startswith("0"):
-        raise bad_request("parse_path: segment numbers start at 1 and have no leading zeros")
-    if len(digits) > _MAX_SEGMENT_DIGITS:
-        raise bad_request(f"parse_path: segment number longer than {_MAX_SEGMENT_DIGITS} digits")
-    return int(digits) - 1
+    return PackagedRequest("hds", target, hds_names.parse_name(segments[-1]))
 
 
 def _media_target(segments: list[str], max_url_set_files: int) -> MediaTarget:

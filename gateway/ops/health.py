@@ -84,7 +84,7 @@ def _retrieve(future: asyncio.Future) -> None:
 
 
 READINESS = web.AppKey("readiness", Readiness)
-WORKER_INDEX = web.AppKey("worker_index", int)  # set by gateway.runtime.serve in each worker process
+WORKER_INDEX = web.AppKey("worker_index", int)  # make_app's worker_index (0 unless `gateway serve` says)
 
 
 def _headers() -> dict[str, str]:

@@ -11,8 +11,8 @@ What is measured, and why it is measured where it is:
   cache_lookup (response cache), parse (moov), plan (segment plans of a media set, then a segment's sample ranges
   and reads), read (coalesced preads), mux (segment muxer) and manifest (playlist/MPD writers). The timings are taken
   with ``time.perf_counter_ns`` around the existing calls in gateway/ (packagers/ stays pure) and reach us through
-  ``Packaging.observe_stage`` and ``SingleFlightLRU.on_lookup``: plain callables, so that bench and unit tests can run
-  the packaging path without prometheus.
+  ``GatewayMetrics.observe_stage``, the plain callable the worker (or ``make_app``) gives ``Caches`` and ``Packaging``
+  when it builds them, so that bench and unit tests can run the packaging path without prometheus.
 - Aborted responses: ``gateway_responses_aborted_total{protocol, reason}``, counted where the response gives up
   (gateway/http/download.py closes a download whose file shrank or changed; gateway/http/packaged.py refuses a
   segment whose reads came back short), since the status line cannot tell.
@@ -37,7 +37,9 @@ import os
 import time
 import weakref
 from collections import deque
-from typing import AsyncIterator
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable
 
 from aiohttp import web
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, gc_collector, platform_collector,
@@ -45,13 +47,10 @@ from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, gc_
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from packagers.errors import PackagerError
-
 from .. import __version__
-from ..http.connections import CONNECTIONS
-from ..origin.packaging import PACKAGING
-from ..ingest.service import INGEST
-from ..origin.paths import split_path
+from ..origin.cache import Caches
+from .labels import request_label
+from .live_viewers import LiveViewers, client_id
 
 log = logging.getLogger("gateway.metrics")
 
@@ -60,105 +59,9 @@ STAGES = ("cache_lookup", "parse", "plan", "read", "mux", "manifest")
 REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STAGE_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 REFRESH_SECONDS = 1.0  # how often gauges (cache sizes, live viewers) are republished for scrapes by other workers
-VIEWER_WINDOW_SECONDS = 30.0
 RECENT_ERRORS = 50
 # when the request reached the app (perf_counter_ns); RequestKey since aiohttp 3.13, a plain string before
 _START = web.RequestKey("metrics_start_ns", int) if hasattr(web, "RequestKey") else "gateway.ops.metrics.start_ns"
-_MEDIA_PROTOCOLS = frozenset(("hls", "dash", "mss", "hds", "mp4", "live"))
-
-
-# --- request classification: bounded label values from the raw path ---------------------------------------------
-
-def classify(raw_path: str) -> tuple[str, str]:
-    """(protocol, type) of a request path: protocol in hls|dash|mss|hds|mp4|live|playmanifest|other, type in
-    manifest|segment|init|key|mp4|other. String tests on the file name only (no parsing, no errors): every path,
-    malformed ones included, gets a label, and a label never holds anything the client chose."""
-    parts = raw_path.split("?", 1)[0].split("/")[1:]
-    if len(parts) >= 4 and parts[0] == "s":
-        parts = parts[3:]  # /s/<entry>/<token>/<media URL>
-    head, name = (parts[0], parts[-1]) if parts else ("", "")
-    if head == "p":
-        return "playmanifest", "other"
-    if head not in _MEDIA_PROTOCOLS or len(parts) < 2:
-        return "other", "other"
-    if head == "mp4":
-        return "mp4", "mp4"
-    return head, _file_type(head, name)
-
-
-def _file_type(protocol: str, name: str) -> str:
-    if name.endswith((".m3u8", ".mpd", ".f4m")) or (protocol == "mss" and name in ("manifest", "Manifest")):
-        return "manifest"
-    if name.endswith(".mp4") and (name.startswith("init") or name.endswith("-init.mp4")):  # VOD, live
-        return "init"
-    if name.endswith(".key"):
-        return "key"
-    if name.endswith((".ts", ".m4s", ".aac")) or name.startswith("Fragments(") or "-Frag" in name:
-        return "segment"
-    return "other"
-
-
-def client_id(request: web.BaseRequest) -> str:
-    """Who is watching, for the HTTP viewer approximation: the first X-Forwarded-For hop (behind the load balancer)
-    or the peer address, plus the user agent (several players behind one NAT count once per browser kind)."""
-    forwarded = request.headers.get("X-Forwarded-For", "").split(",")[0].strip()
-    return f"{forwarded or request.remote or '?'}|{request.headers.get('User-Agent', '')[:200]}"
-
-
-# --- HTTP live viewers ---------------------------------------------------------------------------------------------
-
-class LiveViewers:
-    """Distinct clients per live stream (and per quality) that fetched a playlist/MPD in the last ``window`` seconds.
-
-    HTTP players poll live playlists every target duration, so a client that stopped polling for 30 s has left.
-    Qualities: the live packager (rtmp/live) repackages the published stream as it is, so its media playlist
-    (``index.m3u8``) and its MPD are quality ``source``, like RTMP players; another media playlist name (renditions,
-    if they ever exist) is its own quality. A master playlist counts for the stream only (its player then polls a
-    media playlist). Per worker: with several workers a client whose requests land on two workers within the window
-    counts twice (documented in docs/metrics.md).
-    """
-
-    def __init__(self, window: float = VIEWER_WINDOW_SECONDS, max_clients: int = 100_000):
-        self.window = window
-        self.max_clients = max_clients
-        self._seen: dict[tuple[str, str, str], dict[str, float]] = {}  # (stream, protocol, quality) → client → time
-
-    def saw(self, raw_path: str, client: str, now: float | None = None) -> None:
-        try:
-            parts = split_path(raw_path.split("?", 1)[0])
-        except PackagerError:  # a malformed path was answered 4xx anyway
-            return
-        if len(parts) != 4 or parts[0] != "live":
-            return
-        name = parts[3]
-        if name.endswith(".m3u8"):
-            stem = name[: -len(".m3u8")]
-            protocol, quality = "hls", ("" if stem == "master" else "source" if stem == "index" else stem)
-        elif name.endswith(".mpd"):
-            protocol, quality = "dash", "source"
-        else:
-            return
-        clients = self._seen.setdefault((f"{parts[1]}/{parts[2]}", protocol, quality), {})
-        if client in clients or len(clients) < self.max_clients:
-            clients[client] = time.monotonic() if now is None else now
-
-    def counts(self, now: float | None = None) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
-        """({(stream, protocol): viewers}, {(stream, quality): viewers}), forgetting clients older than the window."""
-        horizon = (time.monotonic() if now is None else now) - self.window
-        by_stream: dict[tuple[str, str], set[str]] = {}
-        by_quality: dict[tuple[str, str], set[str]] = {}
-        for key in list(self._seen):
-            clients = self._seen[key]
-            for client in [c for c, t in clients.items() if t < horizon]:
-                del clients[client]
-            if not clients:
-                del self._seen[key]
-                continue
-            stream, protocol, quality = key
-            by_stream.setdefault((stream, protocol), set()).update(clients)
-            if quality:
-                by_quality.setdefault((stream, quality), set()).update(clients)
-        return {k: len(v) for k, v in by_stream.items()}, {k: len(v) for k, v in by_quality.items()}
 
 
 # --- the metrics of one process ------------------------------------------------------------------------------------
@@ -231,7 +134,7 @@ class GatewayMetrics:
         self.recent_errors: deque[dict] = deque(maxlen=RECENT_ERRORS)
 
     def observe_stage(self, stage: str, elapsed_ns: int) -> None:
-        """``Packaging.observe_stage``: thread-safe (called from the I/O executor)."""
+        """The stage observer of ``Caches`` and ``Packaging``: thread-safe (called from the I/O executor)."""
         self._stages[stage].observe(elapsed_ns / 1e9)
 
     # -- responses
@@ -244,7 +147,7 @@ class GatewayMetrics:
         return child
 
     def record_response(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
-        protocol, kind = classify(request.rel_url.raw_path)
+        protocol, kind = request_label(request)
         status = response.status
         self._child(self.requests, protocol, kind, str(status)).inc()
         started = request.get(_START)
@@ -261,19 +164,19 @@ class GatewayMetrics:
 
     def record_abort(self, request: web.BaseRequest, reason: str) -> None:
         """A response given up because of its file: a download closed mid-body, a segment refused with 503."""
-        self._child(self.aborted, classify(request.rel_url.raw_path)[0], reason).inc()
+        self._child(self.aborted, request_label(request)[0], reason).inc()
 
     # -- pulled values: cache counters, gauges
 
-    def sync_caches(self, packaging) -> None:
+    def sync_caches(self, caches: Caches) -> None:
         """Copy what gateway/origin/cache.py counted since the last call (cheap: a few integer comparisons).
 
-        What was copied is remembered per ``CacheCounters`` object, not per app: a reload that hands the running
-        caches to the next app generation (gateway/runtime/serve.py ``carry_caches``) continues from there, and a fresh
+        What was copied is remembered per ``CacheCounters`` object, not per app: when a reload hands the worker's
+        caches to the next app generation (gateway/runtime/serve.py) the counts continue from there, and a fresh
         cache starts from zero."""
-        self._mirror(packaging.responses.counters, self.cache_counters)
-        for cache_name, cache in (("presentation", packaging.metadata.presentations),
-                                  ("media_set", packaging.metadata.media_sets)):
+        self._mirror(caches.responses.counters, self.cache_counters)
+        for cache_name, cache in (("presentation", caches.metadata.presentations),
+                                  ("media_set", caches.metadata.media_sets)):
             self._mirror(cache.counters, self._metadata_children[cache_name])
 
     def sync_connections(self, tracker) -> None:
@@ -297,11 +200,11 @@ class GatewayMetrics:
         for key in [k for k, (ref, _) in self._baselines.items() if ref() is None]:
             del self._baselines[key]
 
-    def refresh(self, packaging, ingest_stats: dict | None) -> None:
+    def refresh(self, caches: Caches, ingest_stats: dict | None) -> None:
         """Republish every gauge of this process (timer and scrape)."""
         self._forget_dead_caches()
-        self.sync_caches(packaging)
-        cache = packaging.responses
+        self.sync_caches(caches)
+        cache = caches.responses
         self.cache_bytes.set(cache.weight)
         self.cache_entries.set(len(cache))
         self.cache_capacity.set(cache.capacity)
@@ -365,7 +268,26 @@ def _error_entry(request: web.BaseRequest, response: web.StreamResponse) -> dict
 
 # --- aiohttp wiring ------------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class MetricsSources:
+    """What the metrics of one app read besides the requests, handed over by the app factory (gateway/http/app.py
+    ``make_app``), so that nothing here looks into the app keys of the layers above."""
+
+    caches: Caches  # the worker's caches: their counters and sizes
+    executor: Executor  # runs the exposition, which is blocking (multiprocess mode reads every worker's files)
+    connections: object | None = None  # the worker's ConnectionTracker (`gateway serve`): `.open`, `.counters`
+    ingest_stats: Callable[[], dict] | None = None  # ``Ingest.stats`` when the RTMP ingest runs in this process
+
+    def ingest(self) -> dict | None:
+        return self.ingest_stats() if self.ingest_stats is not None else None
+
+    def refresh(self, metrics: GatewayMetrics) -> None:
+        metrics.refresh(self.caches, self.ingest())
+        metrics.sync_connections(self.connections)
+
+
 PROMETHEUS = web.AppKey("prometheus", GatewayMetrics)
+METRICS_SOURCES = web.AppKey("metrics_sources", MetricsSources)
 
 
 @web.middleware
@@ -377,21 +299,21 @@ async def metrics_middleware(request: web.Request, handler) -> web.StreamRespons
 
 async def record_response(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare hook: every response the app sends, errors included."""
-    metrics = request.app.get(PROMETHEUS)
-    if metrics is not None:
-        metrics.record_response(request, response)
-        metrics.sync_caches(request.app[PACKAGING])
+    metrics = request.app[PROMETHEUS]
+    metrics.record_response(request, response)
+    metrics.sync_caches(request.app[METRICS_SOURCES].caches)
 
 
 def ingest_stats(app: web.Application) -> dict | None:
     """The RTMP server's stats (``Ingest.stats()``) when ingest runs in this process, else None."""
-    running = app.get(INGEST)
-    return running.stats() if running is not None else None
+    return app[METRICS_SOURCES].ingest()
 
 
 # Multiprocess mode keeps one set of metric objects per process: prometheus-client stores their values in per-process
 # files keyed by name and labels, so two objects of one name in a process (two app generations during a reload)
-# would overwrite each other's counts. A global, because the storage it mirrors is per process too.
+# would overwrite each other's counts. A `gateway serve` worker asks once and hands the result to every generation;
+# this guard remains for apps that make_app builds on its own in a process that has the variable set (embedders).
+# A global, because the storage it mirrors is per process too.
 _PROCESS_METRICS: dict[tuple[int, str], GatewayMetrics] = {}
 
 
@@ -407,18 +329,13 @@ def metrics_for_this_process() -> GatewayMetrics:
 
 
 async def metrics_state(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx (after the packaging state): create the metrics, hook the stage timers, republish gauges."""
-    metrics = metrics_for_this_process()
-    packaging = app[PACKAGING]
-    packaging.observe_stage = metrics.observe_stage
-    packaging.responses.on_lookup = lambda ns: metrics.observe_stage("cache_lookup", ns)
-    app[PROMETHEUS] = metrics
+    """cleanup_ctx: republish the gauges every REFRESH_SECONDS while the app runs."""
+    metrics, sources = app[PROMETHEUS], app[METRICS_SOURCES]
 
     async def refresh_forever() -> None:
         while True:
             try:
-                metrics.refresh(packaging, ingest_stats(app))
-                metrics.sync_connections(app.get(CONNECTIONS))
+                sources.refresh(metrics)
             except Exception:
                 log.exception("metrics: refreshing the gauges failed")
             await asyncio.sleep(REFRESH_SECONDS)
@@ -431,8 +348,8 @@ async def metrics_state(app: web.Application) -> AsyncIterator[None]:
 
 
 async def serve_metrics(request: web.Request) -> web.Response:
-    metrics, packaging = request.app[PROMETHEUS], request.app[PACKAGING]
-    metrics.refresh(packaging, ingest_stats(request.app))
-    metrics.sync_connections(request.app.get(CONNECTIONS))
-    body, content_type = await packaging.run(metrics.exposition, request.headers.get("Accept"))
+    metrics, sources = request.app[PROMETHEUS], request.app[METRICS_SOURCES]
+    sources.refresh(metrics)
+    body, content_type = await asyncio.get_running_loop().run_in_executor(sources.executor, metrics.exposition,
+                                                                          request.headers.get("Accept"))
     return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})

@@ -4,10 +4,15 @@ A popular segment that just fell out of every cache is requested by thousands of
 single-flight each would parse, read and mux it again. The build runs as its own task, so a client that disconnects
 does not cancel the work the others are waiting for. A failed build reaches every waiter and is not cached: the next
 request tries again (the file may have been fixed).
+
+``Caches`` groups the three caches a worker keeps (packaged responses, parsed metadata, file identities): a worker
+builds them once and hands them to each app generation it starts, so a reload whose cache settings are unchanged
+starts warm (gateway/runtime/serve.py).
 """
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -15,6 +20,9 @@ from typing import Awaitable, Callable, Generic, Hashable, TypeVar
 
 from packagers.media_set import MediaSet
 from packagers.model import Presentation, Track
+
+from ..settings import Settings
+from .store import FileIdentity
 
 V = TypeVar("V")
 
@@ -34,7 +42,8 @@ class SingleFlightLRU(Generic[V]):
     """LRU bounded by total weight (``weigh(value)``, taken once at insertion) and optionally by entries; capacity 0
     disables storage and single-flight entirely."""
 
-    def __init__(self, capacity: int, weigh: Callable[[V], int], max_entries: int | None = None):
+    def __init__(self, capacity: int, weigh: Callable[[V], int], max_entries: int | None = None,
+                 on_lookup: Callable[[int], None] | None = None):
         self.capacity = capacity
         self.weigh = weigh
         self.max_entries = max_entries  # a second bound, on the number of entries (None: weight only)
@@ -42,7 +51,7 @@ class SingleFlightLRU(Generic[V]):
         self.weight = 0
         self._entries: OrderedDict[Hashable, tuple[V, int]] = OrderedDict()
         self._inflight: dict[Hashable, asyncio.Task] = {}
-        self.on_lookup: Callable[[int], None] = _ignore  # ns of each lookup, build excluded (gateway/ops/metrics.py)
+        self._on_lookup = on_lookup or _ignore  # told the ns of each lookup, build excluded (the stage timings)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -60,7 +69,7 @@ class SingleFlightLRU(Generic[V]):
         if entry is not None:
             self._entries.move_to_end(key)
             self.counters.hits += 1
-            self.on_lookup(time.perf_counter_ns() - started)
+            self._on_lookup(time.perf_counter_ns() - started)
             return entry[0]
         task = self._inflight.get(key)
         if task is None:
@@ -70,7 +79,7 @@ class SingleFlightLRU(Generic[V]):
             self._inflight[key] = task
         else:
             self.counters.coalesced += 1
-        self.on_lookup(time.perf_counter_ns() - started)
+        self._on_lookup(time.perf_counter_ns() - started)
         return await asyncio.shield(task)
 
     async def _build_and_store(self, key: Hashable, build: Callable[[], Awaitable[V]]) -> V:
@@ -123,8 +132,8 @@ def _retrieve_exception(task: asyncio.Task) -> None:
 class ByteLRU(SingleFlightLRU[bytes]):
     """Packaged responses (segments, playlists) bounded in bytes."""
 
-    def __init__(self, capacity_bytes: int):
-        super().__init__(capacity_bytes, len)
+    def __init__(self, capacity_bytes: int, on_lookup: Callable[[int], None] | None = None):
+        super().__init__(capacity_bytes, len, on_lookup=on_lookup)
 
 
 class MetadataCache:
@@ -155,6 +164,71 @@ class MetadataCache:
 
     def stats(self) -> dict:
         return {"presentations": self.presentations.stats(), "media_sets": self.media_sets.stats()}
+
+
+class StatCache:
+    """File identities seen in the last ``ttl`` seconds, so that cache hits skip the thread hop of a stat.
+
+    A replaced file is noticed at most ``ttl`` later (nginx's ``open_file_cache_valid`` plays the same role).
+    Only successful stats are kept: a file that appears is served at once.
+    """
+
+    def __init__(self, ttl: float, max_entries: int = 10_000):
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[float, FileIdentity]] = OrderedDict()
+
+    def get(self, paths: tuple[str, ...]) -> tuple[FileIdentity, ...] | None:
+        now = time.monotonic()
+        found = []
+        for path in paths:
+            entry = self._entries.get(path)
+            if entry is None or entry[0] < now:
+                return None
+            found.append(entry[1])
+        return tuple(found)
+
+    def forget(self, path: str) -> None:
+        self._entries.pop(path, None)
+
+    def put(self, files: tuple[FileIdentity, ...]) -> None:
+        if self.ttl <= 0:
+            return
+        expires = time.monotonic() + self.ttl
+        for file in files:
+            self._entries.pop(file.path, None)
+            self._entries[file.path] = (expires, file)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+
+class Caches:
+    """The response cache, the metadata cache and the stat cache of one worker, bounded by ``settings``.
+
+    ``observe_stage(stage, ns)`` is told the time of every response-cache lookup as stage ``cache_lookup`` (the
+    worker's metrics, so caches carried across a reload keep reporting into the same metrics); hits and misses are
+    the caches' own counters.
+    """
+
+    def __init__(self, settings: Settings, observe_stage: Callable[[str, int], None] | None = None):
+        self.bounds = cache_bounds(settings)
+        on_lookup = None if observe_stage is None else functools.partial(observe_stage, "cache_lookup")
+        self.responses = ByteLRU(settings.segment_cache_bytes, on_lookup=on_lookup)
+        self.metadata = MetadataCache(settings.metadata_cache_entries, settings.media_set_cache_entries,
+                                      settings.metadata_cache_bytes)
+        self.stats = StatCache(settings.stat_cache_seconds)
+
+    def fits(self, settings: Settings) -> bool:
+        """Whether these caches can serve an app with ``settings``: the same store and the same bounds. Cache keys
+        hold the file identities and every setting that changes the bytes (segment duration, container,
+        encryption), so entries stay valid across a reload; max-ages are applied per response, not cached."""
+        return cache_bounds(settings) == self.bounds
+
+
+def cache_bounds(settings: Settings) -> tuple:
+    """The settings that choose what the caches hold and how much."""
+    return (settings.store, settings.segment_cache_mb, settings.metadata_cache_entries,
+            settings.media_set_cache_entries, settings.metadata_cache_mb, settings.stat_cache_seconds)
 
 
 # Python objects around the arrays (Track, CodecConfig, SampleTable, array headers, dicts), measured with

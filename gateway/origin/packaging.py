@@ -10,7 +10,6 @@ import asyncio
 import hashlib
 import os
 import time
-from collections import OrderedDict
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Callable, Hashable, TypeVar
@@ -23,7 +22,7 @@ from packagers.model import Presentation
 from packagers.mp4 import read_presentation
 
 from .. import __version__
-from .cache import ByteLRU, MetadataCache
+from .cache import Caches
 from ..settings import Settings
 from .store import FileIdentity, Store
 from .paths import MediaTarget
@@ -56,53 +55,23 @@ class OpenedSet:
         return (self.media_set.segment_duration_ms, self.media_set.is_url_set)
 
 
-class StatCache:
-    """File identities seen in the last ``ttl`` seconds, so that cache hits skip the thread hop of a stat.
-
-    A replaced file is noticed at most ``ttl`` later (nginx's ``open_file_cache_valid`` plays the same role).
-    Only successful stats are kept: a file that appears is served at once.
-    """
-
-    def __init__(self, ttl: float, max_entries: int = 10_000):
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self._entries: OrderedDict[str, tuple[float, FileIdentity]] = OrderedDict()
-
-    def get(self, paths: tuple[str, ...]) -> tuple[FileIdentity, ...] | None:
-        now = time.monotonic()
-        found = []
-        for path in paths:
-            entry = self._entries.get(path)
-            if entry is None or entry[0] < now:
-                return None
-            found.append(entry[1])
-        return tuple(found)
-
-    def forget(self, path: str) -> None:
-        self._entries.pop(path, None)
-
-    def put(self, files: tuple[FileIdentity, ...]) -> None:
-        if self.ttl <= 0:
-            return
-        expires = time.monotonic() + self.ttl
-        for file in files:
-            self._entries.pop(file.path, None)
-            self._entries[file.path] = (expires, file)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-
-
 class Packaging:
-    def __init__(self, settings: Settings, executor: Executor):
+    """One app's path from store files to packaged bytes: its ``executor`` runs the blocking steps, ``caches`` (the
+    worker's, possibly shared with the previous app generation) hold what was built, and ``observe_stage(stage, ns)``
+    is told the time of each parse, plan, read, mux and manifest build (the metrics; bench and unit tests pass
+    nothing)."""
+
+    def __init__(self, settings: Settings, executor: Executor, caches: Caches,
+                 observe_stage: Callable[[str, int], None] | None = None):
         self.settings = settings
         self.executor = executor
         self.store = Store(settings.store)
         self.limits = limits_from(settings)
-        self.stats = StatCache(settings.stat_cache_seconds)
-        self.metadata = MetadataCache(settings.metadata_cache_entries, settings.media_set_cache_entries,
-                                      settings.metadata_cache_bytes)
-        self.responses = ByteLRU(settings.segment_cache_bytes)
-        self.observe_stage: Callable[[str, int], None] = ignore_stage  # (stage, ns): gateway/ops/metrics.py sets it
+        self.caches = caches
+        self.stats = caches.stats
+        self.metadata = caches.metadata
+        self.responses = caches.responses
+        self.observe_stage: Callable[[str, int], None] = observe_stage or ignore_stage
 
     async def run(self, fn: Callable[..., T], *args) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)

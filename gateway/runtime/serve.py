@@ -8,6 +8,8 @@ keep-alive connections are closed. The socket is never closed or re-registered, 
 queue is lost. (Giving each generation its own asyncio server on a ``dup`` of the socket, then closing the old one,
 reset or stranded tens of connections per hundred reloads under load: measured, and reproduced with bare asyncio.)
 A reload starts with the running caches when the store and the cache sizes did not change: it is not a cold start.
+The worker builds the parts that outlive a generation (caches, metrics, connection tracker) and hands them to
+``make_app``; nothing is assigned into an app or its caches after it is built.
 Every accepted connection is also wrapped and counted by the worker's ``ConnectionTracker`` (gateway/http/connections.py:
 header-read timeout, connection caps, rate-limited accept errors), which outlives the generations as the socket does.
 
@@ -33,7 +35,8 @@ from rtmp.config import RtmpConfig
 
 from ..ops.access_log import configure_access_log
 from .config_file import ServeConfig
-from ..http.connections import CONNECTIONS, ConnectionTracker, TrackedConnection
+from ..http.connections import ConnectionTracker, TrackedConnection
+from ..origin.cache import Caches
 from ..settings import Settings
 from .workers import Address, Supervisor
 
@@ -101,6 +104,7 @@ class Generation:
     config: ServeConfig
     app: object
     runner: object
+    caches: Caches  # the worker's caches this generation serves from (the next one keeps them if they fit)
 
 
 class Worker:
@@ -112,6 +116,7 @@ class Worker:
         self.ingest = None
         self.current: Generation | None = None
         self.connections: ConnectionTracker | None = None  # every generation's connections: caps, header timeout
+        self.metrics = None  # GatewayMetrics, one per process, shared by every generation (gateway/ops/metrics.py)
         self.server: asyncio.Server | None = None
         self.retiring: set[asyncio.Task] = set()  # old generations finishing their in-flight responses
         self.stop = asyncio.Event()
@@ -124,6 +129,8 @@ class Worker:
             loop.add_signal_handler(sig, self.stop.set)
         logging.getLogger().setLevel(self.config.log_level.upper())
         try:
+            from ..ops.metrics import metrics_for_this_process
+            self.metrics = metrics_for_this_process()
             self.connections = ConnectionTracker(self.config.settings, rtmp=self._runs_rtmp(self.config))
             self.connections.install(loop)  # accept errors: one log line a second at most
             self.sock = listen(self.address)
@@ -177,25 +184,24 @@ class Worker:
         from aiohttp import web
 
         from ..http.app import make_app
-        from ..ops.health import WORKER_INDEX
 
         settings = config.settings
-        app = make_app(settings, ingest=self.ingest)
-        app[WORKER_INDEX] = self.index
-        app[CONNECTIONS] = self.connections
-        app.middlewares.insert(0, self.connections.middleware)  # marks connections busy while a request runs
+        running = self.current.caches if self.current is not None else None
+        # a reload keeps the warm caches unless the store or the cache bounds changed
+        caches = running if running is not None and running.fits(settings) else \
+            Caches(settings, self.metrics.observe_stage)
+        app = make_app(settings, ingest=self.ingest, caches=caches, metrics=self.metrics,
+                       connections=self.connections, worker_index=self.index)
         access_log, access_log_class = configure_access_log(settings.access_log, settings.access_log_format)
         runner = web.AppRunner(app, access_log=access_log, access_log_class=access_log_class,
                                access_log_format=settings.access_log_format, shutdown_timeout=config.shutdown_grace,
                                keepalive_timeout=settings.keepalive_timeout)
         try:
-            await runner.setup()  # cleanup_ctx ran: the app's caches exist
-            if self.current is not None:
-                carry_caches(self.current, app)
+            await runner.setup()  # cleanup_ctx ran: the app's packaging and catalog exist
         except BaseException:
             await runner.cleanup()
             raise
-        return Generation(config, app, runner)
+        return Generation(config, app, runner, caches)
 
     async def reload(self, config: ServeConfig) -> None:
         async with self.lock:
@@ -247,33 +253,3 @@ async def retire(runner) -> None:
     """
     await asyncio.sleep(SETTLE_SECONDS)
     await runner.cleanup()
-
-
-def carry_caches(old: Generation, app) -> None:
-    """Give the new app the running caches when what shapes their contents and bounds is unchanged.
-
-    Cache keys hold the file identities and every setting that changes the bytes (segment duration, container,
-    encryption), so entries stay valid across a reload; max-ages are applied per response, not cached.
-    """
-    from ..origin.packaging import PACKAGING
-
-    before, after = old.app[PACKAGING], app[PACKAGING]
-    a, b = before.settings, after.settings
-    same = (a.store, a.segment_cache_mb, a.metadata_cache_entries, a.media_set_cache_entries, a.metadata_cache_mb,
-            a.stat_cache_seconds) \
-        == (b.store, b.segment_cache_mb, b.metadata_cache_entries, b.media_set_cache_entries, b.metadata_cache_mb,
-            b.stat_cache_seconds)
-    if not same:
-        return
-    caches = (("responses",), ("metadata", "presentations"), ("metadata", "media_sets"))
-    hooks = [getattr(_follow(after, path), "on_lookup", None) for path in caches]
-    after.responses, after.metadata, after.stats = before.responses, before.metadata, before.stats
-    for path, hook in zip(caches, hooks):
-        if hook is not None:  # hooks the new app set up (gateway/ops/metrics.py) follow the caches it now uses
-            _follow(after, path).on_lookup = hook
-
-
-def _follow(obj, path: tuple[str, ...]):
-    for name in path:
-        obj = getattr(obj, name)
-    return obj

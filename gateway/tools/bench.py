@@ -10,50 +10,14 @@ import asyncio
 import json
 import os
 import resource
-import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-MB = 1024 * 1024
-
-
-class Progress:
-    """A one-line progress bar on stderr (no dependency)."""
-
-    def __init__(self, total: int, label: str):
-        self.total, self.label, self.done, self.start = max(1, total), label, 0, time.perf_counter()
-        self.tty = sys.stderr.isatty()
-
-    def step(self, n: int = 1) -> None:
-        self.done += n
-        if self.tty or self.done == self.total:
-            width = 30
-            filled = int(width * self.done / self.total)
-            bar = "#" * filled + "-" * (width - filled)
-            end = "\n" if self.done >= self.total else "\r"
-            sys.stderr.write(f"  {self.label:<28} [{bar}] {self.done}/{self.total} {time.perf_counter() - self.start:6.1f}s{end}")
-            sys.stderr.flush()
-
-
-@dataclass
-class Report:
-    rows: list[tuple[str, str, str]] = field(default_factory=list)
-    data: dict = field(default_factory=dict)
-
-    def add(self, key: str, value: float, unit: str, note: str = "") -> None:
-        self.data[key] = value
-        self.rows.append((key, f"{value:,.2f} {unit}", note))
-
-    def render(self) -> str:
-        w0 = max(len(r[0]) for r in self.rows)
-        w1 = max(len(r[1]) for r in self.rows)
-        return "\n".join(f"{k:<{w0}}  {v:>{w1}}  {n}" for k, v, n in self.rows)
-
+from .measure import MB, Progress, Report, free_port, http_load
 
 def measure_memcpy(size: int = 64 * MB, rounds: int = 8) -> float:
     """Best-of memcpy MB/s (numpy copyto is a plain memcpy for contiguous arrays)."""
@@ -142,38 +106,9 @@ def measure_segment_build(path: Path, segment_ms: int, container: str, limit: in
         os.close(fd)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def _hammer(url: str, seconds: float, concurrency: int) -> tuple[int, int, float]:
-    import aiohttp
-
-    done = 0
-    nbytes = 0
-    deadline = time.perf_counter() + seconds
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        async def worker() -> None:
-            nonlocal done, nbytes
-            while time.perf_counter() < deadline:
-                async with session.get(url) as r:
-                    body = await r.read()
-                    if r.status != 200:
-                        raise RuntimeError(f"bench: {url} answered {r.status}")
-                    nbytes += len(body)
-                    done += 1
-
-        t = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return done, nbytes, time.perf_counter() - t
-
-
 def measure_http(store: Path, file_name: str, seconds: float) -> dict:
     """Cached segment and index playlist rates from a real `gateway serve` subprocess on loopback."""
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "gateway", "serve", "--store", str(store), "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -189,7 +124,7 @@ def measure_http(store: Path, file_name: str, seconds: float) -> dict:
         seg = urllib.request.urlopen(f"{base}/seg-2-v1-a1.ts", timeout=30).read()  # warms the cache
         results = {"segment_bytes": len(seg)}
         for key, url in (("segment", f"{base}/seg-2-v1-a1.ts"), ("playlist", f"{base}/index-v1-a1.m3u8")):
-            n, nbytes, dt = asyncio.run(_hammer(url, seconds, 16))
+            n, nbytes, dt = asyncio.run(http_load(url, seconds, 16))
             results[key] = (n / dt, nbytes / MB / dt)
         return results
     finally:

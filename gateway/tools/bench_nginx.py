@@ -21,7 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .bench import MB, Report, _free_port, _hammer
+from .measure import MB, Report, free_port, http_load
 from .nginx_config import NginxConfig, render
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -55,7 +55,7 @@ def load(url: str, seconds: float, connections: int, client: str) -> float:
         if out.returncode != 0 or errors or not _WRK_RPS.search(out.stdout):
             raise RuntimeError(f"bench nginx: wrk on {url} failed:\n{out.stdout}{out.stderr}")
         return float(_WRK_RPS.search(out.stdout).group(1))
-    n, _, dt = asyncio.run(_hammer(url, seconds, connections))
+    n, _, dt = asyncio.run(http_load(url, seconds, connections))
     return n / dt
 
 
@@ -71,7 +71,7 @@ def run(seconds: float, connections: int, client: str, json_out: bool, rounds: i
     media = fixture_path("bench_720p_10min.mp4")
     path = f"/hls/{media.name}/seg-2-v1-a1.ts"
     work = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
-    node_port, lb_port, static_port = _free_port(), _free_port(), _free_port()
+    node_port, lb_port, static_port = free_port(), free_port(), free_port()
     node = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--store", str(media.parent), "--host",
                              "127.0.0.1", "--port", str(node_port), "--no-access-log"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

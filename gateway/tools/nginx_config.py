@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "nginx" / "templates"
+TEMPLATES = Path(__file__).resolve().parents[2] / "nginx" / "templates"
 DEBIAN_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"  # Debian builds the stream module dynamic
 _PLACEHOLDER = re.compile(r"\{\{ *([a-z_]+) *\}\}")
 _HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})")

@@ -15,7 +15,6 @@ when the Representations of a set share one segment plan (``MediaSet.plans``: ke
 from __future__ import annotations
 
 import math
-import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from fractions import Fraction
@@ -27,28 +26,12 @@ from ..fmp4.renditions import audio_groups, video_selections
 from ..hls.playlists import language_tag
 from ..media_set import MediaSet, Selection
 from ..model import Track
-from ..naming import SUFFIX_PATTERN, TrackSpec
+from .names import init_segment_name, media_template
 
-MANIFEST_NAME = "manifest.mpd"
 MPD_CONTENT_TYPE = "application/dash+xml"
-INIT_NAME = re.compile(rf"init(?P<suffix>{SUFFIX_PATTERN})\.mp4")
-FRAGMENT_NAME = re.compile(rf"fragment-(?P<number>[1-9]\d{{0,8}})(?P<suffix>{SUFFIX_PATTERN})\.m4s")
 PROFILE = "urn:mpeg:dash:profile:isoff-live:2011"
 AUDIO_CHANNEL_SCHEME = "urn:mpeg:dash:23003:3:audio_channel_configuration:2011"
 ROLE_SCHEME = "urn:mpeg:dash:role:2011"
-
-
-def init_segment_name(spec: TrackSpec) -> str:
-    return f"init{spec.suffix()}.mp4"
-
-
-def fragment_name(index: int, spec: TrackSpec) -> str:
-    """URL file name of 0-based segment ``index``."""
-    return f"fragment-{index + 1}{spec.suffix()}.m4s"
-
-
-def media_template(spec: TrackSpec) -> str:
-    return f"fragment-$Number${spec.suffix()}.m4s"
 
 
 def content_type(kind: str) -> str:

@@ -1,10 +1,10 @@
-"""The F4M manifest (Adobe Flash Media Manifest File Format Specification 1.0) and the HDS URL names.
+"""The F4M manifest (Adobe Flash Media Manifest File Format Specification 1.0).
 
 One ``<media>`` per rendition: each file of a url set (or the single file) with its first video and first audio
 track muxed, audio-only files as they are; further audio tracks of the first file that has several become alternate
 audio ``<media type="audio" alternate="true" lang=...>`` (OSMF late-binding audio), as nginx-vod-module does. Each
 ``<media>`` has its own ``<bootstrapInfo profile="named">`` with the ``abst`` box inline (base64), and an AMF0
-``onMetaData`` in ``<metadata>`` (base64). ``url`` is ``frag<suffix>-``: a player appends ``Seg1-Frag<n>``.
+``onMetaData`` in ``<metadata>`` (base64). ``url`` is ``frag<suffix>-``: a player appends ``Seg1-Frag<n>`` (``packagers.hds.names``).
 
 Times are milliseconds here and only here become seconds (``<duration>``, onMetaData ``duration``).
 """
@@ -12,55 +12,20 @@ from __future__ import annotations
 
 import base64
 import math
-import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from xml.sax.saxutils import escape, quoteattr
 
 from ..codecs import amf0, flv
-from ..errors import bad_request
 from ..media_set import MediaSet, Selection
 from ..naming import TrackSpec
 from .bootstrap import build_bootstrap
 from .fragment import check_hds_codecs, fragment_sizes
+from .names import fragment_url
 
 F4M_NAMESPACE = "http://ns.adobe.com/f4m/1.0"
-MANIFEST_NAME = "manifest.f4m"
 MANIFEST_CONTENT_TYPE = "application/f4m+xml"
 FRAGMENT_CONTENT_TYPE = "video/f4f"
-FRAGMENT_PREFIX = "frag"  # nginx-vod-module's hds_fragment_file_name_prefix
-SEGMENT_NUMBER = 1  # every fragment lives in segment 1 (one segment run, see ``bootstrap``)
-
-_FRAGMENT_NAME = re.compile(r"frag((?:-[fva][0-9]{1,3})*)-Seg([0-9]+)-Frag([0-9]+)", re.ASCII)
-_MAX_FRAGMENT = 10**9
-
-
-def fragment_url(spec: TrackSpec) -> str:
-    """The ``<media url>`` of a rendition: ``frag-v1-a1-`` (a player requests it + ``Seg1-Frag<n>``)."""
-    return f"{FRAGMENT_PREFIX}{spec.suffix()}-"
-
-
-def fragment_name(index: int, spec: TrackSpec) -> str:
-    """URL file name of 0-based fragment ``index``: ``frag-f2-v1-a1-Seg1-Frag3`` for index 2."""
-    return f"{fragment_url(spec)}Seg{SEGMENT_NUMBER}-Frag{index + 1}"
-
-
-def parse_fragment_name(name: str) -> tuple[TrackSpec, int]:
-    """``frag<suffix>-Seg1-Frag<n>`` -> (track spec, 0-based fragment index); BAD_REQUEST for anything else.
-
-    Numbers are canonical (no leading zeros) so one fragment has one URL (and one cache key); the segment is
-    always 1. Whether the fragment exists is for the plan to say (NOT_FOUND past the end).
-    """
-    m = _FRAGMENT_NAME.fullmatch(name) if isinstance(name, str) else None
-    if m is None:
-        raise bad_request(f"parse_fragment_name: '{name}' is not frag<tracks>-Seg1-Frag<n>")
-    suffix, segment, fragment = m.groups()
-    if segment != str(SEGMENT_NUMBER):
-        raise bad_request(f"parse_fragment_name: segment {segment!r} in '{name}'; HDS fragments are in Seg1")
-    if fragment.startswith("0") or len(fragment) > 9:
-        raise bad_request(f"parse_fragment_name: fragment number {fragment!r} in '{name}' is not 1..{_MAX_FRAGMENT - 1}"
-                          " without leading zeros")  # fmt: skip
-    return TrackSpec.parse(suffix), int(fragment) - 1
 
 
 @dataclass(frozen=True)

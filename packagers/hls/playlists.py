@@ -1,7 +1,7 @@
 """HLS master and media playlists (RFC 8216) for VOD, written from plain data about the media set.
 
-Names follow nginx-vod-module: ``index<suffix>.m3u8`` for media playlists and ``seg-<n><suffix>.ts`` for segments,
-n from 1, where <suffix> is the track selection (``-f1-v1-a1``). URIs are relative, so a query string or path token on
+Names follow nginx-vod-module (``packagers.hls.names``): ``index<suffix>.m3u8`` for media playlists and
+``seg-<n><suffix>.ts`` for segments, n from 1, where <suffix> is the track selection (``-f1-v1-a1``). URIs are relative, so a query string or path token on
 the master URL is inherited by everything a player fetches from it.
 
 Two containers. ``ts`` (MPEG-TS, the default): audio rides in the video variants unless a file has several audio
@@ -25,6 +25,7 @@ from ..fmp4.renditions import audio_groups, video_selections
 from ..media_set import MediaSet, Selection
 from ..model import Track
 from ..naming import TrackSpec
+from .names import init_segment_name, media_playlist_name, segment_name
 
 Container = Literal["ts", "fmp4"]
 FMP4_VERSION = 7  # RFC 8216 §7 asks >= 6 for EXT-X-MAP; 7 is the version that brought fMP4 (Apple's tools write it)
@@ -114,20 +115,6 @@ def _video_attrs(track: Track) -> list[str]:
     if track.frame_rate:
         attrs.append(f"FRAME-RATE={track.frame_rate:.3f}")
     return attrs
-
-
-def media_playlist_name(spec: TrackSpec) -> str:
-    return f"index{spec.suffix()}.m3u8"
-
-
-def segment_name(index: int, spec: TrackSpec, extension: str = "ts") -> str:
-    """URL file name of 0-based segment ``index``."""
-    return f"seg-{index + 1}{spec.suffix()}.{extension}"
-
-
-def init_segment_name(spec: TrackSpec) -> str:
-    """URL file name of the fMP4 init segment of a media playlist (EXT-X-MAP)."""
-    return f"init{spec.suffix()}.mp4"
 
 
 def build_master_playlist(media_set: MediaSet, container: Container = "ts") -> str:

@@ -6,8 +6,7 @@ TimeScale, the track's, so fragments keep the source's exact times (MS-SSTR §2.
 it). Chunk ``t`` is the fragment's decode start, the same value as its tfxd ``fragment_absolute_time`` and tfdt; the
 presentation times inside are exactly those of every other protocol (see packagers.fmp4.fragment).
 
-Fragments are named by stream, bitrate and start time, ``QualityLevels(<bitrate>)/Fragments(<stream>=<t>)``, so
-``locate_fragment`` maps a request back to (selection, segment index) and answers NOT_FOUND for any other value.
+Fragments are named by stream, bitrate and start time (``packagers.mss.names``), so ``locate_fragment`` maps a request back to (selection, segment index) and answers NOT_FOUND for any other value.
 """
 from __future__ import annotations
 
@@ -20,8 +19,8 @@ from ..errors import ErrorCode, PackagerError, not_found
 from ..fmp4.renditions import audio_groups, video_selections
 from ..media_set import MediaSet, Selection
 from ..model import Track
+from .names import url_template
 
-MANIFEST_NAME = "manifest"
 MANIFEST_CONTENT_TYPE = "text/xml"  # what IIS Smooth Streaming and nginx-vod-module send
 MANIFEST_TIMESCALE = 10_000_000  # MS-SSTR default: 100 ns ticks
 _FOURCC = {"h264": "H264", "aac": "AACL"}
@@ -39,7 +38,7 @@ class SmoothStream:
     durations: np.ndarray  # chunk d
 
     def url(self) -> str:
-        return f"QualityLevels({{bitrate}})/Fragments({self.name}={{start time}})"
+        return url_template(self.name)
 
 
 def _chunks(media_set: MediaSet, selection: Selection) -> tuple[np.ndarray, np.ndarray]:

@@ -21,10 +21,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fixtures.generate import fixture_path
-from gateway.ops.metrics import LiveViewers, classify
-from gateway.http.urls import (DashFragment, DashManifest, HdsFragment, HdsManifest, HlsKey, HlsMaster, HlsMediaPlaylist,
-                          HlsSegment, InitSegment, Mp4Download, MssFragment, MssManifest, PlayManifest, Signed,
-                          parse_path)
+from gateway.ops.labels import fallback_label, live_label
+from gateway.ops.live_viewers import LiveViewers
 from tests.e2e.conftest import free_port, start_gateway
 from tests.needs import require_executable
 
@@ -89,50 +87,77 @@ def node(metrics_store: Path, tmp_path: Path, monkeypatch):
     stop(proc)
 
 
-# --- classification ------------------------------------------------------------------------------------------------
+# --- request labels ------------------------------------------------------------------------------------------------
 
-TYPE_OF_REQUEST = {HlsMaster: "manifest", HlsMediaPlaylist: "manifest", DashManifest: "manifest",
-                   MssManifest: "manifest", HdsManifest: "manifest", HlsSegment: "segment", DashFragment: "segment",
-                   MssFragment: "segment", HdsFragment: "segment", InitSegment: "init", HlsKey: "key",
-                   Mp4Download: "mp4", PlayManifest: "other"}
+# (path, the label the URL grammar gives it): every kind of file of every protocol, signed, and paths the grammar
+# refuses, which keep only their protocol (``playlist.m3u8`` ends like a playlist, but no HLS writer names one so)
+LABELLED = [
+    (TITLE + "/master.m3u8", ("hls", "manifest")), (TITLE + "/index-v1-a1.m3u8", ("hls", "manifest")),
+    (TITLE + "/seg-1-v1-a1.ts", ("hls", "segment")), (TITLE + "/seg-1-v1.m4s", ("hls", "segment")),
+    (TITLE + "/init-v1.mp4", ("hls", "init")), (TITLE + "/encryption.key", ("hls", "key")),
+    ("/dash/title_360p.mp4/manifest.mpd", ("dash", "manifest")), ("/dash/title_360p.mp4/init-a1.mp4", ("dash", "init")),
+    ("/dash/title_360p.mp4/fragment-2-v1.m4s", ("dash", "segment")),
+    ("/mss/title_360p.mp4/Manifest", ("mss", "manifest")),
+    ("/mss/title_360p.mp4/QualityLevels(1)/Fragments(audio=0)", ("mss", "segment")),
+    ("/hds/title_360p.mp4/manifest.f4m", ("hds", "manifest")),
+    ("/hds/title_360p.mp4/frag-v1-a1-Seg1-Frag1", ("hds", "segment")), ("/mp4/title_360p.mp4", ("mp4", "mp4")),
+    ("/s/0_abcd1234/99-sig/dash/title_360p.mp4/init-v1.mp4", ("dash", "init")),
+    ("/p/101/playManifest/entryId/0_abcd1234/format/applehttp/a.m3u8", ("playmanifest", "other")),
+    ("/status", ("other", "other")), ("/crossdomain.xml", ("other", "other")),
+    (TITLE + "/playlist.m3u8", ("hls", "other")), (TITLE + "/seg-01.ts", ("hls", "other")),
+    ("/hds/title_360p.mp4/frag-v1-a1-Seg2-Frag1", ("hds", "other")), ("/mss/manifest", ("mss", "other")),
+    ("/s/0_abcd1234/99-sig/hls/x.mp4/seg-0.ts", ("other", "other")), ("/nonsense/x/y.ts", ("other", "other")),
+    ("/live/app/stream/index.m3u8", ("live", "manifest")), ("/live/app/stream/k3x9-0-v-init.mp4", ("live", "init")),
+    ("/live/app/stream/k3x9-17.ts", ("live", "segment")), ("/live/app/stream/notes.txt", ("live", "other")),
+]
 
 
-@pytest.mark.parametrize("path", [
-    "/hls/a.mp4/master.m3u8", "/hls/a.mp4/index-v1-a1.m3u8", "/hls/a.mp4/seg-3-v1-a1.ts", "/hls/a.mp4/seg-3-v1.m4s",
-    "/hls/a.mp4/init-v1.mp4", "/hls/a.mp4/encryption.key", "/hls/d/x_,1,2,.mp4.urlset/seg-1-f1-v1-a1.ts",
-    "/dash/a.mp4/manifest.mpd", "/dash/a.mp4/init-a1.mp4", "/dash/a.mp4/fragment-7-v1.m4s",
-    "/mss/a.mp4/manifest", "/mss/a.mp4/QualityLevels(128000)/Fragments(audio=0)",
-    "/hds/a.mp4/manifest.f4m", "/hds/a.mp4/frag-v1-a1-Seg1-Frag2", "/mp4/dir/a.mp4",
-    "/s/0_abcd1234/99-sig/hls/a.mp4/seg-1-v1-a1.ts", "/s/0_abcd1234/99-sig/dash/a.mp4/manifest.mpd",
-    "/p/101/playManifest/entryId/0_abcd1234/format/applehttp/a.m3u8",
-])
-def test_classify_agrees_with_the_url_grammar(path):
-    """The cheap string classifier gives the type the real URL parser (gateway.http.urls) gives."""
-    parsed = parse_path(path)
-    protocol = path.split("/")[1]
-    if isinstance(parsed, Signed):
-        parsed, protocol = parsed.request, path.split("/")[4]
-    expected_protocol = "playmanifest" if protocol == "p" else protocol
-    assert classify(path) == (expected_protocol, TYPE_OF_REQUEST[type(parsed)])
+async def test_request_labels_come_from_the_parsed_request(make_client, monkeypatch):
+    """Requests through the real app, then /metrics: each response is counted under the label of what the URL
+    grammar (or the live grammar) parsed, whatever its status."""
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    client = await make_client()
+
+    async def requests_by_label() -> Counter:
+        response = await client.get("/metrics")
+        assert response.status == 200
+        counts: Counter = Counter()
+        for family in text_string_to_metric_families(await response.text()):
+            for s in family.samples:
+                if s.name == "gateway_requests_total":
+                    counts[(s.labels["protocol"], s.labels["type"])] += s.value
+        return counts
+
+    before = await requests_by_label()
+    for path, _ in LABELLED:
+        (await client.get(path, allow_redirects=False)).release()
+    after = await requests_by_label()
+    expected = Counter(label for _, label in LABELLED) + Counter({("other", "other"): 1})  # the first scrape
+    assert {k: v for k, v in (after - before).items() if v} == expected
 
 
 @pytest.mark.parametrize("name, kind", [("index.m3u8", "manifest"), ("master.m3u8", "manifest"),
                                         ("manifest.mpd", "manifest"), ("k3x9-17.ts", "segment"),
-                                        ("k3x9-0-v-init.mp4", "init"), ("k3x9-0-a-96000.m4s", "segment")])
-def test_classify_live_files(name, kind):
-    """The names rtmp/live writes (rtmp.live.writer.LIVE_FILE) under /live/<app>/<stream>/."""
+                                        ("k3x9-0-v-init.mp4", "init"), ("k3x9-0-a-96000.m4s", "segment"),
+                                        ("k3x9-0-x-init.mp4", "other"), ("index.m3u8.tmp", "other"),
+                                        ("playlist.m3u8", "other"), ("a-init.mp4", "other")])
+def test_live_labels_follow_the_live_grammar(name, kind):
+    """The names rtmp/live writes (rtmp.live.writer.LIVE_FILE) under /live/<app>/<stream>/, and names it never
+    writes."""
     from rtmp.live.writer import LIVE_FILE
 
-    assert LIVE_FILE.fullmatch(name)
-    assert classify(f"/live/app/stream/{name}") == ("live", kind)
+    assert bool(LIVE_FILE.fullmatch(name)) == (kind != "other")
+    assert live_label(name) == ("live", kind)
 
 
-@pytest.mark.parametrize("path", ["/", "/status", "/metrics", "/static/hls.min.js", "/hls", "/nonsense/x/y.ts",
-                                  "/hls/%3Cscript%3E/x", "/s/short"])
-def test_classify_puts_everything_else_in_bounded_labels(path):
-    protocol, kind = classify(path)
-    assert protocol in ("hls", "dash", "mss", "hds", "mp4", "live", "playmanifest", "other")
-    assert kind in ("manifest", "segment", "init", "key", "mp4", "other")
+@pytest.mark.parametrize("path, label", [
+    ("/", ("other", "other")), ("/metrics", ("other", "other")), ("/static/hls.min.js", ("other", "other")),
+    ("/hls", ("hls", "other")), ("/hls/%3Cscript%3E/x", ("hls", "other")), ("/p/x", ("playmanifest", "other")),
+    ("/s/short", ("other", "other")), ("/live/a", ("live", "other")), ("/<script>/x", ("other", "other")),
+    ("", ("other", "other")), ("/mp4?x=1", ("mp4", "other")),
+])  # fmt: skip
+def test_unparsed_paths_get_bounded_labels(path, label):
+    assert fallback_label(path) == label
 
 
 # --- the live viewer approximation ---------------------------------------------------------------------------------
@@ -304,7 +329,8 @@ def test_workers_are_aggregated(metrics_store, tmp_path, monkeypatch):
 
 def test_counts_survive_a_reload(metrics_store, tmp_path, monkeypatch):
     """SIGHUP makes a new app generation in the same worker, which inherits the running caches: the counters go on
-    from where they were (no double count of the carried cache counters, no counter going backwards)."""
+    from where they were (no double count of the carried cache counters, no counter going backwards), and the
+    stage timings keep reaching the same metrics."""
     import signal
 
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
@@ -329,6 +355,16 @@ def test_counts_survive_a_reload(metrics_store, tmp_path, monkeypatch):
         went_back = {k: (before[k], after.get(k, 0.0)) for k in before
                      if k[0].endswith(("_total", "_count")) and after.get(k, 0.0) < before[k]}
         assert not went_back
+        # the carried cache times its lookups into the same metrics, and the new generation's packaging its stages:
+        # a segment not built yet is read and muxed from the carried metadata (no second parse)
+        assert delta(before, after, "gateway_stage_duration_seconds_count", stage="cache_lookup") == 2
+        assert fetch(base + TITLE + "/seg-2-v1-a1.ts")[0] == 200
+        later = scrape(base)
+        assert delta(after, later, "gateway_stage_duration_seconds_count", stage="cache_lookup") == 1
+        assert delta(after, later, "gateway_stage_duration_seconds_count", stage="mux") == 1
+        assert delta(after, later, "gateway_stage_duration_seconds_count", stage="read") == 1
+        assert delta(after, later, "gateway_stage_duration_seconds_count", stage="parse") == 0
+        assert delta(after, later, "gateway_response_cache_misses_total") == 1
     finally:
         stop(proc)
 

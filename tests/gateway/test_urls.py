@@ -6,44 +6,72 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.http.responses import ByteRange, RangeNotSatisfiable, parse_range
-from gateway.http.urls import (
-    DashFragment,
-    DashManifest,
-    HdsFragment,
-    HdsManifest,
-    InitSegment,
-    MssFragment,
-    MssManifest,
-    HlsMaster,
-    HlsMediaPlaylist,
-    HlsSegment,
-    Mp4Download,
-    StatusRequest,
-    parse_path,
-)
+from gateway.http.urls import (CrossDomainPolicy, Mp4Download, PackagedRequest, PlayManifest, Signed, StatusRequest,
+                               parse_path)
 from gateway.origin.paths import MediaTarget, UrlTooLong
 from packagers.errors import ErrorCode, PackagerError
-from packagers.naming import TrackSpec
+from packagers.mss.names import SmoothFile
+from packagers.naming import MediaFile, TrackSpec
 
 ONE = MediaTarget(("title_360p.mp4",), False)
 NESTED = MediaTarget(("a/b c/x.mp4",), False)
 SET3 = MediaTarget(("title_360p.mp4", "title_240p.mp4", "title_180p.mp4"), True)
 
+
+def hls_master(target):
+    return PackagedRequest("hls", target, MediaFile("manifest"))
+
+
+def hls_playlist(target, spec):
+    return PackagedRequest("hls", target, MediaFile("playlist", spec))
+
+
+def hls_segment(target, spec, index, container="ts"):
+    return PackagedRequest("hls", target, MediaFile("segment", spec, index, container))
+
+
+def init_segment(protocol, target, spec):
+    return PackagedRequest(protocol, target, MediaFile("init", spec))
+
+
+def dash_manifest(target):
+    return PackagedRequest("dash", target, MediaFile("manifest"))
+
+
+def dash_fragment(target, spec, index):
+    return PackagedRequest("dash", target, MediaFile("segment", spec, index))
+
+
+def mss_manifest(target):
+    return PackagedRequest("mss", target, SmoothFile("manifest"))
+
+
+def mss_fragment(target, stream, bitrate, start):
+    return PackagedRequest("mss", target, SmoothFile("segment", stream, bitrate, start))
+
+
+def hds_manifest(target):
+    return PackagedRequest("hds", target, MediaFile("manifest"))
+
+
+def hds_fragment(target, spec, index):
+    return PackagedRequest("hds", target, MediaFile("segment", spec, index))
+
 ACCEPTED = [
-    ("/hls/title_360p.mp4/master.m3u8", HlsMaster(ONE)),
-    ("/hls/title_360p.mp4/index.m3u8", HlsMediaPlaylist(ONE, TrackSpec())),
-    ("/hls/title_360p.mp4/index-v1-a1.m3u8", HlsMediaPlaylist(ONE, TrackSpec(None, 1, 1))),
-    ("/hls/title_360p.mp4/index-a2.m3u8", HlsMediaPlaylist(ONE, TrackSpec(None, None, 2))),
-    ("/hls/title_360p.mp4/seg-1.ts", HlsSegment(ONE, TrackSpec(), 0)),
-    ("/hls/title_360p.mp4/seg-12-v1-a1.ts", HlsSegment(ONE, TrackSpec(None, 1, 1), 11)),
-    ("/hls/title_360p.mp4/seg-9999999999.ts", HlsSegment(ONE, TrackSpec(), 9999999998)),
-    ("/hls/a/b%20c/x.mp4/master.m3u8", HlsMaster(NESTED)),
-    ("/hls/title_,360p,240p,180p,.mp4.urlset/master.m3u8", HlsMaster(SET3)),
-    ("/hls/title_,360p,240p,180p,.mp4.urlset/index-f1-v1-a1.m3u8", HlsMediaPlaylist(SET3, TrackSpec(1, 1, 1))),
-    ("/hls/title_,360p,240p,180p,.mp4.urlset/seg-3-f2-v1-a1.ts", HlsSegment(SET3, TrackSpec(2, 1, 1), 2)),
-    ("/hls/title_,360p,.mp4.urlset/master.m3u8", HlsMaster(MediaTarget(("title_360p.mp4",), True))),
-    ("/hls/d/t_,a,b,.mp4.urlset/master.m3u8", HlsMaster(MediaTarget(("d/t_a.mp4", "d/t_b.mp4"), True))),
-    ("/hls/%74itle_360p.mp4/master.m3u8", HlsMaster(ONE)),
+    ("/hls/title_360p.mp4/master.m3u8", hls_master(ONE)),
+    ("/hls/title_360p.mp4/index.m3u8", hls_playlist(ONE, TrackSpec())),
+    ("/hls/title_360p.mp4/index-v1-a1.m3u8", hls_playlist(ONE, TrackSpec(None, 1, 1))),
+    ("/hls/title_360p.mp4/index-a2.m3u8", hls_playlist(ONE, TrackSpec(None, None, 2))),
+    ("/hls/title_360p.mp4/seg-1.ts", hls_segment(ONE, TrackSpec(), 0)),
+    ("/hls/title_360p.mp4/seg-12-v1-a1.ts", hls_segment(ONE, TrackSpec(None, 1, 1), 11)),
+    ("/hls/title_360p.mp4/seg-9999999999.ts", hls_segment(ONE, TrackSpec(), 9999999998)),
+    ("/hls/a/b%20c/x.mp4/master.m3u8", hls_master(NESTED)),
+    ("/hls/title_,360p,240p,180p,.mp4.urlset/master.m3u8", hls_master(SET3)),
+    ("/hls/title_,360p,240p,180p,.mp4.urlset/index-f1-v1-a1.m3u8", hls_playlist(SET3, TrackSpec(1, 1, 1))),
+    ("/hls/title_,360p,240p,180p,.mp4.urlset/seg-3-f2-v1-a1.ts", hls_segment(SET3, TrackSpec(2, 1, 1), 2)),
+    ("/hls/title_,360p,.mp4.urlset/master.m3u8", hls_master(MediaTarget(("title_360p.mp4",), True))),
+    ("/hls/d/t_,a,b,.mp4.urlset/master.m3u8", hls_master(MediaTarget(("d/t_a.mp4", "d/t_b.mp4"), True))),
+    ("/hls/%74itle_360p.mp4/master.m3u8", hls_master(ONE)),
     ("/mp4/title_360p.mp4", Mp4Download("title_360p.mp4")),
     ("/mp4/a/caf%C3%A9.mp4", Mp4Download("a/café.mp4")),
     ("/status", StatusRequest()),
@@ -117,23 +145,64 @@ REJECTED = [
 
 
 ACCEPTED_OTHER_PROTOCOLS = [
-    ("/hls/a/x.mp4/init-v1-a1.mp4", InitSegment("hls", MediaTarget(("a/x.mp4",), False), TrackSpec(None, 1, 1))),
-    ("/hls/x.mp4/seg-3-v1.m4s", HlsSegment(MediaTarget(("x.mp4",), False), TrackSpec(None, 1, None), 2, "fmp4")),
-    ("/dash/x.mp4/manifest.mpd", DashManifest(MediaTarget(("x.mp4",), False))),
+    ("/hls/a/x.mp4/init-v1-a1.mp4", init_segment("hls", MediaTarget(("a/x.mp4",), False), TrackSpec(None, 1, 1))),
+    ("/hls/x.mp4/seg-3-v1.m4s", hls_segment(MediaTarget(("x.mp4",), False), TrackSpec(None, 1, None), 2, "fmp4")),
+    ("/dash/x.mp4/manifest.mpd", dash_manifest(MediaTarget(("x.mp4",), False))),
     ("/dash/t_,a,b,.mp4.urlset/init-f2-v1.mp4",
-     InitSegment("dash", MediaTarget(("t_a.mp4", "t_b.mp4"), True), TrackSpec(2, 1, None))),
-    ("/dash/x.mp4/fragment-12-a2.m4s", DashFragment(MediaTarget(("x.mp4",), False), TrackSpec(None, None, 2), 11)),
-    ("/mss/x.mp4/manifest", MssManifest(MediaTarget(("x.mp4",), False))),
+     init_segment("dash", MediaTarget(("t_a.mp4", "t_b.mp4"), True), TrackSpec(2, 1, None))),
+    ("/dash/x.mp4/fragment-12-a2.m4s", dash_fragment(MediaTarget(("x.mp4",), False), TrackSpec(None, None, 2), 11)),
+    ("/mss/x.mp4/manifest", mss_manifest(MediaTarget(("x.mp4",), False))),
     ("/mss/d/x.mp4/QualityLevels(96000)/Fragments(audio_fra=20000000)",
-     MssFragment(MediaTarget(("d/x.mp4",), False), "audio_fra", 96000, 20000000)),
-    ("/hds/x.mp4/manifest.f4m", HdsManifest(MediaTarget(("x.mp4",), False))),
-    ("/hds/x.mp4/frag-v1-a1-Seg1-Frag7", HdsFragment(MediaTarget(("x.mp4",), False), TrackSpec(None, 1, 1), 6)),
+     mss_fragment(MediaTarget(("d/x.mp4",), False), "audio_fra", 96000, 20000000)),
+    ("/hds/x.mp4/manifest.f4m", hds_manifest(MediaTarget(("x.mp4",), False))),
+    ("/hds/x.mp4/frag-v1-a1-Seg1-Frag7", hds_fragment(MediaTarget(("x.mp4",), False), TrackSpec(None, 1, 1), 6)),
 ]
 
 
 @pytest.mark.parametrize("path, expected", ACCEPTED_OTHER_PROTOCOLS)
 def test_accepted_other_protocols(path, expected):
     assert parse_path(path) == expected
+
+
+# (path, delivery type a partner enables or disables, (protocol, type) metrics label)
+MEDIA_KINDS = [
+    ("/hls/a.mp4/master.m3u8", "hls", ("hls", "manifest")), ("/hls/a.mp4/index-v1-a1.m3u8", "hls", ("hls", "manifest")),
+    ("/hls/a.mp4/seg-3-v1-a1.ts", "hls", ("hls", "segment")), ("/hls/a.mp4/seg-3-v1.m4s", "hls", ("hls", "segment")),
+    ("/hls/a.mp4/init-v1.mp4", "hls", ("hls", "init")), ("/hls/a.mp4/encryption.key", "hls", ("hls", "key")),
+    ("/dash/a.mp4/manifest.mpd", "dash", ("dash", "manifest")), ("/dash/a.mp4/init-a1.mp4", "dash", ("dash", "init")),
+    ("/dash/a.mp4/fragment-7-v1.m4s", "dash", ("dash", "segment")), ("/mss/a.mp4/manifest", "mss", ("mss", "manifest")),
+    ("/mss/a.mp4/QualityLevels(128000)/Fragments(audio=0)", "mss", ("mss", "segment")),
+    ("/hds/a.mp4/manifest.f4m", "hds", ("hds", "manifest")),
+    ("/hds/a.mp4/frag-v1-a1-Seg1-Frag2", "hds", ("hds", "segment")),
+    ("/mp4/dir/a.mp4", "http", ("mp4", "mp4")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("path, delivery_type, label", MEDIA_KINDS)
+def test_media_requests_carry_their_delivery_type_and_label(path, delivery_type, label):
+    """What access control and metrics read of a request, signed or not; a DASH init segment is DASH's."""
+    for signed_path in (path, "/s/0_abcd1234/99-sig" + path):
+        parsed = parse_path(signed_path)
+        media = parsed.request if isinstance(parsed, Signed) else parsed
+        assert isinstance(parsed, Signed) == (signed_path != path)
+        assert media.delivery_type == delivery_type and parsed.metrics_label == media.metrics_label == label
+
+
+def test_what_a_token_covers_and_which_files_are_read():
+    packaged = parse_path("/dash/d/t_,a,b,.mp4.urlset/fragment-2-f2-v1.m4s")
+    assert packaged.store_paths == ("d/t_a.mp4", "d/t_b.mp4") and packaged.signed_name == "d/t_,a,b,.mp4.urlset"
+    download = parse_path("/mp4/a/caf%C3%A9.mp4")
+    assert download.store_paths == ("a/café.mp4",) and download.signed_name == "a/café.mp4"
+    assert download.is_download and not packaged.is_download
+
+
+@pytest.mark.parametrize("path, label", [
+    ("/status", ("other", "other")), ("/crossdomain.xml", ("other", "other")),
+    ("/p/101/playManifest/entryId/0_abcd1234/format/applehttp/a.m3u8", ("playmanifest", "other")),
+])  # fmt: skip
+def test_other_endpoints_are_labelled_too(path, label):
+    parsed = parse_path(path)
+    assert isinstance(parsed, (StatusRequest, CrossDomainPolicy, PlayManifest)) and parsed.metrics_label == label
 
 
 @pytest.mark.parametrize("path, code", REJECTED)
@@ -169,10 +238,10 @@ def _check(path: str) -> None:
         assert "\n" not in e.message
         return
     paths = ()
-    if isinstance(parsed, (HlsMaster, HlsMediaPlaylist, HlsSegment)):
+    if isinstance(parsed, PackagedRequest):
         paths = parsed.target.paths
-        if isinstance(parsed, HlsSegment):
-            assert parsed.index >= 0
+        if parsed.file.kind == "segment":
+            assert parsed.file.index >= 0
     elif isinstance(parsed, Mp4Download):
         paths = (parsed.path,)
     else:

@@ -19,15 +19,15 @@ import numpy as np
 import pytest
 
 from fixtures.generate import fixture_path
-from packagers.dash import (FRAGMENT_NAME, INIT_NAME, MANIFEST_NAME, build_mpd, fragment_name, init_segment_name,
-                            media_template)
+from packagers.dash import MANIFEST_NAME, build_mpd, fragment_name, init_segment_name, media_template, parse_name
 from packagers.dash.mpd import frame_rate, xs_duration
 from packagers.fmp4 import Fmp4Muxer, presentation_time_offset
 from packagers.media_data import MediaSegment, TrackSegment
 from packagers.media_set import MediaSet
 from packagers.model import SampleTable
 from packagers.mp4 import open_presentation
-from packagers.naming import TrackSpec
+from packagers.errors import PackagerError
+from packagers.naming import MediaFile, TrackSpec
 from tests.needs import missing
 
 from .fmp4_tools import read_fragment, write_track_files
@@ -148,9 +148,10 @@ def test_frame_rate_and_names():
     spec = TrackSpec(2, None, 1)
     assert init_segment_name(spec) == "init-f2-a1.mp4" and fragment_name(0, spec) == "fragment-1-f2-a1.m4s"
     assert media_template(spec) == "fragment-$Number$-f2-a1.m4s"
-    assert INIT_NAME.fullmatch("init-f1-v1.mp4")["suffix"] == "-f1-v1"
-    m = FRAGMENT_NAME.fullmatch("fragment-12-f2-a1.m4s")
-    assert m["number"] == "12" and m["suffix"] == "-f2-a1" and not FRAGMENT_NAME.fullmatch("fragment-0-v1.m4s")
+    assert parse_name("init-f1-v1.mp4") == MediaFile("init", TrackSpec(1, 1, None))
+    assert parse_name("fragment-12-f2-a1.m4s") == MediaFile("segment", TrackSpec(2, None, 1), 11)
+    with pytest.raises(PackagerError):
+        parse_name("fragment-0-v1.m4s")
     assert MANIFEST_NAME == "manifest.mpd"
     assert xs_duration(12) == "PT12S" and xs_duration(6.0054) == "PT6.006S" and xs_duration(0.5) == "PT0.5S"
 

@@ -13,7 +13,6 @@ import hashlib
 import io
 import math
 import os
-import re
 import struct
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -23,13 +22,11 @@ import av
 import av.logging
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from fixtures.generate import fixture_path
 from packagers.errors import ErrorCode, PackagerError
 from packagers.hds import (BootstrapInfo, HdsMuxer, build_bootstrap, build_f4m, fragment_muxer, fragment_name,
-                           fragment_sizes, parse_fragment_name)  # fmt: skip
+                           fragment_sizes, parse_name)  # fmt: skip
 from packagers.codecs import amf0, flv
 from packagers.media_set import MediaSet
 from packagers.model import CodecConfig
@@ -456,7 +453,8 @@ def test_manifest(name):
     for media in medias:
         url = media.get("url")
         assert url.startswith("frag") and url.endswith("-")
-        spec, index = parse_fragment_name(url + "Seg1-Frag1")
+        first = parse_name(url + "Seg1-Frag1")
+        spec, index = first.spec, first.index
         assert index == 0 and media.get("streamId") == spec.suffix().lstrip("-")
         sel = media_set.resolve(spec)
         assert boots[media.get("bootstrapInfoId")] == build_bootstrap(media_set, sel)
@@ -520,7 +518,7 @@ def _render(media_set: MediaSet) -> dict[str, str]:
     out = {"manifest.f4m": build_f4m(media_set)}
     digests = []
     for media in ET.fromstring(out["manifest.f4m"]).findall("f4m:media", NS):
-        sel = media_set.resolve(parse_fragment_name(media.get("url") + "Seg1-Frag1")[0])
+        sel = media_set.resolve(parse_name(media.get("url") + "Seg1-Frag1").spec)
         muxer = fragment_muxer(media_set, sel)
         for k in range(media_set.plan(sel).count):
             reqs = media_set.segment_reads(sel, k)
@@ -568,44 +566,7 @@ def test_selection_with_empty_fragments():
     assert entries[1] == (2, abst["current"], 0, 1) and entries[-1] == (0, 0, 0, 0)
 
 
-# -- (5) fragment names ---------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name,expected", [
-    ("frag-v1-a1-Seg1-Frag1", (TrackSpec(None, 1, 1), 0)),
-    ("frag-f2-v1-a1-Seg1-Frag3", (TrackSpec(2, 1, 1), 2)),
-    ("frag-a2-Seg1-Frag10", (TrackSpec(None, None, 2), 9)),
-    ("frag-Seg1-Frag7", (TrackSpec(), 6)),
-    ("frag-v1-Seg1-Frag999999999", (TrackSpec(None, 1, None), 999999998)),
-])  # fmt: skip
-def test_parse_fragment_name(name, expected):
-    assert parse_fragment_name(name) == expected
-    assert fragment_name(expected[1], expected[0]) == name
-
-
-@pytest.mark.parametrize("name", [
-    "", "frag", "frag-v1-a1-Seg1-Frag0", "frag-v1-a1-Seg1-Frag01", "frag-v1-a1-Seg2-Frag1", "frag-v1-a1-Seg0-Frag1",
-    "frag-v1-a1-Seg1-Frag", "frag-v1-a1-Seg1-Frag1.f4f", "frag-a1-v1-Seg1-Frag1", "frag-v0-Seg1-Frag1",
-    "frag-v1-v1-Seg1-Frag1", "fragv1-Seg1-Frag1", "frag-v1-a1-Seg1-Frag1000000000", "frag-v1-a1-Seg1-Frag١",
-    "Frag-v1-Seg1-Frag1", "frag-v1-a1-seg1-frag1", "frag-v1-a1Seg1-Frag1", "frag-x1-Seg1-Frag1", " frag-Seg1-Frag1",
-])  # fmt: skip
-def test_parse_fragment_name_rejects(name):
-    with pytest.raises(PackagerError) as e:
-        parse_fragment_name(name)
-    assert e.value.code is ErrorCode.BAD_REQUEST
-
-
-@settings(max_examples=500, deadline=None)
-@given(st.one_of(st.text(), st.from_regex(r"frag(-[fva][0-9]{1,4}){0,4}-Seg[0-9]{1,2}-Frag[0-9]{1,11}",
-                                          fullmatch=True)))  # fmt: skip
-def test_parse_fragment_name_total(name):
-    try:
-        spec, index = parse_fragment_name(name)
-    except PackagerError as e:
-        assert e.code is ErrorCode.BAD_REQUEST and e.message.startswith(("parse_fragment_name", "TrackSpec.parse"))
-        return
-    assert index >= 0 and parse_fragment_name(fragment_name(index, spec)) == (spec, index)
-    assert fragment_name(index, spec) == re.sub(r"-([fva])0+(?=[0-9])", r"-\1", name)  # TrackSpec reads "-a01" as "-a1"
+# -- (5) fragment names: tests/packagers/test_names.py ---------------------------------------------------------------
 
 
 # -- (6) codecs HDS cannot carry, and muxer contracts -----------------------------------------------------------------

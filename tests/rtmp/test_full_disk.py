@@ -21,7 +21,7 @@ from packagers.mp4 import open_presentation
 from packagers.mp4.writer import Mp4Writer, TrackSpec
 
 import rtmp.live.writer as live_writer
-import rtmp.record as record
+import rtmp.record_file as record_file
 from fixtures.generate import fixture_path
 from gateway.ingest.service import start_ingest
 from gateway.settings import Settings
@@ -69,7 +69,7 @@ class SimulatedDisk(TmpfsDisk):
     def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         super().__init__(root)
         self.full = False
-        write_all, open_ = record._write_all, open
+        write_all, open_ = record_file._write_all, open
 
         def full_write_all(fd, data):
             if self.full:
@@ -81,7 +81,7 @@ class SimulatedDisk(TmpfsDisk):
                 raise OSError(errno.ENOSPC, "No space left on device (simulated)")
             return open_(path, mode, *args, **kwargs)
 
-        monkeypatch.setattr(record, "_write_all", full_write_all)
+        monkeypatch.setattr(record_file, "_write_all", full_write_all)
         monkeypatch.setattr(live_writer, "open", full_open, raising=False)
 
     def fill(self) -> int:

@@ -1,0 +1,56 @@
+"""HLS file names (nginx-vod-module's), both ways: what the playlist writers call each file, and what a URL's file
+name says it is.
+
+    master.m3u8                      every rendition (master playlist)
+    index<suffix>.m3u8               one media playlist; <suffix> is the track selection (``-v1-a1``)
+    seg-<n><suffix>.ts               segment n, counted from 1, MPEG-TS
+    seg-<n><suffix>.m4s              the same segment as fMP4 (RFC 8216 §3.3)
+    init<suffix>.mp4                 the fMP4 init segment of a media playlist (EXT-X-MAP)
+    encryption.key                   the AES-128 key of an encrypted entry's segments
+"""
+from __future__ import annotations
+
+import re
+
+from ..errors import bad_request
+from ..naming import MediaFile, TrackSpec, parse_segment_number, segment_number
+
+MASTER_PLAYLIST_NAME = "master.m3u8"
+KEY_NAME = "encryption.key"
+# the suffix is whatever TrackSpec.parse accepts; it says why it refuses the rest
+_MEDIA_PLAYLIST = re.compile(r"index(.*)\.m3u8")
+_SEGMENT = re.compile(r"seg-([0-9]+)(.*)\.(ts|m4s)")
+_INIT = re.compile(r"init(.*)\.mp4")
+_CONTAINER_OF_EXTENSION = {"ts": "ts", "m4s": "fmp4"}
+
+
+def media_playlist_name(spec: TrackSpec) -> str:
+    return f"index{spec.suffix()}.m3u8"
+
+
+def segment_name(index: int, spec: TrackSpec, extension: str = "ts") -> str:
+    """URL file name of 0-based segment ``index`` (extension ts or m4s)."""
+    return f"seg-{segment_number(index)}{spec.suffix()}.{extension}"
+
+
+def init_segment_name(spec: TrackSpec) -> str:
+    """URL file name of the fMP4 init segment of a media playlist (EXT-X-MAP)."""
+    return f"init{spec.suffix()}.mp4"
+
+
+def parse_name(name: str) -> MediaFile:
+    """What an HLS file name names; BAD_REQUEST for any other name."""
+    if name == MASTER_PLAYLIST_NAME:
+        return MediaFile("manifest")
+    if name == KEY_NAME:
+        return MediaFile("key")
+    if m := _MEDIA_PLAYLIST.fullmatch(name):
+        return MediaFile("playlist", TrackSpec.parse(m.group(1)))
+    if m := _SEGMENT.fullmatch(name):
+        return MediaFile("segment", TrackSpec.parse(m.group(2)), parse_segment_number(m.group(1)),
+                         _CONTAINER_OF_EXTENSION[m.group(3)])
+    if m := _INIT.fullmatch(name):
+        return MediaFile("init", TrackSpec.parse(m.group(1)))
+    raise bad_request(
+        "parse_hls: unknown HLS file name (master.m3u8, index<tracks>.m3u8, seg-<n><tracks>.ts|.m4s, init<tracks>.mp4)"
+    )
