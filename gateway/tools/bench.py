@@ -17,35 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .measure import MB, Progress, Report, free_port, http_load
-
-def measure_memcpy(size: int = 64 * MB, rounds: int = 8) -> float:
-    """Best-of memcpy MB/s (numpy copyto is a plain memcpy for contiguous arrays)."""
-    src = np.frombuffer(os.urandom(size), dtype=np.uint8)
-    dst = np.empty_like(src)
-    best = float("inf")
-    for _ in range(rounds):
-        t = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - t)
-    return size / MB / best
-
-
-def measure_file_read(path: Path, chunk: int = 4 * MB) -> float:
-    """Sequential pread MB/s of ``path`` (page cache warm after the first pass: the best this machine can read)."""
-    size = path.stat().st_size
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        best = float("inf")
-        for _ in range(3):
-            t = time.perf_counter()
-            for off in range(0, size, chunk):
-                os.pread(fd, chunk, off)
-            best = min(best, time.perf_counter() - t)
-    finally:
-        os.close(fd)
-    return size / MB / best
-
+from .measure import MB, Progress, Report, free_port, http_load, measure_file_read, measure_memcpy
 
 def measure_parse(path: Path, rounds: int = 20) -> tuple[float, float, int]:
     """(best, median) ms of read_presentation, and the sample count."""
@@ -190,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         from .bench_nginx import main as bench_nginx
 
         return bench_nginx(argv[1:])
+    if argv and argv[0] == "http":  # gateway bench http: every packaged request over HTTP (gateway/tools/bench_http.py)
+        from .bench_http import main as bench_http
+
+        return bench_http(argv[1:])
     if argv and argv[0] == "rtmp":  # gateway bench rtmp: RTMP fan-out cost (gateway/tools/bench_rtmp.py)
         from .bench_rtmp import main as bench_rtmp
 

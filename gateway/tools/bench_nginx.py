@@ -17,10 +17,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
+from .load import wait_http
 from .measure import MB, Report, free_port, http_load
 from .nginx_config import NginxConfig, render
 
@@ -32,18 +32,6 @@ _WRK_ERRORS = re.compile(r"Non-2xx or 3xx responses: ([0-9]+)|Socket errors: (.*
 def _get(url: str) -> tuple[bytes, dict]:
     with urllib.request.urlopen(url, timeout=60) as r:
         return r.read(), dict(r.headers)
-
-
-def _wait_http(url: str, proc: subprocess.Popen, what: str) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            _get(url)
-            return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"bench nginx: {what} did not start")
-            time.sleep(0.1)
 
 
 def load(url: str, seconds: float, connections: int, client: str) -> float:
@@ -77,7 +65,7 @@ def run(seconds: float, connections: int, client: str, json_out: bool, rounds: i
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     nginx = None
     try:
-        _wait_http(f"http://127.0.0.1:{node_port}/status", node, "gateway serve")
+        wait_http(f"http://127.0.0.1:{node_port}/status", node, "gateway serve")
         segment, _ = _get(f"http://127.0.0.1:{node_port}{path}")
         (work / "static").mkdir()
         (work / "static" / "segment.ts").write_bytes(segment)
@@ -94,7 +82,7 @@ def run(seconds: float, connections: int, client: str, json_out: bool, rounds: i
                                   "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cached_url = f"http://127.0.0.1:{lb_port}{path}"
         static_url = f"http://127.0.0.1:{static_port}/segment.ts"
-        _wait_http(static_url, nginx, "nginx")
+        wait_http(static_url, nginx, "nginx")
         for _ in range(3):
             body, headers = _get(cached_url)
         if headers.get("X-Cache-Status") != "HIT" or body != segment:
