@@ -18,7 +18,8 @@ from aiohttp import web
 
 from .. import __version__
 from .errors import error_response, response_for_exception
-from .packaged import serve_packaged_request
+from .fast_path import FastAnswers
+from .packaged import PACKAGED_ANSWER, serve_packaged_request
 from .download import serve_mp4
 from .live import add_live_routes
 from ..origin.cache import Caches
@@ -31,7 +32,7 @@ from ..catalog.catalog import Catalog
 from ..ingest.service import INGEST, Ingest
 from .play_manifest import serve_play_manifest
 from ..ops.metrics import (METRICS_SOURCES, PROMETHEUS, GatewayMetrics, MetricsSources, metrics_for_this_process,
-                           metrics_middleware, metrics_state, record_response, serve_metrics)
+                           metrics_state, record_response, serve_metrics, stamp_start)
 from ..ops.status_page import serve_dashboard, serve_static, serve_status_page
 from ..ops.health import WORKER_INDEX, add_health_routes
 from .connections import CONNECTIONS, ConnectionTracker
@@ -50,6 +51,7 @@ class Metrics:
 
 
 METRICS = web.AppKey("metrics", Metrics)
+FAST_ANSWERS = web.AppKey("fast_answers", FastAnswers)
 # Media here is public unless signed (issue 4), like the CORS policy: any domain may load it.
 CROSSDOMAIN_XML = (
     '<?xml version="1.0"?>\n<!DOCTYPE cross-domain-policy SYSTEM "http://www.adobe.com/xml/dtds/cross-domain-policy.dtd">\n'
@@ -71,7 +73,7 @@ def make_app(settings: Settings, ingest: Ingest | None = None, *, caches: Caches
         caches = Caches(settings, metrics.observe_stage)
     executor = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="gateway-io")
     busy = [connections.middleware] if connections is not None else []  # outermost: the whole request is busy time
-    app = web.Application(middlewares=[*busy, metrics_middleware, http_middleware])
+    app = web.Application(middlewares=[*busy, http_middleware])
     app[SETTINGS] = settings
     app[WORKER_INDEX] = worker_index
     app[PROMETHEUS] = metrics
@@ -84,9 +86,7 @@ def make_app(settings: Settings, ingest: Ingest | None = None, *, caches: Caches
     app.cleanup_ctx.append(functools.partial(_gateway_state, executor=executor, caches=caches,
                                              observe_stage=metrics.observe_stage))
     app.cleanup_ctx.append(metrics_state)
-    app.on_response_prepare.append(add_common_headers)
-    app.on_response_prepare.append(_count_response)
-    app.on_response_prepare.append(record_response)
+    app.on_response_prepare.append(_on_response_prepare)
     add_health_routes(app)  # /health, /ready: before the catch-all
     app.router.add_get("/metrics", serve_metrics)  # Prometheus (gateway/ops/metrics.py)
     app.router.add_get("/", serve_status_page)  # the dashboard and test player (gateway/ops/status_page.py)
@@ -103,18 +103,24 @@ async def _gateway_state(app: web.Application, executor: Executor, caches: Cache
     app[PACKAGING] = Packaging(settings, executor, caches, observe_stage)
     app[CATALOG] = Catalog(settings.store, settings.catalog, settings.catalog_ttl)
     app[IDENTITY_WATCH] = IdentityWatch(app[CATALOG])
+    app[FAST_ANSWERS] = FastAnswers(app[CATALOG], caches.stats, caches.responses)
     app[METRICS] = Metrics()
     yield
     executor.shutdown(wait=False, cancel_futures=True)
 
 
-async def _count_response(request: web.Request, response: web.StreamResponse) -> None:
+async def _on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """The one response hook (one signal handler instead of three: it runs for every response): CORS and safe
+    defaults, the /status counters, the Prometheus metrics."""
+    add_common_headers(response)
     request.app[METRICS].responses[f"{response.status // 100}xx"] += 1
+    record_response(request, response)
 
 
 @web.middleware
 async def http_middleware(request: web.Request, handler) -> web.StreamResponse:
     """Methods, CORS preflight and the exception → response mapping for every route."""
+    stamp_start(request)
     if request.method == "OPTIONS":
         return preflight(request)
     if request.method not in ("GET", "HEAD"):
@@ -130,6 +136,11 @@ async def http_middleware(request: web.Request, handler) -> web.StreamResponse:
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
+    fast = request.app[FAST_ANSWERS].answer(request)
+    if fast is not None:  # the same plain request as before, nothing it depends on changed (gateway/http/fast_path.py)
+        response, request[REQUEST_LABEL] = fast
+        request[CACHE_RESULT] = "hit"
+        return response
     parsed = parse_path(request.rel_url.raw_path, request.app[SETTINGS].max_url_set_files)
     request[REQUEST_LABEL] = parsed.metrics_label  # what the grammar parsed labels the metrics (gateway/ops/metrics.py)
     try:
@@ -156,6 +167,9 @@ async def _serve(request: web.Request, parsed: GatewayRequest) -> web.StreamResp
         response = await serve_mp4(request, files[0])
     else:
         response = await serve_packaged_request(request, media, context)
+    answer = request.get(PACKAGED_ANSWER)
+    if answer is not None and signed is None:
+        request.app[FAST_ANSWERS].remember(request.rel_url.raw_path, answer, view, media.metrics_label)
     if signed is not None:
         # signed bytes: no shared cache may keep them, and no copy may outlive the token
         remaining = max(0, signed_expiry(signed.token) - int(time.time()))

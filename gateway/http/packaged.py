@@ -9,12 +9,16 @@ from ..catalog.access import DeliveryContext
 from ..ops.access_log import CACHE_RESULT
 from ..ops.metrics import PROMETHEUS
 from ..origin.packaging import PACKAGING
+from .fast_path import FastAnswers, PackagedAnswer
 from .products import product_for
 from .responses import serve_packaged
 from ..origin.store import FileChanged
 from .urls import PackagedRequest
 
 log = logging.getLogger("gateway")
+# the answer to a plain request, for gateway/http/fast_path.py (app.py remembers it when the request was not signed)
+PACKAGED_ANSWER = web.RequestKey("packaged_answer", PackagedAnswer) if hasattr(web, "RequestKey") \
+    else "gateway.http.packaged.answer"
 
 
 async def serve_packaged_request(request: web.Request, parsed: PackagedRequest, context: DeliveryContext) -> web.Response:
@@ -35,7 +39,7 @@ async def serve_packaged_request(request: web.Request, parsed: PackagedRequest, 
                     metrics.record_abort(request, changed.reason)
             raise
 
-    return await serve_packaged(
+    response = await serve_packaged(
         request,
         body,
         content_type=product.content_type,
@@ -44,3 +48,8 @@ async def serve_packaged_request(request: web.Request, parsed: PackagedRequest, 
         max_age=product.max_age,
         private=product.private,
     )
+    if response.status == 200 and not product.private and FastAnswers.plain(request):
+        headers = {k: v for k, v in response.headers.items() if k != "Content-Type"}
+        request[PACKAGED_ANSWER] = PackagedAnswer(parsed.target.paths, opened.validators.file_keys,
+                                                  opened.cache_key(product.key), product.content_type, headers)
+    return response

@@ -25,6 +25,7 @@ any segment a filesystem would interpret.
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import ClassVar
@@ -40,6 +41,7 @@ from packagers.naming import MediaFile
 from ..origin.paths import MediaTarget, check_name, split_path
 
 URL_SET_EXTENSION = ".urlset"
+PARSED_PATHS = 2048  # paths are at most MAX_RAW_PATH (4 KB): 8 MB at the very most
 # the metrics ``type`` label of each kind of file a protocol names (docs/metrics.md): playlists count as manifests
 METRICS_TYPE = {"manifest": "manifest", "playlist": "manifest", "segment": "segment", "init": "init", "key": "key"}
 
@@ -135,8 +137,13 @@ _PLAY_MANIFEST_KEYS = {"entryId", "format", "flavorIds", "ks", "protocol", "deli
 _ENTRY_ID = re.compile(r"[0-9]_[a-z0-9]{8}")
 
 
+@functools.lru_cache(maxsize=PARSED_PATHS)
 def parse_path(raw_path: str, max_url_set_files: int = 32) -> GatewayRequest:
-    """The typed request a raw path names. Raises PackagerError (BAD_REQUEST or NOT_FOUND) and nothing else."""
+    """The typed request a raw path names. Raises PackagerError (BAD_REQUEST or NOT_FOUND) and nothing else.
+
+    Remembered for the PARSED_PATHS most recent paths (the requests are frozen values): players ask for the same
+    playlists and segments again and again, and parsing is a tenth of a cached playlist's cost. Refused paths are
+    not remembered (an exception is never cached), so a scan of random URLs costs what it always did."""
     segments = split_path(raw_path)
     head, rest = segments[0], segments[1:]
     if head == "s":

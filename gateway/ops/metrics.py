@@ -4,7 +4,7 @@ What is measured, and why it is measured where it is:
 
 - Requests: ``gateway_requests_total{protocol, type, status}`` and ``gateway_request_duration_seconds{protocol, type}``
   are recorded by the ``on_response_prepare`` hook, i.e. when the status line is about to be sent. The duration runs
-  from ``metrics_middleware`` (the outermost middleware) to that moment: the gateway's own time to first byte, not the
+  from ``stamp_start`` (the first thing the app's middleware does) to that moment: the gateway's own time to first byte, not the
   client's bandwidth. ``gateway_response_bytes_total`` adds the body length announced then (0 for HEAD and 304); a
   download the client aborts still counts in full.
 - Stages (nginx-vod-module's perf counters are the model): ``gateway_stage_duration_seconds{stage}`` with stage =
@@ -16,8 +16,10 @@ What is measured, and why it is measured where it is:
 - Aborted responses: ``gateway_responses_aborted_total{protocol, reason}``, counted where the response gives up
   (gateway/http/download.py closes a download whose file shrank or changed; gateway/http/packaged.py refuses a
   segment whose reads came back short), since the status line cannot tell.
-- Caches: the counters of gateway/origin/cache.py are copied (as deltas) into prometheus counters after every response and
-  at every scrape, so a scrape right after a response always includes it.
+- Caches: the counters of gateway/origin/cache.py are copied (as deltas) into prometheus counters when the writes of a
+  response are flushed and at every scrape.
+- Writes are gathered and flushed in one go (gateway/ops/pending.py): once per event-loop step that recorded responses,
+  and before every scrape, so a scrape after a response includes it.
 - Live: streams, publishers and viewers from the RTMP relay when ingest runs in this process, plus HTTP viewers
   (``LiveViewers``: distinct clients that fetched a stream's playlists in the last 30 s).
 
@@ -51,6 +53,7 @@ from .. import __version__
 from ..origin.cache import Caches
 from .labels import request_label
 from .live_viewers import LiveViewers, client_id
+from .pending import PendingSamples
 
 log = logging.getLogger("gateway.metrics")
 
@@ -132,10 +135,12 @@ class GatewayMetrics:
         self._published: dict[Gauge, set[tuple[str, ...]]] = {self.viewers: set(), self.quality_viewers: set()}
         self.live_viewers = LiveViewers()
         self.recent_errors: deque[dict] = deque(maxlen=RECENT_ERRORS)
+        self.pending = PendingSamples()
+        self._flush_scheduled = False
 
     def observe_stage(self, stage: str, elapsed_ns: int) -> None:
         """The stage observer of ``Caches`` and ``Packaging``: thread-safe (called from the I/O executor)."""
-        self._stages[stage].observe(elapsed_ns / 1e9)
+        self.pending.observe(self._stages[stage], elapsed_ns / 1e9)
 
     # -- responses
 
@@ -149,14 +154,15 @@ class GatewayMetrics:
     def record_response(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
         protocol, kind = request_label(request)
         status = response.status
-        self._child(self.requests, protocol, kind, str(status)).inc()
+        pending = self.pending
+        pending.inc(self._child(self.requests, protocol, kind, str(status)))
         started = request.get(_START)
         if started is not None:
-            self._child(self.duration, protocol, kind).observe((time.perf_counter_ns() - started) / 1e9)
+            pending.observe(self._child(self.duration, protocol, kind), (time.perf_counter_ns() - started) / 1e9)
         if request.method != "HEAD":
             length = response.content_length
             if length:
-                self._child(self.bytes_out, protocol, kind).inc(length)
+                pending.inc(self._child(self.bytes_out, protocol, kind), length)
         if status >= 400:
             self.recent_errors.append(_error_entry(request, response))
         elif protocol == "live" and kind == "manifest":
@@ -164,7 +170,23 @@ class GatewayMetrics:
 
     def record_abort(self, request: web.BaseRequest, reason: str) -> None:
         """A response given up because of its file: a download closed mid-body, a segment refused with 503."""
-        self._child(self.aborted, request_label(request)[0], reason).inc()
+        self.pending.inc(self._child(self.aborted, request_label(request)[0], reason))
+        self.flush_soon(None)
+
+    # -- flushing the gathered writes (gateway/ops/pending.py)
+
+    def flush(self, caches: Caches | None) -> None:
+        self._flush_scheduled = False
+        self.pending.flush()
+        if caches is not None:
+            self.sync_caches(caches)
+
+    def flush_soon(self, caches: Caches | None) -> None:
+        """Flush at the start of the next event-loop step, once for every response recorded in this one (under load a
+        step answers several requests; a lone request is flushed microseconds after its response left)."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush, caches)
 
     # -- pulled values: cache counters, gauges
 
@@ -203,7 +225,7 @@ class GatewayMetrics:
     def refresh(self, caches: Caches, ingest_stats: dict | None) -> None:
         """Republish every gauge of this process (timer and scrape)."""
         self._forget_dead_caches()
-        self.sync_caches(caches)
+        self.flush(caches)
         cache = caches.responses
         self.cache_bytes.set(cache.weight)
         self.cache_entries.set(len(cache))
@@ -290,18 +312,16 @@ PROMETHEUS = web.AppKey("prometheus", GatewayMetrics)
 METRICS_SOURCES = web.AppKey("metrics_sources", MetricsSources)
 
 
-@web.middleware
-async def metrics_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """Outermost middleware: stamps the start of the request for the duration histogram."""
+def stamp_start(request: web.Request) -> None:
+    """The start of the request for the duration histogram: called first thing by the app's middleware."""
     request[_START] = time.perf_counter_ns()
-    return await handler(request)
 
 
-async def record_response(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare hook: every response the app sends, errors included."""
+def record_response(request: web.Request, response: web.StreamResponse) -> None:
+    """Every response the app sends, errors included (called by the app's response hook)."""
     metrics = request.app[PROMETHEUS]
     metrics.record_response(request, response)
-    metrics.sync_caches(request.app[METRICS_SOURCES].caches)
+    metrics.flush_soon(request.app[METRICS_SOURCES].caches)
 
 
 def ingest_stats(app: web.Application) -> dict | None:

@@ -65,12 +65,9 @@ class SingleFlightLRU(Generic[V]):
             self.counters.builds += 1
             return await build()
         started = time.perf_counter_ns()
-        entry = self._entries.get(key)
-        if entry is not None:
-            self._entries.move_to_end(key)
-            self.counters.hits += 1
-            self._on_lookup(time.perf_counter_ns() - started)
-            return entry[0]
+        value = self.peek(key, started)
+        if value is not None:
+            return value
         task = self._inflight.get(key)
         if task is None:
             self.counters.misses += 1
@@ -81,6 +78,18 @@ class SingleFlightLRU(Generic[V]):
             self.counters.coalesced += 1
         self._on_lookup(time.perf_counter_ns() - started)
         return await asyncio.shield(task)
+
+    def peek(self, key: Hashable, started: int | None = None) -> V | None:
+        """The stored value (a hit, counted and timed like any lookup), or None without counting anything: the caller
+        then asks ``get_or_build``, which counts the miss."""
+        started = time.perf_counter_ns() if started is None else started
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        self._entries.move_to_end(key)
+        self.counters.hits += 1
+        self._on_lookup(time.perf_counter_ns() - started)
+        return entry[0]
 
     async def _build_and_store(self, key: Hashable, build: Callable[[], Awaitable[V]]) -> V:
         self.counters.builds += 1

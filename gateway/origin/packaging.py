@@ -28,6 +28,30 @@ from .store import FileIdentity, Store
 from .paths import MediaTarget
 
 T = TypeVar("T")
+MAX_VALIDATORS = 4096  # media set keys whose validators are remembered (a few hundred bytes each)
+
+
+class Validators:
+    """What a set of file identities gives every response made from them: Last-Modified, the cache-key prefix and
+    the ETags (a sha256 each), computed once per media set key rather than once per request."""
+
+    MAX_ETAGS = 256  # per media set: its playlists, and the segments most recently asked for
+
+    def __init__(self, files: tuple[FileIdentity, ...], variant: tuple):
+        self.last_modified = max(f.mtime_ns for f in files) / 1e9
+        self.file_keys = tuple(f.cache_key for f in files)
+        self._etag_prefix = (__version__, [f.etag_key for f in files], *variant)
+        self._etags: dict[Hashable, str] = {}
+
+    def etag(self, request_key: Hashable) -> str:
+        tag = self._etags.get(request_key)
+        if tag is None:
+            text = repr((*self._etag_prefix, request_key))
+            tag = '"' + hashlib.sha256(text.encode()).hexdigest()[:32] + '"'
+            if len(self._etags) >= self.MAX_ETAGS:
+                self._etags.clear()
+            self._etags[request_key] = tag
+        return tag
 
 
 @dataclass(frozen=True, eq=False)
@@ -36,18 +60,22 @@ class OpenedSet:
 
     files: tuple[FileIdentity, ...]
     media_set: MediaSet
+    validators: Validators | None = None  # Packaging.open passes the remembered ones
+
+    def __post_init__(self) -> None:
+        if self.validators is None:
+            object.__setattr__(self, "validators", Validators(self.files, self._variant))
 
     @property
     def last_modified(self) -> float:
-        return max(f.mtime_ns for f in self.files) / 1e9
+        return self.validators.last_modified
 
     def etag(self, request_key: Hashable) -> str:
         """Strong validator from what the bytes depend on; equal on every node sharing the store."""
-        text = repr((__version__, [f.etag_key for f in self.files], *self._variant, request_key))
-        return '"' + hashlib.sha256(text.encode()).hexdigest()[:32] + '"'
+        return self.validators.etag(request_key)
 
     def cache_key(self, request_key: Hashable) -> tuple:
-        return (tuple(f.cache_key for f in self.files), *self._variant, request_key)
+        return (self.validators.file_keys, *self._variant, request_key)
 
     @property
     def _variant(self) -> tuple:
@@ -72,6 +100,7 @@ class Packaging:
         self.metadata = caches.metadata
         self.responses = caches.responses
         self.observe_stage: Callable[[str, int], None] = observe_stage or ignore_stage
+        self._validators: dict[tuple, Validators] = {}  # by media set key: no MediaSet kept alive here
 
     async def run(self, fn: Callable[..., T], *args) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -97,7 +126,14 @@ class Packaging:
             return await self.run(timed, self.observe_stage, "plan", MediaSet, presentations, duration,
                                   target.is_url_set, self.limits)
 
-        return OpenedSet(files, await self.metadata.media_set(key, load))
+        media_set = await self.metadata.media_set(key, load)
+        validators = self._validators.get(key)
+        if validators is None:
+            validators = Validators(files, (duration, target.is_url_set))
+            if len(self._validators) >= MAX_VALIDATORS:
+                self._validators.pop(next(iter(self._validators)))  # the oldest: a dict keeps insertion order
+            self._validators[key] = validators
+        return OpenedSet(files, media_set, validators)
 
     async def presentation(self, file: FileIdentity) -> Presentation:
         async def load() -> Presentation:
