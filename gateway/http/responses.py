@@ -167,7 +167,32 @@ async def serve_packaged(
 def whole_body(data: bytes, content_type: str, headers: dict[str, str]) -> web.Response:
     """The 200 of a packaged body: ``headers`` are its validators, Cache-Control and Accept-Ranges (what
     gateway/http/fast_path.py keeps to answer the same request again)."""
-    return web.Response(body=data, content_type=content_type, headers=headers)
+    response_class = LargeBodyResponse if len(data) >= LARGE_BODY else web.Response
+    return response_class(body=data, content_type=content_type, headers=headers)
+
+
+LARGE_BODY = 64 * 1024  # below this, one coalesced write of headers + body is cheaper than a second send()
+
+
+class LargeBodyResponse(web.Response):
+    """A response whose body goes to the transport as it is: the headers first, then a view of the body bytes.
+
+    aiohttp coalesces headers and body into one new bytes object before writing (on Python < 3.12 its transport has
+    no zero-copy writelines): a copy of the whole segment per response, cached or not. Writing them apart costs one
+    more send() of a few hundred bytes; the body then reaches the socket from the very bytes the cache holds, and
+    only what the socket does not take at once is copied into the transport's buffer."""
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        body = self._body
+        plain = (isinstance(body, bytes) and not self._eof_sent and self._compressed_body is None
+                 and not getattr(self, "_must_be_empty_body", False) and self._req is not None
+                 and self._req.method != "HEAD")
+        if not plain:
+            await super().write_eof(data)
+            return
+        self._payload_writer.send_headers()
+        await web.StreamResponse.write(self, memoryview(body))
+        await web.StreamResponse.write_eof(self)
 
 
 def preflight(request: web.BaseRequest) -> web.Response:
