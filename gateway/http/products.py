@@ -124,14 +124,16 @@ def _hls_segment(parsed: PackagedRequest, opened: OpenedSet, packaging: Packagin
                  context: DeliveryContext) -> Product:
     file, aes_key = parsed.file, context.hls_key
     selection = opened.media_set.resolve(file.spec)
+    if file.container == "ts":
+        ts_muxer = packaging.muxer(opened.media_set, selection, "ts", TsMuxer)
     if file.container == "ts" and aes_key is not None:
         # IV = media sequence number: the playlist starts at EXT-X-MEDIA-SEQUENCE:1
-        clear = TsMuxer(selection.tracks).build
+        clear = ts_muxer.build
         mux, content_type = (lambda segment: encrypt_segment(aes_key, segment.index + 1, clear(segment))), TS_TYPE
     elif aes_key is not None:
         raise PackagerError(ErrorCode.NOT_FOUND, "product_for: encrypted HLS is served as MPEG-TS only")
     elif file.container == "ts":
-        mux, content_type = TsMuxer(selection.tracks).build, TS_TYPE
+        mux, content_type = ts_muxer.build, TS_TYPE
     else:
         # presentation times exactly as in TS (minus TS_PTS_OFFSET): tfdt = dts, signed composition offsets
         mux, content_type = Fmp4Muxer(selection.tracks).build, _fmp4_type(selection)
