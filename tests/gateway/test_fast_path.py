@@ -126,3 +126,22 @@ async def test_without_a_stat_cache_every_request_takes_the_full_path(make_clien
     for _ in range(3):
         assert (await fetch(client, url))[0].status == 200
     assert (await counters(client))[0] - before[0] == 3
+
+
+async def test_a_public_file_linked_into_a_secured_entry_is_refused_after_the_stat_ttl(make_client, store):
+    """The remembered answer of a public file whose inode then becomes a secured flavor (a hardlink under the
+    flavor's path): once the stat cache lets go of the old identity, the full path sees the new ctime, the catalog
+    rescans its identities and the file is refused, exactly as without the fast path."""
+    directory = catalog_dir(store)
+    write_partner(directory, Partner(101, "P101", "a1" * 32, {}))
+    write_entry(directory, entry("0_secure01", 101, ["flavor.mp4"], secured=True))  # its file does not exist yet
+    client = await make_client(catalog_ttl=0.2, stat_cache_seconds=0.3)
+    url = URLS[0]
+    for _ in range(3):
+        assert (await fetch(client, url))[0].status == 200
+    (store / "flavor.mp4").hardlink_to(store / TITLE)
+    deadline = time.monotonic() + 20
+    while (response := (await fetch(client, url))[0]).status == 200:
+        assert time.monotonic() < deadline, "a secured inode is still served under its public name"
+        await asyncio.sleep(0.05)
+    assert response.status == 403
