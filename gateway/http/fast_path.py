@@ -17,7 +17,6 @@ built (validators, Cache-Control), so both paths send the same headers and bytes
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Hashable
 
@@ -27,7 +26,7 @@ from ..catalog.catalog import Catalog, CatalogView
 from ..origin.cache import ByteLRU, StatCache
 from .responses import whole_body
 
-MAX_ANSWERS = 4096  # raw paths remembered (each entry holds strings and keys, never a body)
+MAX_ANSWERS = 4096  # raw paths remembered (each entry holds strings and keys, never a body): ~20 MB at the most
 # headers that change the answer: such a request takes the full path
 _PLAIN_ONLY = ("Range", "If-None-Match", "If-Modified-Since", "If-Range")
 
@@ -55,6 +54,7 @@ class FastAnswers:
         self.catalog, self.stats, self.responses = catalog, stats, responses
         self.max_answers = max_answers
         self._answers: dict[str, _Remembered] = {}
+        self._view: CatalogView | None = None  # the view every remembered answer was made under
 
     @staticmethod
     def plain(request: web.BaseRequest) -> bool:
@@ -62,6 +62,9 @@ class FastAnswers:
         return request.method in ("GET", "HEAD") and not any(name in headers for name in _PLAIN_ONLY)
 
     def remember(self, raw_path: str, answer: PackagedAnswer, view: CatalogView, label: tuple[str, str]) -> None:
+        if view is not self._view:  # the catalog changed: every answer made before is void, and no old view is kept
+            self._answers.clear()
+            self._view = view
         if len(self._answers) >= self.max_answers and raw_path not in self._answers:
             self._answers.pop(next(iter(self._answers)))  # the oldest remembered
         self._answers[raw_path] = _Remembered(answer, view, label)
@@ -78,8 +81,7 @@ class FastAnswers:
         files = self.stats.get(answer.paths)
         if files is None or tuple(f.cache_key for f in files) != answer.file_keys:
             return None
-        started = time.perf_counter_ns()
-        body = self.responses.peek(answer.cache_key, started)
+        body = self.responses.peek(answer.cache_key)
         if body is None:
             return None
         return whole_body(body, answer.content_type, answer.headers), remembered.label

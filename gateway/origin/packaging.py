@@ -30,14 +30,16 @@ from .paths import MediaTarget
 
 T = TypeVar("T")
 M = TypeVar("M")
-MAX_VALIDATORS = 4096  # media set keys whose validators are remembered (a few hundred bytes each)
+# media set keys whose validators are remembered, and ETags per key: at most 1024 x 64 small strings (~15 MB) however
+# many distinct segments a client asks for; a segment's ETag (~2 µs) matters little, a playlist's is what is saved
+MAX_VALIDATORS = 1024
 
 
 class Validators:
     """What a set of file identities gives every response made from them: Last-Modified, the cache-key prefix and
     the ETags (a sha256 each), computed once per media set key rather than once per request."""
 
-    MAX_ETAGS = 256  # per media set: its playlists, and the segments most recently asked for
+    MAX_ETAGS = 64  # per media set: its playlists, and the segments most recently asked for
 
     def __init__(self, files: tuple[FileIdentity, ...], variant: tuple):
         self.last_modified = max(f.mtime_ns for f in files) / 1e9

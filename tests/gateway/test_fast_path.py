@@ -145,3 +145,29 @@ async def test_a_public_file_linked_into_a_secured_entry_is_refused_after_the_st
         assert time.monotonic() < deadline, "a secured inode is still served under its public name"
         await asyncio.sleep(0.05)
     assert response.status == 403
+
+
+def test_what_is_remembered_stays_bounded(store):
+    """Hostile clients cannot grow it: at most max_answers paths, only the current catalog view is kept, and the
+    ETags remembered per media set are capped."""
+    from gateway.catalog.catalog import Catalog, CatalogView
+    from gateway.http.fast_path import FastAnswers, PackagedAnswer
+    from gateway.origin.cache import ByteLRU, StatCache
+    from gateway.origin.packaging import Validators
+    from gateway.origin.store import Store
+
+    answers = FastAnswers(Catalog(store), StatCache(1.0), ByteLRU(1 << 20), max_answers=8)
+    answer = PackagedAnswer((TITLE,), (), ("key",), "text/plain", {})
+    old, new = CatalogView(), CatalogView()
+    for i in range(20):
+        answers.remember(f"/hls/{i}/master.m3u8", answer, old, ("hls", "manifest"))
+    assert len(answers._answers) == 8 and "/hls/19/master.m3u8" in answers._answers
+    answers.remember("/hls/new/master.m3u8", answer, new, ("hls", "manifest"))
+    assert list(answers._answers) == ["/hls/new/master.m3u8"]  # answers made under the old view are gone with it
+
+    validators = Validators((Store(store).identify(TITLE),), (6000, False))
+    tags = {validators.etag(("hls", "seg", i)) for i in range(1000)}
+    assert len(tags) == 1000  # every key its own tag
+    assert len(validators._etags) <= Validators.MAX_ETAGS
+    assert validators.etag(("hls", "seg", 3)) == Validators((Store(store).identify(TITLE),), (6000, False)).etag(
+        ("hls", "seg", 3))  # a remembered tag is the tag
