@@ -1,4 +1,11 @@
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Hypothesis' timing checks (an example's deadline, slow input generation) are wall-clock assertions: on a loaded
+# 2-core CI machine they fail tests whose code is right. Every property test runs under this profile; the number of
+# examples stays each test's own.
+settings.register_profile("gateway", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("gateway")
 
 
 def pytest_addoption(parser):

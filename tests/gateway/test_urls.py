@@ -252,14 +252,14 @@ def _check(path: str) -> None:
             assert part and not part.startswith(".") and "\\" not in part and "\x00" not in part
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400)
 @given(st.text())
 def test_arbitrary_text_is_typed_or_4xx(text):
     _check("/" + text)
     _check(text)
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=600)
 @given(st.lists(st.sampled_from(TOKENS), max_size=14))
 def test_arbitrary_token_soup_is_typed_or_4xx(tokens):
     _check("/" + "".join(tokens))

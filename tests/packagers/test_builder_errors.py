@@ -14,7 +14,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fixtures.generate import fixture_path
@@ -260,8 +260,7 @@ def mutate(data: bytearray, offsets: np.ndarray, sizes: np.ndarray, what: str, k
         data[offset + value % size] = value & 0xFF
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+@settings(max_examples=150, derandomize=True, database=None)
 @given(source=st.sampled_from(SOURCES), edits=st.lists(edit, min_size=1, max_size=6), where=st.sampled_from([0, 1, 2]))
 def test_mutated_sample_payloads_in_every_protocol(source, edits, where):
     media_set, offsets, sizes = parsed(source)

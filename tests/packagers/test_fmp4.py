@@ -195,7 +195,7 @@ def test_presentation_time_offset():
     assert presentation_time_offset(late) == 0
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(st.lists(st.tuples(st.integers(1, 100), st.integers(-300, 300)), min_size=1, max_size=30),
        st.integers(0, 50), st.integers(-500, 500))
 def test_presentation_time_offset_property(rows, start, edit):
@@ -283,7 +283,7 @@ def tables(draw):
     return SampleTable(offsets, sizes, dts, cts, durations, key), draw(st.integers(-30000, 30000))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(tables(), st.booleans(), st.booleans(), st.integers(0, 10**6))
 def test_trun_columns_property(drawn, styp, tfxd, index):
     table, edit = drawn

@@ -6,7 +6,7 @@ import functools
 import struct
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fixtures import mp4_variants as mv
@@ -19,7 +19,7 @@ from packagers.codecs.avc import parse_avcc
 from packagers.codecs.hevc import parse_hvcc
 
 SOURCES = ("audio_only.mp4", "no_bframes.mp4", "hevc.mp4", "two_audio.mp4")
-FUZZ = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=300, database=None)
 
 
 @functools.lru_cache(maxsize=None)

@@ -232,7 +232,7 @@ NAME_LIKE = st.one_of(
 )
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=600)
 @given(st.sampled_from(sorted(PARSERS)), NAME_LIKE)
 def test_a_name_parses_to_its_canonical_writing_or_is_refused(protocol, name):
     try:

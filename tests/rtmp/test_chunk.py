@@ -1,6 +1,6 @@
 """Chunk stream (RTMP 1.0 §5.3): hand-built vectors from the spec, writer → reader round trips, limits, fuzz."""
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rtmp.chunk import ChunkReader, ChunkWriter, Message
@@ -326,7 +326,7 @@ def interleave(chunks_per_message, draw):
     return b"".join(out)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300)
 @given(msgs=message_runs(), chunk_size=st.integers(1, 70000), data=st.data())
 def test_round_trip_random_splits(msgs, chunk_size, data):
     w = ChunkWriter(chunk_size)
@@ -342,7 +342,7 @@ def test_round_trip_random_splits(msgs, chunk_size, data):
     assert r.buffered == 0
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50)
 @given(msgs=message_runs(), chunk_size=st.integers(1, 300))
 def test_round_trip_byte_at_a_time(msgs, chunk_size):
     w = ChunkWriter(chunk_size)
@@ -354,7 +354,7 @@ def test_round_trip_byte_at_a_time(msgs, chunk_size):
     assert out == msgs
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150)
 @given(msgs=message_runs(), chunk_size=st.integers(1, 200), data=st.data())
 def test_round_trip_interleaved(msgs, chunk_size, data):
     # one message per chunk stream in flight at a time; chunks of different streams interleave freely
@@ -395,7 +395,7 @@ def _split_chunks(raw, m, chunk_size):
     return out
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(msgs=message_runs(), sizes=st.lists(st.integers(1, 70000), min_size=1, max_size=4))
 def test_round_trip_with_chunk_size_changes(msgs, sizes):
     w, r = ChunkWriter(), ChunkReader()
@@ -422,7 +422,7 @@ def test_large_message_round_trip(chunk_size):
 
 # ---- fuzz ------------------------------------------------------------------------------------------------------
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=500)
 @given(prefix=st.sampled_from([b"", H("03" "000000" "000010" "09" "01000000"),
                                H("02" "000000" "000004" "01" "00000000" "00000002")]),
        blob=st.binary(max_size=3000), auto=st.booleans(), step=st.integers(1, 500))

@@ -9,7 +9,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fixtures.generate import fixture_path
@@ -146,7 +146,7 @@ _HEADERS = [bytes([0x17, 0]), bytes([0x17, 1]), bytes([0x27, 1]), b"\x90hvc1", b
             bytes([0xAF, 0]), bytes([0xAF, 1]), b"\x90mp4a", b"\x91mp4a", b"\x1c\x00"]
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400)
 @given(st.lists(st.tuples(st.booleans(), st.sampled_from(_HEADERS + [b""]), st.binary(max_size=64),
                           st.integers(0, 2**32 - 1)), max_size=8))
 def test_fuzz_only_rtmp_errors(messages):
@@ -159,7 +159,7 @@ def test_fuzz_only_rtmp_errors(messages):
         assert all(isinstance(s, FlvSample) for s in out)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(st.binary(max_size=40))
 def test_fuzz_sequence_headers(record):
     for head in (bytes([0x17, 0, 0, 0, 0]), b"\x90hvc1", bytes([0xAF, 0])):
@@ -175,7 +175,7 @@ def _real_sequence_headers() -> list[Message]:
             Message(4, 0, MSG_AUDIO, 1, bytes([0xAF, 0]) + audio.extradata)]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(st.lists(st.tuples(st.booleans(), st.sampled_from(_HEADERS[1:3] + _HEADERS[7:8]), st.binary(max_size=48)),
                 max_size=6))
 def test_fuzz_frames_after_real_headers(frames):

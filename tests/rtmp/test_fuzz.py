@@ -5,7 +5,7 @@ arbitrary bodies. The only exception allowed out is RtmpError (the server closes
 and whatever reaches the relay (metadata, media) is handled without error."""
 from __future__ import annotations
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from packagers.codecs import amf0
@@ -17,7 +17,7 @@ from rtmp.relay import Relay, Subscriber
 from rtmp.session import Media, Metadata, Publish, ServerSession, classify_media
 from tests.rtmp.test_session import ScriptedClient, publish_bytes
 
-FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=400)
 
 
 def pieces(data: bytes, step: int) -> list[bytes]:

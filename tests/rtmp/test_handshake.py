@@ -76,7 +76,7 @@ def test_server_everything_in_one_feed():
 
 
 @given(st.lists(st.integers(1, 4000), min_size=1, max_size=20), st.binary(max_size=300))
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 def test_server_any_fragmentation(sizes, tail):
     c1, c2 = simple_c1(), simple_c1(99)
     hs = ServerHandshake(random=fixed_random(7))
@@ -120,7 +120,7 @@ def test_client_rejects_bad_version_and_misuse():
 
 @given(st.lists(st.integers(1, 2000), min_size=1, max_size=10), st.lists(st.integers(1, 2000), min_size=1,
                                                                        max_size=10))
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50)
 def test_client_and_server_against_each_other(client_sizes, server_sizes):
     client, server = ClientHandshake(time_ms=1), ServerHandshake(time_ms=2)
     to_server = client.start()

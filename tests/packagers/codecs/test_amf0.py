@@ -293,13 +293,13 @@ values = st.recursive(scalars, lambda children: st.one_of(
 
 
 @given(values)
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 def test_roundtrip_property(value):
     assert same(roundtrip(value), value)
 
 
 @given(st.lists(values, max_size=4))
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 def test_roundtrip_sequence_property(seq):
     out = decode_all(encode_all(*seq))
     assert len(out) == len(seq) and all(same(a, b) for a, b in zip(out, seq))
@@ -337,7 +337,7 @@ def test_structured_garbage_raises_only_amf0_error(data):
 
 
 @given(values, st.data())
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 def test_truncated_or_corrupted_encodings_raise_only_amf0_error(value, data):
     wire = bytearray(encode(value))
     cut = data.draw(st.integers(0, len(wire)))

@@ -109,7 +109,7 @@ def test_annexb_matches_ffmpeg_bitstream_filter(name, bsf):
 nal_lists = st.lists(st.lists(st.binary(min_size=1, max_size=300), min_size=1, max_size=4), min_size=1, max_size=6)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(samples=nal_lists, size=st.sampled_from([1, 2, 3, 4]))
 def test_to_annexb_any_length_size(samples, size):
     samples = [[n[: (1 << 8 * size) - 1] for n in sample] for sample in samples]
