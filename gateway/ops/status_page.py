@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.web_fileresponse import FileResponse
 
 from .. import __version__
+from . import allocator
 from .metrics import PROMETHEUS, ingest_stats
 from ..origin.packaging import PACKAGING
 
@@ -187,7 +188,8 @@ async def serve_dashboard(request: web.Request) -> web.Response:
         "dash_viewers": by_stream.get((name, "dash"), 0),
         "qualities": {q: n for (s, q), n in sorted(by_quality.items()) if s == name},
     } for name in names]
-    body = {"version": __version__, "pid": os.getpid(), "ingest": stats is not None, "live": live,
+    body = {"version": __version__, "pid": os.getpid(), "allocator": allocator.state,
+            "ingest": stats is not None, "live": live,
             "errors": list(reversed(metrics.recent_errors))}
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 

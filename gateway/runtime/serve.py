@@ -34,6 +34,7 @@ from typing import Callable
 from rtmp.config import RtmpConfig
 
 from ..ops.access_log import configure_access_log
+from ..ops.allocator import tune_allocator
 from .config_file import ServeConfig
 from ..http.connections import ConnectionTracker, TrackedConnection
 from ..origin.cache import Caches
@@ -80,6 +81,7 @@ def shown_host(host: str) -> str:
 
 def run_worker(index: int, config: ServeConfig, control: Connection, address: Address) -> int:
     """The body of a forked worker process: its own event loop until it is told to stop."""
+    tune_allocator()  # before the executor's threads exist
     return asyncio.run(Worker(index, config, control, address).run())
 
 

@@ -1,0 +1,61 @@
+"""gateway/ops/allocator.py: segment-sized bodies built in executor threads and freed on the event loop reuse memory
+instead of faulting in fresh pages (measured: ~370 minor faults per 1.6 MB TS segment with glibc's defaults)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from .processes import gateways, get  # noqa: F401  (fixture)
+
+# What a worker does with every cold segment, reduced to the allocation pattern: 16 executor threads each build a
+# fresh 1.6 MB body, the main thread frees them once "sent". Prints the minor page faults per body, steady state.
+CHURN = textwrap.dedent("""
+    import resource, sys
+    from concurrent.futures import ThreadPoolExecutor
+    from gateway.ops import allocator
+    if sys.argv[1] == "tuned":
+        print(allocator.tune_allocator(), allocator.state)
+    def build(i):
+        return bytes([i & 0xFF]) * 1_600_000
+    with ThreadPoolExecutor(16) as pool:
+        for _ in range(3):
+            list(pool.map(build, range(32)))
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(20):
+            bodies = list(pool.map(build, range(16)))
+            del bodies
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / (20 * 16))
+""")
+
+
+def churn(mode: str, **env: str) -> list[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", CHURN, mode], env={**clean, **env}, capture_output=True, text=True,
+                         check=True, timeout=120)
+    return out.stdout.split("\n")
+
+
+def test_tuned_allocator_reuses_freed_bodies_instead_of_faulting_pages_in():
+    plain = float(churn("plain")[0])
+    if plain < 50:
+        pytest.skip(f"this C library already reuses freed bodies ({plain:.0f} faults per body): nothing to show")
+    applied, faults = churn("tuned")[:2]
+    assert applied.startswith("True tuned: 2 arenas")
+    # a 1.6 MB body is 390 pages: the plain run faults most of them in again, the tuned one almost none
+    assert float(faults) < 5 < plain
+
+
+def test_operator_malloc_settings_win():
+    applied = churn("tuned", MALLOC_ARENA_MAX="4")[0]
+    assert applied == "False the environment's MALLOC_* settings"
+
+
+def test_serve_workers_run_tuned(gateways, store):
+    gw = gateways(store=store)
+    status, _, body = get(gw.base, "/status/dashboard")
+    assert status == 200 and json.loads(body)["allocator"].startswith("tuned: 2 arenas")
