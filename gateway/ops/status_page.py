@@ -188,7 +188,7 @@ async def serve_dashboard(request: web.Request) -> web.Response:
         "dash_viewers": by_stream.get((name, "dash"), 0),
         "qualities": {q: n for (s, q), n in sorted(by_quality.items()) if s == name},
     } for name in names]
-    body = {"version": __version__, "pid": os.getpid(), "allocator": allocator.state,
+    body = {"version": __version__, "pid": os.getpid(), "allocator": allocator.state, "collector": allocator.collector,
             "ingest": stats is not None, "live": live,
             "errors": list(reversed(metrics.recent_errors))}
     return web.json_response(body, headers={"Cache-Control": "no-store"})

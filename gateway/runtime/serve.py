@@ -34,7 +34,7 @@ from typing import Callable
 from rtmp.config import RtmpConfig
 
 from ..ops.access_log import configure_access_log
-from ..ops.allocator import tune_allocator
+from ..ops.allocator import tune_allocator, tune_collector
 from .config_file import ServeConfig
 from ..http.connections import ConnectionTracker, TrackedConnection
 from ..origin.cache import Caches
@@ -148,6 +148,7 @@ class Worker:
             self._send(("failed", str(e)))
             await self.close_ingest()
             return 1
+        tune_collector()  # after the first generation: what it holds lives as long as the worker
         self._send(("ready", {"pid": os.getpid(), "rtmp_port": self.ingest.port if self.ingest else None}))
         loop.add_reader(self.control.fileno(), self.on_control)
         await self.stop.wait()

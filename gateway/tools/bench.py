@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..ops.allocator import tune_allocator
+from ..ops.allocator import tune_allocator, tune_collector
 from .measure import MB, Progress, Report, free_port, http_load, measure_file_read, measure_memcpy
 
 def measure_parse(path: Path, rounds: int = 20) -> tuple[float, float, int]:
@@ -126,6 +126,8 @@ def run(seconds: float = 5.0, segments: int | None = None, json_out: bool = Fals
     rep.add("moov_parse_2h_median", median, "ms", "")
     best, median, samples = measure_parse(hd)
     rep.add("moov_parse_720p_best", best, "ms", f"{samples:,} samples")
+
+    tune_collector()  # as a worker once ready
 
     count, nbytes, dt = measure_segment_build(hd, 6000, "ts", segments)
     mbs = nbytes / MB / dt
