@@ -1,7 +1,9 @@
 """Between handlers and the packaging core: identities → cached MediaSet → packaged bytes from the response cache.
 
-Every blocking step (stat, pread, moov parse, plan, mux) runs in the app's thread pool, each as one executor job, so
-a build costs one thread hop and the event loop keeps answering cache hits while NFS stalls. Cache keys start with
+Every blocking step (stat, pread, moov parse, plan) runs in the app's thread pool, each as one executor job, so the
+event loop keeps answering cache hits while NFS stalls. A segment build is the exception when it cannot block: on a
+store answering non-blocking reads (RWF_NOWAIT) whose bytes are all in the page cache, it is read and muxed on the
+event loop (no thread hop), else it runs in the pool as one job. Cache keys start with
 the identities of the files involved, so a file replaced on disk is never served from stale entries.
 """
 from __future__ import annotations
@@ -25,7 +27,7 @@ from packagers.mp4 import read_presentation
 from .. import __version__
 from .cache import Caches
 from ..settings import Settings
-from .store import FileIdentity, Store
+from .store import FileIdentity, Store, WouldBlock
 from .paths import MediaTarget
 
 T = TypeVar("T")
@@ -161,9 +163,20 @@ class Packaging:
             muxer = muxers[key] = make(selection.tracks)
         return muxer
 
-    async def packaged(self, opened: OpenedSet, request_key: Hashable, build: Callable[[], bytes]) -> bytes:
-        """The response cache in front of a blocking ``build`` that runs in the executor."""
-        return await self.responses.get_or_build(opened.cache_key(request_key), lambda: self.run(build))
+    async def packaged(self, opened: OpenedSet, request_key: Hashable, build: Callable[[], bytes],
+                       build_inline: Callable[[], bytes] | None = None) -> bytes:
+        """The response cache in front of a blocking ``build`` that runs in the executor, or of ``build_inline`` run
+        right here on the event loop when the store answers non-blocking reads and it does not raise WouldBlock."""
+        async def make() -> bytes:
+            if build_inline is not None and self.store.nowait_reads:
+                try:
+                    return build_inline()
+                except WouldBlock as would_block:
+                    if would_block.unsupported:  # a mount under the store root without RWF_NOWAIT: stop trying
+                        self.store.nowait_reads = False
+            return await self.run(build)
+
+        return await self.responses.get_or_build(opened.cache_key(request_key), make)
 
 
 def ignore_stage(_stage: str, _elapsed_ns: int) -> None:

@@ -11,6 +11,7 @@ and a stalled read must block a worker thread, not the event loop.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import stat
 import threading
@@ -21,6 +22,20 @@ from typing import Sequence
 
 from packagers.errors import not_found
 from packagers.media_data import ReadRequest
+
+
+class WouldBlock(Exception):
+    """A non-blocking read found bytes that are not in the page cache (or a file system without non-blocking reads,
+    ``unsupported``): the caller reads them in the executor instead."""
+
+    def __init__(self, unsupported: bool = False):
+        super().__init__("the read would block")
+        self.unsupported = unsupported
+
+
+# preadv2 flag: fail with EAGAIN rather than wait for the disk or the network (Linux 4.14+, local file systems; NFS,
+# tmpfs and others answer EOPNOTSUPP)
+RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 
 
 class FileChanged(Exception):
@@ -63,6 +78,9 @@ class Store:
         self.root = os.path.realpath(root)
         if not os.path.isdir(self.root):
             raise ValueError(f"store root {root} is not a directory")
+        # whether the store's file system answers non-blocking reads (RWF_NOWAIT): None until the first file is
+        # identified (probed then, in the executor), False for NFS and others, and once one refuses
+        self.nowait_reads: bool | None = None if RWF_NOWAIT else False
 
     def identify(self, path: str) -> FileIdentity:
         """Resolve a store-relative path (validated by gateway.http.urls) to a regular file inside the store. Blocking."""
@@ -82,8 +100,13 @@ class Store:
                             st.st_dev, st.st_ctime_ns)
 
     async def identify_all(self, paths: Sequence[str], executor: Executor | None) -> tuple[FileIdentity, ...]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, lambda: tuple(self.identify(p) for p in paths))
+        def identify_all() -> tuple[FileIdentity, ...]:
+            files = tuple(self.identify(p) for p in paths)
+            if self.nowait_reads is None and files:
+                self.nowait_reads = probe_nowait_reads(files[0])
+            return files
+
+        return await asyncio.get_running_loop().run_in_executor(executor, identify_all)
 
     @staticmethod
     def open(identity: FileIdentity) -> "FileReader":
@@ -147,13 +170,14 @@ class FileReader:
     def read_all(self, requests: Sequence[ReadRequest]) -> list[bytes]:
         return [self.pread(r.offset, r.size) for r in requests]
 
-    def read_scratch(self, requests: Sequence[ReadRequest]) -> list[memoryview]:
+    def read_scratch(self, requests: Sequence[ReadRequest], nowait: bool = False) -> list[memoryview]:
         """``requests`` read into this thread's reusable buffer (see ``read_into_scratch``).
 
         A read short of the file as identified, or a size/mtime change by the time all are read, is FileChanged
         (503 and a retry) rather than a segment built from the wrong bytes; reads past the identified end stay
-        short (the packager reports that file as BAD_DATA)."""
-        views = read_into_scratch(self.fd, requests)
+        short (the packager reports that file as BAD_DATA). ``nowait``: WouldBlock unless every byte is in the page
+        cache (then the caller reads again in the executor, where those checks apply)."""
+        views = read_into_scratch(self.fd, requests, nowait)
         if any(len(v) < self._expected(r.offset, r.size) for r, v in zip(requests, views)):
             raise FileChanged(self.identity.path, "truncated")
         self._check_unchanged()
@@ -179,12 +203,14 @@ _scratch = _Scratch()
 SCRATCH_LIMIT = 64 * 1024 * 1024  # larger reads get a buffer of their own, so no thread keeps a huge one
 
 
-def read_into_scratch(fd: int, requests: Sequence[ReadRequest]) -> list[memoryview]:
+def read_into_scratch(fd: int, requests: Sequence[ReadRequest], nowait: bool = False) -> list[memoryview]:
     """Read ``requests`` into one buffer reused by this thread; views are valid until the thread's next call.
 
-    A segment build reads, gathers and muxes in one executor job on one thread, so its reads need not outlive it.
-    A fresh multi-megabyte ``bytes`` per read costs a page fault per 4 KB, which on this class of VM measured 4-5x
-    slower than the copies themselves (gateway bench). Short only at end of file.
+    A segment build reads, gathers and muxes in one job on one thread, so its reads need not outlive it. A fresh
+    multi-megabyte ``bytes`` per read costs a page fault per 4 KB, which on this class of VM measured 4-5x slower
+    than the copies themselves (gateway bench). Short only at end of file. ``nowait``: each read either comes
+    whole from the page cache or raises WouldBlock (a partial read too: it may be a truncated file, and the
+    executor's blocking read tells the two apart).
     """
     total = sum(r.size for r in requests)
     if total > SCRATCH_LIMIT:
@@ -197,6 +223,8 @@ def read_into_scratch(fd: int, requests: Sequence[ReadRequest]) -> list[memoryvi
     out, pos = [], 0
     for r in requests:
         got = 0
+        if nowait and r.size:
+            got = _read_nowait(fd, view[pos : pos + r.size], r.offset)
         while got < r.size:
             n = os.preadv(fd, [view[pos + got : pos + r.size]], r.offset + got)
             if n == 0:
@@ -205,3 +233,34 @@ def read_into_scratch(fd: int, requests: Sequence[ReadRequest]) -> list[memoryvi
         out.append(view[pos : pos + got])
         pos += r.size
     return out
+
+
+def probe_nowait_reads(identity: FileIdentity) -> bool:
+    """Whether the file system of ``identity`` answers non-blocking reads (one byte, RWF_NOWAIT). Blocking."""
+    try:
+        fd = os.open(identity.real_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    try:
+        _read_nowait(fd, memoryview(bytearray(1)), 0)
+    except WouldBlock as e:
+        return not e.unsupported
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def _read_nowait(fd: int, into: memoryview, offset: int) -> int:
+    try:
+        n = os.preadv(fd, [into], offset, RWF_NOWAIT)
+    except BlockingIOError:
+        raise WouldBlock() from None
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # EINVAL: kernels before the flag existed
+            raise WouldBlock(unsupported=True) from None
+        raise
+    if n < len(into):
+        raise WouldBlock()
+    return n
