@@ -13,8 +13,8 @@ header] when it starts a PES, then AUD or its ADTS header -- as the right-aligne
 matrix (the parameter sets of key frames are joined behind it: in the matrix they would widen every row). The TS
 payload of the whole segment is one ``writelines`` of (prefix, sample) slices whose length is a multiple of 184 by
 construction; NAL length prefixes are overwritten there with start codes; the packet headers (sync byte, PUSI,
-PID, continuity_counter) are one uint32 column, and one strided copy lays the 184-byte rows behind them. Large
-intermediate buffers are reused per thread (``_Scratch``).
+PID, continuity_counter) are one uint32 column, and one strided copy lays the 184-byte rows behind them, straight
+into the ``bytes`` that is returned (``packagers.output``). The payload buffer is reused per thread (``_Scratch``).
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from ..codecs import avc, hevc
 from ..codecs.aac import ADTS_HEADER_SIZE, adts_constant, parse_audio_specific_config
 from ..errors import ErrorCode, PackagerError, bad_data, bad_request
 from ..media_data import MediaSegment, TrackSegment
+from ..output import finished, new_bytes
 from ..model import Track
 from . import packets as p
 from .pes import (AF, AF_LENGTH, BOTH, CC, COUNT, DTS, DTS2, FIRST, FLAGS, HEADER_LENGTH, LEN, PACKETS, PCR7,
@@ -265,7 +266,8 @@ class TsMuxer:
         header[first_row] |= 0x400000 | (af_len > 0) * 0x20  # payload_unit_start_indicator; 11: AF + payload
 
         # -- the packets: PAT, PMT, then the 4-byte headers with the 184-byte rows of the payload behind them ---------
-        out = _scratch.packets_for(n_rows + 2)
+        segment_bytes, flat_out = new_bytes((n_rows + 2) * p.TS_PACKET_SIZE)  # returned as is: written in place
+        out = flat_out.reshape(n_rows + 2, p.TS_PACKET_SIZE)
         out[:2] = np.frombuffer(head, dtype=np.uint8).reshape(2, p.TS_PACKET_SIZE)
         out.view(">u4")[2:, 0] = header
         view, payload = bio.getbuffer(), None
@@ -278,10 +280,10 @@ class TsMuxer:
                 payload[(body_at[out_pos[video.start_code_owner]] + video.start_codes)[:, None] + _AR4] = _START_CODE
             out[2:, 4:] = payload.reshape(n_rows, _PAYLOAD)
         finally:
-            del payload
+            del payload, out, flat_out
             view.release()
             _scratch.release_large()
-        return out.tobytes()
+        return finished(segment_bytes)
 
 
 def _parameter_set_lengths(u: Units) -> np.ndarray:
@@ -292,12 +294,11 @@ def _parameter_set_lengths(u: Units) -> np.ndarray:
 
 
 class _Scratch(threading.local):
-    """Per-thread buffers reused from build to build: fresh multi-megabyte buffers cost a page fault per 4 KB,
-    which is more than the copies themselves. Only ``tobytes`` (the returned segment) allocates."""
+    """The per-thread TS payload buffer, reused from build to build: a fresh multi-megabyte buffer costs a page fault
+    per 4 KB, which is more than the copies themselves. The packets are written straight into the returned bytes."""
 
     def __init__(self) -> None:
         self.payload, self.payload_size = io.BytesIO(), 0
-        self.packets = np.empty(0, dtype=np.uint8)
 
     def payload_for(self, size: int) -> io.BytesIO:
         """The BytesIO to write a segment's TS payload into, sized in one step (not by doubling as it fills)."""
@@ -311,14 +312,6 @@ class _Scratch(threading.local):
             self.payload_size = size
         self.payload.seek(0)
         return self.payload
-
-    def packets_for(self, n: int) -> np.ndarray:
-        size = n * p.TS_PACKET_SIZE
-        if size > _SCRATCH_LIMIT:
-            return np.empty((n, p.TS_PACKET_SIZE), dtype=np.uint8)
-        if len(self.packets) < size:
-            self.packets = np.empty(min(size + size // 4, _SCRATCH_LIMIT), dtype=np.uint8)
-        return self.packets[:size].reshape(n, p.TS_PACKET_SIZE)
 
     def release_large(self) -> None:
         if self.payload_size > _SCRATCH_LIMIT:
