@@ -58,6 +58,27 @@ class TrackSegment:
     def payload_size(self) -> int:
         return sum(len(c) for c in self.chunks)
 
+    def sample_views(self) -> list[memoryview]:
+        """Each sample's bytes as a view of the chunk that holds it: for muxers that lay samples out one by one
+        (FLV tags, ADTS frames), so that the payload is not joined, a full copy, before being copied again."""
+        sizes = self.samples.sizes.astype(np.int64)
+        if not len(sizes):
+            return []
+        ends = np.cumsum(sizes)
+        if int(ends[-1]) != self.payload_size:
+            raise bad_data(f"TrackSegment: {self.payload_size} payload bytes for samples of {int(ends[-1])}")
+        starts = ends - sizes
+        if len(self.chunks) > 1:
+            lengths = np.fromiter(map(len, self.chunks), dtype=np.int64, count=len(self.chunks))
+            chunk_ends = np.cumsum(lengths)
+            which = np.minimum(np.searchsorted(chunk_ends, starts, side="right"), len(lengths) - 1)
+            local = starts - (chunk_ends - lengths)[which]
+            if (local >= 0).all() and (local + sizes <= lengths[which]).all():  # no sample spans two chunks
+                views = [memoryview(c) for c in self.chunks]
+                return [views[w][a : a + n] for w, a, n in zip(which.tolist(), local.tolist(), sizes.tolist())]
+        payload = memoryview(self.payload)
+        return list(map(payload.__getitem__, map(slice, starts.tolist(), ends.tolist())))
+
     def sample_positions(self) -> np.ndarray:
         """Start of each sample inside ``payload`` (int64)."""
         pos = np.zeros(len(self.samples) + 1, dtype=np.int64)

@@ -7,7 +7,7 @@ into a ``MediaSegment`` for a muxer. It holds no bytes and does no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Hashable, Sequence, TypeVar
 
 import numpy as np
 
@@ -17,6 +17,8 @@ from .media_data import MediaSegment, ReadRequest, TrackSegment, gather_runs, pl
 from .model import Presentation, SampleTable, Track
 from .naming import TrackSpec
 from .segmenter import DEFAULT_SEGMENT_DURATION_MS, SegmentPlan, build_shared_plans
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,6 +51,17 @@ class MediaSet:
         # build_shared_plans is the sanity check all manifests share (durations, segment lengths and frames)
         self.plans: tuple[SegmentPlan, ...] = build_shared_plans(self.presentations, segment_duration_ms, limits)
         self._ranges: dict[int, np.ndarray] = {}
+        self._derived: dict[Hashable, object] = {}
+
+    def derived(self, key: Hashable, make: Callable[[], T]) -> T:
+        """``make()``, once per media set: what a protocol derives from the whole set and needs for every request
+        (Smooth streams, HDS timelines) is computed when first asked for, like the plans, not per fragment. Only
+        a result is kept; a ``make`` that raises runs again next time."""
+        try:
+            return self._derived[key]  # type: ignore[return-value]
+        except KeyError:
+            value = self._derived[key] = make()
+            return value
 
     @property
     def shared_plan(self) -> bool:

@@ -155,12 +155,11 @@ class HdsMuxer:
         out[_TS] = round_ms(samples.dts - track.edit_offset, track.timescale) + self.offset
         out[_SIZE] = samples.sizes
         ends = np.cumsum(out[_SIZE])
-        if len(ts.payload) != int(ends[-1]):
-            raise bad_data(f"HdsMuxer.build: payload of track {track.track_id} is {len(ts.payload)} bytes, "
+        if ts.payload_size != int(ends[-1]):
+            raise bad_data(f"HdsMuxer.build: payload of track {track.track_id} is {ts.payload_size} bytes, "
                            f"its samples {int(ends[-1])}")  # fmt: skip
         out[_BODY] = np.arange(len(pool), len(pool) + n)
-        mv = memoryview(ts.payload)
-        pool += map(mv.__getitem__, map(slice, (ends - out[_SIZE]).tolist(), ends.tolist()))
+        pool += ts.sample_views()
         if track.kind == "video":
             pts = round_ms(samples.pts - track.edit_offset, track.timescale) + self.offset
             out[_TYPE], out[_AV], out[_RAP] = flv.TAG_TYPE_VIDEO, flv.VIDEO_HEADER_SIZE, samples.keyframe

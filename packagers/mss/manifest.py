@@ -59,7 +59,12 @@ def _unique_bitrates(tracks: list[Track]) -> list[int]:
     return out
 
 
-def smooth_streams(media_set: MediaSet) -> list[SmoothStream]:
+def smooth_streams(media_set: MediaSet) -> tuple[SmoothStream, ...]:
+    """The Smooth streams of a media set, computed once per set (every fragment request looks its own up)."""
+    return media_set.derived("mss.streams", lambda: _smooth_streams(media_set))
+
+
+def _smooth_streams(media_set: MediaSet) -> tuple[SmoothStream, ...]:
     streams = []
     videos = video_selections(media_set)
     if videos:
@@ -89,7 +94,9 @@ def smooth_streams(media_set: MediaSet) -> list[SmoothStream]:
                                     *_chunks(media_set, selection)))
     if not streams:
         raise PackagerError(ErrorCode.NO_STREAMS, "smooth_streams: nothing to stream")
-    return streams
+    for stream in streams:  # shared by every request for the set: read-only
+        stream.starts.flags.writeable = stream.durations.flags.writeable = False
+    return tuple(streams)
 
 
 def locate_fragment(media_set: MediaSet, stream: str, bitrate: int, start: int) -> tuple[Selection, int]:

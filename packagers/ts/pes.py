@@ -119,8 +119,8 @@ def audio_units(s: Stream, ts: TrackSegment, video_dts: np.ndarray | None, base:
     samples, track = ts.samples, s.track
     n, sizes = len(samples), samples.sizes.astype(np.int64)
     ends = np.cumsum(sizes)
-    if len(ts.payload) != int(ends[-1]):
-        raise bad_data(f"TsMuxer.build: audio payload has {len(ts.payload)} bytes, its samples {int(ends[-1])}")
+    if ts.payload_size != int(ends[-1]):
+        raise bad_data(f"TsMuxer.build: audio payload has {ts.payload_size} bytes, its samples {int(ends[-1])}")
     pts = to_90k((samples.pts if samples.cts.any() else samples.dts) - track.edit_offset, track.timescale)
     limit = AUDIO_FRAMES_PER_PES
     if s.carries_pcr:
@@ -136,9 +136,7 @@ def audio_units(s: Stream, ts: TrackSegment, video_dts: np.ndarray | None, base:
     if n - pes_first[-1] > limit or (len(pes_first) > 1 and (pes_first[1:] - pes_first[:-1]).max() > limit):
         run = np.append(pes_first[1:], n) - pes_first  # long runs: cut every `limit` frames
         pes_first = np.flatnonzero((np.arange(n) - np.repeat(pes_first, run)) % limit == 0)
-    mv = memoryview(ts.payload)
-    ends_list = ends.tolist()
-    bodies = [mv[a:b] for a, b in zip([0] + ends_list[:-1], ends_list)]
+    bodies = ts.sample_views()
     pes_pts = pts[pes_first]
     pes = _pes_table(pes_first + base, pes_pts, pes_pts, 0, s.index)
     headers = adts_headers(s.adts, sizes)

@@ -36,3 +36,23 @@ def test_short_read_is_bad_data():
     reqs = plan_reads([t])
     with pytest.raises(PackagerError):
         gather(t, reqs, [b"x" * 50])
+
+
+@pytest.mark.parametrize("cuts", [(), (3, 7), (2, 5), (0, 3, 3, 10)])
+def test_sample_views_equal_slices_of_the_joined_payload(cuts):
+    """Chunk cuts at sample boundaries (3, 7), inside a sample (2, 5: the joined fallback), and empty chunks."""
+    from packagers.media_data import TrackSegment
+    from packagers.model import Track
+
+    data = bytes(range(10))
+    sizes = [3, 0, 4, 3]  # a zero-size sample sits on the cut at 3
+    t = table(np.cumsum([0] + sizes[:-1]), sizes)
+    edges = (0, *cuts, len(data))
+    chunks = [memoryview(data)[a:b] for a, b in zip(edges, edges[1:])] if cuts else data
+    segment = TrackSegment(Track.__new__(Track), t, chunks)
+    views = segment.sample_views()
+    assert [bytes(v) for v in views] == [b"\x00\x01\x02", b"", b"\x03\x04\x05\x06", b"\x07\x08\x09"]
+    if cuts == (3, 7):  # no copy: views of the chunks themselves
+        assert views[2].obj is data and views[3].obj is data
+    with pytest.raises(PackagerError):
+        TrackSegment(Track.__new__(Track), table([0], [11]), data).sample_views()
