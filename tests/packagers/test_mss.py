@@ -84,3 +84,21 @@ def test_renditions_that_cannot_share_chunks_are_refused():
 def test_equal_bitrates_get_distinct_quality_level_names():
     levels = smooth_streams(ladder())[0].levels
     assert len({b for b, _ in levels}) == 3
+
+
+def test_streams_are_derived_once_per_media_set_and_refusals_are_not_remembered():
+    media_set = SCENARIOS["mss_two_audio"]()
+    assert smooth_streams(media_set) is smooth_streams(media_set)  # every fragment request looks them up
+    assert smooth_streams(SCENARIOS["mss_two_audio"]()) is not smooth_streams(media_set)
+    with pytest.raises(ValueError):
+        smooth_streams(media_set)[0].starts[0] = 1  # shared by every request: read-only
+    calls = []
+
+    def refuse():
+        calls.append(1)
+        raise PackagerError(ErrorCode.UNSUPPORTED, "no")
+
+    for _ in range(2):
+        with pytest.raises(PackagerError):
+            media_set.derived("refused", refuse)
+    assert len(calls) == 2
