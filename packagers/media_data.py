@@ -64,20 +64,51 @@ class TrackSegment:
         sizes = self.samples.sizes.astype(np.int64)
         if not len(sizes):
             return []
+        starts = self._payload_starts(sizes)
+        found = self._in_chunks(starts, sizes)
+        if found is None:
+            payload = memoryview(self.payload)
+            return list(map(payload.__getitem__, map(slice, starts.tolist(), (starts + sizes).tolist())))
+        which, local = found
+        views = [memoryview(c) for c in self.chunks]
+        return [views[w][a : a + n] for w, a, n in zip(which.tolist(), local.tolist(), sizes.tolist())]
+
+    def sample_locations(self) -> tuple[object, np.ndarray]:
+        """``(buffer, starts)``: one buffer holding every sample, sample i at ``starts[i]``. When the chunks are
+        views of one buffer (the read buffer a segment's coalesced reads fill), that buffer, and no copy; else the
+        joined payload. For muxers that index into the samples (TS finds the NAL units of every video frame)."""
+        sizes = self.samples.sizes.astype(np.int64)
+        starts = self._payload_starts(sizes) if len(sizes) else sizes
+        if len(self.chunks) == 1:  # one run of samples (one read): that view as is
+            return self.chunks[0], starts
+        base = _common_base(self.chunks) if len(sizes) else None
+        found = None if base is None else self._in_chunks(starts, sizes)
+        if found is None:
+            return self.payload, starts
+        which, local = found
+        base_address = np.frombuffer(base, dtype=np.uint8).ctypes.data
+        chunk_at = np.fromiter((np.frombuffer(c, dtype=np.uint8).ctypes.data - base_address for c in self.chunks),
+                               dtype=np.int64, count=len(self.chunks))
+        return base, chunk_at[which] + local
+
+    def _payload_starts(self, sizes: np.ndarray) -> np.ndarray:
+        """Where each sample starts in the payload (the chunks back to back); BAD_DATA if the sizes disagree."""
         ends = np.cumsum(sizes)
         if int(ends[-1]) != self.payload_size:
             raise bad_data(f"TrackSegment: {self.payload_size} payload bytes for samples of {int(ends[-1])}")
-        starts = ends - sizes
-        if len(self.chunks) > 1:
-            lengths = np.fromiter(map(len, self.chunks), dtype=np.int64, count=len(self.chunks))
-            chunk_ends = np.cumsum(lengths)
-            which = np.minimum(np.searchsorted(chunk_ends, starts, side="right"), len(lengths) - 1)
-            local = starts - (chunk_ends - lengths)[which]
-            if (local >= 0).all() and (local + sizes <= lengths[which]).all():  # no sample spans two chunks
-                views = [memoryview(c) for c in self.chunks]
-                return [views[w][a : a + n] for w, a, n in zip(which.tolist(), local.tolist(), sizes.tolist())]
-        payload = memoryview(self.payload)
-        return list(map(payload.__getitem__, map(slice, starts.tolist(), ends.tolist())))
+        return ends - sizes
+
+    def _in_chunks(self, starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(chunk index, offset in it) of every sample, or None when a sample spans two chunks."""
+        if len(self.chunks) == 1:
+            return np.zeros(len(starts), dtype=np.int64), starts
+        lengths = np.fromiter(map(len, self.chunks), dtype=np.int64, count=len(self.chunks))
+        chunk_ends = np.cumsum(lengths)
+        which = np.minimum(np.searchsorted(chunk_ends, starts, side="right"), len(lengths) - 1)
+        local = starts - (chunk_ends - lengths)[which]
+        if (local >= 0).all() and (local + sizes <= lengths[which]).all():
+            return which, local
+        return None
 
     def sample_positions(self) -> np.ndarray:
         """Start of each sample inside ``payload`` (int64)."""
@@ -92,6 +123,15 @@ class MediaSegment:
 
     index: int
     tracks: tuple[TrackSegment, ...]
+
+
+def _common_base(chunks: Sequence) -> bytearray | bytes | None:
+    """The one bytes/bytearray every chunk is a contiguous 1-D byte view of, if there is one."""
+    bases = {id(c.obj): c.obj for c in chunks if isinstance(c, memoryview) and c.contiguous and c.itemsize == 1}
+    if len(bases) != 1 or not all(isinstance(c, memoryview) for c in chunks):
+        return None
+    (base,) = bases.values()
+    return base if isinstance(base, (bytes, bytearray)) else None
 
 
 def plan_reads(tables: Sequence[SampleTable], max_gap: int = DEFAULT_MAX_GAP) -> list[ReadRequest]:

@@ -78,13 +78,14 @@ def _pes_table(first, pts, dts, rai, stream: int) -> np.ndarray:
 def video_units(s: Stream, ts: TrackSegment) -> Units:
     """One PES per access unit: AUD, parameter sets before key frames (unless the sample has an SPS), the NALs."""
     samples, track = ts.samples, s.track
-    payload, sizes = ts.payload, samples.sizes.astype(np.int64)
+    sizes = samples.sizes.astype(np.int64)
+    if ts.payload_size != int(sizes.sum()):
+        raise bad_data(f"TsMuxer.build: video payload has {ts.payload_size} bytes, its samples {int(sizes.sum())}")
     if s.nal_length_size != 4:
-        payload, sizes = avc.widen_length_prefixes(payload, sizes, s.nal_length_size)
-    ends = np.cumsum(sizes)
-    if len(payload) != int(ends[-1]):
-        raise bad_data(f"TsMuxer.build: video payload has {len(payload)} bytes, its samples {int(ends[-1])}")
-    starts = ends - sizes
+        payload, sizes = avc.widen_length_prefixes(ts.payload, sizes, s.nal_length_size)
+        starts = np.cumsum(sizes) - sizes
+    else:  # the samples where they were read: no joined copy of the payload
+        payload, starts = ts.sample_locations()
     data = np.frombuffer(payload, dtype=np.uint8)
     offsets, lengths, owner = avc.nal_units(data, starts, sizes, 4)
     # an empty NAL unit (length 0) has no header byte: read a byte that exists, then give it no type

@@ -56,3 +56,32 @@ def test_sample_views_equal_slices_of_the_joined_payload(cuts):
         assert views[2].obj is data and views[3].obj is data
     with pytest.raises(PackagerError):
         TrackSegment(Track.__new__(Track), table([0], [11]), data).sample_views()
+
+
+def test_sample_locations_point_into_the_read_buffer_without_copying():
+    """Chunks that are views of one read buffer (in any order, with gaps) locate samples in that buffer; chunks of
+    different buffers are joined."""
+    from packagers.media_data import TrackSegment
+    from packagers.model import Track
+
+    arena = bytearray(b"..AAABBBB..CCC.")  # three samples read into one buffer with gaps between them
+    view = memoryview(arena)
+    t = table([0, 0, 0], [3, 4, 3])
+    located = TrackSegment(Track.__new__(Track), t, [view[2:9], view[11:14]])
+    base, starts = located.sample_locations()
+    assert base is arena and starts.tolist() == [2, 5, 11]
+    swapped = TrackSegment(Track.__new__(Track), table([0, 0], [3, 4]), [view[11:14], view[5:9]])
+    base, starts = swapped.sample_locations()
+    assert base is arena and [bytes(arena[a:a + n]) for a, n in zip(starts, (3, 4))] == [b"CCC", b"BBBB"]
+    mixed = TrackSegment(Track.__new__(Track), t, [view[2:9], memoryview(b"CCC")])
+    base, starts = mixed.sample_locations()
+    assert bytes(base) == b"AAABBBBCCC" and starts.tolist() == [0, 3, 7]
+
+
+def test_one_chunk_is_located_as_is():
+    from packagers.media_data import TrackSegment
+    from packagers.model import Track
+
+    chunk = memoryview(bytearray(b"xxAAABBBB"))[2:]
+    base, starts = TrackSegment(Track.__new__(Track), table([0, 0], [3, 4]), [chunk]).sample_locations()
+    assert base is chunk and starts.tolist() == [0, 3]
