@@ -125,12 +125,14 @@ class MediaSegment:
     tracks: tuple[TrackSegment, ...]
 
 
-def _common_base(chunks: Sequence) -> bytearray | bytes | None:
-    """The one bytes/bytearray every chunk is a contiguous 1-D byte view of, if there is one."""
+def _common_base(chunks: Sequence) -> bytearray | bytes | np.ndarray | None:
+    """The one buffer (bytes, bytearray or 1-D uint8 array) every chunk is a contiguous byte view of, if any."""
     bases = {id(c.obj): c.obj for c in chunks if isinstance(c, memoryview) and c.contiguous and c.itemsize == 1}
     if len(bases) != 1 or not all(isinstance(c, memoryview) for c in chunks):
         return None
     (base,) = bases.values()
+    if isinstance(base, np.ndarray):
+        return base if base.dtype == np.uint8 and base.ndim == 1 and base.flags.c_contiguous else None
     return base if isinstance(base, (bytes, bytearray)) else None
 
 

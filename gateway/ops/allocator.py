@@ -12,8 +12,8 @@ request (docs/performance.md). nginx allocates from pools it keeps; the settings
 - blocks up to ``MMAP_THRESHOLD`` (glibc's maximum, 32 MB) come from the arenas, not from a fresh ``mmap``;
 - up to ``TRIM_THRESHOLD`` of free memory at the top of an arena is kept rather than returned.
 
-The bound this adds to a worker's memory is ARENAS x TRIM_THRESHOLD of free space kept at most (128 MB), stated in
-docs/performance.md beside the caches. An operator's own ``MALLOC_*`` environment settings win: nothing is changed
+The bound this adds to a worker's memory is ARENAS x TRIM_THRESHOLD of free space kept at most (128 MB), part of the
+worker's stated bound (``memory_bound_mb``, docs/performance.md). An operator's own ``MALLOC_*`` environment settings win: nothing is changed
 when one is set. Other C libraries (musl) have no ``mallopt``: nothing to do there.
 """
 from __future__ import annotations
@@ -71,3 +71,20 @@ def tune_collector() -> str:
     gc.set_threshold(*COLLECTOR_THRESHOLDS)
     collector = f"{gc.get_freeze_count()} objects frozen at start, thresholds {COLLECTOR_THRESHOLDS}"
     return collector
+
+
+# An idle worker measures ~50 MB (Python, aiohttp, numpy, prometheus-client); the rest covers what grows with use
+# and is bounded elsewhere: remembered validators (1024 x 64 ETags), parsed URLs (2,048), connection buffers.
+WORKER_BASE_MB = 96
+
+
+def memory_bound_mb(segment_cache_mb: float, metadata_cache_mb: float, io_threads: int) -> float:
+    """What a VOD worker's resident memory stays under: its caches, a base, what each thread that builds segments
+    (the executor's and the event loop's) keeps between builds, and the free memory malloc keeps. A segment bigger
+    than the kept buffers adds about three times its size while it is being built; RTMP ingest is not counted."""
+    from packagers.ts.muxer import _SCRATCH_LIMIT as TS_PAYLOAD_KEEP
+    from ..origin.store import SCRATCH_KEEP
+
+    per_thread = (SCRATCH_KEEP + TS_PAYLOAD_KEEP) / 2**20
+    return (segment_cache_mb + metadata_cache_mb + WORKER_BASE_MB + (io_threads + 1) * per_thread
+            + ARENAS * TRIM_THRESHOLD / 2**20)

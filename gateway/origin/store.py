@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from packagers.errors import not_found
 from packagers.media_data import ReadRequest
 
@@ -200,7 +202,10 @@ class _Scratch(threading.local):
 
 
 _scratch = _Scratch()
-SCRATCH_LIMIT = 64 * 1024 * 1024  # larger reads get a buffer of their own, so no thread keeps a huge one
+# What a thread keeps between builds: reads up to this size reuse its buffer (a 6-s segment up to ~5 Mbit/s); a
+# bigger read gets a buffer of its own, freed with the build (malloc reuses its memory: gateway/ops/allocator.py).
+# A worker thus keeps at most (io_threads + 1) x SCRATCH_KEEP of read buffers (docs/performance.md, memory).
+SCRATCH_KEEP = 4 * 1024 * 1024
 
 
 def read_into_scratch(fd: int, requests: Sequence[ReadRequest], nowait: bool = False) -> list[memoryview]:
@@ -213,11 +218,11 @@ def read_into_scratch(fd: int, requests: Sequence[ReadRequest], nowait: bool = F
     executor's blocking read tells the two apart).
     """
     total = sum(r.size for r in requests)
-    if total > SCRATCH_LIMIT:
-        buffer = bytearray(total)
+    if total > SCRATCH_KEEP:
+        buffer = np.empty(total, dtype=np.uint8)  # not zeroed: every byte is read into before it is used
     else:
         if len(_scratch.buffer) < total:
-            _scratch.buffer = bytearray(max(total, 2 * len(_scratch.buffer), 1 << 20))
+            _scratch.buffer = bytearray(min(max(total, 2 * len(_scratch.buffer), 1 << 20), SCRATCH_KEEP))
         buffer = _scratch.buffer
     view = memoryview(buffer)
     out, pos = [], 0

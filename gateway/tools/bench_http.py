@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .load import (CONNECTIONS, LOAD_CORE, NGINX, SERVER_CORE, SMALL_BODY, WRK, Server, get, load, peak_rss_mb,
                    pinned, start_empty_app, start_gateway, start_nginx)
+from ..ops.allocator import memory_bound_mb
 from .measure import MB, Progress, Report, measure_file_read, measure_memcpy
 
 FILE_NAME = "bench.mp4"  # the name of the 720p fixture inside the temporary store
@@ -184,7 +185,8 @@ def run(seconds: float, row_names: tuple[str, ...], json_out: bool) -> int:
                 figures[row.name] = {**figure, "urls_cycled": len(paths[row.name]), "server": kind}
                 progress.step()
         memory[kind] = {"peak_rss_MB": peak_rss_mb(server.pid), "segment_cache_MB": cache_mb,
-                        "metadata_cache_MB": defaults.metadata_cache_mb}
+                        "metadata_cache_MB": defaults.metadata_cache_mb,
+                        "bound_MB": memory_bound_mb(cache_mb, defaults.metadata_cache_mb, defaults.io_threads)}
         server.stop()
         return segment
 
@@ -276,8 +278,10 @@ def render(out: dict, rows: tuple[Row, ...]) -> str:
                 f"{f['cpu_ms_per_request'] * 1000:,.0f} us CPU/req, core {f['server_core_busy']:.0%} busy; {ratio}; "
                 f"target {row.target}: {met}; before {row.before}")
     for kind, m in out["memory"].items():
+        met = "met" if m["peak_rss_MB"] <= m["bound_MB"] else "NOT met"
         rep.add(f"peak_rss_{kind}_server", m["peak_rss_MB"], "MB", f"VmHWM of the worker; caches configured: "
-                f"segment {m['segment_cache_MB']:g} MB + metadata {m['metadata_cache_MB']:g} MB")
+                f"segment {m['segment_cache_MB']:g} MB + metadata {m['metadata_cache_MB']:g} MB; bound (caches + "
+                f"constant, docs/performance.md) {m['bound_MB']:,.0f} MB: {met}")
     s = out["setup"]
     head = (f"# {s['file']}; server on core {s['server_core']}, {s['load']} on core {s['load_core']}"
             f"{'' if s['pinned'] else ' (NOT pinned: one core or no taskset)'}, {s['seconds_per_row']:g} s per row")

@@ -53,7 +53,7 @@ _LEAD_MASK = np.array([0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x80, 0] + [0] * 4 + 
                       + [0x0E, 0xFF, 0xFE, 0xFF, 0xFE] * 2)[:, None]  # fmt: skip
 _AR4, _AR8, _AR19 = np.arange(4), np.arange(8), np.arange(PES_HEADER_SIZE)
 _START_CODE = np.array([0, 0, 0, 1], dtype=np.uint8)
-_SCRATCH_LIMIT = 32 << 20  # keep reusable buffers up to this size
+_SCRATCH_LIMIT = 4 << 20  # keep the payload buffer up to this size (docs/performance.md, memory)
 
 
 class TsMuxer:

@@ -93,3 +93,6 @@ def test_peak_memory_is_reported_beside_the_configured_caches(figures):
     assert memory["cached"]["segment_cache_MB"] > 0
     for kind, m in memory.items():
         assert m["peak_rss_MB"] > 0 and m["metadata_cache_MB"] > 0, (kind, m)
+        # the stated bound (docs/performance.md): the caches plus a constant, and the worker stayed under it
+        constant = m["bound_MB"] - m["segment_cache_MB"] - m["metadata_cache_MB"]
+        assert 100 < constant < 1000 and m["peak_rss_MB"] <= m["bound_MB"], (kind, m)
