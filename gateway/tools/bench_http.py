@@ -25,6 +25,7 @@ from ..ops.allocator import memory_bound_mb
 from .measure import MB, Progress, Report, measure_file_read, measure_memcpy
 
 FILE_NAME = "bench.mp4"  # the name of the 720p fixture inside the temporary store
+SCALING_TARGET = 0.9  # N workers on N cores serve >= 0.9 x N times one worker's cold TS rate
 CACHED_SEGMENT = 2  # the segment the cached row and the nginx yardstick send (1-based, as in the URL)
 
 
@@ -120,6 +121,7 @@ def run(seconds: float, row_names: tuple[str, ...], json_out: bool) -> int:
     defaults = Settings()
     print("generating/locating benchmark media (first run encodes ~2 min)...", file=sys.stderr)
     media = fixture_path("bench_720p_10min.mp4")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if pinned(LOAD_CORE):
         os.sched_setaffinity(0, {LOAD_CORE})  # the bench itself (and the Python load, without wrk) on core 1
     work = Path(tempfile.mkdtemp(prefix="bench-http-"))
@@ -137,6 +139,7 @@ def run(seconds: float, row_names: tuple[str, ...], json_out: bool) -> int:
     yard: dict[str, dict] = {}
     figures: dict[str, dict] = {}
     memory: dict[str, dict] = {}
+    scaling: dict = {}
     servers: list[Server] = []
     have_nginx = os.access(NGINX, os.X_OK)
 
@@ -190,6 +193,20 @@ def run(seconds: float, row_names: tuple[str, ...], json_out: bool) -> int:
         server.stop()
         return segment
 
+    def workers_scaling(n: int) -> dict:
+        """The cold TS row again with ``n`` workers on cores 0 .. n-1 and wrk (n threads) on core n."""
+        server = start_gateway(store, 0.0, defaults.metadata_cache_mb, work, workers=n)
+        servers.append(server)
+        paths = row_paths(server.base)["hls_ts_segment"]
+        checked_body_bytes(server.base, paths[:n])
+        result = load(server.base, paths, seconds, server.workers, work, core=n, threads=n)
+        server.stop()
+        one = figures["hls_ts_segment"]
+        ratio = result.rps / (n * one["req_per_s"])
+        return {"workers": n, "req_per_s": result.rps, "cpu_ms_per_request": result.cpu_ms_per_request,
+                "one_worker_req_per_s": one["req_per_s"], "ratio_to_n_times_one": round(ratio, 4),
+                "target_met": ratio >= SCALING_TARGET}
+
     try:
         in_process_yardsticks()
         empty = start_empty_app(work)  # idle between its two passes
@@ -208,6 +225,12 @@ def run(seconds: float, row_names: tuple[str, ...], json_out: bool) -> int:
         nginx_yardstick(nginx, segment)
         if any(r.server == "cold" for r in rows):
             gateway_rows("cold", 0.0)
+        if "hls_ts_segment" in figures:  # N workers need N cores and one more for the load
+            if cores >= 3 and pinned(LOAD_CORE):
+                scaling.update(workers_scaling(cores - 1))
+            else:
+                scaling.update({"workers": None, "note": f"not measured: {cores} cores, and N workers need N + 1 "
+                                "(one for the load)"})
         nginx_yardstick(nginx, segment)
         empty_yardstick(empty)
         in_process_yardsticks()
@@ -237,7 +260,7 @@ def run(seconds: float, row_names: tuple[str, ...], json_out: bool) -> int:
             fig["target_met"] = None
 
     client = f"wrk -t1 -c{CONNECTIONS}" if WRK else f"python client, {CONNECTIONS} connections"
-    out = {"rows": figures, "yardsticks": yard, "memory": memory,
+    out = {"rows": figures, "yardsticks": yard, "memory": memory, "workers_scaling": scaling,
            "setup": {"load": client, "server_core": SERVER_CORE, "load_core": LOAD_CORE,
                      "pinned": bool(pinned(SERVER_CORE)), "seconds_per_row": seconds,
                      "file": f"{media.name} ({media.stat().st_size:,} B)"}}
@@ -277,6 +300,15 @@ def render(out: dict, rows: tuple[Row, ...]) -> str:
         rep.add(row.name, f["req_per_s"], "req/s",
                 f"{f['cpu_ms_per_request'] * 1000:,.0f} us CPU/req, core {f['server_core_busy']:.0%} busy; {ratio}; "
                 f"target {row.target}: {met}; before {row.before}")
+    w = out.get("workers_scaling")
+    if w and w["workers"]:
+        met = "met" if w["target_met"] else "NOT met"
+        rep.add(f"cold_ts_{w['workers']}_workers", w["req_per_s"], "req/s",
+                f"{w['workers']} workers on cores 0-{w['workers'] - 1}, wrk -t{w['workers']} on core {w['workers']}: "
+                f"{w['ratio_to_n_times_one']:.2f} x {w['workers']} x one worker's {w['one_worker_req_per_s']:,.0f} "
+                f"req/s; {w['cpu_ms_per_request'] * 1000:,.0f} us CPU/req; target >= {SCALING_TARGET} x N: {met}")
+    elif w:
+        rep.add("cold_ts_n_workers", 0, "req/s", w["note"])
     for kind, m in out["memory"].items():
         met = "met" if m["peak_rss_MB"] <= m["bound_MB"] else "NOT met"
         rep.add(f"peak_rss_{kind}_server", m["peak_rss_MB"], "MB", f"VmHWM of the worker; caches configured: "

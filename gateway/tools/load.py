@@ -132,8 +132,10 @@ def wait_http(url: str, proc: subprocess.Popen, what: str, log: Path | None = No
             time.sleep(0.1)
 
 
-def wrk_load(base: str, paths: list[str], seconds: float, work: Path) -> tuple[int, float]:
-    """(requests, seconds) of wrk -t1 -c16 on core 1, cycling over ``paths`` (one Lua state: one thread)."""
+def wrk_load(base: str, paths: list[str], seconds: float, work: Path, core: int = LOAD_CORE,
+             threads: int = 1) -> tuple[int, float]:
+    """(requests, seconds) of wrk -t1 -c16 on core 1 (or ``threads`` threads with 16 connections each on ``core``),
+    cycling over ``paths`` (each thread cycles on its own)."""
     script = work / "paths.lua"
     script.write_text("local paths = {" + ", ".join(json.dumps(p) for p in paths) + "}\n"
                       "local i = 0\n"
@@ -143,7 +145,8 @@ def wrk_load(base: str, paths: list[str], seconds: float, work: Path) -> tuple[i
                       "end\n")
     # wrk takes whole seconds only
     duration = max(1, math.ceil(seconds))
-    cmd = pinned(LOAD_CORE) + [WRK, "-t1", f"-c{CONNECTIONS}", f"-d{duration}s", "-s", str(script), base]
+    cmd = pinned(core) + [WRK, f"-t{threads}", f"-c{CONNECTIONS * threads}", f"-d{duration}s", "-s", str(script),
+                          base]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
     total = _WRK_TOTAL.search(out.stdout)
     if out.returncode != 0 or _WRK_ERRORS.search(out.stdout) or not total:
@@ -171,14 +174,17 @@ async def python_load(base: str, paths: list[str], seconds: float) -> tuple[int,
         return done, time.perf_counter() - t
 
 
-def load(base: str, paths: list[str], seconds: float, server_pid: int, work: Path) -> Load:
-    """Closed-loop load of ``paths`` with the server's CPU time over the same phase."""
-    cpu0 = cpu_seconds(server_pid)
+def load(base: str, paths: list[str], seconds: float, server_pid: int | list[int], work: Path,
+         core: int = LOAD_CORE, threads: int = 1) -> Load:
+    """Closed-loop load of ``paths`` with the server's CPU time over the same phase (summed over the processes
+    when given several: the workers of one gateway)."""
+    pids = server_pid if isinstance(server_pid, list) else [server_pid]
+    cpu0 = sum(map(cpu_seconds, pids))
     if WRK:
-        requests, elapsed = wrk_load(base, paths, seconds, work)
+        requests, elapsed = wrk_load(base, paths, seconds, work, core, threads)
     else:
         requests, elapsed = asyncio.run(python_load(base, paths, seconds))
-    return Load(requests, elapsed, cpu_seconds(server_pid) - cpu0)
+    return Load(requests, elapsed, sum(map(cpu_seconds, pids)) - cpu0)
 
 
 @dataclass
@@ -188,6 +194,7 @@ class Server:
     proc: subprocess.Popen
     base: str
     pid: int  # the process that answers (the gateway's worker, nginx's worker)
+    workers: list[int] | None = None  # all of them, when a gateway runs several
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -210,18 +217,27 @@ def only_child(pid: int, what: str) -> int:
         time.sleep(0.1)
 
 
-def start_gateway(store: Path, segment_cache_mb: float, metadata_cache_mb: float, work: Path) -> Server:
+def start_gateway(store: Path, segment_cache_mb: float, metadata_cache_mb: float, work: Path,
+                  workers: int = 1) -> Server:
+    """One worker pinned to core 0, or ``workers`` workers on cores 0 .. workers - 1 (``Server.workers``)."""
     port = free_port()
     log = work / f"gateway-{port}.log"
-    cmd = pinned(SERVER_CORE) + [sys.executable, "-m", "gateway", "serve", "--store", str(store), "--host",
-                                 "127.0.0.1", "--port", str(port), "--no-access-log", "--workers", "1",
-                                 "--segment-cache-mb", f"{segment_cache_mb:g}",
-                                 "--metadata-cache-mb", f"{metadata_cache_mb:g}"]
+    cores = ["taskset", "-c", f"0-{workers - 1}"] if workers > 1 else pinned(SERVER_CORE)
+    cmd = cores + [
+        sys.executable, "-m", "gateway", "serve", "--store", str(store), "--host", "127.0.0.1", "--port", str(port),
+        "--no-access-log", "--workers", str(workers), "--segment-cache-mb", f"{segment_cache_mb:g}",
+        "--metadata-cache-mb", f"{metadata_cache_mb:g}"]
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=out)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{base}/status", proc, "gateway serve", log)
+        if workers > 1:
+            deadline = time.monotonic() + 30
+            while len(children_of(proc.pid)) < workers and time.monotonic() < deadline:
+                time.sleep(0.1)
+            pids = children_of(proc.pid)
+            return Server(proc, base, pids[0], pids)
         return Server(proc, base, only_child(proc.pid, "gateway serve"))  # taskset execs: proc is the supervisor
     except BaseException:
         proc.kill()

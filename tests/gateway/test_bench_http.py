@@ -96,3 +96,33 @@ def test_peak_memory_is_reported_beside_the_configured_caches(figures):
         # the stated bound (docs/performance.md): the caches plus a constant, and the worker stayed under it
         constant = m["bound_MB"] - m["segment_cache_MB"] - m["metadata_cache_MB"]
         assert 100 < constant < 1000 and m["peak_rss_MB"] <= m["bound_MB"], (kind, m)
+
+
+def test_workers_scaling_is_measured_only_with_a_core_left_for_the_load(figures):
+    scaling = figures["workers_scaling"]
+    cores = len(os.sched_getaffinity(0))
+    if cores < 3:
+        assert scaling["workers"] is None and "N + 1" in scaling["note"]
+    else:
+        assert scaling["workers"] == cores - 1 and scaling["req_per_s"] > 0
+        assert scaling["ratio_to_n_times_one"] == pytest.approx(
+            scaling["req_per_s"] / (scaling["workers"] * scaling["one_worker_req_per_s"]), rel=1e-3)
+
+
+def test_a_gateway_of_two_workers_is_loaded_and_timed_over_both(tmp_path):
+    """The pieces the scaling row uses, on any machine: two workers found, both serve, CPU summed over both."""
+    from gateway.tools.load import load, start_gateway
+
+    from .conftest import add_to_store
+
+    store = tmp_path / "store"
+    store.mkdir()
+    add_to_store(store, "title_360p.mp4")
+    server = start_gateway(store, 0.0, 64, tmp_path, workers=2)
+    try:
+        assert len(server.workers) == 2 and server.pid in server.workers
+        result = load(server.base, ["/hls/title_360p.mp4/seg-1-v1-a1.ts"], 1, server.workers, tmp_path,
+                      core=0, threads=2)
+        assert result.requests > 0 and result.cpu_seconds > 0
+    finally:
+        server.stop()
