@@ -76,6 +76,9 @@ class RtmpConfig:
     idle_timeout: float = 30.0                  # seconds a publisher (or an idle connection) may stay silent
     live_segment_duration_ms: int = 2000        # live segments end on the first key frame at or after this
     live_window: int = 6                        # segments listed in a live playlist / MPD
+    # players get each stream's messages in batches of this many milliseconds (rtmp.relay.Relay): one write per
+    # player per batch, not per message; it adds up to this much to their lag. 0: every message as it comes
+    fan_out_ms: float = 20.0
 
     def for_app(self, app: str) -> ApplicationConfig:
         return self.applications.get(app, self.default)
@@ -90,11 +93,13 @@ class RtmpConfig:
             raise ConfigError("rtmp.applications must be a table of applications")
         default = ApplicationConfig.from_dict(data.pop("default", {}) or {}, "rtmp.default")
         applications = {name: ApplicationConfig.from_dict(v, f"rtmp.applications.{name}") for name, v in apps.items()}
-        known = {"idle_timeout", "live_segment_duration_ms", "live_window"}
+        known = {"idle_timeout", "live_segment_duration_ms", "live_window", "fan_out_ms"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"rtmp: unknown setting(s) {', '.join(unknown)}")
         config = cls(applications, default, **data)
         if config.idle_timeout <= 0 or config.live_segment_duration_ms <= 0 or config.live_window < 2:
             raise ConfigError("rtmp: idle_timeout and live_segment_duration_ms must be > 0, live_window >= 2")
+        if not isinstance(config.fan_out_ms, (int, float)) or not 0 <= config.fan_out_ms <= 200:
+            raise ConfigError("rtmp: fan_out_ms must be a number of milliseconds from 0 to 200")
         return config

@@ -47,6 +47,7 @@ class _Connection:
         self.pump: asyncio.Task | None = None
         self.backlogged = False
         self.closing = False
+        self.high_water = writer.transport.get_write_buffer_limits()[1]
 
     async def run(self) -> None:
         relay = self.server.relay
@@ -131,7 +132,7 @@ class _Connection:
         elif isinstance(event, Play):
             sub = Subscriber(chunk_size=s.chunk_size, stream_id=event.stream_id,
                              max_queue_bytes=self.server.queue_bytes, on_wakeup=self._on_queued,
-                             on_unpublish=self._on_unpublish, peer=self.peer)
+                             on_unpublish=self._on_unpublish, peer=self.peer, write=self._write_batch)
             self.subscriber = sub
             self.backlogged = True      # the cache queued by subscribe() must follow the Play.Start reply
             if relay.subscribe(event.key, sub):
@@ -159,13 +160,28 @@ class _Connection:
         if self.subscriber is not None and self.session.playing is not None:
             self.subscriber.push(self.session.unpublish_notify(), resume_point=True, essential=True)
 
-    # A player's bytes are written from the relay's fan-out while its socket keeps up, once per publisher read
-    # (`RtmpServer.schedule_flush` batches them with one call_soon): no task switch and one send() per player per
-    # read. Once the transport buffers past its high-water mark the player is "backlogged": the relay
+    # A player's bytes are written from the relay's fan-out while its socket keeps up: once per relay batch when
+    # the relay batches (RtmpServer.fan_out_delay), else once per publisher read (`RtmpServer.schedule_flush`
+    # gathers them with one call_soon): no task switch and one send() per player per batch or read. Once the transport buffers past its high-water mark the player is "backlogged": the relay
     # queue (bounded, drops to the next key frame) takes over and the pump task drains it at the socket's pace.
     def _on_queued(self) -> None:
         if not self.backlogged:
-            self.server.schedule_flush(self)
+            if self.server.relay.batch is not None:
+                self._flush()  # a whole batch, already gathered: write it now
+            else:
+                self.server.schedule_flush(self)
+
+    def _write_batch(self, data: bytes) -> bool:
+        """A relay batch straight to the socket, unless the player is backlogged (then the relay queues it)."""
+        if self.backlogged:
+            return False
+        transport = self.writer.transport
+        if not transport.is_closing():
+            transport.write(data)
+            if transport.get_write_buffer_size() > self.high_water:
+                self.backlogged = True
+                self.wakeup.set()
+        return True
 
     def _flush(self) -> None:
         sub = self.subscriber
@@ -210,8 +226,11 @@ class RtmpServer:
 
     def __init__(self, relay: Relay | None = None, *, idle_timeout: float = 30.0,
                  queue_bytes: int = 4 * 1024 * 1024, authorize: Authorize | None = None,
-                 pull: Pull | None = None) -> None:
+                 pull: Pull | None = None, fan_out_delay: float = 0.0) -> None:
         self.relay = relay if relay is not None else Relay()
+        # > 0: the relay batches each stream's messages for this long (Relay's docstring) and every batch is written
+        # to each player at once; 0: each message is written in the loop turn that read it
+        self.fan_out_delay = fan_out_delay
         self.idle_timeout = idle_timeout
         self.queue_bytes = queue_bytes
         self.authorize = authorize
@@ -235,6 +254,9 @@ class RtmpServer:
                 connection._flush()
 
     async def start(self, host: str, port: int) -> asyncio.Server:
+        if self.fan_out_delay > 0 and self.relay.batch is None:
+            loop = asyncio.get_running_loop()
+            self.relay.batch = lambda flush: loop.call_later(self.fan_out_delay, flush)
         self.server = await asyncio.start_server(self._accept, host, port)
         return self.server
 

@@ -63,7 +63,7 @@ class Ingest:
 async def start_ingest(settings: Settings, config: RtmpConfig, host: str, port: int) -> Ingest:
     relay = Relay()
     auth = IngestAuth(config, Catalog(settings.store, settings.catalog, settings.catalog_ttl))
-    server = RtmpServer(relay, idle_timeout=config.idle_timeout, authorize=auth)
+    server = RtmpServer(relay, idle_timeout=config.idle_timeout, authorize=auth, fan_out_delay=config.fan_out_ms / 1000)
     ingest = Ingest(server, relay, config)
     ingest.closers.append(auth.close)
     if any(app.record for app in (config.default, *config.applications.values())):

@@ -24,8 +24,10 @@ import time
 
 import numpy as np
 
+from gateway.ops.allocator import tune_allocator, tune_collector
 from packagers.codecs import amf0
 from rtmp.chunk import ChunkReader, ChunkWriter
+from rtmp.config import RtmpConfig
 from rtmp.handshake import ClientHandshake
 from rtmp.messages import MSG_AUDIO, MSG_COMMAND_AMF0, MSG_DATA_AMF0, MSG_VIDEO, Message, SetChunkSize
 
@@ -54,9 +56,11 @@ class _Client(asyncio.Protocol):
         self.statuses: list[str] = []
         self.counting = True
         self.transport: asyncio.Transport | None = None
+        self.connected_at = self.first_video_at = None  # join time: connection to first video message
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        self.connected_at = time.monotonic()
         transport.write(self.hs.start())
 
     def data_received(self, data: bytes) -> None:
@@ -73,6 +77,11 @@ class _Client(asyncio.Protocol):
             return
         for m in self.reader.feed(data):
             if m.message_type_id in (MSG_AUDIO, MSG_VIDEO):
+                if m.message_type_id == MSG_VIDEO and self.first_video_at is None:
+                    self.first_video_at = now
+                    if not self.counting:  # a late joiner: its join is measured, it leaves
+                        self.transport.close()
+                        return
                 if self.counting:
                     self.lags.append(now - self.t0 - m.timestamp / 1000)
             elif m.message_type_id == MSG_COMMAND_AMF0:
@@ -181,34 +190,54 @@ async def _load(port: int, players: int, kbps: int, samplers: int) -> None:
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     print(json.dumps({"event": "ready"}), flush=True)
-    assert (await reader.readline()).strip() == b"mark"
+    mark = (await reader.readline()).split()
+    assert mark[0] == b"mark"
+    measured = float(mark[1])
     for c in clients:
         c.lags.clear()
         c.bytes = 0
     cpu0, t_mark = cpu_seconds(), time.monotonic()
+    joiners: list[_Client] = []
+
+    async def late_joiners() -> None:
+        """Players joining while the others play (every 0.5 s, over the first half of the measured time, so that
+        all have left when the server counts its subscribers): the join time under this load."""
+        every = min(0.5, measured / 4)
+        while time.monotonic() + every < t_mark + measured / 2:
+            await asyncio.sleep(every)
+            _, c = await loop.create_connection(lambda: _Client(script, True, t0), "127.0.0.1", port)
+            c.counting = False
+            joiners.append(c)
+
+    joining = asyncio.create_task(late_joiners())
     assert (await reader.readline()).strip() == b"stop"
+    joining.cancel()
     elapsed, cpu = time.monotonic() - t_mark, cpu_seconds() - cpu0
     per_player = [c.bytes * 8 / elapsed / 1e6 for c in clients]
     lags = np.array([x for c in clients for x in c.lags]) * 1000
+    joins = [c.first_video_at - c.connected_at for c in joiners if c.first_video_at is not None]
     stop.set()
     await publishing
     print(json.dumps({"event": "result", "lag_ms": {p: float(np.percentile(lags, p)) for p in (50, 95, 99)}
                       | {"max": float(lags.max()), "samples": int(lags.size)},
                       "player_mbps_min": min(per_player), "player_mbps_avg": sum(per_player) / len(per_player),
-                      "load_cpu_per_s": cpu / elapsed}), flush=True)
-    for c in clients:
+                      "load_cpu_per_s": cpu / elapsed, "join_s_max": max(joins) if joins else None,
+                      "joins": len(joins), "joiners": len(joiners)}), flush=True)
+    for c in clients + joiners:
         c.transport.close()
 
 
 # ------------------------------------------------------------------------------------------------------ server side
 
-async def measure(players: int, seconds: float, kbps: int = 3000, samplers: int = 8, warmup: float = 1.0) -> dict:
+async def measure(players: int, seconds: float, kbps: int = 3000, samplers: int = 8, warmup: float = 1.0,
+                  fan_out_ms: float = 0.0) -> dict:
     """One run: a fresh server in this process, the load in a child process."""
     from rtmp.relay import Relay
     from rtmp.server import RtmpServer
 
-    server = RtmpServer(Relay())
+    server = RtmpServer(Relay(), fan_out_delay=fan_out_ms / 1000)
     await server.start("127.0.0.1", 0)
+    tune_collector()  # as a serve worker once ready
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway.tools.bench_rtmp", "load", str(server.port), str(players), str(kbps), str(samplers),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
@@ -217,7 +246,7 @@ async def measure(players: int, seconds: float, kbps: int = 3000, samplers: int 
         if json.loads(line or b"{}").get("event") != "ready":
             raise RuntimeError(f"load process failed to start (exit {await child.wait()})")
         await asyncio.sleep(warmup)
-        child.stdin.write(b"mark\n")
+        child.stdin.write(f"mark {seconds}\n".encode())
         cpu0, t0 = cpu_seconds(), time.monotonic()
         stats0 = server.relay.stats()[KEY]
         await asyncio.sleep(seconds)
@@ -240,14 +269,15 @@ async def measure(players: int, seconds: float, kbps: int = 3000, samplers: int 
 
 def render(rows: list[dict]) -> str:
     head = (f"{'players':>7}  {'server CPU':>10}  {'CPU s/player/s':>14}  {'players/core':>12}  {'lag p50':>8}  "
-            f"{'p95':>7}  {'p99':>7}  {'max':>7}  {'drops':>5}  {'min player':>10}  {'load CPU':>8}")
+            f"{'p95':>7}  {'p99':>7}  {'max':>7}  {'drops':>5}  {'min player':>10}  {'load CPU':>8}  {'join max':>8}")
     lines = [head]
     for r in rows:
         lag = r["lag_ms"]
         lines.append(f"{r['players']:>7}  {r['server_cpu_per_s']:>9.0%}  {r['cpu_s_per_player_s']:>14.2e}  "
                      f"{r['players_per_core']:>12.0f}  {lag['50']:>6.1f}ms  {lag['95']:>5.1f}ms  {lag['99']:>5.1f}ms  "
                      f"{lag['max']:>5.0f}ms  {r['drops']:>5}  {r['player_mbps_min']:>6.2f}Mb/s  "
-                     f"{r['load_cpu_per_s']:>7.0%}")
+                     f"{r['load_cpu_per_s']:>7.0%}  "
+                     + (f"{r['join_s_max'] * 1000:>6.0f}ms" if r.get("join_s_max") is not None else f"{'-':>8}"))
     return "\n".join(lines)
 
 
@@ -262,19 +292,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=10.0, help="measured seconds per player count (default 10)")
     p.add_argument("--kbps", type=int, default=3000, help="publisher bitrate (default 3000)")
     p.add_argument("--samplers", type=int, default=8, help="players that parse messages to measure lag (default 8)")
+    p.add_argument("--fan-out-ms", type=float, default=None,
+                   help=f"relay batching delay (default {RtmpConfig().fan_out_ms:g}, the server's)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = p.parse_args(argv)
+    fan_out_ms = RtmpConfig().fan_out_ms if args.fan_out_ms is None else args.fan_out_ms
+    tune_allocator()  # the server runs in this process: as in a serve worker
     rows = []
     for n in (int(x) for x in args.players.split(",")):
         print(f"  rtmp fan-out: {n} players x {args.seconds:g} s ...", file=sys.stderr, flush=True)
-        rows.append(asyncio.run(measure(n, args.seconds, args.kbps, args.samplers)))
+        rows.append(asyncio.run(measure(n, args.seconds, args.kbps, args.samplers, fan_out_ms=fan_out_ms)))
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         print(f"RTMP fan-out, 1 publisher at ~{args.kbps} kbit/s (30 fps video + AAC), players on loopback in a "
               f"separate process; {os.cpu_count()} CPUs")
         print(render(rows))
-        print("target: >= 500 players per core with lag p95 < 50 ms")
+        print(f"fan-out batches of {fan_out_ms:g} ms; join: a late joiner every 0.5 s, connect to first video "
+              "message; players/core = 1 / (server CPU s per player per s)")
+        print("target (issue 12): >= 3,000 players per core with lag p95 < 50 ms and join < 0.2 s "
+              "(nginx-rtmp: ~3,500, 500 players at 14 % of a core)")
     return 0
 
 

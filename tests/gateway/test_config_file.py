@@ -84,6 +84,15 @@ def test_rtmp_table_and_rtmp_config_flag(tmp_path):
     assert load_serve_config(path, rtmp_file=separate).rtmp.live_window == 9  # --rtmp-config replaces the table
 
 
+def test_rtmp_fan_out_batching_is_configured_and_checked(tmp_path):
+    head = 'store = "media"\n[rtmp]\n'
+    assert load_serve_config(write(tmp_path, head + "fan_out_ms = 0\n")).rtmp.fan_out_ms == 0
+    assert load_serve_config(write(tmp_path, head)).rtmp.fan_out_ms == 20
+    for bad in ("-1", "500", '"fast"'):
+        with pytest.raises(ConfigError, match="fan_out_ms"):
+            load_serve_config(write(tmp_path, head + f"fan_out_ms = {bad}\n"))
+
+
 def test_serve_reads_the_file_and_flags_win(gateways, store, tmp_path):
     path = write(tmp_path, f'store = "{store}"\nmanifest_max_age = 123\nsegment_max_age = 77\n')
     gw = gateways("--config", str(path), "--segment-max-age", "55")

@@ -452,3 +452,4 @@ async def test_bench_rtmp_smoke():
     assert row["lag_ms"]["samples"] > 10 and row["lag_ms"]["max"] >= row["lag_ms"]["95"] >= row["lag_ms"]["50"]
     assert row["server_cpu_per_s"] > 0 and row["players_per_core"] > 0
     assert 0.5 < row["publisher_mbps"] < 2 and row["player_mbps_min"] > 0.5
+    assert row["joiners"] >= 1 and row["joins"] == row["joiners"]  # every late joiner got video, then left

@@ -138,3 +138,102 @@ def test_gop_cache_is_bounded_in_bytes():
     assert received(sub) == []                   # waits for a key frame
     send(r, "live/a", MSG_VIDEO, 440, key_frame(11))
     assert [m.payload for m in received(sub)] == [key_frame(11)]
+
+
+class ManualBatches:
+    """Relay(batch=...) with batches run when the test says (the server passes loop.call_later)."""
+
+    def __init__(self) -> None:
+        self.due: list = []
+
+    def __call__(self, flush) -> None:
+        self.due.append(flush)
+
+    def run(self) -> None:
+        due, self.due = self.due, []
+        for flush in due:
+            flush()
+
+
+def media_script(n: int = 60) -> list[tuple[int, int, bytes]]:
+    """A GOP-structured stream: video every 33 ms (key frame every 20), audio every 23 ms, sizes that vary."""
+    out = []
+    for i in range(n):
+        out.append((MSG_VIDEO, i * 33, key_frame(i, 300 + 37 * i) if i % 20 == 0 else inter_frame(i, 100 + 11 * i)))
+        out.append((MSG_AUDIO, i * 23, bytes([0xAF, 1]) + bytes(30 + i % 7)))
+    return out
+
+
+def test_batched_fan_out_sends_the_same_bytes_in_the_same_order_with_one_write_per_batch():
+    batches = ManualBatches()
+    plain, batched = Relay(), Relay(batch=batches)
+    start(plain)
+    start(batched)
+    writes: list[bytes] = []
+    p_sub = Subscriber()
+    # as the server's connection: batches straight to the socket, and what gets queued drained on wakeup
+    b_sub = Subscriber(write=lambda data: writes.append(data) or True,
+                       on_wakeup=lambda: writes.append(b"".join(b_sub.pop_all())))
+    assert plain.subscribe("live/a", p_sub) and batched.subscribe("live/a", b_sub)
+    head = b"".join(writes)  # the cache queued at the join (written by the owner after its Play reply)
+    writes.clear()
+    for n, (type_id, ts, payload) in enumerate(media_script()):
+        send(plain, "live/a", type_id, ts, payload)
+        send(batched, "live/a", type_id, ts, payload)
+        if n % 5 == 4:  # a batch of five messages
+            batches.run()
+    batches.run()
+    assert head + b"".join(writes) == b"".join(p_sub.pop_all())
+    # 120 messages in 24 batches: the first one message by message (the joiner found no GOP cached and waits for the
+    # key frame that opens it, the per-message rule), then one write per batch
+    assert len(writes) == 5 + 23 and not b_sub.queue
+
+
+def test_batched_slow_subscriber_drops_to_the_next_key_frame_as_unbatched():
+    batches = ManualBatches()
+    r = Relay(batch=batches)
+    start(r)
+    slow, fast = Subscriber(max_queue_bytes=1500), Subscriber()
+    assert r.subscribe("live/a", slow) and r.subscribe("live/a", fast)
+    slow_reader, fast_reader = ChunkReader(4096), ChunkReader(4096)
+    received(slow, slow_reader)
+    received(fast, fast_reader)
+    sent = []
+    for i in range(40):
+        payload = key_frame(i, 200) if i % 10 == 0 else inter_frame(i, 200)
+        send(r, "live/a", MSG_VIDEO, i * 40, payload)
+        sent.append(payload)
+        if i % 3 == 2:
+            batches.run()
+        if i == 25:
+            got = [m.payload for m in received(slow, slow_reader)]
+            assert got == sent[:len(got)] and 0 < len(got) < 10
+    batches.run()
+    assert [m.payload for m in received(fast, fast_reader)] == sent and fast.dropped == 0
+    got = [m.payload for m in received(slow, slow_reader)]
+    # resumed at the key frame after the drain (not mid-GOP), then in order until its queue filled up again
+    assert slow.dropped > 0 and got[0] == key_frame(30, 200) and got == sent[30 : 30 + len(got)]
+
+
+def test_a_join_or_an_unpublish_hands_out_the_pending_batch_first():
+    batches = ManualBatches()
+    r = Relay(batch=batches)
+    start(r)
+    first = Subscriber()
+    assert r.subscribe("live/a", first)
+    received(first)
+    send(r, "live/a", MSG_VIDEO, 0, key_frame(0))
+    send(r, "live/a", MSG_VIDEO, 33, inter_frame(1))  # pending: not yet fanned out
+    late = Subscriber()
+    assert r.subscribe("live/a", late)  # the pending batch goes to `first`; `late` gets it from the GOP cache
+    assert [m.payload for m in received(first)] == [key_frame(0), inter_frame(1)]
+    late_got = [m.payload for m in received(late)]
+    assert late_got[-2:] == [key_frame(0), inter_frame(1)] and late_got.count(key_frame(0)) == 1
+    send(r, "live/a", MSG_VIDEO, 66, inter_frame(2))
+    order = []
+    first.on_unpublish = lambda: order.append([m.payload for m in received(first)])
+    r.unpublish("live/a", "pub")
+    assert order == [[inter_frame(2)]]  # delivered before the end-of-stream notice
+    assert [m.payload for m in received(late)] == [inter_frame(2)]  # to every subscriber
+    batches.run()  # the scheduled flush finds nothing left
+    assert received(first) == [] and received(late) == []
