@@ -70,8 +70,14 @@ class TrackSegment:
             payload = memoryview(self.payload)
             return list(map(payload.__getitem__, map(slice, starts.tolist(), (starts + sizes).tolist())))
         which, local = found
-        views = [memoryview(c) for c in self.chunks]
-        return [views[w][a : a + n] for w, a, n in zip(which.tolist(), local.tolist(), sizes.tolist())]
+        # samples come in chunk order: each chunk's samples are one run of ``which``
+        bounds = np.searchsorted(which, np.arange(len(self.chunks) + 1)).tolist()
+        starts, ends = local.tolist(), (local + sizes).tolist()
+        views: list[memoryview] = []
+        for w, chunk in enumerate(self.chunks):
+            lo, hi = bounds[w], bounds[w + 1]
+            views += map(memoryview(chunk).__getitem__, map(slice, starts[lo:hi], ends[lo:hi]))
+        return views
 
     def sample_locations(self) -> tuple[object, np.ndarray]:
         """``(buffer, starts)``: one buffer holding every sample, sample i at ``starts[i]``. When the chunks are

@@ -198,7 +198,7 @@ class TsMuxer:
             unit_len = np.concatenate([u.unit_len for u in units])
             prefix_len = np.concatenate([u.prefix_len for u in units])
             pes = np.concatenate([u.pes for u in units], axis=1)
-            bodies = [b for u in units for b in u.bodies]
+            bodies = [b for u in units for b in u.bodies] if len(units) > 2 else units[0].bodies + units[1].bodies
         n_units = len(unit_len)
         # Parameter sets (before video key frames) stay out of the prefix matrix, whose every row is as wide as the
         # longest prefix: a file may declare kilobytes of them. They are joined behind their row's tail instead.
@@ -243,8 +243,8 @@ class TsMuxer:
         # -- the TS payload of every packet, back to back: (prefix, sample) for each unit in output order ---------
         mv = memoryview(flat)
         pieces: list = [None] * (2 * n_units)
-        row_end = range(width, (n_units + 1) * width, width)
-        pieces[0::2] = [mv[e - n : e] for e, n in zip(row_end, in_matrix.tolist())]
+        row_end = np.arange(width, (n_units + 1) * width, width)
+        pieces[0::2] = map(mv.__getitem__, map(slice, (row_end - in_matrix).tolist(), row_end.tolist()))
         keyed = np.flatnonzero(unit_ps).tolist()
         if keyed:  # only video carries parameter sets, and the video comes first
             parameter_sets = units[0].stream.prefixes[1][len(units[0].stream.prefixes[0]) :].tobytes()

@@ -106,7 +106,7 @@ def video_units(s: Stream, ts: TrackSegment) -> Units:
         with_ps = with_ps.copy()
         with_ps[owner[sps]] = False
     mv = memoryview(payload)
-    bodies = [mv[a : a + n] for a, n in zip(body_start.tolist(), body_len.tolist())]
+    bodies = list(map(mv.__getitem__, map(slice, body_start.tolist(), (body_start + body_len).tolist())))
     prefix_len = np.where(with_ps, len(s.prefixes[1]), len(s.prefixes[0]))
     pres_dts = samples.dts - track.edit_offset
     pts = to_90k(pres_dts + samples.cts, track.timescale)
