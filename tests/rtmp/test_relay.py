@@ -1,6 +1,8 @@
 """Relay: GOP cache for late joiners, bounded queues that drop to the next key frame, one serialisation per chunk size."""
 from __future__ import annotations
 
+import pytest
+
 from packagers.codecs import amf0
 from rtmp.chunk import ChunkReader
 from rtmp.messages import MSG_AUDIO, MSG_DATA_AMF0, MSG_VIDEO, Message
@@ -82,28 +84,62 @@ def test_one_serialisation_per_chunk_size_shared_between_subscribers():
     assert ChunkReader(128).feed(dc)[0].payload == ChunkReader(4096).feed(da)[0].payload == key_frame(0, 1000)
 
 
-def test_slow_subscriber_drops_until_next_key_frame_without_blocking_others():
-    r = Relay()
+class ManualBatches:
+    """Relay(batch=...) with batches run when the test says (the server passes loop.call_later)."""
+
+    def __init__(self) -> None:
+        self.due: list = []
+
+    def __call__(self, flush) -> None:
+        self.due.append(flush)
+
+    def run(self) -> None:
+        due, self.due = self.due, []
+        for flush in due:
+            flush()
+
+
+def slow_and_fast(r: Relay) -> tuple[Subscriber, ChunkReader, Subscriber, ChunkReader]:
+    """A started stream with a player whose queue holds ~7 frames and one that keeps up, their joins drained."""
     start(r)
-    slow = Subscriber(max_queue_bytes=1500)
-    fast = Subscriber()
+    slow, fast = Subscriber(max_queue_bytes=1500), Subscriber()
     assert r.subscribe("live/a", slow) and r.subscribe("live/a", fast)
-    fast_reader, slow_reader = ChunkReader(4096), ChunkReader(4096)
-    received(fast, fast_reader)
+    slow_reader, fast_reader = ChunkReader(4096), ChunkReader(4096)
     received(slow, slow_reader)
-    sent = []
+    received(fast, fast_reader)
+    return slow, slow_reader, fast, fast_reader
+
+
+def gop_frame(i: int) -> bytes:
+    return key_frame(i, 200) if i % 10 == 0 else inter_frame(i, 200)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_slow_subscriber_drops_until_next_key_frame_without_blocking_others(batched):
+    """Unbatched, and with the relay's batches (every 3 frames): the same drop rules."""
+    batches = ManualBatches()
+    r = Relay(batch=batches if batched else None)
+    slow, slow_reader, fast, fast_reader = slow_and_fast(r)
+    sent, fast_got = [], []
     for i in range(40):
-        payload = key_frame(i, 200) if i % 10 == 0 else inter_frame(i, 200)
+        payload = gop_frame(i)
         send(r, "live/a", MSG_VIDEO, i * 40, payload)
         sent.append(payload)
-        assert len(received(fast, fast_reader)) == 1     # the fast one gets everything at once
-        if i == 25:                                      # the slow one drains once, mid-GOP
+        if i % 3 == 2:
+            batches.run()
+        fast_got += [m.payload for m in received(fast, fast_reader)]
+        if not batched:
+            assert len(fast_got) == i + 1  # the fast one gets everything at once
+        if i == 25:  # the slow one drains once, mid-GOP
             got = [m.payload for m in received(slow, slow_reader)]
             assert got == sent[:len(got)] and 0 < len(got) < 10
-    assert slow.dropped > 0 and fast.dropped == 0
+    batches.run()
+    fast_got += [m.payload for m in received(fast, fast_reader)]
+    assert fast_got == sent and slow.dropped > 0 and fast.dropped == 0
     got = [m.payload for m in received(slow, slow_reader)]
-    # After the drain at frame 25 it resumed exactly at the key frame 30, not at frame 26.
-    assert got[0] == key_frame(30, 200)
+    # After the drain at frame 25 it resumed exactly at the key frame 30 (not at frame 26), then in order until its
+    # queue filled up again
+    assert got[0] == key_frame(30, 200) and got == sent[30 : 30 + len(got)]
     assert r.stats()["live/a"]["drops"] == slow.dropped
 
 
@@ -140,21 +176,6 @@ def test_gop_cache_is_bounded_in_bytes():
     assert [m.payload for m in received(sub)] == [key_frame(11)]
 
 
-class ManualBatches:
-    """Relay(batch=...) with batches run when the test says (the server passes loop.call_later)."""
-
-    def __init__(self) -> None:
-        self.due: list = []
-
-    def __call__(self, flush) -> None:
-        self.due.append(flush)
-
-    def run(self) -> None:
-        due, self.due = self.due, []
-        for flush in due:
-            flush()
-
-
 def media_script(n: int = 60) -> list[tuple[int, int, bytes]]:
     """A GOP-structured stream: video every 33 ms (key frame every 20), audio every 23 ms, sizes that vary."""
     out = []
@@ -187,32 +208,6 @@ def test_batched_fan_out_sends_the_same_bytes_in_the_same_order_with_one_write_p
     # 120 messages in 24 batches: the first one message by message (the joiner found no GOP cached and waits for the
     # key frame that opens it, the per-message rule), then one write per batch
     assert len(writes) == 5 + 23 and not b_sub.queue
-
-
-def test_batched_slow_subscriber_drops_to_the_next_key_frame_as_unbatched():
-    batches = ManualBatches()
-    r = Relay(batch=batches)
-    start(r)
-    slow, fast = Subscriber(max_queue_bytes=1500), Subscriber()
-    assert r.subscribe("live/a", slow) and r.subscribe("live/a", fast)
-    slow_reader, fast_reader = ChunkReader(4096), ChunkReader(4096)
-    received(slow, slow_reader)
-    received(fast, fast_reader)
-    sent = []
-    for i in range(40):
-        payload = key_frame(i, 200) if i % 10 == 0 else inter_frame(i, 200)
-        send(r, "live/a", MSG_VIDEO, i * 40, payload)
-        sent.append(payload)
-        if i % 3 == 2:
-            batches.run()
-        if i == 25:
-            got = [m.payload for m in received(slow, slow_reader)]
-            assert got == sent[:len(got)] and 0 < len(got) < 10
-    batches.run()
-    assert [m.payload for m in received(fast, fast_reader)] == sent and fast.dropped == 0
-    got = [m.payload for m in received(slow, slow_reader)]
-    # resumed at the key frame after the drain (not mid-GOP), then in order until its queue filled up again
-    assert slow.dropped > 0 and got[0] == key_frame(30, 200) and got == sent[30 : 30 + len(got)]
 
 
 def test_a_join_or_an_unpublish_hands_out_the_pending_batch_first():
