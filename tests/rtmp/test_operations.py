@@ -375,8 +375,12 @@ class SlowReader:
             time.sleep(0.05)
 
 
-async def test_slow_player_drops_alone_publisher_and_normal_player_unaffected():
-    server, rec = await start_server(queue_bytes=256 * 1024)
+@pytest.mark.parametrize("fan_out_delay", [0.0, 0.02], ids=["per-message", "batched"])
+async def test_slow_player_drops_alone_publisher_and_normal_player_unaffected(fan_out_delay):
+    """With per-message writes and with the relay's batches (what `gateway serve` runs: fan_out_ms = 20), whose
+    batches go straight to the socket until it backs up."""
+    server, rec = await start_server(queue_bytes=256 * 1024, fan_out_delay=fan_out_delay)
+    assert (server.relay.batch is not None) == (fan_out_delay > 0)
     # ~8 Mbit/s (noisy Sorenson H.263 is cheap to encode): enough to fill the slow player's kernel socket buffer
     # (autotuned to a megabyte or more on loopback) and then its 256 KB relay queue within a few seconds.
     pub = ffmpeg(server.port, "-re", "-f", "lavfi", "-i", "testsrc2=s=480x270:r=25", "-vf", "noise=alls=20:allf=t",
