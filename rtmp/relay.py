@@ -162,8 +162,8 @@ class Relay:
     gathered per stream and handed to each subscriber as one joined buffer per batch: one queue operation and one
     socket write per player per batch instead of per message, the part of fan-out that grows with players (3 Mbit/s
     is ~75 messages/s). A subscriber that cannot take a whole batch (full queue, skipping to a key frame) gets its
-    messages one by one, with the same drop rules. Joining, leaving and unpublishing hand out the pending batch
-    first, so ordering is what it would be without batching.
+    messages one by one, with the same drop rules. A join and an unpublish hand out the pending batch
+    first, so ordering is what it would be without batching (one who leaves forgoes it).
     """
 
     def __init__(self, *, gop_cache_bytes: int = 16 * 1024 * 1024, clock: Callable[[], float] = time.monotonic,
