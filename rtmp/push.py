@@ -44,6 +44,11 @@ class _TargetQueue(Subscriber):
             data = ChunkWriter.serialize(replace(m, payload=set_data_frame(m.payload)), self.chunk_size)
         return super().push(data, resume_point=resume_point, essential=essential)
 
+    def push_batch(self, data: bytes) -> bool:
+        """Never whole: a batch would skip ``push`` (the stop and the metadata rewrite above). A stream has a few
+        push targets, not thousands of players: message by message costs nothing here."""
+        return False
+
 
 class _Push:
     """One stream → one target, for as long as the stream is published."""

@@ -372,3 +372,28 @@ async def test_pull_stream_not_found_and_grace_period_after_last_player(tmp_path
             await puller.close()
     print(f"\npull ended {ended_after * 1000:.0f} ms after the last player left (grace 500 ms)")
     assert ended_after >= 0.5
+
+
+def test_push_target_queue_rewrites_metadata_and_stops_under_batched_fan_out():
+    """With the relay's batches (gateway serve's default), a push target's queue still gets every message through
+    its own ``push``: onMetaData sent after it joined becomes @setDataFrame, and a stopped queue takes nothing."""
+    from rtmp.chunk import ChunkReader
+    from rtmp.push import _TargetQueue
+
+    due: list = []
+    relay = Relay(batch=due.append)
+    assert relay.publish("live/a", "pub")
+    queue = _TargetQueue()
+    assert relay.subscribe("live/a", queue)
+    relay.metadata("live/a", Message(5, 0, MSG_DATA_AMF0, 1, amf0.encode_all("onMetaData", {"width": 160.0})))
+    relay.media("live/a", Message(6, 0, MSG_VIDEO, 1, bytes([0x17, 1, 0, 0, 0]) + bytes(20)), keyframe=True,
+                sequence_header=False)
+    due.pop()()
+    got = ChunkReader(queue.chunk_size).feed(b"".join(queue.pop_all()))
+    assert amf0.decode_all(got[0].payload)[:2] == ["@setDataFrame", "onMetaData"]
+    assert [m.message_type_id for m in got] == [MSG_DATA_AMF0, MSG_VIDEO]
+    queue.stopped = True
+    relay.media("live/a", Message(6, 40, MSG_VIDEO, 1, bytes([0x27, 1, 0, 0, 0]) + bytes(20)), keyframe=False,
+                sequence_header=False)
+    due.pop()()
+    assert queue.pop_all() == []
