@@ -82,9 +82,6 @@ def memory_bound_mb(segment_cache_mb: float, metadata_cache_mb: float, io_thread
     """What a VOD worker's resident memory stays under: its caches, a base, what each thread that builds segments
     (the executor's and the event loop's) keeps between builds, and the free memory malloc keeps. A segment bigger
     than the kept buffers adds about three times its size while it is being built; RTMP ingest is not counted."""
-    from packagers.ts.muxer import _SCRATCH_LIMIT as TS_PAYLOAD_KEEP
-    from ..origin.store import SCRATCH_KEEP
-
-    per_thread = (SCRATCH_KEEP + TS_PAYLOAD_KEEP) / 2**20
+    per_thread = (SCRATCH_KEEP + PAYLOAD_BUFFER_KEEP) / 2**20
     return (segment_cache_mb + metadata_cache_mb + WORKER_BASE_MB + (io_threads + 1) * per_thread
             + ARENAS * TRIM_THRESHOLD / 2**20)

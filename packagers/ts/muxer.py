@@ -35,7 +35,7 @@ from .pes import (AF, AF_LENGTH, BOTH, CC, COUNT, DTS, DTS2, FIRST, FLAGS, HEADE
                   PES_LENGTH, PTS, PTS2, RAI, STREAM, STUFFING, TS_PTS_OFFSET, Stream, Units, audio_units,
                   video_units)  # fmt: skip
 
-__all__ = ["PCR_DELAY", "TS_PTS_OFFSET", "TsMuxer"]
+__all__ = ["PAYLOAD_BUFFER_KEEP", "PCR_DELAY", "TS_PTS_OFFSET", "TsMuxer"]
 
 # PCR = DTS - PCR_DELAY: each PES "arrives" 100 ms before it is decoded (more than a frame at >= 10 fps, so a
 # whole access unit is in the T-STD buffer by its DTS); never after the DTS of the PES that carries it.
@@ -53,7 +53,7 @@ _LEAD_MASK = np.array([0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x80, 0] + [0] * 4 + 
                       + [0x0E, 0xFF, 0xFE, 0xFF, 0xFE] * 2)[:, None]  # fmt: skip
 _AR4, _AR8, _AR19 = np.arange(4), np.arange(8), np.arange(PES_HEADER_SIZE)
 _START_CODE = np.array([0, 0, 0, 1], dtype=np.uint8)
-_SCRATCH_LIMIT = 4 << 20  # keep the payload buffer up to this size (docs/performance.md, memory)
+PAYLOAD_BUFFER_KEEP = 4 << 20  # keep the payload buffer up to this size (docs/performance.md, memory)
 
 
 class TsMuxer:
@@ -314,7 +314,7 @@ class _Scratch(threading.local):
         return self.payload
 
     def release_large(self) -> None:
-        if self.payload_size > _SCRATCH_LIMIT:
+        if self.payload_size > PAYLOAD_BUFFER_KEEP:
             self.payload, self.payload_size = io.BytesIO(), 0
 
 

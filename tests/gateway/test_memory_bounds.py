@@ -33,9 +33,9 @@ def test_read_buffer_kept_by_a_thread_is_capped_and_big_reads_get_their_own(tmp_
 
 def test_ts_payload_buffer_kept_by_a_thread_is_capped():
     scratch = ts_muxer._Scratch()
-    scratch.payload_for(ts_muxer._SCRATCH_LIMIT)
+    scratch.payload_for(ts_muxer.PAYLOAD_BUFFER_KEEP)
     scratch.release_large()
-    assert scratch.payload_size == ts_muxer._SCRATCH_LIMIT  # kept: at the cap
-    scratch.payload_for(ts_muxer._SCRATCH_LIMIT + 188)
+    assert scratch.payload_size == ts_muxer.PAYLOAD_BUFFER_KEEP  # kept: at the cap
+    scratch.payload_for(ts_muxer.PAYLOAD_BUFFER_KEEP + 188)
     scratch.release_large()
     assert scratch.payload_size == 0 and len(scratch.payload.getbuffer()) == 0  # above it: let go after the build
