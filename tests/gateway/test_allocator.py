@@ -46,8 +46,9 @@ def test_tuned_allocator_reuses_freed_bodies_instead_of_faulting_pages_in():
         pytest.skip(f"this C library already reuses freed bodies ({plain:.0f} faults per body): nothing to show")
     applied, faults = churn("tuned")[:2]
     assert applied.startswith("True tuned: 2 arenas")
-    # a 1.6 MB body is 390 pages: the plain run faults most of them in again, the tuned one almost none
-    assert float(faults) < 5 < plain
+    # a 1.6 MB body is 390 pages: the plain run faults most of them in again (~360), the tuned one almost none
+    # (0-10, depending on how the 16 threads' bodies interleave in the arenas)
+    assert float(faults) < plain / 10
 
 
 def test_operator_malloc_settings_win():
