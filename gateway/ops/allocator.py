@@ -19,9 +19,13 @@ when one is set. Other C libraries (musl) have no ``mallopt``: nothing to do the
 from __future__ import annotations
 
 import ctypes
-import gc
 import ctypes.util
+import gc
 import os
+
+from packagers.ts.muxer import PAYLOAD_BUFFER_KEEP
+
+from ..origin.store import SCRATCH_KEEP
 
 ARENAS = 2
 MMAP_THRESHOLD = 32 * 1024 * 1024
