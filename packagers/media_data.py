@@ -30,6 +30,55 @@ class ReadRequest:
 
 
 @dataclass(frozen=True, eq=False)
+class ScatterRead:
+    """``size`` bytes of the file at ``offset``, in pieces one after the other: piece i (``lengths[i]`` bytes) goes
+    to ``into[at[i]:]``, or nowhere when ``at[i]`` is negative (bytes between samples, read rather than split)."""
+
+    offset: int
+    size: int
+    into: object  # a writable buffer
+    at: np.ndarray  # int64
+    lengths: np.ndarray  # int64
+
+    def buffers(self, skipped: memoryview) -> list[memoryview]:
+        """The pieces as views (of ``skipped`` for the negative ones), for ``os.preadv``."""
+        view = memoryview(self.into).cast("B")
+        return [view[a : a + n] if a >= 0 else skipped[:n] for a, n in zip(self.at.tolist(), self.lengths.tolist())]
+
+
+MAX_PIECES_PER_READ = 1024  # IOV_MAX on Linux
+SKIP_LIMIT = 64 * 1024  # a gap between samples up to this is read and dropped, not split into two reads
+
+
+def scatter_reads(into, dest: np.ndarray, sizes: np.ndarray, offsets: np.ndarray) -> list[ScatterRead] | None:
+    """Reads that put sample i (``sizes[i]`` bytes at ``offsets[i]`` in the file) at ``into[dest[i]:]``, in file
+    order: one read per run of samples at most SKIP_LIMIT apart. None when two samples overlap in the file."""
+    order = np.argsort(offsets, kind="stable")
+    off, size, to = offsets[order].astype(np.int64), sizes[order], dest[order]
+    end = off + size
+    gap = off[1:] - end[:-1]
+    if len(gap) and int(gap.min()) < 0:
+        return None
+    skipped = np.flatnonzero(gap > 0)
+    if len(skipped):  # the gaps become pieces of their own, after the sample before them
+        off = np.insert(off, skipped + 1, end[skipped])
+        size = np.insert(size, skipped + 1, gap[skipped])
+        to = np.insert(to, skipped + 1, -1)
+        end = off + size
+    split = np.flatnonzero((to < 0) & (size > SKIP_LIMIT))  # a long gap: the read before it ends, one starts after
+    bounds = [0]
+    for g in split.tolist():
+        bounds += [g, g + 1]
+    bounds.append(len(off))
+    reads = []
+    for a, b in zip(bounds[0::2], bounds[1::2]):
+        for c in range(a, b, MAX_PIECES_PER_READ):
+            d = min(b, c + MAX_PIECES_PER_READ)
+            reads.append(ScatterRead(int(off[c]), int(end[d - 1] - off[c]), into, to[c:d], size[c:d]))
+    return reads
+
+
+@dataclass(frozen=True, eq=False)
 class TrackSegment:
     """One track's share of a segment: its samples and their payload bytes back to back, in sample order.
 

@@ -11,6 +11,8 @@ from functools import partial
 from time import perf_counter_ns
 from typing import Callable, Hashable
 
+import numpy as np
+
 from packagers.dash import mpd as dash
 from packagers.errors import ErrorCode, PackagerError
 from packagers.fmp4 import Fmp4Muxer, build_init_segment
@@ -18,10 +20,11 @@ from packagers.hds import build_f4m, fragment_muxer
 from packagers.hds.f4m import FRAGMENT_CONTENT_TYPE, MANIFEST_CONTENT_TYPE
 from packagers.hls import names as hls_names
 from packagers.hls.playlists import build_master_playlist, build_media_playlist, choose_container
+from packagers.media_data import plan_reads
 from packagers.media_set import MediaSet, Selection
 from packagers.mss import MANIFEST_CONTENT_TYPE as MSS_MANIFEST_TYPE
 from packagers.mss import build_smooth_manifest, locate_fragment
-from packagers.ts import TsMuxer
+from packagers.ts import ScatterBuild, TsMuxer
 
 from ..catalog.access import DeliveryContext
 from ..catalog.delivery import encrypt_segment
@@ -50,31 +53,56 @@ class Product:
 
 def build_segment(store: Store, file: FileIdentity, media_set: MediaSet, selection: Selection, index: int,
                   mux: Callable, observe_stage: Callable[[str, int], None] = ignore_stage,
-                  nowait: bool = False) -> bytes:
-    """Read one segment's samples with coalesced preads on one descriptor, then mux. Blocking, unless ``nowait``:
+                  nowait: bool = False, scatter: "Scatter | None" = None) -> bytes:
+    """Read one segment's samples with coalesced preads on one descriptor, then mux; or, with ``scatter``, let the
+    muxer lay the segment out first and read each sample straight into its place. Blocking, unless ``nowait``:
     then WouldBlock before any muxing when a byte is not in the page cache or the segment is too big to be built
     on the event loop (INLINE_READ_LIMIT)."""
     t0 = perf_counter_ns()
-    tables, requests = media_set.segment_job(selection, index)
-    if nowait and sum(r.size for r in requests) > INLINE_READ_LIMIT:
+    tables = media_set.segment_tables(selection, index)
+    if nowait and sum(int(t.sizes.sum(dtype=np.int64)) for t in tables) > INLINE_READ_LIMIT:
         raise WouldBlock()
     t1 = perf_counter_ns()
     with store.open(file) as reader:
+        job = scatter.prepare(index, tables) if scatter is not None else None
+        if job is not None:
+            with job:
+                t2 = perf_counter_ns()
+                reader.read_scatter(job.reads, nowait)
+                t3 = perf_counter_ns()
+                body = job.finish()
+            if body is not None:
+                body = scatter.post(body)
+                _observe(observe_stage, t0, t1, (t3 - t2), perf_counter_ns() - t3 + t2 - t1)
+                return body
+        t1 = perf_counter_ns()
+        requests = plan_reads(tables)
         buffers = reader.read_scratch(requests, nowait)  # valid in this thread until its next read: muxers copy out
         t2 = perf_counter_ns()
         body = mux(media_set.media_segment(selection, index, requests, buffers, tables))
-    t3 = perf_counter_ns()
-    for stage, elapsed in (("plan", t1 - t0), ("read", t2 - t1), ("mux", t3 - t2)):
-        observe_stage(stage, elapsed)
+    _observe(observe_stage, t0, t1, t2 - t1, perf_counter_ns() - t2)
     return body
 
 
+def _observe(observe_stage: Callable[[str, int], None], t0: int, t1: int, read: int, mux: int) -> None:
+    for stage, elapsed in (("plan", t1 - t0), ("read", read), ("mux", mux)):
+        observe_stage(stage, elapsed)
+
+
+@dataclass(frozen=True)
+class Scatter:
+    """A muxer that lays a segment out before reading it (``TsMuxer.prepare``), and what follows it (encryption)."""
+
+    prepare: Callable[[int, list], ScatterBuild | None]
+    post: Callable[[bytes], bytes] = lambda body: body
+
+
 def _segment(packaging: Packaging, opened: OpenedSet, cache_key: Hashable, selection: Selection, index: int,
-             mux: Callable, content_type: str) -> Product:
+             mux: Callable, content_type: str, scatter: Scatter | None = None) -> Product:
     opened.media_set.plan(selection).check_index(index)  # 404 past the end, before the cache
     file = opened.files[selection.file_index]
     build = partial(build_segment, packaging.store, file, opened.media_set, selection, index, mux,
-                    packaging.observe_stage)
+                    packaging.observe_stage, scatter=scatter)
     return Product(cache_key, build, content_type, packaging.settings.segment_max_age,
                    build_inline=partial(build, nowait=True))
 
@@ -138,19 +166,21 @@ def _hls_segment(parsed: PackagedRequest, opened: OpenedSet, packaging: Packagin
     selection = opened.media_set.resolve(file.spec)
     if file.container == "ts":
         ts_muxer = packaging.muxer(opened.media_set, selection, "ts", TsMuxer)
+    scatter = None
     if file.container == "ts" and aes_key is not None:
         # IV = media sequence number: the playlist starts at EXT-X-MEDIA-SEQUENCE:1
         clear = ts_muxer.build
         mux, content_type = (lambda segment: encrypt_segment(aes_key, segment.index + 1, clear(segment))), TS_TYPE
+        scatter = Scatter(ts_muxer.prepare, partial(encrypt_segment, aes_key, file.index + 1))
     elif aes_key is not None:
         raise PackagerError(ErrorCode.NOT_FOUND, "product_for: encrypted HLS is served as MPEG-TS only")
     elif file.container == "ts":
-        mux, content_type = ts_muxer.build, TS_TYPE
+        mux, content_type, scatter = ts_muxer.build, TS_TYPE, Scatter(ts_muxer.prepare)
     else:
         # presentation times exactly as in TS (minus TS_PTS_OFFSET): tfdt = dts, signed composition offsets
         mux, content_type = Fmp4Muxer(selection.tracks).build, _fmp4_type(selection)
     cache_key = ("hls", "seg", file.index, selection.spec.suffix(), file.container, *_aes(context))
-    return _segment(packaging, opened, cache_key, selection, file.index, mux, content_type)
+    return _segment(packaging, opened, cache_key, selection, file.index, mux, content_type, scatter)
 
 
 def _init(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,

@@ -11,6 +11,7 @@ and a stalled read must block a worker thread, not the event loop.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import os
 import stat
@@ -18,12 +19,12 @@ import threading
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from packagers.errors import not_found
-from packagers.media_data import ReadRequest
+from packagers.errors import bad_data, not_found
+from packagers.media_data import SKIP_LIMIT, ReadRequest, ScatterRead
 
 
 class WouldBlock(Exception):
@@ -185,6 +186,23 @@ class FileReader:
         self._check_unchanged()
         return views
 
+    def read_scatter(self, reads: Sequence[ScatterRead], nowait: bool = False) -> None:
+        """Each read's bytes into its pieces, one preadv per read (a TS segment's samples straight into place).
+
+        The checks of ``read_scratch``: FileChanged when the file ends before its identified size or changed by the
+        time all is read; a sample past the identified end is BAD_DATA (the file lies about its samples), as the
+        gather of read bytes reports it. ``nowait``: WouldBlock unless every byte is in the page cache."""
+        for r in reads:
+            got = _read_pieces(self.fd, r, RWF_NOWAIT if nowait else 0)
+            if got < r.size:
+                if nowait:
+                    raise WouldBlock()
+                if got < self._expected(r.offset, r.size):
+                    raise FileChanged(self.identity.path, "truncated")
+                raise bad_data(f"read_scatter: a sample ends at byte {r.offset + r.size} of a file of "
+                               f"{self.identity.size} bytes (file truncated?)")
+        self._check_unchanged()
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
@@ -258,14 +276,69 @@ def probe_nowait_reads(identity: FileIdentity) -> bool:
 
 
 def _read_nowait(fd: int, into: memoryview, offset: int) -> int:
-    try:
-        n = os.preadv(fd, [into], offset, RWF_NOWAIT)
-    except BlockingIOError:
-        raise WouldBlock() from None
-    except OSError as e:
-        if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # EINVAL: kernels before the flag existed
-            raise WouldBlock(unsupported=True) from None
-        raise
+    n = _checked(lambda: os.preadv(fd, [into], offset, RWF_NOWAIT), True)
     if n < len(into):
         raise WouldBlock()
     return n
+
+
+_SKIPPED = bytearray(SKIP_LIMIT)  # where the bytes between samples go: shared, never looked at
+_libc = ctypes.CDLL(None, use_errno=True)
+_preadv2 = getattr(_libc, "preadv2", None)  # glibc >= 2.26
+if _preadv2 is not None:
+    _preadv2.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_longlong, ctypes.c_int]
+    _preadv2.restype = ctypes.c_ssize_t
+
+
+def _read_pieces(fd: int, r: ScatterRead, flags: int) -> int:
+    """preadv2 of ``r`` until its pieces are full or the file ends; the bytes read.
+
+    The iovec array is built with numpy from ``r.at``/``r.lengths`` (a TS segment has a piece per sample: ~400 views
+    would cost more than the read), after checking that every piece lies inside its buffer. Without glibc's
+    preadv2, ``os.preadv`` of views. ``flags`` RWF_NOWAIT: WouldBlock instead of waiting for the disk."""
+    into = np.frombuffer(r.into, dtype=np.uint8)
+    at, lengths = r.at, r.lengths
+    mine = at >= 0
+    if ((lengths < 0) | (mine & (at + lengths > len(into))) | (~mine & (lengths > len(_SKIPPED)))).any():
+        raise ValueError("read_scatter: a piece lies outside its buffer")
+    if _preadv2 is None:
+        buffers = r.buffers(memoryview(_SKIPPED))
+        return _checked(lambda: os.preadv(fd, buffers, r.offset, *((flags,) if flags else ())), bool(flags))
+    skipped = np.frombuffer(_SKIPPED, dtype=np.uint8).ctypes.data
+    iov = np.empty((len(at), 2), dtype=np.uint64)
+    iov[:, 0] = np.where(mine, at + into.ctypes.data, skipped)
+    iov[:, 1] = lengths
+    got = 0
+    while True:
+        n = _checked(lambda: _call_preadv2(fd, iov, r.offset + got, flags), bool(flags))
+        got += n
+        if n == 0 or got >= r.size or flags:
+            return got
+        ends = np.cumsum(iov[:, 1])  # a short read before the end of the file: go on from where it stopped
+        i = int(np.searchsorted(ends, n, side="right"))
+        iov = iov[i:].copy()
+        done = n - (int(ends[i - 1]) if i else 0)
+        iov[0, 0] += done
+        iov[0, 1] -= done
+
+
+def _call_preadv2(fd: int, iov: np.ndarray, offset: int, flags: int) -> int:
+    n = _preadv2(fd, iov.ctypes.data, len(iov), offset, flags)
+    if n < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return n
+
+
+def _checked(read: Callable[[], int], nowait: bool) -> int:
+    """``read()``; for a non-blocking read, the errors that mean "not now" or "not here" as WouldBlock."""
+    try:
+        return read()
+    except BlockingIOError:
+        if not nowait:
+            raise
+        raise WouldBlock() from None
+    except OSError as e:
+        if nowait and e.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # EINVAL: kernels before the flag existed
+            raise WouldBlock(unsupported=True) from None
+        raise

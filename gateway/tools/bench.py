@@ -42,41 +42,37 @@ def measure_segment_build(path: Path, segment_ms: int, container: str, limit: in
     """Cold build of every segment (first video + first audio track) in ``container`` (ts | fmp4):
     (segments, output bytes, seconds of the fastest of ``rounds`` passes).
 
-    Each pass plans, reads (pread, page cache warm), gathers and muxes every segment with no cache. Best-of, like
+    Each pass plans, reads (page cache warm) and muxes every segment with no cache, as the gateway does. Best-of, like
     the memcpy yardstick: noise on a shared machine only ever slows a pass down."""
     from packagers.media_set import MediaSet
-    from packagers.mp4 import read_presentation
     from packagers.naming import TrackSpec
     from packagers.fmp4 import Fmp4Muxer
     from packagers.ts import TsMuxer
 
-    from ..origin.store import read_into_scratch
+    from ..http.products import Scatter, build_segment
+    from ..origin.packaging import parse_presentation
+    from ..origin.store import Store
 
-    size = path.stat().st_size
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        presentation = read_presentation(lambda off, n: os.pread(fd, n, off), size, path.name)
-        media_set = MediaSet([presentation], segment_ms)
-        selection = media_set.resolve(TrackSpec())
-        count = media_set.plan(selection).count if limit is None else min(limit, media_set.plan(selection).count)
-        muxer = TsMuxer(selection.tracks) if container == "ts" else Fmp4Muxer(selection.tracks)
-        progress = Progress(count * rounds, f"cold {container} build")
-        best = float("inf")
-        for _ in range(rounds):
-            out_bytes = 0
-            elapsed = 0.0
-            for i in range(count):
-                t = time.perf_counter()
-                tables, reqs = media_set.segment_job(selection, i)
-                bufs = read_into_scratch(fd, reqs)  # as the gateway reads: a reused per-thread buffer
-                data = muxer.build(media_set.media_segment(selection, i, reqs, bufs, tables))
-                elapsed += time.perf_counter() - t
-                out_bytes += len(data)
-                progress.step()
-            best = min(best, elapsed)
-        return count, out_bytes, best
-    finally:
-        os.close(fd)
+    store = Store(path.parent)
+    file = store.identify(path.name)
+    media_set = MediaSet([parse_presentation(store, file)], segment_ms)
+    selection = media_set.resolve(TrackSpec())
+    count = media_set.plan(selection).count if limit is None else min(limit, media_set.plan(selection).count)
+    muxer = TsMuxer(selection.tracks) if container == "ts" else Fmp4Muxer(selection.tracks)
+    scatter = Scatter(muxer.prepare) if container == "ts" else None  # as the gateway builds TS
+    progress = Progress(count * rounds, f"cold {container} build")
+    best = float("inf")
+    for _ in range(rounds):
+        out_bytes = 0
+        elapsed = 0.0
+        for i in range(count):
+            t = time.perf_counter()
+            data = build_segment(store, file, media_set, selection, i, muxer.build, scatter=scatter)
+            elapsed += time.perf_counter() - t
+            out_bytes += len(data)
+            progress.step()
+        best = min(best, elapsed)
+    return count, out_bytes, best
 
 
 def measure_http(store: Path, file_name: str, seconds: float) -> dict:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import threading
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -27,15 +28,15 @@ import numpy as np
 from ..codecs import avc, hevc
 from ..codecs.aac import ADTS_HEADER_SIZE, adts_constant, parse_audio_specific_config
 from ..errors import ErrorCode, PackagerError, bad_data, bad_request
-from ..media_data import MediaSegment, TrackSegment
+from ..media_data import MediaSegment, ScatterRead, TrackSegment, scatter_reads
 from ..output import finished, new_bytes
-from ..model import Track
+from ..model import SampleTable, Track
 from . import packets as p
 from .pes import (AF, AF_LENGTH, BOTH, CC, COUNT, DTS, DTS2, FIRST, FLAGS, HEADER_LENGTH, LEN, PACKETS, PCR7,
-                  PES_LENGTH, PTS, PTS2, RAI, STREAM, STUFFING, TS_PTS_OFFSET, Stream, Units, audio_units,
-                  video_units)  # fmt: skip
+                  PES_LENGTH, PTS, PTS2, RAI, STREAM, STUFFING, TS_PTS_OFFSET, Stream, Units, audio_layout,
+                  audio_units, video_layout, video_units)  # fmt: skip
 
-__all__ = ["PAYLOAD_BUFFER_KEEP", "PCR_DELAY", "TS_PTS_OFFSET", "TsMuxer"]
+__all__ = ["PAYLOAD_BUFFER_KEEP", "PCR_DELAY", "ScatterBuild", "TS_PTS_OFFSET", "TsMuxer"]
 
 # PCR = DTS - PCR_DELAY: each PES "arrives" 100 ms before it is decoded (more than a frame at >= 10 fps, so a
 # whole access unit is in the T-STD buffer by its DTS); never after the DTS of the PES that carries it.
@@ -51,7 +52,9 @@ _LEAD_SOURCE = np.array([0, 1, 2, 2, 2, 2, 2, 2] + [0] * 4 + [3, 3, 0, 0, 4] + [
 _LEAD_SHIFT = np.array([0, 0, 32, 24, 16, 8, 0, 0] + [0] * 4 + [8, 0, 0, 0, 0] + [30, 23, 15, 8, 0] * 2)[:, None]
 _LEAD_MASK = np.array([0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x80, 0] + [0] * 4 + [0xFF, 0xFF, 0, 0, 0xFF]
                       + [0x0E, 0xFF, 0xFE, 0xFF, 0xFE] * 2)[:, None]  # fmt: skip
-_AR4, _AR8, _AR19 = np.arange(4), np.arange(8), np.arange(PES_HEADER_SIZE)
+_AR4, _AR7, _AR8, _AR19 = np.arange(4), np.arange(ADTS_HEADER_SIZE), np.arange(8), np.arange(PES_HEADER_SIZE)
+# A PES's lead: adaptation field (< 184 bytes) + PES header (19 + up to 8 bytes of stuffing) + AUD or ADTS header
+_LEAD_WIDTH = _PAYLOAD + 40
 _START_CODE = np.array([0, 0, 0, 1], dtype=np.uint8)
 PAYLOAD_BUFFER_KEEP = 4 << 20  # keep the payload buffer up to this size (docs/performance.md, memory)
 
@@ -99,6 +102,12 @@ class TsMuxer:
                 )  # fmt: skip
         self.streams: tuple[Stream, ...] = tuple(streams)
         self.tracks = tuple(s.track for s in streams)
+        given = [id(t) for t in tracks]
+        self._table_index = [given.index(id(s.track)) for s in streams]  # prepare: the table of each stream
+        self._narrow_lengths = any(s.nal_length_size != 4 for s in streams if s.track.kind == "video")
+        # Set once a segment shows samples with an AUD or SPS of their own (their layout needs their bytes):
+        # from then on every segment of this muxer is built from gathered samples.
+        self._in_band = False
         self._by_track = {id(s.track): s for s in streams}
         pcr_pid = next(s.pid for s in streams if s.carries_pcr)
         descriptors = [p.language_descriptor(s.track.language) if s.track.kind == "audio" else b"" for s in streams]
@@ -120,7 +129,7 @@ class TsMuxer:
             self._lead_templates[:, 2 * s.index + 1] = af + head + (0xC0, 0, 0x31, 0, 1, 0, 1, 0x11, 0, 1, 0, 1)
 
     def build(self, segment: MediaSegment) -> bytes:
-        """The TS bytes of one segment."""
+        """The TS bytes of one segment, from samples already read and gathered."""
         matched = self._match(segment.tracks)
         units, video_dts, base = [], None, 0
         for s, ts in matched:
@@ -132,7 +141,50 @@ class TsMuxer:
                 units.append(audio_units(s, ts, video_dts, base))
                 base += len(ts.samples)
         head = self._psi[segment.index & 0x0F]
-        return self._assemble(units, head) if units else head
+        if not units:
+            return head
+        layout = self._layout(units)
+        bio = _scratch.payload_for(layout.n_rows * _PAYLOAD)
+        bio.writelines(layout.pieces())
+        if bio.tell() != layout.n_rows * _PAYLOAD:
+            raise AssertionError("TsMuxer: the PES packets do not fill whole TS packets")
+        view, payload = bio.getbuffer(), None
+        try:
+            payload = np.frombuffer(view, dtype=np.uint8, count=layout.n_rows * _PAYLOAD)
+            video = units[0]
+            if video.start_codes is not None:  # the video comes first: its NAL length prefixes become start codes
+                at = layout.body_at[layout.out_pos[video.start_code_owner]] + video.start_codes
+                payload[at[:, None] + _AR4] = _START_CODE
+            return self._packetize(layout, payload, head)
+        finally:
+            del payload
+            view.release()
+            _scratch.release_large()
+
+    def prepare(self, index: int, tables: Sequence[SampleTable]) -> "ScatterBuild | None":
+        """Segment ``index`` laid out from its sample tables (one per track given to the constructor, in that order)
+        before any byte is read: the returned build asks for each sample to be read straight into its place in the
+        TS payload (``ScatterBuild.reads``), then ``finish`` adds the packet headers. None when the segment must come
+        from gathered samples (``build``): NAL length prefixes other than 4 bytes, samples that overlap in the file,
+        or a track already seen carrying its own AUD or SPS."""
+        if self._in_band or self._narrow_lengths or len(tables) != len(self.streams):
+            return None
+        units, offsets, video_dts, base = [], [], None, 0
+        for s in self.streams:  # the video first, as in build
+            table = tables[self._table_index[s.index]]
+            if not len(table):
+                continue
+            if s.track.kind == "video":
+                units.append(video_layout(s, table))
+                video_dts, base = units[-1].pes[DTS], len(table)
+            else:
+                units.append(audio_layout(s, table, video_dts, base))
+                base += len(table)
+            offsets.append(table.offsets)
+        if not units:
+            return None
+        layout = self._layout(units)
+        return ScatterBuild.start(self, layout, self._psi[index & 0x0F], np.concatenate(offsets))
 
     def _match(self, track_segments: Sequence[TrackSegment]) -> list[tuple[Stream, TrackSegment]]:
         """Pair each TrackSegment with its stream: the same Track object, else the same (kind, track_id, source)."""
@@ -188,102 +240,225 @@ class TsMuxer:
         np.not_equal(pes[PTS], pes[DTS], out=pes[BOTH])
         return pes[:, np.lexsort((pes[STREAM], pes[DTS]))]
 
-    def _assemble(self, units: list[Units], head: bytes) -> bytes:
-        """Interleave the PES packets of all tracks in DTS order and packetise them (see the module docstring)."""
-        # -- the PES packets of all tracks, in DTS order ---------------------------------------------------------
+    def _layout(self, units: list[Units]) -> "_Layout":
+        """Interleave the PES packets of all tracks in DTS order: where every unit goes in the TS payload, and the
+        bytes before each body (see the module docstring)."""
         if len(units) == 1:
             (u,) = units
-            unit_len, prefix_len, pes, bodies = u.unit_len, u.prefix_len, u.pes, u.bodies
+            unit_len, prefix_len, pes = u.unit_len, u.prefix_len, u.pes
         else:
             unit_len = np.concatenate([u.unit_len for u in units])
             prefix_len = np.concatenate([u.prefix_len for u in units])
             pes = np.concatenate([u.pes for u in units], axis=1)
-            bodies = [b for u in units for b in u.bodies] if len(units) > 2 else units[0].bodies + units[1].bodies
         n_units = len(unit_len)
-        # Parameter sets (before video key frames) stay out of the prefix matrix, whose every row is as wide as the
-        # longest prefix: a file may declare kilobytes of them. They are joined behind their row's tail instead.
         ps_len = np.concatenate([_parameter_set_lengths(u) for u in units])
         pes = self._pes_layout(pes, unit_len, [u.pes.shape[1] for u in units])
-        first, count, stuffing, af_len, n_packets, cc_first = (
-            pes[r] for r in (FIRST, COUNT, STUFFING, AF, PACKETS, CC)
-        )
+        first, count, stuffing, af_len = pes[FIRST], pes[COUNT], pes[STUFFING], pes[AF]
 
         out_first = np.cumsum(count) - count  # output position of each PES's first unit
         unit_order = np.repeat(first - out_first, count) + np.arange(n_units)
         out_pos = np.empty(n_units, dtype=np.int64)
         out_pos[unit_order] = np.arange(n_units)
-
-        # -- prefixes: right-aligned tails of the rows of a 0xFF matrix (0xFF = adaptation field stuffing) --------
         unit_prefix = prefix_len[unit_order]
         total_prefix = unit_prefix.copy()
         total_prefix[out_first] += af_len + PES_HEADER_SIZE + stuffing
-        unit_ps = ps_len[unit_order]
-        in_matrix = total_prefix - unit_ps
-        width = int(in_matrix.max())
-        m = np.full((n_units, width), 0xFF, dtype=np.uint8)
-        flat = m.reshape(-1)
-        header_at = out_first * width + (width - PES_HEADER_SIZE) - stuffing - (prefix_len - ps_len)[first]
-        # The adaptation field head and the PES header of every PES, byte by byte from the table's first 7 rows.
-        # Written in this order so that each write may spill into the next one's place: adaptation fields (8 bytes
-        # even when shorter, the PES header overwrites the rest), PES headers, then the AUD/ADTS prefixes.
+        body_len = unit_len[unit_order] - unit_prefix
+        body_at = np.cumsum(body_len + total_prefix) - body_len
+
+        # -- the lead of every PES: its first bytes up to its first unit's body (parameter sets aside), left-aligned
+        # in a row of a 0xFF matrix (0xFF = stuffing). Written in this order so that each write may spill into the
+        # next one's place: adaptation fields (8 bytes even when shorter), PES headers, then the AUD/ADTS prefixes.
+        n_pes, width = len(first), _LEAD_WIDTH
+        leads = np.full((n_pes, width), 0xFF, dtype=np.uint8)
+        flat = leads.reshape(-1)
+        header_at = np.arange(0, n_pes * width, width) + af_len
         template = self._lead_templates[:, 2 * pes[STREAM] + pes[BOTH]]
         lead = (((pes[_LEAD_SOURCE] >> _LEAD_SHIFT) & _LEAD_MASK) | template).astype(np.uint8)  # (27, n_pes)
         flat[_AR8[:, None] + (header_at - af_len)] = lead[:8]
         flat[_AR19[:, None] + header_at] = lead[8:]
-        start = 0
+        head_at = header_at + PES_HEADER_SIZE + stuffing  # where the first unit's AUD or ADTS header goes
+        base = 0
         for u in units:
-            rows = out_pos[start : start + len(u.unit_len)]
-            start += len(u.unit_len)
+            k = np.flatnonzero(pes[STREAM] == u.stream.index) if len(units) > 1 else slice(None)
             if u.adts is not None:
-                m[rows, width - ADTS_HEADER_SIZE :] = u.adts
-                continue
-            aud = u.stream.prefixes[0]
-            m[rows, width - len(aud) :] = aud
+                flat[head_at[k][:, None] + _AR7] = u.adts[first[k] - base]
+            else:
+                aud = u.stream.prefixes[0]
+                flat[head_at[k][:, None] + np.arange(len(aud))] = aud
+            base += len(u.unit_len)
+        rows_after = np.cumsum(pes[PACKETS])
+        lead_len = (total_prefix - ps_len[unit_order])[out_first]
+        return _Layout(units, pes, unit_order, out_pos, out_first, body_len, body_at, ps_len[unit_order], leads,
+                       lead_len, rows_after, int(rows_after[-1]))
 
-        # -- the TS payload of every packet, back to back: (prefix, sample) for each unit in output order ---------
-        mv = memoryview(flat)
-        pieces: list = [None] * (2 * n_units)
-        row_end = np.arange(width, (n_units + 1) * width, width)
-        pieces[0::2] = map(mv.__getitem__, map(slice, (row_end - in_matrix).tolist(), row_end.tolist()))
-        keyed = np.flatnonzero(unit_ps).tolist()
-        if keyed:  # only video carries parameter sets, and the video comes first
-            parameter_sets = units[0].stream.prefixes[1][len(units[0].stream.prefixes[0]) :].tobytes()
-            for r in keyed:
-                pieces[2 * r] = b"".join((pieces[2 * r], parameter_sets))
-        pieces[1::2] = list(map(bodies.__getitem__, unit_order.tolist()))
-        rows_after = np.cumsum(n_packets)
-        n_rows = int(rows_after[-1])
-        bio = _scratch.payload_for(n_rows * _PAYLOAD)
-        bio.writelines(pieces)
-        if bio.tell() != n_rows * _PAYLOAD:
-            raise AssertionError("TsMuxer: the PES packets do not fill whole TS packets")
-
-        # -- packet headers (2.4.3.2) as one big-endian uint32 column -----------------------------------------------
+    def _packetize(self, layout: "_Layout", payload: np.ndarray, head: bytes) -> bytes:
+        """PAT, PMT, then each 184-byte row of ``payload`` behind its 4-byte packet header (2.4.3.2), written
+        straight into the returned bytes."""
+        pes, n_rows, rows_after = layout.pes, layout.n_rows, layout.rows_after
+        n_packets, af_len = pes[PACKETS], pes[AF]
         first_row = rows_after - n_packets
-        header = np.repeat(cc_first - first_row, n_packets) + np.arange(n_rows)
+        header = np.repeat(pes[CC] - first_row, n_packets) + np.arange(n_rows)
         header &= 0x0F
         header |= np.repeat(self._ts_header[pes[STREAM]], n_packets)
         header[first_row] |= 0x400000 | (af_len > 0) * 0x20  # payload_unit_start_indicator; 11: AF + payload
-
-        # -- the packets: PAT, PMT, then the 4-byte headers with the 184-byte rows of the payload behind them ---------
         segment_bytes, flat_out = new_bytes((n_rows + 2) * p.TS_PACKET_SIZE)  # returned as is: written in place
         out = flat_out.reshape(n_rows + 2, p.TS_PACKET_SIZE)
         out[:2] = np.frombuffer(head, dtype=np.uint8).reshape(2, p.TS_PACKET_SIZE)
         out.view(">u4")[2:, 0] = header
-        view, payload = bio.getbuffer(), None
-        try:
-            payload = np.frombuffer(view, dtype=np.uint8, count=n_rows * _PAYLOAD)
-            video = units[0]
-            if video.start_codes is not None:  # the video comes first: its NAL length prefixes become start codes
-                body_len = unit_len[unit_order] - unit_prefix
-                body_at = np.cumsum(body_len + total_prefix) - body_len
-                payload[(body_at[out_pos[video.start_code_owner]] + video.start_codes)[:, None] + _AR4] = _START_CODE
-            out[2:, 4:] = payload.reshape(n_rows, _PAYLOAD)
-        finally:
-            del payload, out, flat_out
-            view.release()
-            _scratch.release_large()
+        out[2:, 4:] = payload[: n_rows * _PAYLOAD].reshape(n_rows, _PAYLOAD)
+        del out, flat_out
         return finished(segment_bytes)
+
+
+@dataclass(eq=False)
+class _Layout:
+    """Where each unit of a segment goes; units are numbered stream by stream, output positions in DTS order."""
+
+    units: list[Units]
+    pes: np.ndarray  # the per-PES table, in output order
+    unit_order: np.ndarray  # output position -> unit
+    out_pos: np.ndarray  # unit -> output position
+    out_first: np.ndarray  # per PES: the output position of its first unit
+    body_len: np.ndarray  # per output unit
+    body_at: np.ndarray  # per output unit: where its body starts in the payload
+    unit_ps: np.ndarray  # per output unit: bytes of parameter sets just before its body
+    leads: np.ndarray  # (n_pes, _LEAD_WIDTH): each PES's bytes up to its first unit's parameter sets or body
+    lead_len: np.ndarray  # per PES: how many of them
+    rows_after: np.ndarray  # per PES: TS packets up to its end
+    n_rows: int  # TS packets of the payload
+
+    def parameter_sets(self) -> np.ndarray:
+        """The parameter sets joined behind key frames' AUDs (only video has them, and it comes first)."""
+        prefixes = self.units[0].stream.prefixes
+        return prefixes[1][len(prefixes[0]) :]
+
+    def _later_heads(self) -> tuple[np.ndarray, np.ndarray]:
+        """The units that do not start a PES (AAC frames after the first of their PES): their output positions and
+        their ADTS headers (n, 7)."""
+        rows, heads, base = [], [], 0
+        for u in self.units:
+            if u.adts is not None:
+                later = np.ones(len(u.unit_len), dtype=bool)
+                later[u.pes[FIRST] - base] = False
+                j = np.flatnonzero(later)
+                rows.append(self.out_pos[base + j])
+                heads.append(u.adts[j])
+            base += len(u.unit_len)
+        if len(rows) == 1:
+            return rows[0], heads[0]
+        if not rows:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, ADTS_HEADER_SIZE), dtype=np.uint8)
+        return np.concatenate(rows), np.concatenate(heads)
+
+    def pieces(self) -> list:
+        """The TS payload as (prefix, body) for each unit in output order, for one ``writelines``."""
+        n_units = len(self.unit_order)
+        leads = self.leads.reshape(-1)
+        start, length = np.empty(n_units, dtype=np.int64), np.empty(n_units, dtype=np.int64)
+        start[self.out_first] = np.arange(0, len(leads), self.leads.shape[1])
+        length[self.out_first] = self.lead_len
+        rows, heads = self._later_heads()
+        if len(rows):  # their ADTS headers behind the leads, in one buffer
+            leads = np.concatenate((leads, heads.reshape(-1)))
+            start[rows] = np.arange(len(leads) - heads.size, len(leads), ADTS_HEADER_SIZE)
+            length[rows] = ADTS_HEADER_SIZE
+        view = memoryview(leads)
+        pieces: list = [None] * (2 * n_units)
+        pieces[0::2] = map(view.__getitem__, map(slice, start.tolist(), (start + length).tolist()))
+        keyed = np.flatnonzero(self.unit_ps).tolist()
+        if keyed:
+            parameter_sets = self.parameter_sets().tobytes()
+            for r in keyed:
+                pieces[2 * r] = b"".join((pieces[2 * r], parameter_sets))
+        units = self.units
+        bodies = units[0].bodies if len(units) == 1 else [b for u in units for b in u.bodies]
+        pieces[1::2] = list(map(bodies.__getitem__, self.unit_order.tolist()))
+        return pieces
+
+    def place_prefixes(self, payload: np.ndarray) -> None:
+        """Write every prefix (and the parameter sets) into ``payload`` where ``pieces`` would have put them, before
+        the bodies: each PES's lead goes in as its first TS packet's whole row (the rest of that row is written
+        again by later prefixes and the bodies), a lead longer than a packet spills into the next row."""
+        rows = payload[: self.n_rows * _PAYLOAD].reshape(self.n_rows, _PAYLOAD)
+        first_row = self.rows_after - self.pes[PACKETS]
+        rows[first_row] = self.leads[:, :_PAYLOAD]
+        spill = np.flatnonzero(self.lead_len > _PAYLOAD)
+        if len(spill):
+            rows[first_row[spill] + 1, : _LEAD_WIDTH - _PAYLOAD] = self.leads[spill, _PAYLOAD:]
+        later, heads = self._later_heads()
+        if len(later):
+            payload[(self.body_at[later] - ADTS_HEADER_SIZE)[:, None] + _AR7] = heads
+        keyed = np.flatnonzero(self.unit_ps)
+        if len(keyed):
+            parameter_sets = self.parameter_sets()
+            payload[(self.body_at[keyed] - len(parameter_sets))[:, None] + np.arange(len(parameter_sets))] = \
+                parameter_sets
+
+
+class ScatterBuild:
+    """A TS segment whose samples are read straight into their places in the TS payload (``TsMuxer.prepare``).
+
+    The gateway performs ``reads`` (each: preadv of ``buffers`` at ``offset``), then ``finish`` turns the NAL length
+    prefixes into start codes and lays the packets out; ``close`` (or leaving the ``with`` block) releases the
+    thread's payload buffer, finished or not. Saves the gather of the samples and one full copy of the payload."""
+
+    def __init__(self, muxer: TsMuxer, layout: _Layout, head: bytes, view: memoryview, reads: list[ScatterRead]):
+        self.muxer, self.layout, self.head, self._view, self.reads = muxer, layout, head, view, reads
+
+    @classmethod
+    def start(cls, muxer: TsMuxer, layout: _Layout, head: bytes, file_offsets: np.ndarray) -> "ScatterBuild | None":
+        """Prefixes written into the payload; ``file_offsets``: of every unit's sample (units in stream order)."""
+        view = _scratch.payload_for(layout.n_rows * _PAYLOAD).getbuffer()
+        try:
+            reads = scatter_reads(view, layout.body_at[layout.out_pos], layout.body_len[layout.out_pos], file_offsets)
+            if reads is not None:
+                payload = np.frombuffer(view, dtype=np.uint8, count=layout.n_rows * _PAYLOAD)
+                layout.place_prefixes(payload)
+                del payload
+                return cls(muxer, layout, head, view, reads)
+        except BaseException:
+            view.release()
+            raise
+        view.release()
+        return None
+
+    def __enter__(self) -> "ScatterBuild":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.reads = []
+        if self._view is not None:
+            self._view.release()
+            self._view = None
+            _scratch.release_large()
+
+    def finish(self) -> bytes | None:
+        """The segment, once ``reads`` were done; None when its video samples turn out to carry their own AUD or
+        SPS (the muxer then builds this and every later segment from gathered samples: ``build``)."""
+        layout, payload = self.layout, None
+        try:
+            payload = np.frombuffer(self._view, dtype=np.uint8, count=layout.n_rows * _PAYLOAD)
+            video = layout.units[0]
+            if video.adts is None:
+                n = len(video.unit_len)
+                rows = layout.out_pos[:n]
+                starts, sizes = layout.body_at[rows], layout.body_len[rows]
+                offsets, lengths, owner = avc.nal_units(payload, starts, sizes, 4)
+                nal_syntax = hevc if video.stream.codec == "hevc" else avc
+                types = nal_syntax.nal_unit_types(payload[np.minimum(offsets + 4, len(payload) - 1)])
+                types[lengths == 0] = 0xFF
+                own_aud = (types == nal_syntax.AUD_NAL_TYPE) & (offsets == starts[owner])
+                if own_aud.any() or ((types == nal_syntax.SPS) & video.with_ps[owner]).any():
+                    self.muxer._in_band = True
+                    return None
+                payload[offsets[:, None] + _AR4] = _START_CODE
+            return self.muxer._packetize(layout, payload, self.head)
+        finally:
+            del payload
+            self.close()
 
 
 def _parameter_set_lengths(u: Units) -> np.ndarray:

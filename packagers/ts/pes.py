@@ -14,7 +14,7 @@ from ..codecs import avc, hevc
 from ..codecs.aac import ADTS_HEADER_SIZE, adts_headers
 from ..errors import bad_data
 from ..media_data import TrackSegment
-from ..model import Track
+from ..model import SampleTable, Track
 
 # Added to every presentation time (90 kHz): 2 s, so that negative times (B-frame decode times before the first
 # presentation, AAC priming, edit lists: typically -0.1 s) and the PCR's lead stay positive. Presentation time 0 is
@@ -48,7 +48,7 @@ class Units:
     """One track's share of a segment: one unit per sample (a prefix, then the sample), grouped into PES packets."""
 
     stream: Stream
-    bodies: list  # memoryview slices of the samples
+    bodies: list | None  # memoryview slices of the samples; None when they are read straight into place
     prefix_len: np.ndarray  # AUD [+ parameter sets] or ADTS header bytes per unit
     unit_len: np.ndarray  # prefix_len + body length
     pes: np.ndarray  # (19, n_pes) int64 table with FIRST (counting the units of all streams), PTS, DTS, RAI, STREAM
@@ -107,21 +107,41 @@ def video_units(s: Stream, ts: TrackSegment) -> Units:
         with_ps[owner[sps]] = False
     mv = memoryview(payload)
     bodies = list(map(mv.__getitem__, map(slice, body_start.tolist(), (body_start + body_len).tolist())))
+    units = video_layout(s, samples, with_ps, body_len)
+    units.bodies, units.start_codes, units.start_code_owner = bodies, offsets - body_start[owner], owner
+    return units
+
+
+def video_layout(s: Stream, samples: SampleTable, with_ps: np.ndarray | None = None,
+                 body_len: np.ndarray | None = None) -> Units:
+    """The units of ``samples`` from their table alone (no bodies yet). Unless told otherwise (``video_units``,
+    which has looked into the samples), every key frame gets the parameter sets and every body is the whole sample:
+    right for samples without an AUD or SPS of their own."""
+    track = s.track
+    if with_ps is None:
+        with_ps, body_len = samples.keyframe, samples.sizes.astype(np.int64)
     prefix_len = np.where(with_ps, len(s.prefixes[1]), len(s.prefixes[0]))
     pres_dts = samples.dts - track.edit_offset
     pts = to_90k(pres_dts + samples.cts, track.timescale)
-    pes = _pes_table(np.arange(len(sizes)), pts, to_90k(pres_dts, track.timescale), samples.keyframe, s.index)
-    return Units(s, bodies, prefix_len, prefix_len + body_len, pes, with_ps, offsets - body_start[owner], owner)
+    pes = _pes_table(np.arange(len(body_len)), pts, to_90k(pres_dts, track.timescale), samples.keyframe, s.index)
+    return Units(s, None, prefix_len, prefix_len + body_len, pes, with_ps)
 
 
 def audio_units(s: Stream, ts: TrackSegment, video_dts: np.ndarray | None, base: int) -> Units:
+    """``audio_layout`` with the bodies: each sample a view of the bytes read."""
+    size = int(ts.samples.sizes.sum(dtype=np.int64))
+    if ts.payload_size != size:
+        raise bad_data(f"TsMuxer.build: audio payload has {ts.payload_size} bytes, its samples {size}")
+    units = audio_layout(s, ts.samples, video_dts, base)
+    units.bodies = ts.sample_views()
+    return units
+
+
+def audio_layout(s: Stream, samples: SampleTable, video_dts: np.ndarray | None, base: int) -> Units:
     """ADTS frames; a PES holds up to AUDIO_FRAMES_PER_PES of them, and starts anew at a gap in the timeline and
     wherever a video PES falls in between (so no audio PES reaches past the next video PES in DTS order)."""
-    samples, track = ts.samples, s.track
+    track = s.track
     n, sizes = len(samples), samples.sizes.astype(np.int64)
-    ends = np.cumsum(sizes)
-    if ts.payload_size != int(ends[-1]):
-        raise bad_data(f"TsMuxer.build: audio payload has {ts.payload_size} bytes, its samples {int(ends[-1])}")
     pts = to_90k((samples.pts if samples.cts.any() else samples.dts) - track.edit_offset, track.timescale)
     limit = AUDIO_FRAMES_PER_PES
     if s.carries_pcr:
@@ -137,8 +157,7 @@ def audio_units(s: Stream, ts: TrackSegment, video_dts: np.ndarray | None, base:
     if n - pes_first[-1] > limit or (len(pes_first) > 1 and (pes_first[1:] - pes_first[:-1]).max() > limit):
         run = np.append(pes_first[1:], n) - pes_first  # long runs: cut every `limit` frames
         pes_first = np.flatnonzero((np.arange(n) - np.repeat(pes_first, run)) % limit == 0)
-    bodies = ts.sample_views()
     pes_pts = pts[pes_first]
     pes = _pes_table(pes_first + base, pes_pts, pes_pts, 0, s.index)
     headers = adts_headers(s.adts, sizes)
-    return Units(s, bodies, np.full(n, ADTS_HEADER_SIZE), sizes + ADTS_HEADER_SIZE, pes, adts=headers)
+    return Units(s, None, np.full(n, ADTS_HEADER_SIZE), sizes + ADTS_HEADER_SIZE, pes, adts=headers)

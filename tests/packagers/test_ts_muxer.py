@@ -594,3 +594,132 @@ def test_ts_timestamps_wrap_at_33_bits():
                 assert p.packets[0].pcr == (p.decode_time - 9000) % (1 << 33)
         else:
             assert set(p.pts for p in pes) <= set(pts.tolist())
+
+
+# -- builds laid out before the read (TsMuxer.prepare): samples read straight into place ------------------------------
+
+
+def scatter_read(job, file: bytes) -> None:
+    """Perform ``job.reads`` from ``file`` in memory, as ScatterRead documents them (the gateway uses preadv)."""
+    for r in job.reads:
+        into, pos = np.frombuffer(r.into, dtype=np.uint8), r.offset
+        for at, n in zip(r.at.tolist(), r.lengths.tolist()):
+            if at >= 0:
+                into[at : at + n] = np.frombuffer(file, dtype=np.uint8, count=n, offset=pos)
+            pos += n
+        assert pos == r.offset + r.size
+        del into
+
+
+def scatter_build(muxer: TsMuxer, segment: MediaSegment, file: bytes, tables=None) -> bytes | None:
+    job = muxer.prepare(segment.index, tables or [ts.samples for ts in segment.tracks])
+    if job is None:
+        return None
+    with job:
+        scatter_read(job, file)
+        return job.finish()
+
+
+def laid_out(segment: MediaSegment, gap: int = 0) -> tuple[list, bytes]:
+    """A file holding the segment's samples one track after the other, ``gap`` bytes between samples; the tables."""
+    tables, parts, at = [], [], 0
+    for ts in segment.tracks:
+        sizes = ts.samples.sizes.astype(np.int64)
+        offsets = at + np.arange(len(sizes)) * gap + np.cumsum(sizes) - sizes
+        payload = memoryview(ts.payload)
+        for o, p, n in zip(offsets.tolist(), ts.sample_positions().tolist(), sizes.tolist()):
+            parts += [b"\xee" * (o - at), payload[p : p + n]]
+            at = o + n
+        tables.append(dataclasses.replace(ts.samples, offsets=offsets.astype(np.uint64)))
+    return tables, b"".join(parts)
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_ts_scatter_build_equals_build(name):
+    """Read straight into place from the fixture's own file layout (interleaved chunks): the same bytes as build."""
+    m = muxed(name)
+    muxer = TsMuxer(m.source.tracks)
+    for segment, expected in zip(m.segments, m.ts):
+        assert scatter_build(muxer, segment, m.source.data) == expected
+    assert not muxer._in_band
+
+
+def test_ts_scatter_reads_skip_gaps_and_split_long_ones(monkeypatch):
+    from packagers import media_data
+
+    m = muxed("two_audio.mp4")
+    muxer, segment = TsMuxer(m.source.tracks), m.segments[1]
+    for gap, reads in ((0, 1), (100, 1), (media_data.SKIP_LIMIT + 1, None)):
+        tables, file = laid_out(segment, gap)
+        job = muxer.prepare(segment.index, tables)
+        pieces = sum(len(r.at) for r in job.reads)
+        n_samples = sum(len(t) for t in tables)
+        # tracks follow each other with no gap: a read per track change less when every gap is too long to read
+        assert len(job.reads) == (reads or n_samples - len(tables) + 1)
+        assert pieces == (n_samples if gap == 0 or reads is None else 2 * n_samples - len(tables))
+        assert all(r.lengths.sum() == r.size for r in job.reads)
+        job.close()
+        assert scatter_build(muxer, segment, file, tables) == m.ts[1]
+    monkeypatch.setattr(media_data, "MAX_PIECES_PER_READ", 7)
+    tables, file = laid_out(segment, 100)
+    job = muxer.prepare(segment.index, tables)
+    assert max(len(r.at) for r in job.reads) == 7 and len(job.reads) > 1
+    job.close()
+    assert scatter_build(muxer, segment, file, tables) == m.ts[1]
+
+
+def test_ts_scatter_overlapping_samples_are_built_from_gathered_ones():
+    m = muxed("title_360p.mp4")
+    muxer, segment = TsMuxer(m.source.tracks), m.segments[1]
+    video, audio = (ts.samples for ts in segment.tracks)
+    offsets = video.offsets.copy()
+    offsets[3] = offsets[2]  # two samples share bytes
+    assert muxer.prepare(1, [dataclasses.replace(video, offsets=offsets), audio]) is None
+    assert muxer.prepare(1, [video, audio]) is not None  # (released by the garbage collector: no export pinned)
+
+
+@pytest.mark.parametrize("name", ["title_360p.mp4", "hevc.mp4"])
+def test_ts_scatter_in_band_samples_fall_back_to_build(name):
+    """Samples whose layout depends on their bytes (their own AUD or SPS, 2-byte lengths): prepare gives None, or
+    finish does once it has seen them, and from then on the muxer builds from gathered samples."""
+    m = muxed(name)
+    codec = m.source.tracks[0].codec
+    aud = bytes.fromhex("4601 50") if codec.codec == "hevc" else b"\x09\xf0"
+    variants = {
+        "two-byte lengths": (lambda nals, key: _prefixed(nals, 2), {"nal_length_size": 2}, "prepare"),
+        "in-band parameter sets": (lambda nals, key: _prefixed((list(codec.parameter_sets) if key else []) + nals),
+                                   {}, "finish"),
+        "AUD in samples": (lambda nals, key: _prefixed([aud] + nals), {}, "finish"),
+        "AUD inside samples": (lambda nals, key: _prefixed(nals[:1] + [aud] + nals[1:]), {}, "neither"),
+    }
+    for label, (transform, config, where) in variants.items():
+        variant = _rewrite_video(m, m.segments[1], transform, **config)
+        muxer = TsMuxer([t.track for t in variant.tracks])
+        tables, file = laid_out(variant)
+        job = muxer.prepare(1, tables)
+        assert (job is None) == (where == "prepare"), label
+        if job is not None:
+            with job:
+                scatter_read(job, file)
+                built = job.finish()
+            assert (built is None) == (where == "finish"), label
+            assert muxer._in_band == (where == "finish"), label
+            if built is not None:
+                assert built == muxer.build(variant), label
+        if where == "finish":
+            assert muxer.prepare(1, tables) is None, label
+        if label != "AUD inside samples":
+            assert muxer.build(variant) == m.ts[1], label
+
+
+def test_ts_scatter_corrupt_samples_are_bad_data_and_release_the_buffer():
+    m = muxed("title_360p.mp4")
+    muxer, segment = TsMuxer(m.source.tracks), m.segments[0]
+    tables, file = laid_out(segment)
+    corrupt = bytearray(file)
+    corrupt[0] = 0x7F  # first NAL length far past its sample
+    with pytest.raises(PackagerError) as e:
+        scatter_build(muxer, segment, bytes(corrupt), tables)
+    assert e.value.code is ErrorCode.BAD_DATA
+    assert scatter_build(muxer, segment, file, tables) == m.ts[0]
+    assert muxer.build(segment) == m.ts[0]  # the payload buffer is not left pinned
