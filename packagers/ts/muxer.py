@@ -304,8 +304,8 @@ class TsMuxer:
         segment_bytes, flat_out = new_bytes((n_rows + 2) * p.TS_PACKET_SIZE)  # returned as is: written in place
         out = flat_out.reshape(n_rows + 2, p.TS_PACKET_SIZE)
         out[:2] = np.frombuffer(head, dtype=np.uint8).reshape(2, p.TS_PACKET_SIZE)
-        out.view(">u4")[2:, 0] = header
         out[2:, 4:] = payload[: n_rows * _PAYLOAD].reshape(n_rows, _PAYLOAD)
+        out.view(">u4")[2:, 0] = header
         del out, flat_out
         return finished(segment_bytes)
 
