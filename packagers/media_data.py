@@ -61,9 +61,12 @@ def scatter_reads(into, dest: np.ndarray, sizes: np.ndarray, offsets: np.ndarray
         return None
     skipped = np.flatnonzero(gap > 0)
     if len(skipped):  # the gaps become pieces of their own, after the sample before them
-        off = np.insert(off, skipped + 1, end[skipped])
-        size = np.insert(size, skipped + 1, gap[skipped])
-        to = np.insert(to, skipped + 1, -1)
+        n, k = len(off), len(skipped)
+        at = np.arange(n) + np.searchsorted(skipped, np.arange(n))  # a sample moves up by the gaps before it
+        gap_at = skipped + np.arange(1, k + 1)
+        off, size, to = (np.empty(n + k, dtype=np.int64) for _ in range(3))
+        off[at], size[at], to[at] = offsets[order], sizes[order], dest[order]
+        off[gap_at], size[gap_at], to[gap_at] = end[skipped], gap[skipped], -1
         end = off + size
     split = np.flatnonzero((to < 0) & (size > SKIP_LIMIT))  # a long gap: the read before it ends, one starts after
     bounds = [0]

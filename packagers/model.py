@@ -63,7 +63,12 @@ class SampleTable:
     def __getitem__(self, index: slice) -> "SampleTable":
         if not isinstance(index, slice):
             raise TypeError("SampleTable supports slices only; use the columns for single samples")
-        return SampleTable(**{name: getattr(self, name)[index] for name in _COLUMNS})
+        # slices of columns already checked (dtype, length, read-only) need no second check: a segment's plan
+        # slices every track of it
+        table = object.__new__(SampleTable)
+        for name in _COLUMNS:
+            object.__setattr__(table, name, getattr(self, name)[index])
+        return table
 
     @property
     def pts(self) -> np.ndarray:

@@ -25,12 +25,21 @@ def _cpython_new_bytes() -> Callable[[int], tuple[bytes, np.ndarray]] | None:
 
     def new_bytes(size: int) -> tuple[bytes, np.ndarray]:
         body = allocate(None, size)
-        view = np.ctypeslib.as_array((ctypes.c_uint8 * size).from_address(id(body) + data_offset))
-        return body, view
+        # a view through the array interface: a ctypes array type per size would cost ~8 us a segment
+        raw = _RawMemory()
+        raw.__array_interface__ = {"data": (id(body) + data_offset, False), "shape": (size,), "typestr": "|u1",
+                                   "version": 3}
+        return body, np.asarray(raw)
 
     probe, view = new_bytes(3)
     view[:] = (1, 2, 3)
     return new_bytes if probe == b"\x01\x02\x03" else None
+
+
+class _RawMemory:
+    """Memory numpy may view: it holds no reference to the owner (the caller keeps ``body`` alive)."""
+
+    __slots__ = ("__array_interface__",)
 
 
 def _portable_new_bytes(size: int) -> tuple[bytearray, np.ndarray]:
