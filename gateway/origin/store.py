@@ -192,8 +192,10 @@ class FileReader:
         The checks of ``read_scratch``: FileChanged when the file ends before its identified size or changed by the
         time all is read; a sample past the identified end is BAD_DATA (the file lies about its samples), as the
         gather of read bytes reports it. ``nowait``: WouldBlock unless every byte is in the page cache."""
+        flags, iov, first = RWF_NOWAIT if nowait else 0, _iovecs(reads), 0
         for r in reads:
-            got = _read_pieces(self.fd, r, RWF_NOWAIT if nowait else 0)
+            got = _read_pieces(self.fd, r, iov, first, flags)
+            first += len(r.at)
             if got < r.size:
                 if nowait:
                     raise WouldBlock()
@@ -283,6 +285,7 @@ def _read_nowait(fd: int, into: memoryview, offset: int) -> int:
 
 
 _SKIPPED = bytearray(SKIP_LIMIT)  # where the bytes between samples go: shared, never looked at
+_SKIPPED_AT = np.frombuffer(_SKIPPED, dtype=np.uint8).__array_interface__["data"][0]
 _libc = ctypes.CDLL(None, use_errno=True)
 _preadv2 = getattr(_libc, "preadv2", None)  # glibc >= 2.26
 if _preadv2 is not None:
@@ -290,24 +293,42 @@ if _preadv2 is not None:
     _preadv2.restype = ctypes.c_ssize_t
 
 
-def _read_pieces(fd: int, r: ScatterRead, flags: int) -> int:
-    """preadv2 of ``r`` until its pieces are full or the file ends; the bytes read.
-
-    The iovec array is built with numpy from ``r.at``/``r.lengths`` (a TS segment has a piece per sample: ~400 views
-    would cost more than the read), after checking that every piece lies inside its buffer. Without glibc's
-    preadv2, ``os.preadv`` of views. ``flags`` RWF_NOWAIT: WouldBlock instead of waiting for the disk."""
-    into = np.frombuffer(r.into, dtype=np.uint8)
-    at, lengths = r.at, r.lengths
-    mine = at >= 0
-    if ((lengths < 0) | (mine & (at + lengths > len(into))) | (~mine & (lengths > len(_SKIPPED)))).any():
-        raise ValueError("read_scatter: a piece lies outside its buffer")
+def _iovecs(reads: Sequence[ScatterRead]) -> np.ndarray | None:
+    """The iovec array (base, length) of every piece of ``reads``, after checking that each lies inside its buffer;
+    built with numpy: a TS segment has a piece per sample, and ~400 views would cost more than the read. None
+    without glibc's preadv2 (the pieces are then read as views with ``os.preadv``)."""
+    iov = []
+    for r in reads:
+        at, lengths = r.at, r.lengths
+        if not len(at):
+            iov.append(np.zeros((0, 2), dtype=np.int64))
+            continue
+        into = np.frombuffer(r.into, dtype=np.uint8)
+        mine = None if int(at.min()) >= 0 else at >= 0
+        ends = at + lengths
+        if int(lengths.min()) < 0 or int((ends if mine is None else ends[mine]).max(initial=0)) > len(into) or (
+                mine is not None and int(lengths[~mine].max()) > len(_SKIPPED)):
+            raise ValueError("read_scatter: a piece lies outside its buffer")
+        if _preadv2 is None:
+            continue
+        piece = np.empty((len(at), 2), dtype=np.int64)
+        np.add(at, into.__array_interface__["data"][0], out=piece[:, 0])
+        piece[:, 1] = lengths
+        if mine is not None:
+            piece[~mine, 0] = _SKIPPED_AT
+        iov.append(piece)
     if _preadv2 is None:
+        return None
+    return iov[0] if len(iov) == 1 else np.concatenate(iov)
+
+
+def _read_pieces(fd: int, r: ScatterRead, iov: np.ndarray | None, first: int, flags: int) -> int:
+    """preadv2 of ``r`` (its pieces are ``iov[first:]``) until they are full or the file ends; the bytes read.
+    ``flags`` RWF_NOWAIT: WouldBlock instead of waiting for the disk."""
+    if iov is None:
         buffers = r.buffers(memoryview(_SKIPPED))
         return _checked(lambda: os.preadv(fd, buffers, r.offset, *((flags,) if flags else ())), bool(flags))
-    skipped = np.frombuffer(_SKIPPED, dtype=np.uint8).ctypes.data
-    iov = np.empty((len(at), 2), dtype=np.uint64)
-    iov[:, 0] = np.where(mine, at + into.ctypes.data, skipped)
-    iov[:, 1] = lengths
+    iov = iov[first : first + len(r.at)]
     got = 0
     while True:
         n = _checked(lambda: _call_preadv2(fd, iov, r.offset + got, flags), bool(flags))
@@ -323,7 +344,7 @@ def _read_pieces(fd: int, r: ScatterRead, flags: int) -> int:
 
 
 def _call_preadv2(fd: int, iov: np.ndarray, offset: int, flags: int) -> int:
-    n = _preadv2(fd, iov.ctypes.data, len(iov), offset, flags)
+    n = _preadv2(fd, iov.__array_interface__["data"][0], len(iov), offset, flags)
     if n < 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))

@@ -52,9 +52,10 @@ _LEAD_SOURCE = np.array([0, 1, 2, 2, 2, 2, 2, 2] + [0] * 4 + [3, 3, 0, 0, 4] + [
 _LEAD_SHIFT = np.array([0, 0, 32, 24, 16, 8, 0, 0] + [0] * 4 + [8, 0, 0, 0, 0] + [30, 23, 15, 8, 0] * 2)[:, None]
 _LEAD_MASK = np.array([0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x80, 0] + [0] * 4 + [0xFF, 0xFF, 0, 0, 0xFF]
                       + [0x0E, 0xFF, 0xFE, 0xFF, 0xFE] * 2)[:, None]  # fmt: skip
-_AR4, _AR7, _AR8, _AR19 = np.arange(4), np.arange(ADTS_HEADER_SIZE), np.arange(8), np.arange(PES_HEADER_SIZE)
+_AR4, _AR7, _AR8, _AR19 = np.arange(4), np.arange(7), np.arange(8), np.arange(PES_HEADER_SIZE)
 # A PES's lead: adaptation field (< 184 bytes) + PES header (19 + up to 8 bytes of stuffing) + AUD or ADTS header
 _LEAD_WIDTH = _PAYLOAD + 40
+_HEAD_SIZE = 7  # room for a unit's AUD (6 bytes for H.264, 7 for HEVC) or ADTS header
 _START_CODE = np.array([0, 0, 0, 1], dtype=np.uint8)
 PAYLOAD_BUFFER_KEEP = 4 << 20  # keep the payload buffer up to this size (docs/performance.md, memory)
 
@@ -238,7 +239,7 @@ class TsMuxer:
         np.left_shift(pes[PTS], 1, out=pes[PTS2])
         np.left_shift(pes[DTS], 1, out=pes[DTS2])
         np.not_equal(pes[PTS], pes[DTS], out=pes[BOTH])
-        return pes[:, np.lexsort((pes[STREAM], pes[DTS]))]
+        return pes[:, np.argsort(pes[DTS] * len(self.streams) + pes[STREAM], kind="stable")]  # DTS, then stream
 
     def _layout(self, units: list[Units]) -> "_Layout":
         """Interleave the PES packets of all tracks in DTS order: where every unit goes in the TS payload, and the
@@ -265,30 +266,20 @@ class TsMuxer:
         body_len = unit_len[unit_order] - unit_prefix
         body_at = np.cumsum(body_len + total_prefix) - body_len
 
-        # -- the lead of every PES: its first bytes up to its first unit's body (parameter sets aside), left-aligned
-        # in a row of a 0xFF matrix (0xFF = stuffing). Written in this order so that each write may spill into the
-        # next one's place: adaptation fields (8 bytes even when shorter), PES headers, then the AUD/ADTS prefixes.
-        n_pes, width = len(first), _LEAD_WIDTH
-        leads = np.full((n_pes, width), 0xFF, dtype=np.uint8)
-        flat = leads.reshape(-1)
-        header_at = np.arange(0, n_pes * width, width) + af_len
+        # -- the lead of every PES: its first bytes up to its first unit's parameter sets or body (``_Layout.leads``):
+        # the adaptation field head and the PES header, byte by byte from the table's first 7 rows, then the AUD or
+        # ADTS header of its first unit (7 bytes; a 6-byte AUD spills one byte into what follows, written later)
         template = self._lead_templates[:, 2 * pes[STREAM] + pes[BOTH]]
         lead = (((pes[_LEAD_SOURCE] >> _LEAD_SHIFT) & _LEAD_MASK) | template).astype(np.uint8)  # (27, n_pes)
-        flat[_AR8[:, None] + (header_at - af_len)] = lead[:8]
-        flat[_AR19[:, None] + header_at] = lead[8:]
-        head_at = header_at + PES_HEADER_SIZE + stuffing  # where the first unit's AUD or ADTS header goes
+        heads = np.empty((len(first), _HEAD_SIZE), dtype=np.uint8)
         base = 0
         for u in units:
             k = np.flatnonzero(pes[STREAM] == u.stream.index) if len(units) > 1 else slice(None)
-            if u.adts is not None:
-                flat[head_at[k][:, None] + _AR7] = u.adts[first[k] - base]
-            else:
-                aud = u.stream.prefixes[0]
-                flat[head_at[k][:, None] + np.arange(len(aud))] = aud
+            heads[k] = u.adts[first[k] - base] if u.adts is not None else u.stream.head
             base += len(u.unit_len)
         rows_after = np.cumsum(pes[PACKETS])
         lead_len = (total_prefix - ps_len[unit_order])[out_first]
-        return _Layout(units, pes, unit_order, out_pos, out_first, body_len, body_at, ps_len[unit_order], leads,
+        return _Layout(units, pes, unit_order, out_pos, out_first, body_len, body_at, ps_len[unit_order], lead, heads,
                        lead_len, rows_after, int(rows_after[-1]))
 
     def _packetize(self, layout: "_Layout", payload: np.ndarray, head: bytes) -> bytes:
@@ -322,10 +313,29 @@ class _Layout:
     body_len: np.ndarray  # per output unit
     body_at: np.ndarray  # per output unit: where its body starts in the payload
     unit_ps: np.ndarray  # per output unit: bytes of parameter sets just before its body
-    leads: np.ndarray  # (n_pes, _LEAD_WIDTH): each PES's bytes up to its first unit's parameter sets or body
-    lead_len: np.ndarray  # per PES: how many of them
+    lead: np.ndarray  # (27, n_pes): each PES's adaptation field head (8 bytes) and PES header (19)
+    heads: np.ndarray  # (n_pes, 7): the AUD or ADTS header of each PES's first unit
+    lead_len: np.ndarray  # per PES: its bytes up to its first unit's parameter sets or body
     rows_after: np.ndarray  # per PES: TS packets up to its end
     n_rows: int  # TS packets of the payload
+
+    def write_leads(self, flat: np.ndarray, at: np.ndarray) -> None:
+        """Each PES's lead into ``flat`` at ``at`` (per PES), over a 0xFF background (the stuffing), in an order
+        where each write's spill is written over by a later one: the AUD/ADTS headers (7 bytes: a 6-byte AUD spills
+        one byte into what follows its PES's lead, at worst the next PES's first byte), the adaptation field heads
+        (8 bytes even when shorter), then the PES headers. ``flat`` has room for 1 byte past the last PES."""
+        pes = self.pes
+        header_at = at + pes[AF]
+        flat[(header_at + PES_HEADER_SIZE + pes[STUFFING])[:, None] + _AR7] = self.heads
+        flat[_AR8[:, None] + at] = self.lead[:8]
+        flat[_AR19[:, None] + header_at] = self.lead[8:]
+
+    @property
+    def leads(self) -> np.ndarray:
+        """(n_pes, _LEAD_WIDTH): each PES's lead, left-aligned in a row (``lead_len`` bytes of it)."""
+        leads = np.full((len(self.out_first), _LEAD_WIDTH), 0xFF, dtype=np.uint8)
+        self.write_leads(leads.reshape(-1), np.arange(0, leads.size, _LEAD_WIDTH))
+        return leads
 
     def parameter_sets(self) -> np.ndarray:
         """The parameter sets joined behind key frames' AUDs (only video has them, and it comes first)."""
@@ -381,10 +391,11 @@ class _Layout:
         again by later prefixes and the bodies), a lead longer than a packet spills into the next row."""
         rows = payload[: self.n_rows * _PAYLOAD].reshape(self.n_rows, _PAYLOAD)
         first_row = self.rows_after - self.pes[PACKETS]
-        rows[first_row] = self.leads[:, :_PAYLOAD]
+        rows[first_row] = 0xFF
         spill = np.flatnonzero(self.lead_len > _PAYLOAD)
         if len(spill):
-            rows[first_row[spill] + 1, : _LEAD_WIDTH - _PAYLOAD] = self.leads[spill, _PAYLOAD:]
+            rows[first_row[spill] + 1, : _LEAD_WIDTH - _PAYLOAD] = 0xFF
+        self.write_leads(payload, first_row * _PAYLOAD)
         later, heads = self._later_heads()
         if len(later):
             payload[(self.body_at[later] - ADTS_HEADER_SIZE)[:, None] + _AR7] = heads
@@ -408,11 +419,11 @@ class ScatterBuild:
     @classmethod
     def start(cls, muxer: TsMuxer, layout: _Layout, head: bytes, file_offsets: np.ndarray) -> "ScatterBuild | None":
         """Prefixes written into the payload; ``file_offsets``: of every unit's sample (units in stream order)."""
-        view = _scratch.payload_for(layout.n_rows * _PAYLOAD).getbuffer()
+        view = _scratch.payload_for(layout.n_rows * _PAYLOAD + _HEAD_SIZE).getbuffer()
         try:
             reads = scatter_reads(view, layout.body_at[layout.out_pos], layout.body_len[layout.out_pos], file_offsets)
             if reads is not None:
-                payload = np.frombuffer(view, dtype=np.uint8, count=layout.n_rows * _PAYLOAD)
+                payload = np.frombuffer(view, dtype=np.uint8, count=layout.n_rows * _PAYLOAD + _HEAD_SIZE)
                 layout.place_prefixes(payload)
                 del payload
                 return cls(muxer, layout, head, view, reads)

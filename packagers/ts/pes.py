@@ -6,6 +6,7 @@ otherwise. Timestamps are the samples' presentation times on the 90 kHz clock pl
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +42,11 @@ class Stream:
     prefixes: tuple[np.ndarray, ...] = ()  # video: AUD, AUD + parameter sets (Annex B)
     nal_length_size: int = 4
     adts: int = 0  # audio: the constant bits of the ADTS header
+
+    @functools.cached_property
+    def head(self) -> np.ndarray:
+        """Video: the AUD in 7 bytes (H.264's is 6: the last byte is never part of the output)."""
+        return np.concatenate((self.prefixes[0], np.zeros(7 - len(self.prefixes[0]), dtype=np.uint8)))
 
 
 @dataclass

@@ -723,3 +723,26 @@ def test_ts_scatter_corrupt_samples_are_bad_data_and_release_the_buffer():
     assert e.value.code is ErrorCode.BAD_DATA
     assert scatter_build(muxer, segment, file, tables) == m.ts[0]
     assert muxer.build(segment) == m.ts[0]  # the payload buffer is not left pinned
+
+
+@pytest.mark.parametrize("empty", [[0], [-1], [0, 1, -1]])
+def test_ts_scatter_empty_video_samples(empty):
+    """An empty video sample is a PES of AUD (+ parameter sets) alone: its lead ends its last TS packet, also when
+    it is the last PES of the segment (the 6-byte H.264 AUD is written 7 bytes wide, spilling past the PES)."""
+    m = muxed("title_360p.mp4")
+    segment = m.segments[1]
+    video = segment.tracks[0]
+    keep = np.ones(len(video.samples), dtype=bool)
+    keep[empty] = False
+    pos, sizes = video.sample_positions(), video.samples.sizes
+    payload = b"".join(video.payload[p : p + n] if k else b"" for p, n, k in zip(pos, sizes, keep))
+    table = dataclasses.replace(video.samples, sizes=np.where(keep, sizes, 0).astype(np.uint32))
+    variant = MediaSegment(1, (TrackSegment(video.track, table, payload),) + segment.tracks[1:])
+    muxer = TsMuxer(m.source.tracks)
+    expected = muxer.build(variant)
+    tables, file = laid_out(variant)
+    assert scatter_build(muxer, variant, file, tables) == expected
+    only_video = MediaSegment(1, variant.tracks[:1])  # the empty sample ends the segment's payload
+    tables, file = laid_out(only_video)
+    assert scatter_build(TsMuxer(m.source.tracks[:1]), only_video, file, tables) == TsMuxer(
+        m.source.tracks[:1]).build(only_video)
