@@ -8,13 +8,15 @@ so every later packet carries exactly 184 payload bytes (2.4.3.4). PES headers h
 PTS and 5 stuffing bytes when DTS would equal PTS; when a PCR would not fit the first packet's adaptation field,
 1 to 8 more PES header stuffing bytes (2.4.3.7 allows 32) push the PES over one more packet so that it does.
 
-Speed. No Python loop runs per byte or per TS packet. Each unit (sample) gets a prefix -- [adaptation field][PES
-header] when it starts a PES, then AUD or its ADTS header -- as the right-aligned tail of a row of a 0xFF-filled
-matrix (the parameter sets of key frames are joined behind it: in the matrix they would widen every row). The TS
-payload of the whole segment is one ``writelines`` of (prefix, sample) slices whose length is a multiple of 184 by
-construction; NAL length prefixes are overwritten there with start codes; the packet headers (sync byte, PUSI,
-PID, continuity_counter) are one uint32 column, and one strided copy lays the 184-byte rows behind them, straight
-into the ``bytes`` that is returned (``packagers.output``). The payload buffer is reused per thread (``_Scratch``).
+Speed. No Python loop runs per byte or per TS packet. Each unit (sample) gets a prefix: a PES's first unit gets the
+PES's *lead* ([adaptation field][PES header][AUD or ADTS header], written over 0xFF stuffing), the others their ADTS
+header, and key frames the parameter sets after their AUD. ``prepare`` computes all of it from the sample tables
+before any byte is read: the prefixes go into the TS payload buffer (reused per thread, ``_Scratch``) and the
+gateway reads every sample straight into its place behind them (``ScatterBuild.reads``); ``finish`` overwrites the
+NAL length prefixes with start codes. ``build`` does the same from samples already read: one ``writelines`` of
+(prefix, sample) slices. Either way the payload's length is a multiple of 184 by construction; the packet headers
+(sync byte, PUSI, PID, continuity_counter) are one uint32 column, and one strided copy lays the 184-byte rows
+behind them, straight into the ``bytes`` that is returned (``packagers.output``).
 """
 from __future__ import annotations
 
