@@ -367,7 +367,7 @@ class _Layout:
         n_units = len(self.unit_order)
         leads = self.leads.reshape(-1)
         start, length = np.empty(n_units, dtype=np.int64), np.empty(n_units, dtype=np.int64)
-        start[self.out_first] = np.arange(0, len(leads), self.leads.shape[1])
+        start[self.out_first] = np.arange(0, len(leads), _LEAD_WIDTH)
         length[self.out_first] = self.lead_len
         rows, heads = self._later_heads()
         if len(rows):  # their ADTS headers behind the leads, in one buffer

@@ -83,7 +83,7 @@ def _pes_table(first, pts, dts, rai, stream: int) -> np.ndarray:
 
 def video_units(s: Stream, ts: TrackSegment) -> Units:
     """One PES per access unit: AUD, parameter sets before key frames (unless the sample has an SPS), the NALs."""
-    samples, track = ts.samples, s.track
+    samples = ts.samples
     sizes = samples.sizes.astype(np.int64)
     if ts.payload_size != int(sizes.sum()):
         raise bad_data(f"TsMuxer.build: video payload has {ts.payload_size} bytes, its samples {int(sizes.sum())}")
