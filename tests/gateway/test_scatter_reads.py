@@ -129,3 +129,30 @@ def test_nowait_reads_are_whole_or_would_block(store):
                       scatter=Scatter(muxer.prepare))
     assert build_segment(content, file, media_set, selection, 2, muxer.build,
                          scatter=Scatter(muxer.prepare)) == scattered
+
+
+async def test_served_ts_segments_are_read_into_place(make_client, store, monkeypatch):
+    """Over HTTP, a TS segment comes from the scatter path (whether built on the loop or in the executor) and is
+    byte for byte the segment built from gathered samples."""
+    from gateway.origin.store import FileReader
+
+    seen: list[bool] = []
+    real = FileReader.read_scatter
+
+    def recording(self, reads, nowait=False):
+        seen.append(nowait)
+        return real(self, reads, nowait)
+
+    monkeypatch.setattr(FileReader, "read_scatter", recording)
+    client = await make_client(segment_cache_mb=0)
+    response = await client.get("/hls/title_360p.mp4/seg-2-v1-a1.ts")
+    assert response.status == 200
+    served = await response.read()
+    assert seen  # the scatter path ran
+
+    content = Store(store)
+    file = content.identify("title_360p.mp4")
+    media_set = MediaSet([parse_presentation(content, file)], 6000, False)  # the server's default duration
+    selection = media_set.resolve(TrackSpec(None, 1, 1))
+    muxer = TsMuxer(selection.tracks)
+    assert served == build_segment(content, file, media_set, selection, 1, muxer.build)  # gathered: no scatter
