@@ -22,18 +22,18 @@ from __future__ import annotations
 
 import io
 import threading
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from ..codecs import avc, hevc
-from ..codecs.aac import ADTS_HEADER_SIZE, adts_constant, parse_audio_specific_config
+from ..codecs.aac import adts_constant, parse_audio_specific_config
 from ..errors import ErrorCode, PackagerError, bad_data, bad_request
 from ..media_data import MediaSegment, ScatterRead, TrackSegment, scatter_reads
 from ..output import finished, new_bytes
 from ..model import SampleTable, Track
 from . import packets as p
+from .layout import HEAD_SIZE, PES_HEADER_SIZE, SegmentLayout
 from .pes import (AF, AF_LENGTH, BOTH, CC, COUNT, DTS, DTS2, FIRST, FLAGS, HEADER_LENGTH, LEN, PACKETS, PCR7,
                   PES_LENGTH, PTS, PTS2, RAI, STREAM, STUFFING, TS_PTS_OFFSET, Stream, Units, audio_layout,
                   audio_units, video_layout, video_units)  # fmt: skip
@@ -44,9 +44,7 @@ __all__ = ["PAYLOAD_BUFFER_KEEP", "PCR_DELAY", "ScatterBuild", "TS_PTS_OFFSET", 
 # whole access unit is in the T-STD buffer by its DTS); never after the DTS of the PES that carries it.
 PCR_DELAY = 9000
 
-PES_HEADER_SIZE = 19  # 6 + 3 + PTS 5 + (DTS or 5 stuffing bytes), before any PCR stuffing
 _AF_WITH_PCR = 8  # adaptation_field_length, flags, program_clock_reference (2.4.3.4)
-_PAYLOAD = p.TS_PAYLOAD_SIZE
 # The adaptation field head (8 bytes) and PES header (19) of a PES from the 7 first rows of its table (length, flags,
 # PCR base << 7, PES_packet_length, PES_header_data_length, PTS << 1, DTS << 1): each byte is
 # (row[_LEAD_SOURCE] >> _LEAD_SHIFT) & _LEAD_MASK, ORed with the stream's template (constant bits, markers).
@@ -54,10 +52,8 @@ _LEAD_SOURCE = np.array([0, 1, 2, 2, 2, 2, 2, 2] + [0] * 4 + [3, 3, 0, 0, 4] + [
 _LEAD_SHIFT = np.array([0, 0, 32, 24, 16, 8, 0, 0] + [0] * 4 + [8, 0, 0, 0, 0] + [30, 23, 15, 8, 0] * 2)[:, None]
 _LEAD_MASK = np.array([0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x80, 0] + [0] * 4 + [0xFF, 0xFF, 0, 0, 0xFF]
                       + [0x0E, 0xFF, 0xFE, 0xFF, 0xFE] * 2)[:, None]  # fmt: skip
-_AR4, _AR7, _AR8, _AR19 = np.arange(4), np.arange(7), np.arange(8), np.arange(PES_HEADER_SIZE)
-# A PES's lead: adaptation field (< 184 bytes) + PES header (19 + up to 8 bytes of stuffing) + AUD or ADTS header
-_LEAD_WIDTH = _PAYLOAD + 40
-_HEAD_SIZE = 7  # room for a unit's AUD (6 bytes for H.264, 7 for HEVC) or ADTS header
+_PAYLOAD = p.TS_PAYLOAD_SIZE
+_AR4 = np.arange(4)
 _START_CODE = np.array([0, 0, 0, 1], dtype=np.uint8)
 PAYLOAD_BUFFER_KEEP = 4 << 20  # keep the payload buffer up to this size (docs/performance.md, memory)
 
@@ -243,7 +239,7 @@ class TsMuxer:
         np.not_equal(pes[PTS], pes[DTS], out=pes[BOTH])
         return pes[:, np.argsort(pes[DTS] * len(self.streams) + pes[STREAM], kind="stable")]  # DTS, then stream
 
-    def _layout(self, units: list[Units]) -> "_Layout":
+    def _layout(self, units: list[Units]) -> "SegmentLayout":
         """Interleave the PES packets of all tracks in DTS order: where every unit goes in the TS payload, and the
         bytes before each body (see the module docstring)."""
         if len(units) == 1:
@@ -268,12 +264,12 @@ class TsMuxer:
         body_len = unit_len[unit_order] - unit_prefix
         body_at = np.cumsum(body_len + total_prefix) - body_len
 
-        # -- the lead of every PES: its first bytes up to its first unit's parameter sets or body (``_Layout.leads``):
+        # -- the lead of every PES: its first bytes up to its first unit's parameter sets or body (``SegmentLayout.leads``):
         # the adaptation field head and the PES header, byte by byte from the table's first 7 rows, then the AUD or
         # ADTS header of its first unit (7 bytes; a 6-byte AUD spills one byte into what follows, written later)
         template = self._lead_templates[:, 2 * pes[STREAM] + pes[BOTH]]
         lead = (((pes[_LEAD_SOURCE] >> _LEAD_SHIFT) & _LEAD_MASK) | template).astype(np.uint8)  # (27, n_pes)
-        heads = np.empty((len(first), _HEAD_SIZE), dtype=np.uint8)
+        heads = np.empty((len(first), HEAD_SIZE), dtype=np.uint8)
         base = 0
         for u in units:
             k = np.flatnonzero(pes[STREAM] == u.stream.index) if len(units) > 1 else slice(None)
@@ -281,10 +277,10 @@ class TsMuxer:
             base += len(u.unit_len)
         rows_after = np.cumsum(pes[PACKETS])
         lead_len = (total_prefix - ps_len[unit_order])[out_first]
-        return _Layout(units, pes, unit_order, out_pos, out_first, body_len, body_at, ps_len[unit_order], lead, heads,
+        return SegmentLayout(units, pes, unit_order, out_pos, out_first, body_len, body_at, ps_len[unit_order], lead, heads,
                        lead_len, rows_after, int(rows_after[-1]))
 
-    def _packetize(self, layout: "_Layout", payload: np.ndarray, head: bytes) -> bytes:
+    def _packetize(self, layout: "SegmentLayout", payload: np.ndarray, head: bytes) -> bytes:
         """PAT, PMT, then each 184-byte row of ``payload`` behind its 4-byte packet header (2.4.3.2), written
         straight into the returned bytes."""
         pes, n_rows, rows_after = layout.pes, layout.n_rows, layout.rows_after
@@ -303,111 +299,6 @@ class TsMuxer:
         return finished(segment_bytes)
 
 
-@dataclass(eq=False)
-class _Layout:
-    """Where each unit of a segment goes; units are numbered stream by stream, output positions in DTS order."""
-
-    units: list[Units]
-    pes: np.ndarray  # the per-PES table, in output order
-    unit_order: np.ndarray  # output position -> unit
-    out_pos: np.ndarray  # unit -> output position
-    out_first: np.ndarray  # per PES: the output position of its first unit
-    body_len: np.ndarray  # per output unit
-    body_at: np.ndarray  # per output unit: where its body starts in the payload
-    unit_ps: np.ndarray  # per output unit: bytes of parameter sets just before its body
-    lead: np.ndarray  # (27, n_pes): each PES's adaptation field head (8 bytes) and PES header (19)
-    heads: np.ndarray  # (n_pes, 7): the AUD or ADTS header of each PES's first unit
-    lead_len: np.ndarray  # per PES: its bytes up to its first unit's parameter sets or body
-    rows_after: np.ndarray  # per PES: TS packets up to its end
-    n_rows: int  # TS packets of the payload
-
-    def write_leads(self, flat: np.ndarray, at: np.ndarray) -> None:
-        """Each PES's lead into ``flat`` at ``at`` (per PES), over a 0xFF background (the stuffing), in an order
-        where each write's spill is written over by a later one: the AUD/ADTS headers (7 bytes: a 6-byte AUD spills
-        one byte into what follows its PES's lead, at worst the next PES's first byte), the adaptation field heads
-        (8 bytes even when shorter), then the PES headers. ``flat`` has room for 1 byte past the last PES."""
-        pes = self.pes
-        header_at = at + pes[AF]
-        flat[(header_at + PES_HEADER_SIZE + pes[STUFFING])[:, None] + _AR7] = self.heads
-        flat[_AR8[:, None] + at] = self.lead[:8]
-        flat[_AR19[:, None] + header_at] = self.lead[8:]
-
-    @property
-    def leads(self) -> np.ndarray:
-        """(n_pes, _LEAD_WIDTH): each PES's lead, left-aligned in a row (``lead_len`` bytes of it)."""
-        leads = np.full((len(self.out_first), _LEAD_WIDTH), 0xFF, dtype=np.uint8)
-        self.write_leads(leads.reshape(-1), np.arange(0, leads.size, _LEAD_WIDTH))
-        return leads
-
-    def parameter_sets(self) -> np.ndarray:
-        """The parameter sets joined behind key frames' AUDs (only video has them, and it comes first)."""
-        prefixes = self.units[0].stream.prefixes
-        return prefixes[1][len(prefixes[0]) :]
-
-    def _later_heads(self) -> tuple[np.ndarray, np.ndarray]:
-        """The units that do not start a PES (AAC frames after the first of their PES): their output positions and
-        their ADTS headers (n, 7)."""
-        rows, heads, base = [], [], 0
-        for u in self.units:
-            if u.adts is not None:
-                later = np.ones(len(u.unit_len), dtype=bool)
-                later[u.pes[FIRST] - base] = False
-                j = np.flatnonzero(later)
-                rows.append(self.out_pos[base + j])
-                heads.append(u.adts[j])
-            base += len(u.unit_len)
-        if len(rows) == 1:
-            return rows[0], heads[0]
-        if not rows:
-            return np.zeros(0, dtype=np.int64), np.zeros((0, ADTS_HEADER_SIZE), dtype=np.uint8)
-        return np.concatenate(rows), np.concatenate(heads)
-
-    def pieces(self) -> list:
-        """The TS payload as (prefix, body) for each unit in output order, for one ``writelines``."""
-        n_units = len(self.unit_order)
-        leads = self.leads.reshape(-1)
-        start, length = np.empty(n_units, dtype=np.int64), np.empty(n_units, dtype=np.int64)
-        start[self.out_first] = np.arange(0, len(leads), _LEAD_WIDTH)
-        length[self.out_first] = self.lead_len
-        rows, heads = self._later_heads()
-        if len(rows):  # their ADTS headers behind the leads, in one buffer
-            leads = np.concatenate((leads, heads.reshape(-1)))
-            start[rows] = np.arange(len(leads) - heads.size, len(leads), ADTS_HEADER_SIZE)
-            length[rows] = ADTS_HEADER_SIZE
-        view = memoryview(leads)
-        pieces: list = [None] * (2 * n_units)
-        pieces[0::2] = map(view.__getitem__, map(slice, start.tolist(), (start + length).tolist()))
-        keyed = np.flatnonzero(self.unit_ps).tolist()
-        if keyed:
-            parameter_sets = self.parameter_sets().tobytes()
-            for r in keyed:
-                pieces[2 * r] = b"".join((pieces[2 * r], parameter_sets))
-        units = self.units
-        bodies = units[0].bodies if len(units) == 1 else [b for u in units for b in u.bodies]
-        pieces[1::2] = list(map(bodies.__getitem__, self.unit_order.tolist()))
-        return pieces
-
-    def place_prefixes(self, payload: np.ndarray) -> None:
-        """Write every prefix (and the parameter sets) into ``payload`` where ``pieces`` would have put them, before
-        the bodies: each PES's lead goes in as its first TS packet's whole row (the rest of that row is written
-        again by later prefixes and the bodies), a lead longer than a packet spills into the next row."""
-        rows = payload[: self.n_rows * _PAYLOAD].reshape(self.n_rows, _PAYLOAD)
-        first_row = self.rows_after - self.pes[PACKETS]
-        rows[first_row] = 0xFF
-        spill = np.flatnonzero(self.lead_len > _PAYLOAD)
-        if len(spill):
-            rows[first_row[spill] + 1, : _LEAD_WIDTH - _PAYLOAD] = 0xFF
-        self.write_leads(payload, first_row * _PAYLOAD)
-        later, heads = self._later_heads()
-        if len(later):
-            payload[(self.body_at[later] - ADTS_HEADER_SIZE)[:, None] + _AR7] = heads
-        keyed = np.flatnonzero(self.unit_ps)
-        if len(keyed):
-            parameter_sets = self.parameter_sets()
-            payload[(self.body_at[keyed] - len(parameter_sets))[:, None] + np.arange(len(parameter_sets))] = \
-                parameter_sets
-
-
 class ScatterBuild:
     """A TS segment whose samples are read straight into their places in the TS payload (``TsMuxer.prepare``).
 
@@ -415,17 +306,17 @@ class ScatterBuild:
     prefixes into start codes and lays the packets out; ``close`` (or leaving the ``with`` block) releases the
     thread's payload buffer, finished or not. Saves the gather of the samples and one full copy of the payload."""
 
-    def __init__(self, muxer: TsMuxer, layout: _Layout, head: bytes, view: memoryview, reads: list[ScatterRead]):
+    def __init__(self, muxer: TsMuxer, layout: SegmentLayout, head: bytes, view: memoryview, reads: list[ScatterRead]):
         self.muxer, self.layout, self.head, self._view, self.reads = muxer, layout, head, view, reads
 
     @classmethod
-    def start(cls, muxer: TsMuxer, layout: _Layout, head: bytes, file_offsets: np.ndarray) -> "ScatterBuild | None":
+    def start(cls, muxer: TsMuxer, layout: SegmentLayout, head: bytes, file_offsets: np.ndarray) -> "ScatterBuild | None":
         """Prefixes written into the payload; ``file_offsets``: of every unit's sample (units in stream order)."""
-        view = _scratch.payload_for(layout.n_rows * _PAYLOAD + _HEAD_SIZE).getbuffer()
+        view = _scratch.payload_for(layout.n_rows * _PAYLOAD + HEAD_SIZE).getbuffer()
         try:
             reads = scatter_reads(view, layout.body_at[layout.out_pos], layout.body_len[layout.out_pos], file_offsets)
             if reads is not None:
-                payload = np.frombuffer(view, dtype=np.uint8, count=layout.n_rows * _PAYLOAD + _HEAD_SIZE)
+                payload = np.frombuffer(view, dtype=np.uint8, count=layout.n_rows * _PAYLOAD + HEAD_SIZE)
                 layout.place_prefixes(payload)
                 del payload
                 return cls(muxer, layout, head, view, reads)
