@@ -54,7 +54,7 @@ class MediaFile:
     """What a protocol's file name says: the kind of file, and for per-rendition files the track selection, the
     0-based segment index and (HLS segments) the container. Written by manifest writers, parsed back from URLs."""
 
-    kind: str  # manifest | playlist | segment | init | key
+    kind: str  # manifest | playlist | iframes | segment | init | key
     spec: TrackSpec = TrackSpec()
     index: int | None = None  # segments only; the name says index + 1
     container: str | None = None  # HLS segments only: ts (MPEG-TS) or fmp4 (.m4s)

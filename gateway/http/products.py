@@ -19,12 +19,15 @@ from packagers.fmp4 import Fmp4Muxer, build_init_segment
 from packagers.hds import build_f4m, fragment_muxer
 from packagers.hds.f4m import FRAGMENT_CONTENT_TYPE, MANIFEST_CONTENT_TYPE
 from packagers.hls import names as hls_names
+from packagers.hls.iframes import KeyFrames, build_iframe_playlist
 from packagers.hls.playlists import build_master_playlist, build_media_playlist, choose_container
 from packagers.media_data import plan_reads
 from packagers.media_set import MediaSet, Selection
 from packagers.mss import MANIFEST_CONTENT_TYPE as MSS_MANIFEST_TYPE
 from packagers.mss import build_smooth_manifest, locate_fragment
-from packagers.ts import ScatterBuild, TsMuxer
+from packagers.model import Track
+from packagers.ts import TS_PTS_OFFSET, ScatterBuild, TsMuxer
+from packagers.ts.pes import own_headers
 
 from ..catalog.access import DeliveryContext
 from ..catalog.delivery import encrypt_segment
@@ -144,8 +147,64 @@ def _hls_key(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
 def _hls_master(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
                 context: DeliveryContext) -> Product:
     container = choose_container(opened.media_set, context.hls_container)
-    build = _text(packaging, build_master_playlist, opened.media_set, container)
-    return Product(("hls", "master", container), build, M3U8_TYPE, packaging.settings.manifest_max_age)
+    build = _text(packaging, master_playlist, packaging.store, opened, container, context.hls_key is not None)
+    return Product(("hls", "master", container, *_aes(context)), build, M3U8_TYPE,
+                   packaging.settings.manifest_max_age)
+
+
+def master_playlist(store: Store, opened: OpenedSet, container: str, encrypted: bool) -> str:
+    """The HLS master playlist; unencrypted TS variants get I-frame playlists where ``offers_iframes``. Blocking."""
+    iframe_files = frozenset() if container != "ts" or encrypted else frozenset(
+        i for i, p in enumerate(opened.media_set.presentations)
+        if p.video_tracks and offers_iframes(store, opened.files[i], p.video_tracks[0]))
+    return build_master_playlist(opened.media_set, container, iframe_files)
+
+
+def offers_iframes(store: Store, file: FileIdentity, video: Track) -> bool:
+    """Whether a video track's TS segments can be laid out from its sample tables (``TsMuxer.key_frame_ranges``):
+    its first key frame, read here (a few kilobytes), carries no AUD or SPS of its own. Blocking."""
+    keys = np.flatnonzero(video.samples.keyframe)
+    if not len(keys) or video.codec.nal_length_size != 4:
+        return False
+    first = int(keys[0])
+    with store.open(file) as reader:
+        sample = reader.pread(int(video.samples.offsets[first]), int(video.samples.sizes[first]))
+    try:
+        return not own_headers(video, sample)
+    except PackagerError:  # a corrupt sample: its segments will say so, the master playlist need not
+        return False
+
+
+def _hls_iframes(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
+                 context: DeliveryContext) -> Product:
+    media_set = opened.media_set
+    if choose_container(media_set, context.hls_container) != "ts" or context.hls_key is not None:
+        raise PackagerError(ErrorCode.NOT_FOUND, "product_for: I-frame playlists are served for unencrypted MPEG-TS")
+    selection = media_set.resolve(parsed.file.spec)
+    if selection.tracks[0].kind != "video":
+        raise PackagerError(ErrorCode.NOT_FOUND, "product_for: an I-frame playlist needs a video track")
+    muxer = packaging.muxer(media_set, selection, "ts", TsMuxer)
+    build = _text(packaging, iframe_playlist, packaging.store, opened.files[selection.file_index], media_set,
+                  selection, muxer)
+    return Product(("hls", "iframes", selection.spec.suffix()), build, M3U8_TYPE,
+                   packaging.settings.manifest_max_age)
+
+
+def iframe_playlist(store: Store, file: FileIdentity, media_set: MediaSet, selection: Selection,
+                    muxer: TsMuxer) -> str:
+    """Every key frame of the selection's video as a byte range of its TS segment, from the sample tables. Blocking."""
+    if not offers_iframes(store, file, selection.tracks[0]):
+        raise PackagerError(ErrorCode.NOT_FOUND, "iframe_playlist: this video's samples carry their own AUD or "
+                            "parameter sets, or 2-byte NAL lengths: its segments' layout is known only once built")
+    parts = []
+    for index in range(media_set.plan(selection).count):
+        found = muxer.key_frame_ranges(media_set.segment_tables(selection, index))
+        if found is None:
+            raise PackagerError(ErrorCode.NOT_FOUND, "iframe_playlist: the segments' layout needs their bytes")
+        parts.append((np.full(len(found[0]), index), *found))
+    segment, pts, start, size = (np.concatenate(column) for column in zip(*parts))
+    end = float(media_set.plan(selection).durations().sum())
+    return build_iframe_playlist(selection.spec, KeyFrames(segment, (pts - TS_PTS_OFFSET) / 90000, start, size, end))
 
 
 def _hls_playlist(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
@@ -224,6 +283,7 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     ("hls", "key"): _hls_key,
     ("hls", "manifest"): _hls_master,
     ("hls", "playlist"): _hls_playlist,
+    ("hls", "iframes"): _hls_iframes,
     ("hls", "segment"): _hls_segment,
     ("hls", "init"): _init,
     ("dash", "manifest"): _manifest("dash", dash.build_mpd, dash.MPD_CONTENT_TYPE),

@@ -6,6 +6,7 @@ name says it is.
     seg-<n><suffix>.ts               segment n, counted from 1, MPEG-TS
     seg-<n><suffix>.m4s              the same segment as fMP4 (RFC 8216 §3.3)
     init<suffix>.mp4                 the fMP4 init segment of a media playlist (EXT-X-MAP)
+    iframes<suffix>.m3u8             the I-frame playlist of a TS variant (byte ranges of its segments)
     encryption.key                   the AES-128 key of an encrypted entry's segments
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ MASTER_PLAYLIST_NAME = "master.m3u8"
 KEY_NAME = "encryption.key"
 # the suffix is whatever TrackSpec.parse accepts; it says why it refuses the rest
 _MEDIA_PLAYLIST = re.compile(r"index(.*)\.m3u8")
+_IFRAME_PLAYLIST = re.compile(r"iframes(.*)\.m3u8")
 _SEGMENT = re.compile(r"seg-([0-9]+)(.*)\.(ts|m4s)")
 _INIT = re.compile(r"init(.*)\.mp4")
 _CONTAINER_OF_EXTENSION = {"ts": "ts", "m4s": "fmp4"}
@@ -26,6 +28,10 @@ _CONTAINER_OF_EXTENSION = {"ts": "ts", "m4s": "fmp4"}
 
 def media_playlist_name(spec: TrackSpec) -> str:
     return f"index{spec.suffix()}.m3u8"
+
+
+def iframe_playlist_name(spec: TrackSpec) -> str:
+    return f"iframes{spec.suffix()}.m3u8"
 
 
 def segment_name(index: int, spec: TrackSpec, extension: str = "ts") -> str:
@@ -46,11 +52,14 @@ def parse_name(name: str) -> MediaFile:
         return MediaFile("key")
     if m := _MEDIA_PLAYLIST.fullmatch(name):
         return MediaFile("playlist", TrackSpec.parse(m.group(1)))
+    if m := _IFRAME_PLAYLIST.fullmatch(name):
+        return MediaFile("iframes", TrackSpec.parse(m.group(1)))
     if m := _SEGMENT.fullmatch(name):
         return MediaFile("segment", TrackSpec.parse(m.group(2)), parse_segment_number(m.group(1)),
                          _CONTAINER_OF_EXTENSION[m.group(3)])
     if m := _INIT.fullmatch(name):
         return MediaFile("init", TrackSpec.parse(m.group(1)))
     raise bad_request(
-        "parse_hls: unknown HLS file name (master.m3u8, index<tracks>.m3u8, seg-<n><tracks>.ts|.m4s, init<tracks>.mp4)"
+        "parse_hls: unknown HLS file name (master.m3u8, index<tracks>.m3u8, iframes<tracks>.m3u8, seg-<n><tracks>.ts|.m4s,"
+        " init<tracks>.mp4)"
     )

@@ -25,6 +25,7 @@ from ..fmp4.renditions import audio_groups, video_selections
 from ..media_set import MediaSet, Selection
 from ..model import Track
 from ..naming import TrackSpec
+from .iframes import iframe_stream_inf
 from .names import init_segment_name, media_playlist_name, segment_name
 
 Container = Literal["ts", "fmp4"]
@@ -117,13 +118,15 @@ def _video_attrs(track: Track) -> list[str]:
     return attrs
 
 
-def build_master_playlist(media_set: MediaSet, container: Container = "ts") -> str:
-    """Every file of the set as a variant; with TS, files with several audio tracks get an EXT-X-MEDIA audio group;
+def build_master_playlist(media_set: MediaSet, container: Container = "ts",
+                          iframe_files: frozenset[int] = frozenset()) -> str:
+    """Every file of the set as a variant; with TS, files with several audio tracks get an EXT-X-MEDIA audio group,
+    and the video variants of ``iframe_files`` (0-based file indexes) an I-frame playlist (``packagers.hls.iframes``);
     with fMP4, see ``_fmp4_master_playlist``."""
     if container == "fmp4":
         return _fmp4_master_playlist(media_set)
     lines = ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-INDEPENDENT-SEGMENTS"]
-    variants = []
+    variants, iframes = [], []
     for file_index, presentation in enumerate(media_set.presentations):
         f = file_index + 1 if media_set.is_url_set else None
         audio = presentation.audio_tracks
@@ -159,10 +162,13 @@ def build_master_playlist(media_set: MediaSet, container: Container = "ts") -> s
             if video:
                 attrs += _video_attrs(video[0])
         variants.append((fig.peak_bps, attrs, media_playlist_name(sel.spec)))
+        if video and file_index in iframe_files:
+            iframes.append(iframe_stream_inf(media_set, sel))
     # Highest quality first is not required; hls.js and Safari pick by BANDWIDTH. Keep url-set order (operator's).
     for _, attrs, uri in variants:
         lines.append("#EXT-X-STREAM-INF:" + ",".join(attrs))
         lines.append(uri)
+    lines += iframes
     return "\n".join(lines) + "\n"
 
 

@@ -166,6 +166,28 @@ class TsMuxer:
         TS payload (``ScatterBuild.reads``), then ``finish`` adds the packet headers. None when the segment must come
         from gathered samples (``build``): NAL length prefixes other than 4 bytes, samples that overlap in the file,
         or a track already seen carrying its own AUD or SPS."""
+        found = self._layout_of(tables)
+        if found is None:
+            return None
+        layout, offsets = found
+        return ScatterBuild.start(self, layout, self._psi[index & 0x0F], offsets)
+
+    def key_frame_ranges(self, tables: Sequence[SampleTable]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Where each video key frame of a segment lies in its TS bytes, without reading or building it (I-frame
+        playlists): (presentation time on the 90 kHz clock, TS_PTS_OFFSET included; byte offset; byte size) of the
+        TS packets of each key frame's PES. ``tables`` as for ``prepare``; None when the layout needs the samples'
+        bytes (a track seen with its own AUD or SPS, 2-byte NAL lengths: see ``prepare``)."""
+        found = self._layout_of(tables)
+        if found is None:
+            return None
+        pes, rows_after = found[0].pes, found[0].rows_after
+        key = (pes[STREAM] == self.streams[0].index) & (pes[RAI] != 0) & (self.streams[0].track.kind == "video")
+        packets = pes[PACKETS][key]
+        return pes[PTS][key], (rows_after[key] - packets + 2) * p.TS_PACKET_SIZE, packets * p.TS_PACKET_SIZE
+
+    def _layout_of(self, tables: Sequence[SampleTable]) -> tuple[SegmentLayout, np.ndarray] | None:
+        """The layout of a segment from its sample tables, and the file offset of every unit's sample (units in
+        stream order); None when it needs the samples' bytes or has no sample."""
         if self._in_band or self._narrow_lengths or len(tables) != len(self.streams):
             return None
         units, offsets, video_dts, base = [], [], None, 0
@@ -182,8 +204,7 @@ class TsMuxer:
             offsets.append(table.offsets)
         if not units:
             return None
-        layout = self._layout(units)
-        return ScatterBuild.start(self, layout, self._psi[index & 0x0F], np.concatenate(offsets))
+        return self._layout(units), np.concatenate(offsets)
 
     def _match(self, track_segments: Sequence[TrackSegment]) -> list[tuple[Stream, TrackSegment]]:
         """Pair each TrackSegment with its stream: the same Track object, else the same (kind, track_id, source)."""

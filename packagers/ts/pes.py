@@ -118,6 +118,21 @@ def video_units(s: Stream, ts: TrackSegment) -> Units:
     return units
 
 
+def own_headers(track: Track, sample: bytes) -> bool:
+    """Whether a video sample carries its own AUD (first) or SPS, or NAL lengths other than 4 bytes: then its TS
+    layout depends on its bytes (``video_units``), not on the sample table alone (``video_layout``)."""
+    if track.codec.nal_length_size != 4:
+        return True
+    data = np.frombuffer(sample, dtype=np.uint8)
+    offsets, lengths, _ = avc.nal_units(data, np.zeros(1, dtype=np.int64), np.array([len(data)]), 4)
+    if not len(offsets):
+        return False
+    nal_syntax = hevc if track.codec.codec == "hevc" else avc
+    types = nal_syntax.nal_unit_types(data[np.minimum(offsets + 4, len(data) - 1)])
+    types[lengths == 0] = 0xFF
+    return bool(types[0] == nal_syntax.AUD_NAL_TYPE or (types == nal_syntax.SPS).any())
+
+
 def video_layout(s: Stream, samples: SampleTable, with_ps: np.ndarray | None = None,
                  body_len: np.ndarray | None = None) -> Units:
     """The units of ``samples`` from their table alone (no bodies yet). Unless told otherwise (``video_units``,

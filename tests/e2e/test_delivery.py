@@ -208,6 +208,12 @@ def test_aes_128_segments_decrypt_to_the_clear_segment(base, clear_base):
     assert len(key) == 16
     clear_playlist = f"{clear_base}/hls/title_,36,24,18,0p.mp4.urlset/" + playlist_url.rsplit("/", 1)[1]
     assert fetch(clear_playlist)[0] == 200
+    # no I-frame playlists under AES-128 (a byte range cannot be deciphered alone), as nginx-vod-module
+    iframes = playlist_url.rsplit("/", 1)[1].replace("index", "iframes")
+    assert "EXT-X-I-FRAME-STREAM-INF" not in fetch(master)[2].decode()
+    assert fetch(urljoin(playlist_url, iframes))[0] == 404
+    clear_master = fetch(clear_playlist.rsplit("/", 1)[0] + "/master.m3u8")[2].decode()
+    assert f'URI="{iframes}"' in clear_master and fetch(urljoin(clear_playlist, iframes))[0] == 200
     for n, segment in enumerate(playlist.segments, start=1):
         encrypted = fetch(urljoin(playlist_url, segment.uri))[2]
         clear = fetch(urljoin(clear_playlist, segment.uri))[2]
