@@ -334,18 +334,19 @@ class ScatterBuild:
     def start(cls, muxer: TsMuxer, layout: SegmentLayout, head: bytes, file_offsets: np.ndarray) -> "ScatterBuild | None":
         """Prefixes written into the payload; ``file_offsets``: of every unit's sample (units in stream order)."""
         view = _scratch.payload_for(layout.n_rows * _PAYLOAD + HEAD_SIZE).getbuffer()
+        reads = payload = None
+        placed = False
         try:
             reads = scatter_reads(view, layout.body_at[layout.out_pos], layout.body_len[layout.out_pos], file_offsets)
             if reads is not None:
                 payload = np.frombuffer(view, dtype=np.uint8, count=layout.n_rows * _PAYLOAD + HEAD_SIZE)
                 layout.place_prefixes(payload)
-                del payload
-                return cls(muxer, layout, head, view, reads)
-        except BaseException:
-            view.release()
-            raise
-        view.release()
-        return None
+                placed = True
+        finally:
+            del payload  # its export must go before the view can be released
+            if not placed:
+                view.release()
+        return cls(muxer, layout, head, view, reads) if placed else None
 
     def __enter__(self) -> "ScatterBuild":
         return self
