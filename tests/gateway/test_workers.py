@@ -14,21 +14,23 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 from .processes import BIG_FILE_MB, HANG_GUARD, Gateway, gateway_command, get, refused, wait_until
 from tests.e2e.conftest import free_port
 
 
-def answering_pids(gw: Gateway, needed: set[int], attempts: int = 400) -> set[int]:
-    """Worker pids seen on /health (X-Gateway-Worker) over fresh connections, until all of ``needed`` answered."""
+def answering_pids(gw: Gateway, needed: set[int], seconds: float = 20.0) -> set[int]:
+    """Worker pids seen on /health (X-Gateway-Worker) over fresh connections, until all of ``needed`` answered or
+    ``seconds`` passed (a worker just forked accepts once it has imported and set up its app: on a loaded machine
+    that took longer than 400 back-to-back requests)."""
     seen: set[int] = set()
-    for _ in range(attempts):
+    deadline = time.monotonic() + seconds
+    while not needed <= seen and time.monotonic() < deadline:
         status, headers, body = get(gw.base, "/health")
         assert status == 200 and body == b"ok\n"
         seen.add(int(headers["X-Gateway-Worker"]))
-        if needed <= seen:
-            break
     return seen
 
 
