@@ -125,6 +125,7 @@ class DeliveryProfile:
     segment_duration_ms: int = 6000
     hls_container: str = "auto"  # hls only: "ts", "fmp4" or "auto"
     encryption: str = "none"  # hls only: "none" or "aes-128"
+    iframes: bool = True  # hls only: I-frame playlists (trick play) in TS master playlists
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
@@ -146,6 +147,10 @@ class DeliveryProfile:
             raise _fail(f"{path}.encryption", f"must be one of {', '.join(ENCRYPTIONS)}, got {self.encryption!r}")
         if t is not DeliveryType.HLS and self.encryption != "none":
             raise _fail(f"{path}.encryption", f"{self.encryption!r} applies to hls only")
+        if not isinstance(self.iframes, bool):
+            raise _fail(f"{path}.iframes", f"must be true or false, got {self.iframes!r}")
+        if t is not DeliveryType.HLS and not self.iframes:
+            raise _fail(f"{path}.iframes", "applies to hls only")
         if not isinstance(self.extra, Mapping):
             raise _fail(f"{path}.extra", f"must be an object, got {self.extra!r}")
         object.__setattr__(self, "extra", MappingProxyType(_json_like(self.extra, f"{path}.extra")))
@@ -204,7 +209,7 @@ class DeliveryConfig:
 
 LIST_KEYS = ("short_entries_default_delivery_type", "secured_default_delivery_type", "default_delivery_type")
 TOP_KEYS = ("short_entries_max_duration", *LIST_KEYS, "profiles")
-PROFILE_KEYS = ("enabled", "segment_duration_ms", "hls_container", "encryption", "extra")
+PROFILE_KEYS = ("enabled", "segment_duration_ms", "hls_container", "encryption", "iframes", "extra")
 
 # Kaltura base.ini: short_entries_max_duration = 300, the three *_delivery_type = http; every type enabled.
 SYSTEM_DEFAULTS = DeliveryConfig()

@@ -124,6 +124,7 @@ class DeliveryContext:
     entry: Entry | None = None
     partner: Partner | None = None
     hls_key: bytes | None = None  # AES-128 key when the entry's HLS segments are encrypted
+    hls_iframes: bool = True  # I-frame playlists in TS master playlists (the partner's hls profile may turn them off)
 
 
 def partner_config(partner: Partner) -> DeliveryConfig:
@@ -186,4 +187,4 @@ def authorize(view: CatalogView, settings: Settings, request: MediaAccess, signe
         key = hls_key(partner.secret, entry.id)
     # AES-128 whole-segment encryption is applied to MPEG-TS only (an encrypted EXT-X-MAP would need explicit IVs)
     container = "ts" if key is not None else profile.hls_container
-    return DeliveryContext(profile.segment_duration_ms, container, entry, partner, key)
+    return DeliveryContext(profile.segment_duration_ms, container, entry, partner, key, profile.iframes)

@@ -147,14 +147,21 @@ def _hls_key(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
 def _hls_master(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
                 context: DeliveryContext) -> Product:
     container = choose_container(opened.media_set, context.hls_container)
-    build = _text(packaging, master_playlist, packaging.store, opened, container, context.hls_key is not None)
-    return Product(("hls", "master", container, *_aes(context)), build, M3U8_TYPE,
+    iframes = _iframes_allowed(container, context)
+    build = _text(packaging, master_playlist, packaging.store, opened, container, iframes)
+    return Product(("hls", "master", container, iframes, *_aes(context)), build, M3U8_TYPE,
                    packaging.settings.manifest_max_age)
 
 
-def master_playlist(store: Store, opened: OpenedSet, container: str, encrypted: bool) -> str:
-    """The HLS master playlist; unencrypted TS variants get I-frame playlists where ``offers_iframes``. Blocking."""
-    iframe_files = frozenset() if container != "ts" or encrypted else frozenset(
+def _iframes_allowed(container: str, context: DeliveryContext) -> bool:
+    """I-frame playlists: MPEG-TS, not encrypted (a range cannot be deciphered alone), not turned off by the partner."""
+    return container == "ts" and context.hls_key is None and context.hls_iframes
+
+
+def master_playlist(store: Store, opened: OpenedSet, container: str, iframes: bool) -> str:
+    """The HLS master playlist; with ``iframes``, video variants get I-frame playlists where ``offers_iframes``.
+    Blocking."""
+    iframe_files = frozenset() if not iframes else frozenset(
         i for i, p in enumerate(opened.media_set.presentations)
         if p.video_tracks and offers_iframes(store, opened.files[i], p.video_tracks[0]))
     return build_master_playlist(opened.media_set, container, iframe_files)
@@ -178,8 +185,9 @@ def offers_iframes(store: Store, file: FileIdentity, video: Track) -> bool:
 def _hls_iframes(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
                  context: DeliveryContext) -> Product:
     media_set = opened.media_set
-    if choose_container(media_set, context.hls_container) != "ts" or context.hls_key is not None:
-        raise PackagerError(ErrorCode.NOT_FOUND, "product_for: I-frame playlists are served for unencrypted MPEG-TS")
+    if not _iframes_allowed(choose_container(media_set, context.hls_container), context):
+        raise PackagerError(ErrorCode.NOT_FOUND, "product_for: I-frame playlists are served for unencrypted MPEG-TS "
+                            "where the partner's hls profile has not turned them off")
     selection = media_set.resolve(parsed.file.spec)
     if selection.tracks[0].kind != "video":
         raise PackagerError(ErrorCode.NOT_FOUND, "product_for: an I-frame playlist needs a video track")

@@ -92,6 +92,8 @@ def test_empty_override_is_identity():
     ({"profiles": {"dash": {"hls_container": "ts"}}}, "profiles.dash.hls_container: applies to hls only"),
     ({"profiles": {"hls": {"encryption": "aes-256"}}}, "profiles.hls.encryption: must be one of none, aes-128"),
     ({"profiles": {"mss": {"encryption": "aes-128"}}}, "profiles.mss.encryption: 'aes-128' applies to hls only"),
+    ({"profiles": {"hls": {"iframes": "off"}}}, "profiles.hls.iframes: must be true or false, got 'off'"),
+    ({"profiles": {"dash": {"iframes": False}}}, "profiles.dash.iframes: applies to hls only"),
     ({"profiles": {"hls": {"extra": []}}}, "profiles.hls.extra: must be an object"),
     ({"profiles": {"hls": {"extra": {"a": {"b": float("nan")}}}}}, "profiles.hls.extra.a.b: must be a finite number"),
     ({"profiles": {"hls": {"extra": {"a": [1, object()]}}}}, "profiles.hls.extra.a[1]: not a JSON value"),

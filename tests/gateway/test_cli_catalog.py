@@ -279,3 +279,12 @@ def test_entry_urls_for_every_enabled_format(store, capsys):
     assert "/ks/" in secured["playManifest"]
     code, out, _ = run(capsys, "urls", "101", "0_secure01", "--base-url", "http://gw:8080", *s)
     assert code == 0 and "/s/0_secure01/" in out and "applehttp" in out
+
+
+def test_set_profile_turns_iframe_playlists_off(store, capsys):
+    s = ("--store", str(store))
+    run(capsys, "partners", "add", "101", "--name", "Acme", *s)
+    assert run(capsys, "partners", "set-profile", "101", "hls", "iframes=false", *s)[0] == 0
+    assert merge(SYSTEM_DEFAULTS, read_partner(catalog_dir(store), 101).delivery).profile("hls").iframes is False
+    code, _, err = run(capsys, "partners", "set-profile", "101", "dash", "iframes=false", *s)
+    assert code == 2 and "profiles.dash.iframes: applies to hls only" in err

@@ -14,8 +14,10 @@ import m3u8
 import pytest
 
 from fixtures.generate import fixture_path
+from gateway.catalog.catalog import Partner, catalog_dir, write_entry, write_partner
 
 from .conftest import add_to_store
+from .test_access_every_url import entry
 
 TS_PTS_OFFSET = 180000  # presentation time 0 is PTS 180000 in every segment (packagers/ts/pes.py)
 
@@ -97,3 +99,17 @@ async def test_no_iframe_playlists_without_a_layout_known_in_advance(make_client
     ts = await (await client.get("/hls/in_band.mp4/seg-1-v1.ts")).read()
     with av.open(io.BytesIO(ts), format="mpegts") as c:
         assert sum(1 for _ in c.decode(video=0)) > 0
+
+
+async def test_a_partner_can_turn_iframe_playlists_off(make_client, store):
+    """``iframes: false`` in a partner's hls profile (`gateway partners set-profile 101 hls iframes=false`): its
+    entries' masters list none and their I-frame playlists are 404; other media keep them."""
+    add_to_store(store, "title_240p.mp4")
+    directory = catalog_dir(store)
+    write_partner(directory, Partner(101, "P101", "a1" * 32, {"profiles": {"hls": {"iframes": False}}}))
+    write_entry(directory, entry("0_plain001", 101, ["title_360p.mp4"]))
+    client = await make_client()
+    assert "I-FRAME" not in await text(client, "/hls/title_360p.mp4/master.m3u8")
+    assert (await client.get("/hls/title_360p.mp4/iframes-v1-a1.m3u8")).status == 404
+    assert 'URI="iframes-v1-a1.m3u8"' in await text(client, "/hls/title_240p.mp4/master.m3u8")  # no partner's
+    assert (await client.get("/hls/title_240p.mp4/iframes-v1-a1.m3u8")).status == 200
