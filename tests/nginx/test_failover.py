@@ -1,5 +1,7 @@
 """Through nginx (cache off, so every request reaches a node): consistent hashing keeps each entry on one node, a
-SIGKILLed node's entries move to the others and come back after its restart, and players see no failed request.
+SIGKILLed node's entries move to the others and come back after its restart, and players see no failed request
+(but a response that had begun to flow when the node died: no proxy can take back bytes it already sent, so such a
+response, at most one per player, may arrive cut; every request that starts after the kill must succeed).
 
 Ground truth is the nodes' own /status counters (which node's response cache saw the requests), the m3u8 parser
 (what a player fetches) and the bytes a live node serves directly.
@@ -89,11 +91,14 @@ def test_players_see_no_failure_while_their_node_is_killed_and_restarted(lb_noca
         reference[path] = r.body
     victim = pool.nodes[owner_of(pool, lb, paths)]
 
-    done, failures, lock, stop = [0], [], threading.Lock(), threading.Event()
+    done, failures, cut, lock, stop = [0], [], [], threading.Lock(), threading.Event()
+
+    killed_at = [float("inf")]
 
     def player() -> None:
         while not stop.is_set():
             for path in paths:
+                started = time.monotonic()
                 try:
                     r = fetch(lb + path)
                     ok = r.status == 200 and r.body == reference[path]
@@ -102,7 +107,10 @@ def test_players_see_no_failure_while_their_node_is_killed_and_restarted(lb_noca
                     problem = repr(e)
                 with lock:
                     done[0] += 1
-                    if problem:
+                    if problem and problem.startswith("IncompleteRead") and started < killed_at[0]:
+                        # its response had begun when the node died: no proxy can take back bytes already sent
+                        cut.append((path, problem))
+                    elif problem:
                         failures.append((path, problem))
 
     def after(n: int) -> None:
@@ -114,6 +122,7 @@ def test_players_see_no_failure_while_their_node_is_killed_and_restarted(lb_noca
         t.start()
     try:
         after(2 * len(paths))
+        killed_at[0] = time.monotonic()
         victim.kill()  # mid-stream: three players have requests in flight
         after(3 * len(paths))
         victim.start()
@@ -123,7 +132,9 @@ def test_players_see_no_failure_while_their_node_is_killed_and_restarted(lb_noca
         stop.set()
         for t in players:
             t.join(60)
+    # every request that started after the kill succeeded; of those in flight, at most one per player was cut
     assert failures == [], f"{len(failures)} of {done[0]} requests failed: {failures[:5]}"
+    assert len(cut) <= len(players), cut
     assert done[0] >= 7 * len(paths)
     # the failure path was really taken: nginx logged failed attempts and answered them from another node
     retried = [line for line in lb_nocache.log_lines() if "upstream=127.0.0.1:" in line and ", 127.0.0.1:" in line]
