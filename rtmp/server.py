@@ -162,8 +162,9 @@ class _Connection:
 
     # A player's bytes are written from the relay's fan-out while its socket keeps up: once per relay batch when
     # the relay batches (RtmpServer.fan_out_delay), else once per publisher read (`RtmpServer.schedule_flush`
-    # gathers them with one call_soon): no task switch and one send() per player per batch or read. Once the transport buffers past its high-water mark the player is "backlogged": the relay
-    # queue (bounded, drops to the next key frame) takes over and the pump task drains it at the socket's pace.
+    # gathers them with one call_soon): no task switch and one send() per player per batch or read. Once the
+    # transport buffers past its high-water mark the player is "backlogged": the relay queue (bounded, drops to the
+    # next key frame) takes over and the pump task drains it at the socket's pace.
     def _on_queued(self) -> None:
         if not self.backlogged:
             if self.server.relay.batch is not None:

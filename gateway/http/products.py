@@ -27,7 +27,7 @@ from packagers.mss import MANIFEST_CONTENT_TYPE as MSS_MANIFEST_TYPE
 from packagers.mss import build_smooth_manifest, locate_fragment
 from packagers.model import Track
 from packagers.ts import TS_PTS_OFFSET, ScatterBuild, TsMuxer
-from packagers.ts.pes import own_headers
+from packagers.ts.pes import HEADER_PROBE_BYTES, own_headers
 
 from ..catalog.access import DeliveryContext
 from ..catalog.delivery import encrypt_segment
@@ -39,6 +39,9 @@ from .urls import PackagedRequest
 # a hop to the executor and back cost ~12 % of a cold TS segment's CPU. Bigger ones (4K, long segments) go to the
 # executor so that one build never holds the loop for more than a few milliseconds (~1 ms per 1.6 MB of TS).
 INLINE_READ_LIMIT = 8 * 1024 * 1024
+# An I-frame playlist lays out every segment of its rendition (~0.2 ms each): past this many (16 h of 6-s segments,
+# ~2 s of one I/O thread) a rendition gets none, so that no request can hold a thread for long.
+MAX_IFRAME_SEGMENTS = 10_000
 M3U8_TYPE = "application/vnd.apple.mpegurl"
 TS_TYPE = "video/MP2T"
 
@@ -161,25 +164,24 @@ def _iframes_allowed(container: str, context: DeliveryContext) -> bool:
 def master_playlist(store: Store, opened: OpenedSet, container: str, iframes: bool) -> str:
     """The HLS master playlist; with ``iframes``, video variants get I-frame playlists where ``offers_iframes``.
     Blocking."""
+    media_set = opened.media_set
     iframe_files = frozenset() if not iframes else frozenset(
-        i for i, p in enumerate(opened.media_set.presentations)
-        if p.video_tracks and offers_iframes(store, opened.files[i], p.video_tracks[0]))
+        i for i, p in enumerate(media_set.presentations)
+        if p.video_tracks and offers_iframes(store, opened.files[i], p.video_tracks[0], media_set.plans[i].count))
     return build_master_playlist(opened.media_set, container, iframe_files)
 
 
-def offers_iframes(store: Store, file: FileIdentity, video: Track) -> bool:
+def offers_iframes(store: Store, file: FileIdentity, video: Track, segments: int) -> bool:
     """Whether a video track's TS segments can be laid out from its sample tables (``TsMuxer.key_frame_ranges``):
-    its first key frame, read here (a few kilobytes), carries no AUD or SPS of its own. Blocking."""
+    its first key frame (its first 64 KB, read here) carries no AUD or SPS of its own, and it has at most
+    MAX_IFRAME_SEGMENTS segments (an I-frame playlist lays out every one). Blocking."""
     keys = np.flatnonzero(video.samples.keyframe)
-    if not len(keys) or video.codec.nal_length_size != 4:
+    if not len(keys) or video.codec.nal_length_size != 4 or segments > MAX_IFRAME_SEGMENTS:
         return False
     first = int(keys[0])
     with store.open(file) as reader:
-        sample = reader.pread(int(video.samples.offsets[first]), int(video.samples.sizes[first]))
-    try:
-        return not own_headers(video, sample)
-    except PackagerError:  # a corrupt sample: its segments will say so, the master playlist need not
-        return False
+        head = reader.pread(int(video.samples.offsets[first]), min(int(video.samples.sizes[first]), HEADER_PROBE_BYTES))
+    return not own_headers(video, head)
 
 
 def _hls_iframes(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
@@ -201,9 +203,10 @@ def _hls_iframes(parsed: PackagedRequest, opened: OpenedSet, packaging: Packagin
 def iframe_playlist(store: Store, file: FileIdentity, media_set: MediaSet, selection: Selection,
                     muxer: TsMuxer) -> str:
     """Every key frame of the selection's video as a byte range of its TS segment, from the sample tables. Blocking."""
-    if not offers_iframes(store, file, selection.tracks[0]):
+    if not offers_iframes(store, file, selection.tracks[0], media_set.plan(selection).count):
         raise PackagerError(ErrorCode.NOT_FOUND, "iframe_playlist: this video's samples carry their own AUD or "
-                            "parameter sets, or 2-byte NAL lengths: its segments' layout is known only once built")
+                            "parameter sets, or 2-byte NAL lengths (its segments' layout is known only once built), or "
+                            f"has more than {MAX_IFRAME_SEGMENTS} segments")
     parts = []
     for index in range(media_set.plan(selection).count):
         found = muxer.key_frame_ranges(media_set.segment_tables(selection, index))
@@ -236,9 +239,9 @@ def _hls_segment(parsed: PackagedRequest, opened: OpenedSet, packaging: Packagin
     scatter = None
     if file.container == "ts" and aes_key is not None:
         # IV = media sequence number: the playlist starts at EXT-X-MEDIA-SEQUENCE:1
-        clear = ts_muxer.build
-        mux, content_type = (lambda segment: encrypt_segment(aes_key, segment.index + 1, clear(segment))), TS_TYPE
-        scatter = Scatter(ts_muxer.prepare, partial(encrypt_segment, aes_key, file.index + 1))
+        clear, encrypt = ts_muxer.build, partial(encrypt_segment, aes_key, file.index + 1)
+        mux, content_type = (lambda segment: encrypt(clear(segment))), TS_TYPE
+        scatter = Scatter(ts_muxer.prepare, encrypt)
     elif aes_key is not None:
         raise PackagerError(ErrorCode.NOT_FOUND, "product_for: encrypted HLS is served as MPEG-TS only")
     elif file.container == "ts":

@@ -43,7 +43,8 @@ from ..origin.paths import MediaTarget, check_name, split_path
 URL_SET_EXTENSION = ".urlset"
 PARSED_PATHS = 2048  # paths are at most MAX_RAW_PATH (4 KB): 8 MB at the very most
 # the metrics ``type`` label of each kind of file a protocol names (docs/metrics.md): playlists count as manifests
-METRICS_TYPE = {"manifest": "manifest", "playlist": "manifest", "iframes": "manifest", "segment": "segment", "init": "init", "key": "key"}
+METRICS_TYPE = {"manifest": "manifest", "playlist": "manifest", "iframes": "manifest", "segment": "segment",
+                "init": "init", "key": "key"}
 
 
 @dataclass(frozen=True)

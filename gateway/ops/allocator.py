@@ -13,8 +13,8 @@ request (docs/performance.md). nginx allocates from pools it keeps; the settings
 - up to ``TRIM_THRESHOLD`` of free memory at the top of an arena is kept rather than returned.
 
 The bound this adds to a worker's memory is ARENAS x TRIM_THRESHOLD of free space kept at most (128 MB), part of the
-worker's stated bound (``memory_bound_mb``, docs/performance.md). An operator's own ``MALLOC_*`` environment settings win: nothing is changed
-when one is set. Other C libraries (musl) have no ``mallopt``: nothing to do there.
+worker's stated bound (``memory_bound_mb``, docs/performance.md). An operator's own ``MALLOC_*`` environment
+settings win: nothing is changed when one is set. Other C libraries (musl) have no ``mallopt``: nothing to do there.
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from packagers.errors import bad_data, not_found
-from packagers.media_data import SKIP_LIMIT, ReadRequest, ScatterRead
+from packagers.media_data import MAX_PIECES_PER_READ, SKIP_LIMIT, ReadRequest, ScatterRead
 
 
 class WouldBlock(Exception):
@@ -306,6 +306,8 @@ def _iovecs(reads: Sequence[ScatterRead]) -> np.ndarray | None:
         into = np.frombuffer(r.into, dtype=np.uint8)
         mine = None if int(at.min()) >= 0 else at >= 0
         ends = at + lengths
+        if len(at) > MAX_PIECES_PER_READ:
+            raise ValueError(f"read_scatter: {len(at)} pieces in one read, more than preadv takes")
         if int(lengths.min()) < 0 or int((ends if mine is None else ends[mine]).max(initial=0)) > len(into) or (
                 mine is not None and int(lengths[~mine].max()) > len(_SKIPPED)):
             raise ValueError("read_scatter: a piece lies outside its buffer")

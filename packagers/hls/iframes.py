@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..media_set import MediaSet, Selection
+from ..media_set import Selection
 from ..model import Track
 from ..naming import TrackSpec
 from .names import iframe_playlist_name, segment_name
@@ -52,22 +52,22 @@ def build_iframe_playlist(spec: TrackSpec, frames: KeyFrames) -> str:
     return "\n".join(lines) + "\n"
 
 
-def iframe_stream_inf(media_set: MediaSet, selection: Selection) -> str:
+def iframe_stream_inf(selection: Selection) -> str:
     """The master playlist's EXT-X-I-FRAME-STREAM-INF of a variant (its first track is its video). BANDWIDTH bounds
     the peak of key frame bytes over their durations, from the sample tables (the same bound for every protocol)."""
     video = selection.tracks[0]
-    return (f"#EXT-X-I-FRAME-STREAM-INF:BANDWIDTH={key_frame_peak_bps(media_set, video)},"
+    return (f"#EXT-X-I-FRAME-STREAM-INF:BANDWIDTH={key_frame_peak_bps(video)},"
             + (f"RESOLUTION={video.codec.width}x{video.codec.height}," if video.codec.width else "")
             + f'CODECS="{video.codec.codec_string}",URI="{iframe_playlist_name(selection.spec)}"')
 
 
-def key_frame_peak_bps(media_set: MediaSet, video: Track) -> int:
+def key_frame_peak_bps(video: Track) -> int:
     """An upper bound of the bit rate of a track's key frames as TS, each over the time until the next one."""
     samples = video.samples
     keys = np.flatnonzero(samples.keyframe)
     if not len(keys):
         return 0
-    pts = (samples.dts[keys] + samples.cts[keys] - video.edit_offset) / video.timescale
+    pts = (samples.pts[keys] - video.edit_offset) / video.timescale
     end = (int(samples.dts[-1]) + int(samples.durations[-1]) - video.edit_offset) / video.timescale
     durations = np.maximum(np.diff(np.append(pts, end)), 1e-3)  # a key frame shows until the next one
     parameter_sets = sum(len(p) + 4 for p in video.codec.parameter_sets)

@@ -60,6 +60,6 @@ def parse_name(name: str) -> MediaFile:
     if m := _INIT.fullmatch(name):
         return MediaFile("init", TrackSpec.parse(m.group(1)))
     raise bad_request(
-        "parse_hls: unknown HLS file name (master.m3u8, index<tracks>.m3u8, iframes<tracks>.m3u8, seg-<n><tracks>.ts|.m4s,"
-        " init<tracks>.mp4)"
+        "parse_hls: unknown HLS file name (master.m3u8, index<tracks>.m3u8, iframes<tracks>.m3u8, "
+        "seg-<n><tracks>.ts|.m4s, init<tracks>.mp4)"
     )

@@ -163,7 +163,7 @@ def build_master_playlist(media_set: MediaSet, container: Container = "ts",
                 attrs += _video_attrs(video[0])
         variants.append((fig.peak_bps, attrs, media_playlist_name(sel.spec)))
         if video and file_index in iframe_files:
-            iframes.append(iframe_stream_inf(media_set, sel))
+            iframes.append(iframe_stream_inf(sel))
     # Highest quality first is not required; hls.js and Safari pick by BANDWIDTH. Keep url-set order (operator's).
     for _, attrs, uri in variants:
         lines.append("#EXT-X-STREAM-INF:" + ",".join(attrs))

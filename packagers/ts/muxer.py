@@ -36,7 +36,7 @@ from . import packets as p
 from .layout import HEAD_SIZE, PES_HEADER_SIZE, SegmentLayout
 from .pes import (AF, AF_LENGTH, BOTH, CC, COUNT, DTS, DTS2, FIRST, FLAGS, HEADER_LENGTH, LEN, PACKETS, PCR7,
                   PES_LENGTH, PTS, PTS2, RAI, STREAM, STUFFING, TS_PTS_OFFSET, Stream, Units, audio_layout,
-                  audio_units, video_layout, video_units)  # fmt: skip
+                  audio_units, nal_layout, video_layout, video_units)  # fmt: skip
 
 __all__ = ["PAYLOAD_BUFFER_KEEP", "PCR_DELAY", "ScatterBuild", "TS_PTS_OFFSET", "TsMuxer"]
 
@@ -285,7 +285,8 @@ class TsMuxer:
         body_len = unit_len[unit_order] - unit_prefix
         body_at = np.cumsum(body_len + total_prefix) - body_len
 
-        # -- the lead of every PES: its first bytes up to its first unit's parameter sets or body (``SegmentLayout.leads``):
+        # -- the lead of every PES (``SegmentLayout.leads``): its first bytes up to its first unit's parameter sets or
+        # body:
         # the adaptation field head and the PES header, byte by byte from the table's first 7 rows, then the AUD or
         # ADTS header of its first unit (7 bytes; a 6-byte AUD spills one byte into what follows, written later)
         template = self._lead_templates[:, 2 * pes[STREAM] + pes[BOTH]]
@@ -298,8 +299,8 @@ class TsMuxer:
             base += len(u.unit_len)
         rows_after = np.cumsum(pes[PACKETS])
         lead_len = (total_prefix - ps_len[unit_order])[out_first]
-        return SegmentLayout(units, pes, unit_order, out_pos, out_first, body_len, body_at, ps_len[unit_order], lead, heads,
-                       lead_len, rows_after, int(rows_after[-1]))
+        return SegmentLayout(units, pes, unit_order, out_pos, out_first, body_len, body_at, ps_len[unit_order], lead,
+                             heads, lead_len, rows_after, int(rows_after[-1]))
 
     def _packetize(self, layout: "SegmentLayout", payload: np.ndarray, head: bytes) -> bytes:
         """PAT, PMT, then each 184-byte row of ``payload`` behind its 4-byte packet header (2.4.3.2), written
@@ -331,7 +332,8 @@ class ScatterBuild:
         self.muxer, self.layout, self.head, self._view, self.reads = muxer, layout, head, view, reads
 
     @classmethod
-    def start(cls, muxer: TsMuxer, layout: SegmentLayout, head: bytes, file_offsets: np.ndarray) -> "ScatterBuild | None":
+    def start(cls, muxer: TsMuxer, layout: SegmentLayout, head: bytes,
+              file_offsets: np.ndarray) -> "ScatterBuild | None":
         """Prefixes written into the payload; ``file_offsets``: of every unit's sample (units in stream order)."""
         view = _scratch.payload_for(layout.n_rows * _PAYLOAD + HEAD_SIZE).getbuffer()
         reads = payload = None
@@ -372,10 +374,8 @@ class ScatterBuild:
                 n = len(video.unit_len)
                 rows = layout.out_pos[:n]
                 starts, sizes = layout.body_at[rows], layout.body_len[rows]
-                offsets, lengths, owner = avc.nal_units(payload, starts, sizes, 4)
+                offsets, _, owner, types = nal_layout(video.stream.codec, payload, starts, sizes)
                 nal_syntax = hevc if video.stream.codec == "hevc" else avc
-                types = nal_syntax.nal_unit_types(payload[np.minimum(offsets + 4, len(payload) - 1)])
-                types[lengths == 0] = 0xFF
                 own_aud = (types == nal_syntax.AUD_NAL_TYPE) & (offsets == starts[owner])
                 if own_aud.any() or ((types == nal_syntax.SPS) & video.with_ps[owner]).any():
                     self.muxer._in_band = True

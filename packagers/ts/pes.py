@@ -92,12 +92,8 @@ def video_units(s: Stream, ts: TrackSegment) -> Units:
         starts = np.cumsum(sizes) - sizes
     else:  # the samples where they were read: no joined copy of the payload
         payload, starts = ts.sample_locations()
-    data = np.frombuffer(payload, dtype=np.uint8)
-    offsets, lengths, owner = avc.nal_units(data, starts, sizes, 4)
-    # an empty NAL unit (length 0) has no header byte: read a byte that exists, then give it no type
+    offsets, lengths, owner, types = nal_layout(s.codec, np.frombuffer(payload, dtype=np.uint8), starts, sizes)
     nal_syntax = hevc if s.codec == "hevc" else avc
-    types = nal_syntax.nal_unit_types(data[np.minimum(offsets + 4, len(data) - 1)])
-    types[lengths == 0] = 0xFF
     body_start, body_len = starts, sizes
     drop = types == nal_syntax.AUD_NAL_TYPE
     if drop.any():  # an AUD already heading a sample is dropped: ours comes first, then the parameter sets
@@ -118,19 +114,38 @@ def video_units(s: Stream, ts: TrackSegment) -> Units:
     return units
 
 
-def own_headers(track: Track, sample: bytes) -> bool:
-    """Whether a video sample carries its own AUD (first) or SPS, or NAL lengths other than 4 bytes: then its TS
-    layout depends on its bytes (``video_units``), not on the sample table alone (``video_layout``)."""
-    if track.codec.nal_length_size != 4:
-        return True
-    data = np.frombuffer(sample, dtype=np.uint8)
-    offsets, lengths, _ = avc.nal_units(data, np.zeros(1, dtype=np.int64), np.array([len(data)]), 4)
-    if not len(offsets):
-        return False
-    nal_syntax = hevc if track.codec.codec == "hevc" else avc
+def nal_layout(codec: str, data: np.ndarray, starts: np.ndarray,
+               sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``avc.nal_units`` of samples with 4-byte NAL lengths, and each NAL unit's type (0xFF for an empty one, which
+    has no header byte: a byte that exists is read, then given no type)."""
+    offsets, lengths, owner = avc.nal_units(data, starts, sizes, 4)
+    nal_syntax = hevc if codec == "hevc" else avc
     types = nal_syntax.nal_unit_types(data[np.minimum(offsets + 4, len(data) - 1)])
     types[lengths == 0] = 0xFF
-    return bool(types[0] == nal_syntax.AUD_NAL_TYPE or (types == nal_syntax.SPS).any())
+    return offsets, lengths, owner, types
+
+
+HEADER_PROBE_BYTES = 64 * 1024  # what ``own_headers`` reads of a key frame: parameter sets come before its slices
+_PROBED_NAL_UNITS = 32
+
+
+def own_headers(track: Track, head: bytes) -> bool:
+    """Whether a video key frame carries its own AUD (first) or SPS, or NAL lengths other than 4 bytes: then the TS
+    layout of the track's samples depends on their bytes (``video_units``), not on the sample table alone
+    (``video_layout``). ``head``: the sample's first bytes; its first NAL units are looked at, the rest never read."""
+    if track.codec.nal_length_size != 4:
+        return True
+    nal_syntax = hevc if track.codec.codec == "hevc" else avc
+    data, pos = np.frombuffer(head, dtype=np.uint8), 0
+    for k in range(_PROBED_NAL_UNITS):
+        if pos + 5 > len(data):
+            break
+        length = int.from_bytes(head[pos : pos + 4], "big")
+        kind = int(nal_syntax.nal_unit_types(data[pos + 4 : pos + 5])[0]) if length else 0xFF
+        if (k == 0 and kind == nal_syntax.AUD_NAL_TYPE) or kind == nal_syntax.SPS:
+            return True
+        pos += 4 + length
+    return False
 
 
 def video_layout(s: Stream, samples: SampleTable, with_ps: np.ndarray | None = None,

@@ -11,6 +11,7 @@ import subprocess
 
 import av
 import m3u8
+import numpy as np
 import pytest
 
 from fixtures.generate import fixture_path
@@ -113,3 +114,38 @@ async def test_a_partner_can_turn_iframe_playlists_off(make_client, store):
     assert (await client.get("/hls/title_360p.mp4/iframes-v1-a1.m3u8")).status == 404
     assert 'URI="iframes-v1-a1.m3u8"' in await text(client, "/hls/title_240p.mp4/master.m3u8")  # no partner's
     assert (await client.get("/hls/title_240p.mp4/iframes-v1-a1.m3u8")).status == 200
+
+
+def test_own_headers_reads_only_the_first_nal_units():
+    """The probe of a first key frame (at most 64 KB of it): an AUD first or an SPS among its first NAL units means the
+    segments' layout needs their bytes; a probe cut inside a NAL unit, or a corrupt one, ends the walk quietly."""
+    from packagers.model import CodecConfig, SampleTable, Track
+    from packagers.ts.pes import own_headers
+
+    def nal(kind: int, size: int = 5) -> bytes:
+        body = bytes([kind]) + b"\x00" * (size - 1)
+        return len(body).to_bytes(4, "big") + body
+
+    empty = SampleTable(*(np.zeros(0, t) for t in (np.uint64, np.uint32, np.int64, np.int32, np.uint32, bool)))
+    track = Track(1, "video", 90000, CodecConfig("avc1", "avc1.64001e"), empty)
+    aud, sei, sps, idr = 0x09, 0x06, 0x67, 0x65
+    assert own_headers(track, nal(aud) + nal(idr))
+    assert own_headers(track, nal(sei) + nal(sps) + nal(0x68) + nal(idr))
+    assert not own_headers(track, nal(sei) + nal(idr, 100_000)[:2000])  # cut inside the slice
+    assert not own_headers(track, nal(idr) + nal(aud))  # an AUD that does not come first is kept as it is
+    assert not own_headers(track, b"\xff\xff\xff\xff" + b"\x65" + nal(sps))  # a length past the probe ends the walk
+    assert own_headers(track, b"\xff\xff\xff\xff" + b"\x67")  # but its header byte still says SPS
+    assert not own_headers(track, b"")
+    narrow = Track(1, "video", 90000, CodecConfig("avc1", "avc1.64001e", nal_length_size=2), empty)
+    assert own_headers(narrow, nal(idr))
+
+
+async def test_no_iframe_playlist_past_the_segment_bound(make_client, monkeypatch):
+    """Laying out every segment costs ~0.2 ms each: a rendition with more than MAX_IFRAME_SEGMENTS gets none."""
+    from gateway.http import products
+
+    monkeypatch.setattr(products, "MAX_IFRAME_SEGMENTS", 1)  # title_360p.mp4 has 2 segments of 6 s
+    client = await make_client()
+    assert "I-FRAME" not in await text(client, "/hls/title_360p.mp4/master.m3u8")
+    response = await client.get("/hls/title_360p.mp4/iframes-v1-a1.m3u8")
+    assert response.status == 404 and "more than 1 segments" in await response.text()

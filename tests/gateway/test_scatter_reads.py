@@ -106,7 +106,8 @@ def test_pieces_outside_their_buffer_are_refused_before_any_read(store):
     bad = [ScatterRead(0, 101, into, np.array([0]), np.array([101])),  # past the end of ``into``
            ScatterRead(0, 10, into, np.array([95, 0]), np.array([6, 4])),
            ScatterRead(0, 10, into, np.array([0]), np.array([-10])),
-           ScatterRead(0, 1 << 20, into, np.array([-1]), np.array([1 << 20]))]  # more skipped bytes than the sink
+           ScatterRead(0, 1 << 20, into, np.array([-1]), np.array([1 << 20])),  # more skipped bytes than the sink
+           ScatterRead(0, 1025, into, np.zeros(1025, dtype=np.int64), np.ones(1025, dtype=np.int64))]  # > IOV_MAX
     with content.open(file) as reader:
         for r in bad:
             with pytest.raises(ValueError):
