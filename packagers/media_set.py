@@ -11,6 +11,7 @@ from typing import Callable, Hashable, Sequence, TypeVar
 
 import numpy as np
 
+from .clipping import Clip
 from .errors import ErrorCode, PackagerError, bad_data, bad_request, not_found
 from .limits import DEFAULT_LIMITS, Limits
 from .media_data import MediaSegment, ReadRequest, TrackSegment, gather_runs, plan_reads
@@ -41,6 +42,7 @@ class MediaSet:
         segment_duration_ms: int = DEFAULT_SEGMENT_DURATION_MS,
         is_url_set: bool | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        clip: Clip = Clip(),
     ):
         if not presentations:
             raise PackagerError(ErrorCode.NO_STREAMS, "MediaSet: no presentation")
@@ -48,6 +50,7 @@ class MediaSet:
         self.is_url_set = len(self.presentations) > 1 if is_url_set is None else is_url_set
         self.segment_duration_ms = segment_duration_ms
         self.limits = limits
+        self.clip = clip  # what the presentations were cut to (they are already cut): part of every cache key
         # build_shared_plans is the sanity check all manifests share (durations, segment lengths and frames)
         self.plans: tuple[SegmentPlan, ...] = build_shared_plans(self.presentations, segment_duration_ms, limits)
         self._ranges: dict[int, np.ndarray] = {}

@@ -121,6 +121,9 @@ class Track:
     edit_offset: int = 0  # subtract from dts + cts to get presentation time (track timescale)
     language: str = "und"  # ISO 639-2/T from mdhd
     source: str = ""  # path of the file the track came from (store-relative), for reads and error messages
+    # where presentation stops (track timescale), when earlier than the last frame's end: a clip's clipTo. Frames
+    # past it are still in the samples when later-decoded frames before it reference them (B-frames).
+    presentation_end: int | None = None
 
     @functools.cached_property
     def duration(self) -> int:
@@ -131,8 +134,10 @@ class Track:
         """
         if len(self.samples) == 0:
             return 0
-        end = int((self.samples.pts + self.samples.durations.astype(np.int64)).max())
-        return max(0, end - self.edit_offset)
+        end = int((self.samples.pts + self.samples.durations.astype(np.int64)).max()) - self.edit_offset
+        if self.presentation_end is not None:
+            end = min(end, self.presentation_end)
+        return max(0, end)
 
     @property
     def duration_seconds(self) -> float:

@@ -20,6 +20,7 @@ from .. import __version__
 from .errors import error_response, response_for_exception
 from .fast_path import FastAnswers
 from .packaged import PACKAGED_ANSWER, serve_packaged_request
+from .clipped_mp4 import serve_clipped_mp4
 from .download import serve_mp4
 from .live import add_live_routes
 from ..origin.cache import Caches
@@ -164,7 +165,10 @@ async def _serve(request: web.Request, parsed: GatewayRequest) -> web.StreamResp
     context = authorize(view, request.app[SETTINGS], media, signed, files)
     if media.is_download:
         request[CACHE_RESULT] = "bypass"  # the file itself (sendfile), never the response cache
-        response = await serve_mp4(request, files[0])
+        if media.clip.is_whole:
+            response = await serve_mp4(request, files[0])
+        else:
+            response = await serve_clipped_mp4(request, media)
     else:
         response = await serve_packaged_request(request, media, context)
     answer = request.get(PACKAGED_ANSWER)

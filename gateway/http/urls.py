@@ -11,6 +11,8 @@ The grammar is nginx-vod-module's, so players keep their URLs when switching:
     /hds/<path>/manifest.f4m                      HDS: frag<suffix>-Seg1-Frag<n>
     /hls/<dir>/<prefix>,<a>,<b>,<suffix>.urlset/… a url set: <dir>/<prefix><a><suffix>, <dir>/<prefix><b><suffix>
     /mp4/<path>                                   the file itself (progressive download)
+    …/clipFrom/<ms>/clipTo/<ms>/…                 path parameters, anywhere between the protocol and the file name
+                                                  (names case-insensitive, the first of a name counts): a clip
     /status                                       counters (JSON)
     /p/<partner>/playManifest/entryId/<entry>[/format/<f>][/flavorIds/<a>,<b>][/ks/<ks>]/a.<ext>
                                                   delivery decision: 302 to the packaged URL (Kaltura's API)
@@ -30,6 +32,7 @@ import re
 from dataclasses import dataclass
 from typing import ClassVar
 
+from packagers.clipping import Clip
 from packagers.dash import names as dash_names
 from packagers.errors import bad_request, not_found
 from packagers.hds import names as hds_names
@@ -41,6 +44,7 @@ from packagers.naming import MediaFile
 from ..origin.paths import MediaTarget, check_name, split_path
 
 URL_SET_EXTENSION = ".urlset"
+PATH_PARAMETERS = frozenset({"clipfrom", "clipto"})  # nginx-vod-module's names, lower-cased
 PARSED_PATHS = 2048  # paths are at most MAX_RAW_PATH (4 KB): 8 MB at the very most
 # the metrics ``type`` label of each kind of file a protocol names (docs/metrics.md): playlists count as manifests
 METRICS_TYPE = {"manifest": "manifest", "playlist": "manifest", "iframes": "manifest", "segment": "segment",
@@ -76,9 +80,11 @@ class PackagedRequest:
 
 @dataclass(frozen=True)
 class Mp4Download:
-    """The file itself (progressive download): answered from a fresh stat, with sendfile, never from the cache."""
+    """The file itself (progressive download): answered from a fresh stat, with sendfile, never from the cache; or,
+    with a clip, an MP4 of that part of it (a new moov, the samples' bytes as they are)."""
 
     path: str
+    clip: Clip = Clip()
     is_download: ClassVar[bool] = True
     delivery_type: ClassVar[str] = "http"
     metrics_label: ClassVar[tuple[str, str]] = ("mp4", "mp4")
@@ -165,9 +171,10 @@ def parse_path(raw_path: str, max_url_set_files: int = 32) -> GatewayRequest:
     if head == "hds":
         return parse_hds(rest, max_url_set_files)
     if head == "mp4":
+        rest, params = path_parameters(rest)
         if not rest:
             raise bad_request("parse_path: /mp4/ needs a file path")
-        return Mp4Download("/".join(rest))
+        return Mp4Download("/".join(rest), _clip(params))
     if head == "status" and not rest:
         return StatusRequest()
     if head == "crossdomain.xml" and not rest:
@@ -198,35 +205,79 @@ def parse_play_manifest(segments: list[str]) -> PlayManifest:
 
 def parse_hls(segments: list[str], max_url_set_files: int = 32) -> PackagedRequest:
     """``segments`` are the decoded segments after ``/hls``: media path segments, then the HLS file name."""
+    segments, params = _file_parameters(segments)
     if len(segments) < 2:
         raise bad_request("parse_hls: expected /hls/<media path>/<file name>")
-    target = _media_target(segments[:-1], max_url_set_files)
+    target = _media_target(segments[:-1], max_url_set_files, params)
     return PackagedRequest("hls", target, hls_names.parse_name(segments[-1]))
 
 
 def parse_dash(segments: list[str], max_url_set_files: int = 32) -> PackagedRequest:
+    segments, params = _file_parameters(segments)
     if len(segments) < 2:
         raise bad_request("parse_dash: expected /dash/<media path>/<file name>")
-    target = _media_target(segments[:-1], max_url_set_files)
+    target = _media_target(segments[:-1], max_url_set_files, params)
     return PackagedRequest("dash", target, dash_names.parse_name(segments[-1]))
 
 
 def parse_mss(segments: list[str], max_url_set_files: int = 32) -> PackagedRequest:
+    segments, params = _file_parameters(segments)
     file = mss_names.parse_name(segments)
-    return PackagedRequest("mss", _media_target(segments[:-file.path_segments], max_url_set_files), file)
+    return PackagedRequest("mss", _media_target(segments[:-file.path_segments], max_url_set_files, params), file)
 
 
 def parse_hds(segments: list[str], max_url_set_files: int = 32) -> PackagedRequest:
+    segments, params = _file_parameters(segments)
     if len(segments) < 2:
         raise bad_request("parse_hds: expected /hds/<media path>/<file name>")
-    target = _media_target(segments[:-1], max_url_set_files)
+    target = _media_target(segments[:-1], max_url_set_files, params)
     return PackagedRequest("hds", target, hds_names.parse_name(segments[-1]))
 
 
-def _media_target(segments: list[str], max_url_set_files: int) -> MediaTarget:
+def path_parameters(segments: list[str]) -> tuple[list[str], dict[str, str]]:
+    """nginx-vod-module's URL path parameters (``…/clipFrom/10000/…``) taken out of ``segments``: the segments left
+    (the media path) and each parameter's value, by lower-case name. A name with no segment after it is a path."""
+    rest: list[str] = []
+    params: dict[str, str] = {}
+    i = 0
+    while i < len(segments):
+        name = segments[i].lower()
+        if name in PATH_PARAMETERS and i + 1 < len(segments):
+            params.setdefault(name, segments[i + 1])  # the first of a name counts, as in nginx-vod-module
+            i += 2
+        else:
+            rest.append(segments[i])
+            i += 1
+    return rest, params
+
+
+def _file_parameters(segments: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Path parameters of a packaged URL: anywhere before its last segment (the file name)."""
+    if len(segments) < 2:
+        return segments, {}
+    rest, params = path_parameters(segments[:-1])
+    return rest + segments[-1:], params
+
+
+def _milliseconds(params: dict[str, str], name: str) -> int | None:
+    value = params.get(name.lower())
+    if value is None:
+        return None
+    if not value.isascii() or not value.isdigit() or len(value) > 13:
+        raise bad_request(f"parse_path: {name} must be milliseconds (digits), got '{value[:20]}'")
+    return int(value)
+
+
+def _clip(params: dict[str, str]) -> Clip:
+    start, end = _milliseconds(params, "clipFrom"), _milliseconds(params, "clipTo")
+    return Clip(start or 0, end) if start or end is not None else Clip()
+
+
+def _media_target(segments: list[str], max_url_set_files: int, params: dict[str, str] | None = None) -> MediaTarget:
+    clip = _clip(params or {})
     last = segments[-1]
     if not last.endswith(URL_SET_EXTENSION):
-        return MediaTarget(("/".join(segments),), False, "/".join(segments))
+        return MediaTarget(("/".join(segments),), False, "/".join(segments), clip)
     parts = last[: -len(URL_SET_EXTENSION)].split(",")
     if len(parts) < 3:
         raise bad_request("parse_path: a url set is <prefix>,<name>[,<name>...],<suffix>.urlset")
@@ -239,4 +290,4 @@ def _media_target(segments: list[str], max_url_set_files: int) -> MediaTarget:
         name = prefix + middle + suffix
         check_name(name)
         paths.append(f"{directory}/{name}" if directory else name)
-    return MediaTarget(tuple(paths), True, "/".join(segments))
+    return MediaTarget(tuple(paths), True, "/".join(segments), clip)

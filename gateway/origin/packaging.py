@@ -19,6 +19,7 @@ from typing import Callable, Hashable, TypeVar
 
 from aiohttp import web
 
+from packagers.clipping import clip_presentation
 from packagers.limits import Limits
 from packagers.media_set import MediaSet, Selection
 from packagers.model import Presentation
@@ -85,8 +86,9 @@ class OpenedSet:
 
     @property
     def _variant(self) -> tuple:
-        """What else shapes the bytes: one file and a url set of that one file name things differently (``-f1``)."""
-        return (self.media_set.segment_duration_ms, self.media_set.is_url_set)
+        """What else shapes the bytes: one file and a url set of that one file name things differently (``-f1``);
+        a clip is another presentation."""
+        return (self.media_set.segment_duration_ms, self.media_set.is_url_set, self.media_set.clip)
 
 
 class Packaging:
@@ -124,20 +126,22 @@ class Packaging:
 
     async def open(self, target: MediaTarget, segment_duration_ms: int | None = None) -> OpenedSet:
         """Stat the files (that is how replaced files are noticed), then the cached MediaSet. The segment duration
-        is the server's unless the files' partner profile sets its own."""
+        is the server's unless the files' partner profile sets its own. A clip is cut from the cached
+        presentations of the whole files."""
         duration = segment_duration_ms or self.settings.segment_duration_ms
         files = await self.identify_all(target.paths)
-        key = (tuple(f.cache_key for f in files), duration, target.is_url_set)
+        variant = (duration, target.is_url_set, target.clip)
+        key = (tuple(f.cache_key for f in files), *variant)
 
         async def load() -> MediaSet:
             presentations = await asyncio.gather(*(self.presentation(f) for f in files))
-            return await self.run(timed, self.observe_stage, "plan", MediaSet, presentations, duration,
-                                  target.is_url_set, self.limits)
+            return await self.run(timed, self.observe_stage, "plan", _media_set, presentations, duration,
+                                  target, self.limits)
 
         media_set = await self.metadata.media_set(key, load)
         validators = self._validators.get(key)
         if validators is None:
-            validators = Validators(files, (duration, target.is_url_set))
+            validators = Validators(files, variant)
             if len(self._validators) >= MAX_VALIDATORS:
                 self._validators.pop(next(iter(self._validators)))  # the oldest: a dict keeps insertion order
             self._validators[key] = validators
@@ -177,6 +181,11 @@ class Packaging:
             return await self.run(build)
 
         return await self.responses.get_or_build(opened.cache_key(request_key), make)
+
+
+def _media_set(presentations: list[Presentation], duration: int, target: MediaTarget, limits: Limits) -> MediaSet:
+    clipped = [clip_presentation(p, target.clip) for p in presentations]
+    return MediaSet(clipped, duration, target.is_url_set, limits, clip=target.clip)
 
 
 def ignore_stage(_stage: str, _elapsed_ns: int) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
+from packagers.clipping import Clip
 from packagers.errors import ErrorCode, PackagerError, bad_request
 
 MAX_RAW_PATH = 4096  # longer paths get 414; aiohttp itself refuses request lines over 8190 bytes
@@ -27,11 +28,13 @@ class UrlTooLong(PackagerError):
 
 @dataclass(frozen=True)
 class MediaTarget:
-    """The store files one media request addresses: one file, or the files of a url set (in url order)."""
+    """The store files one media request addresses: one file, or the files of a url set (in url order), and the
+    part of them the URL's path parameters ask for."""
 
     paths: tuple[str, ...]  # store-relative, '/'-separated, validated segments
     is_url_set: bool
     name: str = field(default="", compare=False)  # the decoded URL path naming it (what a signed token covers)
+    clip: Clip = Clip()  # clipFrom/clipTo
 
 
 def split_path(raw_path: str) -> list[str]:

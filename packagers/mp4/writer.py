@@ -36,7 +36,7 @@ from ..fmp4.boxes import I16, U16, U32, U64, file_type
 from ..fmp4.init import audio_sample_entry, language_code, visual_sample_entry
 from ..model import CodecConfig, SampleTable, Track, TrackKind
 
-__all__ = ["Mp4Writer", "TrackSpec", "mdat_header", "sample_table_boxes"]
+__all__ = ["Mp4Writer", "TrackSpec", "mdat_header", "movie_box", "movie_file_type", "sample_table_boxes"]
 
 MOVIE_TIMESCALE = 1000
 _MATRIX = b"".join(U32(v) for v in (0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000))
@@ -164,9 +164,7 @@ class Mp4Writer:
         self._kept: dict[str, int] | None = None   # samples per kind that truncate() kept (None: all)
 
     def header(self) -> bytes:
-        h264 = any(t.codec.codec == "h264" for t in self.specs.values())
-        brands = (b"isom", b"iso2", *((b"avc1",) if h264 else ()), b"mp41")
-        ftyp = file_type(b"ftyp", b"isom", 0x200, brands)
+        ftyp = movie_file_type([t.codec for t in self.specs.values()])
         if self._mdat_start is not None:
             raise bad_request("Mp4Writer.header: called twice")
         self._mdat_start = len(ftyp)
@@ -244,19 +242,11 @@ class Mp4Writer:
             raise PackagerError(ErrorCode.NO_STREAMS, "Mp4Writer.finish: no sample was added")
         self.finished = True    # from here the columns never grow: the tables may be views of them
         tracks = self.tracks(last_durations)
-        traks, duration = [], 0
-        for track in tracks:
-            data, track_duration = self._trak(track)
-            traks.append(data)
-            duration = max(duration, track_duration)
-        v1 = duration > _U32_MAX
-        mvhd = full_box(b"mvhd", int(v1), 0, _times(v1, 0, 0), U32(self.movie_timescale), _times(v1, duration),
-                        U32(0x00010000), U16(0x0100), bytes(10), _MATRIX, bytes(24), U32(len(tracks) + 1))
-        moov = box(b"moov", mvhd, *traks)
+        moov = movie_box(tracks, [self._edits(t) for t in tracks], self.movie_timescale)
         return self._mdat_start, mdat_header(self._mdat_start, self.position), moov
 
-    def _edits(self, track: Track) -> tuple[list[tuple[int, int]], int]:
-        """(elst entries as (segment_duration in movie timescale, media_time), the track's movie duration)."""
+    def _edits(self, track: Track) -> list[tuple[int, int]]:
+        """elst entries as (segment_duration in movie timescale, media_time)."""
         s, ts = track.samples, track.timescale
         pts = s.pts
         first_dts, first_pts = int(s.dts[0]), int(pts.min())
@@ -267,33 +257,53 @@ class Mp4Writer:
         if start > 0:
             edits.append((_rescale(start, ts, self.movie_timescale), -1))
         edits.append((_rescale(end - start, ts, self.movie_timescale), media_time))
-        return edits, sum(d for d, _ in edits)
+        return edits
 
-    def _trak(self, track: Track) -> tuple[bytes, int]:
-        s, video = track.samples, track.kind == "video"
-        edits, movie_duration = self._edits(track)
-        media_duration = int(s.durations.sum(dtype=np.uint64))
-        v1 = movie_duration > _U32_MAX
-        tkhd = full_box(
-            b"tkhd", int(v1), 0x3,  # track_enabled | track_in_movie
-            _times(v1, 0, 0), U32(track.track_id), bytes(4), _times(v1, movie_duration),
-            bytes(8), U16(0), U16(0), U16(0 if video else 0x0100), bytes(2), _MATRIX,
-            U32(track.codec.width << 16 if video else 0), U32(track.codec.height << 16 if video else 0),
-        )  # fmt: skip
-        parts = [tkhd]
-        if edits != [(movie_duration, 0)]:  # anything but one edit of the whole media from 0
-            e1 = any(d > _U32_MAX for d, _ in edits)
-            entries = b"".join(_times(e1, d) + (struct.pack(">q", m) if e1 else struct.pack(">i", m)) + U16(1) + I16(0)
-                               for d, m in edits)
-            parts.append(box(b"edts", full_box(b"elst", int(e1), 0, U32(len(edits)), entries)))
-        m1 = media_duration > _U32_MAX
-        mdhd = full_box(b"mdhd", int(m1), 0, _times(m1, 0, 0), U32(track.timescale), _times(m1, media_duration),
-                        U16(language_code(track.language)), U16(0))
-        handler, name = (b"vide", b"VideoHandler\0") if video else (b"soun", b"SoundHandler\0")
-        hdlr = full_box(b"hdlr", 0, 0, U32(0), handler, bytes(12), name)
-        media_header = full_box(b"vmhd", 0, 1, bytes(8)) if video else full_box(b"smhd", 0, 0, bytes(4))
-        dinf = box(b"dinf", full_box(b"dref", 0, 0, U32(1), full_box(b"url ", 0, 1)))
-        entry = visual_sample_entry(track) if video else audio_sample_entry(track)
-        stbl = box(b"stbl", full_box(b"stsd", 0, 0, U32(1), entry), *sample_table_boxes(s, video=video))
-        parts.append(box(b"mdia", mdhd, hdlr, box(b"minf", media_header, dinf, stbl)))
-        return box(b"trak", *parts), movie_duration
+
+def movie_file_type(codecs: Sequence[CodecConfig]) -> bytes:
+    """The ftyp of a progressive MP4 with tracks of these codecs (ffmpeg's brands)."""
+    h264 = any(c.codec == "h264" for c in codecs)
+    return file_type(b"ftyp", b"isom", 0x200, (b"isom", b"iso2", *((b"avc1",) if h264 else ()), b"mp41"))
+
+
+def movie_box(tracks: Sequence[Track], edits: Sequence[list[tuple[int, int]]], movie_timescale: int) -> bytes:
+    """moov of ``tracks`` whose sample offsets are where their bytes are in the file; ``edits`` per track: its elst
+    entries as (segment_duration in ``movie_timescale``, media_time)."""
+    traks, duration = [], 0
+    for track, track_edits in zip(tracks, edits):
+        movie_duration = sum(d for d, _ in track_edits)
+        traks.append(_trak(track, track_edits, movie_duration))
+        duration = max(duration, movie_duration)
+    v1 = duration > _U32_MAX
+    mvhd = full_box(b"mvhd", int(v1), 0, _times(v1, 0, 0), U32(movie_timescale), _times(v1, duration),
+                    U32(0x00010000), U16(0x0100), bytes(10), _MATRIX, bytes(24), U32(len(tracks) + 1))
+    return box(b"moov", mvhd, *traks)
+
+
+def _trak(track: Track, edits: list[tuple[int, int]], movie_duration: int) -> bytes:
+    s, video = track.samples, track.kind == "video"
+    media_duration = int(s.durations.sum(dtype=np.uint64))
+    v1 = movie_duration > _U32_MAX
+    tkhd = full_box(
+        b"tkhd", int(v1), 0x3,  # track_enabled | track_in_movie
+        _times(v1, 0, 0), U32(track.track_id), bytes(4), _times(v1, movie_duration),
+        bytes(8), U16(0), U16(0), U16(0 if video else 0x0100), bytes(2), _MATRIX,
+        U32(track.codec.width << 16 if video else 0), U32(track.codec.height << 16 if video else 0),
+    )  # fmt: skip
+    parts = [tkhd]
+    if edits != [(movie_duration, 0)]:  # anything but one edit of the whole media from 0
+        e1 = any(d > _U32_MAX for d, _ in edits)
+        entries = b"".join(_times(e1, d) + (struct.pack(">q", m) if e1 else struct.pack(">i", m)) + U16(1) + I16(0)
+                           for d, m in edits)
+        parts.append(box(b"edts", full_box(b"elst", int(e1), 0, U32(len(edits)), entries)))
+    m1 = media_duration > _U32_MAX
+    mdhd = full_box(b"mdhd", int(m1), 0, _times(m1, 0, 0), U32(track.timescale), _times(m1, media_duration),
+                    U16(language_code(track.language)), U16(0))
+    handler, name = (b"vide", b"VideoHandler\0") if video else (b"soun", b"SoundHandler\0")
+    hdlr = full_box(b"hdlr", 0, 0, U32(0), handler, bytes(12), name)
+    media_header = full_box(b"vmhd", 0, 1, bytes(8)) if video else full_box(b"smhd", 0, 0, bytes(4))
+    dinf = box(b"dinf", full_box(b"dref", 0, 0, U32(1), full_box(b"url ", 0, 1)))
+    entry = visual_sample_entry(track) if video else audio_sample_entry(track)
+    stbl = box(b"stbl", full_box(b"stsd", 0, 0, U32(1), entry), *sample_table_boxes(s, video=video))
+    parts.append(box(b"mdia", mdhd, hdlr, box(b"minf", media_header, dinf, stbl)))
+    return box(b"trak", *parts)

@@ -57,12 +57,12 @@ def fmp4_track(codec: str, kind: str, samples: list[tuple[bytes, float]]) -> lis
 
 # -- the five protocols ----------------------------------------------------------------------------------------------
 
-def ts_segments(base: str, codec: str) -> list[dict]:
-    playlist = m3u8.loads(get(f"{base}/hls/{NAME}/index-v1-a1.m3u8").decode())
+def ts_segments(base: str, codec: str, path: str = NAME) -> list[dict]:
+    playlist = m3u8.loads(get(f"{base}/hls/{path}/index-v1-a1.m3u8").decode())
     out = []
     for s in playlist.segments:
         seg = {"video": [], "audio": []}
-        with av.open(io.BytesIO(get(f"{base}/hls/{NAME}/{s.uri}")), format="mpegts") as c:
+        with av.open(io.BytesIO(get(f"{base}/hls/{path}/{s.uri}")), format="mpegts") as c:
             for p in c.demux():
                 if not p.size:
                     continue
@@ -75,37 +75,37 @@ def ts_segments(base: str, codec: str) -> list[dict]:
     return out
 
 
-def hls_fmp4_segments(base: str, codec: str, count: int) -> list[dict]:
+def hls_fmp4_segments(base: str, codec: str, count: int, path: str = NAME) -> list[dict]:
     out = [{} for _ in range(count)]
     for kind, suffix in (("video", "-v1"), ("audio", "-a1")):
-        playlist = m3u8.loads(get(f"{base}/hls/{NAME}/index{suffix}.m3u8").decode())
-        init = get(f"{base}/hls/{NAME}/{playlist.segment_map[0].uri}")
+        playlist = m3u8.loads(get(f"{base}/hls/{path}/index{suffix}.m3u8").decode())
+        init = get(f"{base}/hls/{path}/{playlist.segment_map[0].uri}")
         ts = mdhd_timescale(init)
         assert len(playlist.segments) == count
         for k, s in enumerate(playlist.segments):
-            out[k][kind] = fmp4_track(codec, kind, fmp4_samples(get(f"{base}/hls/{NAME}/{s.uri}"), ts))
+            out[k][kind] = fmp4_track(codec, kind, fmp4_samples(get(f"{base}/hls/{path}/{s.uri}"), ts))
     return out
 
 
-def dash_segments(base: str, codec: str, count: int) -> list[dict]:
-    mpd = ET.fromstring(get(f"{base}/dash/{NAME}/manifest.mpd"))
+def dash_segments(base: str, codec: str, count: int, path: str = NAME) -> list[dict]:
+    mpd = ET.fromstring(get(f"{base}/dash/{path}/manifest.mpd"))
     ns = {"d": "urn:mpeg:dash:schema:mpd:2011"}
     out = [{} for _ in range(count)]
     for rep in mpd.iterfind(".//d:Representation", ns):
         template = rep.find("d:SegmentTemplate", ns)
         kind = "video" if rep.get("mimeType", rep.get("codecs", "")).startswith("video") or rep.get("width") else "audio"
-        init = get(f"{base}/dash/{NAME}/{template.get('initialization').replace('$RepresentationID$', rep.get('id'))}")
+        init = get(f"{base}/dash/{path}/{template.get('initialization').replace('$RepresentationID$', rep.get('id'))}")
         ts = int(template.get("timescale"))
         assert ts == mdhd_timescale(init)
         pto = int(template.get("presentationTimeOffset", "0"))
         for k in range(count):
             name = template.get("media").replace("$Number$", str(k + 1)).replace("$RepresentationID$", rep.get("id"))
-            out[k][kind] = fmp4_track(codec, kind, fmp4_samples(get(f"{base}/dash/{NAME}/{name}"), ts, pto))
+            out[k][kind] = fmp4_track(codec, kind, fmp4_samples(get(f"{base}/dash/{path}/{name}"), ts, pto))
     return out
 
 
-def mss_segments(base: str, codec: str, count: int) -> list[dict]:
-    manifest = ET.fromstring(get(f"{base}/mss/{NAME}/manifest"))
+def mss_segments(base: str, codec: str, count: int, path: str = NAME) -> list[dict]:
+    manifest = ET.fromstring(get(f"{base}/mss/{path}/manifest"))
     out = [{} for _ in range(count)]
     for index in manifest.findall("StreamIndex"):
         kind = index.get("Type")
@@ -116,7 +116,7 @@ def mss_segments(base: str, codec: str, count: int) -> list[dict]:
         t = int(chunks[0].get("t"))
         for k, c in enumerate(chunks):
             url = index.get("Url").replace("{bitrate}", bitrate).replace("{start time}", str(t))
-            out[k][kind] = fmp4_track(codec, kind, fmp4_samples(get(f"{base}/mss/{NAME}/{url}"), ts))
+            out[k][kind] = fmp4_track(codec, kind, fmp4_samples(get(f"{base}/mss/{path}/{url}"), ts))
             t += int(c.get("d"))
     return out
 
@@ -134,12 +134,12 @@ def walk(data: bytes):
         pos += size
 
 
-def hds_segments(base: str, codec: str, count: int) -> list[dict]:
-    f4m = get(f"{base}/hds/{NAME}/manifest.f4m").decode()
+def hds_segments(base: str, codec: str, count: int, path: str = NAME) -> list[dict]:
+    f4m = get(f"{base}/hds/{path}/manifest.f4m").decode()
     url = re.search(r'url="([^"]+)"', f4m).group(1)
     out = []
     for k in range(count):
-        fragment = get(f"{base}/hds/{NAME}/{url}Seg1-Frag{k + 1}")
+        fragment = get(f"{base}/hds/{path}/{url}Seg1-Frag{k + 1}")
         _, _, body, end = next(b for b in walk(fragment) if b[0] == "mdat")
         seg = {"video": [], "audio": []}
         pos = body
