@@ -75,6 +75,28 @@ def measure_segment_build(path: Path, segment_ms: int, container: str, limit: in
     return count, out_bytes, best
 
 
+def measure_thumbnails(path: Path, accurate: bool, seconds: float) -> float:
+    """Thumbnails per second on one core (issue 13): locate, pread, decode (PyAV, one thread) and JPEG-encode the
+    frame at times spread over the whole file, full size, no cache, for ``seconds``."""
+    from packagers.mp4 import read_presentation
+    from packagers.thumbs import decode_frame, encode_jpeg, locate, sample_reads
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        track = read_presentation(lambda off, n: os.pread(fd, n, off), os.fstat(fd).st_size, path.name).video_tracks[0]
+        end_ms = track.duration * 1000 // track.timescale
+        count, start = 0, time.perf_counter()
+        while count == 0 or time.perf_counter() - start < seconds:
+            ms = (count * 7919 + 1234) * 37 % end_ms  # a fixed walk over the file: mid-GOP as often as not
+            r = locate(track, ms, accurate)
+            samples = [os.pread(fd, q.size, q.offset) for q in sample_reads(track, r.first, r.target)]
+            encode_jpeg(decode_frame(track, r.first, r.target, samples))
+            count += 1
+        return count / (time.perf_counter() - start)
+    finally:
+        os.close(fd)
+
+
 def measure_http(store: Path, file_name: str, seconds: float) -> dict:
     """Cached segment and index playlist rates from a real `gateway serve` subprocess on loopback."""
     port = free_port()
@@ -133,6 +155,11 @@ def run(seconds: float = 5.0, segments: int | None = None, json_out: bool = Fals
     mbs = nbytes / MB / dt
     rep.add("fmp4_build_segments_per_s", count / dt, "seg/s", "same segments as fMP4 (moof + mdat), cache off")
     rep.add("fmp4_build_MBps", mbs, "MB/s", f"= {mbs / memcpy:.1%} of memcpy (target >= 25 %: mostly one copy)")
+
+    for accurate, mode in ((True, "accurate: decode from the key frame before"), (False, "key-frame mode: one decode")):
+        rate = measure_thumbnails(hd, accurate, seconds)
+        rep.add(f"thumbs_{'accurate' if accurate else 'keyframe'}_per_s", rate, "thumb/s",
+                f"720p full-size JPEG, one core; {mode}")
 
     media_set = MediaSet([open_presentation(long)], 6000)
     sel = media_set.resolve(TrackSpec())
