@@ -5,6 +5,7 @@
 * ``tokens``: signed URL prefixes, ks session tokens and RTMP stream keys.
 """
 from .profiles import (
+    FEATURES,
     FORMAT_NAMES,
     KALTURA_FORMAT,
     SYSTEM_DEFAULTS,
@@ -32,7 +33,7 @@ from .tokens import (
 )
 
 __all__ = [
-    "FORMAT_NAMES", "KALTURA_FORMAT", "SYSTEM_DEFAULTS", "DeliveryConfig", "DeliveryProfile", "DeliveryType",
+    "FEATURES", "FORMAT_NAMES", "KALTURA_FORMAT", "SYSTEM_DEFAULTS", "DeliveryConfig", "DeliveryProfile", "DeliveryType",
     "ProfileError", "enabled_types", "loads_override", "merge", "parse_format", "to_dict",
     "Decision", "SelectionError", "is_ios", "preference_list", "select_delivery",
     "KsPayload", "TokenError", "make_ks", "new_secret", "sign_path", "stream_key", "verify_ks", "verify_path",

@@ -47,6 +47,9 @@ FORMAT_NAMES: Mapping[str, DeliveryType] = MappingProxyType({
 KALTURA_FORMAT: Mapping[DeliveryType, str] = MappingProxyType({t: name for name, t in FORMAT_NAMES.items()})
 _BY_NAME: dict[str, DeliveryType] = {**FORMAT_NAMES, **{t.value: t for t in DeliveryType}}
 
+# What a partner may turn off beyond whole delivery types (issue 13): nginx-vod-module's request grammar beyond plain
+# playback. I-frame playlists are the hls profile's ``iframes`` (they belong to one protocol).
+FEATURES = ("clipping", "thumbnails")
 HLS_CONTAINERS = ("auto", "ts", "fmp4")  # auto: the gateway decides per presentation (fMP4 for HEVC)
 ENCRYPTIONS = ("none", "aes-128")  # aes-128: HLS whole-segment AES-128 (RFC 8216 §4.3.2.4), hls only
 
@@ -176,6 +179,7 @@ class DeliveryConfig:
     secured_default_delivery_type: tuple[DeliveryType, ...] = (DeliveryType.HTTP,)
     default_delivery_type: tuple[DeliveryType, ...] = (DeliveryType.HTTP,)
     profiles: Mapping[DeliveryType, DeliveryProfile] = field(default_factory=_default_profiles, hash=False)
+    features: Mapping[str, bool] = field(default_factory=lambda: dict.fromkeys(FEATURES, True), hash=False)
 
     def __post_init__(self) -> None:
         d = self.short_entries_max_duration
@@ -199,6 +203,16 @@ class DeliveryConfig:
         if missing:
             raise _fail("profiles", f"missing profile for {', '.join(missing)}")
         object.__setattr__(self, "profiles", MappingProxyType({t: profiles[t] for t in DeliveryType}))
+        if not isinstance(self.features, Mapping):
+            raise _fail("features", f"must be an object, got {self.features!r}")
+        _check_keys(self.features, FEATURES, "features")
+        for key, on in self.features.items():
+            if not isinstance(on, bool):
+                raise _fail(f"features.{key}", f"must be true or false, got {on!r}")
+        object.__setattr__(self, "features", MappingProxyType({f: self.features.get(f, True) for f in FEATURES}))
+
+    def allows(self, feature: str) -> bool:
+        return self.features[feature]
 
     def profile(self, t: DeliveryType | str) -> DeliveryProfile:
         return self.profiles[parse_format(t)]
@@ -208,7 +222,7 @@ class DeliveryConfig:
 
 
 LIST_KEYS = ("short_entries_default_delivery_type", "secured_default_delivery_type", "default_delivery_type")
-TOP_KEYS = ("short_entries_max_duration", *LIST_KEYS, "profiles")
+TOP_KEYS = ("short_entries_max_duration", *LIST_KEYS, "profiles", "features")
 PROFILE_KEYS = ("enabled", "segment_duration_ms", "hls_container", "encryption", "iframes", "extra")
 
 # Kaltura base.ini: short_entries_max_duration = 300, the three *_delivery_type = http; every type enabled.
@@ -221,7 +235,12 @@ def merge(defaults: DeliveryConfig, override: Mapping[str, Any]) -> DeliveryConf
     if not isinstance(override, Mapping):
         raise ProfileError(f"override: must be an object, got {type(override).__name__}")
     _check_keys(override, TOP_KEYS, "")
-    changes: dict[str, Any] = {k: v for k, v in override.items() if k != "profiles"}
+    changes: dict[str, Any] = {k: v for k, v in override.items() if k not in ("profiles", "features")}
+    if "features" in override:
+        features = override["features"]
+        if not isinstance(features, Mapping):
+            raise _fail("features", f"must be an object, got {features!r}")
+        changes["features"] = {**defaults.features, **features}
     if "profiles" in override:
         ps = override["profiles"]
         if not isinstance(ps, Mapping):
@@ -284,10 +303,12 @@ def to_dict(config: DeliveryConfig) -> dict[str, Any]:
                 "segment_duration_ms": p.segment_duration_ms,
                 "hls_container": p.hls_container,
                 "encryption": p.encryption,
+                "iframes": p.iframes,
                 "extra": json.loads(json.dumps(dict(p.extra))),
             }
             for t, p in config.profiles.items()
         },
+        "features": dict(config.features),
     }
 
 

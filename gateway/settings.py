@@ -9,6 +9,7 @@ from aiohttp import web
 
 HLS_CONTAINERS = ("auto", "ts", "fmp4", "mpegts")  # auto: fMP4 for HEVC (Apple requires it), MPEG-TS otherwise
 ACCESS_LOG_FORMATS = ("text", "json")
+THUMBNAIL_MODES = ("accurate", "keyframe")  # nginx-vod-module's vod_thumb_accurate_positioning on | off
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class Settings:
     stat_cache_seconds: float = 1.0  # reuse a file's stat this long: cache hits skip a thread hop; 0 = stat always
     io_threads: int = 16  # executor for stat/pread/parse/mux: an NFS stall blocks a thread, never the event loop
     max_url_set_files: int = 32
+    thumbnail_mode: str = "accurate"  # accurate: the frame at that time (decoded from its key frame); keyframe: faster
+    thumbnail_decodes: int = 0  # thumbnails decoded at once (the rest queue); 0 = one per CPU core
     access_log: bool = True  # one INFO line per request on the "gateway.access" logger (gateway/ops/access_log.py)
     access_log_format: str = "text"  # text | json (one JSON object per line)
     catalog: Path | None = None  # partners and entries; default <store>/.catalog (never served: hidden name)
@@ -65,6 +68,10 @@ class Settings:
             raise ValueError("catalog_ttl must be >= 0 and signed_url_ttl >= 1")
         if self.io_threads < 1:
             raise ValueError("io_threads must be >= 1")
+        if self.thumbnail_mode not in THUMBNAIL_MODES:
+            raise ValueError(f"thumbnail mode {self.thumbnail_mode!r} is not one of {THUMBNAIL_MODES}")
+        if self.thumbnail_decodes < 0:
+            raise ValueError("thumbnail_decodes must be >= 0 (0 = one per core)")
         if self.access_log_format not in ACCESS_LOG_FORMATS:
             raise ValueError(f"access log format {self.access_log_format!r} is not one of {ACCESS_LOG_FORMATS}")
         if self.ready_timeout <= 0:

@@ -92,9 +92,14 @@ class MediaAccess(Protocol):
     http layer and never imports it)."""
 
     @property
-    def delivery_type(self) -> str:
+    def delivery_type(self) -> str | None:
         """hls | dash | mss | hds | http (the file itself): what a partner's delivery profile enables or disables,
-        and whose profile settings apply (a DASH init segment is DASH's, though HLS has init segments too)."""
+        and whose profile settings apply (a DASH init segment is DASH's, though HLS has init segments too). None
+        for what is no delivery type (thumbnails): the server's packaging settings apply."""
+
+    @property
+    def features(self) -> frozenset[str]:
+        """The partner-switchable features the request uses (delivery_profiles.FEATURES: clipping, thumbnails)."""
 
     @property
     def store_paths(self) -> tuple[str, ...]:
@@ -175,11 +180,18 @@ def authorize(view: CatalogView, settings: Settings, request: MediaAccess, signe
     configs = {p.id: partner_config(p) for e in owners.values() if (p := view.by_partner.get(e.partner_id))}
     for owner in owners.values():
         config = configs.get(owner.partner_id)
-        if config is not None and not config.is_enabled(protocol):
+        if config is None:
+            continue
+        if protocol is not None and not config.is_enabled(protocol):
             raise AccessDenied(f"authorize: {protocol} delivery is disabled for entry {owner.id} (partner "
                                f"{owner.partner_id}), which contains {request.signed_name}")
-    if entry is None:
-        return DeliveryContext(settings.segment_duration_ms, settings.hls_container)
+        for feature in sorted(request.features):
+            if not config.allows(feature):
+                raise AccessDenied(f"authorize: {feature} is disabled for entry {owner.id} (partner "
+                                   f"{owner.partner_id}), which contains {request.signed_name}")
+    if entry is None or protocol is None:
+        partner = view.by_partner.get(entry.partner_id) if entry is not None else None
+        return DeliveryContext(settings.segment_duration_ms, settings.hls_container, entry, partner)
     partner = view.partner(entry.partner_id)
     profile = (configs.get(partner.id) or partner_config(partner)).profile(protocol)
     key = None

@@ -22,6 +22,7 @@ from .fast_path import FastAnswers
 from .packaged import PACKAGED_ANSWER, serve_packaged_request
 from .clipped_mp4 import serve_clipped_mp4
 from .download import serve_mp4
+from .thumbnails import THUMBNAIL_SLOTS, serve_thumbnail, thumbnail_slots
 from .live import add_live_routes
 from ..origin.cache import Caches
 from ..origin.packaging import PACKAGING, Packaging
@@ -39,7 +40,7 @@ from ..ops.health import WORKER_INDEX, add_health_routes
 from .connections import CONNECTIONS, ConnectionTracker
 from ..ops.access_log import CACHE_RESULT
 from ..ops.labels import REQUEST_LABEL
-from .urls import CrossDomainPolicy, GatewayRequest, PlayManifest, Signed, StatusRequest, parse_path
+from .urls import CrossDomainPolicy, GatewayRequest, PlayManifest, Signed, StatusRequest, ThumbRequest, parse_path
 
 
 @dataclass
@@ -106,6 +107,7 @@ async def _gateway_state(app: web.Application, executor: Executor, caches: Cache
     app[IDENTITY_WATCH] = IdentityWatch(app[CATALOG])
     app[FAST_ANSWERS] = FastAnswers(app[CATALOG], caches.stats, caches.responses)
     app[METRICS] = Metrics()
+    app[THUMBNAIL_SLOTS] = thumbnail_slots(settings.thumbnail_decodes)
     yield
     executor.shutdown(wait=False, cancel_futures=True)
 
@@ -169,6 +171,8 @@ async def _serve(request: web.Request, parsed: GatewayRequest) -> web.StreamResp
             response = await serve_mp4(request, files[0])
         else:
             response = await serve_clipped_mp4(request, media)
+    elif isinstance(media, ThumbRequest):
+        response = await serve_thumbnail(request, media, context)
     else:
         response = await serve_packaged_request(request, media, context)
     answer = request.get(PACKAGED_ANSWER)

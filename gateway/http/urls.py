@@ -11,6 +11,7 @@ The grammar is nginx-vod-module's, so players keep their URLs when switching:
     /hds/<path>/manifest.f4m                      HDS: frag<suffix>-Seg1-Frag<n>
     /hls/<dir>/<prefix>,<a>,<b>,<suffix>.urlset/… a url set: <dir>/<prefix><a><suffix>, <dir>/<prefix><b><suffix>
     /mp4/<path>                                   the file itself (progressive download)
+    /thumb/<path>/thumb-<ms>[-w<W>][-h<H>].jpg    the picture shown at <ms>, as a JPEG (packagers/thumbs/names.py)
     …/clipFrom/<ms>/clipTo/<ms>/…                 path parameters, anywhere between the protocol and the file name
                                                   (names case-insensitive, the first of a name counts): a clip
     /status                                       counters (JSON)
@@ -40,6 +41,7 @@ from packagers.hls import names as hls_names
 from packagers.mss import names as mss_names
 from packagers.mss.names import SmoothFile
 from packagers.naming import MediaFile
+from packagers.thumbs.names import ThumbFile, parse_thumb_name
 
 from ..origin.paths import MediaTarget, check_name, split_path
 
@@ -63,6 +65,10 @@ class PackagedRequest:
     @property
     def delivery_type(self) -> str:
         return self.protocol
+
+    @property
+    def features(self) -> frozenset[str]:
+        return self.target.features
 
     @property
     def store_paths(self) -> tuple[str, ...]:
@@ -94,8 +100,36 @@ class Mp4Download:
         return (self.path,)
 
     @property
+    def features(self) -> frozenset[str]:
+        return frozenset() if self.clip.is_whole else frozenset({"clipping"})
+
+    @property
     def signed_name(self) -> str:
         return self.path
+
+
+@dataclass(frozen=True)
+class ThumbRequest:
+    """A video frame of a file as a JPEG (nginx-vod-module's ``thumb`` module). Not a delivery type: a partner turns
+    thumbnails off with its ``features`` (delivery_profiles), not by disabling a protocol."""
+
+    target: MediaTarget
+    file: ThumbFile
+    is_download: ClassVar[bool] = False
+    delivery_type: ClassVar[None] = None
+    metrics_label: ClassVar[tuple[str, str]] = ("thumb", "thumb")
+
+    @property
+    def store_paths(self) -> tuple[str, ...]:
+        return self.target.paths
+
+    @property
+    def signed_name(self) -> str:
+        return self.target.name
+
+    @property
+    def features(self) -> frozenset[str]:
+        return self.target.features | {"thumbnails"}
 
 
 @dataclass(frozen=True)
@@ -123,7 +157,7 @@ class PlayManifest:
     metrics_label: ClassVar[tuple[str, str]] = ("playmanifest", "other")
 
 
-MediaRequest = PackagedRequest | Mp4Download
+MediaRequest = PackagedRequest | Mp4Download | ThumbRequest
 
 
 @dataclass(frozen=True)
@@ -157,7 +191,7 @@ def parse_path(raw_path: str, max_url_set_files: int = 32) -> GatewayRequest:
         if len(rest) < 3 or not _ENTRY_ID.fullmatch(rest[0]):
             raise bad_request("parse_path: a signed URL is /s/<entry id>/<token>/<media URL>")
         inner = parse_path("/" + "/".join(rest[2:]), max_url_set_files)
-        if not isinstance(inner, (Mp4Download, PackagedRequest)):
+        if not isinstance(inner, (Mp4Download, PackagedRequest, ThumbRequest)):
             raise bad_request("parse_path: only media URLs can be signed")
         return Signed(rest[0], rest[1], inner)
     if head == "p":
@@ -170,6 +204,8 @@ def parse_path(raw_path: str, max_url_set_files: int = 32) -> GatewayRequest:
         return parse_mss(rest, max_url_set_files)
     if head == "hds":
         return parse_hds(rest, max_url_set_files)
+    if head == "thumb":
+        return parse_thumb(rest, max_url_set_files)
     if head == "mp4":
         rest, params = path_parameters(rest)
         if not rest:
@@ -179,7 +215,7 @@ def parse_path(raw_path: str, max_url_set_files: int = 32) -> GatewayRequest:
         return StatusRequest()
     if head == "crossdomain.xml" and not rest:
         return CrossDomainPolicy()
-    raise not_found("parse_path: no such endpoint (try /hls/, /dash/, /mss/, /hds/, /mp4/ or /status)")
+    raise not_found("parse_path: no such endpoint (try /hls/, /dash/, /mss/, /hds/, /mp4/, /thumb/ or /status)")
 
 
 def parse_play_manifest(segments: list[str]) -> PlayManifest:
@@ -271,6 +307,16 @@ def _milliseconds(params: dict[str, str], name: str) -> int | None:
 def _clip(params: dict[str, str]) -> Clip:
     start, end = _milliseconds(params, "clipFrom"), _milliseconds(params, "clipTo")
     return Clip(start or 0, end) if start or end is not None else Clip()
+
+
+def parse_thumb(segments: list[str], max_url_set_files: int = 32) -> ThumbRequest:
+    segments, params = _file_parameters(segments)
+    if len(segments) < 2:
+        raise bad_request("parse_thumb: expected /thumb/<media path>/thumb-<ms>.jpg")
+    file = parse_thumb_name(segments[-1])
+    if file.offset_ms is None:
+        raise bad_request("parse_thumb: thumb-now.jpg is for live streams (/live/<app>/<stream>/thumb-now.jpg)")
+    return ThumbRequest(_media_target(segments[:-1], max_url_set_files, params), file)
 
 
 def _media_target(segments: list[str], max_url_set_files: int, params: dict[str, str] | None = None) -> MediaTarget:

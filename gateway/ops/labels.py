@@ -12,13 +12,13 @@ REQUEST_LABEL = (web.RequestKey("metrics_label", tuple) if hasattr(web, "Request
                  else "gateway.ops.metrics.label")
 # first path segment → protocol label, for paths the grammar refused (the type is then "other")
 _PROTOCOL_OF_HEAD = {"hls": "hls", "dash": "dash", "mss": "mss", "hds": "hds", "mp4": "mp4", "live": "live",
-                     "p": "playmanifest"}
+                     "p": "playmanifest", "thumb": "thumb"}
 _LIVE_MANIFESTS = frozenset((MEDIA_PLAYLIST, MASTER_PLAYLIST, MPD))
 
 
 def request_label(request: web.BaseRequest) -> tuple[str, str]:
-    """(protocol, type): protocol in hls|dash|mss|hds|mp4|live|playmanifest|other, type in
-    manifest|segment|init|key|mp4|other. Every request gets one, malformed ones included, and a label never holds
+    """(protocol, type): protocol in hls|dash|mss|hds|mp4|thumb|live|playmanifest|other, type in
+    manifest|segment|init|key|mp4|thumb|other. Every request gets one, malformed ones included, and a label never holds
     anything the client chose."""
     label = request.get(REQUEST_LABEL)
     return label if label is not None else fallback_label(request.rel_url.raw_path)

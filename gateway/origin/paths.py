@@ -36,6 +36,11 @@ class MediaTarget:
     name: str = field(default="", compare=False)  # the decoded URL path naming it (what a signed token covers)
     clip: Clip = Clip()  # clipFrom/clipTo
 
+    @property
+    def features(self) -> frozenset[str]:
+        """The partner-switchable features naming this part of the files uses (delivery_profiles.FEATURES)."""
+        return frozenset() if self.clip.is_whole else frozenset({"clipping"})
+
 
 def split_path(raw_path: str) -> list[str]:
     """Decoded, validated segments of a raw path (``/a/b%20c`` → ``['a', 'b c']``)."""

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from delivery_profiles import ProfileError, parse_format
+from delivery_profiles import FEATURES, ProfileError, parse_format
 from delivery_profiles.tokens import new_secret
 
 from ..catalog.catalog import (ENTRY_ID, RULES, Catalog, CatalogError, CatalogNotFound, CatalogView, Entry, Flavor, Partner,
@@ -58,6 +58,12 @@ def add_catalog_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("rule", choices=RULES)
     p.add_argument("value", help="delivery types as a comma list (hls,dash), or seconds for short_entries_max_duration")
     p.set_defaults(func=cmd_partners_set_rule)
+    p = partners.add_parser("set-feature", parents=[common],
+                            help="turn clipping or thumbnails on or off for the partner's files (default on)")
+    p.add_argument("partner_id", type=int)
+    p.add_argument("feature", choices=FEATURES)
+    p.add_argument("state", choices=("on", "off"))
+    p.set_defaults(func=cmd_partners_set_feature)
 
     entries = sub.add_parser("entries", help="list, show and add entries").add_subparsers(dest="action", required=True)
     p = entries.add_parser("add", parents=[common], help="a new entry with its flavor files")
@@ -198,6 +204,17 @@ def cmd_partners_set_profile(args: argparse.Namespace, directory: Path) -> int:
 @_command
 def cmd_partners_set_rule(args: argparse.Namespace, directory: Path) -> int:
     return _update_delivery(args, directory, lambda d: d.__setitem__(args.rule, rule_value(args.rule, args.value)))
+
+
+@_command
+def cmd_partners_set_feature(args: argparse.Namespace, directory: Path) -> int:
+    def change(delivery: dict) -> None:
+        features = delivery.setdefault("features", {})
+        if not isinstance(features, dict):
+            raise CatalogError(f"partners/{args.partner_id}.json: delivery.features: is not an object")
+        features[args.feature] = args.state == "on"
+
+    return _update_delivery(args, directory, change)
 
 
 def _update_delivery(args: argparse.Namespace, directory: Path, change: Callable[[dict], None]) -> int:

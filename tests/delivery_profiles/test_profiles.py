@@ -156,15 +156,31 @@ def test_to_dict_is_json_and_round_trips():
     c = merge(SYSTEM_DEFAULTS, {"short_entries_max_duration": 120, "default_delivery_type": "hls,dash",
                                 "secured_default_delivery_type": [], "profiles": {
                                     "hds": {"enabled": False}, "hls": {"encryption": "aes-128", "hls_container": "ts",
-                                                                       "extra": {"cdn": {"host": "x", "w": [1, 2.5]}}}}})
+                                                                       "iframes": False,
+                                                                       "extra": {"cdn": {"host": "x", "w": [1, 2.5]}}}},
+                                "features": {"thumbnails": False}})
     d = to_dict(c)
     assert json.loads(json.dumps(d)) == d
     assert d["default_delivery_type"] == ["hls", "dash"] and d["secured_default_delivery_type"] == []
     assert d["profiles"]["hls"] == {"enabled": True, "segment_duration_ms": 6000, "hls_container": "ts",
-                                    "encryption": "aes-128", "extra": {"cdn": {"host": "x", "w": [1, 2.5]}}}
+                                    "encryption": "aes-128", "iframes": False,
+                                    "extra": {"cdn": {"host": "x", "w": [1, 2.5]}}}
+    assert d["features"] == {"clipping": True, "thumbnails": False}
     assert merge(SYSTEM_DEFAULTS, d) == c
     assert merge(SYSTEM_DEFAULTS, json.loads(json.dumps(d))) == c
     assert merge(SYSTEM_DEFAULTS, to_dict(SYSTEM_DEFAULTS)) == SYSTEM_DEFAULTS
+
+
+def test_features_are_switched_per_partner_and_checked():
+    c = merge(SYSTEM_DEFAULTS, {"features": {"clipping": False}})
+    assert not c.allows("clipping") and c.allows("thumbnails") and SYSTEM_DEFAULTS.allows("clipping")
+    assert merge(c, {"features": {"thumbnails": False}}).features == {"clipping": False, "thumbnails": False}
+    with pytest.raises(ProfileError, match="^features: unknown key 'thumbs' \\(did you mean 'thumbnails'"):
+        merge(SYSTEM_DEFAULTS, {"features": {"thumbs": False}})
+    with pytest.raises(ProfileError, match="^features.clipping: must be true or false, got 0"):
+        merge(SYSTEM_DEFAULTS, {"features": {"clipping": 0}})
+    with pytest.raises(ProfileError, match="^features: must be an object"):
+        merge(SYSTEM_DEFAULTS, {"features": ["clipping"]})
 
 
 TYPES = [t.value for t in DeliveryType]
