@@ -243,6 +243,15 @@ class Relay:
             sub.waiting_for_key = True   # nothing decodable cached: start at the next key frame
         return True
 
+    def video_snapshot(self, key: str) -> tuple[bytes, list[tuple[int, bytes]]] | None:
+        """The video sequence header's payload and the cached GOP's video messages as (timestamp, payload): what a
+        picture of "now" decodes from (live thumbnails). None when ``key`` has no decodable GOP cached here."""
+        st = self._streams.get(key)
+        if st is None or st.publisher is None or st.video_header is None or not st.gop_valid:
+            return None
+        frames = [(i.message.timestamp, i.message.payload) for i in st.gop if i.message.message_type_id == MSG_VIDEO]
+        return (st.video_header.message.payload, frames) if frames else None
+
     def unsubscribe(self, key: str, sub: Subscriber) -> None:
         st = self._streams.get(key)
         if st is None or sub not in st.subscribers:

@@ -21,13 +21,18 @@ from datetime import datetime, timezone
 
 from aiohttp import web
 
-from rtmp.live import LIVE_FILE, STREAM_NAME
+from packagers.errors import bad_request, not_found
+from packagers.thumbs import encode_jpeg, latest_from_gop, latest_from_ts
+from packagers.thumbs.names import ThumbFile, parse_thumb_name
+from rtmp.live import LIVE_FILE, MEDIA_PLAYLIST, STREAM_NAME
 
 from .errors import error_response
+from ..ingest.service import INGEST
 from ..ops.labels import REQUEST_LABEL, live_label
 from ..origin.packaging import PACKAGING
 from .responses import serve_packaged
 from ..settings import SETTINGS
+from .thumbnails import JPEG_TYPE, THUMBNAIL_SLOTS
 
 PLAYLIST_MAX_AGE = 1
 
@@ -61,6 +66,8 @@ def _read(path: str) -> tuple[bytes, int, int, int]:
 async def serve_live(request: web.Request) -> web.StreamResponse:
     app, stream, name = (request.match_info[k] for k in ("app", "stream", "file"))
     request[REQUEST_LABEL] = live_label(name)  # the live grammar's label, whatever the answer
+    if name.startswith("thumb-") and STREAM_NAME.fullmatch(app) and STREAM_NAME.fullmatch(stream):
+        return await serve_live_thumbnail(request, app, stream, parse_thumb_name(name))
     if not (STREAM_NAME.fullmatch(app) and STREAM_NAME.fullmatch(stream) and LIVE_FILE.fullmatch(name)):
         return error_response(404, "NOT_FOUND", "serve_live: no such live file")
     path = os.path.join(request.app[SETTINGS].store, "live", app, stream, name)
@@ -77,6 +84,43 @@ async def serve_live(request: web.Request) -> web.StreamResponse:
 
     return await serve_packaged(request, body, content_type=content_type(name), etag=etag,
                                 last_modified=mtime_ns / 1e9, max_age=max_age)
+
+
+async def serve_live_thumbnail(request: web.Request, app: str, stream: str, thumb: ThumbFile) -> web.Response:
+    """``thumb-now[-w<W>][-h<H>].jpg``: the newest picture, from this process's GOP cache when the stream is published
+    here, else from the newest segment on the shared store (any node). Never cached for more than a second."""
+    if thumb.offset_ms is not None:
+        raise bad_request("serve_live_thumbnail: a live stream has thumb-now.jpg only")
+    ingest = request.app.get(INGEST)
+    snapshot = ingest.relay.video_snapshot(f"{app}/{stream}") if ingest is not None else None
+    packaging = request.app[PACKAGING]
+    if snapshot is not None:
+        def build() -> bytes:
+            return encode_jpeg(latest_from_gop(*snapshot), thumb.width, thumb.height)
+    else:
+        directory = os.path.join(request.app[SETTINGS].store, "live", app, stream)
+        segment = await packaging.run(_newest_segment, directory)
+
+        def build() -> bytes:
+            return encode_jpeg(latest_from_ts(segment), thumb.width, thumb.height)
+    async with request.app[THUMBNAIL_SLOTS]:
+        jpeg = await packaging.run(build)
+    return web.Response(body=jpeg, content_type=JPEG_TYPE, headers={"Cache-Control": f"max-age={PLAYLIST_MAX_AGE}"})
+
+
+def _newest_segment(directory: str) -> bytes:
+    """The last MPEG-TS segment the live media playlist lists. Blocking."""
+    try:
+        playlist = _read(os.path.join(directory, MEDIA_PLAYLIST))[0].decode("utf-8", "replace")
+    except (FileNotFoundError, NotADirectoryError):
+        raise not_found("serve_live_thumbnail: this stream is not live (no playlist)") from None
+    names = [line.strip() for line in playlist.splitlines() if line.strip() and not line.startswith("#")]
+    if not names or not LIVE_FILE.fullmatch(names[-1]) or not names[-1].endswith(".ts"):
+        raise not_found("serve_live_thumbnail: the live playlist lists no MPEG-TS segment yet")
+    try:
+        return _read(os.path.join(directory, names[-1]))[0]
+    except FileNotFoundError:
+        raise not_found("serve_live_thumbnail: the newest segment is gone; retry") from None
 
 
 async def serve_time(request: web.Request) -> web.Response:

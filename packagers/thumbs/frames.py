@@ -21,7 +21,7 @@ from ..media_data import ReadRequest
 from ..model import Track
 
 # decoder names for PyAV; AV1 goes to dav1d, as ffmpeg's native av1 decoder needs a hardware accelerator
-_DECODERS = {"avc1": "h264", "avc3": "h264", "hvc1": "hevc", "hev1": "hevc", "av01": "libdav1d"}
+DECODERS = {"avc1": "h264", "avc3": "h264", "hvc1": "hevc", "hev1": "hevc", "av01": "libdav1d"}
 # decoders that read AVCodecContext.skip_frame for each picture (dav1d takes it once, when it opens)
 _SKIPS_PER_PACKET = ("h264", "hevc")
 
@@ -112,7 +112,7 @@ def decode_frame(track: Track, first: int, target: int, samples: Sequence[bytes]
     nothing after it is read. One thread: the gateway bounds decode concurrency itself."""
     import av
 
-    name = _DECODERS.get(track.codec.fourcc)
+    name = DECODERS.get(track.codec.fourcc)
     if name is None:
         raise bad_request(f"decode_frame: no thumbnail decoder for '{track.codec.fourcc}' in {track.source or 'track'}")
     if len(samples) != target - first + 1:
