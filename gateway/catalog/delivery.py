@@ -15,6 +15,7 @@ import posixpath
 from urllib.parse import quote
 
 from delivery_profiles.tokens import sign_path
+from packagers.clipping import Clip
 from packagers.dash import names as dash_names
 from packagers.hds import names as hds_names
 from packagers.hls import names as hls_names
@@ -51,14 +52,22 @@ def url_set(paths: list[str]) -> str:
     return f"{directory}/{name}" if directory else name
 
 
-def media_url(delivery_type: str, flavor_paths: list[str]) -> tuple[str, str]:
-    """(target, URL path) for a delivery type: the MP4 itself for ``http``, else the packaged manifest."""
+def media_url(delivery_type: str, flavor_paths: list[str], clip: Clip = Clip()) -> tuple[str, str]:
+    """(target, URL path) for a delivery type: the MP4 itself for ``http``, else the packaged manifest; a clip's
+    path parameters go after the target (a signed URL's token covers the target alone)."""
+    params = clip_parameters(clip)
     if delivery_type == "http":
         target = flavor_paths[0]
-        return target, "/mp4/" + quote(target, safe="/,")
+        return target, "/mp4/" + quote(target, safe="/,") + params
     protocol, manifest = MANIFESTS[delivery_type]
     target = url_set(flavor_paths)
-    return target, f"/{protocol}/{quote(target, safe='/,')}/{manifest}"
+    return target, f"/{protocol}/{quote(target, safe='/,')}{params}/{manifest}"
+
+
+def clip_parameters(clip: Clip) -> str:
+    """``/clipFrom/<ms>/clipTo/<ms>`` (what is set of it), or nothing for the whole file."""
+    parts = [f"/clipFrom/{clip.from_ms}"] if clip.from_ms else []
+    return "".join(parts + ([f"/clipTo/{clip.to_ms}"] if clip.to_ms is not None else []))
 
 
 def signed(url_path: str, entry_id: str, target: str, secret: str, expires: int) -> str:

@@ -4,6 +4,7 @@ The decision follows ``delivery_profiles.select_delivery`` over the partner's pr
 partner's override, read from the shared catalog on every call, so an edit on disk changes the next decision of every
 node). The answer is a 302 to the delivery URL (the url set manifest of the entry's flavors, or the MP4 for ``http``),
 or with ``?responseFormat=json`` the decision itself. Secured entries need a valid ``ks`` and get signed URLs.
+``/clipFrom/<ms>/clipTo/<ms>`` (either alone) make it a clip's URL (the delivery decision stays the entry's).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from aiohttp import web
 
 from delivery_profiles import KALTURA_FORMAT, select_delivery
 from delivery_profiles.tokens import verify_ks
+from packagers.errors import bad_request
 
 from ..catalog.access import AccessDenied, catalog_view, partner_config
 from ..catalog.catalog import Entry
@@ -52,7 +54,12 @@ async def serve_play_manifest(request: web.Request, pm: PlayManifest) -> web.Res
     duration = max(p.duration_seconds for p in opened.media_set.presentations)
     decision = select_delivery(partner_config(partner), duration_seconds=duration, secured=entry.secured,
                                requested_format=pm.format or None, user_agent=request.headers.get("User-Agent"))
-    target, url = media_url(decision.type, paths)
+    if not pm.clip.is_whole and not partner_config(partner).allows("clipping"):
+        raise AccessDenied(f"play_manifest: clipping is disabled for partner {partner.id}")
+    if pm.clip.from_ms >= duration * 1000:
+        raise bad_request(f"play_manifest: clipFrom {pm.clip.from_ms} ms is at or past the end of entry {entry.id} "
+                          f"({duration:.3f} s)")
+    target, url = media_url(decision.type, paths, pm.clip)
     expires = None
     if entry.secured:
         expires = int(now) + packaging.settings.signed_url_ttl

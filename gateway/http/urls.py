@@ -154,6 +154,7 @@ class PlayManifest:
     flavor_ids: tuple[str, ...] = ()
     ks: str | None = None
     extension: str = ""
+    clip: Clip = Clip()  # clipFrom/clipTo: the URL it redirects to names that clip
     metrics_label: ClassVar[tuple[str, str]] = ("playmanifest", "other")
 
 
@@ -174,7 +175,8 @@ class Signed:
 
 
 GatewayRequest = MediaRequest | StatusRequest | CrossDomainPolicy | PlayManifest | Signed
-_PLAY_MANIFEST_KEYS = {"entryId", "format", "flavorIds", "ks", "protocol", "deliveryProfileId", "uiConfId"}
+_PLAY_MANIFEST_KEYS = {"entryId", "format", "flavorIds", "ks", "protocol", "deliveryProfileId", "uiConfId", "clipFrom",
+                       "clipTo"}
 _ENTRY_ID = re.compile(r"[0-9]_[a-z0-9]{8}")
 
 
@@ -235,8 +237,9 @@ def parse_play_manifest(segments: list[str]) -> PlayManifest:
     if "entryId" not in values or not _ENTRY_ID.fullmatch(values["entryId"]):
         raise bad_request("parse_play_manifest: entryId missing or not an entry id like 0_abcd1234")
     flavors = tuple(f for f in values.get("flavorIds", "").split(",") if f)
+    clip = _clip({k.lower(): v for k, v in values.items() if k in ("clipFrom", "clipTo")})
     return PlayManifest(int(segments[0]), values["entryId"], values.get("format"), flavors, values.get("ks"),
-                        last.rpartition(".")[2] if "." in last else "")
+                        last.rpartition(".")[2] if "." in last else "", clip)
 
 
 def parse_hls(segments: list[str], max_url_set_files: int = 32) -> PackagedRequest:

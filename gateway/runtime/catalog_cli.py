@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from delivery_profiles import FEATURES, ProfileError, parse_format
+from packagers.clipping import Clip
+from packagers.errors import PackagerError
 from delivery_profiles.tokens import new_secret
 
 from ..catalog.catalog import (ENTRY_ID, RULES, Catalog, CatalogError, CatalogNotFound, CatalogView, Entry, Flavor, Partner,
@@ -86,6 +88,8 @@ def add_catalog_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("entry_id")
     p.add_argument("--base-url", default="http://127.0.0.1:8080", help="where players reach the gateway")
     p.add_argument("--ttl", type=int, default=6 * 3600, help="lifetime of signed URLs and of the ks (seconds)")
+    p.add_argument("--clip-from", type=int, default=0, metavar="MS", help="URLs of a clip starting here")
+    p.add_argument("--clip-to", type=int, default=None, metavar="MS", help="URLs of a clip ending here")
     p.set_defaults(func=cmd_urls, action="")
 
     p = sub.add_parser("stream-key", parents=[common], help="an RTMP publish (or play) URL with a signed stream key")
@@ -287,13 +291,13 @@ def _new_id(partition: str) -> str:
 
 
 def entry_urls(view: CatalogView, partner_id: int, entry_id: str, base_url: str, ttl: int = 6 * 3600,
-               now: float | None = None) -> dict[str, str]:
+               now: float | None = None, clip: Clip = Clip()) -> dict[str, str]:
     """Playback URLs of an entry by delivery type (signed when the entry is secured), plus its playManifest URL
-    (with a ks when secured). Another partner's entry is not found."""
+    (with a ks when secured); of a clip of it with ``clip``. Another partner's entry is not found."""
     from delivery_profiles import KALTURA_FORMAT, SYSTEM_DEFAULTS, enabled_types, merge
     from delivery_profiles.tokens import make_ks
 
-    from ..catalog.delivery import media_url, signed
+    from ..catalog.delivery import clip_parameters, media_url, signed
 
     partner = view.partner(partner_id)
     entry = view.entry(entry_id, partner_id)
@@ -301,20 +305,24 @@ def entry_urls(view: CatalogView, partner_id: int, entry_id: str, base_url: str,
     base = base_url.rstrip("/")
     urls = {}
     for delivery_type in enabled_types(merge(SYSTEM_DEFAULTS, partner.delivery)):
-        target, path = media_url(str(delivery_type), list(entry.paths))
+        target, path = media_url(str(delivery_type), list(entry.paths), clip)
         if entry.secured:
             path = signed(path, entry.id, target, partner.secret, expires)
         urls[KALTURA_FORMAT[delivery_type]] = base + path
     play = f"{base}/p/{partner.id}/playManifest/entryId/{entry.id}/"
     if entry.secured:
         play += f"ks/{make_ks(partner.secret, partner.id, expires, entry.id)}/"
-    urls["playManifest"] = play + "a.m3u8"
+    urls["playManifest"] = play + clip_parameters(clip).lstrip("/") + ("/" if not clip.is_whole else "") + "a.m3u8"
     return urls
 
 
 @_command
 def cmd_urls(args: argparse.Namespace, directory: Path) -> int:
-    urls = entry_urls(_view(args, directory), args.partner_id, args.entry_id, args.base_url, args.ttl)
+    try:
+        clip = Clip(args.clip_from, args.clip_to)
+    except PackagerError as e:
+        raise CatalogError(f"urls: {e}") from None
+    urls = entry_urls(_view(args, directory), args.partner_id, args.entry_id, args.base_url, args.ttl, clip=clip)
     _table(("format", "url"), sorted(urls.items()))
     return 0
 

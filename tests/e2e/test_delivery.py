@@ -256,3 +256,23 @@ def test_flavor_ids_pick_the_renditions(base, store):
     assert status == 200 and [f["id"] for f in decision["flavors"]] == flavors[:2]
     assert decision["url"].endswith("/hls/title_,36,24,0p.mp4.urlset/master.m3u8")
     assert fetch(play_manifest(base, 103, "0_secure01", "flavorIds", "0_nosuch01", "ks", ks))[0] == 404
+
+
+def test_play_manifest_and_gateway_urls_name_a_clip(base, store):
+    status, headers, _ = fetch(play_manifest(base, 102, "0_long0001", "clipFrom", "2000", "clipTo", "5000"))
+    assert status == 302 and headers["Location"] == "/hls/long_302s.mp4/clipFrom/2000/clipTo/5000/master.m3u8"
+    with av.open(urljoin(base, headers["Location"]), timeout=60) as c:
+        frames = sum(1 for _ in c.decode(video=0))
+    assert 36 <= frames <= 36 + 12  # 3 s at 12 fps, and the decode-only frames before clipFrom (GOP of 2 s)
+    master = secured_url(base).replace("/master.m3u8", "/clipTo/4000/master.m3u8")  # the token covers the target
+    assert fetch(master)[0] == 200
+    out = gateway_cli(store, "urls", "102", "0_long0001", "--base-url", base, "--clip-from", "1000", "--clip-to",
+                      "3000")
+    urls = dict(line.split(None, 1) for line in out.splitlines()[1:])
+    assert urls["url"].strip() == f"{base}/mp4/long_302s.mp4/clipFrom/1000/clipTo/3000"
+    assert urls["playManifest"].strip().endswith("/entryId/0_long0001/clipFrom/1000/clipTo/3000/a.m3u8")
+    for name in ("url", "applehttp", "mpegdash", "playManifest"):
+        assert fetch(urls[name].strip())[0] in (200, 302), name
+    status, _, body = fetch(play_manifest(base, 102, "0_long0001", "clipFrom", "999999"))
+    assert status == 400 and b"clipFrom 999999 ms is at or past the end" in body
+    assert fetch(play_manifest(base, 102, "0_long0001", "clipFrom", "x"))[0] == 400
