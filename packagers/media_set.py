@@ -17,6 +17,7 @@ from .limits import DEFAULT_LIMITS, Limits
 from .media_data import MediaSegment, ReadRequest, TrackSegment, gather_runs, plan_reads
 from .model import Presentation, SampleTable, Track
 from .naming import TrackSpec
+from .selection import Narrowing, listed_presentation, narrow_presentation, number_tracks
 from .segmenter import DEFAULT_SEGMENT_DURATION_MS, SegmentPlan, build_shared_plans
 
 T = TypeVar("T")
@@ -43,16 +44,30 @@ class MediaSet:
         is_url_set: bool | None = None,
         limits: Limits = DEFAULT_LIMITS,
         clip: Clip = Clip(),
+        narrowing: Narrowing = Narrowing(),
     ):
         if not presentations:
             raise PackagerError(ErrorCode.NO_STREAMS, "MediaSet: no presentation")
-        self.presentations = tuple(presentations)
-        self.is_url_set = len(self.presentations) > 1 if is_url_set is None else is_url_set
+        self.is_url_set = len(presentations) > 1 if is_url_set is None else is_url_set
         self.segment_duration_ms = segment_duration_ms
         self.limits = limits
         self.clip = clip  # what the presentations were cut to (they are already cut): part of every cache key
+        self.narrowing = narrowing  # applied here (packagers.selection): part of every cache key too
+        planned = tuple(presentations)
+        if not narrowing.is_default:
+            planned = tuple(narrow_presentation(number_tracks(p), narrowing) for p in planned)
+            empty = next((i for i, p in enumerate(planned) if not p.tracks), None)
+            if empty is not None:  # a url set's file left without a track has no plan (nginx-vod: no track)
+                raise not_found(f"MediaSet: the URL's /tracks/ selection leaves no track in "
+                                f"{planned[empty].source or f'file {empty + 1}'}")
         # build_shared_plans is the sanity check all manifests share (durations, segment lengths and frames)
-        self.plans: tuple[SegmentPlan, ...] = build_shared_plans(self.presentations, segment_duration_ms, limits)
+        self.plans: tuple[SegmentPlan, ...] = build_shared_plans(planned, segment_duration_ms, limits)
+        self.planned = planned  # every track the files under this path carry: what set-wide values derive from
+        # what manifests list and names resolve in: a manifest name's selectors keep fewer of the same tracks (files
+        # left out keep their place, empty, so that -f2 stays the second file), over the plans above
+        self.presentations = tuple(listed_presentation(p, i + 1, narrowing.listing) for i, p in enumerate(planned))
+        if not any(p.tracks for p in self.presentations):
+            raise not_found(f"MediaSet: the manifest's selectors '{narrowing.listing.suffix()}' leave no track")
         self._ranges: dict[int, np.ndarray] = {}
         self._derived: dict[Hashable, object] = {}
 
@@ -70,8 +85,14 @@ class MediaSet:
     def shared_plan(self) -> bool:
         return all(p is self.plans[0] for p in self.plans)
 
+    def listed_videos(self, presentation: Presentation) -> tuple[Track, ...]:
+        """The video tracks of a file that manifests list: the first one, unless the URL names video tracks."""
+        videos = presentation.video_tracks
+        return videos if self.narrowing.lists_every_video else videos[:1]
+
     def resolve(self, spec: TrackSpec) -> Selection:
-        """Tracks named by ``spec``; no -v/-a at all means the first video plus the first audio track."""
+        """Tracks named by ``spec`` (by their numbers in the whole file); no -v/-a at all means the first video
+        plus the first audio track the URL leaves."""
         if spec.file is not None and not self.is_url_set:
             raise bad_request(f"MediaSet.resolve: '-f{spec.file}' given for a single file")
         file_index = (spec.file or 1) - 1
@@ -80,8 +101,8 @@ class MediaSet:
         presentation = self.presentations[file_index]
         video, audio = spec.video, spec.audio
         if video is None and audio is None:
-            video = 1 if presentation.video_tracks else None
-            audio = 1 if presentation.audio_tracks else None
+            video = next((n for n, _ in presentation.numbered("video")), None)
+            audio = next((n for n, _ in presentation.numbered("audio")), None)
         tracks = presentation.select(video, audio)
         if not tracks:
             raise PackagerError(ErrorCode.NO_STREAMS, f"MediaSet.resolve: selection '{spec.suffix()}' has no track")

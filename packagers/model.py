@@ -124,6 +124,9 @@ class Track:
     # where presentation stops (track timescale), when earlier than the last frame's end: a clip's clipTo. Frames
     # past it are still in the samples when later-decoded frames before it reference them (B-frames).
     presentation_end: int | None = None
+    # 1-based number among the file's tracks of its kind (``-v2``), set when a URL narrows the tracks so that names
+    # keep the whole file's numbers (packagers.selection); 0 = its position in the presentation
+    number: int = 0
 
     @functools.cached_property
     def duration(self) -> int:
@@ -190,16 +193,23 @@ class Presentation:
     def duration_seconds(self) -> float:
         return max((t.duration_seconds for t in self.tracks), default=0.0)
 
+    def numbered(self, kind: str) -> tuple[tuple[int, Track], ...]:
+        """(number, track) of every track of ``kind``: the number names it in URLs (``-v2``), whatever was filtered."""
+        pool = self.video_tracks if kind == "video" else self.audio_tracks
+        return tuple((t.number or n, t) for n, t in enumerate(pool, start=1))
+
     def select(self, video: int | None, audio: int | None) -> tuple[Track, ...]:
-        """Track selection by 1-based index within kind (nginx-vod-module's ``-v1-a2``); None = none of that kind."""
+        """Track selection by 1-based number within kind (nginx-vod-module's ``-v1-a2``); None = none of that kind.
+        A number the URL filtered out (``/tracks/``) is no track: NOT_FOUND."""
         picked = []
         for kind, index in (("video", video), ("audio", audio)):
             if index is None:
                 continue
-            pool = self.video_tracks if kind == "video" else self.audio_tracks
-            if not 1 <= index <= len(pool):
+            track = next((t for n, t in self.numbered(kind) if n == index), None)
+            if track is None:
                 from .errors import not_found
 
-                raise not_found(f"Presentation.select: no {kind} track {index} in {self.source or 'presentation'}")
-            picked.append(pool[index - 1])
+                raise not_found(f"Presentation.select: no {kind} track {index} in {self.source or 'presentation'}"
+                                f"{' (not in the selection)' if any(t.number for t in self.tracks) else ''}")
+            picked.append(track)
         return tuple(picked)

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import bad_request
+from .selection import Listing
 
 _TOKEN = re.compile(r"-([fva])([0-9]{1,3})")
 MAX_SEGMENT_DIGITS = 10
@@ -37,8 +38,18 @@ class TrackSpec:
             if m.start() != pos:
                 break
             letter, number = m.group(1), int(m.group(2))
-            if letter in values or order.index(letter) < last:
-                raise bad_request(f"TrackSpec.parse: repeated or out-of-order '-{letter}' in '{text}'")
+            if letter == "f" and "f" in values:
+                raise bad_request(f"TrackSpec.parse: tracks of several files in one segment ('{text}') are not "
+                                  "supported: a segment is cut from one file of the set")
+            if letter in values or (number == 0 and letter != "f"):
+                kind = "video" if letter == "v" else "audio"
+                # TS could mux several AAC tracks and fMP4 any, but FLV (HDS) and DASH fragments carry one per kind:
+                # one rule for every protocol's names, one URL per rendition's segment
+                raise bad_request(f"TrackSpec.parse: several {kind} tracks in one segment ('{text}') are not "
+                                  f"supported: a segment name selects at most one video and one audio track; "
+                                  f"'-{letter}0' selects tracks in manifest names")
+            if order.index(letter) < last:
+                raise bad_request(f"TrackSpec.parse: out-of-order '-{letter}' in '{text}' (f, v, a)")
             if number < 1:
                 raise bad_request(f"TrackSpec.parse: track numbers start at 1 in '{text}'")
             values[letter] = number
@@ -58,6 +69,7 @@ class MediaFile:
     spec: TrackSpec = TrackSpec()
     index: int | None = None  # segments only; the name says index + 1
     container: str | None = None  # HLS segments only: ts (MPEG-TS) or fmp4 (.m4s)
+    listing: Listing = Listing()  # manifests only: what a name such as master-f1-a2-leng.m3u8 lists
 
 
 def segment_number(index: int) -> str:

@@ -167,7 +167,7 @@ async def _serve(request: web.Request, parsed: GatewayRequest) -> web.StreamResp
     context = authorize(view, request.app[SETTINGS], media, signed, files)
     if media.is_download:
         request[CACHE_RESULT] = "bypass"  # the file itself (sendfile), never the response cache
-        if media.clip.is_whole:
+        if media.clip.is_whole and media.narrowing.is_default:
             response = await serve_mp4(request, files[0])
         else:
             response = await serve_clipped_mp4(request, media)

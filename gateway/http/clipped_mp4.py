@@ -1,4 +1,5 @@
-"""``/mp4/<path>/clipFrom/<ms>/clipTo/<ms>``: a progressive MP4 of part of a file, streamed from its layout.
+"""``/mp4/<path>/clipFrom/<ms>/clipTo/<ms>`` (or ``/tracks/v2-a3/``, ``/shift/``): a progressive MP4 of part of a
+file, streamed from its layout.
 
 ``packagers.mp4.clip`` lays the file out (a new moov, then the samples' bytes in source order); the layout is kept
 with the clipped media set, so a player's many Range requests cost a lookup and the preads of the bytes asked for.
@@ -24,7 +25,8 @@ PIECE = 1 << 20  # bytes read per executor job
 
 async def serve_clipped_mp4(request: web.Request, download: Mp4Download) -> web.StreamResponse:
     packaging = request.app[PACKAGING]
-    opened = await packaging.open(MediaTarget((download.path,), False, download.path, download.clip))
+    opened = await packaging.open(MediaTarget((download.path,), False, download.path, download.clip,
+                                              download.narrowing))
     layout: ClippedMp4 = await packaging.run(
         opened.media_set.derived, ("mp4", "clip"), lambda: build_clipped_mp4(opened.media_set.presentations[0]))
     etag = opened.etag(("mp4", "clip"))

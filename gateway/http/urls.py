@@ -14,6 +14,8 @@ The grammar is nginx-vod-module's, so players keep their URLs when switching:
     /thumb/<path>/thumb-<ms>[-w<W>][-h<H>].jpg    the picture shown at <ms>, as a JPEG (packagers/thumbs/names.py)
     …/clipFrom/<ms>/clipTo/<ms>/…                 path parameters, anywhere between the protocol and the file name
                                                   (names case-insensitive, the first of a name counts): a clip
+    …/tracks/v1-a2/…  …/shift/v100-a0/…           only those tracks (v0/a0: all of a kind); ms added to a kind
+    master-f1-v1-a2-leng.m3u8 (manifest-….mpd/f4m) a manifest listing fewer files, tracks, audio languages
     /status                                       counters (JSON)
     /p/<partner>/playManifest/entryId/<entry>[/format/<f>][/flavorIds/<a>,<b>][/ks/<ks>]/a.<ext>
                                                   delivery decision: 302 to the packaged URL (Kaltura's API)
@@ -41,12 +43,13 @@ from packagers.hls import names as hls_names
 from packagers.mss import names as mss_names
 from packagers.mss.names import SmoothFile
 from packagers.naming import MediaFile
+from packagers.selection import Listing, Narrowing, Shift, TrackMask
 from packagers.thumbs.names import ThumbFile, parse_thumb_name
 
 from ..origin.paths import MediaTarget, check_name, split_path
 
 URL_SET_EXTENSION = ".urlset"
-PATH_PARAMETERS = frozenset({"clipfrom", "clipto"})  # nginx-vod-module's names, lower-cased
+PATH_PARAMETERS = frozenset({"clipfrom", "clipto", "tracks", "shift"})  # nginx-vod-module's names, lower-cased
 PARSED_PATHS = 2048  # paths are at most MAX_RAW_PATH (4 KB): 8 MB at the very most
 # the metrics ``type`` label of each kind of file a protocol names (docs/metrics.md): playlists count as manifests
 METRICS_TYPE = {"manifest": "manifest", "playlist": "manifest", "iframes": "manifest", "segment": "segment",
@@ -91,6 +94,7 @@ class Mp4Download:
 
     path: str
     clip: Clip = Clip()
+    narrowing: Narrowing = Narrowing()  # /tracks/ (an MP4 of those tracks only), /shift/
     is_download: ClassVar[bool] = True
     delivery_type: ClassVar[str] = "http"
     metrics_label: ClassVar[tuple[str, str]] = ("mp4", "mp4")
@@ -212,7 +216,7 @@ def parse_path(raw_path: str, max_url_set_files: int = 32) -> GatewayRequest:
         rest, params = path_parameters(rest)
         if not rest:
             raise bad_request("parse_path: /mp4/ needs a file path")
-        return Mp4Download("/".join(rest), _clip(params))
+        return Mp4Download("/".join(rest), _clip(params), _narrowing(params))
     if head == "status" and not rest:
         return StatusRequest()
     if head == "crossdomain.xml" and not rest:
@@ -247,16 +251,18 @@ def parse_hls(segments: list[str], max_url_set_files: int = 32) -> PackagedReque
     segments, params = _file_parameters(segments)
     if len(segments) < 2:
         raise bad_request("parse_hls: expected /hls/<media path>/<file name>")
-    target = _media_target(segments[:-1], max_url_set_files, params)
-    return PackagedRequest("hls", target, hls_names.parse_name(segments[-1]))
+    file = hls_names.parse_name(segments[-1])
+    target = _media_target(segments[:-1], max_url_set_files, params, file.listing)  # a manifest name's selectors
+    return PackagedRequest("hls", target, file)
 
 
 def parse_dash(segments: list[str], max_url_set_files: int = 32) -> PackagedRequest:
     segments, params = _file_parameters(segments)
     if len(segments) < 2:
         raise bad_request("parse_dash: expected /dash/<media path>/<file name>")
-    target = _media_target(segments[:-1], max_url_set_files, params)
-    return PackagedRequest("dash", target, dash_names.parse_name(segments[-1]))
+    file = dash_names.parse_name(segments[-1])
+    target = _media_target(segments[:-1], max_url_set_files, params, file.listing)  # a manifest name's selectors
+    return PackagedRequest("dash", target, file)
 
 
 def parse_mss(segments: list[str], max_url_set_files: int = 32) -> PackagedRequest:
@@ -269,8 +275,9 @@ def parse_hds(segments: list[str], max_url_set_files: int = 32) -> PackagedReque
     segments, params = _file_parameters(segments)
     if len(segments) < 2:
         raise bad_request("parse_hds: expected /hds/<media path>/<file name>")
-    target = _media_target(segments[:-1], max_url_set_files, params)
-    return PackagedRequest("hds", target, hds_names.parse_name(segments[-1]))
+    file = hds_names.parse_name(segments[-1])
+    target = _media_target(segments[:-1], max_url_set_files, params, file.listing)  # a manifest name's selectors
+    return PackagedRequest("hds", target, file)
 
 
 def path_parameters(segments: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -322,11 +329,20 @@ def parse_thumb(segments: list[str], max_url_set_files: int = 32) -> ThumbReques
     return ThumbRequest(_media_target(segments[:-1], max_url_set_files, params), file)
 
 
-def _media_target(segments: list[str], max_url_set_files: int, params: dict[str, str] | None = None) -> MediaTarget:
+def _narrowing(params: dict[str, str], listing: Listing = Listing()) -> Narrowing:
+    """``/tracks/v1-a2/`` and ``/shift/v100-a0/`` (packagers.selection), with a manifest name's selectors."""
+    tracks, shift = params.get("tracks"), params.get("shift")
+    return Narrowing(TrackMask() if tracks is None else TrackMask.parse(tracks),
+                     Shift() if shift is None else Shift.parse(shift), listing)
+
+
+def _media_target(segments: list[str], max_url_set_files: int, params: dict[str, str] | None = None,
+                  listing: Listing = Listing()) -> MediaTarget:
     clip = _clip(params or {})
+    narrowing = _narrowing(params or {}, listing)
     last = segments[-1]
     if not last.endswith(URL_SET_EXTENSION):
-        return MediaTarget(("/".join(segments),), False, "/".join(segments), clip)
+        return MediaTarget(("/".join(segments),), False, "/".join(segments), clip, narrowing)
     parts = last[: -len(URL_SET_EXTENSION)].split(",")
     if len(parts) < 3:
         raise bad_request("parse_path: a url set is <prefix>,<name>[,<name>...],<suffix>.urlset")
@@ -339,4 +355,4 @@ def _media_target(segments: list[str], max_url_set_files: int, params: dict[str,
         name = prefix + middle + suffix
         check_name(name)
         paths.append(f"{directory}/{name}" if directory else name)
-    return MediaTarget(tuple(paths), True, "/".join(segments), clip)
+    return MediaTarget(tuple(paths), True, "/".join(segments), clip, narrowing)

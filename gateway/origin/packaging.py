@@ -20,6 +20,7 @@ from typing import Callable, Hashable, TypeVar
 from aiohttp import web
 
 from packagers.clipping import clip_presentation
+from packagers.selection import number_tracks
 from packagers.limits import Limits
 from packagers.media_set import MediaSet, Selection
 from packagers.model import Presentation
@@ -88,7 +89,8 @@ class OpenedSet:
     def _variant(self) -> tuple:
         """What else shapes the bytes: one file and a url set of that one file name things differently (``-f1``);
         a clip is another presentation."""
-        return (self.media_set.segment_duration_ms, self.media_set.is_url_set, self.media_set.clip)
+        return (self.media_set.segment_duration_ms, self.media_set.is_url_set, self.media_set.clip,
+                self.media_set.narrowing)
 
 
 class Packaging:
@@ -130,7 +132,7 @@ class Packaging:
         presentations of the whole files."""
         duration = segment_duration_ms or self.settings.segment_duration_ms
         files = await self.identify_all(target.paths)
-        variant = (duration, target.is_url_set, target.clip)
+        variant = (duration, target.is_url_set, target.clip, target.narrowing)
         key = (tuple(f.cache_key for f in files), *variant)
 
         async def load() -> MediaSet:
@@ -184,8 +186,12 @@ class Packaging:
 
 
 def _media_set(presentations: list[Presentation], duration: int, target: MediaTarget, limits: Limits) -> MediaSet:
+    """The clip is cut from the cached presentations; the URL's track selection and shift are the media set's to
+    apply (``packagers.selection``). Tracks are numbered first, since a clip drops the tracks it leaves empty."""
+    if not target.narrowing.is_default:
+        presentations = [number_tracks(p) for p in presentations]
     clipped = [clip_presentation(p, target.clip) for p in presentations]
-    return MediaSet(clipped, duration, target.is_url_set, limits, clip=target.clip)
+    return MediaSet(clipped, duration, target.is_url_set, limits, clip=target.clip, narrowing=target.narrowing)
 
 
 def ignore_stage(_stage: str, _elapsed_ns: int) -> None:

@@ -14,6 +14,7 @@ from urllib.parse import unquote
 
 from packagers.clipping import Clip
 from packagers.errors import ErrorCode, PackagerError, bad_request
+from packagers.selection import Narrowing
 
 MAX_RAW_PATH = 4096  # longer paths get 414; aiohttp itself refuses request lines over 8190 bytes
 MAX_SEGMENT = 255  # NAME_MAX of common filesystems
@@ -35,6 +36,7 @@ class MediaTarget:
     is_url_set: bool
     name: str = field(default="", compare=False)  # the decoded URL path naming it (what a signed token covers)
     clip: Clip = Clip()  # clipFrom/clipTo
+    narrowing: Narrowing = Narrowing()  # /tracks/, /shift/ and a manifest name's selectors (-f1-a2-leng)
 
     @property
     def features(self) -> frozenset[str]:

@@ -1,6 +1,6 @@
 """DASH file names, both ways: what the MPD's SegmentTemplate calls each file, and what a URL's file name says it is.
 
-    manifest.mpd                     the MPD
+    manifest.mpd                     the MPD; manifest<selectors>.mpd lists fewer (``-f2``, ``-a1``, ``-lfra``)
     init<suffix>.mp4                 a Representation's initialization segment (<suffix>: its track, ``-f2-v1``)
     fragment-<n><suffix>.m4s         its media segment n, counted from 1 (``$Number$``, @startNumber 1)
 """
@@ -10,10 +10,12 @@ import re
 
 from ..errors import bad_request
 from ..naming import MediaFile, TrackSpec, parse_segment_number, segment_number
+from ..selection import Listing
 
 MANIFEST_NAME = "manifest.mpd"
 NUMBER_TEMPLATE = "$Number$"  # ISO/IEC 23009-1 §5.3.9.4.4: the player puts the segment number here
 # the suffix is whatever TrackSpec.parse accepts; it says why it refuses the rest
+_MANIFEST = re.compile(r"manifest(-.*)\.mpd")
 _INIT = re.compile(r"init(.*)\.mp4")
 _FRAGMENT = re.compile(r"fragment-([0-9]+)(.*)\.m4s")
 
@@ -40,6 +42,8 @@ def parse_name(name: str) -> MediaFile:
     """What a DASH file name names; BAD_REQUEST for any other name."""
     if name == MANIFEST_NAME:
         return MediaFile("manifest")
+    if m := _MANIFEST.fullmatch(name):
+        return MediaFile("manifest", listing=Listing.parse(m.group(1)))
     if m := _INIT.fullmatch(name):
         return MediaFile("init", TrackSpec.parse(m.group(1)))
     if m := _FRAGMENT.fullmatch(name):

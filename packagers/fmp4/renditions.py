@@ -1,6 +1,7 @@
 """Which tracks fMP4 manifests (DASH MPD, HLS-fMP4 playlists) list, each as its own rendition (demuxed).
 
-Video: the first video track of every file of the set (nginx-vod-module's ``-v1`` default), one rendition per file.
+Video: the first video track of every file of the set (nginx-vod-module's ``-v1`` default), one rendition per file,
+or every video track the URL leaves when it names video tracks (``/tracks/v0/``, ``manifest-v1-v2.mpd``).
 Audio: every audio track of every file, except that a track identical to one already listed (same language, codec,
 timing and sample sizes: the same encode of the same audio, as the files of an ABR ladder usually carry) is listed
 once. ``audio_groups`` then tells, per video file, which of the listed audio renditions go with it.
@@ -34,8 +35,10 @@ def _file(media_set: MediaSet, index: int) -> int | None:
 
 
 def video_selections(media_set: MediaSet) -> list[Selection]:
-    return [media_set.resolve(TrackSpec(_file(media_set, i), 1, None))
-            for i, p in enumerate(media_set.presentations) if p.video_tracks]  # fmt: skip
+    # tracks are named by their number in the whole file (a URL may have filtered some out)
+    return [media_set.resolve(TrackSpec(_file(media_set, i), n, None))
+            for i, p in enumerate(media_set.presentations) for n, t in p.numbered("video")
+            if t in media_set.listed_videos(p)]  # fmt: skip
 
 
 def audio_groups(media_set: MediaSet) -> AudioGroups:
@@ -44,7 +47,7 @@ def audio_groups(media_set: MediaSet) -> AudioGroups:
     of_file = []
     for i, presentation in enumerate(media_set.presentations):
         mine = []
-        for n, track in enumerate(presentation.audio_tracks, start=1):
+        for n, track in presentation.numbered("audio"):
             key = _fingerprint(track)
             if key not in seen:
                 seen[key] = len(renditions)

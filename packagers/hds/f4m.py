@@ -39,14 +39,20 @@ class MediaEntry:
 def media_entries(media_set: MediaSet) -> list[MediaEntry]:
     """The renditions the manifest lists, in url-set order, then the alternate audio tracks."""
     out = []
-    for file_index in range(len(media_set.presentations)):
+    # tracks by their number in the whole file: a URL's selection may have left some out (packagers.selection)
+    for file_index, presentation in enumerate(media_set.presentations):
         f = file_index + 1 if media_set.is_url_set else None
-        out.append(MediaEntry(media_set.resolve(TrackSpec(f))))
+        audio = presentation.numbered("audio")
+        listed = media_set.listed_videos(presentation)
+        videos = [n for n, t in presentation.numbered("video") if t in listed]
+        out += [MediaEntry(media_set.resolve(TrackSpec(f, n, audio[0][0] if audio else None))) for n in videos]
+        if not videos and audio:
+            out.append(MediaEntry(media_set.resolve(TrackSpec(f))))
     for file_index, presentation in enumerate(media_set.presentations):
         if len(presentation.audio_tracks) > 1:
             f = file_index + 1 if media_set.is_url_set else None
             out += [MediaEntry(media_set.resolve(TrackSpec(f, None, n)), True)
-                    for n in range(2, len(presentation.audio_tracks) + 1)]  # fmt: skip
+                    for n, _ in presentation.numbered("audio")[1:]]  # fmt: skip
             break
     return out
 
@@ -89,7 +95,7 @@ def build_f4m(media_set: MediaSet, manifest_id: str | None = None) -> str:
     """The F4M manifest of a VOD media set (see the module docstring); UNSUPPORTED unless H.264/AAC."""
     for p in media_set.presentations:
         check_hds_codecs(p.tracks, "build_f4m")
-    duration_ms = round(max(p.duration_seconds for p in media_set.presentations) * 1000)
+    duration_ms = round(max(p.duration_seconds for p in media_set.presentations) * 1000)  # listed files only
     lines = [
         '<?xml version="1.0" encoding="utf-8"?>',
         f'<manifest xmlns="{F4M_NAMESPACE}">',

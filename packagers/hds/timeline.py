@@ -41,7 +41,7 @@ def timestamp_offset_ms(tracks: Iterable[Track]) -> int:
 
 def media_set_timestamp_offset(media_set: MediaSet) -> int:
     """``timestamp_offset_ms`` over every track of every file of the set: the one constant of its HDS timeline."""
-    return timestamp_offset_ms(t for p in media_set.presentations for t in p.tracks)
+    return timestamp_offset_ms(t for p in media_set.planned for t in p.tracks)  # not only what a manifest lists
 
 
 def track_timestamps(track: Track, offset_ms: int) -> np.ndarray:

@@ -1,7 +1,8 @@
 """HLS file names (nginx-vod-module's), both ways: what the playlist writers call each file, and what a URL's file
 name says it is.
 
-    master.m3u8                      every rendition (master playlist)
+    master.m3u8                      every rendition (master playlist); master<selectors>.m3u8 lists fewer
+                                     (``-f1``, ``-v1-a2``, ``-a0``, ``-leng``: packagers.selection.Listing)
     index<suffix>.m3u8               one media playlist; <suffix> is the track selection (``-v1-a1``)
     seg-<n><suffix>.ts               segment n, counted from 1, MPEG-TS
     seg-<n><suffix>.m4s              the same segment as fMP4 (RFC 8216 §3.3)
@@ -15,10 +16,12 @@ import re
 
 from ..errors import bad_request
 from ..naming import MediaFile, TrackSpec, parse_segment_number, segment_number
+from ..selection import Listing
 
 MASTER_PLAYLIST_NAME = "master.m3u8"
 KEY_NAME = "encryption.key"
 # the suffix is whatever TrackSpec.parse accepts; it says why it refuses the rest
+_MASTER = re.compile(r"master(-.*)\.m3u8")
 _MEDIA_PLAYLIST = re.compile(r"index(.*)\.m3u8")
 _IFRAME_PLAYLIST = re.compile(r"iframes(.*)\.m3u8")
 _SEGMENT = re.compile(r"seg-([0-9]+)(.*)\.(ts|m4s)")
@@ -48,6 +51,8 @@ def parse_name(name: str) -> MediaFile:
     """What an HLS file name names; BAD_REQUEST for any other name."""
     if name == MASTER_PLAYLIST_NAME:
         return MediaFile("manifest")
+    if m := _MASTER.fullmatch(name):
+        return MediaFile("manifest", listing=Listing.parse(m.group(1)))
     if name == KEY_NAME:
         return MediaFile("key")
     if m := _MEDIA_PLAYLIST.fullmatch(name):

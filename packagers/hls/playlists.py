@@ -105,7 +105,7 @@ def choose_container(media_set: MediaSet, setting: str) -> Container:
         return "fmp4"
     if setting != "auto":
         raise bad_request(f"choose_container: unknown HLS container setting '{setting}'")
-    hevc = any(t.codec.codec == "hevc" for p in media_set.presentations for t in p.video_tracks)
+    hevc = any(t.codec.codec == "hevc" for p in media_set.planned for t in p.video_tracks)  # as for its segments
     return "fmp4" if hevc else "ts"
 
 
@@ -120,7 +120,8 @@ def _video_attrs(track: Track) -> list[str]:
 
 def build_master_playlist(media_set: MediaSet, container: Container = "ts",
                           iframe_files: frozenset[int] = frozenset()) -> str:
-    """Every file of the set as a variant; with TS, files with several audio tracks get an EXT-X-MEDIA audio group,
+    """Every file of the set as a variant (each listed video track of it, ``MediaSet.listed_videos``); with TS,
+    files with several audio tracks get an EXT-X-MEDIA audio group,
     and the video variants of ``iframe_files`` (0-based file indexes) an I-frame playlist (``packagers.hls.iframes``);
     with fMP4, see ``_fmp4_master_playlist``."""
     if container == "fmp4":
@@ -129,41 +130,49 @@ def build_master_playlist(media_set: MediaSet, container: Container = "ts",
     variants, iframes = [], []
     for file_index, presentation in enumerate(media_set.presentations):
         f = file_index + 1 if media_set.is_url_set else None
-        audio = presentation.audio_tracks
-        video = presentation.video_tracks
+        # tracks by their number in the whole file: a URL's selection may have left some out (packagers.selection)
+        audio = presentation.numbered("audio")
+        listed = media_set.listed_videos(presentation)
+        video = [(n, t) for n, t in presentation.numbered("video") if t in listed]
         if video and len(audio) > 1:
             group = f"audio{f or ''}"
-            audio_peak = 0
-            for n, track in enumerate(audio, start=1):
+            audio_peak = audio_avg = 0
+            for k, (n, track) in enumerate(audio, start=1):
                 sel = media_set.resolve(TrackSpec(f, None, n))
-                audio_peak = max(audio_peak, variant_figures(media_set, sel).peak_bps)
+                audio_fig = variant_figures(media_set, sel)
+                audio_peak, audio_avg = max(audio_peak, audio_fig.peak_bps), max(audio_avg, audio_fig.average_bps)
                 lang = language_tag(track.language)
                 name = _LANG_NAME.get(lang, lang if lang != "und" else f"Audio {n}")
-                default = "YES" if n == 1 else "NO"
+                default = "YES" if k == 1 else "NO"
                 lines.append(
                     f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="{group}",LANGUAGE="{lang}",NAME="{name} ({n})",'
                     f'DEFAULT={default},AUTOSELECT=YES,URI="{media_playlist_name(sel.spec)}"'
                 )
-            sel = media_set.resolve(TrackSpec(f, 1, None))
-            fig = variant_figures(media_set, sel)
-            audio_avg = max(variant_figures(media_set, media_set.resolve(TrackSpec(f, None, n))).average_bps
-                            for n in range(1, len(audio) + 1))
-            attrs = [
-                f"BANDWIDTH={fig.peak_bps + audio_peak}",
-                f"AVERAGE-BANDWIDTH={fig.average_bps + audio_avg}",
-                f'CODECS="{_codecs((video[0], audio[0]))}"',
-                *_video_attrs(video[0]),
-                f'AUDIO="{group}"',
-            ]
-        else:
-            sel = media_set.resolve(TrackSpec(f))
-            fig = variant_figures(media_set, sel)
-            attrs = [f"BANDWIDTH={fig.peak_bps}", f"AVERAGE-BANDWIDTH={fig.average_bps}", f'CODECS="{_codecs(sel.tracks)}"']
-            if video:
-                attrs += _video_attrs(video[0])
-        variants.append((fig.peak_bps, attrs, media_playlist_name(sel.spec)))
-        if video and file_index in iframe_files:
-            iframes.append(iframe_stream_inf(sel))
+            for n, track in video:
+                sel = media_set.resolve(TrackSpec(f, n, None))
+                fig = variant_figures(media_set, sel)
+                attrs = [
+                    f"BANDWIDTH={fig.peak_bps + audio_peak}",
+                    f"AVERAGE-BANDWIDTH={fig.average_bps + audio_avg}",
+                    f'CODECS="{_codecs((track, audio[0][1]))}"',
+                    *_video_attrs(track),
+                    f'AUDIO="{group}"',
+                ]
+                variants.append((fig.peak_bps, attrs, media_playlist_name(sel.spec)))
+                if file_index in iframe_files:
+                    iframes.append(iframe_stream_inf(sel))
+        elif presentation.tracks:
+            for n, track in video or [(None, None)]:
+                spec = TrackSpec(f) if n is None else TrackSpec(f, n, audio[0][0] if audio else None)
+                sel = media_set.resolve(spec)
+                fig = variant_figures(media_set, sel)
+                attrs = [f"BANDWIDTH={fig.peak_bps}", f"AVERAGE-BANDWIDTH={fig.average_bps}",
+                         f'CODECS="{_codecs(sel.tracks)}"']
+                if track is not None:
+                    attrs += _video_attrs(track)
+                variants.append((fig.peak_bps, attrs, media_playlist_name(sel.spec)))
+                if track is not None and file_index in iframe_files:
+                    iframes.append(iframe_stream_inf(sel))
     # Highest quality first is not required; hls.js and Safari pick by BANDWIDTH. Keep url-set order (operator's).
     for _, attrs, uri in variants:
         lines.append("#EXT-X-STREAM-INF:" + ",".join(attrs))
@@ -184,7 +193,9 @@ def _fmp4_master_playlist(media_set: MediaSet) -> str:
     lines = ["#EXTM3U", f"#EXT-X-VERSION:{FMP4_VERSION}", "#EXT-X-INDEPENDENT-SEGMENTS"]
     groups = audio_groups(media_set)
     figures = [variant_figures(media_set, sel, "fmp4") for sel in groups.renditions]
-    videos = {sel.file_index: sel for sel in video_selections(media_set)}
+    videos: dict[int, list[Selection]] = {}
+    for sel in video_selections(media_set):
+        videos.setdefault(sel.file_index, []).append(sel)  # several when the URL names video tracks
     files = sorted(videos) if videos else [i for i, m in enumerate(groups.of_file) if m]
     members = list(dict.fromkeys(groups.of_file[i] for i in files if groups.of_file[i]))  # in file order
     group_ids = {key: "audio" if len(members) == 1 else f"audio{k}" for k, key in enumerate(members, 1)}
@@ -204,19 +215,19 @@ def _fmp4_master_playlist(media_set: MediaSet) -> str:
         audio_codecs = list(dict.fromkeys(codec_string(groups.renditions[k].tracks[0].codec) for k in key))
         audio_peak = max((figures[k].peak_bps for k in key), default=0)
         audio_avg = max((figures[k].average_bps for k in key), default=0)
-        if i in videos:
-            sel = videos[i]
-            fig = variant_figures(media_set, sel, "fmp4")
-            attrs = [f"BANDWIDTH={fig.peak_bps + audio_peak}", f"AVERAGE-BANDWIDTH={fig.average_bps + audio_avg}",
-                     f'CODECS="{",".join([codec_string(sel.tracks[0].codec), *audio_codecs])}"',
-                     *_video_attrs(sel.tracks[0])]
-        else:
-            sel = groups.renditions[key[0]]
-            attrs = [f"BANDWIDTH={audio_peak}", f"AVERAGE-BANDWIDTH={audio_avg}", f'CODECS="{",".join(audio_codecs)}"']
-        if key and (i in videos or len(key) > 1):
-            attrs.append(f'AUDIO="{group_ids[key]}"')
-        lines.append("#EXT-X-STREAM-INF:" + ",".join(attrs))
-        lines.append(media_playlist_name(sel.spec))
+        for sel in videos.get(i) or [groups.renditions[key[0]]]:
+            if i in videos:
+                fig = variant_figures(media_set, sel, "fmp4")
+                attrs = [f"BANDWIDTH={fig.peak_bps + audio_peak}", f"AVERAGE-BANDWIDTH={fig.average_bps + audio_avg}",
+                         f'CODECS="{",".join([codec_string(sel.tracks[0].codec), *audio_codecs])}"',
+                         *_video_attrs(sel.tracks[0])]
+            else:
+                attrs = [f"BANDWIDTH={audio_peak}", f"AVERAGE-BANDWIDTH={audio_avg}",
+                         f'CODECS="{",".join(audio_codecs)}"']
+            if key and (i in videos or len(key) > 1):
+                attrs.append(f'AUDIO="{group_ids[key]}"')
+            lines.append("#EXT-X-STREAM-INF:" + ",".join(attrs))
+            lines.append(media_playlist_name(sel.spec))
     return "\n".join(lines) + "\n"
 
 

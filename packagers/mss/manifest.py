@@ -134,7 +134,7 @@ def _quality_level(index: int, bitrate: int, track: Track) -> ET.Element:
 def build_smooth_manifest(media_set: MediaSet) -> str:
     root = ET.Element("SmoothStreamingMedia", {
         "MajorVersion": "2", "MinorVersion": "2", "TimeScale": str(MANIFEST_TIMESCALE),
-        "Duration": str(round(media_set.presentations[0].duration_seconds * MANIFEST_TIMESCALE)),
+        "Duration": str(round(max(p.duration_seconds for p in media_set.presentations) * MANIFEST_TIMESCALE)),
     })
     for s in smooth_streams(media_set):
         attrs = {"Type": s.kind, "Name": s.name, "Chunks": str(len(s.starts)), "QualityLevels": str(len(s.levels)),

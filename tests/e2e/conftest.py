@@ -14,7 +14,7 @@ import pytest
 from fixtures.generate import fixture_path
 
 E2E_FILES = ("title_360p.mp4", "title_240p.mp4", "title_180p.mp4", "two_audio.mp4", "audio_only.mp4",
-             "hevc.mp4", "moov_end.mp4", "no_bframes.mp4")
+             "hevc.mp4", "moov_end.mp4", "no_bframes.mp4", "multi_track.mp4")
 
 
 def free_port() -> int:
