@@ -105,7 +105,8 @@ class Mp4Download:
 
     @property
     def features(self) -> frozenset[str]:
-        return frozenset() if self.clip.is_whole else frozenset({"clipping"})
+        return frozenset(name for name, used in (("clipping", not self.clip.is_whole),
+                                                 ("track_selection", not self.narrowing.is_default)) if used)
 
     @property
     def signed_name(self) -> str:

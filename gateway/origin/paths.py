@@ -41,7 +41,8 @@ class MediaTarget:
     @property
     def features(self) -> frozenset[str]:
         """The partner-switchable features naming this part of the files uses (delivery_profiles.FEATURES)."""
-        return frozenset() if self.clip.is_whole else frozenset({"clipping"})
+        return frozenset(name for name, used in (("clipping", not self.clip.is_whole),
+                                                 ("track_selection", not self.narrowing.is_default)) if used)
 
 
 def split_path(raw_path: str) -> list[str]:

@@ -110,16 +110,21 @@ def test_a_partner_turns_thumbnails_and_clipping_off(tmp_path):
         assert get(f"{base}/thumb/{NAME}/thumb-1000.jpg")[:2] == b"\xff\xd8"  # on by default
         gateway_cli(store, "partners", "set-feature", "101", "thumbnails", "off")
         gateway_cli(store, "partners", "set-feature", "101", "clipping", "off")
+        gateway_cli(store, "partners", "set-feature", "101", "track_selection", "off")
         for url, feature in ((f"{base}/thumb/{NAME}/thumb-1000.jpg", b"thumbnails"),
                              (f"{base}/hls/{NAME}/clipTo/5000/master.m3u8", b"clipping"),
-                             (f"{base}/mp4/{NAME}/clipTo/5000", b"clipping")):
+                             (f"{base}/mp4/{NAME}/clipTo/5000", b"clipping"),
+                             (f"{base}/dash/{NAME}/tracks/v1/manifest.mpd", b"track_selection"),
+                             (f"{base}/hls/{NAME}/master-a1.m3u8", b"track_selection"),
+                             (f"{base}/mp4/tracks/a1/{NAME}", b"track_selection")):
             with pytest.raises(urllib.error.HTTPError) as raised:
                 get(url)
             assert raised.value.code == 403 and feature + b" is disabled" in raised.value.read()
         assert get(f"{base}/hls/{NAME}/master.m3u8").startswith(b"#EXTM3U")  # plain playback is untouched
+        assert get(f"{base}/hls/{NAME}/index-v1-a1.m3u8").startswith(b"#EXTM3U")
         shown = json.loads(subprocess.run([sys.executable, "-m", "gateway", "partners", "show", "101", "--store",
                                            str(store)], check=True, capture_output=True).stdout)
-        assert shown["delivery"]["features"] == {"thumbnails": False, "clipping": False}
+        assert shown["delivery"]["features"] == {"thumbnails": False, "clipping": False, "track_selection": False}
     finally:
         proc.terminate()
         proc.wait(10)
