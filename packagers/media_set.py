@@ -11,6 +11,7 @@ from typing import Callable, Hashable, Sequence, TypeVar
 
 import numpy as np
 
+from .captions.files import CaptionSource
 from .clipping import Clip
 from .errors import ErrorCode, PackagerError, bad_data, bad_request, not_found
 from .limits import DEFAULT_LIMITS, Limits
@@ -45,6 +46,8 @@ class MediaSet:
         limits: Limits = DEFAULT_LIMITS,
         clip: Clip = Clip(),
         narrowing: Narrowing = Narrowing(),
+        captions: Sequence[CaptionSource] = (),
+        caption_offset_ms: int = 0,
     ):
         if not presentations:
             raise PackagerError(ErrorCode.NO_STREAMS, "MediaSet: no presentation")
@@ -53,6 +56,8 @@ class MediaSet:
         self.limits = limits
         self.clip = clip  # what the presentations were cut to (they are already cut): part of every cache key
         self.narrowing = narrowing  # applied here (packagers.selection): part of every cache key too
+        self.captions = tuple(captions)  # sidecar caption files of a url set (numbered after the media files)
+        self.caption_offset_ms = caption_offset_ms  # the caption files' time at the set's time 0 (a clip's start)
         planned = tuple(presentations)
         if not narrowing.is_default:
             planned = tuple(narrow_presentation(number_tracks(p), narrowing) for p in planned)
@@ -84,6 +89,12 @@ class MediaSet:
     @property
     def shared_plan(self) -> bool:
         return all(p is self.plans[0] for p in self.plans)
+
+    def caption(self, spec: TrackSpec) -> CaptionSource | None:
+        """The caption file ``spec`` names (``-fN`` alone, N past the media files), None for any other name."""
+        if spec.file is None or spec.video is not None or spec.audio is not None:
+            return None
+        return next((c for c in self.captions if c.number == spec.file), None)
 
     def listed_videos(self, presentation: Presentation) -> tuple[Track, ...]:
         """The video tracks of a file that manifests list: the first one, unless the URL names video tracks."""

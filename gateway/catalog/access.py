@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from dataclasses import dataclass
-from typing import Awaitable, Callable, Protocol, Sequence
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Mapping, Protocol, Sequence
 
 from delivery_profiles import SYSTEM_DEFAULTS, DeliveryConfig, merge
 from delivery_profiles.tokens import TokenError, verify_path
@@ -130,6 +130,7 @@ class DeliveryContext:
     partner: Partner | None = None
     hls_key: bytes | None = None  # AES-128 key when the entry's HLS segments are encrypted
     hls_iframes: bool = True  # I-frame playlists in TS master playlists (the partner's hls profile may turn them off)
+    caption_languages: Mapping[str, str] = field(default_factory=dict)  # caption file → ISO 639-2, from the entry
 
 
 def partner_config(partner: Partner) -> DeliveryConfig:
@@ -191,7 +192,9 @@ def authorize(view: CatalogView, settings: Settings, request: MediaAccess, signe
                                    f"{owner.partner_id}), which contains {request.signed_name}")
     if entry is None or protocol is None:
         partner = view.by_partner.get(entry.partner_id) if entry is not None else None
-        return DeliveryContext(settings.segment_duration_ms, settings.hls_container, entry, partner)
+        languages = entry.caption_languages if entry is not None else {}
+        return DeliveryContext(settings.segment_duration_ms, settings.hls_container, entry, partner,
+                               caption_languages=languages)
     partner = view.partner(entry.partner_id)
     profile = (configs.get(partner.id) or partner_config(partner)).profile(protocol)
     key = None
@@ -199,4 +202,5 @@ def authorize(view: CatalogView, settings: Settings, request: MediaAccess, signe
         key = hls_key(partner.secret, entry.id)
     # AES-128 whole-segment encryption is applied to MPEG-TS only (an encrypted EXT-X-MAP would need explicit IVs)
     container = "ts" if key is not None else profile.hls_container
-    return DeliveryContext(profile.segment_duration_ms, container, entry, partner, key, profile.iframes)
+    return DeliveryContext(profile.segment_duration_ms, container, entry, partner, key, profile.iframes,
+                           entry.caption_languages)

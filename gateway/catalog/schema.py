@@ -52,6 +52,10 @@ class Partner:
         return {"id": self.id, "name": self.name, "secret": secret, "delivery": copy.deepcopy(self.delivery)}
 
 
+CAPTION_TAG = "caption"  # a flavor that is a sidecar caption file (WebVTT, SRT); its language is a "lang:<code>" tag
+LANGUAGE_TAG = "lang:"
+
+
 @dataclass(frozen=True)
 class Flavor:
     id: str
@@ -60,6 +64,15 @@ class Flavor:
 
     def to_json(self) -> dict:
         return {"id": self.id, "path": self.path, **({"tags": list(self.tags)} if self.tags else {})}
+
+    @property
+    def is_caption(self) -> bool:
+        return CAPTION_TAG in self.tags
+
+    @property
+    def language(self) -> str | None:
+        """The ISO 639-2 code of a ``lang:<code>`` tag (captions), None without one."""
+        return next((t[len(LANGUAGE_TAG):] for t in self.tags if t.startswith(LANGUAGE_TAG)), None)
 
 
 @dataclass(frozen=True)
@@ -72,7 +85,17 @@ class Entry:
 
     @property
     def paths(self) -> tuple[str, ...]:
+        """Every file of the entry: its media, then its caption files (what a url set of the entry names)."""
         return tuple(f.path for f in self.flavors)
+
+    @property
+    def media_flavors(self) -> tuple[Flavor, ...]:
+        return tuple(f for f in self.flavors if not f.is_caption)
+
+    @property
+    def caption_languages(self) -> dict[str, str]:
+        """Store path → ISO 639-2 language of the entry's caption files that have one."""
+        return {f.path: f.language for f in self.flavors if f.is_caption and f.language}
 
     def to_json(self) -> dict:
         return {"id": self.id, "partner_id": self.partner_id, "name": self.name, "secured": self.secured,

@@ -27,9 +27,10 @@ DECISION_CACHE_CONTROL = "no-store"  # depends on the user agent, the catalog of
 
 
 def _flavors(entry: Entry, wanted: tuple[str, ...]):
+    """The media flavors asked for (all by default); caption files are not flavors one picks."""
     if not wanted:
-        return entry.flavors
-    by_id = {f.id: f for f in entry.flavors}
+        return entry.media_flavors
+    by_id = {f.id: f for f in entry.media_flavors}
     unknown = [f for f in wanted if f not in by_id]
     if unknown:
         from packagers.errors import not_found
@@ -51,6 +52,7 @@ async def serve_play_manifest(request: web.Request, pm: PlayManifest) -> web.Res
     flavors = _flavors(entry, pm.flavor_ids)
     paths = [f.path for f in flavors]
     opened = await packaging.open(MediaTarget(tuple(paths), len(paths) > 1))
+    captions = [f.path for f in entry.flavors if f.is_caption]
     duration = max(p.duration_seconds for p in opened.media_set.presentations)
     decision = select_delivery(partner_config(partner), duration_seconds=duration, secured=entry.secured,
                                requested_format=pm.format or None, user_agent=request.headers.get("User-Agent"))
@@ -59,7 +61,7 @@ async def serve_play_manifest(request: web.Request, pm: PlayManifest) -> web.Res
     if pm.clip.from_ms >= duration * 1000:
         raise bad_request(f"play_manifest: clipFrom {pm.clip.from_ms} ms is at or past the end of entry {entry.id} "
                           f"({duration:.3f} s)")
-    target, url = media_url(decision.type, paths, pm.clip)
+    target, url = media_url(decision.type, paths + captions, pm.clip)
     expires = None
     if entry.secured:
         expires = int(now) + packaging.settings.signed_url_ttl

@@ -13,19 +13,25 @@ from typing import Callable, Hashable
 
 import numpy as np
 
+from packagers.captions import MAX_BYTES as MAX_CAPTION_BYTES
+from packagers.captions import CaptionTrack, build_webvtt_file, build_webvtt_segment, parse_captions
+from packagers.captions.files import CaptionRendition, CaptionSource
+from packagers.captions.hls import add_subtitles, build_subtitle_playlist
 from packagers.dash import mpd as dash
-from packagers.errors import ErrorCode, PackagerError
+from packagers.errors import ErrorCode, PackagerError, bad_data, not_found
 from packagers.fmp4 import Fmp4Muxer, build_init_segment
 from packagers.hds import build_f4m, fragment_muxer
 from packagers.hds.f4m import FRAGMENT_CONTENT_TYPE, MANIFEST_CONTENT_TYPE
 from packagers.hls import names as hls_names
 from packagers.hls.iframes import KeyFrames, build_iframe_playlist
-from packagers.hls.playlists import build_master_playlist, build_media_playlist, choose_container
+from packagers.hls.playlists import (build_master_playlist, build_media_playlist, choose_container, language_name,
+                                     language_tag)
 from packagers.media_data import plan_reads
 from packagers.media_set import MediaSet, Selection
 from packagers.mss import MANIFEST_CONTENT_TYPE as MSS_MANIFEST_TYPE
 from packagers.mss import build_smooth_manifest, locate_fragment
 from packagers.model import Track
+from packagers.naming import TrackSpec
 from packagers.ts import TS_PTS_OFFSET, ScatterBuild, TsMuxer
 from packagers.ts.pes import HEADER_PROBE_BYTES, own_headers
 
@@ -43,6 +49,10 @@ INLINE_READ_LIMIT = 8 * 1024 * 1024
 # ~2 s of one I/O thread) a rendition gets none, so that no request can hold a thread for long.
 MAX_IFRAME_SEGMENTS = 10_000
 M3U8_TYPE = "application/vnd.apple.mpegurl"
+VTT_TYPE = "text/vtt"
+# parsed caption files up to this size stay with their media set (a two-hour film's are ~150 KB); bigger ones are
+# parsed per request (their outputs are cached like any other)
+KEEP_CAPTION_BYTES = 2 << 20
 TS_TYPE = "video/MP2T"
 
 
@@ -151,9 +161,22 @@ def _hls_master(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging
                 context: DeliveryContext) -> Product:
     container = choose_container(opened.media_set, context.hls_container)
     iframes = _iframes_allowed(container, context)
-    build = _text(packaging, master_playlist, packaging.store, opened, container, iframes)
-    return Product(("hls", "master", container, iframes, *_aes(context)), build, M3U8_TYPE,
+    subtitles = caption_renditions(opened.media_set, context)
+    build = _text(packaging, master_playlist, packaging.store, opened, container, iframes, subtitles)
+    return Product(("hls", "master", container, iframes, subtitles, *_aes(context)), build, M3U8_TYPE,
                    packaging.settings.manifest_max_age)
+
+
+def caption_renditions(media_set: MediaSet, context: DeliveryContext) -> tuple[CaptionRendition, ...]:
+    """The media set's caption files as manifests list them; the catalog's language for a file wins over the one
+    its name gives."""
+    out = []
+    for k, source in enumerate(media_set.captions):
+        code = context.caption_languages.get(source.source, source.language)
+        name = language_name(code) if code != "und" else f"Subtitles {k + 1}"
+        out.append(CaptionRendition(TrackSpec(source.number), language_tag(code) if code != "und" else "", name,
+                                    default=k == 0))
+    return tuple(out)
 
 
 def _iframes_allowed(container: str, context: DeliveryContext) -> bool:
@@ -161,14 +184,15 @@ def _iframes_allowed(container: str, context: DeliveryContext) -> bool:
     return container == "ts" and context.hls_key is None and context.hls_iframes
 
 
-def master_playlist(store: Store, opened: OpenedSet, container: str, iframes: bool) -> str:
+def master_playlist(store: Store, opened: OpenedSet, container: str, iframes: bool,
+                    subtitles: tuple[CaptionRendition, ...] = ()) -> str:
     """The HLS master playlist; with ``iframes``, video variants get I-frame playlists where ``offers_iframes``.
     Blocking."""
     media_set = opened.media_set
     iframe_files = frozenset() if not iframes else frozenset(
         i for i, p in enumerate(media_set.presentations)
         if p.video_tracks and offers_iframes(store, opened.files[i], p.video_tracks[0], media_set.plans[i].count))
-    return build_master_playlist(opened.media_set, container, iframe_files)
+    return add_subtitles(build_master_playlist(opened.media_set, container, iframe_files), subtitles)
 
 
 def offers_iframes(store: Store, file: FileIdentity, video: Track, segments: int) -> bool:
@@ -221,6 +245,9 @@ def iframe_playlist(store: Store, file: FileIdentity, media_set: MediaSet, selec
 def _hls_playlist(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
                   context: DeliveryContext) -> Product:
     media_set = opened.media_set
+    if media_set.caption(parsed.file.spec) is not None:  # a caption file's playlist: WebVTT segments
+        build = _text(packaging, build_subtitle_playlist, parsed.file.spec, media_set.plans[0].durations())
+        return Product(("hls", "subs", parsed.file.spec.file), build, M3U8_TYPE, packaging.settings.manifest_max_age)
     container = choose_container(media_set, context.hls_container)
     selection = media_set.resolve(parsed.file.spec)
     extension = "ts" if container == "ts" else "m4s"
@@ -233,6 +260,8 @@ def _hls_playlist(parsed: PackagedRequest, opened: OpenedSet, packaging: Packagi
 def _hls_segment(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
                  context: DeliveryContext) -> Product:
     file, aes_key = parsed.file, context.hls_key
+    if file.container == "vtt":
+        return _hls_caption_segment(parsed, opened, packaging, context)
     selection = opened.media_set.resolve(file.spec)
     if file.container == "ts":
         ts_muxer = packaging.muxer(opened.media_set, selection, "ts", TsMuxer)
@@ -251,6 +280,66 @@ def _hls_segment(parsed: PackagedRequest, opened: OpenedSet, packaging: Packagin
         mux, content_type = Fmp4Muxer(selection.tracks).build, _fmp4_type(selection)
     cache_key = ("hls", "seg", file.index, selection.spec.suffix(), file.container, *_aes(context))
     return _segment(packaging, opened, cache_key, selection, file.index, mux, content_type, scatter)
+
+
+def _caption(opened: OpenedSet, spec: TrackSpec) -> CaptionSource:
+    source = opened.media_set.caption(spec)
+    if source is None:
+        raise not_found(f"product_for: '{spec.suffix()}' names no caption file of this url set")
+    return source
+
+
+def caption_track(store: Store, opened: OpenedSet, source: CaptionSource) -> CaptionTrack:
+    """The parsed caption file (kept with the media set when small). Blocking. A broken file is BAD_DATA for the
+    caption requests only: manifests list caption files without reading them."""
+    file = opened.caption_files[source.number]
+
+    def parse() -> CaptionTrack:
+        if file.size > MAX_CAPTION_BYTES:
+            raise bad_data(f"caption_track: {source.source} has {file.size} bytes, more than {MAX_CAPTION_BYTES}")
+        with store.open(file) as reader:
+            return parse_captions(reader.pread(0, file.size), source.source)
+
+    if file.size > KEEP_CAPTION_BYTES:
+        return parse()
+    return opened.media_set.derived(("caption", source.number), parse)
+
+
+def _hls_caption_segment(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
+                         context: DeliveryContext) -> Product:
+    """WebVTT segment n of a caption file: the cues of media segment n's window, mapped onto the media's timeline
+    (X-TIMESTAMP-MAP: MPEG-TS time TS_PTS_OFFSET, fMP4 time 0, is presentation time 0)."""
+    source, index, media_set = _caption(opened, parsed.file.spec), parsed.file.index, opened.media_set
+    plan = media_set.plans[0]
+    plan.check_index(index)
+    start, end = (int(plan.boundaries[i]) * 1000 // plan.timescale for i in (index, index + 1))
+    mpegts = TS_PTS_OFFSET if choose_container(media_set, context.hls_container) == "ts" else 0
+
+    def build() -> bytes:
+        track = caption_track(packaging.store, opened, source)
+        return build_webvtt_segment(track, start, end, media_set.caption_offset_ms, mpegts).encode()
+
+    return Product(("hls", "vtt", index, source.number, mpegts), build, VTT_TYPE, packaging.settings.segment_max_age)
+
+
+def _dash_manifest(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
+                   context: DeliveryContext) -> Product:
+    text = caption_renditions(opened.media_set, context)
+    build = _text(packaging, partial(dash.build_mpd, text=text), opened.media_set)
+    return Product(("dash", "manifest", text), build, dash.MPD_CONTENT_TYPE, packaging.settings.manifest_max_age)
+
+
+def _dash_text(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
+               context: DeliveryContext) -> Product:
+    """A caption file as one WebVTT file (the text AdaptationSet's BaseURL), cut to the media set's duration."""
+    source, media_set = _caption(opened, parsed.file.spec), opened.media_set
+    duration_ms = int(max(p.duration_seconds for p in media_set.presentations) * 1000)
+
+    def build() -> bytes:
+        track = caption_track(packaging.store, opened, source)
+        return build_webvtt_file(track, media_set.caption_offset_ms, duration_ms).encode()
+
+    return Product(("dash", "text", source.number), build, VTT_TYPE, packaging.settings.segment_max_age)
 
 
 def _init(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
@@ -297,7 +386,8 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     ("hls", "iframes"): _hls_iframes,
     ("hls", "segment"): _hls_segment,
     ("hls", "init"): _init,
-    ("dash", "manifest"): _manifest("dash", dash.build_mpd, dash.MPD_CONTENT_TYPE),
+    ("dash", "manifest"): _dash_manifest,
+    ("dash", "text"): _dash_text,
     ("dash", "init"): _init,
     ("dash", "segment"): _dash_fragment,
     ("mss", "manifest"): _manifest("mss", build_smooth_manifest, MSS_MANIFEST_TYPE),

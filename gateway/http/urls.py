@@ -53,7 +53,7 @@ PATH_PARAMETERS = frozenset({"clipfrom", "clipto", "tracks", "shift"})  # nginx-
 PARSED_PATHS = 2048  # paths are at most MAX_RAW_PATH (4 KB): 8 MB at the very most
 # the metrics ``type`` label of each kind of file a protocol names (docs/metrics.md): playlists count as manifests
 METRICS_TYPE = {"manifest": "manifest", "playlist": "manifest", "iframes": "manifest", "segment": "segment",
-                "init": "init", "key": "key"}
+                "text": "segment", "init": "init", "key": "key"}
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,14 @@ import os
 import time
 import weakref
 from concurrent.futures import Executor
-from dataclasses import dataclass
-from typing import Callable, Hashable, TypeVar
+from dataclasses import dataclass, field
+from typing import Callable, Hashable, Mapping, TypeVar
 
 from aiohttp import web
 
-from packagers.clipping import clip_presentation
+from packagers.captions.files import CaptionSource, is_caption_path, language_from_name
+from packagers.clipping import clip_presentation, clip_start
+from packagers.errors import bad_request
 from packagers.selection import number_tracks
 from packagers.limits import Limits
 from packagers.media_set import MediaSet, Selection
@@ -66,13 +68,15 @@ class Validators:
 class OpenedSet:
     """A MediaSet together with the identities of the files it was built from."""
 
-    files: tuple[FileIdentity, ...]
+    files: tuple[FileIdentity, ...]  # the media files, in media set order (``Selection.file_index``)
     media_set: MediaSet
     validators: Validators | None = None  # Packaging.open passes the remembered ones
+    caption_files: Mapping[int, FileIdentity] = field(default_factory=dict)  # by -fN (``MediaSet.captions``)
 
     def __post_init__(self) -> None:
         if self.validators is None:
-            object.__setattr__(self, "validators", Validators(self.files, self._variant))
+            files = self.files + tuple(self.caption_files.values())
+            object.__setattr__(self, "validators", Validators(files, self._variant))
 
     @property
     def last_modified(self) -> float:
@@ -131,23 +135,30 @@ class Packaging:
         is the server's unless the files' partner profile sets its own. A clip is cut from the cached
         presentations of the whole files."""
         duration = segment_duration_ms or self.settings.segment_duration_ms
-        files = await self.identify_all(target.paths)
+        every_file = await self.identify_all(target.paths)
+        files = tuple(f for f, p in zip(every_file, target.paths) if not is_caption_path(p))
+        if not files:
+            raise bad_request("Packaging.open: a url set needs a media file besides its caption files")
         variant = (duration, target.is_url_set, target.clip, target.narrowing)
-        key = (tuple(f.cache_key for f in files), *variant)
+        key = (tuple(f.cache_key for f in every_file), *variant)
+        captions = tuple(CaptionSource(len(files) + k, language_from_name(p), p)
+                         for k, p in enumerate((p for p in target.paths if is_caption_path(p)), start=1))
 
         async def load() -> MediaSet:
             presentations = await asyncio.gather(*(self.presentation(f) for f in files))
             return await self.run(timed, self.observe_stage, "plan", _media_set, presentations, duration,
-                                  target, self.limits)
+                                  target, self.limits, captions)
 
         media_set = await self.metadata.media_set(key, load)
         validators = self._validators.get(key)
         if validators is None:
-            validators = Validators(files, variant)
+            validators = Validators(every_file, variant)
             if len(self._validators) >= MAX_VALIDATORS:
                 self._validators.pop(next(iter(self._validators)))  # the oldest: a dict keeps insertion order
             self._validators[key] = validators
-        return OpenedSet(files, media_set, validators)
+        caption_files = {c.number: f for c, f in zip(captions, (f for f, p in zip(every_file, target.paths)
+                                                                  if is_caption_path(p)))}
+        return OpenedSet(files, media_set, validators, caption_files)
 
     async def presentation(self, file: FileIdentity) -> Presentation:
         async def load() -> Presentation:
@@ -185,13 +196,17 @@ class Packaging:
         return await self.responses.get_or_build(opened.cache_key(request_key), make)
 
 
-def _media_set(presentations: list[Presentation], duration: int, target: MediaTarget, limits: Limits) -> MediaSet:
+def _media_set(presentations: list[Presentation], duration: int, target: MediaTarget, limits: Limits,
+               captions: tuple[CaptionSource, ...] = ()) -> MediaSet:
     """The clip is cut from the cached presentations; the URL's track selection and shift are the media set's to
     apply (``packagers.selection``). Tracks are numbered first, since a clip drops the tracks it leaves empty."""
     if not target.narrowing.is_default:
         presentations = [number_tracks(p) for p in presentations]
     clipped = [clip_presentation(p, target.clip) for p in presentations]
-    return MediaSet(clipped, duration, target.is_url_set, limits, clip=target.clip, narrowing=target.narrowing)
+    # where the clip starts on the caption files' timeline (they have no frames of their own to snap to)
+    offset = round(clip_start(presentations[0], target.clip) * 1000) if not target.clip.is_whole else 0
+    return MediaSet(clipped, duration, target.is_url_set, limits, clip=target.clip, narrowing=target.narrowing,
+                    captions=captions, caption_offset_ms=offset)
 
 
 def ignore_stage(_stage: str, _elapsed_ns: int) -> None:

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from delivery_profiles import FEATURES, ProfileError, parse_format
+from packagers.captions.files import caption_problem
 from packagers.clipping import Clip
 from packagers.errors import PackagerError
 from delivery_profiles.tokens import new_secret
 
+from ..catalog.schema import CAPTION_TAG, LANGUAGE_TAG
 from ..catalog.catalog import (ENTRY_ID, RULES, Catalog, CatalogError, CatalogNotFound, CatalogView, Entry, Flavor, Partner,
                       catalog_dir, missing_flavors, parse_entry, path_problem, read_entry, read_partner,
                       resolve_flavors, write_entry, write_lock, write_partner)
@@ -29,6 +31,7 @@ from ..origin.store import Store
 
 _INT = re.compile(r"-?[0-9]+")
 _FLOAT = re.compile(r"-?[0-9]+\.[0-9]+")
+_LANGUAGE = re.compile(r"[a-z]{3}")  # ISO 639-2, as in an MP4's mdhd
 
 
 def add_catalog_commands(sub: argparse._SubParsersAction) -> None:
@@ -61,7 +64,8 @@ def add_catalog_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("value", help="delivery types as a comma list (hls,dash), or seconds for short_entries_max_duration")
     p.set_defaults(func=cmd_partners_set_rule)
     p = partners.add_parser("set-feature", parents=[common],
-                            help="turn clipping or thumbnails on or off for the partner's files (default on)")
+                            help="turn clipping, track_selection or thumbnails on or off for the partner's files "
+                                 "(default on)")
     p.add_argument("partner_id", type=int)
     p.add_argument("feature", choices=FEATURES)
     p.add_argument("state", choices=("on", "off"))
@@ -75,6 +79,9 @@ def add_catalog_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--secured", action="store_true", help="playback needs a signed URL")
     p.add_argument("--flavor", action="append", required=True, metavar="[ID=]PATH",
                    help="store-relative MP4 path, repeatable; the flavor id is generated unless given")
+    p.add_argument("--caption", action="append", default=[], metavar="LANG=PATH",
+                   help="a WebVTT or SRT sidecar file in the flavors' directory (ISO 639-2 language, e.g. "
+                        "eng=movie_eng.vtt), repeatable: players get it as a subtitle track")
     p.set_defaults(func=cmd_entries_add)
     p = entries.add_parser("list", parents=[common], help="a table of entries")
     p.add_argument("--partner", type=int)
@@ -243,6 +250,14 @@ def cmd_entries_add(args: argparse.Namespace, directory: Path) -> int:
         if problem := path_problem(path):
             raise CatalogError(f"{where}: flavors[{i}].path: {problem}")
         flavors.append(Flavor(flavor_id, path))
+    for i, spec in enumerate(args.caption, len(flavors)):
+        language, sep, path = spec.partition("=")
+        if not sep or not _LANGUAGE.fullmatch(language):
+            raise CatalogError(f"{where}: --caption: expected <ISO 639-2 code>=<path>, got {spec!r}")
+        if problem := path_problem(path) or caption_problem(path):
+            raise CatalogError(f"{where}: flavors[{i}].path: {problem}")
+        partition = args.entry_id[:1] if args.entry_id[:1].isdigit() else "0"
+        flavors.append(Flavor(_new_id(partition), path, (CAPTION_TAG, LANGUAGE_TAG + language)))
     entry = Entry(args.entry_id, args.partner, args.name, args.secured, tuple(flavors))
     parse_entry(entry.to_json(), where)  # a malformed id or name is reported as such, before anything is read
     with write_lock(directory):

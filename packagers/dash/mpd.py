@@ -18,15 +18,17 @@ import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Sequence
 
 import numpy as np
 
+from ..captions.files import CaptionRendition
 from ..fmp4 import channel_configuration, codec_string, fragment_size_bound, presentation_time_offset
 from ..fmp4.renditions import audio_groups, video_selections
 from ..hls.playlists import language_tag
 from ..media_set import MediaSet, Selection
 from ..model import Track
-from .names import init_segment_name, media_template
+from .names import init_segment_name, media_template, text_name
 
 MPD_CONTENT_TYPE = "application/dash+xml"
 PROFILE = "urn:mpeg:dash:profile:isoff-live:2011"
@@ -131,8 +133,9 @@ def _representation_element(parent: ET.Element, rep: Representation) -> None:
     ET.SubElement(element, "SegmentTemplate", template).append(segment_timeline(rep.starts, rep.durations))
 
 
-def build_mpd(media_set: MediaSet, *, base_url: str = "") -> str:
-    """The static MPD of ``media_set``; ``base_url`` (optional) becomes the MPD-level <BaseURL>."""
+def build_mpd(media_set: MediaSet, *, base_url: str = "", text: Sequence[CaptionRendition] = ()) -> str:
+    """The static MPD of ``media_set``; ``base_url`` (optional) becomes the MPD-level <BaseURL>; ``text``: caption
+    files, each a text AdaptationSet of one WebVTT file (its BaseURL, ``sub-fN.vtt``) that players load whole."""
     sets: dict[tuple[str, str], list[Representation]] = {}
     for selection in video_selections(media_set):
         sets.setdefault(("video", selection.tracks[0].codec.codec), []).append(representation(media_set, selection))
@@ -166,5 +169,14 @@ def build_mpd(media_set: MediaSet, *, base_url: str = "") -> str:
             first_audio = False
         for rep in group:
             _representation_element(adaptation, rep)
+    for index, caption in enumerate(text, start=len(sets)):
+        attrs = {"id": str(index), "contentType": "text", "mimeType": "text/vtt"}
+        if caption.language:
+            attrs["lang"] = caption.language
+        adaptation = ET.SubElement(period, "AdaptationSet", attrs)
+        ET.SubElement(adaptation, "Role", {"schemeIdUri": ROLE_SCHEME, "value": "subtitle"})
+        ET.SubElement(adaptation, "Label").text = caption.name
+        rep = ET.SubElement(adaptation, "Representation", {"id": f"text{caption.spec.suffix()}", "bandwidth": "256"})
+        ET.SubElement(rep, "BaseURL").text = text_name(caption.spec)
     ET.indent(root, "  ")
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

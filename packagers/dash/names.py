@@ -3,6 +3,7 @@
     manifest.mpd                     the MPD; manifest<selectors>.mpd lists fewer (``-f2``, ``-a1``, ``-lfra``)
     init<suffix>.mp4                 a Representation's initialization segment (<suffix>: its track, ``-f2-v1``)
     fragment-<n><suffix>.m4s         its media segment n, counted from 1 (``$Number$``, @startNumber 1)
+    sub-f<m>.vtt                     caption file m of a url set as one WebVTT file (a text AdaptationSet's BaseURL)
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ NUMBER_TEMPLATE = "$Number$"  # ISO/IEC 23009-1 §5.3.9.4.4: the player puts the
 _MANIFEST = re.compile(r"manifest(-.*)\.mpd")
 _INIT = re.compile(r"init(.*)\.mp4")
 _FRAGMENT = re.compile(r"fragment-([0-9]+)(.*)\.m4s")
+_TEXT = re.compile(r"sub(.*)\.vtt")
 
 
 def init_segment_name(spec: TrackSpec) -> str:
@@ -38,6 +40,10 @@ def media_template(spec: TrackSpec) -> str:
     return _fragment(NUMBER_TEMPLATE, spec)
 
 
+def text_name(spec: TrackSpec) -> str:
+    return f"sub{spec.suffix()}.vtt"
+
+
 def parse_name(name: str) -> MediaFile:
     """What a DASH file name names; BAD_REQUEST for any other name."""
     if name == MANIFEST_NAME:
@@ -48,4 +54,6 @@ def parse_name(name: str) -> MediaFile:
         return MediaFile("init", TrackSpec.parse(m.group(1)))
     if m := _FRAGMENT.fullmatch(name):
         return MediaFile("segment", TrackSpec.parse(m.group(2)), parse_segment_number(m.group(1)))
+    if m := _TEXT.fullmatch(name):
+        return MediaFile("text", TrackSpec.parse(m.group(1)))
     raise bad_request("parse_dash: unknown DASH file name (manifest.mpd, init<tracks>.mp4, fragment-<n><tracks>.m4s)")

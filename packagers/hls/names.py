@@ -6,6 +6,7 @@ name says it is.
     index<suffix>.m3u8               one media playlist; <suffix> is the track selection (``-v1-a1``)
     seg-<n><suffix>.ts               segment n, counted from 1, MPEG-TS
     seg-<n><suffix>.m4s              the same segment as fMP4 (RFC 8216 §3.3)
+    seg-<n>-f<m>.vtt                 WebVTT segment n of caption file m of a url set (§3.5)
     init<suffix>.mp4                 the fMP4 init segment of a media playlist (EXT-X-MAP)
     iframes<suffix>.m3u8             the I-frame playlist of a TS variant (byte ranges of its segments)
     encryption.key                   the AES-128 key of an encrypted entry's segments
@@ -24,9 +25,9 @@ KEY_NAME = "encryption.key"
 _MASTER = re.compile(r"master(-.*)\.m3u8")
 _MEDIA_PLAYLIST = re.compile(r"index(.*)\.m3u8")
 _IFRAME_PLAYLIST = re.compile(r"iframes(.*)\.m3u8")
-_SEGMENT = re.compile(r"seg-([0-9]+)(.*)\.(ts|m4s)")
+_SEGMENT = re.compile(r"seg-([0-9]+)(.*)\.(ts|m4s|vtt)")
 _INIT = re.compile(r"init(.*)\.mp4")
-_CONTAINER_OF_EXTENSION = {"ts": "ts", "m4s": "fmp4"}
+_CONTAINER_OF_EXTENSION = {"ts": "ts", "m4s": "fmp4", "vtt": "vtt"}
 
 
 def media_playlist_name(spec: TrackSpec) -> str:

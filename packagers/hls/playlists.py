@@ -53,6 +53,12 @@ def language_tag(code: str) -> str:
     return _LANG_639_1.get(code, code)
 
 
+def language_name(code: str) -> str:
+    """What a player lists for an ISO 639-2 code: the language's own name where we know it, else its tag."""
+    tag = language_tag(code)
+    return _LANG_NAME.get(tag, tag)
+
+
 def ts_size_estimate(media_set: MediaSet, selection: Selection) -> np.ndarray:
     """An upper bound of each TS segment's size in bytes, without muxing.
 

@@ -189,12 +189,14 @@ def serve_player() -> Iterator[str]:
 
 
 def run_player(player_url: str, manifest_url: str, *, kind: str = "hls", seconds: float = 3.0,
-               timeout: float = 40.0, config: dict | None = None) -> dict:
+               timeout: float = 40.0, config: dict | None = None, text: bool = False) -> dict:
     """Run play.mjs against an already served player page; returns its JSON report."""
     cmd = ["node", str(BROWSER_DIR / "play.mjs"), "--player", player_url, "--kind", kind,
            "--seconds", str(seconds), "--timeout", str(timeout), "--chromium", CHROMIUM]
     if config:
         cmd += ["--config", json.dumps(config)]
+    if text:
+        cmd.append("--text")
     cmd.append(manifest_url)
     # Own session, so that on a hang the whole tree (node and Chromium's processes) can be ended by group id.
     proc = subprocess.Popen(cmd, cwd=BROWSER_DIR, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -218,17 +220,20 @@ def run_player(player_url: str, manifest_url: str, *, kind: str = "hls", seconds
 
 
 def play_in_browser(manifest_url: str, seconds: float = 3.0, timeout: float = 40.0, *, kind: str = "hls",
-                    config: dict | None = None) -> dict:
+                    config: dict | None = None, text: bool = False) -> dict:
     """Play ``manifest_url`` in headless Chromium until currentTime >= ``seconds``, a fatal error or ``timeout``.
 
     Returns play.mjs's report: ``ok`` (target reached without a fatal error), ``currentTime``, ``totalVideoFrames``,
     ``droppedVideoFrames``, ``errors`` (player errors, fatal and not, each ``{source, type, details, fatal, ...}``),
     ``levels``, ``audioTracks``, ``duration`` (None while unknown or live) and diagnostics (``reason``, ``support``,
     ``levelInfo``, ``events``, ``console``, ``browserVersion``). It does not assert: the test does.
-    ``config`` is merged into the player library's configuration (hls.js ``new Hls(config)``).
+    ``config`` is merged into the player library's configuration (hls.js ``new Hls(config)``). With ``text``, the
+    first subtitle track is turned on and the report has ``subtitleTracks`` (as the player lists them) and
+    ``textTracks`` (the <video>'s text tracks with their cues: what a viewer sees).
     """
     with serve_player() as player_url:
-        return run_player(player_url, manifest_url, kind=kind, seconds=seconds, timeout=timeout, config=config)
+        return run_player(player_url, manifest_url, kind=kind, seconds=seconds, timeout=timeout, config=config,
+                          text=text)
 
 
 async def aplay_in_browser(manifest_url: str, seconds: float = 3.0, timeout: float = 40.0, **kwargs) -> dict:

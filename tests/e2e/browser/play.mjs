@@ -43,6 +43,7 @@ async function main() {
       seconds: { type: "string", default: "3" },
       timeout: { type: "string", default: "40" },
       config: { type: "string" },
+      text: { type: "boolean", default: false },
       chromium: { type: "string", default: process.env.CHROMIUM || "/usr/bin/chromium" },
     },
   });
@@ -73,6 +74,7 @@ async function main() {
   page_url.searchParams.set("src", src);
   page_url.searchParams.set("kind", values.kind);
   if (values.config) page_url.searchParams.set("config", values.config);
+  if (values.text) page_url.searchParams.set("text", "1");
 
   const userDataDir = await mkdtemp(join(tmpdir(), "gateway-e2e-chromium-"));
   let context;
@@ -177,6 +179,9 @@ async function main() {
       readyState: state.readyState,
       support: p.support || null,
       events: p.events || [],
+      subtitleTracks: p.subtitleTracks || [],
+      textTracks: p.textTracks || [],
+      bufferedStart: p.bufferedStart ?? null,
     });
     return result;
   } finally {

@@ -1,0 +1,163 @@
+"""Sidecar captions in a url set: HLS subtitle renditions (segmented WebVTT) and DASH text AdaptationSets.
+
+Ground truth is the caption file itself as ffmpeg's WebVTT/SRT demuxers read it (PyAV), never our parser: every cue
+must be in each HLS WebVTT segment whose window it overlaps (and in no other), with its times and text; players
+(hls.js, shaka-player, dash.js in headless Chromium) must list the subtitle tracks and show every cue of what they
+loaded once, with the file's times and text, though a cue spanning a segment boundary is in two segments.
+"""
+from __future__ import annotations
+
+import html
+import io
+import shutil
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
+from urllib.parse import urljoin
+
+import av
+import m3u8
+import pytest
+
+from fixtures.generate import fixture_path
+from packagers.ts import TS_PTS_OFFSET
+
+from .browser_player import fatal_errors, play_in_browser, require_browser
+from .conftest import start_gateway
+from .http import get
+
+CAPTIONS = Path(__file__).resolve().parents[2] / "fixtures" / "captions"
+MEDIA = "title_360p.mp4"  # 12 s
+SET = "title_,360p.mp4,eng.vtt,fra.srt,.urlset"
+MEDIA_SECONDS = 12.0
+
+
+@pytest.fixture(scope="module")
+def caption_base(tmp_path_factory):
+    store = tmp_path_factory.mktemp("captions-store")
+    shutil.copyfile(fixture_path(MEDIA), store / MEDIA)
+    shutil.copyfile(CAPTIONS / "sample_eng.vtt", store / "title_eng.vtt")
+    shutil.copyfile(CAPTIONS / "sample_eng.srt", store / "title_fra.srt")
+    (store / "title_deu.vtt").write_text("WEBVTT\n\n00:01.000 --> later\nbroken\n")
+    (store / "movie.mp4").write_bytes(fixture_path(MEDIA).read_bytes())
+    (store / "movie_subs.vtt").write_bytes((CAPTIONS / "sample_eng.vtt").read_bytes())
+    proc, base = start_gateway(store, store.parent / "captions.log", "--catalog-ttl", "0")
+    yield base, store
+    proc.terminate()
+    proc.wait(10)
+
+
+def file_cues(name: str, shift: float = 0.0, end: float = MEDIA_SECONDS, cut: bool = False
+              ) -> list[tuple[float, float, str]]:
+    """(start, end, text) of the cues ffmpeg reads from a caption file, shifted, that overlap [0, end): a cue
+    starting before 0 starts at 0; with ``cut``, one ending after ``end`` ends there (a whole-file output does)."""
+    fmt = "srt" if name.endswith(".srt") else "webvtt"
+    out = []
+    with av.open(str(CAPTIONS / name), format=fmt) as c:
+        for p in c.demux():
+            if p.pts is None or not p.size:
+                continue
+            start, stop = float(p.pts * p.time_base) - shift, float((p.pts + p.duration) * p.time_base) - shift
+            if stop > 0 and start < end:
+                out.append((round(max(start, 0.0), 3), round(min(stop, end) if cut else stop, 3), text(p)))
+    return out
+
+
+def text(packet: av.Packet) -> str:
+    """A cue's text with character references resolved: SRT's '&' is WebVTT's '&amp;' (the same text)."""
+    return html.unescape(bytes(packet).decode().strip())
+
+
+def segment_cues(data: bytes) -> list[tuple[float, float, str]]:
+    with av.open(io.BytesIO(data), format="webvtt") as c:
+        return [(round(float(p.pts * p.time_base), 3), round(float((p.pts + p.duration) * p.time_base), 3),
+                 text(p)) for p in c.demux() if p.size]
+
+
+def test_master_lists_each_caption_file_as_a_subtitle_rendition(caption_base):
+    base, _ = caption_base
+    master = m3u8.loads(get(f"{base}/hls/{SET}/master.m3u8").decode())
+    subs = [m for m in master.media if m.type == "SUBTITLES"]
+    assert [(m.language, m.name, m.uri, m.group_id) for m in subs] == [
+        ("en", "English", "index-f2.m3u8", "subs"), ("fr", "Français", "index-f3.m3u8", "subs")]
+    assert all(p.stream_info.subtitles == "subs" for p in master.playlists)
+
+
+@pytest.mark.parametrize("name, number", [("sample_eng.vtt", 2), ("sample_eng.srt", 3)])
+def test_every_cue_is_in_each_segment_it_overlaps(caption_base, name, number):
+    base, _ = caption_base
+    playlist = m3u8.loads(get(f"{base}/hls/{SET}/index-f{number}.m3u8").decode())
+    media = m3u8.loads(get(f"{base}/hls/{SET}/index-f1-v1-a1.m3u8").decode())
+    assert [s.duration for s in playlist.segments] == [s.duration for s in media.segments]  # aligned windows
+    cues, t = file_cues(name), 0.0
+    for segment in playlist.segments:
+        data = get(f"{base}/hls/{SET}/{segment.uri}")
+        assert f"X-TIMESTAMP-MAP=MPEGTS:{TS_PTS_OFFSET},LOCAL:00:00:00.000".encode() in data.split(b"\n\n")[0]
+        expected = [c for c in cues if c[0] < t + segment.duration and c[1] > t]
+        assert segment_cues(data) == expected, segment.uri
+        t += segment.duration
+    spanning = [c for c in cues if c[0] < 4 < c[1]]
+    assert spanning  # the fixture has a cue across the first boundary (segments of 4 s): it is in two segments
+
+
+def test_a_clip_moves_the_cues_and_a_broken_file_fails_alone(caption_base):
+    base, _ = caption_base
+    clipped = f"{base}/hls/{SET}/clipFrom/3000"
+    playlist = m3u8.loads(get(f"{clipped}/index-f2.m3u8").decode())
+    got = [c for s in playlist.segments for c in segment_cues(get(f"{clipped}/{s.uri}"))]
+    assert sorted(set(got)) == file_cues("sample_eng.vtt", shift=3.0, end=MEDIA_SECONDS - 3.0)
+    broken = f"{base}/hls/title_,360p.mp4,eng.vtt,deu.vtt,.urlset"
+    assert get(f"{broken}/master.m3u8").count(b"TYPE=SUBTITLES") == 2
+    assert get(f"{broken}/seg-1-f1-v1-a1.ts")[:1] == b"G"  # the media plays
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        get(f"{broken}/seg-1-f3.vtt")
+    assert raised.value.code == 500 and b"parse_captions: bad timestamp" in raised.value.read()
+
+
+def test_dash_lists_a_text_adaptation_set_of_the_whole_file(caption_base):
+    base, _ = caption_base
+    mpd = get(f"{base}/dash/{SET}/manifest.mpd").decode()
+    assert mpd.count('contentType="text"') == 2 and '<BaseURL>sub-f2.vtt</BaseURL>' in mpd
+    assert segment_cues(get(f"{base}/dash/{SET}/sub-f2.vtt")) == file_cues("sample_eng.vtt", cut=True)
+
+
+def test_catalog_captions_come_with_the_entry_urls(caption_base):
+    base, store = caption_base
+    subprocess.run([sys.executable, "-m", "gateway", "partners", "add", "101", "--name", "P", "--store", str(store)],
+                   check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "gateway", "entries", "add", "0_capt0001", "--partner", "101", "--name", "m",
+                    "--flavor", "movie.mp4", "--caption", "spa=movie_subs.vtt", "--store", str(store)],
+                   check=True, capture_output=True)
+    out = subprocess.run([sys.executable, "-m", "gateway", "urls", "101", "0_capt0001", "--base-url", base,
+                          "--store", str(store)], check=True, capture_output=True, text=True).stdout
+    urls = dict(line.split(None, 1) for line in out.splitlines()[1:])
+    master = m3u8.loads(get(urls["applehttp"].strip()).decode())
+    (subs,) = [m for m in master.media if m.type == "SUBTITLES"]
+    assert subs.language == "es" and subs.name == "Español"  # the catalog's language: the name says none
+    assert segment_cues(get(urljoin(urls["applehttp"].strip(), subs.uri).replace("index-", "seg-1-")
+                            .replace(".m3u8", ".vtt")))[0][2] == "<i>Hello</i> there"
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("kind, path", [("hls", f"hls/{SET}/master.m3u8"), ("shaka", f"dash/{SET}/manifest.mpd"),
+                                        ("dash", f"dash/{SET}/manifest.mpd"), ("shaka", f"hls/{SET}/master.m3u8")])
+def test_players_show_each_cue_once(caption_base, kind, path):
+    require_browser()
+    base, _ = caption_base
+    report = play_in_browser(f"{base}/{path}", seconds=9, timeout=60, kind=kind, text=True)
+    assert report["ok"] and not fatal_errors(report), report
+    assert [t["language"][:2] for t in report["subtitleTracks"]] == ["en", "fr"], report["subtitleTracks"]
+    shown = [c for t in report["textTracks"] for c in t["cues"]]
+    # a player places the media on its own timeline (hls.js maps the earliest timestamp, a B-frame delay before
+    # presentation 0, to 0): the cues must sit exactly where the media puts presentation time 0
+    offset = report["bufferedStart"]
+    assert offset is not None and 0 <= offset < 0.1, report["bufferedStart"]
+    loaded = sorted((round(c["start"] - offset, 3), round(min(c["end"] - offset, MEDIA_SECONDS), 3), c["text"])
+                    for c in shown)
+    expected = [(s, round(min(e, MEDIA_SECONDS), 3), t) for s, e, t in file_cues("sample_eng.vtt")]
+    assert len(loaded) == len(set(loaded)), f"a cue shown twice: {shown}"  # the boundary cue is in two segments
+    assert len(loaded) >= 3, shown
+    for (start, end, _), (want_start, want_end, _) in zip(loaded, expected):  # buffered ranges are ms-rounded
+        assert abs(start - want_start) <= 0.002 and abs(end - want_end) <= 0.002, (shown, offset)
+    assert [html.unescape(c[2]) for c in loaded] == [c[2] for c in expected[:len(loaded)]]
