@@ -49,7 +49,7 @@ _BY_NAME: dict[str, DeliveryType] = {**FORMAT_NAMES, **{t.value: t for t in Deli
 
 # What a partner may turn off beyond whole delivery types (issue 13): nginx-vod-module's request grammar beyond plain
 # playback. I-frame playlists are the hls profile's ``iframes`` (they belong to one protocol).
-FEATURES = ("clipping", "track_selection", "thumbnails")
+FEATURES = ("clipping", "track_selection", "thumbnails", "captions")
 HLS_CONTAINERS = ("auto", "ts", "fmp4")  # auto: the gateway decides per presentation (fMP4 for HEVC)
 ENCRYPTIONS = ("none", "aes-128")  # aes-128: HLS whole-segment AES-128 (RFC 8216 §4.3.2.4), hls only
 

@@ -131,6 +131,7 @@ class DeliveryContext:
     hls_key: bytes | None = None  # AES-128 key when the entry's HLS segments are encrypted
     hls_iframes: bool = True  # I-frame playlists in TS master playlists (the partner's hls profile may turn them off)
     caption_languages: Mapping[str, str] = field(default_factory=dict)  # caption file → ISO 639-2, from the entry
+    captions: bool = True  # caption files listed and served (every owning partner's ``captions`` feature)
 
 
 def partner_config(partner: Partner) -> DeliveryConfig:
@@ -190,11 +191,12 @@ def authorize(view: CatalogView, settings: Settings, request: MediaAccess, signe
             if not config.allows(feature):
                 raise AccessDenied(f"authorize: {feature} is disabled for entry {owner.id} (partner "
                                    f"{owner.partner_id}), which contains {request.signed_name}")
+    captions = all(config.allows("captions") for config in configs.values())
     if entry is None or protocol is None:
         partner = view.by_partner.get(entry.partner_id) if entry is not None else None
         languages = entry.caption_languages if entry is not None else {}
         return DeliveryContext(settings.segment_duration_ms, settings.hls_container, entry, partner,
-                               caption_languages=languages)
+                               caption_languages=languages, captions=captions)
     partner = view.partner(entry.partner_id)
     profile = (configs.get(partner.id) or partner_config(partner)).profile(protocol)
     key = None
@@ -203,4 +205,4 @@ def authorize(view: CatalogView, settings: Settings, request: MediaAccess, signe
     # AES-128 whole-segment encryption is applied to MPEG-TS only (an encrypted EXT-X-MAP would need explicit IVs)
     container = "ts" if key is not None else profile.hls_container
     return DeliveryContext(profile.segment_duration_ms, container, entry, partner, key, profile.iframes,
-                           entry.caption_languages)
+                           entry.caption_languages, captions)

@@ -35,7 +35,7 @@ from packagers.naming import TrackSpec
 from packagers.ts import TS_PTS_OFFSET, ScatterBuild, TsMuxer
 from packagers.ts.pes import HEADER_PROBE_BYTES, own_headers
 
-from ..catalog.access import DeliveryContext
+from ..catalog.access import AccessDenied, DeliveryContext
 from ..catalog.delivery import encrypt_segment
 from ..origin.packaging import OpenedSet, Packaging, ignore_stage, timed
 from ..origin.store import FileIdentity, Store, WouldBlock
@@ -168,8 +168,10 @@ def _hls_master(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging
 
 
 def caption_renditions(media_set: MediaSet, context: DeliveryContext) -> tuple[CaptionRendition, ...]:
-    """The media set's caption files as manifests list them; the catalog's language for a file wins over the one
-    its name gives."""
+    """The media set's caption files as manifests list them (none when a partner turned captions off); the
+    catalog's language for a file wins over the one its name gives."""
+    if not context.captions:
+        return ()
     out = []
     for k, source in enumerate(media_set.captions):
         code = context.caption_languages.get(source.source, source.language)
@@ -246,6 +248,7 @@ def _hls_playlist(parsed: PackagedRequest, opened: OpenedSet, packaging: Packagi
                   context: DeliveryContext) -> Product:
     media_set = opened.media_set
     if media_set.caption(parsed.file.spec) is not None:  # a caption file's playlist: WebVTT segments
+        _caption(opened, parsed.file.spec, context)
         build = _text(packaging, build_subtitle_playlist, parsed.file.spec, media_set.plans[0].durations())
         return Product(("hls", "subs", parsed.file.spec.file), build, M3U8_TYPE, packaging.settings.manifest_max_age)
     container = choose_container(media_set, context.hls_container)
@@ -282,7 +285,9 @@ def _hls_segment(parsed: PackagedRequest, opened: OpenedSet, packaging: Packagin
     return _segment(packaging, opened, cache_key, selection, file.index, mux, content_type, scatter)
 
 
-def _caption(opened: OpenedSet, spec: TrackSpec) -> CaptionSource:
+def _caption(opened: OpenedSet, spec: TrackSpec, context: DeliveryContext) -> CaptionSource:
+    if not context.captions:
+        raise AccessDenied("product_for: captions are disabled for the partner of this media")
     source = opened.media_set.caption(spec)
     if source is None:
         raise not_found(f"product_for: '{spec.suffix()}' names no caption file of this url set")
@@ -309,7 +314,7 @@ def _hls_caption_segment(parsed: PackagedRequest, opened: OpenedSet, packaging: 
                          context: DeliveryContext) -> Product:
     """WebVTT segment n of a caption file: the cues of media segment n's window, mapped onto the media's timeline
     (X-TIMESTAMP-MAP: MPEG-TS time TS_PTS_OFFSET, fMP4 time 0, is presentation time 0)."""
-    source, index, media_set = _caption(opened, parsed.file.spec), parsed.file.index, opened.media_set
+    source, index, media_set = _caption(opened, parsed.file.spec, context), parsed.file.index, opened.media_set
     plan = media_set.plans[0]
     plan.check_index(index)
     start, end = (int(plan.boundaries[i]) * 1000 // plan.timescale for i in (index, index + 1))
@@ -332,7 +337,7 @@ def _dash_manifest(parsed: PackagedRequest, opened: OpenedSet, packaging: Packag
 def _dash_text(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
                context: DeliveryContext) -> Product:
     """A caption file as one WebVTT file (the text AdaptationSet's BaseURL), cut to the media set's duration."""
-    source, media_set = _caption(opened, parsed.file.spec), opened.media_set
+    source, media_set = _caption(opened, parsed.file.spec, context), opened.media_set
     duration_ms = int(max(p.duration_seconds for p in media_set.presentations) * 1000)
 
     def build() -> bytes:

@@ -165,7 +165,7 @@ def test_to_dict_is_json_and_round_trips():
     assert d["profiles"]["hls"] == {"enabled": True, "segment_duration_ms": 6000, "hls_container": "ts",
                                     "encryption": "aes-128", "iframes": False,
                                     "extra": {"cdn": {"host": "x", "w": [1, 2.5]}}}
-    assert d["features"] == {"clipping": True, "track_selection": True, "thumbnails": False}
+    assert d["features"] == {"clipping": True, "track_selection": True, "thumbnails": False, "captions": True}
     assert merge(SYSTEM_DEFAULTS, d) == c
     assert merge(SYSTEM_DEFAULTS, json.loads(json.dumps(d))) == c
     assert merge(SYSTEM_DEFAULTS, to_dict(SYSTEM_DEFAULTS)) == SYSTEM_DEFAULTS
@@ -175,7 +175,7 @@ def test_features_are_switched_per_partner_and_checked():
     c = merge(SYSTEM_DEFAULTS, {"features": {"clipping": False}})
     assert not c.allows("clipping") and c.allows("thumbnails") and SYSTEM_DEFAULTS.allows("clipping")
     assert merge(c, {"features": {"thumbnails": False}}).features == {"clipping": False, "track_selection": True,
-                                                                      "thumbnails": False}
+                                                                      "thumbnails": False, "captions": True}
     with pytest.raises(ProfileError, match="^features: unknown key 'thumbs' \\(did you mean 'thumbnails'"):
         merge(SYSTEM_DEFAULTS, {"features": {"thumbs": False}})
     with pytest.raises(ProfileError, match="^features.clipping: must be true or false, got 0"):

@@ -43,9 +43,11 @@ def caption_base(tmp_path_factory):
     (store / "movie.mp4").write_bytes(fixture_path(MEDIA).read_bytes())
     (store / "movie_subs.vtt").write_bytes((CAPTIONS / "sample_eng.vtt").read_bytes())
     proc, base = start_gateway(store, store.parent / "captions.log", "--catalog-ttl", "0")
-    yield base, store
-    proc.terminate()
-    proc.wait(10)
+    fmp4, fmp4_base = start_gateway(store, store.parent / "captions-fmp4.log", "--hls-container", "fmp4")
+    yield base, store, fmp4_base
+    for p in (proc, fmp4):
+        p.terminate()
+        p.wait(10)
 
 
 def file_cues(name: str, shift: float = 0.0, end: float = MEDIA_SECONDS, cut: bool = False
@@ -76,7 +78,7 @@ def segment_cues(data: bytes) -> list[tuple[float, float, str]]:
 
 
 def test_master_lists_each_caption_file_as_a_subtitle_rendition(caption_base):
-    base, _ = caption_base
+    base = caption_base[0]
     master = m3u8.loads(get(f"{base}/hls/{SET}/master.m3u8").decode())
     subs = [m for m in master.media if m.type == "SUBTITLES"]
     assert [(m.language, m.name, m.uri, m.group_id) for m in subs] == [
@@ -86,7 +88,7 @@ def test_master_lists_each_caption_file_as_a_subtitle_rendition(caption_base):
 
 @pytest.mark.parametrize("name, number", [("sample_eng.vtt", 2), ("sample_eng.srt", 3)])
 def test_every_cue_is_in_each_segment_it_overlaps(caption_base, name, number):
-    base, _ = caption_base
+    base = caption_base[0]
     playlist = m3u8.loads(get(f"{base}/hls/{SET}/index-f{number}.m3u8").decode())
     media = m3u8.loads(get(f"{base}/hls/{SET}/index-f1-v1-a1.m3u8").decode())
     assert [s.duration for s in playlist.segments] == [s.duration for s in media.segments]  # aligned windows
@@ -102,7 +104,7 @@ def test_every_cue_is_in_each_segment_it_overlaps(caption_base, name, number):
 
 
 def test_a_clip_moves_the_cues_and_a_broken_file_fails_alone(caption_base):
-    base, _ = caption_base
+    base = caption_base[0]
     clipped = f"{base}/hls/{SET}/clipFrom/3000"
     playlist = m3u8.loads(get(f"{clipped}/index-f2.m3u8").decode())
     got = [c for s in playlist.segments for c in segment_cues(get(f"{clipped}/{s.uri}"))]
@@ -116,14 +118,14 @@ def test_a_clip_moves_the_cues_and_a_broken_file_fails_alone(caption_base):
 
 
 def test_dash_lists_a_text_adaptation_set_of_the_whole_file(caption_base):
-    base, _ = caption_base
+    base = caption_base[0]
     mpd = get(f"{base}/dash/{SET}/manifest.mpd").decode()
     assert mpd.count('contentType="text"') == 2 and '<BaseURL>sub-f2.vtt</BaseURL>' in mpd
     assert segment_cues(get(f"{base}/dash/{SET}/sub-f2.vtt")) == file_cues("sample_eng.vtt", cut=True)
 
 
 def test_catalog_captions_come_with_the_entry_urls(caption_base):
-    base, store = caption_base
+    base, store = caption_base[:2]
     subprocess.run([sys.executable, "-m", "gateway", "partners", "add", "101", "--name", "P", "--store", str(store)],
                    check=True, capture_output=True)
     subprocess.run([sys.executable, "-m", "gateway", "entries", "add", "0_capt0001", "--partner", "101", "--name", "m",
@@ -135,16 +137,25 @@ def test_catalog_captions_come_with_the_entry_urls(caption_base):
     master = m3u8.loads(get(urls["applehttp"].strip()).decode())
     (subs,) = [m for m in master.media if m.type == "SUBTITLES"]
     assert subs.language == "es" and subs.name == "Español"  # the catalog's language: the name says none
-    assert segment_cues(get(urljoin(urls["applehttp"].strip(), subs.uri).replace("index-", "seg-1-")
-                            .replace(".m3u8", ".vtt")))[0][2] == "<i>Hello</i> there"
+    first = urljoin(urls["applehttp"].strip(), subs.uri).replace("index-", "seg-1-").replace(".m3u8", ".vtt")
+    assert segment_cues(get(first))[0][2] == "<i>Hello</i> there"
+    subprocess.run([sys.executable, "-m", "gateway", "partners", "set-feature", "101", "captions", "off", "--store",
+                    str(store)], check=True, capture_output=True)
+    assert b"SUBTITLES" not in get(urls["applehttp"].strip())  # listed no more; the media plays on
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        get(first)
+    assert raised.value.code == 403 and b"captions are disabled" in raised.value.read()
 
 
 @pytest.mark.browser
-@pytest.mark.parametrize("kind, path", [("hls", f"hls/{SET}/master.m3u8"), ("shaka", f"dash/{SET}/manifest.mpd"),
-                                        ("dash", f"dash/{SET}/manifest.mpd"), ("shaka", f"hls/{SET}/master.m3u8")])
-def test_players_show_each_cue_once(caption_base, kind, path):
+@pytest.mark.parametrize("kind, path, fmp4", [
+    ("hls", f"hls/{SET}/master.m3u8", False), ("shaka", f"hls/{SET}/master.m3u8", False),
+    ("hls", f"hls/{SET}/master.m3u8", True), ("shaka", f"dash/{SET}/manifest.mpd", False),
+    ("dash", f"dash/{SET}/manifest.mpd", False),
+])  # fmt: skip
+def test_players_show_each_cue_once(caption_base, kind, path, fmp4):
     require_browser()
-    base, _ = caption_base
+    base = caption_base[2] if fmp4 else caption_base[0]
     report = play_in_browser(f"{base}/{path}", seconds=9, timeout=60, kind=kind, text=True)
     assert report["ok"] and not fatal_errors(report), report
     assert [t["language"][:2] for t in report["subtitleTracks"]] == ["en", "fr"], report["subtitleTracks"]

@@ -125,6 +125,7 @@ def test_a_partner_turns_thumbnails_and_clipping_off(tmp_path):
         shown = json.loads(subprocess.run([sys.executable, "-m", "gateway", "partners", "show", "101", "--store",
                                            str(store)], check=True, capture_output=True).stdout)
         assert shown["delivery"]["features"] == {"thumbnails": False, "clipping": False, "track_selection": False}
+        assert "captions" not in shown["delivery"]["features"]  # an override names what it changes only
     finally:
         proc.terminate()
         proc.wait(10)
