@@ -162,3 +162,14 @@ def test_clip_from_past_the_end_is_a_clear_400(gateway_url):
             get(url)
         assert raised.value.code == 400, url
         assert b"clip" in raised.value.read().lower()
+
+
+@pytest.mark.browser
+def test_clipped_mp4_plays_in_chromium(gateway_url, source):
+    from .browser_player import fatal_errors, play_in_browser, require_browser
+
+    require_browser()
+    report = play_in_browser(f"{gateway_url}/mp4/{NAME}/clipFrom/{CLIP_FROM}/clipTo/{CLIP_TO}", seconds=3,
+                             timeout=40, kind="native")
+    assert report["ok"] and not fatal_errors(report), report
+    assert abs(report["duration"] - clip_seconds(source)) < FRAME and report["videoWidth"] == 320
