@@ -9,7 +9,8 @@ from aiohttp import web
 
 HLS_CONTAINERS = ("auto", "ts", "fmp4", "mpegts")  # auto: fMP4 for HEVC (Apple requires it), MPEG-TS otherwise
 ACCESS_LOG_FORMATS = ("text", "json")
-THUMBNAIL_MODES = ("accurate", "keyframe")  # nginx-vod-module's vod_thumb_accurate_positioning on | off
+THUMBNAIL_MODES = ("accurate", "keyframe")
+DASH_SUBTITLE_FORMATS = ("webvtt", "smpte-tt")  # nginx-vod-module's vod_dash_subtitle_format  # nginx-vod-module's vod_thumb_accurate_positioning on | off
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Settings:
     max_url_set_files: int = 32
     thumbnail_mode: str = "accurate"  # accurate: the frame at that time (decoded from its key frame); keyframe: faster
     thumbnail_decodes: int = 0  # thumbnails decoded at once (the rest queue); 0 = one per CPU core
+    dash_subtitle_format: str = "webvtt"  # caption files in DASH: one WebVTT file, or smpte-tt (TTML in fMP4 segments)
     access_log: bool = True  # one INFO line per request on the "gateway.access" logger (gateway/ops/access_log.py)
     access_log_format: str = "text"  # text | json (one JSON object per line)
     catalog: Path | None = None  # partners and entries; default <store>/.catalog (never served: hidden name)
@@ -70,6 +72,8 @@ class Settings:
             raise ValueError("io_threads must be >= 1")
         if self.thumbnail_mode not in THUMBNAIL_MODES:
             raise ValueError(f"thumbnail mode {self.thumbnail_mode!r} is not one of {THUMBNAIL_MODES}")
+        if self.dash_subtitle_format not in DASH_SUBTITLE_FORMATS:
+            raise ValueError(f"dash subtitle format {self.dash_subtitle_format!r} is not one of {DASH_SUBTITLE_FORMATS}")
         if self.thumbnail_decodes < 0:
             raise ValueError("thumbnail_decodes must be >= 0 (0 = one per core)")
         if self.access_log_format not in ACCESS_LOG_FORMATS:

@@ -13,32 +13,31 @@ from typing import Callable, Hashable
 
 import numpy as np
 
-from packagers.captions import MAX_BYTES as MAX_CAPTION_BYTES
-from packagers.captions import CaptionTrack, build_webvtt_file, build_webvtt_segment, parse_captions
-from packagers.captions.files import CaptionRendition, CaptionSource
+from packagers.captions.files import CaptionRendition
 from packagers.captions.hls import add_subtitles, build_subtitle_playlist
 from packagers.dash import mpd as dash
-from packagers.errors import ErrorCode, PackagerError, bad_data, not_found
+from packagers.errors import ErrorCode, PackagerError
 from packagers.fmp4 import Fmp4Muxer, build_init_segment
 from packagers.hds import build_f4m, fragment_muxer
 from packagers.hds.f4m import FRAGMENT_CONTENT_TYPE, MANIFEST_CONTENT_TYPE
 from packagers.hls import names as hls_names
 from packagers.hls.iframes import KeyFrames, build_iframe_playlist
-from packagers.hls.playlists import (build_master_playlist, build_media_playlist, choose_container, language_name,
-                                     language_tag)
+from packagers.hls.playlists import build_master_playlist, build_media_playlist, choose_container
 from packagers.media_data import plan_reads
 from packagers.media_set import MediaSet, Selection
 from packagers.mss import MANIFEST_CONTENT_TYPE as MSS_MANIFEST_TYPE
 from packagers.mss import build_smooth_manifest, locate_fragment
 from packagers.model import Track
-from packagers.naming import TrackSpec
 from packagers.ts import TS_PTS_OFFSET, ScatterBuild, TsMuxer
 from packagers.ts.pes import HEADER_PROBE_BYTES, own_headers
 
-from ..catalog.access import AccessDenied, DeliveryContext
+from ..catalog.access import DeliveryContext
 from ..catalog.delivery import encrypt_segment
-from ..origin.packaging import OpenedSet, Packaging, ignore_stage, timed
+from ..origin.packaging import OpenedSet, Packaging, ignore_stage
 from ..origin.store import FileIdentity, Store, WouldBlock
+from .caption_products import (caption_renditions, caption_source, dash_text, hls_caption_segment, stpp_fragment,
+                               stpp_init)
+from .product import Product, text_product
 from .urls import PackagedRequest
 
 # Segments whose samples are in the page cache are built on the event loop, as nginx-vod-module muxes on its own:
@@ -49,22 +48,7 @@ INLINE_READ_LIMIT = 8 * 1024 * 1024
 # ~2 s of one I/O thread) a rendition gets none, so that no request can hold a thread for long.
 MAX_IFRAME_SEGMENTS = 10_000
 M3U8_TYPE = "application/vnd.apple.mpegurl"
-VTT_TYPE = "text/vtt"
-# parsed caption files up to this size stay with their media set (a two-hour film's are ~150 KB); bigger ones are
-# parsed per request (their outputs are cached like any other)
-KEEP_CAPTION_BYTES = 2 << 20
 TS_TYPE = "video/MP2T"
-
-
-@dataclass(frozen=True)
-class Product:
-    key: Hashable  # canonical: two URLs naming the same bytes share one cache entry and ETag
-    build: Callable[[], bytes]  # blocking; runs in the executor
-    content_type: str
-    max_age: int
-    private: bool = False  # keys: never stored by shared caches
-    # the same build, tried first on the event loop: raises WouldBlock unless every byte it reads is in the page cache
-    build_inline: Callable[[], bytes] | None = None
 
 
 def build_segment(store: Store, file: FileIdentity, media_set: MediaSet, selection: Selection, index: int,
@@ -123,10 +107,6 @@ def _segment(packaging: Packaging, opened: OpenedSet, cache_key: Hashable, selec
                    build_inline=partial(build, nowait=True))
 
 
-def _text(packaging: Packaging, fn: Callable[..., str], *args) -> Callable[[], bytes]:
-    return lambda: timed(packaging.observe_stage, "manifest", fn, *args).encode()
-
-
 def _fmp4_type(selection: Selection) -> str:
     return dash.content_type("video" if any(t.kind == "video" for t in selection.tracks) else "audio")
 
@@ -143,7 +123,7 @@ def _aes(context: DeliveryContext) -> tuple:
 def _manifest(protocol: str, write: Callable[[MediaSet], str], content_type: str) -> Builder:
     """The builder of a protocol's one manifest of the whole media set (cache key: protocol, "manifest")."""
     def build(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging, context: DeliveryContext) -> Product:
-        return Product((protocol, "manifest"), _text(packaging, write, opened.media_set), content_type,
+        return Product((protocol, "manifest"), text_product(packaging, write, opened.media_set), content_type,
                        packaging.settings.manifest_max_age)
 
     return build
@@ -162,23 +142,9 @@ def _hls_master(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging
     container = choose_container(opened.media_set, context.hls_container)
     iframes = _iframes_allowed(container, context)
     subtitles = caption_renditions(opened.media_set, context)
-    build = _text(packaging, master_playlist, packaging.store, opened, container, iframes, subtitles)
+    build = text_product(packaging, master_playlist, packaging.store, opened, container, iframes, subtitles)
     return Product(("hls", "master", container, iframes, subtitles, *_aes(context)), build, M3U8_TYPE,
                    packaging.settings.manifest_max_age)
-
-
-def caption_renditions(media_set: MediaSet, context: DeliveryContext) -> tuple[CaptionRendition, ...]:
-    """The media set's caption files as manifests list them (none when a partner turned captions off); the
-    catalog's language for a file wins over the one its name gives."""
-    if not context.captions:
-        return ()
-    out = []
-    for k, source in enumerate(media_set.captions):
-        code = context.caption_languages.get(source.source, source.language)
-        name = language_name(code) if code != "und" else f"Subtitles {k + 1}"
-        out.append(CaptionRendition(TrackSpec(source.number), language_tag(code) if code != "und" else "", name,
-                                    default=k == 0))
-    return tuple(out)
 
 
 def _iframes_allowed(container: str, context: DeliveryContext) -> bool:
@@ -220,7 +186,7 @@ def _hls_iframes(parsed: PackagedRequest, opened: OpenedSet, packaging: Packagin
     if selection.tracks[0].kind != "video":
         raise PackagerError(ErrorCode.NOT_FOUND, "product_for: an I-frame playlist needs a video track")
     muxer = packaging.muxer(media_set, selection, "ts", TsMuxer)
-    build = _text(packaging, iframe_playlist, packaging.store, opened.files[selection.file_index], media_set,
+    build = text_product(packaging, iframe_playlist, packaging.store, opened.files[selection.file_index], media_set,
                   selection, muxer)
     return Product(("hls", "iframes", selection.spec.suffix()), build, M3U8_TYPE,
                    packaging.settings.manifest_max_age)
@@ -248,14 +214,14 @@ def _hls_playlist(parsed: PackagedRequest, opened: OpenedSet, packaging: Packagi
                   context: DeliveryContext) -> Product:
     media_set = opened.media_set
     if media_set.caption(parsed.file.spec) is not None:  # a caption file's playlist: WebVTT segments
-        _caption(opened, parsed.file.spec, context)
-        build = _text(packaging, build_subtitle_playlist, parsed.file.spec, media_set.plans[0].durations())
+        caption_source(opened, parsed.file.spec, context)
+        build = text_product(packaging, build_subtitle_playlist, parsed.file.spec, media_set.plans[0].durations())
         return Product(("hls", "subs", parsed.file.spec.file), build, M3U8_TYPE, packaging.settings.manifest_max_age)
     container = choose_container(media_set, context.hls_container)
     selection = media_set.resolve(parsed.file.spec)
     extension = "ts" if container == "ts" else "m4s"
     key_uri = hls_names.KEY_NAME if context.hls_key is not None else None
-    build = _text(packaging, build_media_playlist, media_set, selection, extension, container, key_uri)
+    build = text_product(packaging, build_media_playlist, media_set, selection, extension, container, key_uri)
     return Product(("hls", "index", selection.spec.suffix(), container, *_aes(context)), build, M3U8_TYPE,
                    packaging.settings.manifest_max_age)
 
@@ -264,7 +230,7 @@ def _hls_segment(parsed: PackagedRequest, opened: OpenedSet, packaging: Packagin
                  context: DeliveryContext) -> Product:
     file, aes_key = parsed.file, context.hls_key
     if file.container == "vtt":
-        return _hls_caption_segment(parsed, opened, packaging, context)
+        return hls_caption_segment(parsed, opened, packaging, context)
     selection = opened.media_set.resolve(file.spec)
     if file.container == "ts":
         ts_muxer = packaging.muxer(opened.media_set, selection, "ts", TsMuxer)
@@ -285,70 +251,18 @@ def _hls_segment(parsed: PackagedRequest, opened: OpenedSet, packaging: Packagin
     return _segment(packaging, opened, cache_key, selection, file.index, mux, content_type, scatter)
 
 
-def _caption(opened: OpenedSet, spec: TrackSpec, context: DeliveryContext) -> CaptionSource:
-    if not context.captions:
-        raise AccessDenied("product_for: captions are disabled for the partner of this media")
-    source = opened.media_set.caption(spec)
-    if source is None:
-        raise not_found(f"product_for: '{spec.suffix()}' names no caption file of this url set")
-    return source
-
-
-def caption_track(store: Store, opened: OpenedSet, source: CaptionSource) -> CaptionTrack:
-    """The parsed caption file (kept with the media set when small). Blocking. A broken file is BAD_DATA for the
-    caption requests only: manifests list caption files without reading them."""
-    file = opened.caption_files[source.number]
-
-    def parse() -> CaptionTrack:
-        if file.size > MAX_CAPTION_BYTES:
-            raise bad_data(f"caption_track: {source.source} has {file.size} bytes, more than {MAX_CAPTION_BYTES}")
-        with store.open(file) as reader:
-            return parse_captions(reader.pread(0, file.size), source.source)
-
-    if file.size > KEEP_CAPTION_BYTES:
-        return parse()
-    return opened.media_set.derived(("caption", source.number), parse)
-
-
-def _hls_caption_segment(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
-                         context: DeliveryContext) -> Product:
-    """WebVTT segment n of a caption file: the cues of media segment n's window, mapped onto the media's timeline
-    (X-TIMESTAMP-MAP: MPEG-TS time TS_PTS_OFFSET, fMP4 time 0, is presentation time 0)."""
-    source, index, media_set = _caption(opened, parsed.file.spec, context), parsed.file.index, opened.media_set
-    plan = media_set.plans[0]
-    plan.check_index(index)
-    start, end = (int(plan.boundaries[i]) * 1000 // plan.timescale for i in (index, index + 1))
-    mpegts = TS_PTS_OFFSET if choose_container(media_set, context.hls_container) == "ts" else 0
-
-    def build() -> bytes:
-        track = caption_track(packaging.store, opened, source)
-        return build_webvtt_segment(track, start, end, media_set.caption_offset_ms, mpegts).encode()
-
-    return Product(("hls", "vtt", index, source.number, mpegts), build, VTT_TYPE, packaging.settings.segment_max_age)
-
-
 def _dash_manifest(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
                    context: DeliveryContext) -> Product:
-    text = caption_renditions(opened.media_set, context)
-    build = _text(packaging, partial(dash.build_mpd, text=text), opened.media_set)
-    return Product(("dash", "manifest", text), build, dash.MPD_CONTENT_TYPE, packaging.settings.manifest_max_age)
-
-
-def _dash_text(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
-               context: DeliveryContext) -> Product:
-    """A caption file as one WebVTT file (the text AdaptationSet's BaseURL), cut to the media set's duration."""
-    source, media_set = _caption(opened, parsed.file.spec, context), opened.media_set
-    duration_ms = int(max(p.duration_seconds for p in media_set.presentations) * 1000)
-
-    def build() -> bytes:
-        track = caption_track(packaging.store, opened, source)
-        return build_webvtt_file(track, media_set.caption_offset_ms, duration_ms).encode()
-
-    return Product(("dash", "text", source.number), build, VTT_TYPE, packaging.settings.segment_max_age)
+    text, text_format = caption_renditions(opened.media_set, context), packaging.settings.dash_subtitle_format
+    build = text_product(packaging, partial(dash.build_mpd, text=text, text_format=text_format), opened.media_set)
+    return Product(("dash", "manifest", text, text_format), build, dash.MPD_CONTENT_TYPE,
+                   packaging.settings.manifest_max_age)
 
 
 def _init(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
           context: DeliveryContext) -> Product:
+    if parsed.protocol == "dash" and opened.media_set.caption(parsed.file.spec) is not None:
+        return stpp_init(opened, packaging, context, parsed.file.spec)
     selection = opened.media_set.resolve(parsed.file.spec)
     # identical for HLS and DASH: one cache entry
     build = partial(build_init_segment, selection.tracks)
@@ -357,6 +271,8 @@ def _init(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
 
 def _dash_fragment(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
                    context: DeliveryContext) -> Product:
+    if opened.media_set.caption(parsed.file.spec) is not None:
+        return stpp_fragment(opened, packaging, context, parsed.file.spec, parsed.file.index)
     selection = opened.media_set.resolve(parsed.file.spec)
     if len(selection.tracks) != 1:
         raise PackagerError(ErrorCode.BAD_REQUEST, "product_for: a DASH fragment carries one track (-vN or -aN)")
@@ -392,7 +308,7 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     ("hls", "segment"): _hls_segment,
     ("hls", "init"): _init,
     ("dash", "manifest"): _dash_manifest,
-    ("dash", "text"): _dash_text,
+    ("dash", "text"): dash_text,
     ("dash", "init"): _init,
     ("dash", "segment"): _dash_fragment,
     ("mss", "manifest"): _manifest("mss", build_smooth_manifest, MSS_MANIFEST_TYPE),

@@ -17,7 +17,7 @@ from .catalog_cli import add_catalog_commands
 from ..tools.nginx_config import add_nginx_config_command
 from .config_file import LOG_LEVELS, ConfigError, ConfigSource, load_rtmp_table
 from .serve import serve, serve_config
-from ..settings import ACCESS_LOG_FORMATS, HLS_CONTAINERS, THUMBNAIL_MODES, Settings
+from ..settings import ACCESS_LOG_FORMATS, DASH_SUBTITLE_FORMATS, HLS_CONTAINERS, THUMBNAIL_MODES, Settings
 from rtmp.config import RtmpConfig
 
 DEMO_PATHS = (
@@ -143,6 +143,8 @@ def _server_options(p: argparse.ArgumentParser, default_port: int) -> None:
                         "keyframe: the key frame before it, ~3x faster")
     p.add_argument("--thumbnail-decodes", type=int, default=None, metavar="N",
                    help="thumbnails decoded at once, the rest wait (default 0 = one per CPU core)")
+    p.add_argument("--dash-subtitle-format", default=None, choices=DASH_SUBTITLE_FORMATS,
+                   help="caption files in DASH: webvtt (default: one WebVTT file) or smpte-tt (TTML in fMP4 segments)")
     p.add_argument("--hls-container", default=None, choices=HLS_CONTAINERS,
                    help="HLS segments: ts (MPEG-TS), fmp4, or auto = fmp4 for HEVC (Apple's rule), ts otherwise "
                         "(default auto)")
@@ -153,7 +155,7 @@ _FLAG_KEYS = ("store", "host", "port", "rtmp_port", "segment_cache_mb", "metadat
               "max_connections_per_address", "segment_max_age",
               "manifest_max_age", "not_found_max_age", "stat_cache_seconds", "io_threads", "access_log",
               "access_log_format", "catalog", "catalog_ttl", "signed_url_ttl", "hls_container", "thumbnail_mode",
-              "thumbnail_decodes", "workers",
+              "thumbnail_decodes", "dash_subtitle_format", "workers",
               "shutdown_grace", "drain_delay", "log_level")
 
 

@@ -90,6 +90,31 @@ def representation(media_set: MediaSet, selection: Selection) -> Representation:
     return Representation(selection, starts + pto, durations, pto, peak)
 
 
+def text_element(period: ET.Element, index: int, caption: CaptionRendition, media_set: MediaSet,
+                 text_format: str) -> None:
+    """The text AdaptationSet of one caption file: WebVTT as one file, or "smpte-tt": an ``stpp`` Representation
+    whose segments (``init-fN.mp4``, ``fragment-<n>-fN.m4s``, milliseconds) are the media segments' windows."""
+    stpp = text_format == "smpte-tt"
+    attrs = {"id": str(index), "contentType": "text", "mimeType": "application/mp4" if stpp else "text/vtt"}
+    if stpp:
+        attrs["codecs"] = "stpp"
+    if caption.language:
+        attrs["lang"] = caption.language
+    adaptation = ET.SubElement(period, "AdaptationSet", attrs)
+    ET.SubElement(adaptation, "Role", {"schemeIdUri": ROLE_SCHEME, "value": "subtitle"})
+    ET.SubElement(adaptation, "Label").text = caption.name
+    rep = ET.SubElement(adaptation, "Representation", {"id": f"text{caption.spec.suffix()}", "bandwidth": "256"})
+    if not stpp:
+        ET.SubElement(rep, "BaseURL").text = text_name(caption.spec)
+        return
+    plan = media_set.plans[0]
+    bounds = plan.boundaries * 1000 // plan.timescale
+    template = ET.SubElement(rep, "SegmentTemplate", {
+        "timescale": "1000", "initialization": init_segment_name(caption.spec),
+        "media": media_template(caption.spec), "startNumber": "1"})  # fmt: skip
+    template.append(segment_timeline(bounds[:-1], np.diff(bounds)))
+
+
 def segment_timeline(starts: np.ndarray, durations: np.ndarray) -> ET.Element:
     """<SegmentTimeline> with one <S> per run of equal durations (§5.3.9.6); @t on the first S and after a gap."""
     timeline = ET.Element("SegmentTimeline")
@@ -133,9 +158,11 @@ def _representation_element(parent: ET.Element, rep: Representation) -> None:
     ET.SubElement(element, "SegmentTemplate", template).append(segment_timeline(rep.starts, rep.durations))
 
 
-def build_mpd(media_set: MediaSet, *, base_url: str = "", text: Sequence[CaptionRendition] = ()) -> str:
+def build_mpd(media_set: MediaSet, *, base_url: str = "", text: Sequence[CaptionRendition] = (),
+              text_format: str = "webvtt") -> str:
     """The static MPD of ``media_set``; ``base_url`` (optional) becomes the MPD-level <BaseURL>; ``text``: caption
-    files, each a text AdaptationSet of one WebVTT file (its BaseURL, ``sub-fN.vtt``) that players load whole."""
+    files, each a text AdaptationSet: one WebVTT file (its BaseURL, ``sub-fN.vtt``) that players load whole, or with
+    ``text_format`` "smpte-tt", TTML in fMP4 (``stpp``) segments on the media's timeline (``text_element``)."""
     sets: dict[tuple[str, str], list[Representation]] = {}
     for selection in video_selections(media_set):
         sets.setdefault(("video", selection.tracks[0].codec.codec), []).append(representation(media_set, selection))
@@ -170,13 +197,6 @@ def build_mpd(media_set: MediaSet, *, base_url: str = "", text: Sequence[Caption
         for rep in group:
             _representation_element(adaptation, rep)
     for index, caption in enumerate(text, start=len(sets)):
-        attrs = {"id": str(index), "contentType": "text", "mimeType": "text/vtt"}
-        if caption.language:
-            attrs["lang"] = caption.language
-        adaptation = ET.SubElement(period, "AdaptationSet", attrs)
-        ET.SubElement(adaptation, "Role", {"schemeIdUri": ROLE_SCHEME, "value": "subtitle"})
-        ET.SubElement(adaptation, "Label").text = caption.name
-        rep = ET.SubElement(adaptation, "Representation", {"id": f"text{caption.spec.suffix()}", "bandwidth": "256"})
-        ET.SubElement(rep, "BaseURL").text = text_name(caption.spec)
+        text_element(period, index, caption, media_set, text_format)
     ET.indent(root, "  ")
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

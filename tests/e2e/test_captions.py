@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import html
 import io
+import re
 import shutil
 import subprocess
 import sys
 import urllib.error
 from pathlib import Path
 from urllib.parse import urljoin
+
+import xml.etree.ElementTree as ET
 
 import av
 import m3u8
@@ -23,6 +26,7 @@ import pytest
 from fixtures.generate import fixture_path
 from packagers.ts import TS_PTS_OFFSET
 
+from ..packagers.fmp4_tools import read_fragment, root
 from .browser_player import fatal_errors, play_in_browser, require_browser
 from .conftest import start_gateway
 from .http import get
@@ -44,8 +48,9 @@ def caption_base(tmp_path_factory):
     (store / "movie_subs.vtt").write_bytes((CAPTIONS / "sample_eng.vtt").read_bytes())
     proc, base = start_gateway(store, store.parent / "captions.log", "--catalog-ttl", "0")
     fmp4, fmp4_base = start_gateway(store, store.parent / "captions-fmp4.log", "--hls-container", "fmp4")
-    yield base, store, fmp4_base
-    for p in (proc, fmp4):
+    stpp, stpp_base = start_gateway(store, store.parent / "captions-stpp.log", "--dash-subtitle-format", "smpte-tt")
+    yield base, store, fmp4_base, stpp_base
+    for p in (proc, fmp4, stpp):
         p.terminate()
         p.wait(10)
 
@@ -124,6 +129,50 @@ def test_dash_lists_a_text_adaptation_set_of_the_whole_file(caption_base):
     assert segment_cues(get(f"{base}/dash/{SET}/sub-f2.vtt")) == file_cues("sample_eng.vtt", cut=True)
 
 
+def ttml_cues(ttml: bytes) -> list[tuple[float, float, str]]:
+    """(begin, end, text) of every <p> of a TTML document, read with ElementTree (tags dropped, <br/> a newline)."""
+    ns = {"tt": "http://www.w3.org/ns/ttml"}
+
+    def seconds(clock: str) -> float:
+        h, m, s = clock.split(":")
+        return round(int(h) * 3600 + int(m) * 60 + float(s), 3)
+
+    def words(element: ET.Element) -> str:
+        parts = [element.text or ""]
+        for child in element:
+            parts += ["\n" if child.tag.endswith("br") else words(child), child.tail or ""]
+        return "".join(parts)
+
+    return [(seconds(p.get("begin")), seconds(p.get("end")), words(p).strip())
+            for p in ET.fromstring(ttml).iterfind(".//tt:p", ns)]
+
+
+def test_dash_smpte_tt_is_ttml_in_fmp4_segments_on_the_media_timeline(caption_base):
+    base = caption_base[3]
+    mpd = ET.fromstring(get(f"{base}/dash/{SET}/manifest.mpd"))
+    ns = {"d": "urn:mpeg:dash:schema:mpd:2011"}
+    (text,) = [a for a in mpd.iterfind(".//d:AdaptationSet", ns) if a.get("contentType") == "text"][:1]
+    assert text.get("codecs") == "stpp" and text.get("mimeType") == "application/mp4"
+    template = text.find(".//d:SegmentTemplate", ns)
+    video = [a for a in mpd.iterfind(".//d:AdaptationSet", ns) if a.get("contentType") == "video"][0]
+    video_timeline = video.find(".//d:SegmentTimeline", ns)
+    video_scale = int(video.find(".//d:SegmentTemplate", ns).get("timescale"))
+    windows = [int(s.get("d")) * (int(s.get("r", 0)) + 1) for s in video_timeline]
+    assert sum(windows) / video_scale == pytest.approx(sum(
+        int(s.get("d")) * (int(s.get("r", 0)) + 1) for s in template.find("d:SegmentTimeline", ns)) / 1000, abs=0.01)
+    init = get(f"{base}/dash/{SET}/{template.get('initialization')}")
+    assert root(init).find(b"moov", b"trak", b"mdia", b"hdlr").parsed.handler_type == b"subt"
+    cues, t = file_cues("sample_eng.vtt"), 0.0
+    playlist = m3u8.loads(get(f"{caption_base[0]}/hls/{SET}/index-f2.m3u8").decode())  # the same windows
+    for n, segment in enumerate(playlist.segments, start=1):
+        (traf,) = read_fragment(get(f"{base}/dash/{SET}/{template.get('media').replace('$Number$', str(n))}"))
+        assert traf.decode[0] == round(t * 1000) and traf.durations[0] == round(segment.duration * 1000)
+        expected = [(a, b, html.unescape(re.sub(r"<[^>]+>", "", c))) for a, b, c in cues
+                    if a < t + segment.duration and b > t]
+        assert ttml_cues(traf.payload) == expected, n
+        t += segment.duration
+
+
 def test_catalog_captions_come_with_the_entry_urls(caption_base):
     base, store = caption_base[:2]
     subprocess.run([sys.executable, "-m", "gateway", "partners", "add", "101", "--name", "P", "--store", str(store)],
@@ -151,11 +200,11 @@ def test_catalog_captions_come_with_the_entry_urls(caption_base):
 @pytest.mark.parametrize("kind, path, fmp4", [
     ("hls", f"hls/{SET}/master.m3u8", False), ("shaka", f"hls/{SET}/master.m3u8", False),
     ("hls", f"hls/{SET}/master.m3u8", True), ("shaka", f"dash/{SET}/manifest.mpd", False),
-    ("dash", f"dash/{SET}/manifest.mpd", False),
+    ("dash", f"dash/{SET}/manifest.mpd", False), ("shaka", f"dash/{SET}/manifest.mpd", "stpp"),
 ])  # fmt: skip
 def test_players_show_each_cue_once(caption_base, kind, path, fmp4):
     require_browser()
-    base = caption_base[2] if fmp4 else caption_base[0]
+    base = {False: caption_base[0], True: caption_base[2], "stpp": caption_base[3]}[fmp4]
     report = play_in_browser(f"{base}/{path}", seconds=9, timeout=60, kind=kind, text=True)
     assert report["ok"] and not fatal_errors(report), report
     assert [t["language"][:2] for t in report["subtitleTracks"]] == ["en", "fr"], report["subtitleTracks"]
@@ -164,11 +213,28 @@ def test_players_show_each_cue_once(caption_base, kind, path, fmp4):
     # presentation 0, to 0): the cues must sit exactly where the media puts presentation time 0
     offset = report["bufferedStart"]
     assert offset is not None and 0 <= offset < 0.1, report["bufferedStart"]
-    loaded = sorted((round(c["start"] - offset, 3), round(min(c["end"] - offset, MEDIA_SECONDS), 3), c["text"])
-                    for c in shown)
+    loaded = joined(sorted((round(c["start"] - offset, 3), round(min(c["end"] - offset, MEDIA_SECONDS), 3),
+                            c["text"]) for c in shown))
     expected = [(s, round(min(e, MEDIA_SECONDS), 3), t) for s, e, t in file_cues("sample_eng.vtt")]
     assert len(loaded) == len(set(loaded)), f"a cue shown twice: {shown}"  # the boundary cue is in two segments
     assert len(loaded) >= 3, shown
     for (start, end, _), (want_start, want_end, _) in zip(loaded, expected):  # buffered ranges are ms-rounded
         assert abs(start - want_start) <= 0.002 and abs(end - want_end) <= 0.002, (shown, offset)
-    assert [html.unescape(c[2]) for c in loaded] == [c[2] for c in expected[:len(loaded)]]
+    # shaka renders TTML styles as WebVTT classes (<c.white.bg_black>): compare the words
+    assert [strip_markup(c[2]) for c in loaded] == [strip_markup(c[2]) for c in expected[:len(loaded)]]
+
+
+def joined(cues: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
+    """Pieces of one cue back to back (shaka cuts TTML-in-MP4 cues at segment boundaries) are what a viewer sees
+    as one cue; identical cues stay two."""
+    out: list[tuple[float, float, str]] = []
+    for start, end, text in cues:
+        if out and out[-1][2] == text and abs(out[-1][1] - start) < 0.002 and out[-1][0] != start:
+            out[-1] = (out[-1][0], end, text)
+        else:
+            out.append((start, end, text))
+    return out
+
+
+def strip_markup(text: str) -> str:
+    return html.unescape(re.sub(r"<[^>]+>", "", text))
