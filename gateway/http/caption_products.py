@@ -7,7 +7,10 @@ in milliseconds; ``MediaSet.caption_offset_ms`` moves the cues of a clip.
 """
 from __future__ import annotations
 
+import re
 from functools import partial
+
+import numpy as np
 
 from packagers.captions import MAX_BYTES as MAX_CAPTION_BYTES
 from packagers.captions import (CaptionTrack, build_stpp_fragment, build_stpp_init, build_ttml, build_webvtt_file,
@@ -16,6 +19,7 @@ from packagers.captions.files import CaptionRendition, CaptionSource
 from packagers.errors import bad_data, not_found
 from packagers.hls.playlists import choose_container, language_name, language_tag
 from packagers.media_set import MediaSet
+from packagers.mss.manifest import MANIFEST_TIMESCALE, TEXT_BITRATE, text_chunks
 from packagers.naming import TrackSpec
 from packagers.ts import TS_PTS_OFFSET
 
@@ -29,6 +33,7 @@ VTT_TYPE = "text/vtt"
 # parsed caption files up to this size stay with their media set (a two-hour film's are ~150 KB); bigger ones are
 # parsed per request (their outputs are cached like any other)
 KEEP_CAPTION_BYTES = 2 << 20
+TICKS_PER_MS = MANIFEST_TIMESCALE // 1000
 
 
 def caption_renditions(media_set: MediaSet, context: DeliveryContext) -> tuple[CaptionRendition, ...]:
@@ -123,3 +128,26 @@ def dash_text(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
         return build_webvtt_file(track, media_set.caption_offset_ms, duration_ms).encode()
 
     return Product(("dash", "text", source.number), build, VTT_TYPE, packaging.settings.segment_max_age)
+
+
+def mss_text_fragment(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
+                      context: DeliveryContext) -> Product:
+    """``QualityLevels(1000)/Fragments(text_fN=<t>)``: the cues of media segment n's window as TTML in a Smooth
+    fragment (tfxd, no styp), times relative to the fragment's start as Smooth clients read them."""
+    file, media_set = parsed.file, opened.media_set
+    number = re.fullmatch(r"text_f([0-9]{1,3})", file.stream)
+    source = caption_source(opened, TrackSpec(int(number.group(1))), context) if number else None
+    bounds = text_chunks(media_set)
+    index = int(np.searchsorted(bounds[:-1], file.start))
+    if source is None or file.bitrate != TEXT_BITRATE or index >= len(bounds) - 1 or bounds[index] != file.start:
+        raise not_found(f"mss_text_fragment: no {file.stream} fragment of bitrate {file.bitrate} at {file.start}")
+    start, end = int(bounds[index]) // TICKS_PER_MS, int(bounds[index + 1]) // TICKS_PER_MS
+    language = language_tag(caption_language(source, context))
+
+    def build() -> bytes:
+        track = caption_track(packaging.store, opened, source)
+        ttml = build_ttml(track, 0, end - start, media_set.caption_offset_ms + start, language)
+        return build_stpp_fragment(index + 1, start, end - start, ttml, MANIFEST_TIMESCALE, tfxd=True, styp=False)
+
+    return Product(("mss", "text", index, source.number, language), build, "application/mp4",
+                   packaging.settings.segment_max_age)

@@ -35,8 +35,8 @@ from ..catalog.access import DeliveryContext
 from ..catalog.delivery import encrypt_segment
 from ..origin.packaging import OpenedSet, Packaging, ignore_stage
 from ..origin.store import FileIdentity, Store, WouldBlock
-from .caption_products import (caption_renditions, caption_source, dash_text, hls_caption_segment, stpp_fragment,
-                               stpp_init)
+from .caption_products import (caption_renditions, caption_source, dash_text, hls_caption_segment, mss_text_fragment,
+                               stpp_fragment, stpp_init)
 from .product import Product, text_product
 from .urls import PackagedRequest
 
@@ -282,9 +282,18 @@ def _dash_fragment(parsed: PackagedRequest, opened: OpenedSet, packaging: Packag
     return _segment(packaging, opened, cache_key, selection, parsed.file.index, mux, _fmp4_type(selection))
 
 
+def _mss_manifest(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
+                  context: DeliveryContext) -> Product:
+    text = caption_renditions(opened.media_set, context)
+    build = text_product(packaging, partial(build_smooth_manifest, text=text), opened.media_set)
+    return Product(("mss", "manifest", text), build, MSS_MANIFEST_TYPE, packaging.settings.manifest_max_age)
+
+
 def _mss_fragment(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
                   context: DeliveryContext) -> Product:
     file = parsed.file
+    if file.stream.startswith("text_"):
+        return mss_text_fragment(parsed, opened, packaging, context)
     selection, index = locate_fragment(opened.media_set, file.stream, file.bitrate, file.start)
     # moof (with tfxd) + mdat, no styp: Smooth clients build the init segment from the manifest
     mux = Fmp4Muxer(selection.tracks, styp=False, tfxd=True).build
@@ -311,7 +320,7 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     ("dash", "text"): dash_text,
     ("dash", "init"): _init,
     ("dash", "segment"): _dash_fragment,
-    ("mss", "manifest"): _manifest("mss", build_smooth_manifest, MSS_MANIFEST_TYPE),
+    ("mss", "manifest"): _mss_manifest,
     ("mss", "segment"): _mss_fragment,
     ("hds", "manifest"): _manifest("hds", build_f4m, MANIFEST_CONTENT_TYPE),
     ("hds", "segment"): _hds_fragment,

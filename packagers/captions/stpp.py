@@ -57,10 +57,10 @@ def build_stpp_init(language: str, timescale: int = 1000) -> bytes:
 
 
 def build_stpp_fragment(sequence_number: int, start_ms: int, duration_ms: int, ttml: bytes, timescale: int = 1000,
-                        tfxd: bool = False) -> bytes:
+                        tfxd: bool = False, styp: bool = True) -> bytes:
     """styp + moof + mdat carrying ``ttml`` as the one sample, decode time ``start_ms``, lasting ``duration_ms``
     (converted to ``timescale``, the init segment's). ``tfxd`` adds the Smooth Streaming TfxdBox (MS-SSTR
-    §2.2.4.4) with the same time and duration."""
+    §2.2.4.4) with the same time and duration; Smooth fragments have no ``styp``."""
     if sequence_number < 0 or start_ms < 0 or duration_ms < 0:
         raise bad_request(f"build_stpp_fragment: sequence {sequence_number}, start {start_ms}, duration {duration_ms}")
     decode_time = start_ms * timescale // 1000
@@ -80,5 +80,5 @@ def build_stpp_fragment(sequence_number: int, start_ms: int, duration_ms: int, t
                     U32(duration), U32(len(ttml)))
     moof = box(b"moof", full_box(b"mfhd", 0, 0, U32(sequence_number)), box(b"traf", tfhd, tfdt, extra, trun))
     assert len(moof) == moof_size
-    styp = file_type(b"styp", STYP_BRANDS[0], 0, STYP_BRANDS)
-    return styp + moof + box(b"mdat", ttml)
+    head = file_type(b"styp", STYP_BRANDS[0], 0, STYP_BRANDS) if styp else b""
+    return head + moof + box(b"mdat", ttml)

@@ -12,18 +12,22 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
+from ..captions.files import CaptionRendition
 from ..errors import ErrorCode, PackagerError, not_found
 from ..fmp4.renditions import audio_groups, video_selections
 from ..media_set import MediaSet, Selection
 from ..model import Track
+from ..naming import TrackSpec
 from .names import url_template
 
 MANIFEST_CONTENT_TYPE = "text/xml"  # what IIS Smooth Streaming and nginx-vod-module send
 MANIFEST_TIMESCALE = 10_000_000  # MS-SSTR default: 100 ns ticks
 _FOURCC = {"h264": "H264", "aac": "AACL"}
+TEXT_BITRATE = 1000  # the one QualityLevel of a caption stream: its name in fragment URLs
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,7 +135,31 @@ def _quality_level(index: int, bitrate: int, track: Track) -> ET.Element:
     return ET.Element("QualityLevel", attrs)
 
 
-def build_smooth_manifest(media_set: MediaSet) -> str:
+def text_stream_name(spec: TrackSpec) -> str:
+    """The StreamIndex Name of a caption file (``text_f3``): fragment URLs name it."""
+    return f"text_f{spec.file}"
+
+
+def text_chunks(media_set: MediaSet) -> np.ndarray:
+    """Chunk starts (and the end) of caption streams in the manifest timescale: the media segments' windows, ms."""
+    plan = media_set.plans[0]
+    return plan.boundaries * 1000 // plan.timescale * (MANIFEST_TIMESCALE // 1000)
+
+
+def _text_stream(root: ET.Element, caption: CaptionRendition, bounds: np.ndarray) -> None:
+    name = text_stream_name(caption.spec)
+    index = ET.SubElement(root, "StreamIndex", {
+        "Type": "text", "Name": name, "Subtype": "CAPT", "Chunks": str(len(bounds) - 1), "QualityLevels": "1",
+        "Url": url_template(name), "TimeScale": str(MANIFEST_TIMESCALE), "Language": caption.language or "und"})
+    ET.SubElement(index, "QualityLevel", {"Index": "0", "Bitrate": str(TEXT_BITRATE), "FourCC": "TTML",
+                                          "CodecPrivateData": ""})
+    for k, (t, d) in enumerate(zip(bounds[:-1].tolist(), np.diff(bounds).tolist())):
+        ET.SubElement(index, "c", {"t": str(t), "d": str(d)} if k == 0 else {"d": str(d)})
+
+
+def build_smooth_manifest(media_set: MediaSet, text: Sequence[CaptionRendition] = ()) -> str:
+    """The client manifest; ``text``: caption files, each a text StreamIndex of TTML fragments (FourCC TTML) on the
+    media segments' windows."""
     root = ET.Element("SmoothStreamingMedia", {
         "MajorVersion": "2", "MinorVersion": "2", "TimeScale": str(MANIFEST_TIMESCALE),
         "Duration": str(round(max(p.duration_seconds for p in media_set.presentations) * MANIFEST_TIMESCALE)),
@@ -151,5 +179,7 @@ def build_smooth_manifest(media_set: MediaSet) -> str:
         for k, (t, d) in enumerate(zip(s.starts.tolist(), s.durations.tolist())):
             # the first chunk's start is always written; later ones follow from the durations
             ET.SubElement(index, "c", {"t": str(t), "d": str(d)} if k == 0 else {"d": str(d)})
+    for caption in text:
+        _text_stream(root, caption, text_chunks(media_set))
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

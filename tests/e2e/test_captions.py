@@ -173,6 +173,26 @@ def test_dash_smpte_tt_is_ttml_in_fmp4_segments_on_the_media_timeline(caption_ba
         t += segment.duration
 
 
+def test_smooth_text_streams_carry_ttml_relative_to_each_fragment(caption_base):
+    base = caption_base[0]
+    manifest = ET.fromstring(get(f"{base}/mss/{SET}/manifest"))
+    streams = [s for s in manifest.iterfind("StreamIndex") if s.get("Type") == "text"]
+    assert [(s.get("Name"), s.get("Language"), s.find("QualityLevel").get("FourCC")) for s in streams] == [
+        ("text_f2", "en", "TTML"), ("text_f3", "fr", "TTML")]
+    stream, t = streams[0], 0
+    cues = file_cues("sample_eng.vtt")
+    for chunk in stream.iterfind("c"):
+        d = int(chunk.get("d"))
+        url = stream.get("Url").replace("{bitrate}", "1000").replace("{start time}", str(t))
+        (traf,) = read_fragment(get(f"{base}/mss/{SET}/{url}"))
+        assert traf.decode[0] == t and traf.durations[0] == d
+        start = t / 10_000_000
+        expected = [(round(max(a - start, 0), 3), round(b - start, 3), html.unescape(re.sub(r"<[^>]+>", "", c)))
+                    for a, b, c in cues if a < start + d / 10_000_000 and b > start]
+        assert ttml_cues(traf.payload) == expected, url
+        t += d
+
+
 def test_catalog_captions_come_with_the_entry_urls(caption_base):
     base, store = caption_base[:2]
     subprocess.run([sys.executable, "-m", "gateway", "partners", "add", "101", "--name", "P", "--store", str(store)],
@@ -201,6 +221,7 @@ def test_catalog_captions_come_with_the_entry_urls(caption_base):
     ("hls", f"hls/{SET}/master.m3u8", False), ("shaka", f"hls/{SET}/master.m3u8", False),
     ("hls", f"hls/{SET}/master.m3u8", True), ("shaka", f"dash/{SET}/manifest.mpd", False),
     ("dash", f"dash/{SET}/manifest.mpd", False), ("shaka", f"dash/{SET}/manifest.mpd", "stpp"),
+    ("dash", f"dash/{SET}/manifest.mpd", "stpp"), ("mss", f"mss/{SET}/manifest", False),
 ])  # fmt: skip
 def test_players_show_each_cue_once(caption_base, kind, path, fmp4):
     require_browser()
