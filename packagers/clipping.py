@@ -9,8 +9,14 @@ like any other file, with segment numbering from 1 inside the clip:
 * the clip's presentation time 0 is clipFrom, moved back to the start of the video frame shown then (at most one
   frame earlier: a clip starts with a whole picture), in every track: ``edit_offset`` says so, as it says where an
   MP4's edit list starts. The frames before (the rest of that GOP, part of an audio frame) get negative presentation
-  times: players that honour the start (an MP4 edit list, DASH @presentationTimeOffset, an HLS player positioned at
-  0) decode them and show the picture at clipFrom first. ``Track.presentation_end`` ends presentation at clipTo.
+  times. ``Track.presentation_end`` ends presentation at clipTo.
+
+How each player is told where to start: an MP4's edit list (ffmpeg, Chromium: the picture at clipFrom first); HLS
+MPEG-TS, EXT-X-START:TIME-OFFSET with PRECISE=YES (hls.js and shaka put the earliest timestamp at 0 and start at
+clipFrom); fMP4 (HLS, DASH @presentationTimeOffset): the negative times themselves. ffmpeg decodes them and shows
+the picture at clipFrom; MSE players drop frames before their append window (time 0) and, with them, every frame up
+to the next key frame, so they start on that key frame, at most one GOP after clipFrom. Smooth and HDS have no way
+to say it: their players show the decode-only frames too.
 
 Unlike nginx-vod-module, which moves clipFrom forward to the next key frame, the picture shown first is the one at
 clipFrom; decode times are rebased to start at 0 so that fragments' tfdt stay small.

@@ -237,12 +237,24 @@ def _fmp4_master_playlist(media_set: MediaSet) -> str:
     return "\n".join(lines) + "\n"
 
 
+def clip_start_offset(media_set: MediaSet, selection: Selection) -> float:
+    """Seconds from a clip's first decoded sample to its presentation time 0 (clipFrom): the decode-only frames
+    before it (the rest of the key frame's GOP). MPEG-TS players place a playlist's start at its earliest timestamp,
+    so EXT-X-START:TIME-OFFSET with PRECISE=YES makes them start on the picture at clipFrom (fMP4 players place
+    presentation time 0 there already: the negative times are not shown). 0 for whole files."""
+    if media_set.clip.is_whole:
+        return 0.0
+    earliest = min((int(t.presentation_dts()[0]) / t.timescale for t in selection.tracks if len(t.samples)),
+                   default=0.0)
+    return max(0.0, -earliest)
+
+
 def build_media_playlist(media_set: MediaSet, selection: Selection, extension: str = "ts",
                          container: Container = "ts", key_uri: str | None = None) -> str:
     """VOD media playlist: every segment with its real duration (RFC 8216 §4.3.2.1), then ENDLIST. With fMP4, the
     EXT-X-MAP of the selection's init segment (§4.3.2.5) comes first and segments end in .m4s. ``key_uri``: the
     segments are AES-128 encrypted with the key at that (relative) URI and, with no IV attribute, the media sequence
-    number as IV (§4.3.2.4, §5.2)."""
+    number as IV (§4.3.2.4, §5.2). A TS clip starts at ``clip_start_offset`` (EXT-X-START, §4.3.5.2)."""
     durations = media_set.plan(selection).durations()
     target = max(1, int(math.ceil(float(durations.max())))) if len(durations) else 1
     lines = [
@@ -253,6 +265,9 @@ def build_media_playlist(media_set: MediaSet, selection: Selection, extension: s
         "#EXT-X-PLAYLIST-TYPE:VOD",
         "#EXT-X-INDEPENDENT-SEGMENTS",
     ]
+    start = clip_start_offset(media_set, selection) if container == "ts" else 0.0
+    if start > 0:
+        lines.append(f"#EXT-X-START:TIME-OFFSET={start:.3f},PRECISE=YES")
     if container == "fmp4":
         extension = "m4s"
         lines.append(f'#EXT-X-MAP:URI="{init_segment_name(selection.spec)}"')

@@ -21,6 +21,7 @@ import m3u8
 import pytest
 
 from fixtures.generate import fixture_path
+from packagers.ts import TS_PTS_OFFSET
 from tests.needs import needs_executable
 
 from .http import get
@@ -173,3 +174,22 @@ def test_clipped_mp4_plays_in_chromium(gateway_url, source):
                              timeout=40, kind="native")
     assert report["ok"] and not fatal_errors(report), report
     assert abs(report["duration"] - clip_seconds(source)) < FRAME and report["videoWidth"] == 320
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("kind", ["hls", "shaka"])
+def test_ts_players_start_on_the_picture_at_clip_from(gateway_ts_url, kind):
+    """MPEG-TS players put a playlist's earliest timestamp (the key frame before clipFrom, decode order) at 0:
+    EXT-X-START:TIME-OFFSET with PRECISE=YES must name where presentation time 0 (clipFrom) is, and they start there."""
+    from .browser_player import fatal_errors, play_in_browser, require_browser
+
+    require_browser()
+    playlist = m3u8.loads(get(f"{gateway_ts_url}/hls/{CLIP}/index-v1-a1.m3u8").decode())
+    offset, precise = playlist.start.time_offset, playlist.start.precise
+    with av.open(io.BytesIO(get(f"{gateway_ts_url}/hls/{CLIP}/{playlist.segments[0].uri}")), format="mpegts") as c:
+        earliest = min(p.dts for p in c.demux() if p.dts is not None)
+    assert precise == "YES" and offset == pytest.approx((TS_PTS_OFFSET - earliest) / 90000, abs=0.001)
+    report = play_in_browser(f"{gateway_ts_url}/hls/{CLIP}/master.m3u8", seconds=offset + 2, timeout=40, kind=kind)
+    assert report["ok"] and not fatal_errors(report), report
+    started = next(float(e["what"].split("@")[1]) for e in report["events"] if e["what"].startswith("playing"))
+    assert started == pytest.approx(offset, abs=0.01), report["events"]
