@@ -108,7 +108,8 @@ class CodecConfig:
     @property
     def codec(self) -> str:
         """Short codec family name: h264, hevc, aac."""
-        return {"avc1": "h264", "avc3": "h264", "hvc1": "hevc", "hev1": "hevc", "mp4a": "aac"}.get(self.fourcc, self.fourcc)
+        return {"avc1": "h264", "avc3": "h264", "hvc1": "hevc", "hev1": "hevc", "av01": "av1",
+                "mp4a": "aac"}.get(self.fourcc, self.fourcc)
 
 
 @dataclass(frozen=True, eq=False)

@@ -25,7 +25,8 @@ import numpy as np
 from ..captions.files import CaptionRendition
 from ..fmp4 import channel_configuration, codec_string, fragment_size_bound, presentation_time_offset
 from ..fmp4.renditions import audio_groups, video_selections
-from ..hls.playlists import language_tag
+from ..errors import ErrorCode, PackagerError
+from ..hls.playlists import STREAMED_VIDEO, language_tag
 from ..media_set import MediaSet, Selection
 from ..model import Track
 from .names import init_segment_name, media_template, text_name
@@ -76,6 +77,9 @@ def representation(media_set: MediaSet, selection: Selection) -> Representation:
     """Timeline and peak bandwidth of a one-track selection. Trailing segments without a sample of this track (a
     track that ends earlier than the others) are left out of its timeline; they would have no duration."""
     track = selection.tracks[0]
+    if track.kind == "video" and track.codec.codec not in STREAMED_VIDEO:
+        raise PackagerError(ErrorCode.UNSUPPORTED, f"representation: DASH here carries H.264 and HEVC video, not "
+                            f"{track.codec.codec} ({track.codec.codec_string}) of {track.source or 'the media'}")
     starts, durations = media_set.segment_times(selection, track)
     _, decode_durations = media_set.segment_times(selection, track, decode=True)
     counts = media_set.segment_sample_counts(selection)[0]

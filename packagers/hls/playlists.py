@@ -18,7 +18,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..errors import bad_request
+from ..errors import ErrorCode, PackagerError, bad_request
 from ..fmp4.fragment import fragment_size_bound
 from ..fmp4.init import codec_string
 from ..fmp4.renditions import audio_groups, video_selections
@@ -29,6 +29,7 @@ from .iframes import iframe_stream_inf
 from .names import init_segment_name, media_playlist_name, segment_name
 
 Container = Literal["ts", "fmp4"]
+STREAMED_VIDEO = ("h264", "hevc")  # what the TS and fMP4 muxers carry (AV1 files: thumbnails only, for now)
 FMP4_VERSION = 7  # RFC 8216 §7 asks >= 6 for EXT-X-MAP; 7 is the version that brought fMP4 (Apple's tools write it)
 
 # ISO 639-2/T (mdhd) → RFC 5646 primary tag for the languages players show most; others pass through unchanged.
@@ -105,6 +106,11 @@ def _codecs(tracks: tuple[Track, ...]) -> str:
 def choose_container(media_set: MediaSet, setting: str) -> Container:
     """The HLS container for a delivery setting: 'ts' (or 'mpegts'), 'fmp4', or 'auto' = fmp4 when any video track
     is HEVC (Apple plays HEVC only from fMP4), else ts."""
+    for p in media_set.planned:  # what neither container carries here is refused before a playlist lists it
+        for t in p.video_tracks:
+            if t.codec.codec not in STREAMED_VIDEO:
+                raise PackagerError(ErrorCode.UNSUPPORTED, f"choose_container: HLS carries H.264 and HEVC video, "
+                                    f"not {t.codec.codec} ({t.codec.codec_string}) of {p.source or 'the media'}")
     if setting in ("ts", "mpegts"):
         return "ts"
     if setting == "fmp4":

@@ -1,5 +1,6 @@
 """The first entry of stsd (ISO/IEC 14496-12 §8.5.2) to a ``CodecConfig``: avc1/avc3 + avcC, hvc1/hev1 + hvcC
-(ISO/IEC 14496-15 §5.4, §8.4), mp4a + esds (ISO/IEC 14496-14 §5.6). Any other entry returns None: the caller skips
+(ISO/IEC 14496-15 §5.4, §8.4), av01 + av1C (AV1 ISOBMFF binding §2.3; thumbnails decode it, the protocols' muxers
+say it is not supported), mp4a + esds (ISO/IEC 14496-14 §5.6). Any other entry returns None: the caller skips
 that track rather than failing the file.
 """
 from __future__ import annotations
@@ -11,10 +12,11 @@ from ..errors import bad_data
 from ..model import CodecConfig, TrackKind
 from .boxes import Box, Fields, children, parse_header
 from ..codecs.avc import parse_avcc
+from ..codecs.av1 import parse_av1c
 from ..codecs.hevc import parse_hvcc
 
 VIDEO_ENTRIES = {"avc1": ("avcC", parse_avcc), "avc3": ("avcC", parse_avcc),
-                 "hvc1": ("hvcC", parse_hvcc), "hev1": ("hvcC", parse_hvcc)}
+                 "hvc1": ("hvcC", parse_hvcc), "hev1": ("hvcC", parse_hvcc), "av01": ("av1C", parse_av1c)}
 _VISUAL_FIELDS = 78  # SampleEntry (8) + VisualSampleEntry fields (70), §12.1.3
 _AUDIO_FIELDS = {0: 28, 1: 28 + 16, 2: 28 + 36}  # ISO / QuickTime sound description v1, v2 (extra fields)
 

@@ -140,3 +140,21 @@ def test_key_frame_mode_serves_the_key_frame_before(tmp_path, e2e_store):
         proc.wait(10)
     assert psnr(picture, source_frame(NAME, 2000)) >= 35  # the key frame at 2 s
     assert psnr(picture, source_frame(NAME, MID_GOP_MS)) < 30
+
+
+def test_av1_sources_give_thumbnails_and_a_clear_415_elsewhere(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "av1.mp4").write_bytes(fixture_path("av1.mp4").read_bytes())
+    proc, base = start_gateway(store, tmp_path / "av1.log")
+    try:
+        picture = luma(get(f"{base}/thumb/av1.mp4/thumb-1500.jpg"))
+        assert picture.shape == (96, 160) and psnr(picture, source_frame("av1.mp4", 1500)) >= 35
+        assert psnr(picture, source_frame("av1.mp4", 0)) < 30  # the frame at 1.5 s, not the key frame at 0
+        for path in ("hls/av1.mp4/master.m3u8", "dash/av1.mp4/manifest.mpd", "mss/av1.mp4/manifest"):
+            with pytest.raises(urllib.error.HTTPError) as raised:
+                get(f"{base}/{path}")
+            assert raised.value.code == 415 and b"av1" in raised.value.read(), path
+    finally:
+        proc.terminate()
+        proc.wait(10)

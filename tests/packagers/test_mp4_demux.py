@@ -303,7 +303,7 @@ def test_tables_match_pymp4_boxes(name):
     ("truncated_mdat", ErrorCode.BAD_DATA, "past the end of the file"),
     ("no_moov", ErrorCode.BAD_DATA, "no moov box"),
     ("garbage", ErrorCode.BAD_DATA, "past the end of the file"),
-    ("no_usable_track", ErrorCode.NO_STREAMS, "no H.264, HEVC or AAC track"),
+    ("no_usable_track", ErrorCode.NO_STREAMS, "no H.264, HEVC, AV1 or AAC track"),
 ])
 def test_malformed_files(name, code, fragment):
     with pytest.raises(PackagerError) as e:
