@@ -13,7 +13,6 @@ from aiohttp import web
 from packagers.mp4.clip import ClippedMp4, build_clipped_mp4
 
 from ..origin.packaging import PACKAGING
-from ..origin.paths import MediaTarget
 from ..origin.store import FileIdentity, Store
 from .responses import RangeNotSatisfiable, cache_control, http_date, not_modified, range_decision, \
     range_not_satisfiable
@@ -25,8 +24,7 @@ PIECE = 1 << 20  # bytes read per executor job
 
 async def serve_clipped_mp4(request: web.Request, download: Mp4Download) -> web.StreamResponse:
     packaging = request.app[PACKAGING]
-    opened = await packaging.open(MediaTarget((download.path,), False, download.path, download.clip,
-                                              download.narrowing))
+    opened = await packaging.open(download.target)
     layout: ClippedMp4 = await packaging.run(
         opened.media_set.derived, ("mp4", "clip"), lambda: build_clipped_mp4(opened.media_set.presentations[0]))
     etag = opened.etag(("mp4", "clip"))

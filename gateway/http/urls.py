@@ -56,8 +56,27 @@ METRICS_TYPE = {"manifest": "manifest", "playlist": "manifest", "iframes": "mani
                 "text": "segment", "init": "init", "key": "key"}
 
 
+class TargetAccess:
+    """What access control reads of a request naming a ``MediaTarget`` (gateway.catalog.access.MediaAccess)."""
+
+    target: MediaTarget
+
+    @property
+    def store_paths(self) -> tuple[str, ...]:
+        return self.target.paths
+
+    @property
+    def signed_name(self) -> str:
+        """The path a signed URL's token covers: the media target (file or url set), whatever the protocol."""
+        return self.target.name
+
+    @property
+    def features(self) -> frozenset[str]:
+        return self.target.features
+
+
 @dataclass(frozen=True)
-class PackagedRequest:
+class PackagedRequest(TargetAccess):
     """A file the gateway packages: which protocol, which store files, and what the protocol's file name says."""
 
     protocol: str  # hls | dash | mss | hds: also the delivery type a partner enables or disables
@@ -70,27 +89,14 @@ class PackagedRequest:
         return self.protocol
 
     @property
-    def features(self) -> frozenset[str]:
-        return self.target.features
-
-    @property
-    def store_paths(self) -> tuple[str, ...]:
-        return self.target.paths
-
-    @property
-    def signed_name(self) -> str:
-        """The path a signed URL's token covers: the media target (file or url set), whatever the protocol."""
-        return self.target.name
-
-    @property
     def metrics_label(self) -> tuple[str, str]:
         return self.protocol, METRICS_TYPE[self.file.kind]
 
 
 @dataclass(frozen=True)
-class Mp4Download:
+class Mp4Download(TargetAccess):
     """The file itself (progressive download): answered from a fresh stat, with sendfile, never from the cache; or,
-    with a clip, an MP4 of that part of it (a new moov, the samples' bytes as they are)."""
+    with a clip or a track selection, an MP4 of that part of it (a new moov, the samples' bytes as they are)."""
 
     path: str
     clip: Clip = Clip()
@@ -100,21 +106,12 @@ class Mp4Download:
     metrics_label: ClassVar[tuple[str, str]] = ("mp4", "mp4")
 
     @property
-    def store_paths(self) -> tuple[str, ...]:
-        return (self.path,)
-
-    @property
-    def features(self) -> frozenset[str]:
-        return frozenset(name for name, used in (("clipping", not self.clip.is_whole),
-                                                 ("track_selection", not self.narrowing.is_default)) if used)
-
-    @property
-    def signed_name(self) -> str:
-        return self.path
+    def target(self) -> MediaTarget:  # type: ignore[override]
+        return MediaTarget((self.path,), False, self.path, self.clip, self.narrowing)
 
 
 @dataclass(frozen=True)
-class ThumbRequest:
+class ThumbRequest(TargetAccess):
     """A video frame of a file as a JPEG (nginx-vod-module's ``thumb`` module). Not a delivery type: a partner turns
     thumbnails off with its ``features`` (delivery_profiles), not by disabling a protocol."""
 
@@ -123,14 +120,6 @@ class ThumbRequest:
     is_download: ClassVar[bool] = False
     delivery_type: ClassVar[None] = None
     metrics_label: ClassVar[tuple[str, str]] = ("thumb", "thumb")
-
-    @property
-    def store_paths(self) -> tuple[str, ...]:
-        return self.target.paths
-
-    @property
-    def signed_name(self) -> str:
-        return self.target.name
 
     @property
     def features(self) -> frozenset[str]:
