@@ -11,12 +11,13 @@ like any other file, with segment numbering from 1 inside the clip:
   MP4's edit list starts. The frames before (the rest of that GOP, part of an audio frame) get negative presentation
   times. ``Track.presentation_end`` ends presentation at clipTo.
 
-How each player is told where to start: an MP4's edit list (ffmpeg, Chromium: the picture at clipFrom first); HLS
-MPEG-TS, EXT-X-START:TIME-OFFSET with PRECISE=YES (hls.js and shaka put the earliest timestamp at 0 and start at
-clipFrom); fMP4 (HLS, DASH @presentationTimeOffset): the negative times themselves. ffmpeg decodes them and shows
-the picture at clipFrom; MSE players drop frames before their append window (time 0) and, with them, every frame up
-to the next key frame, so they start on that key frame, at most one GOP after clipFrom. Smooth and HDS have no way
-to say it: their players show the decode-only frames too.
+How each player is told where to start: an MP4's edit list (ffmpeg, Chromium: the picture at clipFrom first); HLS,
+EXT-X-START:TIME-OFFSET with PRECISE=YES (MPEG-TS players put the earliest timestamp at 0; an fMP4 clip's times
+move later by the decode-only span, ``hls.playlists.clip_shift``, since MSE players drop frames before 0): hls.js
+and shaka start on the picture at clipFrom; DASH, @presentationTimeOffset and the negative times themselves: ffmpeg
+shows the picture at clipFrom, but MSE players drop the frames before the period start and, with them, every frame
+up to the next key frame, so they start on that key frame, at most one GOP late (DASH has no start position to
+give). Smooth and HDS have no way to say it either: their players show the decode-only frames too.
 
 Unlike nginx-vod-module, which moves clipFrom forward to the next key frame, the picture shown first is the one at
 clipFrom; decode times are rebased to start at 0 so that fragments' tfdt stay small.

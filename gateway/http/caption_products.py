@@ -17,7 +17,7 @@ from packagers.captions import (CaptionTrack, build_stpp_fragment, build_stpp_in
                                 build_webvtt_segment, parse_captions)
 from packagers.captions.files import CaptionRendition, CaptionSource
 from packagers.errors import bad_data, not_found
-from packagers.hls.playlists import choose_container, language_name, language_tag
+from packagers.hls.playlists import choose_container, clip_shift, language_name, language_tag
 from packagers.media_set import MediaSet
 from packagers.mss.manifest import MANIFEST_TIMESCALE, TEXT_BITRATE, text_chunks
 from packagers.naming import TrackSpec
@@ -85,7 +85,9 @@ def hls_caption_segment(parsed: PackagedRequest, opened: OpenedSet, packaging: P
     plan = media_set.plans[0]
     plan.check_index(index)
     start, end = (int(plan.boundaries[i]) * 1000 // plan.timescale for i in (index, index + 1))
-    mpegts = TS_PTS_OFFSET if choose_container(media_set, context.hls_container) == "ts" else 0
+    # where media presentation time 0 is: TS_PTS_OFFSET in MPEG-TS; in fMP4, 0, moved by a clip's shift
+    ts = choose_container(media_set, context.hls_container) == "ts"
+    mpegts = TS_PTS_OFFSET if ts else round(clip_shift(media_set) * 90000)
 
     def build() -> bytes:
         track = caption_track(packaging.store, opened, source)

@@ -22,7 +22,7 @@ from packagers.hds import build_f4m, fragment_muxer
 from packagers.hds.f4m import FRAGMENT_CONTENT_TYPE, MANIFEST_CONTENT_TYPE
 from packagers.hls import names as hls_names
 from packagers.hls.iframes import KeyFrames, build_iframe_playlist
-from packagers.hls.playlists import build_master_playlist, build_media_playlist, choose_container
+from packagers.hls.playlists import build_master_playlist, build_media_playlist, choose_container, clip_shift
 from packagers.media_data import plan_reads
 from packagers.media_set import MediaSet, Selection
 from packagers.mss import MANIFEST_CONTENT_TYPE as MSS_MANIFEST_TYPE
@@ -246,7 +246,9 @@ def _hls_segment(parsed: PackagedRequest, opened: OpenedSet, packaging: Packagin
         mux, content_type, scatter = ts_muxer.build, TS_TYPE, Scatter(ts_muxer.prepare)
     else:
         # presentation times exactly as in TS (minus TS_PTS_OFFSET): tfdt = dts, signed composition offsets
-        mux, content_type = Fmp4Muxer(selection.tracks).build, _fmp4_type(selection)
+        # a clip's decode-only frames at times >= 0 for MSE players; the playlist's EXT-X-START names clipFrom
+        mux = Fmp4Muxer(selection.tracks, shift=clip_shift(opened.media_set)).build
+        content_type = _fmp4_type(selection)
     cache_key = ("hls", "seg", file.index, selection.spec.suffix(), file.container, *_aes(context))
     return _segment(packaging, opened, cache_key, selection, file.index, mux, content_type, scatter)
 

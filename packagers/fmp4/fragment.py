@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Sequence
 
 import numpy as np
@@ -93,13 +94,17 @@ class _Run:
 class Fmp4Muxer:
     """Builds the media segments of a fixed list of tracks; track i gets track_ID i + 1, as in the init segment."""
 
-    def __init__(self, tracks: Sequence[Track], *, styp: bool = True, tfxd: bool = False, non_negative: bool = False):
+    def __init__(self, tracks: Sequence[Track], *, styp: bool = True, tfxd: bool = False, non_negative: bool = False,
+                 shift: Fraction = Fraction(0)):
+        """``shift``: seconds added to every track's presentation times (an HLS clip's decode-only frames moved to
+        non-negative times, ``packagers.hls.playlists.clip_shift``)."""
         if not tracks:
             raise PackagerError(ErrorCode.NO_STREAMS, "Fmp4Muxer: no tracks to mux")
         self.tracks = tuple(tracks)
         self.styp, self.tfxd = styp, tfxd
         # composition offset = cts + this (ticks), per track
-        self.offsets = tuple((presentation_time_offset(t) if non_negative else 0) - t.edit_offset for t in tracks)
+        self.offsets = tuple((presentation_time_offset(t) if non_negative else 0) - t.edit_offset
+                             + round(shift * t.timescale) for t in tracks)
 
     def _runs(self, tables: Sequence[SampleTable]) -> list[_Run]:
         """What each track's trun will hold; computed once per segment and shared by ``measure`` and ``build``."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Literal
 
 import numpy as np
@@ -29,7 +30,8 @@ from .iframes import iframe_stream_inf
 from .names import init_segment_name, media_playlist_name, segment_name
 
 Container = Literal["ts", "fmp4"]
-STREAMED_VIDEO = ("h264", "hevc")  # what the TS and fMP4 muxers carry (AV1 files: thumbnails only, for now)
+STREAMED_VIDEO = ("h264", "hevc")
+MAX_REORDER = 64  # samples before a track's earliest presented one, at most (B-frame pyramids reorder a few)  # what the TS and fMP4 muxers carry (AV1 files: thumbnails only, for now)
 FMP4_VERSION = 7  # RFC 8216 §7 asks >= 6 for EXT-X-MAP; 7 is the version that brought fMP4 (Apple's tools write it)
 
 # ISO 639-2/T (mdhd) → RFC 5646 primary tag for the languages players show most; others pass through unchanged.
@@ -246,13 +248,23 @@ def _fmp4_master_playlist(media_set: MediaSet) -> str:
 def clip_start_offset(media_set: MediaSet, selection: Selection) -> float:
     """Seconds from a clip's first decoded sample to its presentation time 0 (clipFrom): the decode-only frames
     before it (the rest of the key frame's GOP). MPEG-TS players place a playlist's start at its earliest timestamp,
-    so EXT-X-START:TIME-OFFSET with PRECISE=YES makes them start on the picture at clipFrom (fMP4 players place
-    presentation time 0 there already: the negative times are not shown). 0 for whole files."""
+    so EXT-X-START:TIME-OFFSET with PRECISE=YES makes them start on the picture at clipFrom. 0 for whole files."""
     if media_set.clip.is_whole:
         return 0.0
     earliest = min((int(t.presentation_dts()[0]) / t.timescale for t in selection.tracks if len(t.samples)),
                    default=0.0)
     return max(0.0, -earliest)
+
+
+def clip_shift(media_set: MediaSet) -> Fraction:
+    """Seconds an HLS fMP4 clip's presentation times move later, the same for every track of the set, so that the
+    decode-only frames before clipFrom are at times >= 0: MSE players drop frames before 0, and with them every frame
+    up to the next key frame. The playlists' EXT-X-START then names clipFrom. 0 for whole files."""
+    if media_set.clip.is_whole:
+        return Fraction(0)
+    return media_set.derived(("hls", "clip shift"), lambda: max(
+        [Fraction(0)] + [Fraction(-int(t.presentation_pts()[:MAX_REORDER].min()), t.timescale)
+                         for p in media_set.planned for t in p.tracks if len(t.samples)]))
 
 
 def build_media_playlist(media_set: MediaSet, selection: Selection, extension: str = "ts",
@@ -271,7 +283,7 @@ def build_media_playlist(media_set: MediaSet, selection: Selection, extension: s
         "#EXT-X-PLAYLIST-TYPE:VOD",
         "#EXT-X-INDEPENDENT-SEGMENTS",
     ]
-    start = clip_start_offset(media_set, selection) if container == "ts" else 0.0
+    start = clip_start_offset(media_set, selection) if container == "ts" else float(clip_shift(media_set))
     if start > 0:
         lines.append(f"#EXT-X-START:TIME-OFFSET={start:.3f},PRECISE=YES")
     if container == "fmp4":

@@ -114,6 +114,10 @@ def test_a_clip_moves_the_cues_and_a_broken_file_fails_alone(caption_base):
     playlist = m3u8.loads(get(f"{clipped}/index-f2.m3u8").decode())
     got = [c for s in playlist.segments for c in segment_cues(get(f"{clipped}/{s.uri}"))]
     assert sorted(set(got)) == file_cues("sample_eng.vtt", shift=3.0, end=MEDIA_SECONDS - 3.0)
+    # fMP4: the clip's media times move later by EXT-X-START's offset (MSE players drop frames before 0), so do the cues
+    fmp4 = f"{caption_base[2]}/hls/{SET}/clipFrom/3000"
+    start = m3u8.loads(get(f"{fmp4}/index-f1-v1.m3u8").decode()).start.time_offset
+    assert start > 0 and f"MPEGTS:{round(start * 90000)},".encode() in get(f"{fmp4}/seg-1-f2.vtt").split(b"\n\n")[0]
     broken = f"{base}/hls/title_,360p.mp4,eng.vtt,deu.vtt,.urlset"
     assert get(f"{broken}/master.m3u8").count(b"TYPE=SUBTITLES") == 2
     assert get(f"{broken}/seg-1-f1-v1-a1.ts")[:1] == b"G"  # the media plays

@@ -25,6 +25,7 @@ from packagers.ts import TS_PTS_OFFSET
 from tests.needs import needs_executable
 
 from .http import get
+from ..packagers.fmp4_tools import read_fragment
 from .test_cross_protocol import dash_segments, hds_segments, hls_fmp4_segments, mss_segments, ts_segments
 
 NAME = "title_180p.mp4"  # 24 fps, a key frame every 2 s, B-frames
@@ -100,6 +101,10 @@ def test_every_protocol_shows_the_same_clip(protocol, gateway_url, gateway_fmp4_
     offset = 0.0
     if protocol == "hls-fmp4":
         segments = hls_fmp4_segments(gateway_fmp4_url, "h264", count, CLIP)
+        # the clip's times moved later so that no frame is before 0 (MSE drops those): EXT-X-START says by how much
+        start = m3u8.loads(get(f"{gateway_fmp4_url}/hls/{CLIP}/index-v1.m3u8").decode()).start
+        assert start.precise == "YES" and start.time_offset > 0
+        offset = start.time_offset
     elif protocol == "dash":
         segments = dash_segments(gateway_url, "h264", count, CLIP)  # presentationTimeOffset taken away
     elif protocol == "mss":
@@ -177,19 +182,27 @@ def test_clipped_mp4_plays_in_chromium(gateway_url, source):
 
 
 @pytest.mark.browser
-@pytest.mark.parametrize("kind", ["hls", "shaka"])
-def test_ts_players_start_on_the_picture_at_clip_from(gateway_ts_url, kind):
-    """MPEG-TS players put a playlist's earliest timestamp (the key frame before clipFrom, decode order) at 0:
-    EXT-X-START:TIME-OFFSET with PRECISE=YES must name where presentation time 0 (clipFrom) is, and they start there."""
+@pytest.mark.parametrize("kind, container", [("hls", "ts"), ("shaka", "ts"), ("hls", "fmp4"), ("shaka", "fmp4")])
+def test_hls_players_start_on_the_picture_at_clip_from(gateway_ts_url, gateway_fmp4_url, kind, container):
+    """MPEG-TS players put a playlist's earliest timestamp (the key frame before clipFrom, decode order) at 0, and a
+    clip's fMP4 times are moved later by the same decode-only span (MSE drops frames before 0): EXT-X-START with
+    PRECISE=YES must name where presentation time 0 (clipFrom) is, and the players start there."""
     from .browser_player import fatal_errors, play_in_browser, require_browser
 
     require_browser()
-    playlist = m3u8.loads(get(f"{gateway_ts_url}/hls/{CLIP}/index-v1-a1.m3u8").decode())
+    base = gateway_ts_url if container == "ts" else gateway_fmp4_url
+    playlist = m3u8.loads(get(f"{base}/hls/{CLIP}/index-v1{'-a1' if container == 'ts' else ''}.m3u8").decode())
     offset, precise = playlist.start.time_offset, playlist.start.precise
-    with av.open(io.BytesIO(get(f"{gateway_ts_url}/hls/{CLIP}/{playlist.segments[0].uri}")), format="mpegts") as c:
-        earliest = min(p.dts for p in c.demux() if p.dts is not None)
-    assert precise == "YES" and offset == pytest.approx((TS_PTS_OFFSET - earliest) / 90000, abs=0.001)
-    report = play_in_browser(f"{gateway_ts_url}/hls/{CLIP}/master.m3u8", seconds=offset + 2, timeout=40, kind=kind)
+    first = get(f"{base}/hls/{CLIP}/{playlist.segments[0].uri}")
+    if container == "ts":
+        with av.open(io.BytesIO(first), format="mpegts") as c:
+            earliest = min(p.dts for p in c.demux() if p.dts is not None)
+        assert offset == pytest.approx((TS_PTS_OFFSET - earliest) / 90000, abs=0.001)
+    else:  # the key frame before clipFrom is presented at 0, clipFrom at the offset
+        (traf,) = read_fragment(first)
+        assert traf.presentation.min() == 0 and offset == pytest.approx(1.5, abs=0.001)  # key frames every 2 s
+    assert precise == "YES"
+    report = play_in_browser(f"{base}/hls/{CLIP}/master.m3u8", seconds=offset + 2, timeout=40, kind=kind)
     assert report["ok"] and not fatal_errors(report), report
     started = next(float(e["what"].split("@")[1]) for e in report["events"] if e["what"].startswith("playing"))
     assert started == pytest.approx(offset, abs=0.01), report["events"]
