@@ -22,7 +22,7 @@ MAX_SHIFT_MS = 10**7  # ~2.8 hours: a timing shift beyond it is a typo
 _TRACKS = re.compile(r"[va][0-9]{1,3}(?:-[va][0-9]{1,3})*")
 _SHIFT = re.compile(r"[vas][0-9]{1,8}(?:-[vas][0-9]{1,8})*")
 # <fileparams><trackparams><langparams>, each token after a '-' (nginx-vod-module's "Filename structure")
-_LISTING = re.compile(r"((?:-f[0-9]{1,3})*)((?:-[va][0-9]{1,3})*)((?:-l[a-z]{3})*)")
+_LISTING = re.compile(r"((?:-[fva][0-9]{1,3})*)((?:-l[a-z]{3})*)")
 # ISO 639-2/B codes and their /T form (mdhd holds /T, nginx-vod-module matches ISO 639-3, which uses /T)
 ISO639_2B = {
     "alb": "sqi", "arm": "hye", "baq": "eus", "bur": "mya", "chi": "zho", "cze": "ces", "dut": "nld", "fre": "fra",
@@ -104,36 +104,66 @@ class Shift:
 
 @dataclass(frozen=True)
 class Listing:
-    """A manifest name's selectors: which files (1-based), tracks and audio languages the manifest lists."""
+    """A manifest name's selectors: which files (1-based), tracks and audio languages the manifest lists. Track
+    tokens apply to the files named just before them (nginx-vod-module: ``f1-v1-f2-a1`` is video 1 of file 1 and
+    audio 1 of file 2, ``f1-f2-v1`` video 1 of both): ``per_file`` holds those masks when the groups differ."""
 
     files: frozenset[int] | None = None
     tracks: TrackMask = TrackMask()
     languages: frozenset[str] | None = None  # ISO 639-2/T
+    per_file: tuple[tuple[int, TrackMask], ...] = ()  # (file number, its mask), overriding ``tracks``
 
     @property
     def is_default(self) -> bool:
-        return self.files is None and self.tracks.is_default and self.languages is None
+        return self.files is None and self.tracks.is_default and self.languages is None and not self.per_file
+
+    def mask_for(self, file_number: int) -> TrackMask:
+        return next((m for f, m in self.per_file if f == file_number), self.tracks)
+
+    @property
+    def names_video(self) -> bool:
+        return self.tracks.video is not None or any(m.video is not None for _, m in self.per_file)
 
     def suffix(self) -> str:
         """The canonical selectors text (for messages and tests)."""
-        parts = [f"-f{n}" for n in sorted(self.files or ())]
-        for letter, numbers in (("v", self.tracks.video), ("a", self.tracks.audio)):
-            parts += [f"-{letter}{n}" for n in sorted(numbers or ())]
+        def track_tokens(mask: TrackMask) -> list[str]:
+            return [f"-{letter}{n}" for letter, numbers in (("v", mask.video), ("a", mask.audio))
+                    for n in sorted(numbers or ())]
+
+        if self.per_file:
+            parts = [t for f, mask in self.per_file for t in [f"-f{f}", *track_tokens(mask)]]
+        else:
+            parts = [f"-f{n}" for n in sorted(self.files or ())] + track_tokens(self.tracks)
         return "".join(parts + [f"-l{code}" for code in sorted(self.languages or ())])
 
     @classmethod
     def parse(cls, text: str) -> "Listing":
-        """``-f1-f2``, then ``-v1-a2`` (``-v0``/``-a0``: all of the kind), then ``-leng-lfra``; each part optional."""
+        """``-f1-f2``, ``-v1-a2`` (``-v0``/``-a0``: all of the kind), ``-f1-v1-f2-a1``, then ``-leng-lfra``."""
         m = _LISTING.fullmatch(text)
         if not m:
-            raise bad_request(f"Listing.parse: manifest selectors are -f<n>..., then -v<n>/-a<n>..., then "
-                              f"-l<iso639>... in that order, got '{text[:40]}'")
-        files = frozenset(int(t[1:]) for t in m.group(1).split("-")[1:]) or None
-        if files is not None and 0 in files:
-            raise bad_request(f"Listing.parse: file numbers start at 1 in '{text[:40]}'")
-        tracks = TrackMask.parse_tokens([(t[0], int(t[1:])) for t in m.group(2).split("-")[1:]])
-        languages = frozenset(language_code(t[1:]) for t in m.group(3).split("-")[1:]) or None
-        return cls(files, tracks, languages)
+            raise bad_request(f"Listing.parse: manifest selectors are -f<n>/-v<n>/-a<n>..., then -l<iso639>..., "
+                              f"got '{text[:40]}'")
+        groups: list[tuple[set[int], list[tuple[str, int]]]] = []  # files, then the track tokens after them
+        for token in m.group(1).split("-")[1:]:
+            letter, number = token[0], int(token[1:])
+            if letter == "f":
+                if number == 0:
+                    raise bad_request(f"Listing.parse: file numbers start at 1 in '{text[:40]}'")
+                if not groups or groups[-1][1]:
+                    groups.append((set(), []))
+                groups[-1][0].add(number)
+            else:
+                if not groups:
+                    groups.append((set(), []))
+                groups[-1][1].append((letter, number))
+        files = frozenset(f for g, _ in groups for f in g) or None
+        if files is not None and not groups[0][0]:
+            raise bad_request(f"Listing.parse: -f<n> comes before the tracks it selects, in '{text[:40]}'")
+        languages = frozenset(language_code(t[1:]) for t in m.group(2).split("-")[1:]) or None
+        if len(groups) <= 1:
+            return cls(files, TrackMask.parse_tokens(groups[0][1] if groups else []), languages)
+        per_file = tuple((f, TrackMask.parse_tokens(tokens)) for g, tokens in groups for f in sorted(g))
+        return cls(files, TrackMask(), languages, per_file)
 
 
 @dataclass(frozen=True)
@@ -151,7 +181,7 @@ class Narrowing:
     @property
     def lists_every_video(self) -> bool:
         """Manifests list the first video track of each file unless the URL names video tracks itself."""
-        return self.tracks.video is not None or self.listing.tracks.video is not None
+        return self.tracks.video is not None or self.listing.names_video
 
 
 def number_tracks(presentation: Presentation) -> Presentation:
@@ -195,7 +225,8 @@ def listed_presentation(presentation: Presentation, file_number: int, listing: L
     if listing.files is not None and file_number not in listing.files:
         return dataclasses.replace(presentation, tracks=())
     numbered = number_tracks(presentation)
+    mask = listing.mask_for(file_number)
     tracks = tuple(
-        t for t in numbered.tracks if listing.tracks.allows(t.kind, t.number)
+        t for t in numbered.tracks if mask.allows(t.kind, t.number)
         and (t.kind != "audio" or listing.languages is None or language_code(t.language) in listing.languages))
     return dataclasses.replace(numbered, tracks=tracks)

@@ -99,6 +99,8 @@ HLS_TS = [
                               "index-f2-v1.m3u8", "index-f2-a1.m3u8", "index-f2-a2.m3u8"}),
     (URL_SET, "master-f2.m3u8", {"index-f2-v1.m3u8", "index-f2-a1.m3u8", "index-f2-a2.m3u8"}),
     (URL_SET, "master-f1-f2-v1-a2.m3u8", {"index-f1-v1-a2.m3u8", "index-f2-v1-a2.m3u8"}),
+    # track tokens apply to the files just before them (nginx-vod): video 2 of file 1, audio 2 of file 2
+    (URL_SET, "master-f1-v2-f2-a2.m3u8", {"index-f1-v2.m3u8", "index-f2-a2.m3u8"}),
     (f"tracks/v2-a0/{NAME}", "master-f1-lfra.m3u8", {"index-v2-a2.m3u8"}),
     (f"clipFrom/2500/tracks/v2-a3/{NAME}", "master.m3u8", {"index-v2-a3.m3u8"}),  # with a clip
     (f"tracks/v1-a3/{URL_SET}", "master.m3u8", {"index-f1-v1-a3.m3u8", "index-f2-v1.m3u8"}),  # two_audio: no a3

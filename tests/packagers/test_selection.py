@@ -60,6 +60,10 @@ def test_shift_parameter_refused(text):
     ("-leng", Listing(languages=frozenset({"eng"}))),
     ("-lfre-lger", Listing(languages=frozenset({"fra", "deu"}))),  # ISO 639-2/B as /T
     ("-f2-v0-a1-lspa", Listing(frozenset({2}), TrackMask(ALL, frozenset({1})), frozenset({"spa"}))),
+    ("-f1-v1-f2-a1", Listing(frozenset({1, 2}), per_file=((1, TrackMask(frozenset({1}), E)),
+                                                         (2, TrackMask(E, frozenset({1})))))),
+    ("-f1-f3-v2-f2", Listing(frozenset({1, 2, 3}), per_file=((1, TrackMask(frozenset({2}), E)),
+                                                            (3, TrackMask(frozenset({2}), E)), (2, TrackMask())))),
 ])
 def test_manifest_selectors(text, listing):
     assert Listing.parse(text) == listing
