@@ -33,7 +33,8 @@ from .tokens import (
 )
 
 __all__ = [
-    "FEATURES", "FORMAT_NAMES", "KALTURA_FORMAT", "SYSTEM_DEFAULTS", "DeliveryConfig", "DeliveryProfile", "DeliveryType",
+    "FEATURES", "FORMAT_NAMES", "KALTURA_FORMAT", "SYSTEM_DEFAULTS", "DeliveryConfig", "DeliveryProfile",
+    "DeliveryType",
     "ProfileError", "enabled_types", "loads_override", "merge", "parse_format", "to_dict",
     "Decision", "SelectionError", "is_ios", "preference_list", "select_delivery",
     "KsPayload", "TokenError", "make_ks", "new_secret", "sign_path", "stream_key", "verify_ks", "verify_path",

@@ -9,8 +9,8 @@ from aiohttp import web
 
 HLS_CONTAINERS = ("auto", "ts", "fmp4", "mpegts")  # auto: fMP4 for HEVC (Apple requires it), MPEG-TS otherwise
 ACCESS_LOG_FORMATS = ("text", "json")
-THUMBNAIL_MODES = ("accurate", "keyframe")
-DASH_SUBTITLE_FORMATS = ("webvtt", "smpte-tt")  # nginx-vod-module's vod_dash_subtitle_format  # nginx-vod-module's vod_thumb_accurate_positioning on | off
+THUMBNAIL_MODES = ("accurate", "keyframe")  # nginx-vod-module's vod_thumb_accurate_positioning on | off
+DASH_SUBTITLE_FORMATS = ("webvtt", "smpte-tt")  # nginx-vod-module's vod_dash_subtitle_format
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,8 @@ class Settings:
         if self.thumbnail_mode not in THUMBNAIL_MODES:
             raise ValueError(f"thumbnail mode {self.thumbnail_mode!r} is not one of {THUMBNAIL_MODES}")
         if self.dash_subtitle_format not in DASH_SUBTITLE_FORMATS:
-            raise ValueError(f"dash subtitle format {self.dash_subtitle_format!r} is not one of {DASH_SUBTITLE_FORMATS}")
+            raise ValueError(f"dash subtitle format {self.dash_subtitle_format!r} is not one of "
+                             f"{DASH_SUBTITLE_FORMATS}")
         if self.thumbnail_decodes < 0:
             raise ValueError("thumbnail_decodes must be >= 0 (0 = one per core)")
         if self.access_log_format not in ACCESS_LOG_FORMATS:

@@ -5,7 +5,8 @@ like any other file, with segment numbering from 1 inside the clip:
 
 * video starts on the key frame at or before the frame shown at clipFrom (decoding needs it) and ends with the last
   frame, in decode order, presented before clipTo (with B-frames, a reference frame presented later may come along);
-* audio starts one frame before the one playing at clipFrom (AAC decodes a frame with its predecessor) and ends with the last one starting before clipTo;
+* audio starts one frame before the one playing at clipFrom (AAC decodes a frame with its predecessor) and ends
+  with the last one starting before clipTo;
 * the clip's presentation time 0 is clipFrom, moved back to the start of the video frame shown then (at most one
   frame earlier: a clip starts with a whole picture), in every track: ``edit_offset`` says so, as it says where an
   MP4's edit list starts. The frames before (the rest of that GOP, part of an audio frame) get negative presentation

@@ -64,8 +64,8 @@ def add_catalog_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("value", help="delivery types as a comma list (hls,dash), or seconds for short_entries_max_duration")
     p.set_defaults(func=cmd_partners_set_rule)
     p = partners.add_parser("set-feature", parents=[common],
-                            help="turn clipping, track_selection, thumbnails or captions on or off for the partner's files "
-                                 "(default on)")
+                            help="turn clipping, track_selection, thumbnails or captions on or off for the "
+                                 "partner's files (default on)")
     p.add_argument("partner_id", type=int)
     p.add_argument("feature", choices=FEATURES)
     p.add_argument("state", choices=("on", "off"))

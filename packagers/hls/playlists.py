@@ -30,8 +30,8 @@ from .iframes import iframe_stream_inf
 from .names import init_segment_name, media_playlist_name, segment_name
 
 Container = Literal["ts", "fmp4"]
-STREAMED_VIDEO = ("h264", "hevc")
-MAX_REORDER = 64  # samples before a track's earliest presented one, at most (B-frame pyramids reorder a few)  # what the TS and fMP4 muxers carry (AV1 files: thumbnails only, for now)
+STREAMED_VIDEO = ("h264", "hevc")  # what the TS and fMP4 muxers carry (AV1 files: thumbnails only, for now)
+MAX_REORDER = 64  # samples before a track's earliest presented one, at most (B-frame pyramids reorder a few)
 FMP4_VERSION = 7  # RFC 8216 §7 asks >= 6 for EXT-X-MAP; 7 is the version that brought fMP4 (Apple's tools write it)
 
 # ISO 639-2/T (mdhd) → RFC 5646 primary tag for the languages players show most; others pass through unchanged.

@@ -1,4 +1,5 @@
-"""A progressive MP4 of a clipped presentation (``/mp4/…/clipFrom/…/clipTo/…``): a new moov, the samples as they are.
+"""A progressive MP4 of a clipped presentation (``/mp4/…/clipFrom/…/clipTo/…``): a new moov, the samples as they
+are.
 
 The file is ``ftyp`` + ``moov`` + ``mdat``, where the mdat holds the selected samples' bytes copied from the source
 in their source order (interleaving kept, so runs of samples stay contiguous and a response is a few large preads).

@@ -108,7 +108,8 @@ def _parse_movie(buf: bytes, moov: Box, source: str, file_size: int | None, bran
     timescale = parse_mvhd(buf, mvhd, where, budget.limits)
     tracks = [t for trak in traks if (t := parse_trak(buf, trak, timescale, source, file_size, budget)) is not None]
     if not tracks:
-        raise PackagerError(ErrorCode.NO_STREAMS, f"parse_moov: no H.264, HEVC, AV1 or AAC track with samples in {where}")
+        raise PackagerError(ErrorCode.NO_STREAMS,
+                            f"parse_moov: no H.264, HEVC, AV1 or AAC track with samples in {where}")
     check_chunk_overlap(budget.chunk_spans, where, budget.moov_span)
     return Presentation(tracks=tuple(tracks), source=source, timescale=timescale, brand=brand)
 

@@ -10,5 +10,5 @@ from .jpeg import encode_jpeg, output_size
 from .live import latest_from_gop, latest_from_ts
 from .names import ThumbFile, parse_thumb_name, thumb_name
 
-__all__ = ["FrameRange", "ThumbFile", "decode_frame", "encode_jpeg", "latest_from_gop", "latest_from_ts", "locate", "output_size", "parse_thumb_name",
-           "sample_reads", "thumb_name"]
+__all__ = ["FrameRange", "ThumbFile", "decode_frame", "encode_jpeg", "latest_from_gop", "latest_from_ts", "locate",
+           "output_size", "parse_thumb_name", "sample_reads", "thumb_name"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import io
-import os
 from fractions import Fraction
 
 import numpy as np
