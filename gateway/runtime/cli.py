@@ -29,6 +29,10 @@ DEMO_PATHS = (
     ("HEVC (HLS with fMP4)", "/hls/hevc.mp4/master.m3u8"),
     ("audio only", "/hls/audio_only.mp4/master.m3u8"),
     ("progressive MP4", "/mp4/title_360p.mp4"),
+    ("a clip (seconds 2 to 7)", "/hls/title_360p.mp4/clipFrom/2000/clipTo/7000/master.m3u8"),
+    ("  as an MP4", "/mp4/title_360p.mp4/clipFrom/2000/clipTo/7000"),
+    ("the picture at 3 s (JPEG)", "/thumb/title_360p.mp4/thumb-3000-w320.jpg"),
+    ("French audio only", "/hls/two_audio.mp4/master-lfra.m3u8"),
     ("counters (JSON)", "/status"),
     ("Prometheus metrics", "/metrics"),
 )

@@ -171,7 +171,8 @@ def test_demo_banner_lists_playable_urls(monkeypatch, tmp_path, capsys):
 
 
 def test_demo_without_pyav_says_which_extra_to_install(tmp_path):
-    """Serving needs no PyAV (it is the `demo` extra); `gateway demo` without it names the install command."""
+    """PyAV is imported only where it is used (thumbnails, sample media): `gateway demo` without it names the
+    install command instead of failing on an import."""
     code = (
         "import sys\n"
         "class NoAv:\n"
