@@ -258,7 +258,8 @@ def parse_dash(segments: list[str], max_url_set_files: int = 32) -> PackagedRequ
 def parse_mss(segments: list[str], max_url_set_files: int = 32) -> PackagedRequest:
     segments, params = _file_parameters(segments)
     file = mss_names.parse_name(segments)
-    return PackagedRequest("mss", _media_target(segments[:-file.path_segments], max_url_set_files, params), file)
+    target = _media_target(segments[:-file.path_segments], max_url_set_files, params, file.listing)
+    return PackagedRequest("mss", target, file)
 
 
 def parse_hds(segments: list[str], max_url_set_files: int = 32) -> PackagedRequest:

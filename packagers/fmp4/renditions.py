@@ -22,7 +22,8 @@ class AudioGroups:
     of_file: tuple[tuple[int, ...], ...]  # per file: indices into ``renditions`` of its audio tracks, in order
 
 
-def _fingerprint(track: Track) -> tuple:
+def audio_fingerprint(track: Track) -> tuple:
+    """What makes two audio tracks the same rendition (the same encode of the same audio)."""
     s = track.samples
     digest = hashlib.blake2b(s.sizes.tobytes() + s.durations.tobytes(), digest_size=16).digest()
     c = track.codec
@@ -48,7 +49,7 @@ def audio_groups(media_set: MediaSet) -> AudioGroups:
     for i, presentation in enumerate(media_set.presentations):
         mine = []
         for n, track in presentation.numbered("audio"):
-            key = _fingerprint(track)
+            key = audio_fingerprint(track)
             if key not in seen:
                 seen[key] = len(renditions)
                 renditions.append(media_set.resolve(TrackSpec(_file(media_set, i), None, n)))

@@ -10,6 +10,7 @@ Fragments are named by stream, bitrate and start time (``packagers.mss.names``),
 """
 from __future__ import annotations
 
+import dataclasses
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Sequence
@@ -18,10 +19,11 @@ import numpy as np
 
 from ..captions.files import CaptionRendition
 from ..errors import ErrorCode, PackagerError, not_found
-from ..fmp4.renditions import audio_groups, video_selections
+from ..fmp4.renditions import audio_fingerprint, audio_groups, video_selections
 from ..media_set import MediaSet, Selection
 from ..model import Track
 from ..naming import TrackSpec
+from ..selection import ALL, Listing, Narrowing, TrackMask
 from .names import url_template
 
 MANIFEST_CONTENT_TYPE = "text/xml"  # what IIS Smooth Streaming and nginx-vod-module send
@@ -64,8 +66,37 @@ def _unique_bitrates(tracks: list[Track]) -> list[int]:
 
 
 def smooth_streams(media_set: MediaSet) -> tuple[SmoothStream, ...]:
-    """The Smooth streams of a media set, computed once per set (every fragment request looks its own up)."""
-    return media_set.derived("mss.streams", lambda: _smooth_streams(media_set))
+    """The Smooth streams a manifest of this media set lists, computed once per set: its listed tracks (the first
+    video of each file unless the URL names video tracks, the audio renditions, fewer with a manifest name's
+    selectors such as ``manifest-a2``), under the names and bitrates ``stream_catalog`` gives them."""
+    return media_set.derived("mss.streams", lambda: _listed_streams(media_set))
+
+
+def stream_catalog(media_set: MediaSet) -> tuple[SmoothStream, ...]:
+    """Every stream and level the files under this path can serve (every video track too): what fragment URLs
+    name, so that a fragment has the same URL whichever manifest listed it."""
+    return media_set.derived("mss.catalog", lambda: _smooth_streams(MediaSet(
+        media_set.planned, media_set.segment_duration_ms, media_set.is_url_set, media_set.limits,
+        clip=media_set.clip, narrowing=Narrowing(listing=Listing(tracks=TrackMask(video=ALL))))))
+
+
+def _listed_streams(media_set: MediaSet) -> tuple[SmoothStream, ...]:
+    # a video level is its file's and tkhd id's track (the catalog's set numbers its own copies of the tracks); an
+    # audio stream, any listed track of that rendition (an ABR ladder's files carry the same audio: one stream)
+    listed = {(t.source, t.track_id) for p in media_set.presentations for t in media_set.listed_videos(p)}
+    listed |= {audio_fingerprint(t) for p in media_set.presentations for t in p.audio_tracks}
+    streams = []
+    for stream in stream_catalog(media_set):
+        levels = tuple((b, sel) for b, sel in stream.levels if _key(sel.tracks[0]) in listed)
+        if levels:
+            streams.append(dataclasses.replace(stream, levels=levels))
+    if not streams:
+        raise PackagerError(ErrorCode.NO_STREAMS, "smooth_streams: the manifest's selectors leave no stream")
+    return tuple(streams)
+
+
+def _key(track: Track) -> tuple:
+    return (track.source, track.track_id) if track.kind == "video" else audio_fingerprint(track)
 
 
 def _smooth_streams(media_set: MediaSet) -> tuple[SmoothStream, ...]:
@@ -105,7 +136,7 @@ def _smooth_streams(media_set: MediaSet) -> tuple[SmoothStream, ...]:
 
 def locate_fragment(media_set: MediaSet, stream: str, bitrate: int, start: int) -> tuple[Selection, int]:
     """(selection, 0-based segment index) of ``QualityLevels(bitrate)/Fragments(stream=start)``."""
-    for s in smooth_streams(media_set):
+    for s in stream_catalog(media_set):
         if s.name != stream:
             continue
         selection = next((sel for b, sel in s.levels if b == bitrate), None)

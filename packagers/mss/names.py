@@ -2,6 +2,7 @@
 what the last path segments of a URL say.
 
     <media path>/manifest (or Manifest)                          the client manifest
+    <media path>/manifest-a2-lfra                                a manifest listing fewer (``packagers.selection``)
     <media path>/QualityLevels(<bitrate>)/Fragments(<stream>=<t>)  one fragment, named by stream, bitrate and start
                                                                    time (``packagers.mss.manifest.locate_fragment``
                                                                    maps it back to a segment)
@@ -13,9 +14,11 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..errors import bad_request
+from ..selection import Listing
 
 MANIFEST_NAME = "manifest"
 MANIFEST_NAMES = (MANIFEST_NAME, "Manifest")  # IIS answers both; players use either
+_MANIFEST = re.compile(r"[Mm]anifest(-.*)")
 _QUALITY_LEVEL = re.compile(r"QualityLevels\(([0-9]{1,10})\)")
 _FRAGMENT = re.compile(r"Fragments\(([A-Za-z0-9_]{1,32})=([0-9]{1,20})\)")
 
@@ -28,6 +31,7 @@ class SmoothFile:
     stream: str = ""  # StreamIndex Name: video, audio, audio_fra...
     bitrate: int = 0  # QualityLevel Bitrate
     start: int = 0  # in the stream's timescale
+    listing: Listing = Listing()  # manifests only: a name's selectors
 
     @property
     def path_segments(self) -> int:
@@ -50,6 +54,8 @@ def parse_name(segments: Sequence[str]) -> SmoothFile:
     name. BAD_REQUEST otherwise."""
     if len(segments) >= 2 and segments[-1] in MANIFEST_NAMES:
         return SmoothFile("manifest")
+    if len(segments) >= 2 and (m := _MANIFEST.fullmatch(segments[-1])):
+        return SmoothFile("manifest", listing=Listing.parse(m.group(1)))
     if len(segments) >= 3:
         quality, fragment = _QUALITY_LEVEL.fullmatch(segments[-2]), _FRAGMENT.fullmatch(segments[-1])
         if quality and fragment:

@@ -186,6 +186,49 @@ def test_mss_follows_the_tracks_path_parameter(gateway_url):
     assert streams["audio"].get("Language") == "fra" and streams["audio_spa"].get("Language") == "spa"
 
 
+def first_packets() -> dict[int, bytes]:
+    """The first packet of every stream of the source, as ffmpeg demuxes it (stream index → payload)."""
+    import av
+
+    from fixtures.generate import fixture_path
+
+    out: dict[int, bytes] = {}
+    with av.open(str(fixture_path(NAME))) as c:
+        for p in c.demux():
+            if p.size and p.stream.index not in out:
+                out[p.stream.index] = bytes(p)
+    return out
+
+
+# manifest name → {stream name: (MaxWidth or Language, source stream index of its one level)}
+MSS = [
+    ("manifest", {"video": ("320", 0), "audio": ("eng", 2), "audio_fra": ("fra", 3), "audio_spa": ("spa", 4)}),
+    ("manifest-v2-a3", {"video": ("256", 1), "audio_spa": ("spa", 4)}),
+    ("manifest-a2", {"audio_fra": ("fra", 3)}),
+    ("manifest-lspa", {"video": ("320", 0), "audio_spa": ("spa", 4)}),
+]
+
+
+@pytest.mark.parametrize("name,expected", MSS, ids=[n for n, _ in MSS])
+def test_mss_manifest_selectors_keep_the_whole_sets_stream_names(gateway_url, name, expected):
+    """Smooth fragment URLs name streams (audio_fra): a narrowed manifest lists fewer under the same names, and each
+    level's fragment carries that track (its first sample is the source's first packet of that stream)."""
+    from ..packagers.fmp4_tools import read_fragment
+
+    root = ET.fromstring(get(f"{gateway_url}/mss/{NAME}/{name}"))
+    packets = first_packets()
+    got = {}
+    for index in root.iter("StreamIndex"):
+        (level,) = index.iter("QualityLevel")
+        got[index.get("Name")] = (level.get("MaxWidth") or index.get("Language"),)
+        url = index.get("Url").replace("{bitrate}", level.get("Bitrate")).replace(
+            "{start time}", next(index.iter("c")).get("t"))
+        (traf,) = read_fragment(get(f"{gateway_url}/mss/{NAME}/{url}"))
+        source = expected[index.get("Name")][1]
+        assert traf.payload[: int(traf.sizes[0])] == packets[source], (name, index.get("Name"))
+    assert got == {k: v[:1] for k, v in expected.items()}
+
+
 MP4 = [
     (f"tracks/v2-a3/{NAME}", ["256x144", "spa"]),
     (f"{NAME}/tracks/a0", ["eng", "fra", "spa"]),
