@@ -92,7 +92,7 @@ class MediaSet:
 
     def caption(self, spec: TrackSpec) -> CaptionSource | None:
         """The caption file ``spec`` names (``-fN`` alone, N past the media files), None for any other name."""
-        if spec.file is None or spec.video is not None or spec.audio is not None:
+        if spec.file is None or spec.video is not None or spec.audio is not None or spec.more_audio:
             return None
         return next((c for c in self.captions if c.number == spec.file), None)
 
@@ -114,10 +114,14 @@ class MediaSet:
         if video is None and audio is None:
             video = next((n for n, _ in presentation.numbered("video")), None)
             audio = next((n for n, _ in presentation.numbered("audio")), None)
-        tracks = presentation.select(video, audio)
+        if audio == 0:  # -a0: every audio track the URL leaves, in order
+            audios = tuple(n for n, _ in presentation.numbered("audio"))
+        else:
+            audios = (audio, *spec.more_audio) if audio is not None else ()
+        tracks = presentation.select(video, None) + tuple(t for n in audios for t in presentation.select(None, n))
         if not tracks:
             raise PackagerError(ErrorCode.NO_STREAMS, f"MediaSet.resolve: selection '{spec.suffix()}' has no track")
-        canonical = TrackSpec(file_index + 1 if self.is_url_set else None, video, audio)
+        canonical = TrackSpec(file_index + 1 if self.is_url_set else None, video, audio, spec.more_audio)
         return Selection(file_index, canonical, tracks)
 
     def plan(self, selection: Selection) -> SegmentPlan:

@@ -19,18 +19,25 @@ MAX_SEGMENT_INDEX = 10**MAX_SEGMENT_DIGITS - 2  # 0-based index of the largest n
 
 @dataclass(frozen=True)
 class TrackSpec:
+    """``-fN`` (a file of a url set), ``-vN`` (one video track), ``-aN`` (audio: several ``-a1-a2``, or ``-a0``
+    for every audio track of the file, nginx-vod-module's grammar). ``audio`` is the first (0: all),
+    ``more_audio`` the others, in the order given."""
+
     file: int | None = None
     video: int | None = None
     audio: int | None = None
+    more_audio: tuple[int, ...] = ()
 
     def suffix(self) -> str:
         parts = [f"-{k}{v}" for k, v in (("f", self.file), ("v", self.video), ("a", self.audio)) if v is not None]
-        return "".join(parts)
+        return "".join(parts + [f"-a{n}" for n in self.more_audio])
 
     @classmethod
     def parse(cls, text: str) -> "TrackSpec":
-        """Parse a suffix such as ``-f1-v1-a2``; each letter at most once, in f, v, a order, numbers ≥ 1."""
+        """Parse a suffix such as ``-f1-v1-a2`` or ``-v1-a1-a3``: f, v, a in that order, one file and one video
+        track at most, audio tracks each once (or ``-a0`` alone), numbers ≥ 1."""
         values: dict[str, int] = {}
+        audio: list[int] = []
         pos = 0
         order = "fva"
         last = -1
@@ -41,23 +48,27 @@ class TrackSpec:
             if letter == "f" and "f" in values:
                 raise bad_request(f"TrackSpec.parse: tracks of several files in one segment ('{text}') are not "
                                   "supported: a segment is cut from one file of the set")
-            if letter in values or (number == 0 and letter != "f"):
-                kind = "video" if letter == "v" else "audio"
-                # TS could mux several AAC tracks and fMP4 any, but FLV (HDS) and DASH fragments carry one per kind:
-                # one rule for every protocol's names, one URL per rendition's segment
-                raise bad_request(f"TrackSpec.parse: several {kind} tracks in one segment ('{text}') are not "
-                                  f"supported: a segment name selects at most one video and one audio track; "
-                                  f"'-{letter}0' selects tracks in manifest names")
+            if letter == "v" and ("v" in values or number == 0):
+                # MPEG-TS and FLV carry one video stream per segment; renditions are separate playlists
+                raise bad_request(f"TrackSpec.parse: several video tracks in one segment ('{text}') are not "
+                                  f"supported: a segment name selects at most one video track; '-v0' selects "
+                                  f"tracks in manifest names")
             if order.index(letter) < last:
                 raise bad_request(f"TrackSpec.parse: out-of-order '-{letter}' in '{text}' (f, v, a)")
-            if number < 1:
+            if letter == "a":
+                if number in audio or (number == 0 and audio) or 0 in audio:
+                    raise bad_request(f"TrackSpec.parse: audio track {number} repeated, or '-a0' (every audio "
+                                      f"track) with others, in '{text}'")
+                audio.append(number)
+            elif number < 1:
                 raise bad_request(f"TrackSpec.parse: track numbers start at 1 in '{text}'")
-            values[letter] = number
+            else:
+                values[letter] = number
             last = order.index(letter)
             pos = m.end()
         if pos != len(text):
             raise bad_request(f"TrackSpec.parse: malformed track selection '{text}'")
-        return cls(values.get("f"), values.get("v"), values.get("a"))
+        return cls(values.get("f"), values.get("v"), audio[0] if audio else None, tuple(audio[1:]))
 
 
 @dataclass(frozen=True)

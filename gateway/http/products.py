@@ -306,6 +306,8 @@ def _mss_fragment(parsed: PackagedRequest, opened: OpenedSet, packaging: Packagi
 def _hds_fragment(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
                   context: DeliveryContext) -> Product:
     selection = opened.media_set.resolve(parsed.file.spec)
+    if sum(t.kind == "audio" for t in selection.tracks) > 1:
+        raise PackagerError(ErrorCode.BAD_REQUEST, "product_for: an HDS fragment carries one audio track (FLV)")
     mux = fragment_muxer(opened.media_set, selection).build  # one timeline for every rendition of the set
     cache_key = ("hds", "frag", parsed.file.index, selection.spec.suffix())
     return _segment(packaging, opened, cache_key, selection, parsed.file.index, mux, FRAGMENT_CONTENT_TYPE)

@@ -267,8 +267,10 @@ ERRORS = [
     (f"/hls/{NAME}/master-f2.m3u8", 404),
     (f"/hls/tracks/v2/{URL_SET}/master.m3u8", 404),  # two_audio.mp4 is left without a track
     (f"/hls/{NAME}/master-lita.m3u8", 200),  # no audio in Italian: the video alone (nginx-vod filters audio only)
-    (f"/hls/{NAME}/seg-1-v0.ts", 400),  # several tracks of a kind in one segment: not supported
-    (f"/hls/{NAME}/seg-1-v1-a1-a2.ts", 400),
+    (f"/hls/{NAME}/seg-1-v0.ts", 400),  # several video tracks in one segment: not supported
+    (f"/hls/{NAME}/seg-1-a0-a1.ts", 400),  # -a0 is every audio track already
+    (f"/dash/{NAME}/fragment-1-a1-a2.m4s", 400),  # a DASH fragment carries one track
+    (f"/hds/{NAME}/frag-v1-a1-a2-Seg1-Frag1", 400),  # FLV carries one audio track
     (f"/hls/{URL_SET}/seg-1-f1-v1-f2-a1.ts", 400),  # two files in one segment: not supported
     (f"/hls/tracks/x1/{NAME}/master.m3u8", 400),
     (f"/hls/tracks//{NAME}/master.m3u8", 400),
@@ -278,6 +280,21 @@ ERRORS = [
     (f"/hls/{NAME}/master-f0.m3u8", 400),
     (f"/mp4/tracks/v9/{NAME}", 404),
 ]
+
+
+# several audio tracks in one HLS segment (nginx-vod-module's -a0, -a1-a3): name → the streams ffprobe must see
+MULTI_AUDIO = [
+    ("index-v1-a0.m3u8", ["320x180", "eng", "fra", "spa"]),
+    ("index-v2-a1-a3.m3u8", ["256x144", "eng", "spa"]),
+    ("index-a3-a2.m3u8", ["fra", "spa"]),
+]
+
+
+@pytest.mark.parametrize("name,streams", MULTI_AUDIO, ids=[n for n, _ in MULTI_AUDIO])
+def test_several_audio_tracks_in_one_hls_segment(gateway_ts_url, gateway_fmp4_url, tmp_path, name, streams):
+    for base in (gateway_ts_url, gateway_fmp4_url):
+        data, suffix = first_segment(f"{base}/hls/{NAME}/{name}")
+        assert probe(data, tmp_path, suffix) == streams, (base, name)
 
 
 @pytest.mark.parametrize("path,code", ERRORS, ids=[p for p, _ in ERRORS])
