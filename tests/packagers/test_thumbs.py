@@ -72,7 +72,8 @@ def source(name: str):
     frames = []
     with av.open(str(path)) as container:
         for f in container.decode(video=0):
-            frames.append((f.pts * f.time_base, f.to_ndarray(format="gray"), av.video.frame.PictureType(f.pict_type).name, f.key_frame))
+            picture = av.video.frame.PictureType(f.pict_type).name
+            frames.append((f.pts * f.time_base, f.to_ndarray(format="gray"), picture, f.key_frame))
     frames.sort(key=lambda x: x[0])
     return track, path.read_bytes(), frames
 
