@@ -26,11 +26,13 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, eq=False)
 class Selection:
-    """Resolved tracks of one file of the set, in a fixed order: video first, then audio."""
+    """Resolved tracks of one file of the set (or a file's video and another's audio), in a fixed order: video
+    first, then audio."""
 
     file_index: int  # 0-based
     spec: TrackSpec  # canonical spec (file present only for url sets)
     tracks: tuple[Track, ...]
+    track_files: tuple[int, ...] = ()  # each track's file index when they are not all ``file_index``'s
 
     @property
     def source(self) -> str:
@@ -103,26 +105,40 @@ class MediaSet:
 
     def resolve(self, spec: TrackSpec) -> Selection:
         """Tracks named by ``spec`` (by their numbers in the whole file); no -v/-a at all means the first video
-        plus the first audio track the URL leaves."""
-        if spec.file is not None and not self.is_url_set:
-            raise bad_request(f"MediaSet.resolve: '-f{spec.file}' given for a single file")
-        file_index = (spec.file or 1) - 1
-        if not 0 <= file_index < len(self.presentations):
-            raise not_found(f"MediaSet.resolve: no file {file_index + 1} in a set of {len(self.presentations)}")
+        plus the first audio track the URL leaves. ``-f1-v1-f2-a1``: the audio of another file of the set, whose
+        segments must be the same (a shared plan)."""
+        file_index = self._file_index(spec.file)
         presentation = self.presentations[file_index]
+        audio_index = file_index if spec.audio_file is None else self._file_index(spec.audio_file)
+        audio_presentation = self.presentations[audio_index]
+        if audio_index != file_index and self.plans[audio_index] is not self.plans[file_index]:
+            raise bad_request(f"MediaSet.resolve: files {file_index + 1} and {audio_index + 1} are cut into different "
+                              f"segments (their key frames do not line up): '{spec.suffix()}' cannot join them")
         video, audio = spec.video, spec.audio
         if video is None and audio is None:
             video = next((n for n, _ in presentation.numbered("video")), None)
             audio = next((n for n, _ in presentation.numbered("audio")), None)
         if audio == 0:  # -a0: every audio track the URL leaves, in order
-            audios = tuple(n for n, _ in presentation.numbered("audio"))
+            audios = tuple(n for n, _ in audio_presentation.numbered("audio"))
         else:
             audios = (audio, *spec.more_audio) if audio is not None else ()
-        tracks = presentation.select(video, None) + tuple(t for n in audios for t in presentation.select(None, n))
+        videos = presentation.select(video, None)
+        tracks = videos + tuple(t for n in audios for t in audio_presentation.select(None, n))
         if not tracks:
             raise PackagerError(ErrorCode.NO_STREAMS, f"MediaSet.resolve: selection '{spec.suffix()}' has no track")
-        canonical = TrackSpec(file_index + 1 if self.is_url_set else None, video, audio, spec.more_audio)
-        return Selection(file_index, canonical, tracks)
+        canonical = TrackSpec(file_index + 1 if self.is_url_set else None, video, audio, spec.more_audio,
+                              spec.audio_file if audio_index != file_index else None)
+        track_files = () if audio_index == file_index else (file_index,) * len(videos) + (audio_index,) * (
+            len(tracks) - len(videos))
+        return Selection(file_index, canonical, tracks, track_files)
+
+    def _file_index(self, number: int | None) -> int:
+        if number is not None and not self.is_url_set:
+            raise bad_request(f"MediaSet.resolve: '-f{number}' given for a single file")
+        index = (number or 1) - 1
+        if not 0 <= index < len(self.presentations):
+            raise not_found(f"MediaSet.resolve: no file {index + 1} in a set of {len(self.presentations)}")
+        return index
 
     def plan(self, selection: Selection) -> SegmentPlan:
         return self.plans[selection.file_index]

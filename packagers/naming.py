@@ -27,10 +27,14 @@ class TrackSpec:
     video: int | None = None
     audio: int | None = None
     more_audio: tuple[int, ...] = ()
+    audio_file: int | None = None  # the file of the audio tracks when it is not ``file`` (``-f1-v1-f2-a1``)
 
     def suffix(self) -> str:
-        parts = [f"-{k}{v}" for k, v in (("f", self.file), ("v", self.video), ("a", self.audio)) if v is not None]
-        return "".join(parts + [f"-a{n}" for n in self.more_audio])
+        parts = [f"-{k}{v}" for k, v in (("f", self.file), ("v", self.video)) if v is not None]
+        if self.audio_file is not None:
+            parts.append(f"-f{self.audio_file}")
+        parts += [f"-a{n}" for n in ((self.audio,) if self.audio is not None else ()) + self.more_audio]
+        return "".join(parts)
 
     @classmethod
     def parse(cls, text: str) -> "TrackSpec":
@@ -46,8 +50,13 @@ class TrackSpec:
                 break
             letter, number = m.group(1), int(m.group(2))
             if letter == "f" and "f" in values:
-                raise bad_request(f"TrackSpec.parse: tracks of several files in one segment ('{text}') are not "
-                                  "supported: a segment is cut from one file of the set")
+                # nginx-vod-module's f1-v1-f2-a1: the video of one file, the audio of another
+                if "v" not in values or "audio_file" in values or audio:
+                    raise bad_request(f"TrackSpec.parse: a segment takes the video of one file and the audio of "
+                                      f"another at most: -f<n>-v<n>-f<m>-a<n>, not '{text}'")
+                values["audio_file"] = number
+                pos = m.end()
+                continue
             if letter == "v" and ("v" in values or number == 0):
                 # MPEG-TS and FLV carry one video stream per segment; renditions are separate playlists
                 raise bad_request(f"TrackSpec.parse: several video tracks in one segment ('{text}') are not "
@@ -68,7 +77,10 @@ class TrackSpec:
             pos = m.end()
         if pos != len(text):
             raise bad_request(f"TrackSpec.parse: malformed track selection '{text}'")
-        return cls(values.get("f"), values.get("v"), audio[0] if audio else None, tuple(audio[1:]))
+        if "audio_file" in values and not audio:
+            raise bad_request(f"TrackSpec.parse: -f{values['audio_file']} names no audio track in '{text}'")
+        return cls(values.get("f"), values.get("v"), audio[0] if audio else None, tuple(audio[1:]),
+                   values.get("audio_file"))
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from packagers.hds.f4m import FRAGMENT_CONTENT_TYPE, MANIFEST_CONTENT_TYPE
 from packagers.hls import names as hls_names
 from packagers.hls.iframes import KeyFrames, build_iframe_playlist
 from packagers.hls.playlists import build_master_playlist, build_media_playlist, choose_container, clip_shift
-from packagers.media_data import plan_reads
+from packagers.media_data import MediaSegment, TrackSegment, gather_runs, plan_reads
 from packagers.media_set import MediaSet, Selection
 from packagers.mss import MANIFEST_CONTENT_TYPE as MSS_MANIFEST_TYPE
 from packagers.mss import build_smooth_manifest, locate_fragment
@@ -100,11 +100,31 @@ class Scatter:
 def _segment(packaging: Packaging, opened: OpenedSet, cache_key: Hashable, selection: Selection, index: int,
              mux: Callable, content_type: str, scatter: Scatter | None = None) -> Product:
     opened.media_set.plan(selection).check_index(index)  # 404 past the end, before the cache
+    if selection.track_files:  # the video of one file, the audio of another: read from both
+        files = tuple(opened.files[i] for i in selection.track_files)
+        build = partial(build_joined_segment, packaging.store, files, opened.media_set, selection, index, mux)
+        return Product(cache_key, build, content_type, packaging.settings.segment_max_age)
     file = opened.files[selection.file_index]
     build = partial(build_segment, packaging.store, file, opened.media_set, selection, index, mux,
                     packaging.observe_stage, scatter=scatter)
     return Product(cache_key, build, content_type, packaging.settings.segment_max_age,
                    build_inline=partial(build, nowait=True))
+
+
+def build_joined_segment(store: Store, files: tuple[FileIdentity, ...], media_set: MediaSet, selection: Selection,
+                         index: int, mux: Callable) -> bytes:
+    """Segment ``index`` of tracks from two files of the set (``-f1-v1-f2-a1``): each file's samples read on its own
+    descriptor, then muxed as one segment. Blocking."""
+    tables = media_set.segment_tables(selection, index)
+    parts = []
+    for file in dict.fromkeys(files):
+        mine = [i for i, f in enumerate(files) if f == file]
+        requests = plan_reads([tables[i] for i in mine])
+        with store.open(file) as reader:
+            buffers = reader.read_all(requests)  # bytes: the other file's read must not reuse them
+        parts += [(i, TrackSegment(selection.tracks[i], tables[i], gather_runs(tables[i], requests, buffers)))
+                  for i in mine]
+    return mux(MediaSegment(index, tuple(part for _, part in sorted(parts, key=lambda p: p[0]))))
 
 
 def _fmp4_type(selection: Selection) -> str:
@@ -306,8 +326,9 @@ def _mss_fragment(parsed: PackagedRequest, opened: OpenedSet, packaging: Packagi
 def _hds_fragment(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
                   context: DeliveryContext) -> Product:
     selection = opened.media_set.resolve(parsed.file.spec)
-    if sum(t.kind == "audio" for t in selection.tracks) > 1:
-        raise PackagerError(ErrorCode.BAD_REQUEST, "product_for: an HDS fragment carries one audio track (FLV)")
+    if sum(t.kind == "audio" for t in selection.tracks) > 1 or selection.track_files:
+        raise PackagerError(ErrorCode.BAD_REQUEST, "product_for: an HDS fragment carries one audio track (FLV), of "
+                            "the video's file")
     mux = fragment_muxer(opened.media_set, selection).build  # one timeline for every rendition of the set
     cache_key = ("hds", "frag", parsed.file.index, selection.spec.suffix())
     return _segment(packaging, opened, cache_key, selection, parsed.file.index, mux, FRAGMENT_CONTENT_TYPE)

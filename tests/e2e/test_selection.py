@@ -10,6 +10,7 @@ size, audio by the language the container keeps (TS PMT ISO 639 descriptor, fMP4
 """
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
@@ -271,7 +272,8 @@ ERRORS = [
     (f"/hls/{NAME}/seg-1-a0-a1.ts", 400),  # -a0 is every audio track already
     (f"/dash/{NAME}/fragment-1-a1-a2.m4s", 400),  # a DASH fragment carries one track
     (f"/hds/{NAME}/frag-v1-a1-a2-Seg1-Frag1", 400),  # FLV carries one audio track
-    (f"/hls/{URL_SET}/seg-1-f1-v1-f2-a1.ts", 400),  # two files in one segment: not supported
+    (f"/hds/{URL_SET}/frag-f1-v1-f2-a1-Seg1-Frag1", 400),  # FLV: the audio of the video's file only
+    (f"/hls/{URL_SET}/seg-1-f1-f2-v1.ts", 400),  # one video, and the audio of one other file, at most
     (f"/hls/tracks/x1/{NAME}/master.m3u8", 400),
     (f"/hls/tracks//{NAME}/master.m3u8", 400),
     (f"/hls/shift/v-100/{NAME}/master.m3u8", 400),
@@ -295,6 +297,31 @@ def test_several_audio_tracks_in_one_hls_segment(gateway_ts_url, gateway_fmp4_ur
     for base in (gateway_ts_url, gateway_fmp4_url):
         data, suffix = first_segment(f"{base}/hls/{NAME}/{name}")
         assert probe(data, tmp_path, suffix) == streams, (base, name)
+
+
+def test_the_video_of_one_file_with_the_audio_of_another(gateway_ts_url, gateway_fmp4_url, tmp_path):
+    """nginx-vod-module's f1-v2-f2-a2 in a segment name: video 2 of multi_track.mp4, audio 2 (fra) of
+    two_audio.mp4, one segment (the two files' key frames line up: one plan). The audio is two_audio's: its 10 s of
+    packets, where multi_track's fra has 8 s."""
+    import av
+
+    from fixtures.generate import fixture_path
+
+    with av.open(str(fixture_path("two_audio.mp4"))) as c:
+        fra = sum(1 for p in c.demux(c.streams.audio[1]) if p.size)
+    with av.open(str(fixture_path(NAME))) as c:
+        assert fra != sum(1 for p in c.demux(c.streams.audio[1]) if p.size)
+    for base in (gateway_ts_url, gateway_fmp4_url):
+        url = f"{base}/hls/{URL_SET}/index-f1-v2-f2-a2.m3u8"
+        data, suffix = first_segment(url)
+        assert probe(data, tmp_path, suffix) == ["256x144", "fra"], base
+        playlist = m3u8.loads(get(url).decode())
+        init = get(urljoin(url, playlist.segment_map[0].uri)) if playlist.segment_map else b""
+        audio = 0
+        for segment in playlist.segments:
+            with av.open(io.BytesIO(init + get(urljoin(url, segment.uri))), format="mpegts" if not init else None) as c:
+                audio += sum(1 for p in c.demux(c.streams.audio[0]) if p.size)
+        assert audio == fra, base
 
 
 @pytest.mark.parametrize("path,code", ERRORS, ids=[p for p, _ in ERRORS])

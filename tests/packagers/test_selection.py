@@ -102,7 +102,7 @@ def test_bad_manifest_names(parse, name):
 
 @pytest.mark.parametrize("suffix,spec", [
     ("-a0", TrackSpec(None, None, 0)), ("-v1-a1-a2", TrackSpec(None, 1, 1, (2,))),
-    ("-f2-a3-a1", TrackSpec(2, None, 3, (1,))),
+    ("-f2-a3-a1", TrackSpec(2, None, 3, (1,))), ("-f1-v1-f2-a1", TrackSpec(1, 1, 1, (), 2)),
 ])
 def test_segment_names_may_carry_several_audio_tracks(suffix, spec):
     assert TrackSpec.parse(suffix) == spec and spec.suffix() == suffix
@@ -110,7 +110,8 @@ def test_segment_names_may_carry_several_audio_tracks(suffix, spec):
 
 @pytest.mark.parametrize("suffix,reason", [
     ("-v0", "several video tracks"), ("-v1-v2", "several video tracks"), ("-a0-a1", "'-a0'"),
-    ("-a1-a1", "repeated"), ("-f1-v1-f2-a1", "several files"), ("-a1-v1", "out-of-order"),
+    ("-a1-a1", "repeated"), ("-f1-f2-v1", "another at most"), ("-f1-v1-f2", "names no audio"),
+    ("-a1-v1", "out-of-order"),
 ])
 def test_segment_names_carry_one_track_per_kind(suffix, reason):
     with pytest.raises(PackagerError) as info:
