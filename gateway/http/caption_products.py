@@ -21,6 +21,7 @@ from packagers.hls.playlists import choose_container, clip_shift, language_name,
 from packagers.media_set import MediaSet
 from packagers.mss.manifest import MANIFEST_TIMESCALE, TEXT_BITRATE, text_chunks
 from packagers.naming import TrackSpec
+from packagers.selection import language_code
 from packagers.ts import TS_PTS_OFFSET
 
 from ..catalog.access import AccessDenied, DeliveryContext
@@ -41,12 +42,15 @@ def caption_renditions(media_set: MediaSet, context: DeliveryContext) -> tuple[C
     catalog's language for a file wins over the one its name gives."""
     if not context.captions:
         return ()
+    languages = media_set.narrowing.listing.languages  # master-leng.m3u8 lists English captions only
     out = []
     for k, source in enumerate(media_set.captions):
         code = caption_language(source, context)
+        if languages is not None and language_code(code) not in languages:
+            continue
         name = language_name(code) if code != "und" else f"Subtitles {k + 1}"
         out.append(CaptionRendition(TrackSpec(source.number), language_tag(code) if code != "und" else "", name,
-                                    default=k == 0))
+                                    default=not out))
     return tuple(out)
 
 def caption_language(source: CaptionSource, context: DeliveryContext) -> str:

@@ -12,7 +12,7 @@ The grammar is nginx-vod-module's, so players keep their URLs when switching:
     /hls/<dir>/<prefix>,<a>,<b>,<suffix>.urlset/… a url set: <dir>/<prefix><a><suffix>, <dir>/<prefix><b><suffix>
     /mp4/<path>                                   the file itself (progressive download)
     /thumb/<path>/thumb-<ms>[-w<W>][-h<H>].jpg    the picture shown at <ms>, as a JPEG (packagers/thumbs/names.py)
-    …/clipFrom/<ms>/clipTo/<ms>/…                 path parameters, anywhere between the protocol and the file name
+    …/clipFrom/<ms>/clipTo/<ms>/…, …/lang/fra/…   path parameters, anywhere between the protocol and the file name
                                                   (names case-insensitive, the first of a name counts): a clip
     …/tracks/v1-a2/…  …/shift/v100-a0/…           only those tracks (v0/a0: all of a kind); ms added to a kind
     master-f1-v1-a2-leng.m3u8 (manifest-….mpd/f4m) a manifest listing fewer files, tracks, audio languages
@@ -43,13 +43,13 @@ from packagers.hls import names as hls_names
 from packagers.mss import names as mss_names
 from packagers.mss.names import SmoothFile
 from packagers.naming import MediaFile
-from packagers.selection import Listing, Narrowing, Shift, TrackMask
+from packagers.selection import Listing, Narrowing, Shift, TrackMask, language_code
 from packagers.thumbs.names import ThumbFile, parse_thumb_name
 
 from ..origin.paths import MediaTarget, check_name, split_path
 
 URL_SET_EXTENSION = ".urlset"
-PATH_PARAMETERS = frozenset({"clipfrom", "clipto", "tracks", "shift"})  # nginx-vod-module's names, lower-cased
+PATH_PARAMETERS = frozenset({"clipfrom", "clipto", "tracks", "shift", "lang"})  # nginx-vod-module's, lower-cased
 PARSED_PATHS = 2048  # paths are at most MAX_RAW_PATH (4 KB): 8 MB at the very most
 # the metrics ``type`` label of each kind of file a protocol names (docs/metrics.md): playlists count as manifests
 METRICS_TYPE = {"manifest": "manifest", "playlist": "manifest", "iframes": "manifest", "segment": "segment",
@@ -327,13 +327,24 @@ def _narrowing(params: dict[str, str], listing: Listing = Listing()) -> Narrowin
                      Shift() if shift is None else Shift.parse(shift), listing)
 
 
+def _language(value: str | None) -> str | None:
+    """``/lang/<code>/``: the language of the url set's caption files (nginx-vod-module labels a sequence with it),
+    an ISO 639-2 or 639-3 code."""
+    if value is None:
+        return None
+    if not (len(value) == 3 and value.isascii() and value.isalpha()):
+        raise bad_request(f"parse_path: lang must be a three-letter ISO 639 code, got '{value[:20]}'")
+    return language_code(value)
+
+
 def _media_target(segments: list[str], max_url_set_files: int, params: dict[str, str] | None = None,
                   listing: Listing = Listing()) -> MediaTarget:
     clip = _clip(params or {})
     narrowing = _narrowing(params or {}, listing)
+    language = _language((params or {}).get("lang"))
     last = segments[-1]
     if not last.endswith(URL_SET_EXTENSION):
-        return MediaTarget(("/".join(segments),), False, "/".join(segments), clip, narrowing)
+        return MediaTarget(("/".join(segments),), False, "/".join(segments), clip, narrowing, language)
     parts = last[: -len(URL_SET_EXTENSION)].split(",")
     if len(parts) < 3:
         raise bad_request("parse_path: a url set is <prefix>,<name>[,<name>...],<suffix>.urlset")
@@ -346,4 +357,4 @@ def _media_target(segments: list[str], max_url_set_files: int, params: dict[str,
         name = prefix + middle + suffix
         check_name(name)
         paths.append(f"{directory}/{name}" if directory else name)
-    return MediaTarget(tuple(paths), True, "/".join(segments), clip, narrowing)
+    return MediaTarget(tuple(paths), True, "/".join(segments), clip, narrowing, language)

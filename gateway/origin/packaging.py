@@ -140,8 +140,8 @@ class Packaging:
         if not files:
             raise bad_request("Packaging.open: a url set needs a media file besides its caption files")
         variant = (duration, target.is_url_set, target.clip, target.narrowing)
-        key = (tuple(f.cache_key for f in every_file), *variant)
-        captions = tuple(CaptionSource(len(files) + k, language_from_name(p), p)
+        key = (tuple(f.cache_key for f in every_file), *variant, target.caption_language)
+        captions = tuple(CaptionSource(len(files) + k, target.caption_language or language_from_name(p), p)
                          for k, p in enumerate((p for p in target.paths if is_caption_path(p)), start=1))
 
         async def load() -> MediaSet:

@@ -37,6 +37,7 @@ class MediaTarget:
     name: str = field(default="", compare=False)  # the decoded URL path naming it (what a signed token covers)
     clip: Clip = Clip()  # clipFrom/clipTo
     narrowing: Narrowing = Narrowing()  # /tracks/, /shift/ and a manifest name's selectors (-f1-a2-leng)
+    caption_language: str | None = None  # /lang/<code>/: the caption files' language (ISO 639-2/T)
 
     @property
     def features(self) -> frozenset[str]:

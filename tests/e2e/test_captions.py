@@ -91,6 +91,19 @@ def test_master_lists_each_caption_file_as_a_subtitle_rendition(caption_base):
     assert all(p.stream_info.subtitles == "subs" for p in master.playlists)
 
 
+def test_lang_parameter_and_language_selectors(caption_base):
+    """nginx-vod-module's /lang/<code>/ labels the caption files; master-l<code> lists that language's only."""
+    base = caption_base[0]
+    labelled = m3u8.loads(get(f"{base}/hls/title_,360p.mp4,eng.vtt,.urlset/lang/deu/master.m3u8").decode())
+    assert [(m.language, m.name) for m in labelled.media if m.type == "SUBTITLES"] == [("de", "Deutsch")]
+    french = m3u8.loads(get(f"{base}/hls/{SET}/master-lfra.m3u8").decode())
+    assert [(m.language, m.uri, m.default) for m in french.media if m.type == "SUBTITLES"] == [
+        ("fr", "index-f3.m3u8", "YES")]
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        get(f"{base}/hls/{SET}/lang/english/master.m3u8")
+    assert raised.value.code == 400
+
+
 @pytest.mark.parametrize("name, number", [("sample_eng.vtt", 2), ("sample_eng.srt", 3)])
 def test_every_cue_is_in_each_segment_it_overlaps(caption_base, name, number):
     base = caption_base[0]
