@@ -12,8 +12,9 @@ The grammar is nginx-vod-module's, so players keep their URLs when switching:
     /hls/<dir>/<prefix>,<a>,<b>,<suffix>.urlset/… a url set: <dir>/<prefix><a><suffix>, <dir>/<prefix><b><suffix>
     /mp4/<path>                                   the file itself (progressive download)
     /thumb/<path>/thumb-<ms>[-w<W>][-h<H>].jpg    the picture shown at <ms>, as a JPEG (packagers/thumbs/names.py)
-    …/clipFrom/<ms>/clipTo/<ms>/…, …/lang/fra/…   path parameters, anywhere between the protocol and the file name
-                                                  (names case-insensitive, the first of a name counts): a clip
+    …/clipFrom/<ms>/clipTo/<ms>/…                 path parameters, anywhere between the protocol and the file name
+                                                  (names case-insensitive, the first of a name counts): a clip;
+                                                  …/lang/fra/… the language of a url set's caption files
     …/tracks/v1-a2/…  …/shift/v100-a0/…           only those tracks (v0/a0: all of a kind); ms added to a kind
     master-f1-v1-a2-leng.m3u8 (manifest-….mpd/f4m) a manifest listing fewer files, tracks, audio languages
     /status                                       counters (JSON)
