@@ -219,6 +219,7 @@ def serve_status(request: web.Request) -> web.Response:
             "hls_container": packaging.settings.hls_container,
         },
     }
+    body["thumbnails"] = request.app[THUMBNAIL_SLOTS].stats()
     connections = request.app.get(CONNECTIONS)  # given to make_app by `gateway serve` (gateway/runtime/serve.py)
     if connections is not None:
         body["connections"] = connections.stats()

@@ -30,11 +30,39 @@ from .urls import ThumbRequest
 
 JPEG_TYPE = "image/jpeg"
 # the decode slots of one app (an asyncio.Semaphore sized by the settings), made with the app's other state
-THUMBNAIL_SLOTS = web.AppKey("thumbnail_slots", asyncio.Semaphore)
+class ThumbnailSlots:
+    """At most ``size`` decodes at once; the others wait here, on the event loop. Counts what /status shows: decodes
+    running and waiting now, and the most that ever ran at once (never more than ``size``)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._semaphore = asyncio.Semaphore(size)
+        self.decoding = self.waiting = self.peak_decoding = self.peak_waiting = 0
+
+    async def __aenter__(self) -> None:
+        self.waiting += 1
+        self.peak_waiting = max(self.peak_waiting, self.waiting)
+        try:
+            await self._semaphore.acquire()
+        finally:
+            self.waiting -= 1
+        self.decoding += 1
+        self.peak_decoding = max(self.peak_decoding, self.decoding)
+
+    async def __aexit__(self, *exc) -> None:
+        self.decoding -= 1
+        self._semaphore.release()
+
+    def stats(self) -> dict:
+        return {"slots": self.size, "decoding": self.decoding, "waiting": self.waiting,
+                "peak_decoding": self.peak_decoding, "peak_waiting": self.peak_waiting}
 
 
-def thumbnail_slots(decodes: int) -> asyncio.Semaphore:
-    return asyncio.Semaphore(decodes or os.cpu_count() or 1)
+THUMBNAIL_SLOTS = web.AppKey("thumbnail_slots", ThumbnailSlots)
+
+
+def thumbnail_slots(decodes: int) -> ThumbnailSlots:
+    return ThumbnailSlots(decodes or os.cpu_count() or 1)
 
 
 async def serve_thumbnail(request: web.Request, parsed: ThumbRequest, context: DeliveryContext) -> web.StreamResponse:

@@ -158,3 +158,23 @@ def test_av1_sources_give_thumbnails_and_a_clear_415_elsewhere(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_decodes_are_bounded_and_the_rest_wait(tmp_path, e2e_store, slots):
+    """A burst of distinct thumbnails (a scrubber) runs at most --thumbnail-decodes decodes at once; the rest queue
+    and are all answered. /status counts the most that ever ran at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    proc, base = start_gateway(e2e_store, tmp_path / "slots.log", "--thumbnail-decodes", str(slots))
+    try:
+        urls = [f"{base}/thumb/{NAME}/thumb-{ms}.jpg" for ms in range(500, 11500, 500)]
+        with ThreadPoolExecutor(len(urls)) as pool:
+            bodies = list(pool.map(get, urls))
+        stats = json.loads(get(f"{base}/status"))["thumbnails"]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert all(b[:2] == b"\xff\xd8" for b in bodies)
+    assert stats["slots"] == slots and stats["peak_decoding"] == slots  # used to the full, never beyond
+    assert stats["peak_waiting"] > 0 and stats["decoding"] == stats["waiting"] == 0
