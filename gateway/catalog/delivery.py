@@ -35,14 +35,12 @@ class DeliveryError(ValueError):
 
 
 def url_set(paths: list[str]) -> str:
-    """The media target naming ``paths``: the file itself for one flavor, else a url set of them all."""
+    """The media target naming ``paths``: the file itself for one flavor, else a url set of them all, in their
+    deepest common directory (names in subdirectories of it, such as captions in ``subs/``, keep that part)."""
     if len(paths) == 1:
         return paths[0]
-    dirs = {posixpath.dirname(p) for p in paths}
-    if len(dirs) != 1:
-        raise DeliveryError(f"url_set: flavors live in different directories ({', '.join(sorted(dirs))})")
-    (directory,) = dirs
-    names = [posixpath.basename(p) for p in paths]
+    directory = posixpath.commonpath([posixpath.dirname(p) for p in paths])
+    names = [posixpath.relpath(p, directory) if directory else p for p in paths]
     prefix = os.path.commonprefix(names)
     suffix = os.path.commonprefix([n[len(prefix):][::-1] for n in names])[::-1]
     middles = [n[len(prefix): len(n) - len(suffix)] for n in names]
@@ -52,16 +50,25 @@ def url_set(paths: list[str]) -> str:
     return f"{directory}/{name}" if directory else name
 
 
+def _quoted(target: str) -> str:
+    """A target in a URL path: a url set's names keep a '/' of theirs as %2F (one path segment)."""
+    if not target.endswith(".urlset") or "," not in target:
+        return quote(target, safe="/,")
+    cut = target.rfind("/", 0, target.index(","))  # the set's directory has no ','; its names may have a '/'
+    directory, last = target[:cut], target[cut + 1:]
+    return (quote(directory, safe="/") + "/" if cut >= 0 else "") + quote(last, safe=",")
+
+
 def media_url(delivery_type: str, flavor_paths: list[str], clip: Clip = Clip()) -> tuple[str, str]:
     """(target, URL path) for a delivery type: the MP4 itself for ``http``, else the packaged manifest; a clip's
     path parameters go after the target (a signed URL's token covers the target alone)."""
     params = clip_parameters(clip)
     if delivery_type == "http":
         target = flavor_paths[0]
-        return target, "/mp4/" + quote(target, safe="/,") + params
+        return target, "/mp4/" + _quoted(target) + params
     protocol, manifest = MANIFESTS[delivery_type]
     target = url_set(flavor_paths)
-    return target, f"/{protocol}/{quote(target, safe='/,')}{params}/{manifest}"
+    return target, f"/{protocol}/{_quoted(target)}{params}/{manifest}"
 
 
 def clip_parameters(clip: Clip) -> str:

@@ -47,9 +47,8 @@ from packagers.naming import MediaFile
 from packagers.selection import Listing, Narrowing, Shift, TrackMask, language_code
 from packagers.thumbs.names import ThumbFile, parse_thumb_name
 
-from ..origin.paths import MediaTarget, check_name, split_path
+from ..origin.paths import URL_SET_EXTENSION, MediaTarget, check_relative_path, split_path
 
-URL_SET_EXTENSION = ".urlset"
 PATH_PARAMETERS = frozenset({"clipfrom", "clipto", "tracks", "shift", "lang"})  # nginx-vod-module's, lower-cased
 PARSED_PATHS = 2048  # paths are at most MAX_RAW_PATH (4 KB): 8 MB at the very most
 # the metrics ``type`` label of each kind of file a protocol names (docs/metrics.md): playlists count as manifests
@@ -355,7 +354,7 @@ def _media_target(segments: list[str], max_url_set_files: int, params: dict[str,
     directory = "/".join(segments[:-1])
     paths = []
     for middle in middles:
-        name = prefix + middle + suffix
-        check_name(name)
+        name = prefix + middle + suffix  # may reach into a subdirectory (%2F): every component is checked
+        check_relative_path(name)
         paths.append(f"{directory}/{name}" if directory else name)
     return MediaTarget(tuple(paths), True, "/".join(segments), clip, narrowing, language)

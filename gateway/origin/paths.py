@@ -16,6 +16,7 @@ from packagers.clipping import Clip
 from packagers.errors import ErrorCode, PackagerError, bad_request
 from packagers.selection import Narrowing
 
+URL_SET_EXTENSION = ".urlset"
 MAX_RAW_PATH = 4096  # longer paths get 414; aiohttp itself refuses request lines over 8190 bytes
 MAX_SEGMENT = 255  # NAME_MAX of common filesystems
 
@@ -61,8 +62,19 @@ def _decode_segment(raw: str) -> str:
         text = unquote(raw, encoding="utf-8", errors="strict")
     except UnicodeDecodeError:
         raise bad_request("split_path: path is not valid percent-encoded UTF-8") from None
-    check_name(text)
+    if text.endswith(URL_SET_EXTENSION):
+        # a url set's names may hold a '%2F' (files in subdirectories: captions in subs/); each name of it is
+        # checked component by component once the set is split (gateway.http.urls), so '/' alone passes here
+        check_name(text.replace("/", "_"))
+    else:
+        check_name(text)
     return text
+
+
+def check_relative_path(path: str) -> None:
+    """A store-relative path of '/'-separated names, each one ``check_name`` accepts."""
+    for name in path.split("/"):
+        check_name(name)
 
 
 def check_name(name: str) -> None:

@@ -45,7 +45,8 @@ def caption_base(tmp_path_factory):
     shutil.copyfile(CAPTIONS / "sample_eng.srt", store / "title_fra.srt")
     (store / "title_deu.vtt").write_text("WEBVTT\n\n00:01.000 --> later\nbroken\n")
     (store / "movie.mp4").write_bytes(fixture_path(MEDIA).read_bytes())
-    (store / "movie_subs.vtt").write_bytes((CAPTIONS / "sample_eng.vtt").read_bytes())
+    (store / "subs").mkdir()
+    (store / "subs" / "movie_subs.vtt").write_bytes((CAPTIONS / "sample_eng.vtt").read_bytes())
     proc, base = start_gateway(store, store.parent / "captions.log", "--catalog-ttl", "0")
     fmp4, fmp4_base = start_gateway(store, store.parent / "captions-fmp4.log", "--hls-container", "fmp4")
     stpp, stpp_base = start_gateway(store, store.parent / "captions-stpp.log", "--dash-subtitle-format", "smpte-tt")
@@ -215,7 +216,7 @@ def test_catalog_captions_come_with_the_entry_urls(caption_base):
     subprocess.run([sys.executable, "-m", "gateway", "partners", "add", "101", "--name", "P", "--store", str(store)],
                    check=True, capture_output=True)
     subprocess.run([sys.executable, "-m", "gateway", "entries", "add", "0_capt0001", "--partner", "101", "--name", "m",
-                    "--flavor", "movie.mp4", "--caption", "spa=movie_subs.vtt", "--store", str(store)],
+                    "--flavor", "movie.mp4", "--caption", "spa=subs/movie_subs.vtt", "--store", str(store)],
                    check=True, capture_output=True)
     out = subprocess.run([sys.executable, "-m", "gateway", "urls", "101", "0_capt0001", "--base-url", base,
                           "--store", str(store)], check=True, capture_output=True, text=True).stdout
@@ -223,6 +224,7 @@ def test_catalog_captions_come_with_the_entry_urls(caption_base):
     master = m3u8.loads(get(urls["applehttp"].strip()).decode())
     (subs,) = [m for m in master.media if m.type == "SUBTITLES"]
     assert subs.language == "es" and subs.name == "Español"  # the catalog's language: the name says none
+    assert ",movie.mp4,subs%2Fmovie_subs.vtt,.urlset" in urls["applehttp"]  # a url set reaching into subs/
     first = urljoin(urls["applehttp"].strip(), subs.uri).replace("index-", "seg-1-").replace(".m3u8", ".vtt")
     assert segment_cues(get(first))[0][2] == "<i>Hello</i> there"
     subprocess.run([sys.executable, "-m", "gateway", "partners", "set-feature", "101", "captions", "off", "--store",

@@ -103,7 +103,8 @@ REJECTED = [
     ("/hls/", ErrorCode.BAD_REQUEST),
     ("/hls", ErrorCode.BAD_REQUEST),
     ("/hls/x,.mp4.urlset/master.m3u8", ErrorCode.BAD_REQUEST),
-    ("/hls/x,a%2Fb,.mp4.urlset/master.m3u8", ErrorCode.BAD_REQUEST),
+    ("/hls/,..%2Fb.mp4,c.mp4,.urlset/master.m3u8", ErrorCode.BAD_REQUEST),  # a url set's names: no '..' component
+    ("/hls/,a%2F%2Fb.mp4,c.mp4,.urlset/master.m3u8", ErrorCode.BAD_REQUEST),  # nor an empty one
     ("/hls/,..,.urlset/master.m3u8", ErrorCode.BAD_REQUEST),
     ("/hls/,.hidden,.urlset/master.m3u8", ErrorCode.BAD_REQUEST),
     ("/hls/,.,.urlset/master.m3u8", ErrorCode.BAD_REQUEST),
@@ -186,6 +187,13 @@ def test_media_requests_carry_their_delivery_type_and_label(path, delivery_type,
         media = parsed.request if isinstance(parsed, Signed) else parsed
         assert isinstance(parsed, Signed) == (signed_path != path)
         assert media.delivery_type == delivery_type and parsed.metrics_label == media.metrics_label == label
+
+
+def test_a_url_set_may_reach_into_subdirectories():
+    """Captions in subs/ next to the media: a url set's names may hold a '/' (sent as %2F, one path segment)."""
+    parsed = parse_path("/hls/m/,movie.mp4,subs%2Fmovie_eng.vtt,.urlset/master.m3u8")
+    assert parsed.store_paths == ("m/movie.mp4", "m/subs/movie_eng.vtt")
+    assert parsed.signed_name == "m/,movie.mp4,subs/movie_eng.vtt,.urlset"
 
 
 def test_what_a_token_covers_and_which_files_are_read():
