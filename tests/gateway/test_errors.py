@@ -33,7 +33,8 @@ CASES = [
     (URLSET + "/seg-1-f9-v1.ts", 404, "NOT_FOUND"),
     ("/hls/title_,360p,missing,.mp4.urlset/master.m3u8", 404, "NOT_FOUND"),
     ("/hls/title_,360p,.mp4.urlset/index-f2.m3u8", 404, "NOT_FOUND"),
-    ("/hls/x,a%2Fb,.mp4.urlset/master.m3u8", 400, "BAD_REQUEST"),
+    ("/hls/,..%2Fb.mp4,c.mp4,.urlset/master.m3u8", 400, "BAD_REQUEST"),  # a url set name with a .. component
+    ("/hls/x,a%2Fb,.mp4.urlset/master.m3u8", 404, "NOT_FOUND"),  # subdirectory names are allowed: no such file
     ("/nope", 404, "NOT_FOUND"),
     ("/hls/" + "a/" * 2100 + "master.m3u8", 414, "URI_TOO_LONG"),
 ]
