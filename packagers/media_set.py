@@ -88,6 +88,10 @@ class MediaSet:
             value = self._derived[key] = make()
             return value
 
+    def derived_value(self, key: Hashable) -> object | None:
+        """What ``derived`` keeps for ``key``, None when nothing."""
+        return self._derived.get(key)
+
     @property
     def shared_plan(self) -> bool:
         return all(p is self.plans[0] for p in self.plans)

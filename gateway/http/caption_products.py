@@ -31,9 +31,10 @@ from .product import Product
 from .urls import PackagedRequest
 
 VTT_TYPE = "text/vtt"
-# parsed caption files up to this size stay with their media set (a two-hour film's are ~150 KB); bigger ones are
-# parsed per request (their outputs are cached like any other)
-KEEP_CAPTION_BYTES = 2 << 20
+# parsed caption files up to this size stay with their media set (a two-hour film's are ~150 KB, ~1 MB parsed):
+# the media set cache weighs what it holds when it stores it, not what is derived later, so what it can pin this way
+# stays small; bigger files are parsed per request (their outputs are cached like any other)
+KEEP_CAPTION_BYTES = 256 << 10
 TICKS_PER_MS = MANIFEST_TIMESCALE // 1000
 
 

@@ -20,6 +20,8 @@ from ..errors import bad_data, bad_request, not_found
 from ..media_data import ReadRequest
 from ..model import Track
 
+MAX_DECODE_FRAMES = 1024  # samples one accurate thumbnail decodes at most (a GOP of 40 s at 25 fps)
+MAX_DECODE_BYTES = 64 << 20  # and their bytes, read and held while decoding
 # decoder names for PyAV; AV1 goes to dav1d, as ffmpeg's native av1 decoder needs a hardware accelerator
 DECODERS = {"avc1": "h264", "avc3": "h264", "hvc1": "hevc", "hev1": "hevc", "av01": "libdav1d"}
 # decoders that read AVCodecContext.skip_frame for each picture (dav1d takes it once, when it opens)
@@ -72,15 +74,7 @@ def locate(track: Track, time_ms: int, accurate: bool = True) -> FrameRange:
                         f"({track.duration * 1000 // track.timescale} ms) in {track.source or 'presentation'}")
     t = _ticks(track, time_ms)
     if not accurate:
-        keys = np.flatnonzero(s.keyframe[: int(np.searchsorted(s.dts, t, side="right"))])
-        if len(keys) == 0:  # before the first key frame's decode time: the first one
-            keys = np.flatnonzero(s.keyframe)[:1]
-        if len(keys) == 0:
-            raise bad_data(f"locate: no key frame in track {track.track_id} of {track.source or 'presentation'}")
-        pts = s.dts[keys] + s.cts[keys]
-        shown = pts <= t
-        key = int(keys[np.argmax(np.where(shown, pts, np.iinfo(np.int64).min))] if shown.any() else keys[0])
-        return FrameRange(key, key)
+        return _key_frame_range(track, t)
     target = _presented_at(track, t)
     keys = np.flatnonzero(s.keyframe[: target + 1])
     if len(keys) == 0:
@@ -89,7 +83,29 @@ def locate(track: Track, time_ms: int, accurate: bool = True) -> FrameRange:
     # an open GOP's leading pictures (decoded after the key frame, shown before it) reference the GOP before
     if first != target and len(keys) > 1 and s.pts[target] < s.pts[first]:
         first = int(keys[-2])
+    # a file with rare key frames must not make one thumbnail decode (and hold in memory) a whole GOP: past these
+    # bounds the picture is that of the key frame, as in key-frame mode
+    chain = s.sizes[first:target + 1]
+    if len(chain) > MAX_DECODE_FRAMES or int(chain.sum(dtype=np.int64)) > MAX_DECODE_BYTES:
+        return _key_frame_range(track, t)
     return FrameRange(first, target)
+
+
+def _key_frame_range(track: Track, t: int) -> FrameRange:
+    """The key frame presented at or before raw pts ``t`` (the first one before any): one sample to decode."""
+    s = track.samples
+    keys = np.flatnonzero(s.keyframe[: int(np.searchsorted(s.dts, t, side="right"))])
+    if len(keys) == 0:  # before the first key frame's decode time: the first one
+        keys = np.flatnonzero(s.keyframe)[:1]
+    if len(keys) == 0:
+        raise bad_data(f"locate: no key frame in track {track.track_id} of {track.source or 'presentation'}")
+    pts = s.dts[keys] + s.cts[keys]
+    shown = pts <= t
+    key = int(keys[np.argmax(np.where(shown, pts, np.iinfo(np.int64).min))] if shown.any() else keys[0])
+    if int(s.sizes[key]) > MAX_DECODE_BYTES:
+        raise bad_data(f"locate: key frame {key} of {track.source or 'presentation'} is {int(s.sizes[key])} bytes, "
+                       f"more than a thumbnail decodes ({MAX_DECODE_BYTES})")
+    return FrameRange(key, key)
 
 
 def sample_reads(track: Track, first: int, last: int) -> list[ReadRequest]:

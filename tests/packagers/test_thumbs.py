@@ -366,3 +366,28 @@ def test_anamorphic_source_is_widened_to_its_display_shape():
     decoded = decode_frame(track, 0, 0, [payload])
     assert jpeg_luma(encode_jpeg(decoded)).shape == (90, 213)  # 160 x 4/3
     assert jpeg_luma(encode_jpeg(decoded, width=320)).shape == (135, 320)
+
+
+def test_a_hostile_gop_is_never_decoded_whole():
+    """One key frame then 100,000 frames: an accurate thumbnail at the end would decode (and read) them all; past
+    MAX_DECODE_FRAMES or MAX_DECODE_BYTES it is the key frame's picture. A key frame itself too big is BAD_DATA."""
+    from packagers.model import CodecConfig, SampleTable, Track
+    from packagers.thumbs.frames import MAX_DECODE_BYTES, MAX_DECODE_FRAMES
+
+    def track(n: int, size: int) -> Track:
+        keyframe = np.zeros(n, bool)
+        keyframe[0] = True
+        table = SampleTable(np.arange(n, dtype=np.uint64) * size, np.full(n, size, np.uint32),
+                            np.arange(n, dtype=np.int64) * 512, np.zeros(n, np.int32), np.full(n, 512, np.uint32),
+                            keyframe)
+        return Track(1, "video", 12288, CodecConfig("avc1", "avc1.64001e", width=64, height=64), table)
+
+    long_gop = track(100_000, 100)
+    assert locate(long_gop, 4_000_000, accurate=True) == FrameRange(0, 0)
+    short = MAX_DECODE_FRAMES - 1
+    assert locate(long_gop, short * 1000 // 24, accurate=True) == FrameRange(0, short)
+    heavy = track(40, MAX_DECODE_BYTES // 20)  # 40 frames of 3.2 MB: 128 MB to hold
+    assert locate(heavy, 1500, accurate=True) == FrameRange(0, 0)
+    with pytest.raises(PackagerError) as raised:
+        locate(track(2, MAX_DECODE_BYTES + 1), 10, accurate=True)
+    assert raised.value.code == ErrorCode.BAD_DATA
