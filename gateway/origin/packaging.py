@@ -136,13 +136,17 @@ class Packaging:
         presentations of the whole files."""
         duration = segment_duration_ms or self.settings.segment_duration_ms
         every_file = await self.identify_all(target.paths)
-        files = tuple(f for f, p in zip(every_file, target.paths) if not is_caption_path(p))
-        if not files:
-            raise bad_request("Packaging.open: a url set needs a media file besides its caption files")
+        files, captions, caption_files = every_file, (), {}
+        if target.caption_paths:  # a url set with sidecar captions: they are no media
+            files = tuple(f for f, p in zip(every_file, target.paths) if not is_caption_path(p))
+            if not files:
+                raise bad_request("Packaging.open: a url set needs a media file besides its caption files")
+            captions = tuple(CaptionSource(len(files) + k, target.caption_language or language_from_name(p), p)
+                             for k, p in enumerate(target.caption_paths, start=1))
+            caption_files = {c.number: f for c, f in zip(captions, (f for f, p in zip(every_file, target.paths)
+                                                                      if is_caption_path(p)))}
         variant = (duration, target.is_url_set, target.clip, target.narrowing)
         key = (tuple(f.cache_key for f in every_file), *variant, target.caption_language)
-        captions = tuple(CaptionSource(len(files) + k, target.caption_language or language_from_name(p), p)
-                         for k, p in enumerate((p for p in target.paths if is_caption_path(p)), start=1))
 
         async def load() -> MediaSet:
             presentations = await asyncio.gather(*(self.presentation(f) for f in files))
@@ -156,8 +160,6 @@ class Packaging:
             if len(self._validators) >= MAX_VALIDATORS:
                 self._validators.pop(next(iter(self._validators)))  # the oldest: a dict keeps insertion order
             self._validators[key] = validators
-        caption_files = {c.number: f for c, f in zip(captions, (f for f, p in zip(every_file, target.paths)
-                                                                  if is_caption_path(p)))}
         return OpenedSet(files, media_set, validators, caption_files)
 
     async def presentation(self, file: FileIdentity) -> Presentation:

@@ -9,9 +9,11 @@ containment again after ``realpath``.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
+from packagers.captions.files import is_caption_path
 from packagers.clipping import Clip
 from packagers.errors import ErrorCode, PackagerError, bad_request
 from packagers.selection import Narrowing
@@ -39,6 +41,11 @@ class MediaTarget:
     clip: Clip = Clip()  # clipFrom/clipTo
     narrowing: Narrowing = Narrowing()  # /tracks/, /shift/ and a manifest name's selectors (-f1-a2-leng)
     caption_language: str | None = None  # /lang/<code>/: the caption files' language (ISO 639-2/T)
+
+    @functools.cached_property
+    def caption_paths(self) -> tuple[str, ...]:
+        """The url set's caption sidecar files (.vtt, .srt), in url order: once per parsed URL, not per request."""
+        return tuple(p for p in self.paths if is_caption_path(p))
 
     @property
     def features(self) -> frozenset[str]:
