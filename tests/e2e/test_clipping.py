@@ -205,4 +205,5 @@ def test_hls_players_start_on_the_picture_at_clip_from(gateway_ts_url, gateway_f
     report = play_in_browser(f"{base}/hls/{CLIP}/master.m3u8", seconds=offset + 2, timeout=40, kind=kind)
     assert report["ok"] and not fatal_errors(report), report
     started = next(float(e["what"].split("@")[1]) for e in report["events"] if e["what"].startswith("playing"))
-    assert started == pytest.approx(offset, abs=0.01), report["events"]
+    # the picture at clipFrom is on screen from the offset for one frame: a player starting anywhere in it shows it
+    assert offset - 0.005 <= started < offset + FRAME, report["events"]
