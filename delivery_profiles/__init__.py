@@ -5,6 +5,8 @@
 * ``tokens``: signed URL prefixes, ks session tokens and RTMP stream keys.
 """
 from .profiles import (
+    ENCRYPTIONS,
+    ENCRYPTIONS_BY_TYPE,
     FEATURES,
     FORMAT_NAMES,
     KALTURA_FORMAT,
@@ -12,6 +14,7 @@ from .profiles import (
     DeliveryConfig,
     DeliveryProfile,
     DeliveryType,
+    DrmConfig,
     ProfileError,
     enabled_types,
     loads_override,
@@ -34,7 +37,7 @@ from .tokens import (
 
 __all__ = [
     "FEATURES", "FORMAT_NAMES", "KALTURA_FORMAT", "SYSTEM_DEFAULTS", "DeliveryConfig", "DeliveryProfile",
-    "DeliveryType",
+    "DeliveryType", "DrmConfig", "ENCRYPTIONS", "ENCRYPTIONS_BY_TYPE",
     "ProfileError", "enabled_types", "loads_override", "merge", "parse_format", "to_dict",
     "Decision", "SelectionError", "is_ios", "preference_list", "select_delivery",
     "KsPayload", "TokenError", "make_ks", "new_secret", "sign_path", "stream_key", "verify_ks", "verify_path",

@@ -16,6 +16,7 @@ import difflib
 import enum
 import json
 import math
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -51,7 +52,18 @@ _BY_NAME: dict[str, DeliveryType] = {**FORMAT_NAMES, **{t.value: t for t in Deli
 # playback. I-frame playlists are the hls profile's ``iframes`` (they belong to one protocol).
 FEATURES = ("clipping", "track_selection", "thumbnails", "captions")
 HLS_CONTAINERS = ("auto", "ts", "fmp4")  # auto: the gateway decides per presentation (fMP4 for HEVC)
-ENCRYPTIONS = ("none", "aes-128")  # aes-128: HLS whole-segment AES-128 (RFC 8216 §4.3.2.4), hls only
+# aes-128: HLS whole-segment AES-128 (RFC 8216 §4.3.2.4); sample-aes: Apple's HLS sample encryption (MPEG-TS);
+# cenc / cbcs: ISO/IEC 23001-7 Common Encryption schemes (fMP4). Which container carries them is the gateway's choice.
+ENCRYPTIONS = ("none", "aes-128", "sample-aes", "cenc", "cbcs")
+ENCRYPTIONS_BY_TYPE: Mapping[DeliveryType, tuple[str, ...]] = MappingProxyType({
+    DeliveryType.HTTP: ("none",),
+    DeliveryType.HLS: ENCRYPTIONS,
+    DeliveryType.DASH: ("none", "cenc", "cbcs"),
+    DeliveryType.HDS: ("none",),
+    DeliveryType.MSS: ("none", "cenc"),  # PlayReady on Smooth Streaming is AES-CTR only
+})
+DRM_METHODS = ("GET", "POST")
+HLS_KEY_FORMATS = ("identity", "fairplay")  # EXT-X-KEY KEYFORMAT: identity, or com.apple.streamingkeydelivery
 
 
 def _lookup(name: object) -> DeliveryType | None:
@@ -127,7 +139,7 @@ class DeliveryProfile:
     enabled: bool = True
     segment_duration_ms: int = 6000
     hls_container: str = "auto"  # hls only: "ts", "fmp4" or "auto"
-    encryption: str = "none"  # hls only: "none" or "aes-128"
+    encryption: str = "none"  # one of ENCRYPTIONS_BY_TYPE[type]; keys and DRM settings: DeliveryConfig.drm
     iframes: bool = True  # hls only: I-frame playlists (trick play) in TS master playlists
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
@@ -148,8 +160,10 @@ class DeliveryProfile:
             raise _fail(f"{path}.hls_container", "applies to hls only (leave it 'auto')")
         if self.encryption not in ENCRYPTIONS:
             raise _fail(f"{path}.encryption", f"must be one of {', '.join(ENCRYPTIONS)}, got {self.encryption!r}")
-        if t is not DeliveryType.HLS and self.encryption != "none":
-            raise _fail(f"{path}.encryption", f"{self.encryption!r} applies to hls only")
+        if self.encryption not in ENCRYPTIONS_BY_TYPE[t]:
+            types = [u.value for u, allowed in ENCRYPTIONS_BY_TYPE.items() if self.encryption in allowed]
+            raise _fail(f"{path}.encryption", f"{self.encryption!r} applies to {_and(types)} only "
+                                              f"({t} allows {', '.join(ENCRYPTIONS_BY_TYPE[t])})")
         if not isinstance(self.iframes, bool):
             raise _fail(f"{path}.iframes", f"must be true or false, got {self.iframes!r}")
         if t is not DeliveryType.HLS and not self.iframes:
@@ -157,6 +171,68 @@ class DeliveryProfile:
         if not isinstance(self.extra, Mapping):
             raise _fail(f"{path}.extra", f"must be an object, got {self.extra!r}")
         object.__setattr__(self, "extra", MappingProxyType(_json_like(self.extra, f"{path}.extra")))
+
+
+def _and(items: list[str]) -> str:
+    return " and ".join(items) if len(items) <= 2 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def _number(value: object) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or isinstance(value, float) and math.isfinite(value)
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+@dataclass(frozen=True)
+class DrmConfig:
+    """Where a partner's content keys come from and how they are used (issue 14), for every protected type.
+
+    Keys come from the DRM info service at ``service_url`` (nginx-vod-module's JSON answer), or, when it is empty,
+    are derived from the partner secret and licensed by the gateway itself (ClearKey). Which types are encrypted, and
+    how, is each profile's ``encryption``; this section says nothing about that.
+    """
+
+    service_url: str = ""  # "" = keys derived from the partner secret; else the DRM info service (http or https)
+    method: str = "GET"  # how the service is asked: GET or POST (any case, stored upper case)
+    timeout_s: float = 5.0  # per request to the service; past it the media request fails (503), never clear
+    ttl_s: int = 300  # seconds an answer is cached per entry; 0 asks every time
+    clear_lead_segments: int = 0  # the first N segments of every rendition are sent clear (faster start)
+    hls_key_format: str = "identity"  # EXT-X-KEY KEYFORMAT of SAMPLE-AES / cbcs HLS: identity or fairplay
+
+    def __post_init__(self) -> None:
+        url = self.service_url
+        if not isinstance(url, str) or url and not _service_url(url):
+            raise _fail("drm.service_url", f"must be \"\" (derived keys) or an http:// or https:// URL, got {url!r}")
+        method = self.method.upper() if isinstance(self.method, str) else self.method
+        if method not in DRM_METHODS:
+            raise _fail("drm.method", f"must be one of {', '.join(DRM_METHODS)}, got {self.method!r}")
+        object.__setattr__(self, "method", method)
+        t = self.timeout_s
+        if not _number(t) or t <= 0:
+            raise _fail("drm.timeout_s", f"must be a positive number of seconds, got {t!r}")
+        if t > 60:  # a player waits on this request: a longer wait is an outage, not a slow service
+            raise _fail("drm.timeout_s", f"must be at most 60 seconds, got {t!r}")
+        object.__setattr__(self, "timeout_s", float(t))
+        if not _count(self.ttl_s):
+            raise _fail("drm.ttl_s", f"must be a non-negative integer number of seconds, got {self.ttl_s!r}")
+        if not _count(self.clear_lead_segments):
+            raise _fail("drm.clear_lead_segments", f"must be a non-negative integer, got {self.clear_lead_segments!r}")
+        if self.hls_key_format not in HLS_KEY_FORMATS:
+            raise _fail("drm.hls_key_format",
+                        f"must be one of {', '.join(HLS_KEY_FORMATS)}, got {self.hls_key_format!r}")
+
+
+def _service_url(url: str) -> bool:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # a malformed port raises ValueError here
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not any(c.isspace() for c in url)
 
 
 def _default_profiles() -> dict[DeliveryType, DeliveryProfile]:
@@ -180,6 +256,7 @@ class DeliveryConfig:
     default_delivery_type: tuple[DeliveryType, ...] = (DeliveryType.HTTP,)
     profiles: Mapping[DeliveryType, DeliveryProfile] = field(default_factory=_default_profiles, hash=False)
     features: Mapping[str, bool] = field(default_factory=lambda: dict.fromkeys(FEATURES, True), hash=False)
+    drm: DrmConfig = field(default_factory=DrmConfig)
 
     def __post_init__(self) -> None:
         d = self.short_entries_max_duration
@@ -210,6 +287,8 @@ class DeliveryConfig:
             if not isinstance(on, bool):
                 raise _fail(f"features.{key}", f"must be true or false, got {on!r}")
         object.__setattr__(self, "features", MappingProxyType({f: self.features.get(f, True) for f in FEATURES}))
+        if not isinstance(self.drm, DrmConfig):
+            raise _fail("drm", f"must be a DrmConfig, got {self.drm!r}")
 
     def allows(self, feature: str) -> bool:
         return self.features[feature]
@@ -222,8 +301,9 @@ class DeliveryConfig:
 
 
 LIST_KEYS = ("short_entries_default_delivery_type", "secured_default_delivery_type", "default_delivery_type")
-TOP_KEYS = ("short_entries_max_duration", *LIST_KEYS, "profiles", "features")
+TOP_KEYS = ("short_entries_max_duration", *LIST_KEYS, "profiles", "features", "drm")
 PROFILE_KEYS = ("enabled", "segment_duration_ms", "hls_container", "encryption", "iframes", "extra")
+DRM_KEYS = tuple(f.name for f in dataclasses.fields(DrmConfig))
 
 # Kaltura base.ini: short_entries_max_duration = 300, the three *_delivery_type = http; every type enabled.
 SYSTEM_DEFAULTS = DeliveryConfig()
@@ -231,11 +311,18 @@ SYSTEM_DEFAULTS = DeliveryConfig()
 
 def merge(defaults: DeliveryConfig, override: Mapping[str, Any]) -> DeliveryConfig:
     """``defaults`` ⊕ a partial partner override. Scalars and lists replace; ``profiles.<type>`` merges key by key,
-    and ``profiles.<type>.extra`` merges one level deep. Raises ``ProfileError`` naming the bad key path."""
+    and ``profiles.<type>.extra`` merges one level deep; ``drm`` merges key by key. Raises ``ProfileError`` naming the
+    bad key path."""
     if not isinstance(override, Mapping):
         raise ProfileError(f"override: must be an object, got {type(override).__name__}")
     _check_keys(override, TOP_KEYS, "")
-    changes: dict[str, Any] = {k: v for k, v in override.items() if k not in ("profiles", "features")}
+    changes: dict[str, Any] = {k: v for k, v in override.items() if k not in ("profiles", "features", "drm")}
+    if "drm" in override:
+        drm = override["drm"]
+        if not isinstance(drm, Mapping):
+            raise _fail("drm", f"must be an object, got {drm!r}")
+        _check_keys(drm, DRM_KEYS, "drm")
+        changes["drm"] = dataclasses.replace(defaults.drm, **drm)
     if "features" in override:
         features = override["features"]
         if not isinstance(features, Mapping):
@@ -309,6 +396,7 @@ def to_dict(config: DeliveryConfig) -> dict[str, Any]:
             for t, p in config.profiles.items()
         },
         "features": dict(config.features),
+        "drm": dataclasses.asdict(config.drm),
     }
 
 

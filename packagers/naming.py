@@ -93,6 +93,7 @@ class MediaFile:
     index: int | None = None  # segments only; the name says index + 1
     container: str | None = None  # HLS segments only: ts (MPEG-TS) or fmp4 (.m4s)
     listing: Listing = Listing()  # manifests only: what a name such as master-f1-a2-leng.m3u8 lists
+    key_id: str = ""  # HLS identity keys of DRM-protected sets: the key id (32 hex digits) the name gives
 
 
 def segment_number(index: int) -> str:

@@ -23,13 +23,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Mapping, Protocol, Sequence
 
-from delivery_profiles import SYSTEM_DEFAULTS, DeliveryConfig, merge
+from delivery_profiles import SYSTEM_DEFAULTS, DeliveryConfig, DrmConfig, merge
 from delivery_profiles.tokens import TokenError, verify_path
 
 from aiohttp import web
+from packagers.drm.signaling import Protection
 
 from .catalog import Catalog, CatalogView, Entry, Partner
 from .delivery import hls_key
+
+DRM_SCHEMES = ("sample-aes", "cenc", "cbcs")  # the encryptions whose keys a DRM service (or the partner secret) gives
 from ..settings import Settings
 from ..origin.store import FileIdentity
 
@@ -132,6 +135,9 @@ class DeliveryContext:
     hls_iframes: bool = True  # I-frame playlists in TS master playlists (the partner's hls profile may turn them off)
     caption_languages: Mapping[str, str] = field(default_factory=dict)  # caption file → ISO 639-2, from the entry
     captions: bool = True  # caption files listed and served (every owning partner's ``captions`` feature)
+    encryption: str = "none"  # sample-aes, cenc or cbcs: packaged only once the keys are found (gateway.catalog.drm)
+    drm: DrmConfig | None = None  # the owning partner's DRM settings (where keys come from, clear lead)
+    protection: Protection | None = None  # the keys found, for the products (gateway/http/protected.py)
 
 
 def partner_config(partner: Partner) -> DeliveryConfig:
@@ -202,7 +208,11 @@ def authorize(view: CatalogView, settings: Settings, request: MediaAccess, signe
     key = None
     if entry.secured and signed is not None and profile.encryption == "aes-128":
         key = hls_key(partner.secret, entry.id)
-    # AES-128 whole-segment encryption is applied to MPEG-TS only (an encrypted EXT-X-MAP would need explicit IVs)
-    container = "ts" if key is not None else profile.hls_container
+    # AES-128 whole-segment encryption and SAMPLE-AES are MPEG-TS (an encrypted EXT-X-MAP would need explicit IVs);
+    # Common Encryption is fMP4
+    container = {"aes-128": "ts" if key is not None else profile.hls_container, "sample-aes": "ts", "cenc": "fmp4",
+                 "cbcs": "fmp4"}.get(profile.encryption, profile.hls_container)
+    encryption = profile.encryption if profile.encryption in DRM_SCHEMES else "none"
+    config = configs.get(partner.id) or partner_config(partner)
     return DeliveryContext(profile.segment_duration_ms, container, entry, partner, key, profile.iframes,
-                           entry.caption_languages, captions)
+                           entry.caption_languages, captions, encryption, config.drm)

@@ -82,6 +82,16 @@ def signed(url_path: str, entry_id: str, target: str, secret: str, expires: int)
     return f"/s/{entry_id}/{sign_path(secret, target, expires)}{url_path}"
 
 
+def license_prefix(entry_id: str) -> str:
+    """What a ClearKey license URL's token signs: never a store path (those have no ':' prefix of this form)."""
+    return f"clearkey:{entry_id}"
+
+
+def license_url(entry_id: str, secret: str, expires: int) -> str:
+    """``/s/<entry>/<token>/clearkey``: the W3C ClearKey license of an entry whose keys are derived."""
+    return f"/s/{entry_id}/{sign_path(secret, license_prefix(entry_id), expires)}/clearkey"
+
+
 def hls_key(secret: str, entry_id: str) -> bytes:
     """The entry's AES-128 key: derived, not stored, so every node serves the same key without shared state."""
     return hmac.new(secret.encode(), f"hls-aes-128:{entry_id}".encode(), hashlib.sha256).digest()[:16]

@@ -31,6 +31,7 @@ from ..settings import SETTINGS, Settings
 from ..origin.store import FileChanged
 from ..catalog.access import CATALOG, IDENTITY_WATCH, IdentityWatch, authorize, catalog_view
 from ..catalog.catalog import Catalog
+from ..catalog.drm import KEY_SOURCE, KeySource
 from ..ingest.service import INGEST, Ingest
 from .play_manifest import serve_play_manifest
 from ..ops.metrics import (METRICS_SOURCES, PROMETHEUS, GatewayMetrics, MetricsSources, metrics_for_this_process,
@@ -40,7 +41,9 @@ from ..ops.health import WORKER_INDEX, add_health_routes
 from .connections import CONNECTIONS, ConnectionTracker
 from ..ops.access_log import CACHE_RESULT
 from ..ops.labels import REQUEST_LABEL
-from .urls import CrossDomainPolicy, GatewayRequest, PlayManifest, Signed, StatusRequest, ThumbRequest, parse_path
+from .urls import (ClearKeyLicense, CrossDomainPolicy, GatewayRequest, PlayManifest, Signed, StatusRequest, ThumbRequest,
+                   parse_path)
+from .clearkey import serve_clearkey
 
 
 @dataclass
@@ -108,7 +111,9 @@ async def _gateway_state(app: web.Application, executor: Executor, caches: Cache
     app[FAST_ANSWERS] = FastAnswers(app[CATALOG], caches.stats, caches.responses)
     app[METRICS] = Metrics()
     app[THUMBNAIL_SLOTS] = thumbnail_slots(settings.thumbnail_decodes)
+    app[KEY_SOURCE] = KeySource()
     yield
+    await app[KEY_SOURCE].close()
     executor.shutdown(wait=False, cancel_futures=True)
 
 
@@ -126,7 +131,7 @@ async def http_middleware(request: web.Request, handler) -> web.StreamResponse:
     stamp_start(request)
     if request.method == "OPTIONS":
         return preflight(request)
-    if request.method not in ("GET", "HEAD"):
+    if request.method not in ("GET", "HEAD") and not (request.method == "POST" and is_license_path(request)):
         return error_response(405, "METHOD_NOT_ALLOWED", f"{request.method} is not allowed", Allow=ALLOWED_METHODS)
     try:
         return await handler(request)
@@ -200,7 +205,14 @@ async def _serve_crossdomain(request: web.Request, parsed: CrossDomainPolicy) ->
 
 
 # the endpoints that are not media (no catalog, no store files); every other request is a media request
-_ENDPOINTS = {StatusRequest: _serve_status, PlayManifest: serve_play_manifest, CrossDomainPolicy: _serve_crossdomain}
+_ENDPOINTS = {StatusRequest: _serve_status, PlayManifest: serve_play_manifest, CrossDomainPolicy: _serve_crossdomain,
+              ClearKeyLicense: serve_clearkey}
+
+
+def is_license_path(request: web.Request) -> bool:
+    """POST is for ClearKey license requests only (``/s/<entry>/<token>/clearkey``)."""
+    path = request.rel_url.raw_path
+    return path.startswith("/s/") and path.endswith("/clearkey") and path.count("/") == 4
 
 
 def serve_status(request: web.Request) -> web.Response:
@@ -220,6 +232,7 @@ def serve_status(request: web.Request) -> web.Response:
         },
     }
     body["thumbnails"] = request.app[THUMBNAIL_SLOTS].stats()
+    body["drm_keys"] = request.app[KEY_SOURCE].stats()
     connections = request.app.get(CONNECTIONS)  # given to make_app by `gateway serve` (gateway/runtime/serve.py)
     if connections is not None:
         body["connections"] = connections.stats()

@@ -17,6 +17,7 @@ from delivery_profiles.tokens import TokenError
 
 from ..catalog.access import AccessDenied
 from ..catalog.delivery import DeliveryError
+from ..catalog.drm import DrmAnswerError, DrmUnavailable
 from ..origin.store import FileChanged
 from ..origin.paths import UrlTooLong
 
@@ -71,6 +72,14 @@ def response_for_exception(exc: BaseException, request: web.Request, hide: tuple
     if isinstance(exc, DeliveryError):
         log.warning("%s → 500: %s", where, exc)
         return error_response(500, "CATALOG_ERROR", str(exc))
+    if isinstance(exc, DrmUnavailable):  # no keys, so no media: never the clear bytes
+        log.warning("%s → 503: %s", where, exc)
+        return error_response(503, "DRM_UNAVAILABLE", "the DRM key service did not answer; try again",
+                              Retry_After="2", Cache_Control="no-store")
+    if isinstance(exc, DrmAnswerError):
+        log.error("%s → 500: %s", where, exc)
+        return error_response(500, "DRM_ERROR", "the DRM key service answered unusable keys (logged)",
+                              Cache_Control="no-store")
     if isinstance(exc, FileChanged):
         log.warning("%s → 503: %s", where, exc)
         return error_response(503, "FILE_CHANGED", str(exc), hide=hide, Retry_After="1")

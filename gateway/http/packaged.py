@@ -6,6 +6,8 @@ import logging
 from aiohttp import web
 
 from ..catalog.access import DeliveryContext
+from ..catalog.drm import KEY_SOURCE
+from .protected import protect
 from ..ops.access_log import CACHE_RESULT
 from ..ops.metrics import PROMETHEUS
 from ..origin.packaging import PACKAGING
@@ -24,6 +26,8 @@ PACKAGED_ANSWER = web.RequestKey("packaged_answer", PackagedAnswer) if hasattr(w
 async def serve_packaged_request(request: web.Request, parsed: PackagedRequest, context: DeliveryContext) -> web.Response:
     packaging = request.app[PACKAGING]
     opened = await packaging.open(parsed.target, context.segment_duration_ms)
+    if context.encryption != "none":  # the keys first: a failing DRM service is a 503, never clear media
+        context = await protect(request.app[KEY_SOURCE], context)
     product = product_for(parsed, opened, packaging, context)
     async def body() -> bytes:
         cache = packaging.responses  # checked in the same loop step as the lookup itself: no race
@@ -48,7 +52,8 @@ async def serve_packaged_request(request: web.Request, parsed: PackagedRequest, 
         max_age=product.max_age,
         private=product.private,
     )
-    if response.status == 200 and not product.private and FastAnswers.plain(request):
+    # (not for protected media: its keys come and go with the DRM service's answers, which the fast path cannot see)
+    if response.status == 200 and not product.private and context.protection is None and FastAnswers.plain(request):
         headers = {k: v for k, v in response.headers.items() if k != "Content-Type"}
         request[PACKAGED_ANSWER] = PackagedAnswer(parsed.target.paths, opened.validators.file_keys,
                                                   opened.cache_key(product.key), product.content_type, headers)

@@ -16,9 +16,9 @@ from delivery_profiles import KALTURA_FORMAT, select_delivery
 from delivery_profiles.tokens import verify_ks
 from packagers.errors import bad_request
 
-from ..catalog.access import AccessDenied, catalog_view, partner_config
-from ..catalog.catalog import Entry
-from ..catalog.delivery import media_url, signed
+from ..catalog.access import DRM_SCHEMES, AccessDenied, catalog_view, partner_config
+from ..catalog.catalog import Entry, Partner
+from ..catalog.delivery import license_url, media_url, signed
 from ..origin.packaging import PACKAGING
 from ..origin.paths import MediaTarget
 from .urls import PlayManifest
@@ -37,6 +37,19 @@ def _flavors(entry: Entry, wanted: tuple[str, ...]):
 
         raise not_found(f"play_manifest: entry {entry.id} has no flavor {unknown[0]}")
     return tuple(by_id[f] for f in wanted)
+
+
+def drm_info(partner: Partner, entry: Entry, delivery_type: str, expires: int) -> dict:
+    """``{"drm": {...}}`` when the delivery is DRM-protected: the scheme, where keys come from and, for keys the
+    gateway derives, the ClearKey license URL a player's EME setup needs (Kaltura players get it the same way)."""
+    config = partner_config(partner)
+    encryption = config.profile(delivery_type).encryption
+    if encryption not in DRM_SCHEMES:
+        return {}
+    info = {"scheme": encryption, "keySource": "service" if config.drm.service_url else "derived"}
+    if not config.drm.service_url:
+        info["licenseUrl"] = license_url(entry.id, partner.secret, expires)
+    return {"drm": info}
 
 
 async def serve_play_manifest(request: web.Request, pm: PlayManifest) -> web.Response:
@@ -78,6 +91,7 @@ async def serve_play_manifest(request: web.Request, pm: PlayManifest) -> web.Res
                  "height": max((t.codec.height for t in p.video_tracks), default=0)}
                 for f, p in zip(flavors, opened.media_set.presentations)
             ],
+            **drm_info(partner, entry, decision.type, int(now) + packaging.settings.signed_url_ttl),
         }
         return web.json_response(body, headers={"Cache-Control": DECISION_CACHE_CONTROL})
     return web.Response(status=302, text=f"{decision.type}: {url}\n",

@@ -16,6 +16,7 @@ import numpy as np
 from packagers.captions.files import CaptionRendition
 from packagers.captions.hls import add_subtitles, build_subtitle_playlist
 from packagers.dash import mpd as dash
+from packagers.drm.signaling import Protection
 from packagers.errors import ErrorCode, PackagerError
 from packagers.fmp4 import Fmp4Muxer, build_init_segment
 from packagers.hds import build_f4m, fragment_muxer
@@ -33,6 +34,8 @@ from packagers.ts.pes import HEADER_PROBE_BYTES, own_headers
 
 from ..catalog.access import DeliveryContext
 from ..catalog.delivery import encrypt_segment
+from .protected import (fmp4_muxer, identity_key, init_segment, protection_key, sample_aes_mux,
+                        with_session_keys)
 from ..origin.packaging import OpenedSet, Packaging, ignore_stage
 from ..origin.store import FileIdentity, Store, WouldBlock
 from .caption_products import (caption_renditions, caption_source, dash_text, hls_caption_segment, mss_text_fragment,
@@ -135,11 +138,6 @@ def _fmp4_type(selection: Selection) -> str:
 Builder = Callable[[PackagedRequest, OpenedSet, Packaging, DeliveryContext], Product]
 
 
-def _aes(context: DeliveryContext) -> tuple:
-    """The cache-key part of encryption: encrypted and clear bytes never share a key."""
-    return ("aes-128", context.entry.id) if context.hls_key is not None else ()
-
-
 def _manifest(protocol: str, write: Callable[[MediaSet], str], content_type: str) -> Builder:
     """The builder of a protocol's one manifest of the whole media set (cache key: protocol, "manifest")."""
     def build(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging, context: DeliveryContext) -> Product:
@@ -151,10 +149,15 @@ def _manifest(protocol: str, write: Callable[[MediaSet], str], content_type: str
 
 def _hls_key(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
              context: DeliveryContext) -> Product:
+    if parsed.file.key_id:  # a DRM key, identity key format (gateway/http/protected.py)
+        key = identity_key(context, parsed.file.key_id)
+        return Product(("hls", "key", parsed.file.key_id, *protection_key(context)), lambda: key,
+                       "application/octet-stream", 0, private=True)
     aes_key = context.hls_key
     if aes_key is None:
         raise PackagerError(ErrorCode.NOT_FOUND, "product_for: this media is not encrypted")
-    return Product(("hls", "key", *_aes(context)), lambda: aes_key, "application/octet-stream", 0, private=True)
+    return Product(("hls", "key", *protection_key(context)), lambda: aes_key, "application/octet-stream", 0,
+                   private=True)
 
 
 def _hls_master(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
@@ -162,25 +165,27 @@ def _hls_master(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging
     container = choose_container(opened.media_set, context.hls_container)
     iframes = _iframes_allowed(container, context)
     subtitles = caption_renditions(opened.media_set, context)
-    build = text_product(packaging, master_playlist, packaging.store, opened, container, iframes, subtitles)
-    return Product(("hls", "master", container, iframes, subtitles, *_aes(context)), build, M3U8_TYPE,
+    build = text_product(packaging, master_playlist, packaging.store, opened, container, iframes, subtitles,
+                         context.protection)
+    return Product(("hls", "master", container, iframes, subtitles, *protection_key(context)), build, M3U8_TYPE,
                    packaging.settings.manifest_max_age)
 
 
 def _iframes_allowed(container: str, context: DeliveryContext) -> bool:
     """I-frame playlists: MPEG-TS, not encrypted (a range cannot be deciphered alone), not turned off by the partner."""
-    return container == "ts" and context.hls_key is None and context.hls_iframes
+    return container == "ts" and context.hls_key is None and context.protection is None and context.hls_iframes
 
 
 def master_playlist(store: Store, opened: OpenedSet, container: str, iframes: bool,
-                    subtitles: tuple[CaptionRendition, ...] = ()) -> str:
-    """The HLS master playlist; with ``iframes``, video variants get I-frame playlists where ``offers_iframes``.
-    Blocking."""
+                    subtitles: tuple[CaptionRendition, ...] = (), protection: Protection | None = None) -> str:
+    """The HLS master playlist; with ``iframes``, video variants get I-frame playlists where ``offers_iframes``;
+    with ``protection``, EXT-X-SESSION-KEY lines. Blocking."""
     media_set = opened.media_set
     iframe_files = frozenset() if not iframes else frozenset(
         i for i, p in enumerate(media_set.presentations)
         if p.video_tracks and offers_iframes(store, opened.files[i], p.video_tracks[0], media_set.plans[i].count))
-    return add_subtitles(build_master_playlist(opened.media_set, container, iframe_files), subtitles)
+    master = add_subtitles(build_master_playlist(opened.media_set, container, iframe_files), subtitles)
+    return with_session_keys(master, protection)
 
 
 def offers_iframes(store: Store, file: FileIdentity, video: Track, segments: int) -> bool:
@@ -241,17 +246,29 @@ def _hls_playlist(parsed: PackagedRequest, opened: OpenedSet, packaging: Packagi
     selection = media_set.resolve(parsed.file.spec)
     extension = "ts" if container == "ts" else "m4s"
     key_uri = hls_names.KEY_NAME if context.hls_key is not None else None
-    build = text_product(packaging, build_media_playlist, media_set, selection, extension, container, key_uri)
-    return Product(("hls", "index", selection.spec.suffix(), container, *_aes(context)), build, M3U8_TYPE,
+    build = text_product(packaging, build_media_playlist, media_set, selection, extension, container, key_uri,
+                         context.protection)
+    return Product(("hls", "index", selection.spec.suffix(), container, *protection_key(context)), build, M3U8_TYPE,
                    packaging.settings.manifest_max_age)
 
 
 def _hls_segment(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
                  context: DeliveryContext) -> Product:
-    file, aes_key = parsed.file, context.hls_key
+    file, aes_key, protection = parsed.file, context.hls_key, context.protection
     if file.container == "vtt":
         return hls_caption_segment(parsed, opened, packaging, context)
     selection = opened.media_set.resolve(file.spec)
+    cache_key = ("hls", "seg", file.index, selection.spec.suffix(), file.container, *protection_key(context))
+    if protection is not None:  # SAMPLE-AES TS or Common Encryption fMP4 (never the scatter path: sizes change)
+        want = "ts" if protection.scheme == "sample-aes" else "fmp4"
+        if file.container != want:
+            raise PackagerError(ErrorCode.NOT_FOUND, f"product_for: this media is served as {want} only")
+        if want == "ts":
+            mux, content_type = sample_aes_mux(protection, selection.tracks, file.index), TS_TYPE
+        else:
+            mux = fmp4_muxer(protection, opened, selection, file.index, shift=clip_shift(opened.media_set)).build
+            content_type = _fmp4_type(selection)
+        return _segment(packaging, opened, cache_key, selection, file.index, mux, content_type)
     if file.container == "ts":
         ts_muxer = packaging.muxer(opened.media_set, selection, "ts", TsMuxer)
     scatter = None
@@ -269,15 +286,15 @@ def _hls_segment(parsed: PackagedRequest, opened: OpenedSet, packaging: Packagin
         # a clip's decode-only frames at times >= 0 for MSE players; the playlist's EXT-X-START names clipFrom
         mux = Fmp4Muxer(selection.tracks, shift=clip_shift(opened.media_set)).build
         content_type = _fmp4_type(selection)
-    cache_key = ("hls", "seg", file.index, selection.spec.suffix(), file.container, *_aes(context))
     return _segment(packaging, opened, cache_key, selection, file.index, mux, content_type, scatter)
 
 
 def _dash_manifest(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
                    context: DeliveryContext) -> Product:
     text, text_format = caption_renditions(opened.media_set, context), packaging.settings.dash_subtitle_format
-    build = text_product(packaging, partial(dash.build_mpd, text=text, text_format=text_format), opened.media_set)
-    return Product(("dash", "manifest", text, text_format), build, dash.MPD_CONTENT_TYPE,
+    build = text_product(packaging, partial(dash.build_mpd, text=text, text_format=text_format,
+                                            protection=context.protection), opened.media_set)
+    return Product(("dash", "manifest", text, text_format, *protection_key(context)), build, dash.MPD_CONTENT_TYPE,
                    packaging.settings.manifest_max_age)
 
 
@@ -287,8 +304,11 @@ def _init(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
         return stpp_init(opened, packaging, context, parsed.file.spec)
     selection = opened.media_set.resolve(parsed.file.spec)
     # identical for HLS and DASH: one cache entry
-    build = partial(build_init_segment, selection.tracks)
-    return Product(("init", selection.spec.suffix()), build, _fmp4_type(selection), packaging.settings.segment_max_age)
+    protection = context.protection
+    build = partial(build_init_segment, selection.tracks) if protection is None else \
+        init_segment(protection, selection.tracks)
+    return Product(("init", selection.spec.suffix(), *protection_key(context)), build, _fmp4_type(selection),
+                   packaging.settings.segment_max_age)
 
 
 def _dash_fragment(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
@@ -299,16 +319,20 @@ def _dash_fragment(parsed: PackagedRequest, opened: OpenedSet, packaging: Packag
     if len(selection.tracks) != 1:
         raise PackagerError(ErrorCode.BAD_REQUEST, "product_for: a DASH fragment carries one track (-vN or -aN)")
     # DASH timelines cannot be negative: AAC priming moves into presentationTimeOffset (declared in the MPD)
-    mux = Fmp4Muxer(selection.tracks, non_negative=True).build
-    cache_key = ("dash", "frag", parsed.file.index, selection.spec.suffix())
+    index, protection = parsed.file.index, context.protection
+    mux = (Fmp4Muxer(selection.tracks, non_negative=True) if protection is None else
+           fmp4_muxer(protection, opened, selection, index, non_negative=True)).build
+    cache_key = ("dash", "frag", parsed.file.index, selection.spec.suffix(), *protection_key(context))
     return _segment(packaging, opened, cache_key, selection, parsed.file.index, mux, _fmp4_type(selection))
 
 
 def _mss_manifest(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
                   context: DeliveryContext) -> Product:
     text = caption_renditions(opened.media_set, context)
-    build = text_product(packaging, partial(build_smooth_manifest, text=text), opened.media_set)
-    return Product(("mss", "manifest", text), build, MSS_MANIFEST_TYPE, packaging.settings.manifest_max_age)
+    build = text_product(packaging, partial(build_smooth_manifest, text=text, protection=context.protection),
+                         opened.media_set)
+    return Product(("mss", "manifest", text, *protection_key(context)), build, MSS_MANIFEST_TYPE,
+                   packaging.settings.manifest_max_age)
 
 
 def _mss_fragment(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
@@ -318,8 +342,10 @@ def _mss_fragment(parsed: PackagedRequest, opened: OpenedSet, packaging: Packagi
         return mss_text_fragment(parsed, opened, packaging, context)
     selection, index = locate_fragment(opened.media_set, file.stream, file.bitrate, file.start)
     # moof (with tfxd) + mdat, no styp: Smooth clients build the init segment from the manifest
-    mux = Fmp4Muxer(selection.tracks, styp=False, tfxd=True).build
-    cache_key = ("mss", "frag", index, selection.spec.suffix())
+    protection = context.protection
+    mux = (Fmp4Muxer(selection.tracks, styp=False, tfxd=True) if protection is None else
+           fmp4_muxer(protection, opened, selection, index, styp=False, tfxd=True)).build
+    cache_key = ("mss", "frag", index, selection.spec.suffix(), *protection_key(context))
     return _segment(packaging, opened, cache_key, selection, index, mux, _fmp4_type(selection))
 
 

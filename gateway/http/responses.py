@@ -21,6 +21,7 @@ from aiohttp import web
 from .errors import error_response
 
 ALLOWED_METHODS = "GET, HEAD, OPTIONS"
+LICENSE_METHODS = "GET, HEAD, POST, OPTIONS"  # ClearKey license requests are POSTs
 EXPOSED_HEADERS = "Content-Length, Content-Range, Content-Type, ETag, Last-Modified, Accept-Ranges, Date"
 PREFLIGHT_MAX_AGE = 86400
 _RANGE_SPEC = re.compile(r"\s*([0-9]*)\s*-\s*([0-9]*)\s*", re.ASCII)
@@ -196,14 +197,16 @@ class LargeBodyResponse(web.Response):
 
 
 def preflight(request: web.BaseRequest) -> web.Response:
-    """CORS preflight: any origin, our methods, and whatever request headers the browser asks for (plus Range)."""
+    """CORS preflight: any origin, our methods (POST for ClearKey licenses), and whatever request headers the browser
+    asks for (plus Range)."""
     asked = request.headers.get("Access-Control-Request-Headers", "")
     allowed = ["Range"] + [h.strip() for h in asked.split(",") if h.strip() and h.strip().lower() != "range"]
+    methods = LICENSE_METHODS if request.rel_url.raw_path.endswith("/clearkey") else ALLOWED_METHODS
     return web.Response(
         status=204,
         headers={
-            "Allow": ALLOWED_METHODS,
-            "Access-Control-Allow-Methods": ALLOWED_METHODS,
+            "Allow": methods,
+            "Access-Control-Allow-Methods": methods,
             "Access-Control-Allow-Headers": ", ".join(allowed),
             "Access-Control-Max-Age": str(PREFLIGHT_MAX_AGE),
             "Cache-Control": f"public, max-age={PREFLIGHT_MAX_AGE}",

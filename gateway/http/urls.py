@@ -168,7 +168,19 @@ class Signed:
         return self.request.metrics_label
 
 
-GatewayRequest = MediaRequest | StatusRequest | CrossDomainPolicy | PlayManifest | Signed
+@dataclass(frozen=True)
+class ClearKeyLicense:
+    """``/s/<entry>/<token>/clearkey``: the W3C ClearKey license of an entry (its token signs ``clearkey:<entry>``)."""
+
+    entry_id: str
+    token: str
+
+    @property
+    def metrics_label(self) -> tuple[str, str]:
+        return ("other", "key")
+
+
+GatewayRequest = MediaRequest | StatusRequest | CrossDomainPolicy | PlayManifest | Signed | ClearKeyLicense
 _PLAY_MANIFEST_KEYS = {"entryId", "format", "flavorIds", "ks", "protocol", "deliveryProfileId", "uiConfId", "clipFrom",
                        "clipTo"}
 _ENTRY_ID = re.compile(r"[0-9]_[a-z0-9]{8}")
@@ -186,6 +198,8 @@ def parse_path(raw_path: str, max_url_set_files: int = 32) -> GatewayRequest:
     if head == "s":
         if len(rest) < 3 or not _ENTRY_ID.fullmatch(rest[0]):
             raise bad_request("parse_path: a signed URL is /s/<entry id>/<token>/<media URL>")
+        if rest[2:] == ["clearkey"]:
+            return ClearKeyLicense(rest[0], rest[1])
         inner = parse_path("/" + "/".join(rest[2:]), max_url_set_files)
         if not isinstance(inner, (Mp4Download, PackagedRequest, ThumbRequest)):
             raise bad_request("parse_path: only media URLs can be signed")

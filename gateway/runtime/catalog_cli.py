@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from delivery_profiles import FEATURES, ProfileError, parse_format
+from delivery_profiles import FEATURES, DrmConfig, ProfileError, parse_format
 from packagers.captions.files import caption_problem
 from packagers.clipping import Clip
 from packagers.errors import PackagerError
@@ -58,6 +58,13 @@ def add_catalog_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("type", help="delivery type: http, hls, dash, hds, mss (or a Kaltura format name)")
     p.add_argument("settings", nargs="+", metavar="key=value", help="values are read as int, true/false or text")
     p.set_defaults(func=cmd_partners_set_profile)
+    p = partners.add_parser("set-drm", parents=[common],
+                            help="override DRM settings: where content keys come from and how they are used")
+    p.add_argument("partner_id", type=int)
+    p.add_argument("settings", nargs="+", metavar="key=value",
+                   help=f"keys: {', '.join(f.name for f in dataclasses.fields(DrmConfig))}; values are read like "
+                        "set-profile's; service_url= (empty) clears it: keys derived from the partner secret")
+    p.set_defaults(func=cmd_partners_set_drm)
     p = partners.add_parser("set-rule", parents=[common], help="set a delivery rule")
     p.add_argument("partner_id", type=int)
     p.add_argument("rule", choices=RULES)
@@ -189,14 +196,7 @@ def cmd_partners_add(args: argparse.Namespace, directory: Path) -> int:
 
 @_command
 def cmd_partners_set_profile(args: argparse.Namespace, directory: Path) -> int:
-    changes = {}
-    for item in args.settings:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            where = f"partners/{args.partner_id}.json: delivery.profiles.{args.type}"
-            raise CatalogError(f"{where}: expected key=value, got {item!r}")
-        changes[key] = parse_value(value)
-
+    changes = _settings(args.settings, f"partners/{args.partner_id}.json: delivery.profiles.{args.type}")
     try:
         name = parse_format(args.type).value  # "applehttp" is stored as "hls": one key per type
     except ProfileError as e:
@@ -210,6 +210,30 @@ def cmd_partners_set_profile(args: argparse.Namespace, directory: Path) -> int:
         profile.update(changes)
 
     return _update_delivery(args, directory, change)
+
+
+@_command
+def cmd_partners_set_drm(args: argparse.Namespace, directory: Path) -> int:
+    changes = _settings(args.settings, f"partners/{args.partner_id}.json: delivery.drm")
+
+    def change(delivery: dict) -> None:
+        drm = delivery.setdefault("drm", {})
+        if not isinstance(drm, dict):
+            raise CatalogError(f"partners/{args.partner_id}.json: delivery.drm: is not an object")
+        drm.update(changes)  # validated by merge when written, like every other override
+
+    return _update_delivery(args, directory, change)
+
+
+def _settings(items: list[str], where: str) -> dict[str, Any]:
+    """``key=value`` arguments → {key: parse_value(value)}; an empty value stays "" (``service_url=``)."""
+    changes = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CatalogError(f"{where}: expected key=value, got {item!r}")
+        changes[key] = parse_value(value)
+    return changes
 
 
 @_command
@@ -312,18 +336,22 @@ def entry_urls(view: CatalogView, partner_id: int, entry_id: str, base_url: str,
     from delivery_profiles import KALTURA_FORMAT, SYSTEM_DEFAULTS, enabled_types, merge
     from delivery_profiles.tokens import make_ks
 
-    from ..catalog.delivery import clip_parameters, media_url, signed
+    from ..catalog.access import DRM_SCHEMES
+    from ..catalog.delivery import clip_parameters, license_url, media_url, signed
 
     partner = view.partner(partner_id)
     entry = view.entry(entry_id, partner_id)
     expires = int(time.time() if now is None else now) + ttl
     base = base_url.rstrip("/")
     urls = {}
-    for delivery_type in enabled_types(merge(SYSTEM_DEFAULTS, partner.delivery)):
+    config = merge(SYSTEM_DEFAULTS, partner.delivery)
+    for delivery_type in enabled_types(config):
         target, path = media_url(str(delivery_type), list(entry.paths), clip)
         if entry.secured:
             path = signed(path, entry.id, target, partner.secret, expires)
         urls[KALTURA_FORMAT[delivery_type]] = base + path
+    if not config.drm.service_url and any(p.encryption in DRM_SCHEMES for p in config.profiles.values()):
+        urls["clearkey license"] = base + license_url(entry.id, partner.secret, expires)
     play = f"{base}/p/{partner.id}/playManifest/entryId/{entry.id}/"
     if entry.secured:
         play += f"ks/{make_ks(partner.secret, partner.id, expires, entry.id)}/"

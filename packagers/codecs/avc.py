@@ -109,19 +109,20 @@ parse_config = parse_avcc
 class RbspBits(BitReader):
     """Exp-Golomb reader over the RBSP of a NAL unit (emulation prevention bytes removed); overruns are BAD_DATA.
 
-    Only the first 512 bytes are read: the fields callers want sit near the start of a parameter set."""
+    Only the first ``limit`` bytes are read: the fields callers want sit near the start of a parameter set (or of a
+    slice); ``what`` names the structure in error messages."""
 
-    def __init__(self, nal: bytes, header_bytes: int, func: str) -> None:
-        super().__init__(_EMULATION_PREVENTION.sub(b"\x00\x00", nal[header_bytes:header_bytes + 512]),
-                         f"{func}: SPS truncated")
-        self.func = func
+    def __init__(self, nal: bytes, header_bytes: int, func: str, limit: int = 512, what: str = "SPS") -> None:
+        super().__init__(_EMULATION_PREVENTION.sub(b"\x00\x00", nal[header_bytes:header_bytes + limit]),
+                         f"{func}: {what} truncated")
+        self.func, self.what = func, what
 
     def ue(self) -> int:
         zeros = 0
         while self.u(1) == 0:
             zeros += 1
             if zeros > 31:
-                raise bad_data(f"{self.func}: SPS exp-Golomb code too long")
+                raise bad_data(f"{self.func}: {self.what} exp-Golomb code too long")
         return (1 << zeros) - 1 + self.u(zeros)
 
     def se(self) -> int:
@@ -129,12 +130,11 @@ class RbspBits(BitReader):
         return (k + 1) // 2 if k & 1 else -(k // 2)
 
 
-def sps_size(sps: bytes) -> tuple[int, int]:
-    """Cropped picture size from an H.264 SPS (ITU-T H.264 §7.3.2.1.1, §7.4.2.1.1 frame_crop_*)."""
-    b = RbspBits(sps, 1, "avc.sps_size")
+def _sps_fields(b: RbspBits) -> dict:
+    """An H.264 SPS (§7.3.2.1.1) from its start up to frame_mbs_only_flag, by name."""
     profile_idc = b.u(8)
     b.u(16)     # constraint flags, level_idc
-    b.ue()      # seq_parameter_set_id
+    sps_id = b.ue()
     chroma_format_idc, separate_planes = 1, 0
     if profile_idc in _HIGH_PROFILES:
         chroma_format_idc = b.ue()
@@ -149,29 +149,74 @@ def sps_size(sps: bytes) -> tuple[int, int]:
                         if nxt:
                             nxt = (last + b.se() + 256) % 256
                         last = nxt or last
-    b.ue()      # log2_max_frame_num_minus4
-    poc_type = b.ue()
+    log2_max_frame_num = b.ue() + 4
+    poc_type, log2_max_poc_lsb, delta_always_zero = b.ue(), 0, 0
     if poc_type == 0:
-        b.ue()
+        log2_max_poc_lsb = b.ue() + 4
     elif poc_type == 1:
-        b.u(1), b.se(), b.se()
+        delta_always_zero = b.u(1)
+        b.se(), b.se()
         for _ in range(min(b.ue(), 255)):
             b.se()
     b.ue(), b.u(1)      # max_num_ref_frames, gaps_in_frame_num_value_allowed_flag
     width_mbs, height_units = b.ue() + 1, b.ue() + 1
-    frame_mbs_only = b.u(1)
+    return dict(sps_id=sps_id, chroma_format_idc=chroma_format_idc, separate_colour_plane=separate_planes,
+                log2_max_frame_num=log2_max_frame_num, poc_type=poc_type, log2_max_poc_lsb=log2_max_poc_lsb,
+                delta_pic_order_always_zero=delta_always_zero, width_mbs=width_mbs, height_units=height_units,
+                frame_mbs_only=b.u(1))
+
+
+def sps_size(sps: bytes) -> tuple[int, int]:
+    """Cropped picture size from an H.264 SPS (ITU-T H.264 §7.3.2.1.1, §7.4.2.1.1 frame_crop_*)."""
+    b = RbspBits(sps, 1, "avc.sps_size")
+    f = _sps_fields(b)
+    frame_mbs_only, chroma_format_idc = f["frame_mbs_only"], f["chroma_format_idc"]
     if not frame_mbs_only:
         b.u(1)
     b.u(1)      # direct_8x8_inference_flag
     crop = (b.ue(), b.ue(), b.ue(), b.ue()) if b.u(1) else (0, 0, 0, 0)
-    chroma_array_type = 0 if separate_planes else chroma_format_idc
+    chroma_array_type = 0 if f["separate_colour_plane"] else chroma_format_idc
     sub_w, sub_h = SUB_WIDTH_HEIGHT[chroma_array_type] if chroma_array_type else (1, 1)
     unit_x, unit_y = sub_w, sub_h * (2 - frame_mbs_only)
-    width = width_mbs * 16 - unit_x * (crop[0] + crop[1])
-    height = (2 - frame_mbs_only) * height_units * 16 - unit_y * (crop[2] + crop[3])
+    width = f["width_mbs"] * 16 - unit_x * (crop[0] + crop[1])
+    height = (2 - frame_mbs_only) * f["height_units"] * 16 - unit_y * (crop[2] + crop[3])
     if width <= 0 or height <= 0:
         raise bad_data(f"avc.sps_size: SPS gives a {width}x{height} picture")
     return width, height
+
+
+def slice_sps(sps: bytes) -> dict:
+    """The SPS fields an H.264 slice header depends on (§7.3.3), by name."""
+    f = _sps_fields(RbspBits(sps, 1, "avc.slice_sps"))
+    if f["sps_id"] > 31 or f["log2_max_frame_num"] > 16 or f["log2_max_poc_lsb"] > 16 or f["poc_type"] > 2 \
+            or f["chroma_format_idc"] > 3:
+        raise bad_data(f"avc.slice_sps: SPS {f['sps_id']} has a field out of range")
+    f["chroma_array_type"] = 0 if f["separate_colour_plane"] else f["chroma_format_idc"]
+    return f
+
+
+def slice_pps(pps: bytes) -> dict:
+    """The PPS fields an H.264 slice header depends on (§7.3.2.2, read up to redundant_pic_cnt_present_flag; a PPS
+    with slice groups (FMO) stops at num_slice_groups_minus1: slices using it are refused)."""
+    b = RbspBits(pps, 1, "avc.slice_pps", what="PPS")
+    pps_id, sps_id = b.ue(), b.ue()
+    entropy, bottom_field_poc = b.u(1), b.u(1)
+    slice_groups = b.ue()
+    out = dict(pps_id=pps_id, sps_id=sps_id, entropy_coding_mode=entropy,
+               bottom_field_pic_order_present=bottom_field_poc, num_slice_groups_minus1=slice_groups)
+    if pps_id > 255 or sps_id > 31:
+        raise bad_data(f"avc.slice_pps: PPS {pps_id} or its SPS {sps_id} out of range")
+    if slice_groups:
+        return out | dict(l0_default=0, l1_default=0, weighted_pred=0, weighted_bipred_idc=0,
+                          deblocking_filter_control=0, redundant_pic_cnt_present=0)
+    out.update(l0_default=b.ue(), l1_default=b.ue(), weighted_pred=b.u(1), weighted_bipred_idc=b.u(2))
+    b.se(), b.se(), b.se()      # pic_init_qp_minus26, pic_init_qs_minus26, chroma_qp_index_offset
+    out.update(deblocking_filter_control=b.u(1))
+    b.u(1)                      # constrained_intra_pred_flag
+    out.update(redundant_pic_cnt_present=b.u(1))
+    if out["l0_default"] > 31 or out["l1_default"] > 31:
+        raise bad_data(f"avc.slice_pps: PPS {pps_id} has more than 32 default references")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------- Annex B

@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from ..captions.files import CaptionRendition
+from ..drm.signaling import Protection, dash_content_protection
 from ..fmp4 import channel_configuration, codec_string, fragment_size_bound, presentation_time_offset
 from ..fmp4.renditions import audio_groups, video_selections
 from ..errors import ErrorCode, PackagerError
@@ -163,10 +164,11 @@ def _representation_element(parent: ET.Element, rep: Representation) -> None:
 
 
 def build_mpd(media_set: MediaSet, *, base_url: str = "", text: Sequence[CaptionRendition] = (),
-              text_format: str = "webvtt") -> str:
+              text_format: str = "webvtt", protection: Protection | None = None) -> str:
     """The static MPD of ``media_set``; ``base_url`` (optional) becomes the MPD-level <BaseURL>; ``text``: caption
     files, each a text AdaptationSet: one WebVTT file (its BaseURL, ``sub-fN.vtt``) that players load whole, or with
-    ``text_format`` "smpte-tt", TTML in fMP4 (``stpp``) segments on the media's timeline (``text_element``)."""
+    ``text_format`` "smpte-tt", TTML in fMP4 (``stpp``) segments on the media's timeline (``text_element``).
+    ``protection``: the audio and video AdaptationSets get their ContentProtection descriptors."""
     sets: dict[tuple[str, str], list[Representation]] = {}
     for selection in video_selections(media_set):
         sets.setdefault(("video", selection.tracks[0].codec.codec), []).append(representation(media_set, selection))
@@ -200,6 +202,8 @@ def build_mpd(media_set: MediaSet, *, base_url: str = "", text: Sequence[Caption
             first_audio = False
         for rep in group:
             _representation_element(adaptation, rep)
+        if protection is not None:
+            dash_content_protection(adaptation, protection, kind)
     for index, caption in enumerate(text, start=len(sets)):
         text_element(period, index, caption, media_set, text_format)
     ET.indent(root, "  ")

@@ -23,9 +23,9 @@ big-endian uint32 columns filled column-wise, and the output is one ``b"".join``
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -35,11 +35,15 @@ from ..media_data import MediaSegment
 from ..model import SampleTable, Track
 from .boxes import U32, file_type
 
+if TYPE_CHECKING:
+    from ..drm.cenc import EncryptedSamples, TrackProtection
+
 STYP_BRANDS = (b"msdh",)  # 23009-1 §6.3.4.2: a DASH media segment (no sidx, so not msix)
 TFXD_UUID = bytes.fromhex("6D1D9B0542D544E680E2141DAFF757B2")  # Smooth Streaming TfxdBox (MS-SSTR §2.2.4.4)
 SYNC_SAMPLE_FLAGS = 0x02000000  # sample_depends_on = 2 (an I picture), sample_is_non_sync_sample = 0 (§8.8.3.1)
 NON_SYNC_SAMPLE_FLAGS = 0x01010000  # sample_depends_on = 1, sample_is_non_sync_sample = 1
 
+TFHD_SAMPLE_DESCRIPTION_INDEX = 0x000002
 TFHD_DEFAULT_SAMPLE_FLAGS = 0x000020
 TFHD_DEFAULT_BASE_IS_MOOF = 0x020000
 TRUN_DATA_OFFSET = 0x000001
@@ -57,6 +61,7 @@ SAMPLE_OVERHEAD = 16
 
 _STYP = file_type(b"styp", STYP_BRANDS[0], 0, STYP_BRANDS)
 _TRAF_TFHD = struct.Struct(">I4s" "I4sII")  # traf header, tfhd up to track_ID
+_TFHD_SIZE = {(False, False): 16, (True, False): 20, (False, True): 20, (True, True): 24}  # (defaults, index)
 _TFDT = struct.Struct(">I4sIQ")  # version 1: 64-bit baseMediaDecodeTime
 _TFXD = struct.Struct(">I4s16sIQQ")
 _TRUN_HEAD = struct.Struct(">I4sIIi")
@@ -95,13 +100,20 @@ class Fmp4Muxer:
     """Builds the media segments of a fixed list of tracks; track i gets track_ID i + 1, as in the init segment."""
 
     def __init__(self, tracks: Sequence[Track], *, styp: bool = True, tfxd: bool = False, non_negative: bool = False,
-                 shift: Fraction = Fraction(0)):
+                 shift: Fraction = Fraction(0), protection: "Sequence[TrackProtection | None]" = (),
+                 streams: Sequence[bytes] = (), description_index: int = 1):
         """``shift``: seconds added to every track's presentation times (an HLS clip's decode-only frames moved to
-        non-negative times, ``packagers.hls.playlists.clip_shift``)."""
+        non-negative times, ``packagers.hls.playlists.clip_shift``). ``protection``: per track, how it is encrypted
+        (Common Encryption: senc, saiz and saio follow its trun; Smooth's PIFF box with ``tfxd``), with ``streams``
+        naming each track's source for its IVs. ``description_index``: the init segment's sample entry the
+        fragments use (2: the clear entry a protected init keeps for a clear lead)."""
         if not tracks:
             raise PackagerError(ErrorCode.NO_STREAMS, "Fmp4Muxer: no tracks to mux")
         self.tracks = tuple(tracks)
         self.styp, self.tfxd = styp, tfxd
+        self.protection = tuple(protection) or (None,) * len(self.tracks)
+        self.streams = tuple(streams) or tuple(b"%d" % t.track_id for t in self.tracks)
+        self.description_index = description_index
         # composition offset = cts + this (ticks), per track
         self.offsets = tuple((presentation_time_offset(t) if non_negative else 0) - t.edit_offset
                              + round(shift * t.timescale) for t in tracks)
@@ -123,12 +135,16 @@ class Fmp4Muxer:
                 raise bad_data(f"Fmp4Muxer: composition offset out of 32-bit range in track {self.tracks[i].track_id}")
             cto = low != 0 or high != 0
             columns = 2 + flags + cto
-            traf_size = 8 + (16 if flags else 20) + 20 + (44 if self.tfxd else 0) + 20 + 4 * columns * n
+            tfhd = _TFHD_SIZE[not flags, self.description_index != 1]
+            traf_size = 8 + tfhd + 20 + (44 if self.tfxd else 0) + 20 + 4 * columns * n
             runs.append(_Run(n, bool(flags), cto, int(table.sizes.sum()), traf_size))
         return runs
 
     def measure(self, tables: Sequence[SampleTable]) -> int:
-        """The exact size of ``build`` for a segment with these sample tables (one per track), without payloads."""
+        """The exact size of ``build`` for a segment with these sample tables (one per track), without payloads.
+        Not for encrypted fragments (their subsample maps depend on the bytes)."""
+        if any(self.protection):
+            raise PackagerError(ErrorCode.UNSUPPORTED, "Fmp4Muxer.measure: an encrypted fragment's size needs its bytes")
         runs = self._runs(tables)
         payload = sum(r.payload_size for r in runs)
         moof = 8 + 16 + sum(r.traf_size for r in runs)
@@ -142,6 +158,10 @@ class Fmp4Muxer:
             if part.payload_size != run.payload_size:
                 raise bad_data(f"Fmp4Muxer.build: track {part.track.track_id} payload has {part.payload_size} bytes, "
                                f"its samples {run.payload_size}")
+        encrypted = self._encrypt(parts, runs)
+        if encrypted:
+            runs = [replace(r, traf_size=r.traf_size + self._aux_size(e)) if e is not None and e.aux_sizes.any()
+                    else r for r, e in zip(runs, encrypted)]
         payload_size = sum(r.payload_size for r in runs)
         moof_size = 8 + 16 + sum(r.traf_size for r in runs)
         data_offset = moof_size + box_header_size(payload_size)  # default-base-is-moof: from the moof's first byte
@@ -149,25 +169,60 @@ class Fmp4Muxer:
             raise bad_request(f"Fmp4Muxer.build: segment {segment.index + 1} is too large for 32-bit data offsets")
         chunks = [_STYP] if self.styp else []
         chunks.append(_MOOF_HEAD.pack(moof_size, b"moof", 16, b"mfhd", 0, segment.index + 1))
+        traf_at = 8 + 16  # from the moof's first byte
         for i, (part, run) in enumerate(zip(parts, runs)):
             if run.count:
                 self._traf(chunks, i, part.samples, run, data_offset)
+                if encrypted and encrypted[i] is not None and encrypted[i].aux_sizes.any():
+                    # (a constant IV and no subsamples, cbcs audio, leave nothing to say per sample: tenc says it)
+                    self._aux(chunks, encrypted[i], traf_at + run.traf_size)
                 data_offset += run.payload_size
+                traf_at += run.traf_size
         chunks.append(box_header(b"mdat", payload_size))
-        for part in parts:
-            chunks += part.chunks  # the read buffers' views: the payload is copied once, into the output
+        for i, part in enumerate(parts):
+            if encrypted and encrypted[i] is not None:
+                chunks.append(encrypted[i].payload)
+            else:
+                chunks += part.chunks  # the read buffers' views: the payload is copied once, into the output
         return b"".join(chunks)
+
+    def _encrypt(self, parts: Sequence, runs: list[_Run]) -> "list[EncryptedSamples | None]":
+        if not any(self.protection):
+            return []
+        from ..drm.cenc import encrypt_samples
+
+        return [encrypt_samples(part, p, stream) if p is not None and run.count else None
+                for part, p, stream, run in zip(parts, self.protection, self.streams, runs)]
+
+    def _aux_size(self, encrypted: "EncryptedSamples") -> int:
+        """Bytes saiz + saio + senc (or PIFF's box, 16 bytes more) add to a traf."""
+        from ..drm import boxes
+
+        senc = 12 + len(encrypted.senc_body) + (16 if self.tfxd else 0)
+        return boxes.saiz_size(encrypted.aux_sizes) + boxes.SAIO_SIZE + senc
+
+    def _aux(self, chunks: list[bytes], encrypted: "EncryptedSamples", traf_end: int) -> None:
+        """saiz, saio and senc (PIFF's uuid box in Smooth fragments) closing a traf that ends at ``traf_end``."""
+        from ..drm import boxes
+
+        senc = (boxes.piff_senc if self.tfxd else boxes.senc)(encrypted.senc_body, encrypted.subsamples)
+        # the aux info starts after the senc's header, FullBox fields (and PIFF's user type) and sample_count
+        first_info = traf_end - len(senc) + (8 + 16 + 4 if self.tfxd else 8 + 4) + 4
+        chunks += (boxes.saiz(encrypted.aux_sizes), boxes.saio(first_info), senc)
 
     def _traf(self, chunks: list[bytes], i: int, table: SampleTable, run: _Run, data_offset: int) -> None:
         """traf(tfhd, tfdt, [tfxd], trun) of track i; the trun table is filled column by column (no sample loop)."""
         decode_time = int(table.dts[0])
         if decode_time < 0:
             raise bad_data(f"Fmp4Muxer.build: negative decode time {decode_time} in track {self.tracks[i].track_id}")
-        if run.flags:
-            chunks.append(_TRAF_TFHD.pack(run.traf_size, b"traf", 16, b"tfhd", TFHD_DEFAULT_BASE_IS_MOOF, i + 1))
-        else:  # every sample is a sync sample: one tfhd default_sample_flags instead of a column
-            chunks.append(_TRAF_TFHD.pack(run.traf_size, b"traf", 20, b"tfhd",
-                                          TFHD_DEFAULT_BASE_IS_MOOF | TFHD_DEFAULT_SAMPLE_FLAGS, i + 1))
+        index = self.description_index != 1
+        tfhd_flags = (TFHD_DEFAULT_BASE_IS_MOOF | (0 if run.flags else TFHD_DEFAULT_SAMPLE_FLAGS)
+                      | (TFHD_SAMPLE_DESCRIPTION_INDEX if index else 0))
+        chunks.append(_TRAF_TFHD.pack(run.traf_size, b"traf", _TFHD_SIZE[not run.flags, index], b"tfhd", tfhd_flags,
+                                      i + 1))
+        if index:
+            chunks.append(U32(self.description_index))
+        if not run.flags:  # every sample is a sync sample: one tfhd default_sample_flags instead of a column
             chunks.append(U32(SYNC_SAMPLE_FLAGS))
         chunks.append(_TFDT.pack(20, b"tfdt", 1 << 24, decode_time))
         if self.tfxd:
@@ -188,3 +243,4 @@ class Fmp4Muxer:
             offsets += self.offsets[i]
             rows[:, -1] = offsets & 0xFFFFFFFF  # two's complement of the signed offsets (trun version 1)
         chunks.append(rows.tobytes())
+

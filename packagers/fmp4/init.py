@@ -7,7 +7,7 @@ given, so tracks from different files of a url set can never collide.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -16,6 +16,10 @@ from ..codecs.box import box, full_box
 from ..errors import ErrorCode, PackagerError, bad_data
 from ..model import CodecConfig, Track
 from .boxes import I16, U16, U32, file_type
+
+if TYPE_CHECKING:
+    from ..drm.cenc import TrackProtection
+    from ..drm.keys import MediaKeys
 
 MOVIE_TIMESCALE = 1000
 FTYP_BRANDS = (b"iso6", b"iso5", b"dash")  # iso5+: default-base-is-moof; iso6: trun v1 signed offsets; 23009-1 §6.3.3
@@ -107,8 +111,9 @@ def audio_sample_entry(track: Track) -> bytes:
     return box(b"mp4a", fields, esds(track))
 
 
-def trak(track: Track, track_id: int) -> bytes:
-    """TrackBox §8.3.1 with empty sample tables (§8.8.1: the fragments carry the samples)."""
+def trak(track: Track, track_id: int, protection: "TrackProtection | None" = None, clear_entry: bool = False) -> bytes:
+    """TrackBox §8.3.1 with empty sample tables (§8.8.1: the fragments carry the samples). A protected track's
+    sample entry is encv/enca with its sinf; ``clear_entry`` keeps the clear one second, for a clear lead."""
     video = track.kind == "video"
     tkhd = full_box(
         b"tkhd", 0, 0x3,  # track_enabled | track_in_movie
@@ -122,9 +127,15 @@ def trak(track: Track, track_id: int) -> bytes:
     media_header = full_box(b"vmhd", 0, 1, bytes(8)) if video else full_box(b"smhd", 0, 0, bytes(4))
     dinf = box(b"dinf", full_box(b"dref", 0, 0, U32(1), full_box(b"url ", 0, 1)))
     entry = visual_sample_entry(track) if video else audio_sample_entry(track)
+    entries = [entry]
+    if protection is not None:
+        from ..drm.boxes import protect_sample_entry
+
+        entries = [protect_sample_entry(entry, protection.scheme.encode(), protection.tenc())]
+        entries += [entry] if clear_entry else []
     stbl = box(
         b"stbl",
-        full_box(b"stsd", 0, 0, U32(1), entry),
+        full_box(b"stsd", 0, 0, U32(len(entries)), *entries),
         full_box(b"stts", 0, 0, U32(0)),
         full_box(b"stsc", 0, 0, U32(0)),
         full_box(b"stsz", 0, 0, U32(0), U32(0)),
@@ -133,16 +144,28 @@ def trak(track: Track, track_id: int) -> bytes:
     return box(b"trak", tkhd, box(b"mdia", mdhd, hdlr, box(b"minf", media_header, dinf, stbl)))
 
 
-def build_init_segment(tracks: Sequence[Track]) -> bytes:
-    """ftyp + moov(mvhd, trak per track, mvex(trex per track)). Durations are 0: the fragments (and the manifest)
-    say how long the media is (§8.8.1). Track i of ``tracks`` gets track_ID i + 1, as in ``Fmp4Muxer``."""
+def build_init_segment(tracks: Sequence[Track], protection: "Sequence[TrackProtection | None]" = (),
+                       keys: "MediaKeys | None" = None, clear_entry: bool = False) -> bytes:
+    """ftyp + moov(mvhd, [pssh...], trak per track, mvex(trex per track)). Durations are 0: the fragments (and the
+    manifest) say how long the media is (§8.8.1). Track i of ``tracks`` gets track_ID i + 1, as in ``Fmp4Muxer``.
+    With ``protection``: the W3C common pssh naming every key id (what ClearKey CDMs read) and the DRM systems'
+    pssh boxes of ``keys``."""
     if not tracks:
         raise PackagerError(ErrorCode.NO_STREAMS, "build_init_segment: no tracks")
     mvhd = full_box(
         b"mvhd", 0, 0, bytes(8), U32(MOVIE_TIMESCALE), U32(0),  # creation, modification, timescale, duration
         U32(0x00010000), U16(0x0100), bytes(10), _MATRIX, bytes(24), U32(len(tracks) + 1),
     )  # fmt: skip
-    traks = [trak(track, i + 1) for i, track in enumerate(tracks)]
+    protection = tuple(protection) or (None,) * len(tracks)
+    traks = [trak(track, i + 1, p, clear_entry) for i, (track, p) in enumerate(zip(tracks, protection))]
+    if any(protection):
+        from ..drm.boxes import pssh
+        from ..drm.keys import COMMON
+
+        key_ids = tuple(dict.fromkeys(p.key.key_id for p in protection if p is not None))
+        systems = keys.pssh() if keys is not None else ()
+        traks = [pssh(COMMON, b"", key_ids), *(pssh(p.system_id, p.data) for p in systems if p.system_id != COMMON),
+                 *traks]
     mvex = box(b"mvex", *(full_box(b"trex", 0, 0, U32(i + 1), U32(1), U32(0), U32(0), U32(0))
                           for i in range(len(tracks))))  # fmt: skip
     return file_type(b"ftyp", FTYP_BRANDS[0], 0, FTYP_BRANDS) + box(b"moov", mvhd, *traks, mvex)

@@ -10,6 +10,7 @@ name says it is.
     init<suffix>.mp4                 the fMP4 init segment of a media playlist (EXT-X-MAP)
     iframes<suffix>.m3u8             the I-frame playlist of a TS variant (byte ranges of its segments)
     encryption.key                   the AES-128 key of an encrypted entry's segments
+    key-<key id>.key                 a SAMPLE-AES / cbcs / cenc key (identity key format), by its key id in hex
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ _MEDIA_PLAYLIST = re.compile(r"index(.*)\.m3u8")
 _IFRAME_PLAYLIST = re.compile(r"iframes(.*)\.m3u8")
 _SEGMENT = re.compile(r"seg-([0-9]+)(.*)\.(ts|m4s|vtt)")
 _INIT = re.compile(r"init(.*)\.mp4")
+_DRM_KEY = re.compile(r"key-([0-9a-f]{32})\.key")
 _CONTAINER_OF_EXTENSION = {"ts": "ts", "m4s": "fmp4", "vtt": "vtt"}
 
 
@@ -48,6 +50,11 @@ def init_segment_name(spec: TrackSpec) -> str:
     return f"init{spec.suffix()}.mp4"
 
 
+def key_name(key_id: bytes) -> str:
+    """URL file name of a DRM key (identity key format) by its key id: video and audio may have different keys."""
+    return f"key-{key_id.hex()}.key"
+
+
 def parse_name(name: str) -> MediaFile:
     """What an HLS file name names; BAD_REQUEST for any other name."""
     if name == MASTER_PLAYLIST_NAME:
@@ -56,6 +63,8 @@ def parse_name(name: str) -> MediaFile:
         return MediaFile("manifest", listing=Listing.parse(m.group(1)))
     if name == KEY_NAME:
         return MediaFile("key")
+    if m := _DRM_KEY.fullmatch(name):
+        return MediaFile("key", key_id=m.group(1))
     if m := _MEDIA_PLAYLIST.fullmatch(name):
         return MediaFile("playlist", TrackSpec.parse(m.group(1)))
     if m := _IFRAME_PLAYLIST.fullmatch(name):
@@ -67,5 +76,5 @@ def parse_name(name: str) -> MediaFile:
         return MediaFile("init", TrackSpec.parse(m.group(1)))
     raise bad_request(
         "parse_hls: unknown HLS file name (master.m3u8, index<tracks>.m3u8, iframes<tracks>.m3u8, "
-        "seg-<n><tracks>.ts|.m4s, init<tracks>.mp4)"
+        "seg-<n><tracks>.ts|.m4s, init<tracks>.mp4, encryption.key, key-<key id>.key)"
     )

@@ -19,6 +19,7 @@ from typing import Literal
 
 import numpy as np
 
+from ..drm.signaling import Protection, sample_aes_iv
 from ..errors import ErrorCode, PackagerError, bad_request
 from ..fmp4.fragment import fragment_size_bound
 from ..fmp4.init import codec_string
@@ -27,6 +28,7 @@ from ..media_set import MediaSet, Selection
 from ..model import Track
 from ..naming import TrackSpec
 from .iframes import iframe_stream_inf
+from .keys import key_lines
 from .names import init_segment_name, media_playlist_name, segment_name
 
 Container = Literal["ts", "fmp4"]
@@ -268,11 +270,14 @@ def clip_shift(media_set: MediaSet) -> Fraction:
 
 
 def build_media_playlist(media_set: MediaSet, selection: Selection, extension: str = "ts",
-                         container: Container = "ts", key_uri: str | None = None) -> str:
+                         container: Container = "ts", key_uri: str | None = None,
+                         protection: Protection | None = None) -> str:
     """VOD media playlist: every segment with its real duration (RFC 8216 §4.3.2.1), then ENDLIST. With fMP4, the
     EXT-X-MAP of the selection's init segment (§4.3.2.5) comes first and segments end in .m4s. ``key_uri``: the
     segments are AES-128 encrypted with the key at that (relative) URI and, with no IV attribute, the media sequence
-    number as IV (§4.3.2.4, §5.2). A TS clip starts at ``clip_start_offset`` (EXT-X-START, §4.3.5.2)."""
+    number as IV (§4.3.2.4, §5.2). ``protection``: SAMPLE-AES (TS), or cbcs / cenc (fMP4) from the first segment
+    after the clear lead (``protection_key_lines``). A TS clip starts at ``clip_start_offset`` (EXT-X-START,
+    §4.3.5.2)."""
     durations = media_set.plan(selection).durations()
     target = max(1, int(math.ceil(float(durations.max())))) if len(durations) else 1
     lines = [
@@ -291,8 +296,17 @@ def build_media_playlist(media_set: MediaSet, selection: Selection, extension: s
         lines.append(f'#EXT-X-MAP:URI="{init_segment_name(selection.spec)}"')
     if key_uri is not None:
         lines.append(f'#EXT-X-KEY:METHOD=AES-128,URI="{key_uri}"')
+    key_lines = protection_key_lines(protection, selection) if protection is not None else []
     for index, d in enumerate(durations.tolist()):
+        if key_lines and index == protection.clear_lead:
+            lines += key_lines
         lines.append(f"#EXTINF:{d:.3f},")
         lines.append(segment_name(index, selection.spec, extension))
     lines.append("#EXT-X-ENDLIST")
     return "\n".join(lines) + "\n"
+
+
+def protection_key_lines(protection: Protection, selection: Selection) -> list[str]:
+    """The EXT-X-KEY lines of a media playlist (``Protection.segment_key``); MPEG-TS states its IV."""
+    key = protection.segment_key({t.kind for t in selection.tracks})
+    return key_lines(protection, key, sample_aes_iv(key) if protection.scheme == "sample-aes" else None)

@@ -18,6 +18,8 @@ from typing import Sequence
 import numpy as np
 
 from ..captions.files import CaptionRendition
+from ..drm.keys import PLAYREADY
+from ..drm.signaling import Protection, playready_header
 from ..errors import ErrorCode, PackagerError, not_found
 from ..fmp4.renditions import audio_fingerprint, audio_groups, video_selections
 from ..media_set import MediaSet, Selection
@@ -188,13 +190,18 @@ def _text_stream(root: ET.Element, caption: CaptionRendition, bounds: np.ndarray
         ET.SubElement(index, "c", {"t": str(t), "d": str(d)} if k == 0 else {"d": str(d)})
 
 
-def build_smooth_manifest(media_set: MediaSet, text: Sequence[CaptionRendition] = ()) -> str:
+def build_smooth_manifest(media_set: MediaSet, text: Sequence[CaptionRendition] = (),
+                          protection: Protection | None = None) -> str:
     """The client manifest; ``text``: caption files, each a text StreamIndex of TTML fragments (FourCC TTML) on the
-    media segments' windows."""
+    media segments' windows; ``protection`` with a PlayReady key: its ProtectionHeader (MS-SSTR §2.2.2.2)."""
     root = ET.Element("SmoothStreamingMedia", {
         "MajorVersion": "2", "MinorVersion": "2", "TimeScale": str(MANIFEST_TIMESCALE),
         "Duration": str(round(max(p.duration_seconds for p in media_set.presentations) * MANIFEST_TIMESCALE)),
     })
+    header = playready_header(protection, "video") if protection is not None else None
+    if header is not None:
+        element = ET.SubElement(ET.SubElement(root, "Protection"), "ProtectionHeader", {"SystemID": str(PLAYREADY)})
+        element.text = header
     for s in smooth_streams(media_set):
         attrs = {"Type": s.kind, "Name": s.name, "Chunks": str(len(s.starts)), "QualityLevels": str(len(s.levels)),
                  "Url": s.url(), "TimeScale": str(s.timescale)}

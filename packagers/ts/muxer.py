@@ -28,6 +28,7 @@ import numpy as np
 
 from ..codecs import avc, hevc
 from ..codecs.aac import adts_constant, parse_audio_specific_config
+from ..drm.sample_aes import pmt_stream as sample_aes_pmt_stream
 from ..errors import ErrorCode, PackagerError, bad_data, bad_request
 from ..media_data import MediaSegment, ScatterRead, TrackSegment, scatter_reads
 from ..output import finished, new_bytes
@@ -61,7 +62,10 @@ PAYLOAD_BUFFER_KEEP = 4 << 20  # keep the payload buffer up to this size (docs/p
 class TsMuxer:
     """Builds MPEG-TS segments for a fixed set of tracks: at most one video (H.264/HEVC), any AAC audio."""
 
-    def __init__(self, tracks: Sequence[Track]):
+    def __init__(self, tracks: Sequence[Track], sample_aes: bool = False):
+        """``sample_aes``: the segments given to ``build`` went through ``packagers.drm.sample_aes.encrypt_segment``;
+        the PMT signals the encrypted stream types and their descriptors (H.264 and AAC only), and ``prepare`` and
+        ``key_frame_ranges`` answer None (encrypted sample sizes are not those of the sample tables)."""
         videos = [t for t in tracks if t.kind == "video"]
         audios = [t for t in tracks if t.kind == "audio"]
         if not tracks:
@@ -110,8 +114,17 @@ class TsMuxer:
         self._by_track = {id(s.track): s for s in streams}
         pcr_pid = next(s.pid for s in streams if s.carries_pcr)
         descriptors = [p.language_descriptor(s.track.language) if s.track.kind == "audio" else b"" for s in streams]
+        stream_types = [s.stream_type for s in streams]
+        self.sample_aes = sample_aes
+        if sample_aes:
+            signalled = [sample_aes_pmt_stream(s.track) for s in streams]
+            stream_types = [stream_type for stream_type, _ in signalled]
+            descriptors = [d + extra for d, (_, extra) in zip(descriptors, signalled)]
         pat = p.pat_section()
-        pmt = p.pmt_section(pcr_pid, [(s.stream_type, s.pid, d) for s, d in zip(streams, descriptors)])
+        pmt = p.pmt_section(pcr_pid, [(t, s.pid, d) for t, s, d in zip(stream_types, streams, descriptors)])
+        if 1 + len(pmt) > p.TS_PAYLOAD_SIZE:  # SAMPLE-AES's descriptors take ~30 bytes per audio track
+            raise PackagerError(ErrorCode.UNSUPPORTED, f"TsMuxer: a PMT of {len(pmt)} bytes for {len(streams)} "
+                                "streams does not fit one TS packet")
         # PAT + PMT for each continuity_counter value (the segment index mod 16)
         self._psi = [p.psi_packet(p.PID_PAT, pat, cc) + p.psi_packet(p.PID_PMT, pmt, cc) for cc in range(16)]
         # per stream: PCR or not, packet header constant bits, PES header templates (PTS + stuffing, PTS + DTS)
@@ -165,7 +178,7 @@ class TsMuxer:
         before any byte is read: the returned build asks for each sample to be read straight into its place in the
         TS payload (``ScatterBuild.reads``), then ``finish`` adds the packet headers. None when the segment must come
         from gathered samples (``build``): NAL length prefixes other than 4 bytes, samples that overlap in the file,
-        or a track already seen carrying its own AUD or SPS."""
+        or a track already seen carrying its own AUD or SPS; and always with SAMPLE-AES (encryption changes sizes)."""
         found = self._layout_of(tables)
         if found is None:
             return None
@@ -188,7 +201,7 @@ class TsMuxer:
     def _layout_of(self, tables: Sequence[SampleTable]) -> tuple[SegmentLayout, np.ndarray] | None:
         """The layout of a segment from its sample tables, and the file offset of every unit's sample (units in
         stream order); None when it needs the samples' bytes or has no sample."""
-        if self._in_band or self._narrow_lengths or len(tables) != len(self.streams):
+        if self._in_band or self._narrow_lengths or self.sample_aes or len(tables) != len(self.streams):
             return None
         units, offsets, video_dts, base = [], [], None, 0
         for s in self.streams:  # the video first, as in build

@@ -75,7 +75,7 @@ PARTNER_CASES = [
     (partner_doc(delivery={"profiles": {"hls": {"segment_duration_ms": 0}}}),
      "delivery: profiles.hls.segment_duration_ms: must be a positive integer, got 0"),
     (partner_doc(delivery={"profiles": {"dash": {"encryption": "aes-128"}}}),
-     "delivery: profiles.dash.encryption: 'aes-128' applies to hls only"),
+     "delivery: profiles.dash.encryption: 'aes-128' applies to hls only (dash allows none, cenc, cbcs)"),
     (partner_doc(delivery={"default_delivery_type": "hls,nope"}),
      "delivery: default_delivery_type: unknown delivery type 'nope'"),
 ]

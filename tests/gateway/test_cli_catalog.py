@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from delivery_profiles import SYSTEM_DEFAULTS, DeliveryType, merge
+from delivery_profiles import SYSTEM_DEFAULTS, DeliveryType, DrmConfig, merge
 from gateway.catalog.catalog import Catalog, CatalogNotFound, catalog_dir, read_partner
 from gateway.runtime.cli import main
 from delivery_profiles.tokens import TokenError, verify_path
@@ -115,7 +115,8 @@ def test_show_of_a_missing_partner_or_entry_exits_1(store, capsys):
 @pytest.mark.parametrize("settings, message", [
     (["segment_duration_ms=0"], "delivery: profiles.hls.segment_duration_ms: must be a positive integer, got 0"),
     (["segment_duration_ms=fast"], "delivery: profiles.hls.segment_duration_ms: must be a positive integer, got 'fast'"),
-    (["encryption=rot13"], "delivery: profiles.hls.encryption: must be one of none, aes-128, got 'rot13'"),
+    (["encryption=rot13"],
+     "delivery: profiles.hls.encryption: must be one of none, aes-128, sample-aes, cenc, cbcs, got 'rot13'"),
     (["enabled=maybe"], "delivery: profiles.hls.enabled: must be true or false, got 'maybe'"),
     (["segment_duration_msx=4000"],
      "delivery: profiles.hls: unknown key 'segment_duration_msx' (did you mean 'segment_duration_ms'?)"),
@@ -288,3 +289,95 @@ def test_set_profile_turns_iframe_playlists_off(store, capsys):
     assert merge(SYSTEM_DEFAULTS, read_partner(catalog_dir(store), 101).delivery).profile("hls").iframes is False
     code, _, err = run(capsys, "partners", "set-profile", "101", "dash", "iframes=false", *s)
     assert code == 2 and "profiles.dash.iframes: applies to hls only" in err
+
+
+# Issue 14: encryption schemes per type and the partner's drm section, through the real CLI.
+
+def test_set_drm_and_encryption_as_subprocesses(store):
+    s = ("--store", str(store))
+    assert gateway("partners", "add", "101", "--name", "Acme", *s).returncode == 0
+    r = gateway("partners", "set-drm", "101", "service_url=https://drm.example/udrm/info", "method=POST",
+                "timeout_s=2.5", "ttl_s=0", "clear_lead_segments=2", "hls_key_format=fairplay", *s)
+    assert r.returncode == 0, r.stderr
+    drm = {"service_url": "https://drm.example/udrm/info", "method": "POST", "timeout_s": 2.5, "ttl_s": 0,
+           "clear_lead_segments": 2, "hls_key_format": "fairplay"}
+    assert json.loads(r.stdout) == {"drm": drm}
+    for kind, encryption in [("hls", "cbcs"), ("mpegdash", "cenc"), ("smooth", "cenc")]:
+        r = gateway("partners", "set-profile", "101", kind, f"encryption={encryption}", *s)
+        assert r.returncode == 0, r.stderr
+    r = gateway("partners", "show", "101", *s)
+    assert r.returncode == 0 and json.loads(r.stdout)["delivery"] == {
+        "drm": drm, "profiles": {"hls": {"encryption": "cbcs"}, "dash": {"encryption": "cenc"},
+                                 "mss": {"encryption": "cenc"}}}
+    assert gateway("partners", "list", *s).stdout.splitlines()[1].split() == ["101", "Acme", "drm,", "profiles"]
+
+    path = catalog_dir(store) / "partners" / "101.json"
+    before = path.read_bytes()
+    r = gateway("partners", "set-profile", "101", "dash", "encryption=sample-aes", *s)
+    assert (r.returncode, r.stdout, r.stderr) == (2, "", (
+        "gateway partners set-profile: partners/101.json: delivery: profiles.dash.encryption: 'sample-aes' applies "
+        "to hls only (dash allows none, cenc, cbcs)\n"))
+    r = gateway("partners", "set-drm", "101", "timeout_s=0", *s)
+    assert (r.returncode, r.stdout, r.stderr) == (
+        2, "", "gateway partners set-drm: partners/101.json: delivery: drm.timeout_s: must be a positive number of "
+               "seconds, got 0\n")
+    assert path.read_bytes() == before
+
+    # What a running gateway makes of it.
+    config = merge(SYSTEM_DEFAULTS, Catalog(store, ttl=0).partner(101).delivery)
+    assert config.drm == DrmConfig("https://drm.example/udrm/info", "POST", 2.5, 0, 2, "fairplay")
+    assert [config.profile(t).encryption for t in DeliveryType] == ["none", "cbcs", "cenc", "none", "cenc"]
+
+
+def test_set_drm_merges_and_an_empty_service_url_clears_it(store, capsys):
+    s = ("--store", str(store))
+    run(capsys, "partners", "add", "101", "--name", "Acme", *s)
+    assert run(capsys, "partners", "set-drm", "101", "service_url=http://10.0.0.5:8081/drm", "ttl_s=60", *s)[0] == 0
+    code, out, err = run(capsys, "partners", "set-drm", "101", "method=post", *s)  # the other keys stay
+    assert (code, err) == (0, "")
+    assert json.loads(out)["drm"] == {"service_url": "http://10.0.0.5:8081/drm", "ttl_s": 60, "method": "post"}
+    code, out, _ = run(capsys, "partners", "set-drm", "101", "service_url=", *s)
+    assert code == 0 and json.loads(out)["drm"]["service_url"] == ""
+    config = merge(SYSTEM_DEFAULTS, read_partner(catalog_dir(store), 101).delivery)
+    assert config.drm == DrmConfig(service_url="", method="POST", ttl_s=60)  # derived keys again
+    assert run(capsys, "partners", "set-drm", "999", "ttl_s=1", *s) == (
+        1, "", "gateway partners set-drm: read_partner: no partners/999.json\n")
+
+
+@pytest.mark.parametrize("settings, message", [
+    (["timeout_s=61"], "delivery: drm.timeout_s: must be at most 60 seconds, got 61"),
+    (["timeout_s=soon"], "delivery: drm.timeout_s: must be a positive number of seconds, got 'soon'"),
+    (["ttl_s=-1"], "delivery: drm.ttl_s: must be a non-negative integer number of seconds, got -1"),
+    (["ttl_s=1.5"], "delivery: drm.ttl_s: must be a non-negative integer number of seconds, got 1.5"),
+    (["clear_lead_segments=true"], "delivery: drm.clear_lead_segments: must be a non-negative integer, got True"),
+    (["method=PUT"], "delivery: drm.method: must be one of GET, POST, got 'PUT'"),
+    (["hls_key_format=widevine"], "delivery: drm.hls_key_format: must be one of identity, fairplay, got 'widevine'"),
+    (["service_url=drm.example/info"],
+     "delivery: drm.service_url: must be \"\" (derived keys) or an http:// or https:// URL, got 'drm.example/info'"),
+    (["timeout=5"], "delivery: drm: unknown key 'timeout' (did you mean 'timeout_s'?)"),
+    (["ttl_s=5", "novalue"], "delivery.drm: expected key=value, got 'novalue'"),
+    (["=5"], "delivery.drm: expected key=value, got '=5'"),
+])
+def test_invalid_set_drm_is_rejected_and_the_file_unchanged(store, capsys, settings, message):
+    s = ("--store", str(store))
+    run(capsys, "partners", "add", "101", "--name", "Acme", *s)
+    assert run(capsys, "partners", "set-drm", "101", "ttl_s=30", *s)[0] == 0
+    path = catalog_dir(store) / "partners" / "101.json"
+    before, st = path.read_bytes(), path.stat()
+    assert run(capsys, "partners", "set-drm", "101", *settings, *s) == (
+        2, "", f"gateway partners set-drm: partners/101.json: {message}\n")
+    assert path.read_bytes() == before and path.stat().st_ino == st.st_ino  # not even rewritten
+
+
+@pytest.mark.parametrize("kind, encryption, allowed", [
+    ("http", "cenc", "http allows none"), ("hds", "aes-128", "hds allows none"),
+    ("mss", "cbcs", "mss allows none, cenc"), ("dash", "aes-128", "dash allows none, cenc, cbcs"),
+])
+def test_set_profile_refuses_a_scheme_the_type_cannot_carry(store, capsys, kind, encryption, allowed):
+    s = ("--store", str(store))
+    run(capsys, "partners", "add", "101", "--name", "Acme", *s)
+    code, out, err = run(capsys, "partners", "set-profile", "101", kind, f"encryption={encryption}", *s)
+    assert (code, out) == (2, "") and err.count("\n") == 1
+    assert err.startswith(f"gateway partners set-profile: partners/101.json: delivery: profiles.{kind}.encryption: "
+                          f"{encryption!r} applies to ") and err.endswith(f" only ({allowed})\n")
+    assert read_partner(catalog_dir(store), 101).delivery == {}

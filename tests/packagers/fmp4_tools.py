@@ -13,6 +13,7 @@ from packagers.media_set import MediaSet, Selection
 
 CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"dinf", b"stbl", b"mvex", b"moof", b"traf"}
 PARTIAL = {b"stsd"}  # pymp4's avcC ignores the High-profile extension bytes and mp4a ignores esds: checked apart
+OPAQUE = {b"senc"}  # pymp4's senc assumes 8-byte IVs: tests/packagers/test_cenc.py reads it
 
 
 @dataclass
@@ -44,6 +45,8 @@ def parse_boxes(data: bytes) -> list[Node]:
         raw = data[pos : pos + size]
         if typ in CONTAINERS:
             out.append(Node(typ, raw, None, parse_boxes(raw[8:])))
+        elif typ in OPAQUE:
+            out.append(Node(typ, raw, None, []))
         else:
             parsed = Box.parse(raw)
             assert parsed.type == typ

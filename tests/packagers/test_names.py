@@ -157,7 +157,7 @@ LEADING_ZERO = "parse_path: segment numbers start at 1 and have no leading zeros
 TOO_LONG = "parse_path: segment number longer than 10 digits"
 UNKNOWN = {
     "hls": "parse_hls: unknown HLS file name (master.m3u8, index<tracks>.m3u8, iframes<tracks>.m3u8, "
-           "seg-<n><tracks>.ts|.m4s, init<tracks>.mp4)",
+           "seg-<n><tracks>.ts|.m4s, init<tracks>.mp4, encryption.key, key-<key id>.key)",
     "dash": "parse_dash: unknown DASH file name (manifest.mpd, init<tracks>.mp4, fragment-<n><tracks>.m4s)",
     "hds": "parse_hds: unknown HDS file name (manifest.f4m or frag<tracks>-Seg1-Frag<n>)",
     "mss": "parse_mss: expected /mss/<media path>/manifest or .../QualityLevels(<bitrate>)/Fragments(<stream>=<t>)",
@@ -217,7 +217,8 @@ def test_track_selections_are_refused_by_the_shared_suffix_grammar():
 # --- nothing else escapes, and what parses is canonical -------------------------------------------------------------
 
 WRITE_BACK = {
-    "hls": lambda f: {"manifest": hls.MASTER_PLAYLIST_NAME, "key": hls.KEY_NAME,
+    "hls": lambda f: {"manifest": hls.MASTER_PLAYLIST_NAME,
+                      "key": hls.key_name(bytes.fromhex(f.key_id)) if f.key_id else hls.KEY_NAME,
                       "playlist": hls.media_playlist_name(f.spec), "init": hls.init_segment_name(f.spec),
                       "iframes": hls.iframe_playlist_name(f.spec)}.get(f.kind)
     or hls.segment_name(f.index, f.spec, "ts" if f.container == "ts" else "m4s"),
@@ -229,6 +230,7 @@ NAME_LIKE = st.one_of(
     st.text(),
     st.from_regex(r"(seg|fragment)-[0-9]{1,12}(-[fva][0-9]{1,4}){0,4}\.(ts|m4s|mp4)", fullmatch=True),
     st.from_regex(r"(index|init|iframes)(-[fva][0-9]{1,4}){0,4}\.(m3u8|mp4)", fullmatch=True),
+    st.from_regex(r"key-[0-9a-fA-F]{30,34}\.key", fullmatch=True),
     st.from_regex(r"frag(-[fva][0-9]{1,4}){0,4}-Seg[0-9]{1,2}-Frag[0-9]{1,12}", fullmatch=True),
 )
 
