@@ -184,7 +184,7 @@ def master_playlist(store: Store, opened: OpenedSet, container: str, iframes: bo
     iframe_files = frozenset() if not iframes else frozenset(
         i for i, p in enumerate(media_set.presentations)
         if p.video_tracks and offers_iframes(store, opened.files[i], p.video_tracks[0], media_set.plans[i].count))
-    master = add_subtitles(build_master_playlist(opened.media_set, container, iframe_files), subtitles)
+    master = add_subtitles(build_master_playlist(opened.media_set, container, iframe_files, protection), subtitles)
     return with_session_keys(master, protection)
 
 

@@ -12,7 +12,7 @@ from fractions import Fraction
 from typing import Callable
 
 from packagers.drm.cenc import TrackProtection
-from packagers.drm.sample_aes import encrypt_segment
+from packagers.drm.sample_aes import SampleAesMuxer
 from packagers.drm.signaling import Protection, sample_aes_iv
 from packagers.hls.keys import session_key_lines
 from packagers.errors import not_found
@@ -75,8 +75,7 @@ def sample_aes_mux(protection: Protection, tracks: tuple[Track, ...], index: int
     if not protection.encrypted(index):
         return TsMuxer(tracks).build
     key = protection.segment_key({t.kind for t in tracks})
-    muxer, iv = TsMuxer(tracks, sample_aes=True), sample_aes_iv(key)
-    return lambda segment: muxer.build(encrypt_segment(segment, key.key, iv))
+    return SampleAesMuxer(tracks, key.key, sample_aes_iv(key)).build
 
 
 def identity_key(context: DeliveryContext, key_id: str) -> bytes:

@@ -74,7 +74,7 @@ class Representation:
         return self.selection.tracks[0]
 
 
-def representation(media_set: MediaSet, selection: Selection) -> Representation:
+def representation(media_set: MediaSet, selection: Selection, protection: Protection | None = None) -> Representation:
     """Timeline and peak bandwidth of a one-track selection. Trailing segments without a sample of this track (a
     track that ends earlier than the others) are left out of its timeline; they would have no duration."""
     track = selection.tracks[0]
@@ -89,7 +89,8 @@ def representation(media_set: MediaSet, selection: Selection) -> Representation:
     starts, durations, decode_durations = starts[:keep], durations[:keep], decode_durations[:keep]
     counts, sizes = counts[:keep], sizes[:keep]
     span = np.maximum(np.minimum(durations, decode_durations), 1)  # the shorter span gives the higher rate
-    rate = fragment_size_bound(sizes, counts).astype(np.float64) * 8 * track.timescale / span  # no int64 overflow
+    aux = protection.aux_bound(track) if protection is not None else 0
+    rate = fragment_size_bound(sizes, counts, 1, aux).astype(np.float64) * 8 * track.timescale / span  # no overflow
     peak = int(math.ceil(float(rate[counts > 0].max()))) if keep else 0
     pto = presentation_time_offset(track)
     return Representation(selection, starts + pto, durations, pto, peak)
@@ -171,9 +172,11 @@ def build_mpd(media_set: MediaSet, *, base_url: str = "", text: Sequence[Caption
     ``protection``: the audio and video AdaptationSets get their ContentProtection descriptors."""
     sets: dict[tuple[str, str], list[Representation]] = {}
     for selection in video_selections(media_set):
-        sets.setdefault(("video", selection.tracks[0].codec.codec), []).append(representation(media_set, selection))
+        rep = representation(media_set, selection, protection)
+        sets.setdefault(("video", selection.tracks[0].codec.codec), []).append(rep)
     for selection in audio_groups(media_set).renditions:
-        sets.setdefault(("audio", selection.tracks[0].language), []).append(representation(media_set, selection))
+        rep = representation(media_set, selection, protection)
+        sets.setdefault(("audio", selection.tracks[0].language), []).append(rep)
     reps = [r for group in sets.values() for r in group]
     longest = max((float((r.durations / r.track.timescale).max()) for r in reps if len(r.durations)), default=0.0)
     duration = max(p.duration_seconds for p in media_set.presentations)

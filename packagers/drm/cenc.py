@@ -25,6 +25,7 @@ from ..errors import ErrorCode, PackagerError
 from ..media_data import TrackSegment
 from ..model import Track
 from . import boxes
+from .cbc import encrypt_blocks
 from .keys import ContentKey
 
 CENC, CBCS = "cenc", "cbcs"
@@ -35,7 +36,6 @@ MAX_CLEAR = 0xFFFF  # BytesOfClearData is 16 bits
 MAX_SUBSAMPLES = (255 - BLOCK - 2) // 6  # saiz sizes are 8 bits: IV + count + 6 bytes per subsample
 # whole-sample payloads up to this size are XORed through a per-byte index (faster than a cipher call per sample)
 WHOLE_SAMPLE_XOR_LIMIT = 1024 * 1024
-_BYTES = np.arange(BLOCK)
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,13 @@ class TrackProtection:
     def subsamples(self) -> bool:
         return self.kind == "video"
 
+    @property
+    def aux_bound(self) -> int:
+        """The most bytes of encryption info (senc entry, saiz size) a sample adds to a fragment: IV, subsample
+        count and at most MAX_SUBSAMPLES entries (what the 8-bit saiz allows), or the IV alone."""
+        if self.subsamples:
+            return self.iv_size + 2 + 6 * MAX_SUBSAMPLES + 1
+        return self.iv_size
     def tenc(self) -> bytes:
         return boxes.tenc(self.key.key_id, self.iv_size, self.constant_iv, self.pattern,
                           version=1 if self.scheme == CBCS else 0)
@@ -227,79 +234,11 @@ def _ctr(buffer: memoryview, n: int, key: bytes, hi: bytes, r_sample: np.ndarray
 def _cbc_pattern(data: np.ndarray, key: bytes, iv: bytes, r_start: np.ndarray, r_len: np.ndarray,
                  crypt: int, skip: int) -> None:
     """'cbcs', in place: in each range, CBC from ``iv`` over its encrypted blocks (``crypt`` of every
-    ``crypt + skip``). Each range is a chain of blocks gathered from the payload. Chains run either alone (one CBC
-    call each: long chains) or together (CBC by hand: per block position one XOR and one ECB call over every chain
-    still running: many short chains, such as audio frames); the split minimises the time."""
-    out = data
+    ``crypt + skip``; the k-th at start + (k // crypt * period + k % crypt) * 16), each range a chain."""
     n_blocks = r_len // BLOCK
     period = crypt + skip
     per_range = n_blocks // period * crypt + np.minimum(n_blocks % period, crypt)
-    live = per_range > 0
-    r_start, per_range = r_start[live], per_range[live]
-    if not len(per_range):
-        return
-    by_length = np.argsort(-per_range, kind="stable")
-    lengths = per_range[by_length]
-    # measured: a chain alone ~2 us, a round ~3 us; the i longest alone leave lengths[i] rounds
-    cost = np.arange(len(lengths) + 1) * 2.0 + np.append(lengths, 0) * 3.0
-    alone = int(np.argmin(cost))
-    if alone:
-        chains = np.sort(by_length[:alone])
-        _cbc_chains(data, out, key, iv, r_start[chains], per_range[chains], crypt, period)
-    together = by_length[alone:]
-    if len(together):
-        _cbc_rounds(data, out, key, iv, r_start[together], per_range[together], crypt, period)
-
-
-def _block_positions(start: np.ndarray, count: np.ndarray, crypt: int, period: int) -> np.ndarray:
-    """Byte positions of the encrypted blocks: the k-th of a range at start + (k // crypt * period + k % crypt) * 16."""
-    first = np.cumsum(count) - count
-    k = np.arange(int(count.sum())) - np.repeat(first, count)
-    return np.repeat(start, count) + (k // crypt * period + k % crypt) * BLOCK
-
-
-def _blocks(array: np.ndarray) -> np.ndarray:
-    """Every 16 bytes of ``array`` from every byte position, as one 16-byte item (an overlapping view): gathering
-    or scattering a block is one item, not 16 (6x faster than indexing bytes)."""
-    return np.ndarray((max(len(array) - BLOCK + 1, 0),), dtype="V16", buffer=array, strides=(1,))
-
-
-def _cbc_chains(data: np.ndarray, out: np.ndarray, key: bytes, iv: bytes, start: np.ndarray, count: np.ndarray,
-                crypt: int, period: int) -> None:
-    """Chains one after the other through one CBC context (a context costs more than a chain): each chain's first
-    block is XORed with (IV ^ the previous chain's last ciphertext) first, so that the chain starts from the IV."""
-    where = _block_positions(start, count, crypt, period)
-    plain = _blocks(data)[where].view(np.uint8)
-    cipher = np.empty(len(plain) + BLOCK, dtype=np.uint8)  # update_into wants room for a block more
-    src, dst = memoryview(plain), memoryview(cipher)
-    encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
-    iv_value, previous = int.from_bytes(iv, "big"), None
-    bounds = ((np.cumsum(count) - count) * BLOCK).tolist() + [len(plain)]
-    for s, e in zip(bounds[:-1], bounds[1:]):
-        if previous is not None:
-            head = int.from_bytes(src[s : s + BLOCK], "big") ^ previous ^ iv_value
-            src[s : s + BLOCK] = head.to_bytes(BLOCK, "big")
-        encryptor.update_into(src[s:e], dst[s:])
-        previous = int.from_bytes(dst[e - BLOCK : e], "big")
-    _blocks(out)[where] = cipher[:-BLOCK].view("V16")
-
-
-def _cbc_rounds(data: np.ndarray, out: np.ndarray, key: bytes, iv: bytes, start: np.ndarray, count: np.ndarray,
-                crypt: int, period: int) -> None:
-    """Chains (longest first) advanced together: row r of ``plain`` holds block r of every chain that long."""
-    rounds, m = int(count[0]), len(count)
-    first = np.cumsum(count) - count
-    k = np.arange(int(count.sum())) - np.repeat(first, count)
-    chain = np.repeat(np.arange(m), count)
-    where = _block_positions(start, count, crypt, period)
-    plain = np.zeros((rounds, m), dtype="V16")
-    plain[k, chain] = _blocks(data)[where]
-    plain = plain.view(np.uint8).reshape(rounds, m, BLOCK)
-    cipher = np.empty((rounds, m + 1, BLOCK), dtype=np.uint8)  # a spare row: update_into wants room for it
-    running = np.searchsorted(-count, -np.arange(rounds), side="right")  # chains longer than r
-    ecb = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
-    previous = np.broadcast_to(np.frombuffer(iv, dtype=np.uint8), (m, BLOCK))
-    for r, n in enumerate(running.tolist()):
-        ecb.update_into(np.bitwise_xor(plain[r, :n], previous[:n]), cipher[r])
-        previous = cipher[r]
-    _blocks(out)[where] = cipher.view("V16").reshape(rounds, m + 1)[k, chain]
+    first = np.cumsum(per_range) - per_range
+    k = np.arange(int(per_range.sum())) - np.repeat(first, per_range)
+    block_at = np.repeat(r_start, per_range) + (k // crypt * period + k % crypt) * BLOCK
+    encrypt_blocks(data, block_at, per_range, key, iv)

@@ -24,7 +24,6 @@ import threading
 from typing import Sequence
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ..codecs import avc
 from ..codecs.aac import AOT_PS, AOT_SBR, parse_audio_specific_config
@@ -32,6 +31,7 @@ from ..errors import ErrorCode, PackagerError, bad_data
 from ..media_data import MediaSegment, TrackSegment
 from ..model import SampleTable, Track
 from ..output import finished, new_bytes
+from .cbc import encrypt_blocks
 
 KEY_METHOD = "SAMPLE-AES"  # EXT-X-KEY METHOD
 BLOCK = 16
@@ -47,9 +47,6 @@ STREAM_TYPE_AAC = 0xCF
 PRIVATE_DATA_INDICATOR_DESCRIPTOR = 0x0F  # ISO/IEC 13818-1 2.6.28
 REGISTRATION_DESCRIPTOR = 0x05  # ISO/IEC 13818-1 2.6.8
 AUDIO_SETUP_VERSION = 1
-# cbc_chains' cost model (µs on this kind of machine): one shared-CBC update per long chain, one ECB step per
-# block position for the short ones
-_CHAIN_COST, _STEP_COST = 1.5, 7
 SCRATCH_KEEP = 8 << 20  # keep the per-thread work buffers up to this size
 
 
@@ -118,7 +115,7 @@ def _encrypt_audio(ts: TrackSegment, key: bytes, iv: bytes) -> TrackSegment:
     first = np.cumsum(n_blocks) - n_blocks
     k = np.arange(int(n_blocks.sum())) - np.repeat(first, n_blocks)
     block_at = np.repeat(np.cumsum(sizes) - sizes + AUDIO_CLEAR_LEADER, n_blocks) + k * BLOCK
-    _encrypt_blocks(out, block_at, n_blocks, key, iv)
+    encrypt_blocks(out, block_at, n_blocks, key, iv)
     del out
     return TrackSegment(ts.track, ts.samples, finished(body))
 
@@ -142,7 +139,7 @@ def _encrypt_video(ts: TrackSegment, key: bytes, iv: bytes) -> TrackSegment:
     n_blocks = (lengths - MIN_ENCRYPTED_NAL + PATTERN - 1) // PATTERN
     first = np.cumsum(n_blocks) - n_blocks
     k = np.arange(int(n_blocks.sum())) - np.repeat(first, n_blocks)
-    _encrypt_blocks(out, np.repeat(starts + CLEAR_LEADER, n_blocks) + k * PATTERN, n_blocks, key, iv)
+    encrypt_blocks(out, np.repeat(starts + CLEAR_LEADER, n_blocks) + k * PATTERN, n_blocks, key, iv)
     # then emulation prevention over each encrypted NAL unit: its new length goes into its length prefix (still
     # where it was: the escapes are inserted last, in the one copy that joins the pieces)
     inserted = emulation_prevention_insertions(out, starts, ends)
@@ -193,74 +190,6 @@ def emulation_prevention_insertions(data: np.ndarray, starts: np.ndarray, ends: 
     after = data[np.minimum(run_end, len(data) - 1)]
     trailing = run_end[(r % 2 == 0) & (at_end | (after <= 3))]
     return np.sort(np.concatenate((inner_at, trailing)))
-
-
-def _encrypt_blocks(buf: np.ndarray, block_at: np.ndarray, n_blocks: np.ndarray, key: bytes, iv: bytes) -> None:
-    """AES-128-CBC in place over the 16-byte blocks at ``block_at`` of ``buf``: consecutive runs of ``n_blocks``
-    blocks are separate chains, each from ``iv``."""
-    if not len(block_at):
-        return
-    # buf[i:i + 16] as one 16-byte item per i: gathering and scattering whole items is a memcpy each
-    items = np.ndarray(shape=(len(buf) - BLOCK + 1,), dtype=f"V{BLOCK}", buffer=buf, strides=(1,))
-    plain = items[block_at].view(np.uint8).reshape(-1, BLOCK)
-    items[block_at] = cbc_chains(plain, n_blocks[n_blocks > 0], key, iv).view(f"V{BLOCK}").ravel()
-
-
-def cbc_chains(plain: np.ndarray, lengths: np.ndarray, key: bytes, iv: bytes) -> np.ndarray:
-    """AES-128-CBC of the (n, 16) blocks ``plain`` (C-contiguous, overwritten) as separate chains, each from ``iv``:
-    chain j is the next ``lengths[j]`` (> 0) rows. Python work is per chain or per block position, never per block:
-    the longest chains run through one CBC context, and the many short ones advance together, one ECB call per
-    block position; the split comes from a cost model (``_CHAIN_COST``, ``_STEP_COST``)."""
-    out = np.empty((len(plain) + 1, BLOCK), dtype=np.uint8)  # a spare block: update_into wants the room
-    first = np.cumsum(lengths) - lengths
-    order = np.argsort(-lengths, kind="stable")
-    cost = _CHAIN_COST * np.arange(len(order) + 1) + _STEP_COST * np.append(lengths[order], 0)
-    split = int(np.argmin(cost))
-    if split:
-        chains = np.sort(order[:split])
-        _one_context(plain, out, first[chains], first[chains] + lengths[chains], key, iv)
-    if split < len(order):
-        _by_position(plain, out, first[order[split:]], lengths[order[split:]], key, iv)
-    return out[:-1]
-
-
-def _one_context(plain: np.ndarray, out: np.ndarray, starts: np.ndarray, ends: np.ndarray, key: bytes,
-                 iv: bytes) -> None:
-    """Chains of rows [starts[j], ends[j]) through one CBC context: each chain's first block is pre-XORed with the
-    IV and the previous chain's last ciphertext, which CBC XORs in, so that every chain starts from the IV."""
-    encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
-    src, dst = memoryview(plain).cast("B"), memoryview(out).cast("B")
-    iv_value, last = int.from_bytes(iv, "big"), 0
-    for a, b in zip((starts * BLOCK).tolist(), (ends * BLOCK).tolist()):
-        if last:
-            restart = int.from_bytes(src[a:a + BLOCK], "big") ^ int.from_bytes(dst[last - BLOCK:last], "big")
-            src[a:a + BLOCK] = (restart ^ iv_value).to_bytes(BLOCK, "big")
-        encryptor.update_into(src[a:b], dst[a:])
-        last = b
-
-
-def _by_position(plain: np.ndarray, out: np.ndarray, starts: np.ndarray, lengths: np.ndarray, key: bytes,
-                 iv: bytes) -> None:
-    """Chains (longest first) advanced together: block k of every chain longer than k in one ECB call, since CBC is
-    E(P ^ previous ciphertext). The blocks are laid out step by step first (step k: block k of each chain still
-    going, in chain order), so that each step reads and writes one contiguous run."""
-    going = np.searchsorted(-lengths, -np.arange(int(lengths[0])), "left")  # chains longer than k
-    step_at = np.cumsum(going) - going
-    k = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # block k of its chain
-    rank = np.repeat(np.arange(len(lengths)), lengths)
-    rows = np.empty(len(k), dtype=np.int64)
-    rows[step_at[k] + rank] = starts[rank] + k  # stepwise position -> row of ``plain``
-    stepwise = plain.view(f"V{BLOCK}").ravel()[rows].view(np.uint8).reshape(-1, BLOCK)
-    cipher = np.empty((len(rows) + 1, BLOCK), dtype=np.uint8)  # a spare block: update_into wants the room
-    mixed = np.empty((int(going[0]), BLOCK), dtype=np.uint8)
-    ecb = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
-    np.bitwise_xor(stepwise[: going[0]], np.frombuffer(iv, dtype=np.uint8), out=mixed)
-    dst = memoryview(cipher).cast("B")
-    ecb.update_into(memoryview(mixed).cast("B"), dst)
-    for at, previous, count in zip(step_at[1:].tolist(), step_at[:-1].tolist(), going[1:].tolist()):
-        np.bitwise_xor(stepwise[at:at + count], cipher[previous:previous + count], out=mixed[:count])
-        ecb.update_into(memoryview(mixed[:count]).cast("B"), dst[at * BLOCK:])
-    out.view(f"V{BLOCK}").ravel()[rows] = cipher[:-1].view(f"V{BLOCK}").ravel()
 
 
 class _Scratch(threading.local):

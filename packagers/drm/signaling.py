@@ -50,6 +50,14 @@ class Protection:
                                 "video under one key; the DRM service gave them different keys (use fMP4: cbcs)")
         return key
 
+    def aux_bound(self, track) -> int:
+        """``TrackProtection.aux_bound`` of ``track`` under this protection (0 for SAMPLE-AES: no fMP4 aux info)."""
+        if self.scheme == "sample-aes":
+            return 0
+        from .cenc import TrackProtection
+
+        return TrackProtection.of(track, self.scheme, self.keys.for_kind(track.kind)).aux_bound
+
     @property
     def cache_key(self) -> tuple:
         """What the bytes depend on: cached products of differently protected sets never mix."""

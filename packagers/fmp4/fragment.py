@@ -58,6 +58,7 @@ TRUN_SAMPLE_COMPOSITION_TIME_OFFSET = 0x000800
 FRAGMENT_OVERHEAD = 20 + 8 + 16 + 16
 TRAF_OVERHEAD = 8 + 20 + 20 + 44 + 20
 SAMPLE_OVERHEAD = 16
+AUX_OVERHEAD = 17 + 20 + 28  # an encrypted traf's saiz (default size), saio, senc header (PIFF's uuid box: 28)
 
 _STYP = file_type(b"styp", STYP_BRANDS[0], 0, STYP_BRANDS)
 _TRAF_TFHD = struct.Struct(">I4s" "I4sII")  # traf header, tfhd up to track_ID
@@ -82,9 +83,11 @@ def presentation_time_offset(track: Track) -> int:
     return max(0, track.edit_offset - earliest)
 
 
-def fragment_size_bound(payload_bytes, sample_counts, track_count: int = 1):
-    """An upper bound of a fragment's size from its payload bytes and sample count (works on numpy columns)."""
-    return payload_bytes + FRAGMENT_OVERHEAD + TRAF_OVERHEAD * track_count + SAMPLE_OVERHEAD * sample_counts
+def fragment_size_bound(payload_bytes, sample_counts, track_count: int = 1, aux_per_sample: int = 0):
+    """An upper bound of a fragment's size from its payload bytes and sample count (works on numpy columns);
+    ``aux_per_sample``: the most encryption info (senc, saiz) a sample adds (``TrackProtection.aux_bound``)."""
+    aux = (AUX_OVERHEAD * track_count + aux_per_sample * sample_counts) if aux_per_sample else 0
+    return payload_bytes + FRAGMENT_OVERHEAD + TRAF_OVERHEAD * track_count + SAMPLE_OVERHEAD * sample_counts + aux
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,7 @@ class Fmp4Muxer:
         """The exact size of ``build`` for a segment with these sample tables (one per track), without payloads.
         Not for encrypted fragments (their subsample maps depend on the bytes)."""
         if any(self.protection):
-            raise PackagerError(ErrorCode.UNSUPPORTED, "Fmp4Muxer.measure: an encrypted fragment's size needs its bytes")
+            raise PackagerError(ErrorCode.UNSUPPORTED, "Fmp4Muxer.measure: an encrypted fragment's size needs the bytes")
         runs = self._runs(tables)
         payload = sum(r.payload_size for r in runs)
         moof = 8 + 16 + sum(r.traf_size for r in runs)

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..drm.signaling import Protection, sample_aes_iv
 from ..errors import ErrorCode, PackagerError, bad_request
-from ..fmp4.fragment import fragment_size_bound
+from ..fmp4.fragment import AUX_OVERHEAD, fragment_size_bound
 from ..fmp4.init import codec_string
 from ..fmp4.renditions import audio_groups, video_selections
 from ..media_set import MediaSet, Selection
@@ -88,17 +88,22 @@ def ts_size_estimate(media_set: MediaSet, selection: Selection) -> np.ndarray:
     return total
 
 
-def fmp4_size_estimate(media_set: MediaSet, selection: Selection) -> np.ndarray:
-    """An upper bound of each fMP4 segment's size in bytes: payload plus ``fragment_size_bound``'s overhead."""
-    sizes = sum(media_set.segment_sizes(selection))
-    counts = sum(media_set.segment_sample_counts(selection))
-    return fragment_size_bound(sizes, counts, len(selection.tracks)).astype(np.float64)
+def fmp4_size_estimate(media_set: MediaSet, selection: Selection, protection: Protection | None = None) -> np.ndarray:
+    """An upper bound of each fMP4 segment's size in bytes: payload plus ``fragment_size_bound``'s overhead, and the
+    encryption info ``protection`` adds to each track."""
+    counts = media_set.segment_sample_counts(selection)
+    bound = fragment_size_bound(sum(media_set.segment_sizes(selection)), sum(counts), len(selection.tracks))
+    for track, count in zip(selection.tracks, counts):
+        aux = protection.aux_bound(track) if protection is not None else 0
+        bound = bound + (AUX_OVERHEAD + aux * count if aux else 0)
+    return bound.astype(np.float64)
 
 
-def variant_figures(media_set: MediaSet, selection: Selection, container: Container = "ts") -> VariantFigures:
+def variant_figures(media_set: MediaSet, selection: Selection, container: Container = "ts",
+                    protection: Protection | None = None) -> VariantFigures:
     durations = media_set.plan(selection).durations()
-    estimate = fmp4_size_estimate if container == "fmp4" else ts_size_estimate
-    size = estimate(media_set, selection)
+    size = fmp4_size_estimate(media_set, selection, protection) if container == "fmp4" else \
+        ts_size_estimate(media_set, selection)
     rate = size * 8 / np.maximum(durations, 1e-3)
     return VariantFigures(int(math.ceil(rate.max())), int(math.ceil(size.sum() * 8 / max(durations.sum(), 1e-3))))
 
@@ -135,13 +140,13 @@ def _video_attrs(track: Track) -> list[str]:
 
 
 def build_master_playlist(media_set: MediaSet, container: Container = "ts",
-                          iframe_files: frozenset[int] = frozenset()) -> str:
+                          iframe_files: frozenset[int] = frozenset(), protection: Protection | None = None) -> str:
     """Every file of the set as a variant (each listed video track of it, ``MediaSet.listed_videos``); with TS,
     files with several audio tracks get an EXT-X-MEDIA audio group,
     and the video variants of ``iframe_files`` (0-based file indexes) an I-frame playlist (``packagers.hls.iframes``);
-    with fMP4, see ``_fmp4_master_playlist``."""
+    with fMP4, see ``_fmp4_master_playlist`` (whose BANDWIDTH counts ``protection``'s encryption info)."""
     if container == "fmp4":
-        return _fmp4_master_playlist(media_set)
+        return _fmp4_master_playlist(media_set, protection)
     lines = ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-INDEPENDENT-SEGMENTS"]
     variants, iframes = [], []
     for file_index, presentation in enumerate(media_set.presentations):
@@ -202,13 +207,13 @@ def _rendition_name(track: Track, n: int) -> str:
     return f"{_LANG_NAME.get(lang, lang if lang != 'und' else f'Audio {n}')} ({n})"
 
 
-def _fmp4_master_playlist(media_set: MediaSet) -> str:
+def _fmp4_master_playlist(media_set: MediaSet, protection: Protection | None = None) -> str:
     """Video-only variants (one per file) whose AUDIO group lists that file's distinct audio renditions; variants
     whose files carry the same audio share one group. Audio-only sets: one variant per file, on its first audio
     rendition (with the group when the file has several). BANDWIDTH = video peak + the group's highest peak."""
     lines = ["#EXTM3U", f"#EXT-X-VERSION:{FMP4_VERSION}", "#EXT-X-INDEPENDENT-SEGMENTS"]
     groups = audio_groups(media_set)
-    figures = [variant_figures(media_set, sel, "fmp4") for sel in groups.renditions]
+    figures = [variant_figures(media_set, sel, "fmp4", protection) for sel in groups.renditions]
     videos: dict[int, list[Selection]] = {}
     for sel in video_selections(media_set):
         videos.setdefault(sel.file_index, []).append(sel)  # several when the URL names video tracks
@@ -233,7 +238,7 @@ def _fmp4_master_playlist(media_set: MediaSet) -> str:
         audio_avg = max((figures[k].average_bps for k in key), default=0)
         for sel in videos.get(i) or [groups.renditions[key[0]]]:
             if i in videos:
-                fig = variant_figures(media_set, sel, "fmp4")
+                fig = variant_figures(media_set, sel, "fmp4", protection)
                 attrs = [f"BANDWIDTH={fig.peak_bps + audio_peak}", f"AVERAGE-BANDWIDTH={fig.average_bps + audio_avg}",
                          f'CODECS="{",".join([codec_string(sel.tracks[0].codec), *audio_codecs])}"',
                          *_video_attrs(sel.tracks[0])]

@@ -191,6 +191,12 @@ def test_dash_cenc_with_derived_keys_decrypts_to_the_source_samples(base):
         key = license_key(base, 301, "0_derived1", uuid.UUID(kid).bytes)
         init, fragments = dash_stream(base, "derived.mp4", rep, count)
         assert decrypted_packets(init + b"".join(fragments), key) == source_packets(kind)
+        # @bandwidth bounds the encrypted fragments too (their senc, saiz and saio included)
+        element = ET.fromstring(mpd).find(f".//d:Representation[@id='{rep}']", MPD_NS)
+        timescale = int(element.find("d:SegmentTemplate", MPD_NS).get("timescale"))
+        spans = [int(s.get("d")) for s in element.iter(f"{{{MPD_NS['d']}}}S") for _ in range(1 + int(s.get("r", 0)))]
+        peak = max(len(f) * 8 * timescale / d for f, d in zip(fragments, spans))
+        assert peak <= int(element.get("bandwidth"))
         assert b"senc" in fragments[0] and source_packets(kind)[5] not in fragments[0]  # ciphertext, not samples
 
 
@@ -247,6 +253,26 @@ def test_service_keys_per_rendition_type_with_their_drm_systems(base, drm_servic
     assert drm_service.requests - asked <= 1
     call = drm_service.calls[-1]
     assert (call.method, call.query.get("entry_id"), call.query.get("partner_id")) == ("GET", "0_service1", "302")
+
+
+def test_smooth_streaming_cenc_fragments_decrypt_with_piff_sample_encryption(base):
+    """Smooth clients make the init segment from the manifest (its ProtectionHeader gives the key id): here our
+    own init writer stands in for that client, and FFmpeg decrypts the fragments by their PIFF boxes."""
+    from packagers.drm.cenc import TrackProtection
+    from packagers.fmp4 import build_init_segment
+    from packagers.mp4 import open_presentation
+
+    manifest = ET.fromstring(get(f"{base}/mss/service.mp4/manifest"))
+    video = next(s for s in manifest.findall("StreamIndex") if s.get("Type") == "video")
+    bitrate, t, fragments = video.find("QualityLevel").get("Bitrate"), int(video.find("c").get("t")), []
+    for chunk in video.findall("c"):
+        url = video.get("Url").replace("{bitrate}", bitrate).replace("{start time}", str(t))
+        fragments.append(get(f"{base}/mss/service.mp4/{url}"))
+        t += int(chunk.get("d"))
+    assert all(bytes.fromhex("a2394f525a9b4f14a2446c427c648df4") in f and b"senc" not in f for f in fragments)
+    track = open_presentation(fixture_path(SOURCE)).video_tracks[0]
+    init = build_init_segment([track], [TrackProtection.of(track, "cenc", VIDEO_KEY)])
+    assert decrypted_packets(init + b"".join(fragments), VIDEO_KEY.key) == source_packets("video")
 
 
 def test_sample_aes_ts_with_a_clear_lead_plays_in_ffmpeg(base, tmp_path):
