@@ -27,7 +27,7 @@ async def serve_packaged_request(request: web.Request, parsed: PackagedRequest, 
     packaging = request.app[PACKAGING]
     opened = await packaging.open(parsed.target, context.segment_duration_ms)
     if context.encryption != "none":  # the keys first: a failing DRM service is a 503, never clear media
-        context = await protect(request.app[KEY_SOURCE], context)
+        context = await protect(request.app[KEY_SOURCE], context, opened.media_set)
     product = product_for(parsed, opened, packaging, context)
     async def body() -> bytes:
         cache = packaging.responses  # checked in the same loop step as the lookup itself: no race

@@ -17,7 +17,7 @@ from packagers.drm.signaling import Protection, sample_aes_iv
 from packagers.hls.keys import session_key_lines
 from packagers.errors import not_found
 from packagers.fmp4 import Fmp4Muxer, build_init_segment
-from packagers.media_set import Selection
+from packagers.media_set import MediaSet, Selection
 from packagers.model import Track
 from packagers.ts import TsMuxer
 
@@ -26,14 +26,18 @@ from ..catalog.drm import KeySource
 from ..origin.packaging import OpenedSet
 
 
-async def protect(source: KeySource, context: DeliveryContext) -> DeliveryContext:
+async def protect(source: KeySource, context: DeliveryContext, media_set: MediaSet) -> DeliveryContext:
     """The context with its ``Protection``: the entry's keys from the partner's DRM service (or derived from its
-    secret), the clear lead and the HLS key format of its DRM settings."""
-    drm = context.drm
+    secret), the clear lead and the HLS key format of its DRM settings.
+
+    SAMPLE-AES MPEG-TS is defined for H.264 only: a set with HEVC video gets Apple's other SAMPLE-AES, 'cbcs' in
+    fMP4 (the same keys, and METHOD=SAMPLE-AES in its playlists)."""
+    drm, scheme, container = context.drm, context.encryption, context.hls_container
+    if scheme == "sample-aes" and any(t.codec.codec == "hevc" for p in media_set.presentations for t in p.video_tracks):
+        scheme, container = "cbcs", "fmp4"
     keys = await source.keys(context.partner, context.entry, drm)
-    protection = Protection(context.encryption, keys, drm.clear_lead_segments, drm.hls_key_format,
-                            clearkey=not drm.service_url)
-    return replace(context, protection=protection)
+    protection = Protection(scheme, keys, drm.clear_lead_segments, drm.hls_key_format, clearkey=not drm.service_url)
+    return replace(context, protection=protection, hls_container=container)
 
 
 def protection_key(context: DeliveryContext) -> tuple:

@@ -55,7 +55,9 @@ ENTRIES = {
     "0_failing1": ("failing.mp4", 304),
     "0_hanging1": ("hanging.mp4", 304),
     "0_badkid01": ("badkeyid.mp4", 304),
+    "0_hevcsae1": ("hevc_saes.mp4", 303),  # SAMPLE-AES asked, HEVC: cbcs fMP4 given
 }
+SOURCES = {"hevc_saes.mp4": "hevc.mp4"}  # the others are copies of SOURCE
 
 
 class ServiceThread:
@@ -104,7 +106,7 @@ def drm_service():
 def store(tmp_path_factory, drm_service) -> Path:
     root = tmp_path_factory.mktemp("drm-store")
     for name, _ in ENTRIES.values():
-        shutil.copyfile(fixture_path(SOURCE), root / name)
+        shutil.copyfile(fixture_path(SOURCES.get(name, SOURCE)), root / name)
     cli = lambda *args: gateway_cli(root, *args)  # noqa: E731
     for partner in (301, 302, 303, 304):
         cli("partners", "add", str(partner), "--name", f"drm {partner}")
@@ -133,8 +135,8 @@ def base(store):
     proc.wait(10)
 
 
-def source_packets(kind: str) -> list[bytes]:
-    with av.open(str(fixture_path(SOURCE))) as c:
+def source_packets(kind: str, source: str = SOURCE) -> list[bytes]:
+    with av.open(str(fixture_path(source))) as c:
         stream = c.streams.video[0] if kind == "video" else c.streams.audio[0]
         return [bytes(p) for p in c.demux(stream) if p.size]
 
@@ -324,6 +326,18 @@ def stream_types(ts: bytes) -> set[int]:
                 pos += 5 + ((section[pos + 3] & 0x0F) << 8 | section[pos + 4])
             return types
     raise AssertionError("no PMT")
+
+
+def test_sample_aes_for_hevc_is_cbcs_in_fmp4(base):
+    """SAMPLE-AES MPEG-TS is defined for H.264 only; Apple's SAMPLE-AES for HEVC is cbcs fMP4 (same playlist method)."""
+    playlist = m3u8.loads(get(f"{base}/hls/hevc_saes.mp4/index-v1.m3u8").decode())
+    (key,) = [k for k in playlist.keys if k]  # (None: the clear lead's segment)
+    assert (key.method, key.keyformat, key.iv) == ("SAMPLE-AES", "identity", None) and playlist.segment_map
+    init = get(f"{base}/hls/hevc_saes.mp4/{playlist.segment_map[0].uri}")
+    assert b"encv" in init and b"cbcs" in init and b"hvc1" in init
+    segments = [get(f"{base}/hls/hevc_saes.mp4/{s.uri}") for s in playlist.segments]
+    raw_key = get(f"{base}/hls/hevc_saes.mp4/{key.uri}")
+    assert decrypted_packets(init + b"".join(segments), raw_key) == source_packets("video", "hevc.mp4")
 
 
 def test_dash_clear_lead_fragments_use_the_clear_sample_entry(base):
