@@ -60,8 +60,10 @@ class Protection:
 
     @property
     def cache_key(self) -> tuple:
-        """What the bytes depend on: cached products of differently protected sets never mix."""
-        return (self.scheme, self.keys.key_ids, self.clear_lead, self.key_format, self.clearkey)
+        """What the bytes depend on: cached products of differently protected sets never mix. The keys themselves
+        count (a digest: a DRM service may rotate a key and keep its id), not only their ids."""
+        keys = hashlib.sha256(b"".join(k.key_id + k.key + (k.iv or b"") for k in self.keys.keys)).hexdigest()[:32]
+        return (self.scheme, keys, self.clear_lead, self.key_format, self.clearkey)
 
 
 def sample_aes_iv(key: ContentKey) -> bytes:

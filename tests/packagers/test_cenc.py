@@ -186,3 +186,13 @@ def test_only_h264_and_hevc_video_can_be_encrypted():
         TrackProtection("cenc", KEY, "video", "av1")
     assert e.value.code is ErrorCode.UNSUPPORTED
     assert TrackProtection.of(track, "cbcs", KEY).pattern == (1, 9)
+
+
+def test_cached_products_depend_on_the_key_bytes_not_only_the_key_id():
+    """A DRM service may rotate a key and keep its id: what was encrypted with the old key must not be served."""
+    from packagers.drm.signaling import Protection
+
+    rotated = ContentKey(KEY.key_id, bytes(16))
+    assert Protection("cenc", MediaKeys((KEY,))).cache_key != Protection("cenc", MediaKeys((rotated,))).cache_key
+    assert Protection("cenc", MediaKeys((KEY,))).cache_key == Protection("cenc", MediaKeys((KEY,))).cache_key
+    assert KEY.key.hex() not in repr(Protection("cenc", MediaKeys((KEY,))).cache_key)
