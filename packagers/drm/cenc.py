@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -34,8 +35,6 @@ VIDEO_PATTERN = (1, 9)
 BLOCK = 16
 MAX_CLEAR = 0xFFFF  # BytesOfClearData is 16 bits
 MAX_SUBSAMPLES = (255 - BLOCK - 2) // 6  # saiz sizes are 8 bits: IV + count + 6 bytes per subsample
-# whole-sample payloads up to this size are XORed through a per-byte index (faster than a cipher call per sample)
-WHOLE_SAMPLE_XOR_LIMIT = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -91,56 +90,74 @@ class TrackProtection:
 
 @dataclass(frozen=True, eq=False)
 class EncryptedSamples:
-    """A track fragment's samples encrypted (same sizes, back to back), and its senc body and aux info sizes."""
+    """A track fragment's encryption: its senc body and aux info sizes, and ``write``, which puts the encrypted
+    samples (same sizes, back to back) into the fragment's mdat as it is filled (no copy of its own)."""
 
-    payload: memoryview
+    write: Callable[[np.ndarray], None]
     senc_body: bytes
     aux_sizes: np.ndarray
     subsamples: bool
 
 
 def encrypt_samples(part: TrackSegment, protection: TrackProtection, stream: bytes) -> EncryptedSamples:
-    """Encrypt one track's share of a fragment. ``stream`` names the track's source (file and track) for the IVs.
-
-    The samples are copied once, back to back, into a buffer that is then encrypted in place and becomes the
-    track's part of the mdat."""
+    """How one track's share of a fragment is encrypted. ``stream`` names the track's source (file and track) for
+    the IVs. The subsample maps come from the samples where they were read (``sample_locations``); ``write`` then
+    fills the mdat region: 'cenc' streams the samples through one CTR context straight into it, 'cbcs' copies them
+    and encrypts its blocks in place."""
     sizes = part.samples.sizes.astype(np.int64)
     n = len(sizes)
-    total = int(sizes.sum())
-    out = np.empty(total + BLOCK, dtype=np.uint8)  # cipher calls want room for a block more than they write
-    view, at = memoryview(out), 0
-    for chunk in part.chunks:
-        view[at : at + len(chunk)] = chunk
-        at += len(chunk)
-    if at != total:
-        raise PackagerError(ErrorCode.BAD_DATA, f"encrypt_samples: {at} payload bytes for samples of {total}")
-    starts = np.cumsum(sizes) - sizes
-    if protection.subsamples:
-        r_sample, r_start, r_len = _video_ranges(out[:total], starts, sizes, part.track, protection.scheme)
-    else:  # whole-sample encryption
-        r_sample, r_start, r_len = np.arange(n), starts, sizes
-        if protection.scheme == CBCS:
-            r_len = sizes - sizes % BLOCK
+    starts = np.cumsum(sizes) - sizes  # in the mdat region
+    if int(sizes.sum()) != part.payload_size:
+        raise PackagerError(ErrorCode.BAD_DATA, f"encrypt_samples: {part.payload_size} payload bytes for samples "
+                            f"of {int(sizes.sum())}")
     key = protection.key.key
+    if protection.subsamples:
+        buffer, at = part.sample_locations()
+        r_sample, r_start, r_avail = _video_ranges(np.frombuffer(buffer, dtype=np.uint8), at, sizes, part.track,
+                                                   protection.scheme)
+        r_start = r_start - at[r_sample] + starts[r_sample]  # from the read buffer to the mdat region
+        if protection.scheme == CENC:  # ranges start on a block of the region: one CTR stream fits them all
+            aligned = -(-r_start // BLOCK) * BLOCK
+            r_avail, r_start = r_avail - (aligned - r_start), aligned
+        r_len = np.maximum(r_avail, 0) // BLOCK * BLOCK
+        keep = r_len >= BLOCK
+        r_sample, r_start, r_len = r_sample[keep], r_start[keep], r_len[keep]
+    else:  # whole-sample encryption
+        r_sample, r_start, r_len = np.arange(n), starts, sizes - (sizes % BLOCK if protection.scheme == CBCS else 0)
     ivs = None
     if protection.scheme == CENC:
         first = int(part.samples.dts[0]) if n else 0
         hi = hashlib.sha256(b"cenc-iv:%s:%s:%d" % (protection.key.key_id, stream, first)).digest()[:8]
-        ivs = _ctr(view, n, key, hi, r_sample, r_start, r_len, whole=not protection.subsamples)
+        if protection.subsamples:
+            ivs, write = _ctr_stream(part, key, hi, starts, r_sample, r_start, r_len)
+        else:
+            ivs, write = _ctr_whole(part, key, hi, sizes)
     else:
         crypt, skip = protection.pattern if protection.subsamples else (1, 0)
-        _cbc_pattern(out, key, protection.constant_iv, r_start, r_len, crypt, skip)
+        constant_iv = protection.constant_iv
+
+        def write(region: np.ndarray) -> None:
+            _copy_chunks(part.chunks, region)
+            _cbc_pattern(region, key, constant_iv, r_start, r_len, crypt, skip)
     if protection.subsamples:
         counts, clear, protected = subsample_entries(starts, sizes, r_sample, r_start, r_len)
         body, aux = boxes.senc_payload(ivs, counts, clear, protected, n)
     else:
         body, aux = boxes.senc_payload(ivs, None, None, None, n)
-    return EncryptedSamples(view[:total], body, aux, protection.subsamples)
+    return EncryptedSamples(write, body, aux, protection.subsamples)
+
+
+def _copy_chunks(chunks, region: np.ndarray) -> None:
+    view, at = memoryview(region), 0
+    for chunk in chunks:
+        view[at : at + len(chunk)] = chunk
+        at += len(chunk)
 
 
 def _video_ranges(data: np.ndarray, starts: np.ndarray, sizes: np.ndarray, track: Track,
                   scheme: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(sample, start, length) of every protected range: the slice data of each VCL NAL unit, whole blocks."""
+    """(sample, start, bytes to the NAL unit's end) of every VCL NAL unit's protectable part: after its length
+    prefix and header, and for 'cbcs' after its whole slice header (§10.4.2). Positions are ``data``'s."""
     codec = track.codec
     length_size = codec.nal_length_size
     offsets, lengths, owner = avc.nal_units(data, starts, sizes, length_size)
@@ -149,16 +166,12 @@ def _video_ranges(data: np.ndarray, starts: np.ndarray, sizes: np.ndarray, track
     types[lengths == 0] = 0xFF
     vcl = types < 32 if codec.codec == "hevc" else (types >= 1) & (types <= 5)
     if scheme == CBCS:
-        from ..codecs.slices import slice_header_sizes  # the slice header stays clear (§10.4.2)
+        from ..codecs.slices import slice_header_sizes
 
         header = slice_header_sizes(codec, data, offsets, lengths, types) if vcl.any() else np.zeros_like(lengths)
     else:
         header = np.full(len(offsets), 2 if codec.codec == "hevc" else 1, dtype=np.int64)
-    start = offsets + length_size + header
-    length = lengths - header
-    length -= length % BLOCK
-    keep = vcl & (length >= BLOCK)
-    return owner[keep], start[keep], length[keep]
+    return owner[vcl], (offsets + length_size + header)[vcl], (lengths - header)[vcl]
 
 
 def subsample_entries(starts: np.ndarray, sizes: np.ndarray, r_sample: np.ndarray, r_start: np.ndarray,
@@ -200,35 +213,93 @@ def subsample_entries(starts: np.ndarray, sizes: np.ndarray, r_sample: np.ndarra
     return counts, ent_clear, ent_prot
 
 
-def _ctr(buffer: memoryview, n: int, key: bytes, hi: bytes, r_sample: np.ndarray, r_start: np.ndarray,
-         r_len: np.ndarray, whole: bool = False) -> np.ndarray:
-    """'cenc', in place: one CTR context runs over every range, moved on to a block boundary after each sample
-    (sample i's IV is the context's first counter block plus the blocks used before it). Returns the (n, 16) IVs."""
-    per_sample = np.bincount(r_sample, weights=r_len, minlength=n).astype(np.int64)
-    blocks = -(-per_sample // BLOCK)
+def _ctr_stream(part: TrackSegment, key: bytes, hi: bytes, starts: np.ndarray, r_sample: np.ndarray,
+                r_start: np.ndarray, r_len: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], None]]:
+    """'cenc' with subsamples, every range starting on a block of the region: (IVs, write).
+
+    ``write`` runs the samples through one CTR context (counter = the region's block number after ``hi``) straight
+    into the region, so a range's keystream starts at its sample's IV = ``hi`` + its first block; then the bytes that
+    stay clear get their keystream XORed out again (a few per sample: one ECB call over their blocks), and a
+    sample's later ranges (several slices) get the keystream cenc gives them instead: the sample's counter running on
+    over its earlier ranges only (§9.3)."""
+    n = len(starts)
+    counter = np.where(np.bincount(r_sample, minlength=n) > 0, 0, starts // BLOCK)
+    first = np.ones(len(r_sample), dtype=bool)
+    first[1:] = r_sample[1:] != r_sample[:-1]
+    counter[r_sample[first]] = r_start[first] // BLOCK
+    ivs = np.empty((n, BLOCK), dtype=np.uint8)
+    ivs[:, :8] = np.frombuffer(hi, dtype=np.uint8)
+    ivs[:, 8:] = counter.astype(">u8").view(np.uint8).reshape(n, 8)
+
+    def write(region: np.ndarray) -> None:
+        encryptor = Cipher(algorithms.AES(key), modes.CTR(hi + bytes(8))).encryptor()
+        view, at = memoryview(region), 0
+        for chunk in part.chunks:
+            encryptor.update_into(chunk, view[at : at + len(chunk)])
+            at += len(chunk)
+        keystream = _Keystream(key, hi)
+        # bytes outside every range: runs between them (and before the first, after the last)
+        ends = r_start + r_len
+        gap_from = np.concatenate(([0], ends))
+        gap_len = np.concatenate((r_start, [len(region)])) - gap_from
+        clear = np.repeat(gap_from - np.cumsum(gap_len) + gap_len, gap_len) + np.arange(int(gap_len.sum()))
+        region[clear] ^= keystream.bytes_at(clear)
+        later = ~first
+        if later.any():  # a sample's second and later ranges: its own counter, not the region's
+            done = np.cumsum(r_len) - r_len
+            sample_done = np.maximum.accumulate(np.where(first, done, 0))
+            right = counter[r_sample[later]] + (done - sample_done)[later] // BLOCK
+            blocks = r_len[later] // BLOCK
+            k = np.arange(int(blocks.sum())) - np.repeat(np.cumsum(blocks) - blocks, blocks)
+            wrong_block = np.repeat(r_start[later] // BLOCK, blocks) + k
+            fix = keystream.blocks(wrong_block) ^ keystream.blocks(np.repeat(right, blocks) + k)
+            cells = (wrong_block * BLOCK)[:, None] + np.arange(BLOCK)
+            region[cells] ^= fix
+
+    return ivs, write
+
+
+class _Keystream:
+    """Blocks of the CTR keystream ``AES(hi || counter)`` for chosen counters: one ECB call."""
+
+    def __init__(self, key: bytes, hi: bytes) -> None:
+        self.ecb = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+        self.hi = np.frombuffer(hi, dtype=np.uint8)
+
+    def blocks(self, counters: np.ndarray) -> np.ndarray:
+        plain = np.empty((len(counters), BLOCK), dtype=np.uint8)
+        plain[:, :8] = self.hi
+        plain[:, 8:] = counters.astype(">u8").view(np.uint8).reshape(-1, 8)
+        out = np.empty((len(counters) + 1, BLOCK), dtype=np.uint8)  # ECB wants room for a block more
+        self.ecb.update_into(plain, out)
+        return out[:-1]
+
+    def bytes_at(self, positions: np.ndarray) -> np.ndarray:
+        """The keystream bytes at byte ``positions`` of the stream."""
+        blocks, which = np.unique(positions // BLOCK, return_inverse=True)
+        return self.blocks(blocks)[which, positions % BLOCK]
+
+
+def _ctr_whole(part: TrackSegment, key: bytes, hi: bytes, sizes: np.ndarray
+               ) -> tuple[np.ndarray, Callable[[np.ndarray], None]]:
+    """'cenc' whole-sample encryption (audio): one keystream call for every sample's blocks (each sample's IV starts
+    a block), laid over the samples with one gather. (IVs, write)."""
+    n = len(sizes)
+    blocks = -(-sizes // BLOCK)
     first_block = np.cumsum(blocks) - blocks
     ivs = np.empty((n, BLOCK), dtype=np.uint8)
     ivs[:, :8] = np.frombuffer(hi, dtype=np.uint8)
     ivs[:, 8:] = first_block.astype(">u8").view(np.uint8).reshape(n, 8)
-    last = np.ones(len(r_sample), dtype=bool)
-    last[:-1] = r_sample[1:] != r_sample[:-1]
-    pad = np.where(last, (-per_sample[r_sample]) % BLOCK, 0)
-    encryptor = Cipher(algorithms.AES(key), modes.CTR(hi + bytes(8))).encryptor()
-    if whole and int(r_len.sum()) <= WHOLE_SAMPLE_XOR_LIMIT:
-        # whole samples back to back (audio): one keystream call, laid over the payload with one gather
-        stream = np.frombuffer(encryptor.update(bytes(BLOCK * int(blocks.sum()))), dtype=np.uint8)
-        total = int(r_len.sum())
-        at = np.repeat(first_block * BLOCK - r_start, r_len) + np.arange(total)
-        data = np.frombuffer(buffer, dtype=np.uint8)[:total]
-        np.bitwise_xor(data, stream[at], out=data)
-        return ivs
-    update_into, update, zeros = encryptor.update_into, encryptor.update, bytes(BLOCK)
-    for s, e, p in zip(r_start.tolist(), (r_start + r_len).tolist(), pad.tolist()):
-        update_into(buffer[s:e], buffer[s:])
-        if p:
-            update(zeros[:p])
-    return ivs
 
+    def write(region: np.ndarray) -> None:
+        encryptor = Cipher(algorithms.AES(key), modes.CTR(hi + bytes(8))).encryptor()
+        stream = np.frombuffer(encryptor.update(bytes(BLOCK * int(blocks.sum()))), dtype=np.uint8)
+        total = int(sizes.sum())
+        at = np.repeat(first_block * BLOCK - (np.cumsum(sizes) - sizes), sizes) + np.arange(total)
+        _copy_chunks(part.chunks, region)
+        np.bitwise_xor(region, stream[at], out=region)
+
+    return ivs, write
 
 
 def _cbc_pattern(data: np.ndarray, key: bytes, iv: bytes, r_start: np.ndarray, r_len: np.ndarray,

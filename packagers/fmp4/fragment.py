@@ -33,6 +33,7 @@ from ..codecs.box import box_header, box_header_size
 from ..errors import ErrorCode, PackagerError, bad_data, bad_request
 from ..media_data import MediaSegment
 from ..model import SampleTable, Track
+from ..output import finished, new_bytes
 from .boxes import U32, file_type
 
 if TYPE_CHECKING:
@@ -147,7 +148,7 @@ class Fmp4Muxer:
         """The exact size of ``build`` for a segment with these sample tables (one per track), without payloads.
         Not for encrypted fragments (their subsample maps depend on the bytes)."""
         if any(self.protection):
-            raise PackagerError(ErrorCode.UNSUPPORTED, "Fmp4Muxer.measure: an encrypted fragment's size needs the bytes")
+            raise PackagerError(ErrorCode.UNSUPPORTED, "Fmp4Muxer.measure: encrypted sizes depend on the bytes")
         runs = self._runs(tables)
         payload = sum(r.payload_size for r in runs)
         moof = 8 + 16 + sum(r.traf_size for r in runs)
@@ -182,12 +183,32 @@ class Fmp4Muxer:
                 data_offset += run.payload_size
                 traf_at += run.traf_size
         chunks.append(box_header(b"mdat", payload_size))
-        for i, part in enumerate(parts):
-            if encrypted and encrypted[i] is not None:
-                chunks.append(encrypted[i].payload)
-            else:
-                chunks += part.chunks  # the read buffers' views: the payload is copied once, into the output
+        if encrypted:
+            return self._fill(chunks, parts, runs, encrypted)
+        for part in parts:
+            chunks += part.chunks  # the read buffers' views: the payload is copied once, into the output
         return b"".join(chunks)
+
+    @staticmethod
+    def _fill(head: list[bytes], parts: Sequence, runs: list[_Run], encrypted: list) -> bytes:
+        """An encrypted fragment, written once into its final bytes: the boxes, then each track's samples, which an
+        ``EncryptedSamples`` writes (encrypting on the way) into its region of the mdat."""
+        header = b"".join(head)
+        body, view = new_bytes(len(header) + sum(r.payload_size for r in runs))
+        view[: len(header)] = np.frombuffer(header, dtype=np.uint8)
+        at = len(header)
+        for part, run, samples in zip(parts, runs, encrypted):
+            region = view[at : at + run.payload_size]
+            if samples is not None:
+                samples.write(region)
+            else:
+                memory, pos = memoryview(region), 0
+                for chunk in part.chunks:
+                    memory[pos : pos + len(chunk)] = chunk
+                    pos += len(chunk)
+            at += run.payload_size
+        del view, region
+        return finished(body)
 
     def _encrypt(self, parts: Sequence, runs: list[_Run]) -> "list[EncryptedSamples | None]":
         if not any(self.protection):

@@ -33,7 +33,7 @@ from .fmp4_tools import root, segments
 KEY = ContentKey(bytes.fromhex("0123456789abcdef0123456789abcdef"), bytes.fromhex("00112233445566778899aabbccddeeff"),
                  pssh=(Pssh(WIDEVINE, b"widevine init data"),))
 WRONG_KEY = "ffeeddccbbaa99887766554433221100"
-FILES = ["title_180p.mp4", "hevc.mp4", "two_audio.mp4"]
+FILES = ["title_180p.mp4", "hevc.mp4", "two_audio.mp4", "slices_h264.mp4", "slices_hevc.mp4"]  # several slices a picture
 
 
 @lru_cache(maxsize=None)
@@ -76,7 +76,7 @@ def test_an_independent_decryptor_gets_every_frame_back(name, kind_index, scheme
     clear_init, clear = built(name, kind_index, None)
     init, fragments = built(name, kind_index, scheme)
     reference = decoded(clear_init + b"".join(clear))
-    assert len(reference) > 100
+    assert len(reference) > 50
     assert decoded(init + b"".join(fragments), KEY.key.hex()) == reference
     with av.logging.Capture():  # a wrong key decrypts to garbage: decode errors, or pictures that differ
         try:
