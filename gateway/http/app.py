@@ -41,8 +41,8 @@ from ..ops.health import WORKER_INDEX, add_health_routes
 from .connections import CONNECTIONS, ConnectionTracker
 from ..ops.access_log import CACHE_RESULT
 from ..ops.labels import REQUEST_LABEL
-from .urls import (ClearKeyLicense, CrossDomainPolicy, GatewayRequest, PlayManifest, Signed, StatusRequest, ThumbRequest,
-                   parse_path)
+from .urls import (ClearKeyLicense, CrossDomainPolicy, GatewayRequest, PlayManifest, Signed, StatusRequest,
+                   ThumbRequest, parse_path)
 from .clearkey import serve_clearkey
 
 

@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -189,14 +190,20 @@ def serve_player() -> Iterator[str]:
 
 
 def run_player(player_url: str, manifest_url: str, *, kind: str = "hls", seconds: float = 3.0,
-               timeout: float = 40.0, config: dict | None = None, text: bool = False) -> dict:
+               timeout: float = 40.0, config: dict | None = None, text: bool = False,
+               drm: dict | None = None, screenshot: str | None = None) -> dict:
     """Run play.mjs against an already served player page; returns its JSON report."""
+    if drm:
+        # play.mjs keeps the player URL's query and adds its own parameters to it
+        player_url += ("&" if "?" in player_url else "?") + urllib.parse.urlencode({"drm": json.dumps(drm)})
     cmd = ["node", str(BROWSER_DIR / "play.mjs"), "--player", player_url, "--kind", kind,
            "--seconds", str(seconds), "--timeout", str(timeout), "--chromium", CHROMIUM]
     if config:
         cmd += ["--config", json.dumps(config)]
     if text:
         cmd.append("--text")
+    if screenshot:
+        cmd += ["--screenshot", screenshot]
     cmd.append(manifest_url)
     # Own session, so that on a hang the whole tree (node and Chromium's processes) can be ended by group id.
     proc = subprocess.Popen(cmd, cwd=BROWSER_DIR, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -220,7 +227,8 @@ def run_player(player_url: str, manifest_url: str, *, kind: str = "hls", seconds
 
 
 def play_in_browser(manifest_url: str, seconds: float = 3.0, timeout: float = 40.0, *, kind: str = "hls",
-                    config: dict | None = None, text: bool = False) -> dict:
+                    config: dict | None = None, text: bool = False, drm: dict | None = None,
+                    picture: bool = False) -> dict:
     """Play ``manifest_url`` in headless Chromium until currentTime >= ``seconds``, a fatal error or ``timeout``.
 
     Returns play.mjs's report: ``ok`` (target reached without a fatal error), ``currentTime``, ``totalVideoFrames``,
@@ -230,10 +238,40 @@ def play_in_browser(manifest_url: str, seconds: float = 3.0, timeout: float = 40
     ``config`` is merged into the player library's configuration (hls.js ``new Hls(config)``). With ``text``, the
     first subtitle track is turned on and the report has ``subtitleTracks`` (as the player lists them) and
     ``textTracks`` (the <video>'s text tracks with their cues: what a viewer sees).
+    ``drm={"clearkey": LICENSE_URL}`` gives every player that W3C ClearKey license server (shaka ``drm.servers``,
+    dash.js ``setProtectionData``, hls.js ``emeEnabled`` + ``drmSystems``). Every report has ``drm`` (what EME did:
+    ``keySystemRequests`` [{keySystem, schemes, granted}], ``encrypted`` events, ``sessions``, license ``messages``,
+    ``keyStatuses``). With ``picture``, the <video> is paused at the end and screenshotted (the compositor's
+    picture: Chromium gives a canvas only black for EME-decrypted video): ``picture`` is that image as an RGB numpy
+    array, ``screenshotTime`` the currentTime it shows, ``pictureStats`` its ``lumaMean``, ``lumaVariance`` and
+    ``nonBlackFraction`` (BT.601 luma > 24); both None when no frame was ever shown.
     """
-    with serve_player() as player_url:
-        return run_player(player_url, manifest_url, kind=kind, seconds=seconds, timeout=timeout, config=config,
-                          text=text)
+    with serve_player() as player_url, tempfile.TemporaryDirectory(prefix="gateway-e2e-shot-") as tmp:
+        shot = os.path.join(tmp, "video.png") if picture else None
+        report = run_player(player_url, manifest_url, kind=kind, seconds=seconds, timeout=timeout, config=config,
+                            text=text, drm=drm, screenshot=shot)
+        if picture:
+            report["picture"] = _read_png(shot) if report.get("screenshot") else None
+            report["pictureStats"] = picture_stats(report["picture"])
+        return report
+
+
+def _read_png(path: str):
+    import av  # a test dependency; only pictures need it
+
+    with av.open(path) as container:
+        return next(container.decode(video=0)).to_ndarray(format="rgb24")
+
+
+def picture_stats(rgb) -> dict | None:
+    """Luma mean, variance and non-black fraction of an RGB image: a blank or black picture has variance ~0."""
+    import numpy as np
+
+    if rgb is None:
+        return None
+    luma = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return {"width": rgb.shape[1], "height": rgb.shape[0], "lumaMean": float(luma.mean()),
+            "lumaVariance": float(luma.var()), "nonBlackFraction": float((luma > 24).mean())}
 
 
 async def aplay_in_browser(manifest_url: str, seconds: float = 3.0, timeout: float = 40.0, **kwargs) -> dict:

@@ -33,7 +33,8 @@ from .fmp4_tools import root, segments
 KEY = ContentKey(bytes.fromhex("0123456789abcdef0123456789abcdef"), bytes.fromhex("00112233445566778899aabbccddeeff"),
                  pssh=(Pssh(WIDEVINE, b"widevine init data"),))
 WRONG_KEY = "ffeeddccbbaa99887766554433221100"
-FILES = ["title_180p.mp4", "hevc.mp4", "two_audio.mp4", "slices_h264.mp4", "slices_hevc.mp4"]  # several slices a picture
+# (slices_*: several slices a picture, so several subsamples a sample)
+FILES = ["title_180p.mp4", "hevc.mp4", "two_audio.mp4", "slices_h264.mp4", "slices_hevc.mp4"]
 
 
 @lru_cache(maxsize=None)
@@ -119,7 +120,8 @@ def test_boxes_follow_the_spec(scheme):
     if scheme == "cenc":
         assert (tenc.version, tenc.iv_size) == (0, 16)
     else:
-        assert (tenc.version, tenc.iv_size, tenc.default_byte_blocks.crypt, tenc.default_byte_blocks.skip) == (1, 0, 1, 9)
+        pattern = (tenc.default_byte_blocks.crypt, tenc.default_byte_blocks.skip)
+        assert (tenc.version, tenc.iv_size, pattern) == (1, 0, (1, 9))
         assert len(tenc.constant_iv) == 16
     ivs = set()
     track = media("title_180p.mp4")[0].presentations[0].video_tracks[0]
@@ -171,8 +173,8 @@ def test_subsample_entries_split_long_clear_runs_and_refuse_too_many():
     # sample 0: 150,000 clear bytes, 32 protected, then 49,968 clear; sample 1: no protected range
     counts, clear, protected = subsample_entries(starts, sizes, np.array([0]), np.array([150_000]), np.array([32]))
     assert counts.tolist() == [4, 1]
-    assert list(zip(clear.tolist(), protected.tolist())) == [(MAX_CLEAR, 0), (MAX_CLEAR, 0), (150_000 - 2 * MAX_CLEAR, 32),
-                                                             (49_968, 0), (100, 0)]
+    assert list(zip(clear.tolist(), protected.tolist())) == [
+        (MAX_CLEAR, 0), (MAX_CLEAR, 0), (150_000 - 2 * MAX_CLEAR, 32), (49_968, 0), (100, 0)]
     many = MAX_SUBSAMPLES + 1
     with pytest.raises(PackagerError) as e:
         subsample_entries(np.array([0]), np.array([many * 64]), np.zeros(many, np.int64),

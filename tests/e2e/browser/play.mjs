@@ -2,7 +2,7 @@
 // Plays one manifest in Debian's headless Chromium and prints what happened as ONE JSON line on stdout.
 //
 //   node play.mjs --player http://127.0.0.1:PORT/player.html [--kind hls] [--seconds 3] [--timeout 40]
-//                 [--config '{"startLevel":0}'] [--chromium /usr/bin/chromium] MANIFEST_URL
+//                 [--config '{"startLevel":0}'] [--chromium /usr/bin/chromium] [--screenshot PNG] MANIFEST_URL
 //
 // The page (player.html, served by tests/e2e/browser_player.py) plays MANIFEST_URL with the player library of
 // --kind; this script waits until video.currentTime >= --seconds, a fatal player error, the end of the stream, or
@@ -45,6 +45,7 @@ async function main() {
       config: { type: "string" },
       text: { type: "boolean", default: false },
       chromium: { type: "string", default: process.env.CHROMIUM || "/usr/bin/chromium" },
+      screenshot: { type: "string" },
     },
   });
   const src = positionals[0];
@@ -182,7 +183,23 @@ async function main() {
       subtitleTracks: p.subtitleTracks || [],
       textTracks: p.textTracks || [],
       bufferedStart: p.bufferedStart ?? null,
+      drm: p.drm || null,
     });
+    if (values.screenshot && state.videoWidth) {
+      // What a viewer sees, from the compositor: a canvas cannot read EME-decrypted frames back. Paused first, so
+      // the frame on screen is the one at the reported time.
+      try {
+        result.screenshotTime = await page.evaluate(() => {
+          const v = document.getElementById("video");
+          v.pause();
+          return v.currentTime;
+        });
+        await page.locator("#video").screenshot({ path: values.screenshot, timeout: 10_000 });
+        result.screenshot = values.screenshot;
+      } catch (e) {
+        result.screenshotError = String(e.message || e);
+      }
+    }
     return result;
   } finally {
     result.elapsed = (Date.now() - started) / 1000;
