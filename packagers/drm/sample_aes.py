@@ -142,7 +142,7 @@ def _encrypt_video(ts: TrackSegment, key: bytes, iv: bytes) -> TrackSegment:
     encrypt_blocks(out, np.repeat(starts + CLEAR_LEADER, n_blocks) + k * PATTERN, n_blocks, key, iv)
     # then emulation prevention over each encrypted NAL unit: its new length goes into its length prefix (still
     # where it was: the escapes are inserted last, in the one copy that joins the pieces)
-    inserted = emulation_prevention_insertions(out, starts, ends)
+    inserted = avc.emulation_prevention_insertions(out, starts, ends, _scratch.zero_pairs(out))
     new_len = lengths + np.searchsorted(inserted, ends, "right") - np.searchsorted(inserted, starts)
     if int(new_len.max()) >> (8 * nls):
         raise bad_data(f"encrypt_segment: an encrypted NAL unit of {int(new_len.max())} bytes does not fit a "
@@ -150,46 +150,12 @@ def _encrypt_video(ts: TrackSegment, key: bytes, iv: bytes) -> TrackSegment:
     shifts = 8 * (nls - 1 - np.arange(nls))
     out[(starts - nls)[:, None] + np.arange(nls)] = (new_len[:, None] >> shifts) & 0xFF
     growth = np.bincount(owner, weights=new_len - lengths, minlength=len(sizes)).astype(np.int64)
-    return TrackSegment(ts.track, _resized(ts.samples, sizes + growth), _with_escapes(out, inserted))
-
-
-def _with_escapes(out: np.ndarray, inserted: np.ndarray) -> bytes:
-    """``out`` with a 0x03 before each position of ``inserted``, in one join (a new ``bytes``)."""
-    bounds, view = [0, *inserted.tolist(), len(out)], memoryview(out)
-    pieces: list = [b"\x03"] * (2 * len(inserted) + 1)
-    pieces[0::2] = map(view.__getitem__, map(slice, bounds[:-1], bounds[1:]))
-    return b"".join(pieces)
+    return TrackSegment(ts.track, _resized(ts.samples, sizes + growth), avc.with_escapes(out, inserted))
 
 
 def _resized(samples: SampleTable, sizes: np.ndarray) -> SampleTable:
     return SampleTable(offsets=samples.offsets, sizes=sizes, dts=samples.dts, cts=samples.cts,
                        durations=samples.durations, keyframe=samples.keyframe)
-
-
-def emulation_prevention_insertions(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Where an emulation_prevention_three_byte goes (before ``data[i]``; ``i`` may be a unit's end) so that no
-    00 00 0x (x <= 3) is left in the units ``data[starts[j]:ends[j]]`` (sorted, disjoint; H.264 7.4.1). Array
-    passes instead of the sequential scan: only runs of two or more zeros matter, found as pairs of zero bytes (few
-    in compressed or encrypted data). In a run of r zeros starting at ``a`` the escape comes before the zeros at
-    a+2, a+4, ...; after the run the zero count is 2 when r is even, and then the next byte is escaped if it is
-    1..3, or a 0x03 is appended when the unit ends there (as after a cabac_zero_word)."""
-    pair = _scratch.zero_pairs(data)
-    unit = np.searchsorted(starts, pair, "right") - 1
-    inside = (unit >= 0) & (pair + 1 < ends[np.maximum(unit, 0)])  # a run stops at its unit's end
-    pair, unit = pair[inside], unit[inside]
-    if not len(pair):
-        return pair
-    run = np.flatnonzero(np.diff(pair, prepend=-2) != 1)  # first pair of each run
-    run_start, unit = pair[run], unit[run]
-    r = np.diff(run, append=len(pair)) + 1
-    run_end = run_start + r
-    inner = (r - 1) // 2
-    first = np.cumsum(inner) - inner
-    inner_at = np.repeat(run_start, inner) + 2 * (np.arange(int(inner.sum())) - np.repeat(first, inner) + 1)
-    at_end = run_end == ends[unit]
-    after = data[np.minimum(run_end, len(data) - 1)]
-    trailing = run_end[(r % 2 == 0) & (at_end | (after <= 3))]
-    return np.sort(np.concatenate((inner_at, trailing)))
 
 
 class _Scratch(threading.local):

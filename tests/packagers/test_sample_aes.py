@@ -16,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from fixtures.generate import fixture_path
+from packagers.codecs import avc
 from packagers.drm import cbc, sample_aes
 from packagers.drm.sample_aes import SampleAesMuxer, encrypt_segment, iv_attribute
 from packagers.errors import ErrorCode, PackagerError
@@ -362,8 +363,8 @@ def test_emulation_prevention_matches_a_sequential_escaper():
             ends.append(len(data))
         data += b"\x00" * int(rng.integers(0, 3))
         arr = np.frombuffer(data, np.uint8)
-        inserted = sample_aes.emulation_prevention_insertions(arr, np.array(starts), np.array(ends))
-        escaped = sample_aes._with_escapes(arr, inserted)
+        inserted = avc.emulation_prevention_insertions(arr, np.array(starts), np.array(ends))
+        escaped = avc.with_escapes(arr, inserted)
         expected, pos = b"", 0
         for s, e in zip(starts, ends):
             expected += data[pos:s] + escape_sequentially(data[s:e])
