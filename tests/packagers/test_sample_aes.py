@@ -25,6 +25,8 @@ from packagers.model import CodecConfig, SampleTable, Track
 from packagers.ts import TsMuxer
 from tests.packagers import pyav_tracks
 
+from .nal_reference import escape
+
 KEY = bytes.fromhex("00112233445566778899aabbccddeeff")
 IV = bytes.fromhex("0f0e0d0c0b0a09080706050403020100")
 WRONG_KEY = bytes.fromhex("ffeeddccbbaa99887766554433221100")
@@ -335,20 +337,6 @@ def test_refusals():
 # -- the vectorised parts against plain loops ----------------------------------------------------------------------
 
 
-def escape_sequentially(unit: bytes) -> bytes:
-    """H.264 7.4.1 as an encoder writes it, byte by byte."""
-    out, zeros = bytearray(), 0
-    for byte in unit:
-        if zeros >= 2 and byte <= 3:
-            out.append(3)
-            zeros = 0
-        out.append(byte)
-        zeros = zeros + 1 if byte == 0 else 0
-    if zeros >= 2:
-        out.append(3)
-    return bytes(out)
-
-
 def test_emulation_prevention_matches_a_sequential_escaper():
     rng = np.random.default_rng(14)
     for trial in range(200):
@@ -367,7 +355,7 @@ def test_emulation_prevention_matches_a_sequential_escaper():
         escaped = avc.with_escapes(arr, inserted)
         expected, pos = b"", 0
         for s, e in zip(starts, ends):
-            expected += data[pos:s] + escape_sequentially(data[s:e])
+            expected += data[pos:s] + escape(data[s:e], cabac_zero_words=True)
             pos = e
         assert escaped == expected + data[pos:], f"trial {trial}"
 
@@ -399,7 +387,7 @@ def test_synthetic_nal_units(nal_length_size):
         for size in sizes[i : i + 3]:
             header = 0x65 if size % 2 else 0x41  # IDR and non-IDR slices
             body = rng.choice([0, 0, 3, 1, 0xFF, 0x80], size=size - 1).astype(np.uint8).tobytes()
-            unit = escape_sequentially(bytes([header]) + body)[: size - 1]  # an escaped unit of `size` bytes,
+            unit = escape(bytes([header]) + body, cabac_zero_words=True)[: size - 1]  # an escaped unit of `size` bytes,
             units.append(unit + b"\x80")  # ending as a NAL unit does (rbsp_stop_one_bit)
         units_list.append(units)
     units_list.append([bytes([0x06]) + bytes(60), bytes([0x09, 0xF0])])  # SEI and AUD: never encrypted

@@ -17,6 +17,8 @@ import pytest
 
 from fixtures.generate import fixture_path
 from packagers.codecs import avc, hevc, slices
+
+from ..nal_reference import escape
 from packagers.errors import ErrorCode, PackagerError
 from tests.packagers import pyav_tracks
 
@@ -155,18 +157,6 @@ def test_parameter_sets_in_band_replace_the_configuration():
 # -- emulation prevention inside the header ---------------------------------------------------------------------
 
 
-def _escape(rbsp: bytes) -> bytes:
-    """Emulation prevention (H.265 §7.4.2): 03 after every 00 00 followed by a byte <= 03."""
-    out, zeros = bytearray(), 0
-    for byte in rbsp:
-        if zeros >= 2 and byte <= 3:
-            out.append(3)
-            zeros = 0
-        out.append(byte)
-        zeros = zeros + 1 if byte == 0 else 0
-    return bytes(out)
-
-
 def _bits_to_bytes(bits: str) -> bytes:
     return int(bits, 2).to_bytes(len(bits) // 8, "big")
 
@@ -187,7 +177,7 @@ def test_emulation_prevention_inside_the_header(tmp_path, scalar_calls):
         header = ("1" + "0" + _ue(0) + _ue(2) + "11" + "0001100" + "1"        # I slice of PPS 0, SAO, qp delta 6
                   + _ue(len(offsets)) + _ue(31) + "".join(f"{o:032b}" for o in offsets))
         header += "1" + "0" * (-(len(header) + 1) % 8)                         # byte_alignment()
-        nals.append(b"\x26\x01" + _escape(_bits_to_bytes(header) + body))   # IDR_W_RADL, layer 0, tid 1
+        nals.append(b"\x26\x01" + escape(_bits_to_bytes(header) + body))   # IDR_W_RADL, layer 0, tid 1
     assert all(b"\x00\x00\x03" in n[:20] for n in nals[:2])
     stream = tmp_path / "s.hevc"
     stream.write_bytes(b"".join(b"\x00\x00\x00\x01" + n for n in (*config.parameter_sets, *nals)))
@@ -331,12 +321,12 @@ def _hevc_rare_sets() -> list[bytes]:
     sps.flags(1).flags(1).ue(0).flags(1, 0, 1, 1)                   # RPS 1: from 0, deltaRps -1: -1, -2, -4 (unused)
     sps.flags(1).ue(2).u(8, 12).flags(1).u(8, 99).flags(0)          # long-term pictures in the SPS
     sps.flags(1, 1, 0, 0)                                           # TMVP, strong intra smoothing, no VUI/extension
-    sets = [b"\x42\x01" + _escape(sps.trailing())]
+    sets = [b"\x42\x01" + escape(sps.trailing())]
     for pps_id, lists_modification in ((1, 1), (2, 0)):   # PPS 2: the same without list modifications
         pps = BitWriter().ue(pps_id, 1).flags(1, 1).u(3, 2).flags(0, 1).ue(1, 0).se(0).flags(0, 0, 0).se(0, 0)
         pps.flags(1, 1, 1, 0, 1, 0).ue(1, 1).flags(1, 1)             # chroma QP offsets, WP, WBP, tiles 2x2
         pps.flags(1, 1, 1, 0).se(0, 0).flags(0, lists_modification).ue(0).flags(1, 0)   # deblocking override...
-        sets.append(b"\x44\x01" + _escape(pps.trailing()))
+        sets.append(b"\x44\x01" + escape(pps.trailing()))
     return sets
 
 
@@ -379,11 +369,11 @@ def _hevc_rare_slices() -> list[bytes]:
     for zeros in (0, 40):
         w = BitWriter().flags(1, 0).ue(2).u(2, 0).ue(2).flags(0).flags(0, 0).se(0, 0, 0).flags(0).flags(1).ue(0)
         long_headers.append(w.ue(100).u(800, int.from_bytes(b"\x55" * (100 - zeros) + bytes(zeros), "big")))
-    return [b"\x26\x01" + _escape(w.trailing() + body) for w in (idr, dependent)] \
-        + [b"\x02\x01" + _escape(w.trailing() + body) for w in (p, b)] \
-        + [b"\x26\x01" + _escape(w.trailing() + body) for w in (idr2, dependent2)] \
-        + [b"\x02\x01" + _escape(w.trailing() + body) for w in (*p2s, b2)] \
-        + [b"\x26\x01" + _escape(w.trailing() + body) for w in long_headers]
+    return [b"\x26\x01" + escape(w.trailing() + body) for w in (idr, dependent)] \
+        + [b"\x02\x01" + escape(w.trailing() + body) for w in (p, b)] \
+        + [b"\x26\x01" + escape(w.trailing() + body) for w in (idr2, dependent2)] \
+        + [b"\x02\x01" + escape(w.trailing() + body) for w in (*p2s, b2)] \
+        + [b"\x26\x01" + escape(w.trailing() + body) for w in long_headers]
 
 
 def test_rare_hevc_syntax_hand_built(scalar_calls):
@@ -426,8 +416,8 @@ def _h264_rare() -> tuple[list[bytes], list[bytes]]:
     # SPS 3 / PPS 4: 16-bit frame_num and POC LSB, so that 32 bits are skipped before the next flag
     sps3 = BitWriter().u(8, 66).u(8, 0).u(8, 30).ue(3, 12, 0, 12, 1).flags(0).ue(19, 11).flags(1, 1, 0, 0)
     pps4 = BitWriter().ue(4, 3).flags(1, 0).ue(0, 0, 0).flags(0).u(2, 0).se(0, 0, 0).flags(1, 0, 0)
-    sets = [b"\x67" + _escape(sps.trailing()), b"\x68" + _escape(pps.trailing()),
-            b"\x67" + _escape(sps3.trailing()), b"\x68" + _escape(pps4.trailing())]
+    sets = [b"\x67" + escape(sps.trailing()), b"\x68" + escape(pps.trailing()),
+            b"\x67" + escape(sps3.trailing()), b"\x68" + escape(pps4.trailing())]
     body = bytes(range(0x40, 0x60))
     wide = BitWriter().ue(200, 5, 4).u(16, 0xFFFF).u(16, 0xAAAA).flags(1).ue(0).flags(1).ue(0, 0, 3)
     wide.flags(0).ue(2).se(1).ue(0).se(2, -2)
@@ -444,9 +434,9 @@ def _h264_rare() -> tuple[list[bytes], list[bytes]]:
     sp = BitWriter().ue(0, 3, 3).u(2, 0).u(5, 3).flags(0).se(1, 0).ue(0).flags(0).flags(0)
     sp.ue(0).flags(0, 0, 0).flags(0).se(0).flags(1).se(-1).ue(1)
     si = BitWriter().ue(5, 4, 3).u(2, 1).u(5, 4).flags(0).se(0, 0).ue(0).flags(0).se(0).se(2).ue(1)
-    nals = [b"\x65" + _escape(idr.trailing() + body), b"\x41" + _escape(p.trailing() + body),
-            b"\x01" + _escape(b.trailing() + body), b"\x41" + _escape(sp.trailing() + body),
-            b"\x41" + _escape(si.trailing() + body), b"\x41" + _escape(wide.trailing() + body)]
+    nals = [b"\x65" + escape(idr.trailing() + body), b"\x41" + escape(p.trailing() + body),
+            b"\x01" + escape(b.trailing() + body), b"\x41" + escape(sp.trailing() + body),
+            b"\x41" + escape(si.trailing() + body), b"\x41" + escape(wide.trailing() + body)]
     return sets, nals
 
 
