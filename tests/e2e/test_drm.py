@@ -390,6 +390,28 @@ def test_encrypted_and_clear_bytes_never_share_a_cache_entry(base, store):
     assert b"senc" in get(url)
 
 
+def test_a_clip_of_protected_media_decrypts_to_the_clear_clip(base, store):
+    """clipFrom/clipTo and encryption together: the encrypted clip's samples are the clear clip's."""
+    def hls_fmp4(url: str, key: bytes | None) -> list[bytes]:
+        playlist = m3u8.loads(get(url + "index-v1.m3u8").decode())
+        blob = get(url + playlist.segment_map[0].uri) + b"".join(get(url + s.uri) for s in playlist.segments)
+        if key is None:
+            with av.open(io.BytesIO(blob)) as c:
+                return [bytes(p) for p in c.demux(c.streams[0]) if p.size]
+        return decrypted_packets(blob, key)
+
+    url = f"{base}/hls/derived.mp4/clipFrom/2500/clipTo/9000/"
+    playlist = m3u8.loads(get(url + "index-v1.m3u8").decode())
+    (key,) = [k for k in playlist.keys if k]
+    encrypted = hls_fmp4(url, get(url + key.uri))
+    gateway_cli(store, "partners", "set-profile", "301", "hls", "encryption=none", "hls_container=fmp4")
+    try:
+        clear = hls_fmp4(url, None)
+    finally:
+        gateway_cli(store, "partners", "set-profile", "301", "hls", "encryption=cbcs", "hls_container=auto")
+    assert encrypted == clear and 100 < len(clear) < len(source_packets("video"))
+
+
 def test_fairplay_key_format_names_an_skd_uri_and_serves_no_key(base, store):
     gateway_cli(store, "partners", "set-drm", "301", "hls_key_format=fairplay")
     try:
