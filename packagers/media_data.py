@@ -110,6 +110,14 @@ class TrackSegment:
     def payload_size(self) -> int:
         return sum(len(c) for c in self.chunks)
 
+    def copy_into(self, region) -> None:
+        """Write the payload (the chunks back to back) into the writable buffer ``region``: one memcpy a chunk,
+        no joined copy first."""
+        view, at = memoryview(region), 0
+        for chunk in self.chunks:
+            view[at : at + len(chunk)] = chunk
+            at += len(chunk)
+
     def sample_views(self) -> list[memoryview]:
         """Each sample's bytes as a view of the chunk that holds it: for muxers that lay samples out one by one
         (FLV tags, ADTS frames), so that the payload is not joined, a full copy, before being copied again."""

@@ -35,6 +35,8 @@ VIDEO_PATTERN = (1, 9)
 BLOCK = 16
 MAX_CLEAR = 0xFFFF  # BytesOfClearData is 16 bits
 MAX_SUBSAMPLES = (255 - BLOCK - 2) // 6  # saiz sizes are 8 bits: IV + count + 6 bytes per subsample
+MOSTLY_CLEAR = 16  # 'cenc' regions with more than 1/16 clear bytes are encrypted range by range (_ctr_by_sample)
+FIX_BATCH = 65536  # blocks re-keyed at once (1 MB of keystream)
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,7 @@ def encrypt_samples(part: TrackSegment, protection: TrackProtection, stream: byt
         constant_iv = protection.constant_iv
 
         def write(region: np.ndarray) -> None:
-            _copy_chunks(part.chunks, region)
+            part.copy_into(region)
             _cbc_pattern(region, key, constant_iv, r_start, r_len, crypt, skip)
     if protection.subsamples:
         counts, clear, protected = subsample_entries(starts, sizes, r_sample, r_start, r_len)
@@ -145,13 +147,6 @@ def encrypt_samples(part: TrackSegment, protection: TrackProtection, stream: byt
     else:
         body, aux = boxes.senc_payload(ivs, None, None, None, n)
     return EncryptedSamples(write, body, aux, protection.subsamples)
-
-
-def _copy_chunks(chunks, region: np.ndarray) -> None:
-    view, at = memoryview(region), 0
-    for chunk in chunks:
-        view[at : at + len(chunk)] = chunk
-        at += len(chunk)
 
 
 def _video_ranges(data: np.ndarray, starts: np.ndarray, sizes: np.ndarray, track: Track,
@@ -232,16 +227,18 @@ def _ctr_stream(part: TrackSegment, key: bytes, hi: bytes, starts: np.ndarray, r
     ivs[:, 8:] = counter.astype(">u8").view(np.uint8).reshape(n, 8)
 
     def write(region: np.ndarray) -> None:
+        ends = r_start + r_len
+        gap_from = np.concatenate(([0], ends))  # bytes outside every range: before, between and after them
+        gap_len = np.concatenate((r_start, [len(region)])) - gap_from
+        if int(gap_len.sum()) > len(region) // MOSTLY_CLEAR:  # (their index would outweigh the payload)
+            _ctr_by_sample(part, region, key, hi, counter, r_sample, r_start, r_len)
+            return
         encryptor = Cipher(algorithms.AES(key), modes.CTR(hi + bytes(8))).encryptor()
         view, at = memoryview(region), 0
         for chunk in part.chunks:
             encryptor.update_into(chunk, view[at : at + len(chunk)])
             at += len(chunk)
         keystream = _Keystream(key, hi)
-        # bytes outside every range: runs between them (and before the first, after the last)
-        ends = r_start + r_len
-        gap_from = np.concatenate(([0], ends))
-        gap_len = np.concatenate((r_start, [len(region)])) - gap_from
         clear = np.repeat(gap_from - np.cumsum(gap_len) + gap_len, gap_len) + np.arange(int(gap_len.sum()))
         region[clear] ^= keystream.bytes_at(clear)
         later = ~first
@@ -251,12 +248,28 @@ def _ctr_stream(part: TrackSegment, key: bytes, hi: bytes, starts: np.ndarray, r
             right = counter[r_sample[later]] + (done - sample_done)[later] // BLOCK
             blocks = r_len[later] // BLOCK
             k = np.arange(int(blocks.sum())) - np.repeat(np.cumsum(blocks) - blocks, blocks)
-            wrong_block = np.repeat(r_start[later] // BLOCK, blocks) + k
-            fix = keystream.blocks(wrong_block) ^ keystream.blocks(np.repeat(right, blocks) + k)
-            cells = (wrong_block * BLOCK)[:, None] + np.arange(BLOCK)
-            region[cells] ^= fix
+            wrong = np.repeat(r_start[later] // BLOCK, blocks) + k
+            right = np.repeat(right, blocks) + k
+            rows = region[: len(region) // BLOCK * BLOCK].reshape(-1, BLOCK)  # ranges start on a block
+            for a in range(0, len(wrong), FIX_BATCH):  # bounded memory: a batch of blocks at a time
+                w, r = wrong[a : a + FIX_BATCH], right[a : a + FIX_BATCH]
+                rows[w] ^= keystream.blocks(w) ^ keystream.blocks(r)
 
     return ivs, write
+
+
+def _ctr_by_sample(part: TrackSegment, region: np.ndarray, key: bytes, hi: bytes, counter: np.ndarray,
+                   r_sample: np.ndarray, r_start: np.ndarray, r_len: np.ndarray) -> None:
+    """The same encryption, a CTR context per sample over its ranges: for regions that are mostly clear bytes
+    (many or large non-VCL NAL units), where indexing every clear byte would cost more than the payload."""
+    part.copy_into(region)
+    view = memoryview(region)
+    bounds = np.searchsorted(r_sample, np.arange(len(counter) + 1)).tolist()
+    starts, ends = r_start.tolist(), (r_start + r_len).tolist()
+    for i in np.unique(r_sample).tolist():
+        context = Cipher(algorithms.AES(key), modes.CTR(hi + int(counter[i]).to_bytes(8, "big"))).encryptor()
+        for s, e in zip(starts[bounds[i] : bounds[i + 1]], ends[bounds[i] : bounds[i + 1]]):
+            context.update_into(view[s:e], view[s:e])
 
 
 class _Keystream:
@@ -297,7 +310,7 @@ def _ctr_whole(part: TrackSegment, key: bytes, hi: bytes, sizes: np.ndarray
         begin = first_block * BLOCK
         # each sample's keystream, back to back (one slice a sample: fewer passes than a per-byte index)
         keystream = b"".join(map(stream.__getitem__, map(slice, begin.tolist(), (begin + sizes).tolist())))
-        _copy_chunks(part.chunks, region)
+        part.copy_into(region)
         np.bitwise_xor(region, np.frombuffer(keystream, dtype=np.uint8), out=region)
 
     return ivs, write

@@ -28,6 +28,7 @@ SYSTEM_NAMES = {WIDEVINE: "widevine", PLAYREADY: "playready", FAIRPLAY: "fairpla
 TRACK_TYPES = ("video", "audio")
 MAX_ANSWER_BYTES = 1024 * 1024  # a DRM info answer is a few KB; anything near this is not one
 MAX_KEYS = 16
+MAX_PSSH = 16  # DRM systems per key: a handful in practice; each lands in init segments and manifests
 
 
 @dataclass(frozen=True)
@@ -144,8 +145,8 @@ def parse_drm_info(answer: bytes | str) -> MediaKeys:
             raise bad_data(f"parse_drm_info: {where} must be an object")
         iv = item.get("iv")
         pssh = item.get("pssh", [])
-        if not isinstance(pssh, list):
-            raise bad_data(f"parse_drm_info: {where}.pssh must be an array")
+        if not isinstance(pssh, list) or len(pssh) > MAX_PSSH:
+            raise bad_data(f"parse_drm_info: {where}.pssh must be an array of at most {MAX_PSSH}")
         key_id, key = _b64(item.get("key_id"), f"{where}.key_id", (16,)), _b64(item.get("key"), f"{where}.key", (16,))
         keys.append(ContentKey(key_id, key, None if iv in (None, "") else _b64(iv, f"{where}.iv", (16,)),
                                tuple(_pssh(p, f"{where}.pssh[{j}]") for j, p in enumerate(pssh)),

@@ -202,10 +202,7 @@ class Fmp4Muxer:
             if samples is not None:
                 samples.write(region)
             else:
-                memory, pos = memoryview(region), 0
-                for chunk in part.chunks:
-                    memory[pos : pos + len(chunk)] = chunk
-                    pos += len(chunk)
+                part.copy_into(region)
             at += run.payload_size
         del view, region
         return finished(body)
@@ -267,4 +264,3 @@ class Fmp4Muxer:
             offsets += self.offsets[i]
             rows[:, -1] = offsets & 0xFFFFFFFF  # two's complement of the signed offsets (trun version 1)
         chunks.append(rows.tobytes())
-
