@@ -101,7 +101,9 @@ class Scatter:
 
 
 def _segment(packaging: Packaging, opened: OpenedSet, cache_key: Hashable, selection: Selection, index: int,
-             mux: Callable, content_type: str, scatter: Scatter | None = None) -> Product:
+             mux: Callable, content_type: str, scatter: Scatter | None = None, inline: bool = True) -> Product:
+    """``inline``: the build may run on the event loop when its bytes are in the page cache (not for encrypted
+    segments: encryption costs 2-6x a clear build, too long to hold the loop for)."""
     opened.media_set.plan(selection).check_index(index)  # 404 past the end, before the cache
     if selection.track_files:  # the video of one file, the audio of another: read from both
         files = tuple(opened.files[i] for i in selection.track_files)
@@ -111,7 +113,7 @@ def _segment(packaging: Packaging, opened: OpenedSet, cache_key: Hashable, selec
     build = partial(build_segment, packaging.store, file, opened.media_set, selection, index, mux,
                     packaging.observe_stage, scatter=scatter)
     return Product(cache_key, build, content_type, packaging.settings.segment_max_age,
-                   build_inline=partial(build, nowait=True))
+                   build_inline=partial(build, nowait=True) if inline else None)
 
 
 def build_joined_segment(store: Store, files: tuple[FileIdentity, ...], media_set: MediaSet, selection: Selection,
@@ -268,7 +270,7 @@ def _hls_segment(parsed: PackagedRequest, opened: OpenedSet, packaging: Packagin
         else:
             mux = fmp4_muxer(protection, opened, selection, file.index, shift=clip_shift(opened.media_set)).build
             content_type = _fmp4_type(selection)
-        return _segment(packaging, opened, cache_key, selection, file.index, mux, content_type)
+        return _segment(packaging, opened, cache_key, selection, file.index, mux, content_type, inline=False)
     if file.container == "ts":
         ts_muxer = packaging.muxer(opened.media_set, selection, "ts", TsMuxer)
     scatter = None
@@ -323,7 +325,8 @@ def _dash_fragment(parsed: PackagedRequest, opened: OpenedSet, packaging: Packag
     mux = (Fmp4Muxer(selection.tracks, non_negative=True) if protection is None else
            fmp4_muxer(protection, opened, selection, index, non_negative=True)).build
     cache_key = ("dash", "frag", parsed.file.index, selection.spec.suffix(), *protection_key(context))
-    return _segment(packaging, opened, cache_key, selection, parsed.file.index, mux, _fmp4_type(selection))
+    return _segment(packaging, opened, cache_key, selection, parsed.file.index, mux, _fmp4_type(selection),
+                    inline=protection is None)
 
 
 def _mss_manifest(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,
@@ -346,7 +349,8 @@ def _mss_fragment(parsed: PackagedRequest, opened: OpenedSet, packaging: Packagi
     mux = (Fmp4Muxer(selection.tracks, styp=False, tfxd=True) if protection is None else
            fmp4_muxer(protection, opened, selection, index, styp=False, tfxd=True)).build
     cache_key = ("mss", "frag", index, selection.spec.suffix(), *protection_key(context))
-    return _segment(packaging, opened, cache_key, selection, index, mux, _fmp4_type(selection))
+    return _segment(packaging, opened, cache_key, selection, index, mux, _fmp4_type(selection),
+                    inline=protection is None)
 
 
 def _hds_fragment(parsed: PackagedRequest, opened: OpenedSet, packaging: Packaging,

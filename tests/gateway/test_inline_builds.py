@@ -109,3 +109,20 @@ async def test_a_file_system_without_nonblocking_reads_builds_in_the_executor(bu
             await client.close()
     finally:
         shutil.rmtree(shm)
+
+
+async def test_encrypted_segments_are_built_in_the_executor(make_client, store, build_threads):
+    """Encryption costs several clear builds: never on the loop, even with every page cached."""
+    import subprocess
+    import sys
+
+    for args in (("partners", "add", "301", "--name", "DRM"),
+                 ("partners", "set-profile", "301", "dash", "encryption=cenc"),
+                 ("partners", "set-profile", "301", "hls", "encryption=cbcs"),
+                 ("entries", "add", "0_drminl01", "--partner", "301", "--name", "drm", "--flavor", "title_360p.mp4")):
+        subprocess.run([sys.executable, "-m", "gateway", *args, "--store", str(store)], check=True, capture_output=True)
+    client = await make_client(segment_cache_mb=0)
+    (store / "title_360p.mp4").read_bytes()
+    for path in SEGMENTS[1:]:
+        assert b"senc" in await fetch(client, path)
+    assert len(build_threads) == 2 and all(name.startswith("gateway-io") for name in build_threads)
