@@ -208,9 +208,13 @@ def test_the_bounded_paths_write_the_same_bytes(monkeypatch, name):
 
     built.cache_clear()
     reference = built(name, 0, "cenc")
+    clear_init, clear = built(name, 0, None)
+    frames = decoded(clear_init + b"".join(clear))
     for setting in (("MOSTLY_CLEAR", 10**12), ("FIX_BATCH", 3)):
         monkeypatch.setattr(cenc, *setting)
         built.cache_clear()
-        assert built(name, 0, "cenc") == reference, setting
+        init, fragments = built(name, 0, "cenc")
+        assert (init, fragments) == reference, setting
+        assert decoded(init + b"".join(fragments), KEY.key.hex()) == frames  # and FFmpeg decrypts them
         monkeypatch.undo()
     built.cache_clear()
