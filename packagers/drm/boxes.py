@@ -60,6 +60,8 @@ def senc_payload(ivs: np.ndarray | None, counts: np.ndarray | None, clear: np.nd
         body = ivs.tobytes() if iv_size else b""
         return U32(sample_count) + body, np.full(sample_count, iv_size, dtype=np.int64)
     sizes = iv_size + 2 + 6 * counts.astype(np.int64)
+    if len(counts) and (counts == counts[0]).all():  # the common case: one table of equal rows
+        return U32(sample_count) + _regular_rows(ivs, int(counts[0]), clear, protected, sample_count), sizes
     out = np.empty(int(sizes.sum()), dtype=np.uint8)
     starts = np.cumsum(sizes) - sizes
     if iv_size:
@@ -76,6 +78,19 @@ def senc_payload(ivs: np.ndarray | None, counts: np.ndarray | None, clear: np.nd
     at = count_at[sample_of] + 2 + 6 * (np.arange(len(clear)) - first_entry[sample_of])
     out[(at[:, None] + np.arange(6)).ravel()] = entries.ravel()
     return U32(sample_count) + out.tobytes(), sizes
+
+
+def _regular_rows(ivs: np.ndarray | None, count: int, clear: np.ndarray, protected: np.ndarray, n: int) -> bytes:
+    """senc_payload's table when every sample has ``count`` subsamples: (n, row) bytes filled by columns."""
+    iv_size = 0 if ivs is None else ivs.shape[1]
+    rows = np.empty((n, iv_size + 2 + 6 * count), dtype=np.uint8)
+    if iv_size:
+        rows[:, :iv_size] = ivs
+    rows[:, iv_size : iv_size + 2] = np.array([count], dtype=">u2").view(np.uint8)
+    entries = rows[:, iv_size + 2 :].reshape(n, count, 6)
+    entries[:, :, 0:2] = np.asarray(clear, dtype=">u2").view(np.uint8).reshape(n, count, 2)
+    entries[:, :, 2:6] = np.asarray(protected, dtype=">u4").view(np.uint8).reshape(n, count, 4)
+    return rows.tobytes()
 
 
 def senc(body: bytes, subsamples: bool) -> bytes:

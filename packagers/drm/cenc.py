@@ -19,14 +19,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ..codecs import avc, hevc
 from ..errors import ErrorCode, PackagerError
 from ..media_data import TrackSegment
 from ..model import Track
 from . import boxes
-from .cbc import encrypt_blocks
+from .cbc import ctr_context, ecb_context, encrypt_blocks
 from .keys import ContentKey
 
 CENC, CBCS = "cenc", "cbcs"
@@ -156,6 +155,9 @@ def _video_ranges(data: np.ndarray, starts: np.ndarray, sizes: np.ndarray, track
     codec = track.codec
     length_size = codec.nal_length_size
     offsets, lengths, owner = avc.nal_units(data, starts, sizes, length_size)
+    if len(owner) > 1 and (owner[1:] < owner[:-1]).any():  # samples stored out of order: ranges go by sample
+        order = np.argsort(owner, kind="stable")
+        offsets, lengths, owner = offsets[order], lengths[order], owner[order]
     syntax = hevc if codec.codec == "hevc" else avc
     types = syntax.nal_unit_types(data[np.minimum(offsets + length_size, max(len(data) - 1, 0))])
     types[lengths == 0] = 0xFF
@@ -233,7 +235,7 @@ def _ctr_stream(part: TrackSegment, key: bytes, hi: bytes, starts: np.ndarray, r
         if int(gap_len.sum()) > len(region) // MOSTLY_CLEAR:  # (their index would outweigh the payload)
             _ctr_by_sample(part, region, key, hi, counter, r_sample, r_start, r_len)
             return
-        encryptor = Cipher(algorithms.AES(key), modes.CTR(hi + bytes(8))).encryptor()
+        encryptor = ctr_context(key, hi + bytes(8))
         view, at = memoryview(region), 0
         for chunk in part.chunks:
             encryptor.update_into(chunk, view[at : at + len(chunk)])
@@ -267,7 +269,7 @@ def _ctr_by_sample(part: TrackSegment, region: np.ndarray, key: bytes, hi: bytes
     bounds = np.searchsorted(r_sample, np.arange(len(counter) + 1)).tolist()
     starts, ends = r_start.tolist(), (r_start + r_len).tolist()
     for i in np.unique(r_sample).tolist():
-        context = Cipher(algorithms.AES(key), modes.CTR(hi + int(counter[i]).to_bytes(8, "big"))).encryptor()
+        context = ctr_context(key, hi + int(counter[i]).to_bytes(8, "big"))
         for s, e in zip(starts[bounds[i] : bounds[i + 1]], ends[bounds[i] : bounds[i + 1]]):
             context.update_into(view[s:e], view[s:e])
 
@@ -276,7 +278,7 @@ class _Keystream:
     """Blocks of the CTR keystream ``AES(hi || counter)`` for chosen counters: one ECB call."""
 
     def __init__(self, key: bytes, hi: bytes) -> None:
-        self.ecb = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+        self.ecb = ecb_context(key)
         self.hi = np.frombuffer(hi, dtype=np.uint8)
 
     def blocks(self, counters: np.ndarray) -> np.ndarray:
@@ -288,9 +290,13 @@ class _Keystream:
         return out[:-1]
 
     def bytes_at(self, positions: np.ndarray) -> np.ndarray:
-        """The keystream bytes at byte ``positions`` of the stream."""
-        blocks, which = np.unique(positions // BLOCK, return_inverse=True)
-        return self.blocks(blocks)[which, positions % BLOCK]
+        """The keystream bytes at byte ``positions`` (ascending) of the stream: each block computed once."""
+        blocks = positions >> 4
+        new = np.empty(len(blocks), dtype=bool)
+        new[:1] = True
+        np.not_equal(blocks[1:], blocks[:-1], out=new[1:])
+        which = np.cumsum(new) - 1
+        return self.blocks(blocks[new])[which, positions & (BLOCK - 1)]
 
 
 def _ctr_whole(part: TrackSegment, key: bytes, hi: bytes, sizes: np.ndarray
@@ -305,8 +311,7 @@ def _ctr_whole(part: TrackSegment, key: bytes, hi: bytes, sizes: np.ndarray
     ivs[:, 8:] = first_block.astype(">u8").view(np.uint8).reshape(n, 8)
 
     def write(region: np.ndarray) -> None:
-        encryptor = Cipher(algorithms.AES(key), modes.CTR(hi + bytes(8))).encryptor()
-        stream = memoryview(encryptor.update(bytes(BLOCK * int(blocks.sum()))))
+        stream = ctr_context(key, hi + bytes(8)).update(bytes(BLOCK * int(blocks.sum())))
         begin = first_block * BLOCK
         # each sample's keystream, back to back (one slice a sample: fewer passes than a per-byte index)
         keystream = b"".join(map(stream.__getitem__, map(slice, begin.tolist(), (begin + sizes).tolist())))

@@ -182,6 +182,28 @@ def test_subsample_entries_split_long_clear_runs_and_refuse_too_many():
     assert e.value.code is ErrorCode.UNSUPPORTED
 
 
+@pytest.mark.parametrize("counts", [[2, 2, 2], [2, 1, 3], [1]], ids=["equal", "unequal", "one"])
+@pytest.mark.parametrize("iv_size", [16, 0])
+def test_senc_table_matches_the_spec_layout_sample_by_sample(counts, iv_size):
+    """The column-wise senc table (one path for equal subsample counts, one for any) against the layout of
+    23001-7 §7.2 written sample by sample: IV, subsample_count, then (BytesOfClearData, BytesOfProtectedData)."""
+    from packagers.drm.boxes import senc_payload
+
+    rng = np.random.default_rng(len(counts) + iv_size)
+    n, entries = len(counts), sum(counts)
+    ivs = rng.integers(0, 256, (n, iv_size), dtype=np.uint8) if iv_size else None
+    clear, protected = rng.integers(0, 65536, entries), rng.integers(0, 2**32, entries)
+    body, sizes = senc_payload(ivs, np.array(counts), clear, protected, n)
+    expected, k = [struct.pack(">I", n)], 0
+    for i, count in enumerate(counts):
+        expected.append((ivs[i].tobytes() if iv_size else b"") + struct.pack(">H", count))
+        for _ in range(count):
+            expected.append(struct.pack(">HI", clear[k], protected[k]))
+            k += 1
+    assert body == b"".join(expected)
+    assert sizes.tolist() == [iv_size + 2 + 6 * c for c in counts]
+
+
 def test_only_h264_and_hevc_video_can_be_encrypted():
     track = media("title_180p.mp4")[0].presentations[0].video_tracks[0]
     with pytest.raises(PackagerError) as e:
@@ -218,3 +240,32 @@ def test_the_bounded_paths_write_the_same_bytes(monkeypatch, name):
         assert decoded(init + b"".join(fragments), KEY.key.hex()) == frames  # and FFmpeg decrypts them
         monkeypatch.undo()
     built.cache_clear()
+
+
+@pytest.mark.parametrize("scheme", ["cenc", "cbcs"])
+def test_samples_stored_out_of_order_are_encrypted_as_stored_in_order(scheme):
+    """A file may store a fragment's samples in any order: read into one buffer, sample i can sit after sample
+    i + 1. The encryption (subsample maps, IVs, bytes) must not depend on that layout."""
+    from packagers.drm.cenc import encrypt_samples
+    from packagers.media_data import TrackSegment
+
+    media_set, data = media("slices_h264.mp4")
+    selection = selections("slices_h264.mp4")[0]
+    reads = media_set.segment_reads(selection, 0)
+    part = media_set.media_segment(selection, 0, reads, [data[r.offset : r.end] for r in reads]).tracks[0]
+    payload = part.payload
+    starts = np.cumsum(part.samples.sizes) - part.samples.sizes
+    pieces = [payload[a : a + n] for a, n in zip(starts.tolist(), part.samples.sizes.tolist())]
+    buffer = memoryview(b"".join(reversed(pieces)))  # last sample first
+    at = np.cumsum([len(p) for p in reversed(pieces)]) - [len(p) for p in reversed(pieces)]
+    views = [buffer[a : a + len(p)] for a, p in zip(reversed(at.tolist()), pieces)]
+    shuffled = TrackSegment(part.track, part.samples, views)
+    assert shuffled.sample_locations()[1][0] > shuffled.sample_locations()[1][-1]  # really out of order
+    protection = TrackProtection.of(part.track, scheme, KEY)
+    results = []
+    for segment in (part, shuffled):
+        encrypted = encrypt_samples(segment, protection, b"test")
+        region = np.zeros(segment.payload_size, dtype=np.uint8)
+        encrypted.write(region)
+        results.append((encrypted.senc_body, encrypted.aux_sizes.tolist(), region.tobytes()))
+    assert results[0] == results[1]
