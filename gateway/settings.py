@@ -46,6 +46,7 @@ class Settings:
     signed_url_ttl: int = 6 * 3600  # lifetime of the signed URLs playManifest issues for secured entries
     ready_timeout: float = 2.0  # /ready answers 503 when the store check takes longer (a hung NFS mount)
     ready_file: str | None = None  # store-relative file /ready also reads: proves data reads, not cached metadata
+    rtmp_control_token: str | None = None  # bearer token of the RTMP control API (/rtmp/..., /control/...); none: off
 
     def __post_init__(self) -> None:
         if self.segment_duration_ms <= 0:
@@ -81,6 +82,8 @@ class Settings:
             raise ValueError(f"access log format {self.access_log_format!r} is not one of {ACCESS_LOG_FORMATS}")
         if self.ready_timeout <= 0:
             raise ValueError("ready_timeout must be > 0 seconds")
+        if self.rtmp_control_token is not None and len(self.rtmp_control_token) < 16:
+            raise ValueError("rtmp_control_token must be at least 16 characters (or left out: no control API)")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port {self.port} out of range")
 

@@ -128,12 +128,17 @@ class Puller:
         upstream = self.config.for_app(event.app).pull
         if not upstream:
             return False
+        return self.pull_from(event, upstream, event.name)
+
+    def pull_from(self, event: Play, upstream: str, name: str) -> bool:
+        """Play ``name`` from ``upstream`` (rtmp://host[:port]/app) as the local stream of ``event`` (also used for
+        an on_play callback's redirect to an rtmp:// URL, nginx-rtmp's notify pull)."""
         key = event.key
         if self.relay.is_published(key):
             return True
         if self._not_found.get(key, 0.0) > time.monotonic():
             return False
-        pull = _Pull(self, key, upstream, event.name)
+        pull = _Pull(self, key, upstream, name)
         if not self.relay.publish(key, pull):
             return False
         self._pulls[key] = pull

@@ -29,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from packagers.codecs import amf0
 from packagers.errors import PackagerError
@@ -71,7 +71,9 @@ class Recorder:
                  clock: Callable[[], float] = time.time) -> None:
         self.store = Path(store)
         self.enabled = enabled
-        self.on_recorded = on_recorded
+        self.user_on_recorded = on_recorded
+        self.on_recorded = self._recorded     # what RecordingFile calls
+        self.last_recorded: dict[str, str] = {}   # key → store-relative path of its last finished file
         self.max_queue_bytes = max_queue_bytes
         self.clock = clock
         self._streams: dict[str, _Stream] = {}
@@ -86,6 +88,42 @@ class Recorder:
         self.failed = 0             # recordings cut short or lost by a write error (full disk, quota, I/O)
         self.bytes_lost = 0         # bytes of those recordings that are not in a finished file
         self._lost_lock = threading.Lock()
+
+    def _recorded(self, path: str, info: dict) -> None:
+        self.last_recorded[info["key"]] = path
+        if self.user_on_recorded is not None:
+            self.user_on_recorded(path, info)
+
+    # ------------------------------------------------------------------------------------------------ control
+    def start(self, key: str, headers: Sequence[Message] = ()) -> bool:
+        """Record the published stream ``key`` from its next key frame on, whatever its application's ``record``
+        (the control API). ``headers``: its cached metadata and sequence headers (`Relay.headers`), which this
+        recorder has not seen. False when it is recorded already."""
+        st = self._streams.get(key)
+        if st is not None and not st.failed:
+            return False
+        self._finish(key, "restart")
+        self._streams[key] = _Stream(key)
+        for message in headers:
+            self.on_message(key, message, keyframe=False, sequence_header=True)
+        return True
+
+    def stop(self, key: str) -> RecordingFile | None:
+        """Finish the recording of ``key`` now (until its next publish or start). The file's worker, to join for
+        the finished path (``last_recorded``); None when nothing was being written."""
+        st = self._streams.pop(key, None)
+        worker = st.worker if st is not None else None
+        if worker is not None:
+            self._close_file(st, "stopped")
+        return worker
+
+    def current_file(self, key: str) -> tuple[bool, str | None]:
+        """(whether ``key`` is being recorded, the store-relative path its file gets once finished: None until the
+        worker has named it at the first key frame)."""
+        st = self._streams.get(key)
+        worker = st.worker if st is not None else None
+        name = worker.reserved if worker is not None else ""
+        return st is not None, f"{RECORDING_DIR}/{name}" if name else None
 
     def reserve_name(self, name: str) -> bool:
         with self._names_lock:

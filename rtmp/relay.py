@@ -54,6 +54,7 @@ class Subscriber:
                  on_unpublish: Callable[[], None] | None = None, peer: str = "",
                  write: Callable[[bytes], bool] | None = None) -> None:
         self.peer = peer            # for stats only ("ip:port" of the player)
+        self.client_id: int | None = None   # the server's id of the player's connection (stats, control API)
         self.chunk_size = chunk_size
         self.stream_id = stream_id
         self.form = (chunk_size, stream_id)  # what the bytes it is sent depend on
@@ -243,6 +244,14 @@ class Relay:
             sub.waiting_for_key = True   # nothing decodable cached: start at the next key frame
         return True
 
+    def headers(self, key: str) -> list[Message]:
+        """The cached metadata and sequence headers of a published stream, as received (a tap that starts
+        mid-stream, e.g. a recording started by the control API, decodes from them)."""
+        st = self._streams.get(key)
+        if st is None or st.publisher is None:
+            return []
+        return [item.message for item in (st.metadata, st.video_header, st.audio_header) if item is not None]
+
     def video_snapshot(self, key: str) -> tuple[bytes, list[tuple[int, bytes]]] | None:
         """The video sequence header's payload and the cached GOP's video messages as (timestamp, payload): what a
         picture of "now" decodes from (live thumbnails). None when ``key`` has no decodable GOP cached here."""
@@ -369,9 +378,10 @@ class Relay:
         return {key: {
             "publishing": st.publisher is not None,
             "publisher": getattr(st.publisher, "peer", None) if st.publisher is not None else None,
+            "publisher_id": getattr(st.publisher, "client_id", None) if st.publisher is not None else None,
             "subscribers": len(st.subscribers),
-            "players": [{"peer": s.peer, "bytes_out": s.bytes_out, "queued_bytes": s.queued_bytes,
-                         "drops": s.dropped} for s in st.subscribers],
+            "players": [{"peer": s.peer, "client_id": s.client_id, "bytes_out": s.bytes_out,
+                         "queued_bytes": s.queued_bytes, "drops": s.dropped} for s in st.subscribers],
             "bytes_in": st.bytes_in,
             "messages_in": st.messages_in,
             "bytes_out": st.bytes_out_gone + sum(s.bytes_out + s.queued_bytes for s in st.subscribers),

@@ -15,7 +15,7 @@ this connection's own writer never disagree about header state.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from packagers.codecs import amf0, flv
 from rtmp.chunk import ChunkReader, ChunkWriter
@@ -26,7 +26,7 @@ from rtmp.messages import (MSG_AUDIO, MSG_COMMAND_AMF0, MSG_COMMAND_AMF3, MSG_DA
                            Message, PingRequest, SetChunkSize, SetPeerBandwidth, StreamBegin, StreamEOF,
                            WindowAcknowledgementSize, is_control, parse_control)
 
-__all__ = ["ServerSession", "SessionOutput", "Publish", "Play", "Unpublish", "StopPlay", "Metadata", "Media",
+__all__ = ["ServerSession", "SessionOutput", "Connect", "Publish", "Play", "Unpublish", "StopPlay", "Metadata", "Media",
            "classify_media", "COMMAND_CSID", "AUDIO_CSID", "VIDEO_CSID", "DATA_CSID", "OUT_CHUNK_SIZE",
            "WINDOW_ACK_SIZE"]
 
@@ -52,6 +52,18 @@ class StreamEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class Connect:
+    """A ``connect`` held for a decision (``ServerSession(hold_connect=True)``): answer with ``accept_connect`` or
+    ``reject_connect``. The fields are the command object's, as nginx-rtmp's on_connect sends them."""
+    app: str
+    args: str       # the query of the app ("live?x=1" → "x=1")
+    flashver: str
+    swfurl: str
+    tcurl: str
+    pageurl: str
+
+
+@dataclass(frozen=True, slots=True)
 class Publish(StreamEvent):
     stream_id: int
     publish_type: str  # "live", "record", "append"
@@ -63,6 +75,8 @@ class Play(StreamEvent):
     stream_id: int
     start: float
     raw_name: str
+    duration: float = 0.0   # play's optional arguments, for nginx-rtmp's on_play fields
+    reset: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +130,7 @@ class ServerSession:
     """The server side of one RTMP connection. ``now`` (seconds, any clock) is kept as ``last_activity``."""
 
     def __init__(self, now: float = 0.0, *, chunk_size: int = OUT_CHUNK_SIZE, window_ack_size: int = WINDOW_ACK_SIZE,
-                 max_message_size: int = 16 * 1024 * 1024) -> None:
+                 max_message_size: int = 16 * 1024 * 1024, hold_connect: bool = False) -> None:
         self._handshake = ServerHandshake(time_ms=0)
         self._reader = ChunkReader(max_message_size=max_message_size)
         self._writer = ChunkWriter()
@@ -128,6 +142,11 @@ class ServerSession:
         self.connected = False
         self.app = ""
         self.tc_url = ""
+        self.connect_fields: Connect | None = None
+        # hold_connect: ``connect`` is reported as a `Connect` event and answered only by accept_connect(); the
+        # messages behind it wait (an on_connect callback decides before anything else of the client is looked at)
+        self.hold_connect = hold_connect
+        self._held: list[Message] | None = None
         self._next_stream_id = 1
         self._streams: set[int] = set()
         self.publishing: Publish | None = None   # a publish request seen (accepted or pending)
@@ -163,15 +182,21 @@ class ServerSession:
         if data:
             self.bytes_in += len(data)
             ack = self._ack.received(len(data))
-            for message in self._reader.feed(data):
-                try:
-                    self._on_message(message, send, out.events)
-                except amf0.Amf0Error as e:     # the shared codec's error is, here, a protocol violation
-                    raise RtmpError(str(e)) from None
+            self._process(list(self._reader.feed(data)), send, out.events)
             if ack is not None:
                 send.append(self._writer.write(ack.to_message()))
         out.send = b"".join(send)
         return out
+
+    def _process(self, messages: list[Message], send: list[bytes], events: list) -> None:
+        for i, message in enumerate(messages):
+            if self._held is not None:          # a held connect: the rest waits for accept_connect()
+                self._held.extend(messages[i:])
+                return
+            try:
+                self._on_message(message, send, events)
+            except amf0.Amf0Error as e:     # the shared codec's error is, here, a protocol violation
+                raise RtmpError(str(e)) from None
 
     def _on_message(self, m: Message, send: list[bytes], events: list) -> None:
         t = m.message_type_id
@@ -212,7 +237,7 @@ class ServerSession:
         tid = values[1] if len(values) > 1 and isinstance(values[1], (int, float)) else 0.0
         args = values[3:]
         if name == "connect":
-            self._connect(values[2] if len(values) > 2 else None, tid, send)
+            self._connect(values[2] if len(values) > 2 else None, tid, send, events)
             return
         if not self.connected:
             raise RtmpError(f"ServerSession.feed: command {name!r} before connect")
@@ -239,7 +264,9 @@ class ServerSession:
             start = float(args[1]) if len(args) > 1 and isinstance(args[1], (int, float)) else -2000.0
             if self.publishing is not None or self.playing is not None:
                 raise RtmpError("ServerSession.feed: play on a connection that already publishes or plays")
-            self.playing = Play(self.app, raw.split("?", 1)[0], m.message_stream_id, start, raw)
+            duration = float(args[2]) if len(args) > 2 and isinstance(args[2], (int, float)) else 0.0
+            reset = bool(args[3]) if len(args) > 3 and isinstance(args[3], (bool, int, float)) else False
+            self.playing = Play(self.app, raw.split("?", 1)[0], m.message_stream_id, start, raw, duration, reset)
             events.append(self.playing)
         elif name in ("FCUnpublish", "deleteStream", "closeStream"):
             self._stop(events)
@@ -247,24 +274,56 @@ class ServerSession:
             send.append(self._command(0, "_result", tid, None, 0.0))
         # Anything else (_checkbw, receiveAudio, pause, ...) is ignored, like nginx-rtmp does for unknown calls.
 
-    def _connect(self, obj, tid: float, send: list[bytes]) -> None:
-        if self.connected:
+    def _connect(self, obj, tid: float, send: list[bytes], events: list) -> None:
+        if self.connected or self._held is not None:
             raise RtmpError("ServerSession.feed: connect received twice")
         if not isinstance(obj, dict):
             raise RtmpError("ServerSession.feed: connect without a command object")
-        app = obj.get("app", "")
-        self.app = app.strip("/") if isinstance(app, str) else ""
-        tc = obj.get("tcUrl", "")
-        self.tc_url = tc if isinstance(tc, str) else ""
+        text = {k: v if isinstance(v, str) else "" for k, v in ((k, obj.get(k, "")) for k in
+                                                                ("app", "flashVer", "swfUrl", "tcUrl", "pageUrl"))}
+        app, _, args = text["app"].partition("?")
+        self.app = app.strip("/")
+        self.tc_url = text["tcUrl"]
+        self.connect_fields = Connect(self.app, args, text["flashVer"], text["swfUrl"], text["tcUrl"], text["pageUrl"])
+        self._connect_tid = tid
+        if self.hold_connect:
+            self._held = []
+            events.append(self.connect_fields)
+            return
+        send.append(self._connect_reply())
+
+    def accept_connect(self, app: str | None = None) -> SessionOutput:
+        """Answer the held connect (``app``: another application, an on_connect redirect), then process what the
+        client sent behind it."""
+        if self._held is None:
+            raise RtmpError("ServerSession.accept_connect: no connect held")
+        if app is not None:
+            self.app = app.strip("/")
+        held, self._held = self._held, None
+        out = SessionOutput()
+        send = [self._connect_reply()]
+        self._process(held, send, out.events)
+        out.send = b"".join(send)
+        return out
+
+    def reject_connect(self, description: str) -> bytes:
+        """``_error`` NetConnection.Connect.Rejected for the held connect (the caller closes the connection)."""
+        self._held = None
+        return self._command(0, "_error", self._connect_tid, None,
+                             _status("error", "NetConnection.Connect.Rejected", description))
+
+    def _connect_reply(self) -> bytes:
         self.connected = True
         w = self._writer
+        send: list[bytes] = []
         send.append(w.write(WindowAcknowledgementSize(self._window).to_message()))
         send.append(w.write(SetPeerBandwidth(self._window, LimitType.DYNAMIC).to_message()))
         send.append(w.write(SetChunkSize(self._out_chunk_size).to_message()))
         w.set_chunk_size(self._out_chunk_size)
-        send.append(self._command(0, "_result", tid, {"fmsVer": "FMS/3,0,1,123", "capabilities": 31.0},
+        send.append(self._command(0, "_result", self._connect_tid, {"fmsVer": "FMS/3,0,1,123", "capabilities": 31.0},
                                   _status("status", "NetConnection.Connect.Success", "Connection succeeded.",
                                           objectEncoding=0.0)))
+        return b"".join(send)
 
     def _stop(self, events: list) -> None:
         if self.publishing is not None:
@@ -309,6 +368,18 @@ class ServerSession:
         if self.playing is p:
             self.playing = None
         return self._on_status(p.stream_id, "error", code, description or f"No such stream: {p.name}.")
+
+    def rename(self, request: Publish | Play, name: str) -> Publish | Play:
+        """``request`` under another stream name of the same application (an on_publish/on_play redirect, the
+        control API's redirect); the query of the original name is kept. It replaces the pending request."""
+        base, _, query = request.raw_name.partition("?")
+        raw = name if "?" in name or not query else f"{name}?{query}"
+        new = replace(request, name=raw.split("?", 1)[0], raw_name=raw)
+        if self.publishing is request:
+            self.publishing = new
+        if self.playing is request:
+            self.playing = new
+        return new
 
     def unpublish_notify(self) -> bytes:
         """StreamEOF + onStatus NetStream.Play.UnpublishNotify for a player whose publisher left. Serialised with

@@ -24,6 +24,7 @@ from .clipped_mp4 import serve_clipped_mp4
 from .download import serve_mp4
 from .thumbnails import THUMBNAIL_SLOTS, serve_thumbnail, thumbnail_slots
 from .live import add_live_routes
+from .rtmp_control import add_rtmp_control_routes, is_control_path
 from ..origin.cache import Caches
 from ..origin.packaging import PACKAGING, Packaging
 from .responses import ALLOWED_METHODS, add_common_headers, cache_control, preflight
@@ -98,6 +99,7 @@ def make_app(settings: Settings, ingest: Ingest | None = None, *, caches: Caches
     app.router.add_get("/status/dashboard", serve_dashboard)
     app.router.add_get("/static/{name}", serve_static)
     add_live_routes(app)  # /live/<app>/<stream>/<file> and /time, before the catch-all
+    add_rtmp_control_routes(app)  # /rtmp/... and nginx-rtmp's /control/... (off without rtmp_control_token)
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app
 
@@ -131,7 +133,8 @@ async def http_middleware(request: web.Request, handler) -> web.StreamResponse:
     stamp_start(request)
     if request.method == "OPTIONS":
         return preflight(request)
-    if request.method not in ("GET", "HEAD") and not (request.method == "POST" and is_license_path(request)):
+    if request.method not in ("GET", "HEAD") and not (request.method == "POST" and (is_license_path(request)
+                                                                                   or is_control_path(request))):
         return error_response(405, "METHOD_NOT_ALLOWED", f"{request.method} is not allowed", Allow=ALLOWED_METHODS)
     try:
         return await handler(request)

@@ -12,21 +12,29 @@ is 404, so nothing outside the live tree, no temporary file, no hidden file. A f
 descriptor (open, fstat, read), so its body and ETag always belong to the same version even while the packager
 renames a new playlist into place. Playlists and the MPD: ``max-age=1`` (a reload per second at most reaches the
 origin); segments never change under a given name (the names carry the writer's id): the long segment max-age.
+
+Low-latency HLS (``gateway.http.live_wait``): ``index.m3u8`` with ``_HLS_msn``/``_HLS_part``/``_HLS_skip`` is held
+until it lists the part asked for (or answers the delta update), and a request for a part that does not exist yet
+but is the playlist's preload hint is held until it does; ``index_delta.m3u8`` is served only that way.
 """
 from __future__ import annotations
 
 import os
+import re
 import time
 from datetime import datetime, timezone
 
 from aiohttp import web
 
 from packagers.errors import bad_request, not_found
-from packagers.thumbs import encode_jpeg, latest_from_gop, latest_from_ts
+from packagers.hls.ll_directives import parse_part_name
+from packagers.thumbs import encode_jpeg, latest_from_gop, latest_from_segment
 from packagers.thumbs.names import ThumbFile, parse_thumb_name
 from rtmp.live import LIVE_FILE, MEDIA_PLAYLIST, STREAM_NAME
 
 from .errors import error_response
+from .live_wait import (DELTA_PLAYLIST, PLAYLIST_MAX_AGE, live_waits_state, read_whole, serve_hinted_part,
+                        serve_ll_playlist)
 from ..ingest.service import INGEST
 from ..ops.labels import REQUEST_LABEL, live_label
 from ..origin.packaging import PACKAGING
@@ -34,7 +42,7 @@ from .responses import serve_packaged
 from ..settings import SETTINGS
 from .thumbnails import JPEG_TYPE, THUMBNAIL_SLOTS
 
-PLAYLIST_MAX_AGE = 1
+DIRECTIVES = ("_HLS_msn", "_HLS_part", "_HLS_skip")
 
 
 def content_type(name: str) -> str:
@@ -47,33 +55,24 @@ def content_type(name: str) -> str:
     return "audio/mp4" if "-a-" in name else "video/mp4"
 
 
-def _read(path: str) -> tuple[bytes, int, int, int]:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    try:
-        st = os.fstat(fd)
-        chunks, left = [], st.st_size
-        while left > 0:
-            chunk = os.read(fd, left)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks), st.st_ino, st.st_size, st.st_mtime_ns
-    finally:
-        os.close(fd)
-
-
 async def serve_live(request: web.Request) -> web.StreamResponse:
     app, stream, name = (request.match_info[k] for k in ("app", "stream", "file"))
     request[REQUEST_LABEL] = live_label(name)  # the live grammar's label, whatever the answer
     if name.startswith("thumb-") and STREAM_NAME.fullmatch(app) and STREAM_NAME.fullmatch(stream):
         return await serve_live_thumbnail(request, app, stream, parse_thumb_name(name))
-    if not (STREAM_NAME.fullmatch(app) and STREAM_NAME.fullmatch(stream) and LIVE_FILE.fullmatch(name)):
+    if not (STREAM_NAME.fullmatch(app) and STREAM_NAME.fullmatch(stream) and LIVE_FILE.fullmatch(name)) \
+            or name == DELTA_PLAYLIST:
         return error_response(404, "NOT_FOUND", "serve_live: no such live file")
-    path = os.path.join(request.app[SETTINGS].store, "live", app, stream, name)
+    directory = os.path.join(request.app[SETTINGS].store, "live", app, stream)
+    if name == MEDIA_PLAYLIST and any(k in request.query for k in DIRECTIVES):
+        return await serve_ll_playlist(request, directory)
+    path = os.path.join(directory, name)
     try:
-        data, ino, size, mtime_ns = await request.app[PACKAGING].run(_read, path)
+        data, ino, size, mtime_ns = await request.app[PACKAGING].run(read_whole, path)
     except (FileNotFoundError, NotADirectoryError):
+        part = parse_part_name(name)
+        if part is not None:    # perhaps the preload hint: held until it is written
+            return await serve_hinted_part(request, directory, name, part)
         return error_response(404, "NOT_FOUND", f"serve_live: {app}/{stream}/{name} does not exist (yet)")
     etag = f'"{ino:x}-{size:x}-{mtime_ns:x}"'
     playlist = name.endswith((".m3u8", ".mpd"))
@@ -102,23 +101,35 @@ async def serve_live_thumbnail(request: web.Request, app: str, stream: str, thum
         segment = await packaging.run(_newest_segment, directory)
 
         def build() -> bytes:
-            return encode_jpeg(latest_from_ts(segment), thumb.width, thumb.height)
+            return encode_jpeg(latest_from_segment(*segment), thumb.width, thumb.height)
     async with request.app[THUMBNAIL_SLOTS]:
         jpeg = await packaging.run(build)
     return web.Response(body=jpeg, content_type=JPEG_TYPE, headers={"Cache-Control": f"max-age={PLAYLIST_MAX_AGE}"})
 
 
-def _newest_segment(directory: str) -> bytes:
-    """The last MPEG-TS segment the live media playlist lists. Blocking."""
+_MAP = re.compile(r'#EXT-X-MAP:URI="([^"]+)"')
+
+
+def _newest_segment(directory: str) -> tuple[bytes, str]:
+    """(bytes, container format) of the last segment the live media playlist lists: MPEG-TS, or fMP4 after the
+    init segment of its EXT-X-MAP (low-latency and HEVC playlists). Blocking."""
     try:
-        playlist = _read(os.path.join(directory, MEDIA_PLAYLIST))[0].decode("utf-8", "replace")
+        playlist = read_whole(os.path.join(directory, MEDIA_PLAYLIST))[0].decode("utf-8", "replace")
     except (FileNotFoundError, NotADirectoryError):
         raise not_found("serve_live_thumbnail: this stream is not live (no playlist)") from None
-    names = [line.strip() for line in playlist.splitlines() if line.strip() and not line.startswith("#")]
-    if not names or not LIVE_FILE.fullmatch(names[-1]) or not names[-1].endswith(".ts"):
-        raise not_found("serve_live_thumbnail: the live playlist lists no MPEG-TS segment yet")
+    lines = [line.strip() for line in playlist.splitlines() if line.strip()]
+    names = [i for i, line in enumerate(lines) if not line.startswith("#")]
+    newest = lines[names[-1]] if names else ""
+    if not LIVE_FILE.fullmatch(newest) or not newest.endswith((".ts", ".m4s")):
+        raise not_found("serve_live_thumbnail: the live playlist lists no segment yet")
+    maps = [m[1] for line in lines[: names[-1]] if (m := _MAP.match(line))]
     try:
-        return _read(os.path.join(directory, names[-1]))[0]
+        if newest.endswith(".ts"):
+            return read_whole(os.path.join(directory, newest))[0], "mpegts"
+        if not maps or not LIVE_FILE.fullmatch(maps[-1]):
+            raise not_found("serve_live_thumbnail: the live playlist names no init segment")
+        init = read_whole(os.path.join(directory, maps[-1]))[0]
+        return init + read_whole(os.path.join(directory, newest))[0], "mp4"
     except FileNotFoundError:
         raise not_found("serve_live_thumbnail: the newest segment is gone; retry") from None
 
@@ -134,6 +145,7 @@ def add_live_routes(app: web.Application) -> None:
     """Before the catch-all route of ``gateway.http.app``; any method, as there: the middleware answers OPTIONS (CORS
     preflight) and refuses methods other than GET/HEAD."""
     app.router.add_route("*", "/live/{app}/{stream}/{file}", serve_live)
+    app.cleanup_ctx.append(live_waits_state)  # after make_app's packaging state: the pollers use its executor
     app.router.add_route("*", "/time", serve_time)
 
 

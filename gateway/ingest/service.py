@@ -15,6 +15,7 @@ from aiohttp import web
 
 from rtmp.config import RtmpConfig
 from rtmp.live import LivePackager
+from rtmp.live.ladder import LadderTap
 from rtmp.pull import Puller
 from rtmp.push import PushRelay
 from rtmp.record import Recorder
@@ -24,6 +25,7 @@ from rtmp.server import RtmpServer
 from ..catalog.catalog import (Catalog, CatalogError, CatalogNotFound, Entry, Flavor, catalog_dir, read_entry, read_partner,
                       write_entry, write_lock)
 from .auth import IngestAuth
+from .notify import Notifier
 from ..settings import Settings
 
 __all__ = ["Ingest", "register_recording", "start_ingest"]
@@ -63,21 +65,36 @@ class Ingest:
 async def start_ingest(settings: Settings, config: RtmpConfig, host: str, port: int) -> Ingest:
     relay = Relay()
     auth = IngestAuth(config, Catalog(settings.store, settings.catalog, settings.catalog_ttl))
-    server = RtmpServer(relay, idle_timeout=config.idle_timeout, authorize=auth, fan_out_delay=config.fan_out_ms / 1000)
+    puller = Puller(relay, config, idle_timeout=config.idle_timeout)   # plays unknown streams from `pull`
+    # nginx-rtmp's callbacks; without any configured the server runs exactly as before (no held connects)
+    notifier = Notifier(config, settings.store, puller=puller) if Notifier.wanted(config) else None
+    server = RtmpServer(relay, idle_timeout=config.idle_timeout, authorize=auth, fan_out_delay=config.fan_out_ms / 1000,
+                        notify=notifier)
     ingest = Ingest(server, relay, config)
     ingest.closers.append(auth.close)
-    if any(app.record for app in (config.default, *config.applications.values())):
-        directory = catalog_dir(settings.store, settings.catalog)
+    if notifier is not None:
+        notifier.start()
+        ingest.parts["notify"] = notifier
+        ingest.closers.append(notifier.close)
+    directory = catalog_dir(settings.store, settings.catalog)
 
-        def on_recorded(path: str, info: dict) -> None:   # in the recorder's worker thread: blocking is fine
-            partner_id = config.for_app(info["app"]).partner_id
-            if partner_id is not None:
-                register_recording(directory, partner_id, path, info)
+    def on_recorded(path: str, info: dict) -> None:   # in the recorder's worker thread: blocking is fine
+        partner_id = config.for_app(info["app"]).partner_id
+        if partner_id is not None:
+            register_recording(directory, partner_id, path, info)
+        if notifier is not None:
+            notifier.record_done(path, info)
 
-        recorder = Recorder(settings.store, enabled=lambda app: config.for_app(app).record, on_recorded=on_recorded)
-        relay.add_tap(recorder)
-        ingest.parts["recorder"] = recorder
-        ingest.closers.append(lambda: asyncio.to_thread(recorder.close))
+    # always there: the control API may record any stream (record/start); it records by itself where record = true
+    recorder = Recorder(settings.store, enabled=lambda app: config.for_app(app).record, on_recorded=on_recorded)
+    relay.add_tap(recorder)
+    ingest.parts["recorder"] = recorder
+    ingest.closers.append(lambda: asyncio.to_thread(recorder.close))
+    if any(app.transcode for app in (config.default, *config.applications.values())):
+        ladder = LadderTap(relay, config, asyncio.get_running_loop())   # <stream>_<height>p renditions
+        relay.add_tap(ladder)
+        ingest.parts["ladder"] = ladder
+        ingest.closers.append(ladder.close)
     if any(app.live for app in (config.default, *config.applications.values())):
         live = LivePackager(Path(settings.store) / "live", config)   # live HLS + DASH of apps with live = true
         relay.add_tap(live)
@@ -87,7 +104,7 @@ async def start_ingest(settings: Settings, config: RtmpConfig, host: str, port: 
     relay.add_tap(push)
     ingest.parts["push"] = push
     ingest.closers.append(push.close)
-    server.pull = Puller(relay, config, idle_timeout=config.idle_timeout)   # plays unknown streams from `pull`
+    server.pull = puller
     ingest.parts["pull"] = server.pull
     ingest.closers.append(server.pull.close)
     await server.start(host, port)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from .frames import FrameRange, decode_frame, locate, sample_reads
 from .jpeg import encode_jpeg, output_size
-from .live import latest_from_gop, latest_from_ts
+from .live import latest_from_gop, latest_from_segment
 from .names import ThumbFile, parse_thumb_name, thumb_name
 
-__all__ = ["FrameRange", "ThumbFile", "decode_frame", "encode_jpeg", "latest_from_gop", "latest_from_ts", "locate",
+__all__ = ["FrameRange", "ThumbFile", "decode_frame", "encode_jpeg", "latest_from_gop", "latest_from_segment", "locate",
            "output_size", "parse_thumb_name", "sample_reads", "thumb_name"]

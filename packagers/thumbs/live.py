@@ -48,19 +48,20 @@ def latest_from_gop(sequence_header: bytes, frames: Sequence[tuple[int, bytes]])
     return max(pictures, key=lambda f: f.pts if f.pts is not None else -1)
 
 
-def latest_from_ts(segment: bytes):
-    """The ``av.VideoFrame`` presented last in an MPEG-TS segment (the live packager's newest)."""
+def latest_from_segment(segment: bytes, container_format: str = "mpegts"):
+    """The ``av.VideoFrame`` presented last in a live segment (the live packager's newest): MPEG-TS, or fMP4
+    (``"mp4"``: its init segment and the segment, back to back)."""
     import av
 
     try:
-        with av.open(io.BytesIO(segment), format="mpegts") as container:
+        with av.open(io.BytesIO(segment), format=container_format) as container:
             if not container.streams.video:
-                raise bad_data("latest_from_ts: the live segment has no video")
+                raise bad_data("latest_from_segment: the live segment has no video")
             stream = container.streams.video[0]
             stream.thread_count = 1
             pictures = list(container.decode(stream))
     except av.FFmpegError as e:
-        raise bad_data(f"latest_from_ts: the live segment does not decode: {e}") from None
+        raise bad_data(f"latest_from_segment: the live segment does not decode: {e}") from None
     if not pictures:
-        raise bad_data("latest_from_ts: the live segment holds no picture")
+        raise bad_data("latest_from_segment: the live segment holds no picture")
     return max(pictures, key=lambda f: f.pts if f.pts is not None else -1)

@@ -19,6 +19,7 @@ carry H.264; libx264 writes Annex B, converted here.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Sequence
@@ -99,6 +100,7 @@ class LadderEncoder:
         self.preset = preset
         self.frame_rate = Fraction(frame_rate)
         self.failed: dict[str, str] = {}    # rendition → why it stopped (its encoder raised)
+        self.seconds: dict[str, float] = {"decode": 0.0}   # CPU (thread) time per rendition and for decoding
 
     @property
     def renditions(self) -> list[str]:
@@ -127,10 +129,13 @@ class LadderEncoder:
         av = self._av
         packet = av.Packet(data)
         packet.pts, packet.dts, packet.time_base = dts + cts, dts, Fraction(1, 1000)
+        started = time.thread_time()
         try:
             pictures = self.decoder.decode(packet)
         except av.FFmpegError as e:
             raise bad_data(f"LadderEncoder: the source does not decode at {dts} ms: {e}") from None
+        finally:
+            self.seconds["decode"] += time.thread_time() - started
         out = []
         for picture in pictures:
             key = bool(picture.key_frame)   # (decoded order: a B-frame source reorders its pictures)
@@ -142,6 +147,13 @@ class LadderEncoder:
         return out
 
     def _encode_one(self, name: str, picture, key: bool) -> list[EncodedSample]:
+        started = time.thread_time()
+        try:
+            return self._encode_picture(name, picture, key)
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.thread_time() - started
+
+    def _encode_picture(self, name: str, picture, key: bool) -> list[EncodedSample]:
         ctx = self.encoders.get(name)
         if ctx is None:
             ctx = self.encoders[name] = self._encoder(name, Fraction(1, 1000))

@@ -11,6 +11,7 @@ DASH clock) outlives it, so a republish continues the same playlists with a disc
 """
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import re
@@ -22,8 +23,8 @@ from typing import Callable
 from ..config import RtmpConfig
 from ..errors import RtmpError
 from ..messages import MSG_AUDIO, MSG_VIDEO, Message
-from .segmenter import LiveSegmenter
-from .writer import LiveStreamWriter, latency_summary
+from .segmenter import LiveSegmenter, Part
+from .writer import MEDIA_PLAYLIST, LiveStreamWriter, latency_summary
 
 __all__ = ["LivePackager", "STREAM_NAME"]
 
@@ -78,20 +79,24 @@ class _Worker(threading.Thread):
                 self.bad_messages += 1
                 log.warning("live %s: message dropped: %s", self.key, e)
                 return
-            for cut in cuts:
-                self.writer.add(cut)
+            self._write(cuts)
         elif what == "publish":
-            self.segmenter = LiveSegmenter(self.packager.target_ms, source=self.key)
+            self.segmenter = LiveSegmenter(self.packager.target_ms, source=self.key, part_ms=self.writer.part_ms)
         elif what == "gap":
             if self.segmenter is not None:
-                for cut in self.segmenter.interrupt(item[1]):
-                    self.writer.add(cut)
+                self._write(self.segmenter.interrupt(item[1]))
         elif what in ("unpublish", "stop"):
             if self.segmenter is not None:
-                for cut in self.segmenter.finish(time.monotonic()):
-                    self.writer.add(cut)
+                self._write(self.segmenter.finish(time.monotonic()))
                 self.writer.end()
                 self.segmenter = None
+
+    def _write(self, cuts: list) -> None:
+        for cut in cuts:
+            if isinstance(cut, Part):
+                self.writer.add_part(cut)
+            else:
+                self.writer.add(cut)
 
     def stats(self) -> dict:
         s = self.segmenter
@@ -131,9 +136,12 @@ class LivePackager:
             self._ended_at.pop(key, None)
             writer = self._writers.get(key)
             if writer is None:
+                app_config = self.config.for_app(app)
                 writer = self._writers[key] = LiveStreamWriter(
                     self.root / app / stream, target_ms=self.target_ms, window=self.config.live_window,
-                    wall=self._wall, monotonic=self._monotonic)
+                    wall=self._wall, monotonic=self._monotonic, dvr_s=app_config.dvr_window_s,
+                    part_ms=self.config.live_part_duration_ms if app_config.low_latency else 0,
+                    siblings=functools.partial(self._renditions, key))
             worker = self._workers.get(key)
             if worker is None:
                 worker = self._workers[key] = _Worker(self, key, writer)
@@ -167,6 +175,20 @@ class LivePackager:
             self._ended_at[key] = self._monotonic()
             worker.put(("unpublish",))
 
+    def _renditions(self, key: str) -> list:
+        """The variants of the renditions a ladder makes of ``key`` (``<key>_<height>p``) that are being packaged,
+        with URIs from ``key``'s directory: its master playlist lists them (from a worker thread: a snapshot)."""
+        app, _, stream = key.partition("/")
+        out = []
+        for text in self.config.for_app(app).transcode:
+            name = f"{stream}_{text.partition('@')[0]}"
+            writer = self._writers.get(f"{app}/{name}")
+            if writer is not None and not writer.ended:
+                variant = writer.variant(f"../{name}/{MEDIA_PLAYLIST}")
+                if variant is not None:
+                    out.append(variant)
+        return out
+
     # ------------------------------------------------------------------------------------------------ lifecycle
     def _retire(self, worker: _Worker) -> bool:
         """Called by a worker after an unpublish: it leaves only if nothing was queued meanwhile (a republish
@@ -198,13 +220,16 @@ class LivePackager:
     # ------------------------------------------------------------------------------------------------ stats
     def stats(self) -> dict:
         """Per stream: writer counters and segment latency (closing key frame received → playlists renamed, ms);
-        ``segment_latency_ms``: p50/p95/max over the last segments of every stream."""
+        ``segment_latency_ms``: p50/p95/max over the last segments of every stream; ``part_latency_ms`` the same
+        for low-latency HLS parts (closing frame received → playlist listing the part renamed)."""
         with self._lock:
             writers, workers = dict(self._writers), dict(self._workers)
         streams = {}
-        every = []
+        every, parts = [], []
         for key, writer in writers.items():
             every.extend(tuple(writer.latencies_ms))
+            parts.extend(tuple(writer.part_latencies_ms))
             streams[key] = {**writer.stats(), **(workers[key].stats() if key in workers else {}),
                             "publishing": key in workers}
-        return {"streams": streams, "segment_latency_ms": latency_summary(every)}
+        return {"streams": streams, "segment_latency_ms": latency_summary(every),
+                "part_latency_ms": latency_summary(parts)}

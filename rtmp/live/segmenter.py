@@ -14,6 +14,11 @@ Cuts. Video: before the first key frame at or after ``target_ms`` since the segm
 before that key frame's time go with the closing segment. Audio only: before the first frame at or after
 ``target_ms``. A segment's presentation span runs from its earliest pts to its latest pts + duration (with video: to
 the next key frame's pts), so for closed GOPs it is exactly the next segment's start.
+
+Parts (low-latency HLS, ``part_ms`` > 0): a segment is also cut into `Part`s as its samples arrive, each as long as
+fits in ``part_ms`` (a part closes before the frame that would take it past, so no part is longer than the
+PART-TARGET the playlist states), audio split at the same times as video; the last part of a segment ends where
+the segment does and is emitted just before its `Cut`. Parts tile their segment: the same samples, in order.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ from packagers.model import CodecConfig, SampleTable, Track
 from ..flv import FlvDemuxer, FlvSample
 from ..messages import Message
 
-__all__ = ["Cut", "LiveSegmenter", "TrackCut", "VIDEO_TIMESCALE"]
+__all__ = ["Cut", "LiveSegmenter", "Part", "TrackCut", "VIDEO_TIMESCALE"]
 
 log = logging.getLogger("rtmp.live")
 
@@ -66,6 +71,27 @@ class Cut:
         return self.tracks[0]
 
 
+@dataclass(frozen=True, eq=False)
+class Part:
+    """A part of the segment in progress: its samples per track (video first), as a `Cut` has them."""
+    period: int
+    new_period: bool        # first part of the period
+    tracks: tuple[TrackCut, ...]
+    period_tracks: tuple[Track, ...]
+    independent: bool       # starts with a key frame (or has no video)
+    period_wall_clock: float
+    closed_at: float        # monotonic time when the message that closed the part arrived
+
+    @property
+    def main(self) -> TrackCut:
+        return self.tracks[0]
+
+
+# a part closes when the next frame would take it past part_ms less this margin (ticks at 90 kHz): FLV times are
+# whole ms, so frame durations jitter by 1 ms
+_PART_MARGIN = 180
+
+
 @dataclass
 class _Pending:
     """Samples of one track not cut yet: plain lists, turned into numpy columns once per segment."""
@@ -84,10 +110,15 @@ class _Pending:
         del self.dts[:n], self.cts[:n], self.keyframe[:n], self.data[:n], self.ms[:n]
         return out
 
+    def view(self, a: int, b: int) -> tuple[list, list, list, list]:
+        return self.dts[a:b], self.cts[a:b], self.keyframe[a:b], self.data[a:b]
+
 
 class LiveSegmenter:
-    def __init__(self, target_ms: int, *, source: str = "", max_segment_ms: int | None = None) -> None:
+    def __init__(self, target_ms: int, *, source: str = "", max_segment_ms: int | None = None,
+                 part_ms: int = 0) -> None:
         self.target_ms = target_ms
+        self.part_ms = part_ms          # 0: no parts
         self.max_segment_ms = max_segment_ms or max(10 * target_ms, 30_000)
         self.source = source
         self.demuxer = FlvDemuxer()
@@ -105,6 +136,9 @@ class LiveSegmenter:
         self._last_video_duration = 0
         self._last_audio_end: int | None = None
         self._early_audio: list[FlvSample] = []     # while waiting for a key frame: the last audio frames
+        self._part_video = 0            # pending samples already in parts
+        self._part_audio = 0
+        self._first_part = False        # the next part is the period's first
 
     # ------------------------------------------------------------------------------------------------ input
     def feed(self, message: Message, received: float, wall: float) -> list[Cut]:
@@ -155,6 +189,10 @@ class LiveSegmenter:
             elif since >= self.max_segment_ms:     # no key frame for far too long: end the period here
                 self.dropped["no key frame within max_segment_ms"] += 1
                 return self.interrupt(received)
+            if self.part_ms and len(self._video.dts) > self._part_video:
+                first, last = self._video.dts[self._part_video], self._video.dts[-1]
+                if dts - first + (dts - last) > self.part_ms * 90 - _PART_MARGIN:
+                    out += self._part(received, dts, s.dts)
             if not self._video.dts:
                 self._segment_ms, self._segment_wall = s.dts, wall
             self._video.add(dts, s.cts * 90, s.keyframe, s.data, s.dts)
@@ -178,6 +216,10 @@ class LiveSegmenter:
                 return out
         elif self._last_audio_end is not None and abs(exact - self._last_audio_end) <= self._frame // 2:
             exact = self._last_audio_end   # continue the previous segment's timeline exactly
+        if self._video is None and self.part_ms and len(self._audio.dts) > self._part_audio:
+            ticks = self.part_ms * rate // 1000
+            if exact - self._audio.dts[self._part_audio] + self._frame > ticks:
+                out += self._part(received, None, s.dts)
         if self._video is None and not self._audio.dts:
             self._segment_ms, self._segment_wall = s.dts, wall
         self._audio.add(exact, 0, True, s.data, s.dts)
@@ -209,6 +251,8 @@ class LiveSegmenter:
         self._segment_wall = self._period_wall = wall
         self._last_audio_end = None
         self._last_video_duration = 0
+        self._part_video = self._part_audio = 0
+        self._first_part = True
         return True
 
     def _track(self, track_id: int, kind: str, timescale: int, codec: CodecConfig) -> Track:
@@ -219,6 +263,11 @@ class LiveSegmenter:
         """Close the current segment before ``key`` (a video key frame; None = everything pending)."""
         if not self._tracks:
             return []
+        out: list = []
+        if self.part_ms:    # the segment's last part first
+            out += self._part(received, (key.dts - self._base) * 90 if key is not None else None,
+                              key.dts if key is not None else None)
+        self._part_video = self._part_audio = 0
         parts = []
         for track in self._tracks:
             if track.kind == "video":
@@ -228,11 +277,42 @@ class LiveSegmenter:
             if part is not None:
                 parts.append(part)
         if not parts:
-            return []
+            return out
         cut = Cut(self.period, self._new_period, tuple(parts), self._tracks, self._segment_wall, self._period_wall,
                   received)
         self._new_period = False
-        return [cut]
+        return out + [cut]
+
+    def _part(self, received: float, next_dts: int | None, next_ms: int | None) -> list[Part]:
+        """The samples since the last part, up to the video frame at ``next_dts`` (ticks; its publisher time
+        ``next_ms``), or all of them (None: the publisher left or the period ends)."""
+        tracks = []
+        for track in self._tracks:
+            p = self._video if track.kind == "video" else self._audio
+            a = self._part_video if track.kind == "video" else self._part_audio
+            if track.kind == "video" or next_ms is None:
+                b = len(p.dts)
+            else:
+                b = a + int(np.searchsorted(np.array(p.ms[a:], dtype=np.int64), next_ms, "left"))
+            if b <= a:
+                continue
+            dts, cts, keyframe, data = p.view(a, b)
+            dts = np.array(dts, dtype=np.int64)
+            durations = np.empty(len(dts), dtype=np.int64)
+            durations[:-1] = np.diff(dts)
+            if track.kind == "video":
+                self._part_video = b
+                last = next_dts - dts[-1] if next_dts is not None else (durations[-2] if len(dts) > 1 else 0)
+                durations[-1] = last or self._last_video_duration or 3600
+            else:
+                self._part_audio = b
+                durations[-1] = p.dts[b] - dts[-1] if b < len(p.dts) else self._frame
+            tracks.append(_track_cut(track, dts, np.array(cts, dtype=np.int64), keyframe, data, durations))
+        if not tracks:
+            return []
+        independent = tracks[0].track.kind != "video" or bool(tracks[0].samples.keyframe[0])
+        first, self._first_part = self._first_part, False
+        return [Part(self.period, first, tuple(tracks), self._tracks, independent, self._period_wall, received)]
 
     def _cut_video(self, track: Track, key: FlvSample | None) -> TrackCut | None:
         p = self._video

@@ -8,6 +8,14 @@ Files (all in ``<store>/live/<app>/<stream>/``; `LIVE_FILE` is the exact set, an
   ``<tid>-<n>.ts``                          HLS segment n (the media sequence number)
   ``<tid>-<p>-<v|a>-init.mp4``              DASH init segment of period p, video or audio
   ``<tid>-<p>-<v|a>-<t>.m4s``               DASH media segment starting at presentation time t (``$Time$``)
+With low latency (``part_ms`` > 0) the HLS playlist is LL-HLS over fMP4 instead of MPEG-TS (``packagers.hls.live``),
+and so are the segments of HEVC (and any video but H.264: browsers play those from fMP4 only), without parts:
+  ``<tid>-<p>-init.mp4``                    HLS init segment of period p (audio + video in one file)
+  ``<tid>-<n>.<k>.m4s``                     part k of HLS segment n (moof + mdat), written as its samples arrive
+  ``<tid>-<n>.m4s``                         HLS segment n: its parts back to back, written when it closes
+  ``index_delta.m3u8``                      the playlist's delta update (what ``index.m3u8?_HLS_skip=YES`` gets)
+Every part and segment is renamed into place before the playlist that names it; the playlist's preload hint names
+the next part before it exists (the gateway holds a request for it until it does).
 ``<tid>`` is the base-36 creation time of this writer (ms): a gateway restart or another node taking the stream over
 never reuses a segment name, so no cache (CDN, player) can serve an old segment for a new one. Files of another
 ``<tid>`` are removed at the first segment. Every file is written to a hidden temporary name in the same directory
@@ -18,8 +26,9 @@ publishes: a republish (or codec change) starts a new Period, whose @start is th
 availabilityStartTime and the end of the previous Period, and an EXT-X-DISCONTINUITY in HLS. On unpublish the HLS
 playlist gets EXT-X-ENDLIST and the MPD a mediaPresentationDuration (see ``packagers.dash.live``); files stay.
 
-Window: ``window`` segments listed; files of ``keep_extra`` more stay on disk for players that are behind, older
-ones (and init segments of periods with no segment left) are deleted.
+Window: ``window`` segments listed, or with ``dvr_s`` (a DVR window) as many as ``dvr_s`` seconds need; files of
+``keep_extra`` more stay on disk for players that are behind, older ones (and init segments of periods with no
+segment left) are deleted.
 
 Write errors (a full disk, a quota, EIO): a segment that cannot be written whole is skipped: its files and temporaries
 are removed, the playlists do not list it, its number is used by the next segment, and that next segment carries an
@@ -29,6 +38,7 @@ fits. Skips are counted (``segments_skipped``) and logged at most once per ``ERR
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -46,21 +56,23 @@ import numpy as np
 from packagers.dash.live import LivePeriod, LiveRepresentation, build_live_mpd
 from packagers.errors import PackagerError
 from packagers.fmp4 import Fmp4Muxer, build_init_segment, channel_configuration, codec_string
-from packagers.hls.live import (LiveSegment, LiveVariant, bandwidth, build_live_master_playlist,
-                                build_live_media_playlist, target_duration)
+from packagers.hls.live import (LivePart, LiveSegment, LiveVariant, LowLatency, bandwidth,
+                                build_live_master_playlist, build_live_media_playlist, skippable, target_duration)
 from packagers.media_data import MediaSegment, TrackSegment
-from packagers.model import Track
+from packagers.model import SampleTable, Track
 from packagers.ts.muxer import TsMuxer
 
-from .segmenter import Cut, TrackCut
+from .segmenter import Cut, Part, TrackCut
 
-__all__ = ["LIVE_FILE", "LiveStreamWriter", "MEDIA_PLAYLIST", "MASTER_PLAYLIST", "MPD"]
+__all__ = ["LIVE_FILE", "LiveStreamWriter", "MEDIA_PLAYLIST", "MASTER_PLAYLIST", "MPD", "DELTA_PLAYLIST"]
 
 log = logging.getLogger("rtmp.live")
 
 MEDIA_PLAYLIST, MASTER_PLAYLIST, MPD = "index.m3u8", "master.m3u8", "manifest.mpd"
-LIVE_FILE = re.compile(r"index\.m3u8|master\.m3u8|manifest\.mpd|(?P<tid>[0-9a-z]{1,13})-"
-                       r"(?:[0-9]{1,12}\.ts|[0-9]{1,9}-[va]-(?:init\.mp4|[0-9]{1,18}\.m4s))")
+DELTA_PLAYLIST = "index_delta.m3u8"
+LIVE_FILE = re.compile(r"index\.m3u8|index_delta\.m3u8|master\.m3u8|manifest\.mpd|(?P<tid>[0-9a-z]{1,13})-"
+                       r"(?:[0-9]{1,12}\.ts|[0-9]{1,12}(?:\.[0-9]{1,6})?\.m4s|[0-9]{1,9}-init\.mp4"
+                       r"|[0-9]{1,9}-[va]-(?:init\.mp4|[0-9]{1,18}\.m4s))")
 _KIND_LETTER = {"video": "v", "audio": "a"}
 ERROR_LOG_INTERVAL = 5.0        # seconds: a full disk fails every segment; one line per stream per interval is enough
 
@@ -70,9 +82,10 @@ class _Period:
     id: int
     start_ms: int                   # from availabilityStartTime
     tracks: tuple[Track, ...]
-    ts: TsMuxer
-    fmp4: dict                      # kind → Fmp4Muxer
-    init_names: dict                # kind → file name
+    ts: TsMuxer | None              # HLS without low latency
+    fmp4: dict                      # kind → Fmp4Muxer (DASH)
+    init_names: dict                # kind → file name (DASH); "hls" → the LL-HLS init segment
+    hls: Fmp4Muxer | None = None    # LL-HLS: every track in one fragment
     frame_rate: str = ""
     end_ms: int = 0                 # media end of the last segment written, from availabilityStartTime
     last_number: int = 0
@@ -82,25 +95,36 @@ class _Period:
 class _Segment:
     number: int
     period: _Period
-    ts_name: str
-    ts_size: int
+    hls_name: str                   # MPEG-TS, or fMP4 with low latency
+    hls_size: int
     duration: int                   # main track ticks
     timescale: int
     wall_clock: float
     discontinuity: bool
-    parts: dict = field(default_factory=dict)   # kind → (start, duration, size, file name)
+    dash: dict = field(default_factory=dict)    # kind → (start, duration, size, file name)
+    parts: tuple[LivePart, ...] = ()            # LL-HLS
 
     @property
     def files(self) -> list[str]:
-        return [self.ts_name] + [p[3] for p in self.parts.values()]
+        return [self.hls_name] + [p[3] for p in self.dash.values()] + [p.uri for p in self.parts]
+
+    @functools.cached_property
+    def entry(self) -> LiveSegment:
+        """The playlists' view of it (made once: a DVR window lists thousands, for every part)."""
+        return LiveSegment(self.number, self.hls_name, self.duration, self.timescale, self.wall_clock,
+                           self.discontinuity, self.parts, self.period.init_names.get("hls"))
 
 
 class LiveStreamWriter:
     def __init__(self, directory: Path, *, target_ms: int, window: int, keep_extra: int = 3,
                  wall: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
-                 utc_timing: str = "/time") -> None:
+                 utc_timing: str = "/time", part_ms: int = 0, dvr_s: float = 0.0,
+                 siblings: Callable[[], list[LiveVariant]] = list) -> None:
         self.directory = Path(directory)
         self.target_ms, self.window, self.keep_extra = target_ms, window, keep_extra
+        self.dvr_s = dvr_s          # > 0: the window is this many seconds (a DVR window), not ``window`` segments
+        self.siblings = siblings    # the variants of the renditions made of this stream (rtmp.live.ladder)
+        self.part_ms = part_ms      # > 0: low-latency HLS (fMP4 parts), see the module docstring
         self._wall, self._monotonic, self.utc_timing = wall, monotonic, utc_timing
         self.tid = _base36(int(wall() * 1000))
         self.ended = False
@@ -124,6 +148,11 @@ class LiveStreamWriter:
         self._master = ""
         self._broken = False        # a segment failed: the next one starts a discontinuity
         self._cleaned = False
+        self._parts: list[tuple[LivePart, bytes]] = []   # LL-HLS: the segment in progress, so far
+        self._fragments = 0         # LL-HLS fragments written (their moof sequence numbers)
+        self._parts_failed = False  # a part of the segment in progress could not be written
+        self._lines: dict[int, str] = {}    # HLS playlist lines of settled segments (build_live_media_playlist)
+        self.part_latencies_ms: deque[float] = deque(maxlen=512)   # closing frame received → playlist renamed
 
     # ------------------------------------------------------------------------------------------------ input
     def add(self, cut: Cut) -> None:
@@ -132,7 +161,8 @@ class LiveStreamWriter:
         try:
             if not self._cleaned:
                 self._clean_directory()
-            if cut.new_period or self._period is None or self._restart_period:
+            # (with parts, the segment's first part started its period)
+            if (cut.new_period and not self._parts) or self._period is None or self._restart_period:
                 self._start_period(cut)     # again after a failed start: never mux with the last period's tracks
             segment = self._write_segment(cut)
         except (OSError, PackagerError) as e:
@@ -146,7 +176,7 @@ class LiveStreamWriter:
             self._skipping = 0
         self.ended = False
         self._listed.append(segment)
-        while len(self._listed) > self.window:
+        while self._over_window():
             old = self._listed.popleft()
             self._dropped_discontinuities += old.discontinuity
             self._kept.append(old)
@@ -157,6 +187,57 @@ class LiveStreamWriter:
             self._write_master()
         except OSError as e:    # the segment stays listed: the next playlists that fit list it
             self._failed("playlists not written", e)
+
+    def _over_window(self) -> bool:
+        """More listed than the window: ``window`` segments, or with a DVR window, the oldest segment is not
+        needed to list ``dvr_s`` seconds (at least 2 segments stay)."""
+        if len(self._listed) <= 2:
+            return False
+        if not self.dvr_s:
+            return len(self._listed) > self.window
+        return sum(s.duration / s.timescale for s in self._listed) - self._listed[0].duration / \
+            self._listed[0].timescale >= self.dvr_s
+
+    def add_part(self, part: Part) -> None:
+        """LL-HLS: write one part of the segment in progress and the playlist that lists it. A failure skips the
+        part (counted and logged); the segment is then written whole from its samples when it closes."""
+        if self._parts_failed:
+            return
+        try:
+            if not self._cleaned:
+                self._clean_directory()
+            if part.new_period or self._period is None or self._restart_period:
+                self._parts.clear()
+                self._start_period(part)
+            number, index = self._next_number, len(self._parts)
+            period = self._period
+            data = period.hls.build(MediaSegment(self._fragments, self._segments_of(period, part.tracks)))
+            name = f"{self.tid}-{number}.{index}.m4s"
+            self._write(name, data)
+        except (OSError, PackagerError) as e:
+            self._parts_failed = True   # no more parts for this segment: it is written whole when it closes
+            self._failed("part skipped", e)
+            return
+        self._fragments += 1
+        main = part.main
+        # (its decode span: parts tile the timeline; the presentation span of B-frames would overlap the next)
+        seconds = int(main.samples.durations.sum()) / main.track.timescale
+        self._parts.append((LivePart(name, seconds, part.independent), data))
+        self.bytes_written += len(data)
+        try:
+            self._write_playlists(mpd=False)
+            self.part_latencies_ms.append((self._monotonic() - part.closed_at) * 1000)
+            if not self._master:    # players start from the master playlist: as soon as there is a part
+                self._write_master()
+        except OSError as e:
+            self._failed("playlists not written", e)
+
+    @staticmethod
+    def _segments_of(period: _Period, cuts) -> tuple[TrackSegment, ...]:
+        """A TrackSegment per track of the period (empty for a track without samples here), in its order."""
+        by_kind = {tc.track.kind: tc for tc in cuts}
+        return tuple(TrackSegment(t, by_kind[t.kind].samples, by_kind[t.kind].chunks) if t.kind in by_kind
+                     else TrackSegment(t, SampleTable.empty(), ()) for t in period.tracks)
 
     def end(self) -> None:
         """The publisher left (after its last segment was added): ENDLIST and the MPD's end."""
@@ -178,18 +259,33 @@ class LiveStreamWriter:
         pid = self._periods
         tracks = cut.period_tracks
         init_names = {t.kind: f"{self.tid}-{pid}-{_KIND_LETTER[t.kind]}-init.mp4" for t in tracks}
+        files = [(init_names[t.kind], build_init_segment([t])) for t in tracks]
+        # HLS in fMP4 with low latency, and for codecs browsers only play from fMP4 (HEVC, AV1); else MPEG-TS
+        fmp4 = self.part_ms > 0 or any(t.kind == "video" and t.codec.codec != "h264" for t in tracks)
+        if fmp4:
+            init_names["hls"] = f"{self.tid}-{pid}-init.mp4"
+            files.append((init_names["hls"], build_init_segment(tracks)))
         self._restart_period = True
-        self._write_all([(init_names[t.kind], build_init_segment([t])) for t in tracks])
+        self._write_all(files)
         self._restart_period = False
-        self._period = _Period(pid, start_ms, tracks, TsMuxer(tracks), {t.kind: Fmp4Muxer([t]) for t in tracks},
-                               init_names)
+        self._period = _Period(pid, start_ms, tracks, None if fmp4 else TsMuxer(tracks),
+                               {t.kind: Fmp4Muxer([t]) for t in tracks}, init_names,
+                               hls=Fmp4Muxer(tracks) if fmp4 else None)
         self._periods += 1
 
     def _write_segment(self, cut: Cut) -> _Segment:
         period, n = self._period, self._next_number
         parts = tuple(TrackSegment(tc.track, tc.samples, tc.chunks) for tc in cut.tracks)
-        ts = period.ts.build(MediaSegment(n - 1, parts))
-        files = [(f"{self.tid}-{n}.ts", ts)]
+        if period.hls is None:
+            hls = period.ts.build(MediaSegment(n - 1, parts))
+            files = [(f"{self.tid}-{n}.ts", hls)]
+        elif self._parts and not self._parts_failed:    # LL-HLS: the segment is its parts, back to back
+            hls = b"".join(data for _, data in self._parts)
+            files = [(f"{self.tid}-{n}.m4s", hls)]
+        else:               # its parts failed: the segment alone, listed without parts
+            hls = period.hls.build(MediaSegment(self._fragments, self._segments_of(period, cut.tracks)))
+            self._fragments += 1
+            files = [(f"{self.tid}-{n}.m4s", hls)]
         info = {}
         for tc, part in zip(cut.tracks, parts):
             name = f"{self.tid}-{period.id}-{_KIND_LETTER[tc.track.kind]}-{tc.start}.m4s"
@@ -208,8 +304,11 @@ class LiveStreamWriter:
         self._next_number += 1
         self.segments_written += 1
         self.bytes_written += sum(len(d) for _, d in files)
-        return _Segment(n, period, files[0][0], len(ts), main.duration, main.track.timescale, cut.wall_clock,
-                        discontinuity, info)
+        listed_parts = () if self._parts_failed else tuple(p for p, _ in self._parts)
+        self._parts.clear()
+        self._parts_failed = False
+        return _Segment(n, period, files[0][0], len(hls), main.duration, main.track.timescale, cut.wall_clock,
+                        discontinuity, info, listed_parts)
 
     def _expire(self) -> None:
         """Delete the files of segments past the window + keep_extra, and init segments no segment needs."""
@@ -223,16 +322,28 @@ class LiveStreamWriter:
                     self._remove(name)
 
     # ------------------------------------------------------------------------------------------------ playlists
-    def _write_playlists(self) -> None:
+    def _write_playlists(self, mpd: bool = True) -> None:
         listed = list(self._listed)
-        hls = [LiveSegment(s.number, s.ts_name, s.duration, s.timescale, s.wall_clock, s.discontinuity)
-               for s in listed]
+        hls = [s.entry for s in listed]
         self._min_target = max(self._min_target, target_duration(hls))
         first_discontinuity = listed[0].discontinuity if listed else False
-        self._write(MEDIA_PLAYLIST, build_live_media_playlist(
-            hls, discontinuity_sequence=self._dropped_discontinuities + first_discontinuity, ended=self.ended,
-            min_target_duration=self._min_target).encode())
-        self._write(MPD, self._mpd(listed).encode())
+        options = dict(discontinuity_sequence=self._dropped_discontinuities + first_discontinuity, ended=self.ended,
+                       min_target_duration=self._min_target)
+        if self.part_ms:
+            trailing = tuple(p for p, _ in self._parts)
+            options["low_latency"] = LowLatency(
+                self.part_ms / 1000, trailing, None if self.ended else f"{self.tid}-{self._next_number}."
+                f"{len(trailing)}.m4s", self._period.init_names["hls"] if trailing else None, self._next_number)
+        first = hls[0].number if hls else 0
+        for number in [n for n in self._lines if n < first]:    # slid out of the window
+            del self._lines[number]
+        self._write(MEDIA_PLAYLIST, build_live_media_playlist(hls, cache=self._lines, **options).encode())
+        if self.part_ms:
+            skip = skippable(hls, target_duration(hls, self._min_target))
+            self._write(DELTA_PLAYLIST, build_live_media_playlist(hls, skip=skip, cache=self._lines,
+                                                                  **options).encode())
+        if mpd:
+            self._write(MPD, self._mpd(listed).encode())
 
     def _mpd(self, listed: list[_Segment]) -> str:
         periods: list[LivePeriod] = []
@@ -257,7 +368,7 @@ class LiveStreamWriter:
             utc_timing=self.utc_timing)
 
     def _representation(self, period: _Period, track: Track, segs: list[_Segment]) -> LiveRepresentation | None:
-        parts = [s.parts[track.kind] for s in segs if track.kind in s.parts]
+        parts = [s.dash[track.kind] for s in segs if track.kind in s.dash]
         if not parts:
             return None
         starts = [p[0] for p in parts]
@@ -271,15 +382,26 @@ class LiveStreamWriter:
             durations=durations, width=track.codec.width, height=track.codec.height, frame_rate=period.frame_rate,
             sample_rate=track.codec.sample_rate, channel_configuration=channel_configuration(track.codec))
 
-    def _write_master(self) -> None:
+    def variant(self, uri: str = MEDIA_PLAYLIST) -> LiveVariant | None:
+        """This stream as a master playlist's variant (None before its first segment); thread-safe enough for a
+        sibling's writer to read: every field is replaced whole."""
         period = self._period
-        listed = [s for s in self._listed if s.period is period]
-        peak, average = bandwidth([s.ts_size for s in listed], [s.duration / s.timescale for s in listed])
+        listed = [(s.hls_size, s.duration / s.timescale) for s in list(self._listed) if s.period is period]
+        if not listed:     # low latency, before the first segment: its parts so far
+            listed = [(len(data), p.duration) for p, data in list(self._parts)]
+        if period is None or not listed:
+            return None
+        peak, average = bandwidth([n for n, _ in listed], [d for _, d in listed])
         video = next((t for t in period.tracks if t.kind == "video"), None)
         rate = float(Fraction(period.frame_rate)) if period.frame_rate else 0.0
-        variant = LiveVariant(MEDIA_PLAYLIST, peak, average, tuple(t.codec.codec_string for t in period.tracks),
-                              video.codec.width if video else 0, video.codec.height if video else 0, rate)
-        text = build_live_master_playlist([variant])
+        return LiveVariant(uri, peak, average, tuple(t.codec.codec_string for t in period.tracks),
+                           video.codec.width if video else 0, video.codec.height if video else 0, rate)
+
+    def _write_master(self) -> None:
+        """master.m3u8: this stream, and the renditions a ladder makes of it (``siblings``: their variants with
+        URIs relative to this directory), highest bandwidth first."""
+        variants = [v for v in [self.variant(), *self.siblings()] if v is not None]
+        text = build_live_master_playlist(sorted(variants, key=lambda v: -v.bandwidth))
         if text != self._master:
             self._write(MASTER_PLAYLIST, text.encode())
             self._master = text
@@ -343,7 +465,8 @@ class LiveStreamWriter:
         return {"segments": self.segments_written, "bytes": self.bytes_written, "errors": self.errors,
                 "segments_skipped": self.segments_skipped, "ended": self.ended,
                 "media_sequence": self._listed[0].number if self._listed else None,
-                "periods": self._periods, "latency_ms": latency_summary(self.latencies_ms)}
+                "periods": self._periods, "latency_ms": latency_summary(self.latencies_ms),
+                "part_latency_ms": latency_summary(self.part_latencies_ms)}
 
 
 def latency_summary(values) -> dict:

@@ -9,6 +9,7 @@ on its own event-loop thread, so that the live packager's ``stats()`` (segment l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import subprocess
 import threading
@@ -26,7 +27,7 @@ from fixtures.generate import fixture_path
 from gateway.http.app import make_app
 from gateway.ingest.service import start_ingest
 from gateway.settings import Settings
-from rtmp.config import RtmpConfig
+from rtmp.config import ApplicationConfig, RtmpConfig
 from rtmp.live import LivePackager
 from tests.needs import needs_executable
 from tests.rtmp.test_live_packager import annexb_nals, avcc_nals, source_samples
@@ -43,9 +44,11 @@ NS = {"d": "urn:mpeg:dash:schema:mpd:2011"}
 class LiveGateway:
     """make_app + start_ingest on a private event loop in a thread; ``base`` is the HTTP URL."""
 
-    def __init__(self, store) -> None:
+    def __init__(self, store, config: RtmpConfig | None = None) -> None:
         self.settings = Settings(store=store, port=0, access_log=False)
-        self.config = RtmpConfig(live_segment_duration_ms=2000, live_window=WINDOW)
+        # (this module tests plain live HLS, MPEG-TS segments; tests/e2e/test_ll_hls_players.py the low-latency one)
+        self.config = config or RtmpConfig(default=ApplicationConfig(low_latency=False),
+                                           live_segment_duration_ms=2000, live_window=WINDOW)
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._run, name="live-gateway", daemon=True)
@@ -105,28 +108,35 @@ def status_of(url: str) -> int:
 def live(tmp_path_factory):
     """The gateway with ffmpeg publishing rtmp://.../live/test; yields (gateway, stream URL) once 3 segments exist."""
     store = tmp_path_factory.mktemp("live-store")
-    with LiveGateway(store) as gw:
-        publisher = subprocess.Popen(
-            ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re", "-stream_loop", "-1",
-             "-i", str(fixture_path(SOURCE)), "-c", "copy", "-f", "flv",
-             f"rtmp://127.0.0.1:{gw.ingest.port}/live/test"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        url = f"{gw.base}/live/live/test"
-        try:
-            deadline = time.monotonic() + 60     # hang guard only
-            while True:
-                try:
-                    if len(m3u8.loads(get(f"{url}/index.m3u8")[2].decode()).segments) >= 3:
-                        break
-                except urllib.error.HTTPError:
-                    pass
-                assert publisher.poll() is None, publisher.stderr.read().decode()
-                assert time.monotonic() < deadline, "no live playlist with 3 segments"
-                time.sleep(0.2)
-            yield gw, url
-        finally:
-            publisher.terminate()
-            publisher.wait(10)
+    with LiveGateway(store) as gw, publishing(gw, "test", ["-c", "copy"], segments=3) as url:
+        yield gw, url
+
+
+@contextlib.contextmanager
+def publishing(gw: LiveGateway, stream: str, codec_args: list[str], segments: int):
+    """The ffmpeg CLI publishing SOURCE in a loop to rtmp://.../live/<stream> (``codec_args``: -c copy, or a
+    re-encode); yields the stream's HTTP URL once its playlist lists ``segments`` complete segments."""
+    publisher = subprocess.Popen(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re", "-stream_loop", "-1",
+         "-i", str(fixture_path(SOURCE)), *codec_args, "-f", "flv", f"rtmp://127.0.0.1:{gw.ingest.port}/live/{stream}"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"{gw.base}/live/live/{stream}"
+    try:
+        deadline = time.monotonic() + 60     # hang guard only
+        while True:
+            try:
+                listed = m3u8.loads(get(f"{url}/index.m3u8")[2].decode()).segments
+                if len([s for s in listed if s.uri]) >= segments:   # (LL-HLS: the parts in progress have no URI)
+                    break
+            except urllib.error.HTTPError:
+                pass
+            assert publisher.poll() is None, publisher.stderr.read().decode()
+            assert time.monotonic() < deadline, f"no live playlist with {segments} segments"
+            time.sleep(0.2)
+        yield url
+    finally:
+        publisher.terminate()
+        publisher.wait(10)
 
 
 def playback_progress(report: dict) -> float:

@@ -405,6 +405,10 @@ def test_rtmp_viewers_and_publishers(metrics_store, tmp_path, monkeypatch):
         while fetch(live + "/index.m3u8")[0] != 200:  # the first segment is written ~2 s after the publish
             assert time.monotonic() < deadline, "the live packager wrote no playlist"
             time.sleep(0.2)
+        # (a low-latency playlist comes with the first part; the MPD with the first segment: asked by its player)
+        while fetch(live + "/manifest.mpd", headers={"User-Agent": "player-c"})[0] != 200:
+            assert time.monotonic() < deadline, "the live packager wrote no MPD"
+            time.sleep(0.2)
         for agent, name in (("player-a", "index.m3u8"), ("player-a", "index.m3u8"), ("player-b", "master.m3u8"),
                             ("player-b", "index.m3u8"), ("player-c", "manifest.mpd")):
             assert fetch(f"{live}/{name}", headers={"User-Agent": agent})[0] == 200

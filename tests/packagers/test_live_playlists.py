@@ -178,3 +178,26 @@ def test_durations_in_ms(ms, text):
     mpd = build([LivePeriod("0", ms, representations())])
     assert mpd.find(f"{NS}Period").get("start") == text
     assert math.isclose(seconds(text), ms / 1000)
+
+
+def test_cached_lines_render_the_same_playlist_as_the_window_slides():
+    """A DVR writer keeps each settled segment's lines (``cache``): every render must equal the one without it,
+    as the window slides, across a discontinuity with a new map, with parts moving out of the listed range."""
+    from packagers.hls.live import LivePart, LowLatency
+
+    def segment(n):
+        return LiveSegment(n, f"t-{n}.m4s", 180_000, 90_000, T0 + 2 * n, discontinuity=n == 30,
+                           parts=tuple(LivePart(f"t-{n}.{k}.m4s", 0.5, k == 0) for k in range(4)),
+                           map_uri="t-0-init.mp4" if n < 30 else "t-1-init.mp4")
+
+    cache = {}
+    for last in range(1, 60):
+        window = [segment(n) for n in range(max(1, last - 25), last + 1)]
+        ll = LowLatency(0.5, (LivePart(f"t-{last + 1}.0.m4s", 0.5, True),), f"t-{last + 1}.1.m4s",
+                        window[-1].map_uri, last + 1)
+        for skip in (0, 3):
+            if skip >= len(window):
+                continue
+            assert build_live_media_playlist(window, low_latency=ll, skip=skip, cache=cache) == \
+                build_live_media_playlist(window, low_latency=ll, skip=skip)
+    assert cache

@@ -191,7 +191,9 @@ async def test_full_disk_while_publishing(disk: TmpfsDisk) -> None:
         first_stats, live_stats = recorder.stats(), writer()
         first = recordings_of(store)
         playlist = (live_dir / "index.m3u8").read_text()
-        hls_missing = [s.uri for s in m3u8.loads(playlist).segments if not (live_dir / s.uri).is_file()]
+        listed = [s.uri for s in m3u8.loads(playlist).segments] + [p.uri for s in m3u8.loads(playlist).segments
+                                                                   for p in s.parts]   # (LL-HLS parts)
+        hls_missing = [uri for uri in listed if uri and not (live_dir / uri).is_file()]
         live_names = sorted(os.listdir(live_dir))
         dash_files = mpd_files(live_dir / "manifest.mpd")
         dash_missing = [name for name in dash_files if not (live_dir / name).is_file()]
@@ -232,7 +234,8 @@ async def test_full_disk_while_publishing(disk: TmpfsDisk) -> None:
     hls = m3u8.loads(playlist)
     assert hls.is_endlist and hls.segments and hls_missing == []
     tid = hls.segments[0].uri.split("-")[0]
-    assert [s.uri for s in hls.segments] == [f"{tid}-{hls.media_sequence + i}.ts" for i in range(len(hls.segments))]
+    ext = ".m4s" if hls.segment_map else ".ts"      # low-latency HLS (the default) is fMP4
+    assert [s.uri for s in hls.segments] == [f"{tid}-{hls.media_sequence + i}{ext}" for i in range(len(hls.segments))]
     assert any(s.discontinuity for s in hls.segments[1:]), playlist
     assert dash_files and dash_missing == []
     assert all(LIVE_FILE.fullmatch(name) for name in live_names), live_names

@@ -211,21 +211,29 @@ def packaged(request, tmp_path_factory):
     return out, flv, request.param
 
 
-def test_ts_segments_carry_the_published_samples_with_exact_times(packaged):
+def test_hls_segments_carry_the_published_samples_with_exact_times(packaged):
+    """H.264 in MPEG-TS segments; HEVC in fMP4 segments (EXT-X-MAP: browsers play HEVC from fMP4 only)."""
     out, flv, name = packaged
     hevc = name == "hevc"
     playlist = m3u8.load(str(out / "index.m3u8"))
     assert playlist.is_endlist and playlist.media_sequence == 1 and len(playlist.segments) == (4 if hevc else 6)
-    ts = b"".join((out / s.uri).read_bytes() for s in playlist.segments)
+    assert all(s.uri.endswith(".m4s" if hevc else ".ts") for s in playlist.segments)
+    assert (playlist.segment_map[0].uri.endswith("-0-init.mp4") and playlist.version == 6) if hevc else \
+        (not playlist.segment_map and playlist.version == 3)
+    data = b"".join((out / s.uri).read_bytes() for s in playlist.segments)
+    if hevc:
+        data = (out / playlist.segment_map[0].uri).read_bytes() + data
+    fmt = None if hevc else "mpegts"
     video, audio = [], []
-    with av.open(io.BytesIO(ts), format="mpegts") as c:
+    with av.open(io.BytesIO(data), format=fmt) as c:
         for p in c.demux():
             if p.size:
                 (video if p.stream.type == "video" else audio).append((bytes(p), p.pts))
-    assert [annexb_nals(d, hevc) for d, _ in video] == [avcc_nals(s, hevc=hevc)
-                                                         for s in source_samples(f"{name}.mp4", "video")]
-    assert [d[7:] for d, _ in audio] == source_samples(f"{name}.mp4", "audio")    # ADTS header + raw frame
-    with av.open(io.BytesIO(ts), format="mpegts") as c:
+    nals = (lambda d: avcc_nals(d, hevc=True)) if hevc else annexb_nals
+    assert [nals(d) for d, _ in video] == [avcc_nals(s, hevc=hevc) for s in source_samples(f"{name}.mp4", "video")]
+    adts = 0 if hevc else 7                                                 # TS: ADTS header + raw frame
+    assert [d[adts:] for d, _ in audio] == source_samples(f"{name}.mp4", "audio")
+    with av.open(io.BytesIO(data), format=fmt) as c:
         assert sum(1 for _ in c.decode(video=0)) == FRAMES[name][0]
     flv_video = [s for s in flv if s.kind == "video"]
     published = np.array([(s.dts + s.cts) * 90 for s in flv_video])

@@ -184,6 +184,7 @@ async function main() {
       textTracks: p.textTracks || [],
       bufferedStart: p.bufferedStart ?? null,
       drm: p.drm || null,
+      latency: p.latency || [],
     });
     if (values.screenshot && state.videoWidth) {
       // What a viewer sees, from the compositor: a canvas cannot read EME-decrypted frames back. Paused first, so

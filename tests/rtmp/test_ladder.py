@@ -1,0 +1,127 @@
+"""The transcoded ladder (rtmp.live.ladder) on real sockets: the ffmpeg CLI publishes title_360p to an application with
+``transcode = ["240p@300k", "180p@200k"]``; a real RTMP client (PyAV, ffmpeg's RTMP protocol) plays a rendition;
+the live packager writes each rendition's HLS like any stream's; PyAV decodes those at their sizes with key frames
+at the source's times; a rendition taller than the source is not made; a crashed transcoding process unpublishes
+its renditions and leaves the source playing."""
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+
+import av
+import m3u8
+import pytest
+
+from fixtures.generate import fixture_path
+from rtmp.config import ApplicationConfig, RtmpConfig
+from rtmp.live import LivePackager
+from rtmp.live.ladder import LadderTap
+from rtmp.relay import Relay
+from rtmp.server import serve_rtmp
+from tests.needs import needs_executable
+from tests.rtmp.test_server_ffmpeg import ffmpeg_publish, stop, wait_until
+
+pytestmark = needs_executable("ffmpeg")
+
+LADDER = ("720p@2500k", "240p@300k", "180p@200k")
+
+
+@pytest.fixture
+async def ladder(tmp_path):
+    config = RtmpConfig(default=ApplicationConfig(low_latency=False),
+                        applications={"live": ApplicationConfig(transcode=LADDER, low_latency=False)},
+                        live_segment_duration_ms=2000, live_window=20)
+    relay = Relay()
+    tap = LadderTap(relay, config, asyncio.get_running_loop())
+    packager = LivePackager(tmp_path / "live", config)
+    relay.add_tap(tap)
+    relay.add_tap(packager)
+    server = await serve_rtmp("127.0.0.1", 0, relay)
+    try:
+        yield server, relay, tap, tmp_path / "live" / "live"
+    finally:
+        await server.close()
+        await tap.close()
+        await asyncio.to_thread(packager.close)
+
+
+def hls_frames(directory) -> tuple[list, list[int]]:
+    """(decoded video frames, key-frame pts in ms) of a live stream's whole HLS output (MPEG-TS)."""
+    playlist = m3u8.loads((directory / "index.m3u8").read_text())
+    data = b"".join((directory / s.uri).read_bytes() for s in playlist.segments)
+    frames, keys = [], []
+    with av.open(io.BytesIO(data), format="mpegts") as c:
+        for packet in c.demux(video=0):
+            if packet.is_keyframe and packet.pts is not None:
+                keys.append(round(packet.pts * packet.time_base * 1000))
+            frames += packet.decode()
+    return frames, keys
+
+
+async def test_renditions_are_live_streams_with_the_source_key_frames(ladder):
+    server, relay, tap, out = ladder
+    publisher = ffmpeg_publish(server.port, str(fixture_path("title_360p.mp4")), seconds=8)
+    try:
+        await wait_until(lambda: relay.is_published("live/test_240p"), 30, "the 240p rendition")
+
+        def play() -> tuple[int, tuple[int, int]]:
+            with av.open(f"rtmp://127.0.0.1:{server.port}/live/test_240p", options={"rw_timeout": "5000000"},
+                         timeout=10) as c:
+                frames = []
+                for frame in c.decode(video=0):
+                    frames.append((frame.width, frame.height))
+                    if len(frames) >= 24:
+                        return len(frames), frames[-1]
+            return len(frames), frames[-1]
+
+        count, size = await asyncio.wait_for(asyncio.to_thread(play), 30)
+        assert count >= 24 and size == (426, 240)
+
+        def variants():
+            path = out / "test" / "master.m3u8"
+            return m3u8.loads(path.read_text()).playlists if path.exists() else []
+
+        await wait_until(lambda: len(variants()) == 3, 20, "the source's master playlist to list the renditions")
+        listed = {p.uri: p.stream_info for p in variants()}
+        assert {uri: info.resolution for uri, info in listed.items()} == {
+            "index.m3u8": (640, 360), "../test_240p/index.m3u8": (426, 240), "../test_180p/index.m3u8": (320, 180)}
+        bandwidths = [p.stream_info.bandwidth for p in variants()]
+        assert bandwidths == sorted(bandwidths, reverse=True)
+        assert all(info.codecs.startswith("avc1.") and "mp4a.40.2" in info.codecs for info in listed.values())
+        code = await asyncio.to_thread(publisher.wait, 30)
+        assert code == 0, stop(publisher)
+        await wait_until(lambda: not tap.jobs, 30, "the transcoder to finish")
+    finally:
+        stop(publisher)
+    await wait_until(lambda: (out / "test_180p" / "index.m3u8").exists()
+                     and "#EXT-X-ENDLIST" in (out / "test_180p" / "index.m3u8").read_text(), 30, "the renditions' HLS")
+    assert not relay.is_published("live/test_720p") and not (out / "test_720p").exists()   # no upscaling
+    source_frames, source_keys = hls_frames(out / "test")
+    assert len(source_keys) >= 3
+    for name, size in (("test_240p", (426, 240)), ("test_180p", (320, 180))):
+        frames, keys = hls_frames(out / name)
+        assert {(f.width, f.height) for f in frames} == {size}
+        assert keys == source_keys, name                                     # switching points line up
+        assert abs(len(frames) - len(source_frames)) <= 3                    # (the last frames may still be in flight)
+    stats = tap.stats()
+    assert stats == {} or all(not s["failed"] for s in stats.values())
+
+
+async def test_a_crashed_transcoder_drops_its_renditions_not_the_source(ladder):
+    server, relay, tap, out = ladder
+    publisher = ffmpeg_publish(server.port, str(fixture_path("title_360p.mp4")), seconds=12)
+    try:
+        await wait_until(lambda: relay.is_published("live/test_180p"), 30, "the 180p rendition")
+        os.kill(tap.jobs["live/test"].process.pid, signal.SIGKILL)
+        await wait_until(lambda: not relay.is_published("live/test_180p") and not relay.is_published("live/test_240p"),
+                         15, "the renditions to be unpublished")
+        assert relay.is_published("live/test") and publisher.poll() is None          # the source goes on
+        before = relay.stats()["live/test"]["messages_in"] if "messages_in" in relay.stats()["live/test"] else None
+        await asyncio.sleep(1.0)
+        assert relay.is_published("live/test")
+        if before is not None:
+            assert relay.stats()["live/test"]["messages_in"] > before
+    finally:
+        stop(publisher)

@@ -1,0 +1,231 @@
+"""Low-latency HLS output of the live packager (rtmp.live with parts): the segmenter's parts against its segments
+(same samples, in order, none longer than the part target, INDEPENDENT exactly on key frames), and the writer on a
+real stream: every playlist version it renames into place read with the m3u8 parser (parts, preload hint, server
+control, delta updates), the part and segment files decoded by PyAV back to the published samples."""
+from __future__ import annotations
+
+import dataclasses
+import io
+import time
+
+import av
+import m3u8
+import numpy as np
+import pytest
+
+from rtmp.live import LiveSegmenter, LiveStreamWriter
+from rtmp.live.segmenter import Part
+from rtmp.live.writer import DELTA_PLAYLIST
+from tests.rtmp.test_flv import flv_from_mp4, flv_messages
+from rtmp.messages import MSG_VIDEO
+from tests.rtmp.test_live_packager import (FRAMES, audio_frame, audio_header, av_stream, avcc_nals, run_segmenter,
+                                           source_samples)
+
+PART_MS = 500
+
+
+def split(events):
+    """(segments, the parts of each segment) from the segmenter's events, checking parts come before their cut."""
+    segments, parts, current = [], [], []
+    for e in events:
+        if isinstance(e, Part):
+            current.append(e)
+        else:
+            segments.append(e)
+            parts.append(current)
+            current = []
+    assert not current, "parts after the last segment"
+    return segments, parts
+
+
+def jittered(messages):
+    """Video frames 1 ms late every third frame, as FLV's whole-ms times of a 30-fps encoder are (33, 34, 33...)."""
+    out, n = [], 0
+    for m in messages:
+        if m.message_type_id == MSG_VIDEO and m.payload[1] == 1:
+            n += 1
+            m = dataclasses.replace(m, timestamp=m.timestamp + (n % 3 == 0))
+        out.append(m)
+    return out
+
+
+def audio_on_video_times(messages):
+    """An AAC frame at the very ms of every video frame: a part (and segment) boundary falls on an audio frame."""
+    out = []
+    for m in messages:
+        if m.message_type_id == MSG_VIDEO and m.payload[1] == 1:   # (sent first: pending when the video comes)
+            out.append(audio_frame(m.timestamp, len(out)))
+        out.append(m)
+    return out
+
+
+@pytest.mark.parametrize("fps, gop, audio, video, variant", [
+    (25, 25, True, True, None), (30, 60, True, True, jittered), (24, 48, False, True, None),
+    (25, 25, True, False, None), (25, 25, False, True, audio_on_video_times)])
+def test_parts_tile_their_segment_and_never_exceed_the_part_target(fps, gop, audio, video, variant):
+    seg = LiveSegmenter(2000, source="live/test", part_ms=PART_MS)
+    messages = av_stream(0, 9, fps=fps, gop=gop, audio=audio, video=video)
+    if variant is not None:
+        messages = variant(messages)
+    if variant is audio_on_video_times:
+        messages.insert(1, audio_header())
+    _, events = run_segmenter(messages, segmenter=seg)
+    events += seg.finish(time.monotonic())
+    segments, parts = split(events)
+    assert len(segments) >= 4
+    for cut, its_parts in zip(segments, parts):
+        assert len(its_parts) >= 2
+        for t, tc in enumerate(cut.tracks):
+            in_parts = [p.tracks[[x.track.kind for x in p.tracks].index(tc.track.kind)] for p in its_parts
+                        if tc.track.kind in [x.track.kind for x in p.tracks]]
+            assert b"".join(b"".join(x.chunks) for x in in_parts) == b"".join(tc.chunks)     # same bytes, in order
+            # (an audio part's last frame lasts one frame: the next one has not arrived when the part closes, so
+            # only video durations are the segment's own)
+            for column in ("dts", "cts", "keyframe") + (("durations",) if tc.track.kind == "video" else ()):
+                joined = np.concatenate([getattr(x.samples, column) for x in in_parts])
+                assert (joined == getattr(tc.samples, column)).all(), column
+        for p in its_parts:
+            main = p.main
+            assert main.duration <= PART_MS * main.track.timescale // 1000, "a part longer than PART-TARGET"
+            assert p.independent == (main.track.kind != "video" or bool(main.samples.keyframe[0]))
+        assert its_parts[0].independent                     # a segment starts on a key frame
+        # the parts of one segment end where the next begins (no gap, no overlap)
+        mains = [p.main for p in its_parts]
+        assert all(a.samples.dts[-1] + a.samples.durations[-1] == b.samples.dts[0] for a, b in zip(mains, mains[1:]))
+
+
+def test_a_long_gop_gives_parts_that_are_not_independent():
+    seg = LiveSegmenter(2000, part_ms=PART_MS)
+    _, events = run_segmenter(av_stream(0, 6.5, fps=25, gop=75), segmenter=seg)
+    segments, parts = split(events)
+    flags = [p.independent for p in parts[0]]
+    # a 3-s GOP at 25 fps: 12 frames (480 ms) fit in a 500-ms part, so 7 parts, one starting on a key frame
+    assert flags[0] and not any(flags[1:]) and [len(p.main.samples) for p in parts[0]] == [12] * 6 + [3]
+
+
+def write_ll(messages, out, target_ms=1000):
+    """``messages`` through the segmenter and a low-latency writer with a long window; every version of index.m3u8
+    (and its delta) the writer renamed into place, with the files present at that moment."""
+    writer = LiveStreamWriter(out, target_ms=target_ms, window=100, part_ms=PART_MS)
+    versions = []
+    seg = LiveSegmenter(target_ms, source="live/test", part_ms=PART_MS)
+    for m in messages:
+        for e in seg.feed(m, time.monotonic(), 1_000_000.0 + m.timestamp / 1000):
+            (writer.add_part if isinstance(e, Part) else writer.add)(e)
+            versions.append(((out / "index.m3u8").read_text(), (out / DELTA_PLAYLIST).read_text(),
+                             {p.name for p in out.iterdir()}))
+    for e in seg.finish(time.monotonic()):
+        (writer.add_part if isinstance(e, Part) else writer.add)(e)
+    writer.end()
+    return out, versions
+
+
+@pytest.fixture(scope="module")
+def ll_stream(tmp_path_factory):
+    """title_360p (12 s, 2-s GOP) as ffmpeg publishes it, written as LL-HLS."""
+    tmp = tmp_path_factory.mktemp("ll")
+    return write_ll(flv_messages(flv_from_mp4("title_360p", tmp)), tmp / "out")
+
+
+def test_every_playlist_version_lists_only_written_files_and_hints_the_next_part(ll_stream):
+    out, versions = ll_stream
+    assert len(versions) > 25                               # a version per part and per segment (12 s)
+    hinted_then_written = 0
+    for i, (text, _, files) in enumerate(versions):
+        p = m3u8.loads(text)
+        assert p.version == 6 and p.server_control.can_block_reload == "YES"
+        assert p.part_inf.part_target == pytest.approx(PART_MS / 1000)
+        assert p.server_control.part_hold_back == pytest.approx(3 * PART_MS / 1000)
+        assert p.segment_map and all(m.uri in files for m in p.segment_map)
+        for s in p.segments:
+            assert s.uri is None or (s.uri in files and s.init_section is not None)
+            assert all(part.uri in files and part.duration <= p.part_inf.part_target for part in s.parts)
+        number = int(p.preload_hint.uri.split("-")[1].split(".")[0])
+        assert number == p.media_sequence + len([s for s in p.segments if s.uri])   # the segment in progress
+        hint = p.preload_hint.uri
+        assert hint not in files                              # hinted before it exists
+        if i + 1 < len(versions):
+            nxt = m3u8.loads(versions[i + 1][0])
+            listed = [part.uri for s in nxt.segments for part in s.parts]
+            hinted_then_written += hint in listed
+    assert hinted_then_written >= len(versions) // 2
+
+
+def test_segments_are_their_parts_and_decode_to_the_published_frames(ll_stream):
+    out, _ = ll_stream
+    final = m3u8.loads((out / "index.m3u8").read_text())
+    assert final.is_endlist and final.preload_hint is None
+    init = (out / final.segments[0].init_section.uri).read_bytes()
+    body = b""
+    for s in final.segments:
+        data = (out / s.uri).read_bytes()
+        if s.parts:       # (parts are listed for the last 3 target durations only)
+            assert data == b"".join((out / part.uri).read_bytes() for part in s.parts)
+        body += data
+    packets = []
+    with av.open(io.BytesIO(init + body)) as c:
+        assert {s.type for s in c.streams} == {"video", "audio"}
+        for packet in c.demux(video=0):
+            if packet.size:
+                packets.append(bytes(packet))
+    assert [avcc_nals(d) for d in packets] == [avcc_nals(s) for s in source_samples("title_360p.mp4", "video")]
+    with av.open(io.BytesIO(init + body)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == FRAMES["title_360p"][0]
+
+
+def test_an_independent_part_decodes_on_its_own(ll_stream):
+    out, versions = ll_stream
+    p = m3u8.loads(versions[len(versions) // 2][0])
+    init = (out / p.segments[-1].init_section.uri).read_bytes()
+    independent = [part for s in p.segments for part in s.parts if part.independent]
+    assert independent
+    data = (out / independent[-1].uri).read_bytes()
+    with av.open(io.BytesIO(init + data)) as c:
+        assert sum(1 for _ in c.decode(video=0)) >= 1
+
+
+def test_delta_updates_skip_what_is_older_than_can_skip_until(tmp_path):
+    out, versions = write_ll(av_stream(0, 40, fps=25, gop=25), tmp_path / "out")   # 40 segments of 1 s
+    early = m3u8.loads(versions[10][0])
+    assert early.server_control.can_skip_until is None      # a window of 6 target durations or less: no skipping
+    text, delta, _ = versions[-1]
+    full, skipped = m3u8.loads(text), m3u8.loads(delta)
+    until = full.server_control.can_skip_until
+    assert until == pytest.approx(6 * full.target_duration)
+    assert skipped.version == 9 and skipped.skip.skipped_segments > 0
+    n = skipped.skip.skipped_segments
+    complete = [s for s in full.segments if s.uri]
+    assert [s.uri for s in skipped.segments if s.uri] == [s.uri for s in complete[n:]]
+    assert sum(s.duration for s in complete[n:]) >= until - 1e-6                 # nothing newer than the boundary
+    assert sum(s.duration for s in complete[n - 1:]) > until
+    assert skipped.media_sequence == full.media_sequence                           # the delta keeps the numbering
+    assert skipped.segments[0].init_section is not None
+
+
+def test_a_dvr_window_lists_its_seconds_and_deletes_what_is_older(tmp_path):
+    out = tmp_path / "out"
+    writer = LiveStreamWriter(out, target_ms=1000, window=3, keep_extra=2, part_ms=PART_MS, dvr_s=10)
+    seg = LiveSegmenter(1000, part_ms=PART_MS)
+    for m in av_stream(0, 40, fps=25, gop=25):                  # 1-s segments
+        for e in seg.feed(m, time.monotonic(), 1_000_000.0 + m.timestamp / 1000):
+            (writer.add_part if isinstance(e, Part) else writer.add)(e)
+    p = m3u8.loads((out / "index.m3u8").read_text())
+    complete = [s for s in p.segments if s.uri]
+    listed = sum(s.duration for s in complete)
+    assert 10 <= listed < 10 + complete[0].duration + 1e-6 and len(complete) > 3   # seconds, not `window` segments
+    names = {f.name for f in out.iterdir()}
+    first = int(complete[0].uri.split("-")[1].split(".")[0])
+    tid = complete[0].uri.split("-")[0]
+    assert f"{tid}-{first - 2}.m4s" in names and f"{tid}-{first - 3}.m4s" not in names   # keep_extra = 2
+    assert not any(n.startswith(f"{tid}-{first - 3}.") for n in names)                  # its parts too
+    mpd = (out / "manifest.mpd").read_text()
+    assert 'timeShiftBufferDepth="PT1' in mpd                    # 10-11 s
+
+
+def test_config_takes_a_dvr_window_in_seconds():
+    from rtmp.config import ApplicationConfig, ConfigError
+
+    assert ApplicationConfig.from_dict({"dvr_window_s": 7200}).dvr_window_s == 7200
+    for bad in (-1, "2h", True, 86401):
+        with pytest.raises(ConfigError):
+            ApplicationConfig.from_dict({"dvr_window_s": bad})
