@@ -32,6 +32,7 @@ __all__ = ["LadderTap", "rendition_key"]
 
 log = logging.getLogger("rtmp.ladder")
 MAX_BACKLOG_MS = 3000       # video queued for a process before its most expensive rendition is dropped
+GIVE_UP = 4                 # ... and this many times as much (or no rendition left): the process is stopped
 
 
 def rendition_key(key: str, rendition: str) -> str:
@@ -60,6 +61,7 @@ class _Job:
         self.started = time.monotonic()
         self.audio_header: Message | None = None
         self.closed = False
+        self.stopping = False
         threading.Thread(target=self._send_loop, name=f"ladder-send-{key}", daemon=True).start()
         threading.Thread(target=self._read_loop, name=f"ladder-read-{key}", daemon=True).start()
 
@@ -73,6 +75,8 @@ class _Job:
         return (self.last_in - done) & 0xFFFFFFFF if (self.last_in - done) & 0x80000000 == 0 else 0
 
     def video(self, message: Message) -> None:
+        if self.stopping:
+            return
         if self.first_in is None:
             self.first_in = message.timestamp
         self.last_in = message.timestamp
@@ -80,6 +84,15 @@ class _Job:
         calm = self.shed_at is None or (self.last_in - self.shed_at) & 0xFFFFFFFF > self.tap.max_backlog_ms
         if self.backlog_ms > self.tap.max_backlog_ms and calm:
             self._shed()
+        if len(self.failed) == len(self.renditions) or self.backlog_ms > GIVE_UP * self.tap.max_backlog_ms:
+            # nothing left to make, or it cannot even decode in real time: end the process rather than queue the
+            # stream's video without bound
+            log.warning("rtmp ladder %s: stopping the transcoder (%s)", self.key,
+                        "every rendition stopped" if len(self.failed) == len(self.renditions)
+                        else f"{self.backlog_ms} ms behind")
+            for r in self.renditions:
+                self._fail(r.name, "the transcoder stopped")
+            self.stop()
 
     def _shed(self) -> None:
         """Overload: drop the running rendition with the most pixels (the most CPU), then give the process as
@@ -100,7 +113,9 @@ class _Job:
                                  sequence_header=sequence_header)
 
     def stop(self) -> None:
-        self.outbox.put(("stop",))
+        if not self.stopping:
+            self.stopping = True
+            self.outbox.put(("stop",))
 
     def _send_loop(self) -> None:
         while True:

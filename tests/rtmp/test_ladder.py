@@ -125,3 +125,27 @@ async def test_a_crashed_transcoder_drops_its_renditions_not_the_source(ladder):
             assert relay.stats()["live/test"]["messages_in"] > before
     finally:
         stop(publisher)
+
+
+async def test_a_transcoder_that_falls_behind_sheds_renditions_then_stops(tmp_path, caplog):
+    """Overload (here: any backlog at all counts): the largest rendition goes first, then the next; with none left
+    the process is stopped, so the stream's video is not queued for it without bound. The source plays on."""
+    config = RtmpConfig(applications={"live": ApplicationConfig(transcode=LADDER[1:], live=False)})
+    relay = Relay()
+    tap = LadderTap(relay, config, asyncio.get_running_loop(), max_backlog_ms=1)
+    relay.add_tap(tap)
+    server = await serve_rtmp("127.0.0.1", 0, relay)
+    publisher = ffmpeg_publish(server.port, str(fixture_path("title_360p.mp4")), seconds=6)
+    try:
+        await wait_until(lambda: "live/test" in tap.jobs, 20, "the transcoder to start")
+        job = tap.jobs["live/test"]
+        await wait_until(lambda: "live/test" not in tap.jobs, 20, "the transcoder to stop")
+        assert list(job.failed) == ["240p", "180p"]                       # the largest first
+        assert "dropped" in job.failed["240p"] and job.process.exitcode == 0
+        assert relay.is_published("live/test") and publisher.poll() is None
+        assert not relay.is_published("live/test_240p") and not relay.is_published("live/test_180p")
+        assert "stopping the transcoder" in caplog.text
+    finally:
+        stop(publisher)
+        await server.close()
+        await tap.close()
