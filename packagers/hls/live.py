@@ -88,6 +88,9 @@ class LowLatency:
     preload_hint: str | None = None
     trailing_map: str | None = None
     number: int = 0             # the segment in progress (EXT-X-MEDIA-SEQUENCE while no segment is complete)
+    # EXT-X-RENDITION-REPORT (§4.4.5.4) of the other renditions of the same master: (URI, LAST-MSN, LAST-PART or
+    # None), where a player switching to one would ask its blocking reload
+    reports: tuple[tuple[str, int, int | None], ...] = ()
 
 
 def build_live_media_playlist(segments: Sequence[LiveSegment], *, discontinuity_sequence: int = 0,
@@ -150,6 +153,9 @@ def build_live_media_playlist(segments: Sequence[LiveSegment], *, discontinuity_
         lines += map(_part_line, low_latency.trailing)
         if low_latency.preload_hint:
             lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{low_latency.preload_hint}"')
+        for uri, msn, part in low_latency.reports:
+            lines.append(f'#EXT-X-RENDITION-REPORT:URI="{uri}",LAST-MSN={msn}'
+                         + (f",LAST-PART={part}" if part is not None else ""))
     if ended:
         lines.append("#EXT-X-ENDLIST")
     return "\n".join(lines) + "\n"

@@ -141,7 +141,8 @@ class LivePackager:
                     self.root / app / stream, target_ms=self.target_ms, window=self.config.live_window,
                     wall=self._wall, monotonic=self._monotonic, dvr_s=app_config.dvr_window_s,
                     part_ms=self.config.live_part_duration_ms if app_config.low_latency else 0,
-                    siblings=functools.partial(self._renditions, key))
+                    siblings=functools.partial(self._renditions, key),
+                    reports=functools.partial(self._reports, key))
             worker = self._workers.get(key)
             if worker is None:
                 worker = self._workers[key] = _Worker(self, key, writer)
@@ -187,6 +188,20 @@ class LivePackager:
                 variant = writer.variant(f"../{name}/{MEDIA_PLAYLIST}")
                 if variant is not None:
                     out.append(variant)
+        return out
+
+    def _reports(self, key: str) -> list[tuple[str, int, int | None]]:
+        """EXT-X-RENDITION-REPORT data for ``key``'s playlist: the source and every rendition of its ladder being
+        packaged, but ``key`` itself, with URIs from ``key``'s directory."""
+        app, _, stream = key.partition("/")
+        suffixes = ["_" + text.partition("@")[0] for text in self.config.for_app(app).transcode]
+        source = next((stream[: -len(x)] for x in suffixes if stream.endswith(x)), stream)
+        out = []
+        for name in [source] + [source + x for x in suffixes]:
+            writer = self._writers.get(f"{app}/{name}")
+            position = writer.position() if writer is not None and not writer.ended and name != stream else None
+            if position is not None:
+                out.append((f"../{name}/{MEDIA_PLAYLIST}", *position))
         return out
 
     # ------------------------------------------------------------------------------------------------ lifecycle

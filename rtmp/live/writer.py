@@ -119,11 +119,13 @@ class LiveStreamWriter:
     def __init__(self, directory: Path, *, target_ms: int, window: int, keep_extra: int = 3,
                  wall: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
                  utc_timing: str = "/time", part_ms: int = 0, dvr_s: float = 0.0,
-                 siblings: Callable[[], list[LiveVariant]] = list) -> None:
+                 siblings: Callable[[], list[LiveVariant]] = list,
+                 reports: Callable[[], list[tuple[str, int, int | None]]] = list) -> None:
         self.directory = Path(directory)
         self.target_ms, self.window, self.keep_extra = target_ms, window, keep_extra
         self.dvr_s = dvr_s          # > 0: the window is this many seconds (a DVR window), not ``window`` segments
         self.siblings = siblings    # the variants of the renditions made of this stream (rtmp.live.ladder)
+        self.reports = reports      # LL-HLS: (URI, LAST-MSN, LAST-PART) of the other renditions of its master
         self.part_ms = part_ms      # > 0: low-latency HLS (fMP4 parts), see the module docstring
         self._wall, self._monotonic, self.utc_timing = wall, monotonic, utc_timing
         self.tid = _base36(int(wall() * 1000))
@@ -333,7 +335,8 @@ class LiveStreamWriter:
             trailing = tuple(p for p, _ in self._parts)
             options["low_latency"] = LowLatency(
                 self.part_ms / 1000, trailing, None if self.ended else f"{self.tid}-{self._next_number}."
-                f"{len(trailing)}.m4s", self._period.init_names["hls"] if trailing else None, self._next_number)
+                f"{len(trailing)}.m4s", self._period.init_names["hls"] if trailing else None, self._next_number,
+                tuple(self.reports()))
         first = hls[0].number if hls else 0
         for number in [n for n in self._lines if n < first]:    # slid out of the window
             del self._lines[number]
@@ -381,6 +384,16 @@ class LiveStreamWriter:
             media=f"{self.tid}-{period.id}-{letter}-$Time$.m4s", start_number=segs[0].number, starts=starts,
             durations=durations, width=track.codec.width, height=track.codec.height, frame_rate=period.frame_rate,
             sample_rate=track.codec.sample_rate, channel_configuration=channel_configuration(track.codec))
+
+    def position(self) -> tuple[int, int | None] | None:
+        """(LAST-MSN, LAST-PART) of this stream's playlist, for its siblings' EXT-X-RENDITION-REPORT: the segment in
+        progress and its last part, else the last segment and its last part (None before anything is listed)."""
+        parts, listed = list(self._parts), list(self._listed)
+        if parts:
+            return self._next_number, len(parts) - 1
+        if not listed:
+            return None
+        return listed[-1].number, (len(listed[-1].parts) - 1 if listed[-1].parts else None)
 
     def variant(self, uri: str = MEDIA_PLAYLIST) -> LiveVariant | None:
         """This stream as a master playlist's variant (None before its first segment); thread-safe enough for a

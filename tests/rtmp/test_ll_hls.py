@@ -229,3 +229,44 @@ def test_config_takes_a_dvr_window_in_seconds():
     for bad in (-1, "2h", True, 86401):
         with pytest.raises(ConfigError):
             ApplicationConfig.from_dict({"dvr_window_s": bad})
+
+
+def test_each_rendition_of_a_ladder_reports_the_others(tmp_path):
+    """EXT-X-RENDITION-REPORT (RFC 8216bis §4.4.5.4): the source's playlist reports each rendition being packaged,
+    and each rendition's the source and the other renditions, with the LAST-MSN/LAST-PART their own playlists showed
+    when it was written (each stream has its own worker: at most a segment behind, never ahead)."""
+    from rtmp.config import ApplicationConfig, RtmpConfig
+    from rtmp.live import LivePackager
+    from rtmp.messages import MSG_VIDEO as VIDEO
+    from tests.rtmp.test_live_packager import wait_for
+
+    config = RtmpConfig(applications={"tv": ApplicationConfig(transcode=("240p@300k", "180p@200k"))},
+                        live_segment_duration_ms=1000, live_part_duration_ms=PART_MS)
+    packager = LivePackager(tmp_path / "live", config)
+    keys = ["tv/cam", "tv/cam_240p", "tv/cam_180p"]
+    try:
+        for key in keys:
+            packager.on_publish(key)
+        for m in av_stream(0, 6.3, fps=25, gop=25):
+            keyframe = m.message_type_id == VIDEO and m.payload[0] >> 4 == 1 and m.payload[1] == 1
+            for key in keys:
+                packager.on_message(key, m, keyframe=keyframe, sequence_header=m.payload[1] == 0)
+        wait_for(lambda: all(packager.stats()["streams"][k]["segments"] >= 5 for k in keys))
+        time.sleep(0.5)     # (the workers are idle: every playlist is final for this input)
+        out = tmp_path / "live" / "tv"
+        playlists = {k: m3u8.loads((out / k.split("/")[1] / "index.m3u8").read_text()) for k in keys}
+        for key, p in playlists.items():
+            reports = {r.uri: (r.last_msn, r.last_part) for r in p.rendition_reports}
+            others = [k for k in keys if k != key]
+            assert sorted(reports) == sorted(f"../{k.split('/')[1]}/index.m3u8" for k in others), key
+            for other in others:
+                q = playlists[other]
+                last = q.segments[-1]
+                msn = q.media_sequence + len(q.segments) - 1
+                reported = reports[f"../{other.split('/')[1]}/index.m3u8"]
+                assert reported <= (msn, len(last.parts) - 1) and reported[0] >= msn - 1, (key, other, reported)
+                assert reported[1] is not None
+    finally:
+        for key in keys:
+            packager.on_unpublish(key)
+        packager.close()
