@@ -93,6 +93,33 @@ def _encrypting_build(tracks, container: str, encryption: str):
     return sample_aes_mux(protection, tuple(tracks), 0)
 
 
+def measure_transcode(path: Path, ladder: tuple[str, ...], seconds: float) -> tuple[float, dict]:
+    """Real-time factor of the live ladder's core on one core (issue 15): the file's video decoded once and encoded
+    per rendition (``packagers.transcode``, as a ladder process does), for ``seconds`` of wall time or 10 min of
+    media: (media seconds per wall second, CPU seconds per media second for decoding and for each rendition)."""
+    from fractions import Fraction
+
+    from packagers.mp4 import read_presentation
+    from packagers.transcode import LadderEncoder, parse_rendition
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        video = read_presentation(lambda off, n: os.pread(fd, n, off), os.fstat(fd).st_size, path.name).video_tracks[0]
+        s, ts = video.samples, video.timescale
+        rate = Fraction(len(s) * ts, int(s.dts[-1] - s.dts[0]) or 1).limit_denominator(1001)
+        encoder = LadderEncoder(video.codec, [parse_rendition(r) for r in ladder], frame_rate=rate)
+        start, i = time.perf_counter(), 0
+        while i < len(s) and (i < 48 or time.perf_counter() - start < seconds):
+            encoder.encode(os.pread(fd, int(s.sizes[i]), int(s.offsets[i])), int(s.dts[i]) * 1000 // ts,
+                           int(s.cts[i]) * 1000 // ts, bool(s.keyframe[i]))
+            i += 1
+        wall = time.perf_counter() - start
+    finally:
+        os.close(fd)
+    media = i / float(rate)
+    return media / wall, {k: v / media for k, v in encoder.seconds.items()}
+
+
 def measure_thumbnails(path: Path, accurate: bool, seconds: float) -> float:
     """Thumbnails per second on one core (issue 13): locate, pread, decode (PyAV, one thread) and JPEG-encode the
     frame at times spread over the whole file, full size, no cache, for ``seconds``."""
@@ -183,6 +210,11 @@ def run(seconds: float = 5.0, segments: int | None = None, json_out: bool = Fals
         rate = measure_thumbnails(hd, accurate, seconds)
         rep.add(f"thumbs_{'accurate' if accurate else 'keyframe'}_per_s", rate, "thumb/s",
                 f"720p full-size JPEG, one core; {mode}")
+
+    rtf, cpu = measure_transcode(hd, ("480p@1200k", "360p@700k"), max(seconds, 5.0))
+    rep.add("transcode_720p_to_480p_360p_rtf", rtf, "x real time",
+            "one core, live ladder core (decode once, libx264 veryfast zerolatency per rendition); CPU s per media s: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
 
     media_set = MediaSet([open_presentation(long)], 6000)
     sel = media_set.resolve(TrackSpec())
