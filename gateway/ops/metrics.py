@@ -126,13 +126,17 @@ class GatewayMetrics:
                              "fetched its playlists in the last 30 s", ["stream", "protocol"], registry=r, **live)
         self.quality_viewers = Gauge("gateway_live_quality_viewers", "Viewers of one quality of a live stream "
                                      "(RTMP players: quality 'source')", ["stream", "quality"], registry=r, **live)
+        self.transcode_cpu = Gauge("gateway_transcode_cpu_share", "Share of one CPU core a live ladder's process "
+                                   "has spent, since its publish started, decoding the stream (rendition 'decode') and "
+                                   "encoding each rendition", ["stream", "rendition"], registry=r, **live)
         Gauge("gateway_build_info", "Version of the gateway", ["version"], registry=r,
               multiprocess_mode="max").labels(__version__).set(1)
         self._metadata_children = {cache: {name: c.labels(cache) for name, c in self.metadata.items()}
                                    for cache in ("presentation", "media_set")}
         self._children: dict[tuple, object] = {}  # label lookups of the per-response series, memoised
         self._baselines: dict[int, tuple[weakref.ref, dict[str, int]]] = {}  # id(CacheCounters) → what was copied
-        self._published: dict[Gauge, set[tuple[str, ...]]] = {self.viewers: set(), self.quality_viewers: set()}
+        self._published: dict[Gauge, set[tuple[str, ...]]] = {self.viewers: set(), self.quality_viewers: set(),
+                                                              self.transcode_cpu: set()}
         self.live_viewers = LiveViewers()
         self.recent_errors: deque[dict] = deque(maxlen=RECENT_ERRORS)
         self.pending = PendingSamples()
@@ -237,6 +241,9 @@ class GatewayMetrics:
         self.rtmp_connections.set((ingest_stats or {}).get("connections", 0))
         self._publish(self.viewers, by_stream)
         self._publish(self.quality_viewers, by_quality)
+        ladders = (ingest_stats or {}).get("ladder") or {}
+        self._publish(self.transcode_cpu, {(key, name): share for key, st in ladders.items()
+                                           for name, share in st.get("cpu_share", {}).items()})
 
     def live_counts(self, ingest_stats: dict | None) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
         """Viewers by (stream, protocol) and by (stream, quality): HTTP clients of this process, plus the RTMP players

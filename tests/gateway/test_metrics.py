@@ -428,6 +428,33 @@ def test_rtmp_viewers_and_publishers(metrics_store, tmp_path, monkeypatch):
         stop(proc)
 
 
+def test_transcode_cpu_per_rendition(metrics_store, tmp_path, monkeypatch):
+    """A published stream with a transcoded ladder: the CPU its process spends decoding and on each rendition is a
+    gauge per (stream, rendition), back to 0 (or gone) when the publish ends."""
+    require_executable("ffmpeg")
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    rtmp_port = free_port()
+    config = tmp_path / "rtmp.toml"
+    config.write_text('[applications.tv]\ntranscode = ["144p@100k"]\nlive = false\n')
+    proc, base = start_gateway(metrics_store, tmp_path / "ladder.log", "--rtmp-port", str(rtmp_port),
+                               "--rtmp-config", str(config))
+    publisher = subprocess.Popen(["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re", "-i",
+                                  str(fixture_path("title_180p.mp4")), "-t", "8", "-c", "copy", "-f", "flv",
+                                  f"rtmp://127.0.0.1:{rtmp_port}/tv/cam"], stderr=subprocess.DEVNULL)
+    try:
+        labels = {"stream": "tv/cam"}
+        samples = wait_for(base, lambda s: value(s, "gateway_transcode_cpu_share", rendition="144p", **labels) > 0,
+                           "the rendition's CPU share")
+        assert 0 < value(samples, "gateway_transcode_cpu_share", rendition="decode", **labels) < 1
+        assert value(samples, "gateway_transcode_cpu_share", rendition="144p", **labels) < 1    # ~3 % of a core
+        publisher.wait(30)
+        wait_for(base, lambda s: value(s, "gateway_transcode_cpu_share", rendition="144p", **labels) == 0,
+                 "the series to go with the publish")
+    finally:
+        publisher.kill()
+        stop(proc)
+
+
 def wait_for(base: str, condition, what: str, timeout: float = 30.0) -> dict:
     """Scrape until ``condition(samples)`` holds (the gauges are republished every second); a hang guard only."""
     deadline = time.monotonic() + timeout
