@@ -294,6 +294,30 @@ def to_annexb(payload: bytes, sizes: np.ndarray, nal_length_size: int) -> tuple[
     return bytes(out), sizes
 
 
+def split_annexb(data: bytes) -> list[bytes]:
+    """NAL units of an Annex B stream (3- or 4-byte start codes)."""
+    units, i, n = [], 0, len(data)
+    starts = []
+    while True:
+        j = data.find(b"\x00\x00\x01", i)
+        if j < 0:
+            break
+        starts.append(j + 3)
+        i = j + 3
+    for k, s in enumerate(starts):
+        end = starts[k + 1] - 3 if k + 1 < len(starts) else n
+        # a NAL unit never ends in a zero byte (rbsp_trailing_bits): zeros there are a 4-byte start code's first
+        # byte or trailing_zero_8bits
+        units.append(data[s:end].rstrip(b"\x00"))
+    return [u for u in units if u]
+
+
+def annexb_to_avcc(data: bytes) -> bytes:
+    """An Annex B access unit as AVCC (4-byte length prefixes): the inverse of ``to_annexb`` (an encoder's output
+    into what MP4 and FLV carry)."""
+    return b"".join(len(u).to_bytes(4, "big") + u for u in split_annexb(data))
+
+
 def widen_length_prefixes(payload: bytes, sizes: np.ndarray, nal_length_size: int) -> tuple[bytes, np.ndarray]:
     """Rewrite samples with 1-, 2- or 3-byte NAL length prefixes to 4-byte prefixes (one join over the NALs)."""
     sizes = np.asarray(sizes, dtype=np.int64)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Sequence
 
-from ..codecs.avc import avc_codec_string
+from ..codecs.avc import annexb_to_avcc, avc_codec_string, split_annexb
 from ..errors import ErrorCode, PackagerError, bad_data
 from ..model import CodecConfig
 
@@ -94,6 +94,7 @@ class LadderEncoder:
         self.decoder.thread_count = 1
         self.sizes = rendition_sizes(source.width, source.height, renditions)
         self.encoders: dict[str, object] = {}
+        self.scalers: dict[str, object] = {}
         self.configs: dict[str, CodecConfig] = {}
         self._size = {r.name: (w, h) for r, w, h in self.sizes}
         self._rate = {r.name: r.bit_rate for r, _, _ in self.sizes}
@@ -158,11 +159,13 @@ class LadderEncoder:
         if ctx is None:
             ctx = self.encoders[name] = self._encoder(name, Fraction(1, 1000))
         w, h = self._size[name]
-        frame = picture.reformat(width=w, height=h, format="yuv420p")
+        scaler = self.scalers.get(name)
+        if scaler is None:  # one per rendition: its swscale context is kept from picture to picture
+            scaler = self.scalers[name] = self._av.video.reformatter.VideoReformatter()
+        frame = scaler.reformat(picture, width=w, height=h, format="yuv420p")
         frame.pts, frame.time_base = picture.pts, Fraction(1, 1000)
         frame.pict_type = self._av.video.frame.PictureType.I if key else self._av.video.frame.PictureType.NONE
-        return [EncodedSample(name, int(p.dts), int(p.pts - p.dts), bool(p.is_keyframe), annexb_to_avcc(bytes(p)))
-                for p in ctx.encode(frame)]
+        return _samples(name, ctx.encode(frame))
 
     def flush(self) -> list[EncodedSample]:
         """The end of the source: the pictures the decoder still holds (B-frame reordering), then every encoder's."""
@@ -172,36 +175,17 @@ class LadderEncoder:
                 out += self._encode_one(name, picture, bool(picture.key_frame))
         for name, ctx in self.encoders.items():
             if name not in self.failed:
-                out += [EncodedSample(name, int(p.dts), int(p.pts - p.dts), bool(p.is_keyframe),
-                                      annexb_to_avcc(bytes(p))) for p in ctx.encode(None)]
+                out += _samples(name, ctx.encode(None))
         return out
 
 
-def _split_annexb(data: bytes) -> list[bytes]:
-    """NAL units of an Annex B stream (3- or 4-byte start codes)."""
-    units, i, n = [], 0, len(data)
-    starts = []
-    while True:
-        j = data.find(b"\x00\x00\x01", i)
-        if j < 0:
-            break
-        starts.append(j + 3)
-        i = j + 3
-    for k, s in enumerate(starts):
-        end = starts[k + 1] - 3 if k + 1 < len(starts) else n
-        # a NAL unit never ends in a zero byte (rbsp_trailing_bits): zeros there are a 4-byte start code's first
-        # byte or trailing_zero_8bits
-        units.append(data[s:end].rstrip(b"\x00"))
-    return [u for u in units if u]
-
-
-def annexb_to_avcc(data: bytes) -> bytes:
-    """An Annex B access unit as AVCC (4-byte length prefixes)."""
-    return b"".join(len(u).to_bytes(4, "big") + u for u in _split_annexb(data))
+def _samples(name: str, packets) -> list[EncodedSample]:
+    return [EncodedSample(name, int(p.dts), int(p.pts - p.dts), bool(p.is_keyframe), annexb_to_avcc(bytes(p)))
+            for p in packets]
 
 
 def _parameter_sets(extradata: bytes) -> tuple[bytes, bytes]:
-    units = _split_annexb(extradata)
+    units = split_annexb(extradata)
     sps = next((u for u in units if u[0] & 0x1F == 7), None)
     pps = next((u for u in units if u[0] & 0x1F == 8), None)
     if sps is None or pps is None:

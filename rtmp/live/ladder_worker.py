@@ -20,19 +20,9 @@ from packagers.transcode import LadderEncoder, Rendition
 
 from ..flv import FlvDemuxer
 from ..messages import MSG_VIDEO, Message
+from .writer import nominal_frame_rate
 
 STATS_EVERY = 2.0           # s between CPU reports
-_RATES = tuple(Fraction(r) for r in ("24000/1001", "24", "25", "30000/1001", "30", "50", "60000/1001", "60"))
-
-
-def frame_rate(dts_ms: list[int]) -> Fraction:
-    """The nominal rate of a few consecutive frames' whole-ms times (a common rate within 2 %, else the mean)."""
-    span = dts_ms[-1] - dts_ms[0]
-    if len(dts_ms) < 2 or span <= 0:
-        return Fraction(30)
-    rate = Fraction(1000 * (len(dts_ms) - 1), span)
-    near = min(_RATES, key=lambda r: abs(r - rate))
-    return near if abs(near - rate) <= near / 50 else rate
 
 
 def video_tag(sample, config=None, cts: int = 0) -> bytes:
@@ -70,9 +60,9 @@ class _Ladder:
                 self.waiting.append(s)
                 if len(self.waiting) < 3:
                     continue
-                self.encoder = LadderEncoder(self.demuxer.video, [r for r in self.renditions
-                                                                  if r.name not in self.dropped],
-                                             frame_rate=frame_rate([w.dts for w in self.waiting]))
+                rate = nominal_frame_rate([w.dts for w in self.waiting], 1000, 1 / 50) or Fraction(30)
+                running = [r for r in self.renditions if r.name not in self.dropped]
+                self.encoder = LadderEncoder(self.demuxer.video, running, frame_rate=rate)
                 pending, self.waiting = self.waiting, []
             else:
                 pending = [s]

@@ -494,18 +494,21 @@ _COMMON_RATES = tuple(Fraction(r) for r in ("24000/1001", "24", "25", "30000/100
                                             "60", "10", "12", "15", "20"))
 
 
-def _frame_rate(tc: TrackCut) -> str:
-    """@frameRate from the segment's mean frame duration. FLV times are whole ms (24 fps: 41 and 42 ms), so the mean,
-    snapped to a common rate within 0.5 %, is the nominal one; anything else is given to 3 decimals."""
-    dts = tc.samples.dts
+def nominal_frame_rate(dts, timescale: int, tolerance: float = 1 / 200) -> Fraction | None:
+    """The rate of frames at decode times ``dts`` (ticks): their mean rate snapped to a common rate within
+    ``tolerance`` (FLV times are whole ms: 24 fps comes as 41 and 42 ms), else to 3 decimals; None without a span."""
     if len(dts) < 2 or dts[-1] <= dts[0]:
-        return ""
-    rate = Fraction(int(len(dts) - 1) * tc.track.timescale, int(dts[-1] - dts[0]))
+        return None
+    rate = Fraction(int(len(dts) - 1) * timescale, int(dts[-1] - dts[0]))
     near = min(_COMMON_RATES, key=lambda r: abs(r - rate))
-    if abs(near - rate) <= near / 200:
-        rate = near
-    else:
-        rate = Fraction(round(float(rate) * 1000), 1000)
+    return near if abs(near - rate) <= near * tolerance else Fraction(round(float(rate) * 1000), 1000)
+
+
+def _frame_rate(tc: TrackCut) -> str:
+    """@frameRate of a segment: its nominal rate (``nominal_frame_rate``), "" when unknown."""
+    rate = nominal_frame_rate(tc.samples.dts, tc.track.timescale)
+    if rate is None:
+        return ""
     return str(rate.numerator) if rate.denominator == 1 else f"{rate.numerator}/{rate.denominator}"
 
 

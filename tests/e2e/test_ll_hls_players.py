@@ -90,7 +90,7 @@ def test_ffmpeg_reads_the_low_latency_playlist(ll_live):
             if len(pts) >= 100:
                 break
     assert len(pts) >= 100 and audio >= 50
-    assert sorted(pts) == pts or np.diff(sorted(pts)).min() > 0
+    assert np.diff(pts).min() > 0           # pictures come out in presentation order, none twice, across segments
 
 
 def test_blocking_reload_answers_when_the_part_is_written(ll_live):

@@ -12,7 +12,7 @@ import pytest
 from fixtures.generate import fixture_path
 from packagers.mp4 import open_presentation
 from packagers.transcode import LadderEncoder, parse_rendition
-from packagers.transcode.ladder import annexb_to_avcc
+from packagers.codecs.avc import annexb_to_avcc
 
 
 def transcode(name: str, ladder: list[str], fps: int = 24):
