@@ -33,6 +33,7 @@ from packagers.thumbs.names import ThumbFile, parse_thumb_name
 from rtmp.live import LIVE_FILE, MEDIA_PLAYLIST, STREAM_NAME
 
 from .errors import error_response
+from .live_chunked import serve_growing_segment
 from .live_wait import (DELTA_PLAYLIST, PLAYLIST_MAX_AGE, live_waits_state, read_whole, serve_hinted_part,
                         serve_ll_playlist)
 from ..ingest.service import INGEST
@@ -73,6 +74,9 @@ async def serve_live(request: web.Request) -> web.StreamResponse:
         part = parse_part_name(name)
         if part is not None:    # perhaps the preload hint: held until it is written
             return await serve_hinted_part(request, directory, name, part)
+        growing = await serve_growing_segment(request, directory, name)   # LL-DASH: sent as it is written
+        if growing is not None:
+            return growing
         return error_response(404, "NOT_FOUND", f"serve_live: {app}/{stream}/{name} does not exist (yet)")
     etag = f'"{ino:x}-{size:x}-{mtime_ns:x}"'
     playlist = name.endswith((".m3u8", ".mpd"))

@@ -11,6 +11,12 @@ player reloads about once per new segment), @timeShiftBufferDepth (the window), 
 @maxSegmentDuration, @minBufferTime. A `<UTCTiming schemeIdUri="urn:mpeg:dash:utc:http-iso:2014">` points at the
 gateway's clock, so players compute the live edge with the server's time, not their own (IOP §4.7).
 
+Low latency (DASH-IF "Low-latency Modes for DASH", v1.0 §9.X.4): the segment in progress is listed last with the
+duration expected of it, and SegmentTemplate@availabilityTimeOffset (segment − chunk) with
+@availabilityTimeComplete="false" tells players it can be requested after its first CMAF chunk and arrives chunk by
+chunk; a ServiceDescription gives the target latency and the playback-rate range for catching up, and the profile
+``http://www.dashif.org/guidelines/low-latency-live-v5`` is added. dash.js switches to its low-latency mode on these.
+
 End of stream (IOP §4.4.3.1): the MPD stays dynamic, @minimumUpdatePeriod goes and @mediaPresentationDuration says
 where the presentation ends; players then play to the end instead of waiting for segments that never come.
 """
@@ -26,6 +32,7 @@ import numpy as np
 from .mpd import AUDIO_CHANNEL_SCHEME, PROFILE, content_type, segment_timeline, xs_duration
 
 UTC_TIMING_SCHEME = "urn:mpeg:dash:utc:http-iso:2014"
+LOW_LATENCY_PROFILE = "http://www.dashif.org/guidelines/low-latency-live-v5"
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,15 @@ class LiveRepresentation:
     frame_rate: str = ""
     sample_rate: int = 0
     channel_configuration: int = 0
+    availability_time_offset: float | None = None   # seconds; set: low latency (chunked, not complete when listed)
+
+
+@dataclass(frozen=True)
+class DashLowLatency:
+    update_period_ms: int       # @minimumUpdatePeriod while live
+    target_latency_ms: int      # ServiceDescription/Latency@target
+    min_rate: float = 0.96      # ServiceDescription/PlaybackRate: how fast a player may catch up or fall back
+    max_rate: float = 1.04
 
 
 @dataclass(frozen=True)
@@ -62,10 +78,13 @@ def xs_datetime(posix: float) -> str:
 def build_live_mpd(periods: Sequence[LivePeriod], *, availability_start: float, publish_time: float,
                    minimum_update_period_ms: int, time_shift_buffer_ms: int, suggested_delay_ms: int,
                    max_segment_ms: int, min_buffer_ms: int, ended_ms: int | None = None,
-                   utc_timing: str = "/time") -> str:
+                   utc_timing: str = "/time", low_latency: DashLowLatency | None = None) -> str:
     """``ended_ms``: None while live, else the end of the presentation (ms after availabilityStartTime)."""
+    if low_latency is not None and ended_ms is None:
+        minimum_update_period_ms = low_latency.update_period_ms
     attrs = {
-        "xmlns": "urn:mpeg:dash:schema:mpd:2011", "profiles": PROFILE, "type": "dynamic",
+        "xmlns": "urn:mpeg:dash:schema:mpd:2011", "type": "dynamic",
+        "profiles": PROFILE if low_latency is None else f"{PROFILE},{LOW_LATENCY_PROFILE}",
         "availabilityStartTime": xs_datetime(availability_start), "publishTime": xs_datetime(publish_time),
     }
     if ended_ms is None:
@@ -79,6 +98,13 @@ def build_live_mpd(periods: Sequence[LivePeriod], *, availability_start: float, 
         "minBufferTime": xs_duration(min_buffer_ms / 1000),
     })
     root = ET.Element("MPD", attrs)
+    if low_latency is not None:     # (before the Periods: ISO/IEC 23009-1 MPDtype order)
+        service = ET.SubElement(root, "ServiceDescription", {"id": "0"})
+        target = low_latency.target_latency_ms
+        ET.SubElement(service, "Latency", {"referenceId": "0", "target": str(target), "min": str(target // 2),
+                                           "max": str(3 * target)})
+        ET.SubElement(service, "PlaybackRate", {"min": f"{low_latency.min_rate:g}",
+                                                "max": f"{low_latency.max_rate:g}"})
     for period in periods:
         element = ET.SubElement(root, "Period", {"id": period.id, "start": xs_duration(period.start_ms / 1000)})
         for index, rep in enumerate(period.representations):
@@ -104,7 +130,10 @@ def _adaptation_set(period: ET.Element, index: int, rep: LiveRepresentation) -> 
     if rep.kind == "audio":
         ET.SubElement(element, "AudioChannelConfiguration",
                       {"schemeIdUri": AUDIO_CHANNEL_SCHEME, "value": str(rep.channel_configuration or 2)})
-    template = ET.SubElement(element, "SegmentTemplate", {
-        "timescale": str(rep.timescale), "initialization": rep.initialization, "media": rep.media,
-        "startNumber": str(rep.start_number)})
+    template_attrs = {"timescale": str(rep.timescale), "initialization": rep.initialization, "media": rep.media,
+                      "startNumber": str(rep.start_number)}
+    if rep.availability_time_offset is not None:
+        template_attrs.update(availabilityTimeOffset=f"{rep.availability_time_offset:.3f}",
+                              availabilityTimeComplete="false")
+    template = ET.SubElement(element, "SegmentTemplate", template_attrs)
     template.append(segment_timeline(np.asarray(rep.starts, dtype=np.int64), np.asarray(rep.durations, dtype=np.int64)))

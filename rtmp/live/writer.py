@@ -14,6 +14,12 @@ and so are the segments of HEVC (and any video but H.264: browsers play those fr
   ``<tid>-<n>.<k>.m4s``                     part k of HLS segment n (moof + mdat), written as its samples arrive
   ``<tid>-<n>.m4s``                         HLS segment n: its parts back to back, written when it closes
   ``index_delta.m3u8``                      the playlist's delta update (what ``index.m3u8?_HLS_skip=YES`` gets)
+  ``<tid>-<p>-<v|a>-<t>.<k>.m4s``           low-latency DASH: chunk k of the DASH segment at t (moof + mdat)
+Low latency makes the DASH output low-latency DASH too (DASH-IF "Low-latency Modes for DASH"): each part's samples
+are also written per track as a CMAF chunk, the DASH segment is its chunks back to back, and the MPD announces the
+segment in progress (with the previous segment's duration as its expected one) as soon as its first chunk exists,
+with an @availabilityTimeOffset that makes it requestable then; the gateway streams it chunk by chunk
+(``gateway.http.live_chunked``).
 Every part and segment is renamed into place before the playlist that names it; the playlist's preload hint names
 the next part before it exists (the gateway holds a request for it until it does).
 ``<tid>`` is the base-36 creation time of this writer (ms): a gateway restart or another node taking the stream over
@@ -53,7 +59,7 @@ from typing import Callable
 
 import numpy as np
 
-from packagers.dash.live import LivePeriod, LiveRepresentation, build_live_mpd
+from packagers.dash.live import DashLowLatency, LivePeriod, LiveRepresentation, build_live_mpd
 from packagers.errors import PackagerError
 from packagers.fmp4 import Fmp4Muxer, build_init_segment, channel_configuration, codec_string
 from packagers.hls.live import (LivePart, LiveSegment, LiveVariant, LowLatency, bandwidth,
@@ -72,7 +78,7 @@ MEDIA_PLAYLIST, MASTER_PLAYLIST, MPD = "index.m3u8", "master.m3u8", "manifest.mp
 DELTA_PLAYLIST = "index_delta.m3u8"
 LIVE_FILE = re.compile(r"index\.m3u8|index_delta\.m3u8|master\.m3u8|manifest\.mpd|(?P<tid>[0-9a-z]{1,13})-"
                        r"(?:[0-9]{1,12}\.ts|[0-9]{1,12}(?:\.[0-9]{1,6})?\.m4s|[0-9]{1,9}-init\.mp4"
-                       r"|[0-9]{1,9}-[va]-(?:init\.mp4|[0-9]{1,18}\.m4s))")
+                       r"|[0-9]{1,9}-[va]-(?:init\.mp4|[0-9]{1,18}(?:\.[0-9]{1,6})?\.m4s))")
 _KIND_LETTER = {"video": "v", "audio": "a"}
 ERROR_LOG_INTERVAL = 5.0        # seconds: a full disk fails every segment; one line per stream per interval is enough
 
@@ -84,11 +90,21 @@ class _Period:
     tracks: tuple[Track, ...]
     ts: TsMuxer | None              # HLS without low latency
     fmp4: dict                      # kind → Fmp4Muxer (DASH)
+    chunk_fmp4: dict                # kind → Fmp4Muxer without styp (LL-DASH: the chunks after a segment's first)
     init_names: dict                # kind → file name (DASH); "hls" → the LL-HLS init segment
     hls: Fmp4Muxer | None = None    # LL-HLS: every track in one fragment
     frame_rate: str = ""
     end_ms: int = 0                 # media end of the last segment written, from availabilityStartTime
     last_number: int = 0
+
+
+@dataclass(frozen=True, eq=False)
+class _Chunks:
+    """LL-DASH: one track's DASH segment in progress, the chunks written so far."""
+    start: int                      # its earliest presentation time (the ``$Time$`` of its name)
+    names: tuple[str, ...]
+    data: tuple[bytes, ...]
+    duration: int                   # ticks so far
 
 
 @dataclass(eq=False)
@@ -103,10 +119,11 @@ class _Segment:
     discontinuity: bool
     dash: dict = field(default_factory=dict)    # kind → (start, duration, size, file name)
     parts: tuple[LivePart, ...] = ()            # LL-HLS
+    chunks: tuple[str, ...] = ()                # LL-DASH chunk files
 
     @property
     def files(self) -> list[str]:
-        return [self.hls_name] + [p[3] for p in self.dash.values()] + [p.uri for p in self.parts]
+        return [self.hls_name] + [p[3] for p in self.dash.values()] + [p.uri for p in self.parts] + list(self.chunks)
 
     @functools.cached_property
     def entry(self) -> LiveSegment:
@@ -151,6 +168,7 @@ class LiveStreamWriter:
         self._broken = False        # a segment failed: the next one starts a discontinuity
         self._cleaned = False
         self._parts: list[tuple[LivePart, bytes]] = []   # LL-HLS: the segment in progress, so far
+        self._chunks: dict[str, _Chunks] = {}  # LL-DASH: kind → the DASH segment in progress, so far
         self._fragments = 0         # LL-HLS fragments written (their moof sequence numbers)
         self._parts_failed = False  # a part of the segment in progress could not be written
         self._lines: dict[int, str] = {}    # HLS playlist lines of settled segments (build_live_media_playlist)
@@ -171,6 +189,9 @@ class LiveStreamWriter:
             self.segments_skipped += 1
             self._skipping += 1
             self._broken = True
+            self._parts.clear()     # the next segment starts its own parts and chunks
+            self._chunks = {}
+            self._parts_failed = False
             self._failed(f"segment skipped ({self._skipping} in a row)", e)
             return
         if self._skipping:
@@ -210,16 +231,19 @@ class LiveStreamWriter:
                 self._clean_directory()
             if part.new_period or self._period is None or self._restart_period:
                 self._parts.clear()
+                self._chunks = {}
                 self._start_period(part)
             number, index = self._next_number, len(self._parts)
             period = self._period
             data = period.hls.build(MediaSegment(self._fragments, self._segments_of(period, part.tracks)))
             name = f"{self.tid}-{number}.{index}.m4s"
-            self._write(name, data)
+            chunks = self._dash_chunks(period, part)
+            self._write_all([(c.names[-1], c.data[-1]) for c in chunks.values()] + [(name, data)])
         except (OSError, PackagerError) as e:
             self._parts_failed = True   # no more parts for this segment: it is written whole when it closes
             self._failed("part skipped", e)
             return
+        self._chunks = chunks
         self._fragments += 1
         main = part.main
         # (its decode span: parts tile the timeline; the presentation span of B-frames would overlap the next)
@@ -227,12 +251,27 @@ class LiveStreamWriter:
         self._parts.append((LivePart(name, seconds, part.independent), data))
         self.bytes_written += len(data)
         try:
-            self._write_playlists(mpd=False)
+            # the MPD announces a DASH segment once, with its first chunk (LL-DASH players fetch it chunked)
+            self._write_playlists(mpd=index == 0)
             self.part_latencies_ms.append((self._monotonic() - part.closed_at) * 1000)
             if not self._master:    # players start from the master playlist: as soon as there is a part
                 self._write_master()
         except OSError as e:
             self._failed("playlists not written", e)
+
+    def _dash_chunks(self, period: _Period, part: Part) -> dict[str, "_Chunks"]:
+        """The DASH segments in progress with this part's samples added as one more CMAF chunk per track (new
+        objects: the writer's own change only once they are written)."""
+        out = dict(self._chunks)
+        for tc in part.tracks:
+            kind = tc.track.kind
+            old = out.get(kind) or _Chunks(tc.start, (), (), 0)
+            name = f"{self.tid}-{period.id}-{_KIND_LETTER[kind]}-{old.start}.{len(old.names)}.m4s"
+            muxer = period.chunk_fmp4[kind] if old.names else period.fmp4[kind]   # (styp starts a segment only)
+            data = muxer.build(MediaSegment(self._fragments, (TrackSegment(tc.track, tc.samples, tc.chunks),)))
+            out[kind] = _Chunks(old.start, old.names + (name,), old.data + (data,),
+                                old.duration + int(tc.samples.durations.sum()))
+        return out
 
     @staticmethod
     def _segments_of(period: _Period, cuts) -> tuple[TrackSegment, ...]:
@@ -271,7 +310,8 @@ class LiveStreamWriter:
         self._write_all(files)
         self._restart_period = False
         self._period = _Period(pid, start_ms, tracks, None if fmp4 else TsMuxer(tracks),
-                               {t.kind: Fmp4Muxer([t]) for t in tracks}, init_names,
+                               {t.kind: Fmp4Muxer([t]) for t in tracks},
+                               {t.kind: Fmp4Muxer([t], styp=False) for t in tracks}, init_names,
                                hls=Fmp4Muxer(tracks) if fmp4 else None)
         self._periods += 1
 
@@ -288,10 +328,15 @@ class LiveStreamWriter:
             hls = period.hls.build(MediaSegment(self._fragments, self._segments_of(period, cut.tracks)))
             self._fragments += 1
             files = [(f"{self.tid}-{n}.m4s", hls)]
-        info = {}
+        info, chunk_files = {}, []
         for tc, part in zip(cut.tracks, parts):
             name = f"{self.tid}-{period.id}-{_KIND_LETTER[tc.track.kind]}-{tc.start}.m4s"
-            data = period.fmp4[tc.track.kind].build(MediaSegment(n - 1, (part,)))
+            chunks = self._chunks.get(tc.track.kind)
+            if chunks is not None and not self._parts_failed and chunks.start == tc.start:
+                data = b"".join(chunks.data)    # LL-DASH: what was streamed, chunk by chunk
+            else:
+                data = period.fmp4[tc.track.kind].build(MediaSegment(n - 1, (part,)))
+            chunk_files += chunks.names if chunks is not None else ()
             files.append((name, data))
             info[tc.track.kind] = (tc.start, tc.duration, len(data), name)
         self._write_all(files)
@@ -308,9 +353,10 @@ class LiveStreamWriter:
         self.bytes_written += sum(len(d) for _, d in files)
         listed_parts = () if self._parts_failed else tuple(p for p, _ in self._parts)
         self._parts.clear()
+        self._chunks = {}
         self._parts_failed = False
         return _Segment(n, period, files[0][0], len(hls), main.duration, main.track.timescale, cut.wall_clock,
-                        discontinuity, info, listed_parts)
+                        discontinuity, info, listed_parts, tuple(chunk_files))
 
     def _expire(self) -> None:
         """Delete the files of segments past the window + keep_extra, and init segments no segment needs."""
@@ -349,16 +395,19 @@ class LiveStreamWriter:
             self._write(MPD, self._mpd(listed).encode())
 
     def _mpd(self, listed: list[_Segment]) -> str:
-        periods: list[LivePeriod] = []
+        groups: list[tuple[_Period, list[_Segment]]] = []
         for s in listed:
-            if not periods or periods[-1].id != str(s.period.id):
-                periods.append(LivePeriod(str(s.period.id), s.period.start_ms, ()))
+            if not groups or groups[-1][0] is not s.period:
+                groups.append((s.period, []))
+            groups[-1][1].append(s)
+        if self._chunks and (not groups or groups[-1][0] is not self._period):
+            groups.append((self._period, []))   # a period whose first segment is in progress
         built = []
-        for lp in periods:
-            segs = [s for s in listed if str(s.period.id) == lp.id]
-            period = segs[0].period
-            reps = tuple(r for r in (self._representation(period, t, segs) for t in period.tracks) if r is not None)
-            built.append(LivePeriod(lp.id, lp.start_ms, reps))
+        for period, segs in groups:
+            progress = self._chunks if period is self._period else {}
+            reps = tuple(r for r in (self._representation(period, t, segs, progress.get(t.kind))
+                                     for t in period.tracks) if r is not None)
+            built.append(LivePeriod(str(period.id), period.start_ms, reps))
         seconds = [s.duration / s.timescale for s in listed]
         window_ms = math.ceil(sum(seconds) * 1000)
         longest_ms = math.ceil(max(seconds, default=0) * 1000)
@@ -368,22 +417,47 @@ class LiveStreamWriter:
             minimum_update_period_ms=self.target_ms, time_shift_buffer_ms=max(window_ms, self.target_ms),
             suggested_delay_ms=min(3 * self.target_ms, max(window_ms - self.target_ms, self.target_ms)),
             max_segment_ms=max(longest_ms, 1), min_buffer_ms=max(longest_ms, self.target_ms), ended_ms=ended_ms,
-            utc_timing=self.utc_timing)
+            utc_timing=self.utc_timing, low_latency=self._dash_low_latency())
 
-    def _representation(self, period: _Period, track: Track, segs: list[_Segment]) -> LiveRepresentation | None:
+    def _dash_low_latency(self) -> DashLowLatency | None:
+        """LL-DASH: the MPD is reloaded once per part (it changes once per segment: a player learns of a new segment
+        within a part of its first chunk); the target latency is that of LL-HLS players (PART-HOLD-BACK), plus a
+        part for the MPD reload."""
+        if not self.part_ms or self.ended:
+            return None
+        return DashLowLatency(update_period_ms=self.part_ms, target_latency_ms=4 * self.part_ms)
+
+    def _representation(self, period: _Period, track: Track, segs: list[_Segment],
+                        progress: _Chunks | None = None) -> LiveRepresentation | None:
+        """``progress``: the DASH segment in progress (LL-DASH), listed last with the duration expected of it (the
+        previous segment's), made available after its first chunk by @availabilityTimeOffset."""
         parts = [s.dash[track.kind] for s in segs if track.kind in s.dash]
-        if not parts:
+        if not parts and progress is None:
             return None
         starts = [p[0] for p in parts]
         durations = [p[1] for p in parts]
-        peak, _ = bandwidth([p[2] for p in parts], [d / track.timescale for d in durations])
+        sizes, spans = [p[2] for p in parts], [d / track.timescale for d in durations]
+        offset = None
+        if self.part_ms and not self.ended and durations:
+            offset = max(0.0, durations[-1] / track.timescale - self.part_ms / 1000)
+        if progress is not None:
+            expected = max(durations[-1] if durations else track.timescale * self.target_ms // 1000, progress.duration)
+            starts.append(progress.start)
+            durations.append(expected)
+            if not parts:       # before the first complete segment: the rate of its chunks so far
+                sizes, spans = [sum(map(len, progress.data))], [max(progress.duration, 1) / track.timescale]
+            # available a part after its start: when its first chunk is there (DASH-IF LL: ATO = segment - chunk)
+            offset = max(0.0, expected / track.timescale - self.part_ms / 1000)
+        peak, _ = bandwidth(sizes, spans)
         letter = _KIND_LETTER[track.kind]
         return LiveRepresentation(
             id=letter, kind=track.kind, codecs=codec_string(track.codec), bandwidth=peak,
             timescale=track.timescale, initialization=period.init_names[track.kind],
-            media=f"{self.tid}-{period.id}-{letter}-$Time$.m4s", start_number=segs[0].number, starts=starts,
+            media=f"{self.tid}-{period.id}-{letter}-$Time$.m4s",
+            start_number=segs[0].number if segs else self._next_number, starts=starts,
             durations=durations, width=track.codec.width, height=track.codec.height, frame_rate=period.frame_rate,
-            sample_rate=track.codec.sample_rate, channel_configuration=channel_configuration(track.codec))
+            sample_rate=track.codec.sample_rate, channel_configuration=channel_configuration(track.codec),
+            availability_time_offset=offset)
 
     def position(self) -> tuple[int, int | None] | None:
         """(LAST-MSN, LAST-PART) of this stream's playlist, for its siblings' EXT-X-RENDITION-REPORT: the segment in

@@ -110,3 +110,21 @@ def test_blocking_reload_answers_when_the_part_is_written(ll_live):
     print(f"\nblocking reload answered {np.median(lags) * 1000:.0f} ms (median), {max(lags) * 1000:.0f} ms (max) "
           f"after the part was written")
     assert np.median(lags) < PART_S
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_dash_js_plays_low_latency_dash_chunk_by_chunk(ll_live):
+    """dash.js on the same stream's MPD: it switches to its low-latency mode (the MPD's availabilityTimeOffset and
+    availabilityTimeComplete="false"), fetches the segment in progress chunked, and its latency stays low."""
+    require_browser()
+    _, url, _ = ll_live
+    report = play_in_browser(f"{url}/manifest.mpd", kind="dash", seconds=1e9, timeout=45)
+    assert not fatal_errors(report), report["errors"]
+    latency = np.array(report["latency"])
+    progress = playback_progress(report)
+    assert len(latency) >= 50 and progress >= 30, report
+    p50, p95 = np.percentile(latency, 50), np.percentile(latency, 95)
+    print(f"\ndash.js low-latency mode: latency p50 {p50:.2f} s, p95 {p95:.2f} s, max {latency.max():.2f} s "
+          f"over {progress:.0f} s played, {report['totalVideoFrames']} frames")
+    assert p95 < 3.0     # (plain live DASH of the same stream: 4.6 s)

@@ -1,0 +1,144 @@
+"""Low-latency DASH output of the live packager (rtmp.live with parts): every MPD version the writer renames into
+place, read with ElementTree, announces the segment in progress (listed last, its first chunk on disk, the segment
+file not yet) with @availabilityTimeOffset, @availabilityTimeComplete="false" and a ServiceDescription; every DASH
+segment is its chunks back to back (one moof + mdat per chunk, read with pymp4), each chunk's tfdt follows the one
+before, and the video segments decode with PyAV back to the published samples."""
+from __future__ import annotations
+
+import io
+import time
+import xml.etree.ElementTree as ET
+
+import av
+import pytest
+from pymp4.parser import Box
+
+from rtmp.live import LiveSegmenter, LiveStreamWriter
+from rtmp.live.segmenter import Part
+from tests.rtmp.test_flv import flv_from_mp4, flv_messages
+from tests.rtmp.test_live_packager import FRAMES, avcc_nals, source_samples
+
+PART_MS = 500
+NS = {"d": "urn:mpeg:dash:schema:mpd:2011"}
+
+
+def representations(mpd: ET.Element):
+    """kind → (SegmentTemplate, [(t, d)] of its timeline) of the last Period."""
+    period = mpd.findall("d:Period", NS)[-1]
+    out = {}
+    for adaptation in period.findall("d:AdaptationSet", NS):
+        template = adaptation.find("d:Representation/d:SegmentTemplate", NS)
+        t, entries = 0, []
+        for s in template.findall("d:SegmentTimeline/d:S", NS):
+            t = int(s.get("t", t))
+            for _ in range(int(s.get("r", 0)) + 1):
+                entries.append((t, int(s.get("d"))))
+                t += int(s.get("d"))
+        out[adaptation.get("contentType")] = (template, entries)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ll_dash(tmp_path_factory):
+    """title_360p (12 s, 2-s GOP) as ffmpeg publishes it, through the segmenter and a low-latency writer; every MPD
+    version with the files present then."""
+    tmp = tmp_path_factory.mktemp("lldash")
+    out = tmp / "out"
+    writer = LiveStreamWriter(out, target_ms=1000, window=100, part_ms=PART_MS)
+    seg = LiveSegmenter(1000, source="live/test", part_ms=PART_MS)
+    versions, last = [], None
+    events = []
+    for m in flv_messages(flv_from_mp4("title_360p", tmp)):
+        events += seg.feed(m, time.monotonic(), 1_000_000.0 + m.timestamp / 1000)
+    events += seg.finish(time.monotonic())
+    for e in events:
+        (writer.add_part if isinstance(e, Part) else writer.add)(e)
+        text = (out / "manifest.mpd").read_text() if (out / "manifest.mpd").exists() else None
+        if text is not None and text != last:
+            versions.append((text, {p.name for p in out.iterdir()}))
+            last = text
+    writer.end()
+    return out, versions
+
+
+def test_the_segment_in_progress_is_announced_with_its_first_chunk(ll_dash):
+    out, versions = ll_dash
+    announced = 0
+    for text, files in versions:
+        mpd = ET.fromstring(text)
+        assert mpd.get("minimumUpdatePeriod") == "PT0.5S"
+        assert "http://www.dashif.org/guidelines/low-latency-live-v5" in mpd.get("profiles")
+        latency = mpd.find("d:ServiceDescription/d:Latency", NS)
+        assert latency is not None and int(latency.get("target")) == 4 * PART_MS
+        for kind, (template, entries) in representations(mpd).items():
+            assert template.get("availabilityTimeComplete") == "false"
+            timescale = int(template.get("timescale"))
+            t, d = entries[-1]
+            # available a part after its start: ATO = the listed duration less a part
+            assert float(template.get("availabilityTimeOffset")) == pytest.approx(d / timescale - PART_MS / 1000,
+                                                                                  abs=0.002)
+            name = template.get("media").replace("$Time$", str(t))
+            base = name[: -len(".m4s")]
+            if name not in files:   # the last one listed is in progress: its first chunk exists
+                assert f"{base}.0.m4s" in files
+                announced += 1
+            for t0, _ in entries[:-1]:
+                assert template.get("media").replace("$Time$", str(t0)) in files
+    assert announced >= 10      # (12 s of 1-s segments, audio and video)
+
+
+def test_announced_times_are_the_segments_times_and_expected_durations_come_close(ll_dash):
+    out, versions = ll_dash
+    final = representations(ET.fromstring((out / "manifest.mpd").read_text()))
+    for kind, (_, entries) in final.items():
+        truth = dict(entries)
+        for text, _ in versions[:-1]:
+            rep = representations(ET.fromstring(text)).get(kind)
+            if rep is None:
+                continue
+            t, d = rep[1][-1]
+            assert t in truth       # the name the player asks for is the segment's name
+            assert abs(d - truth[t]) <= truth[t]     # a guess (the previous segment's), never wildly off
+
+
+def test_dash_segments_are_their_chunks_and_decode_to_the_published_frames(ll_dash):
+    out, _ = ll_dash
+    mpd = ET.fromstring((out / "manifest.mpd").read_text())
+    assert mpd.get("availabilityTimeOffset") is None and mpd.find("d:ServiceDescription", NS) is None  # ended
+    bodies = {}
+    for kind, (template, entries) in representations(mpd).items():
+        assert template.get("availabilityTimeOffset") is None
+        body, chunked = b"", 0
+        for t, d in entries:
+            name = template.get("media").replace("$Time$", str(t))
+            data = (out / name).read_bytes()
+            chunks = sorted(out.glob(name[: -len(".m4s")] + ".*.m4s"), key=lambda p: int(p.name.split(".")[-2]))
+            assert chunks, name
+            assert data == b"".join(p.read_bytes() for p in chunks)
+            chunked += len(chunks) > 1
+            boxes = list(_boxes(data))
+            assert [b.type for b in boxes] == [b"styp"] + [b"moof", b"mdat"] * len(chunks)
+            times = [_tfdt(b) for b in boxes if b.type == b"moof"]
+            assert times == sorted(times) and len(set(times)) == len(times)
+            body += data
+        assert chunked >= len(entries) // 2
+        bodies[kind] = (out / template.get("initialization")).read_bytes() + body
+    packets = []
+    with av.open(io.BytesIO(bodies["video"])) as c:
+        packets = [bytes(p) for p in c.demux(video=0) if p.size]
+    assert [avcc_nals(d) for d in packets] == [avcc_nals(s) for s in source_samples("title_360p.mp4", "video")]
+    with av.open(io.BytesIO(bodies["audio"])) as c:
+        assert sum(1 for p in c.demux(audio=0) if p.size) == FRAMES["title_360p"][1]
+
+
+def _boxes(data: bytes):
+    pos = 0
+    while pos < len(data):
+        box = Box.parse(data[pos:])
+        yield box
+        pos += box.end if hasattr(box, "end") else int.from_bytes(data[pos:pos + 4], "big")
+
+
+def _tfdt(moof) -> int:
+    traf = next(b for b in moof.children if b.type == b"traf")
+    return next(b for b in traf.children if b.type == b"tfdt").baseMediaDecodeTime
