@@ -142,3 +142,37 @@ def _boxes(data: bytes):
 def _tfdt(moof) -> int:
     traf = next(b for b in moof.children if b.type == b"traf")
     return next(b for b in traf.children if b.type == b"tfdt").baseMediaDecodeTime
+
+
+def test_after_a_skipped_segment_the_next_starts_its_own_parts_and_chunks(tmp_path):
+    """A segment whose write fails (ENOSPC at its close) is skipped; the next segment's parts and DASH chunks start
+    from its own first part (they once continued the skipped segment's, making a segment of both)."""
+    class FailingOnce(LiveStreamWriter):
+        failed = False
+
+        def _write_segment(self, cut):
+            if self.segments_written == 2 and not self.failed:
+                FailingOnce.failed = True
+                raise OSError(28, "No space left on device")
+            return super()._write_segment(cut)
+
+    out = tmp_path / "out"
+    writer = FailingOnce(out, target_ms=1000, window=100, part_ms=PART_MS)
+    seg = LiveSegmenter(1000, source="live/test", part_ms=PART_MS)
+    events = []
+    for m in flv_messages(flv_from_mp4("title_360p", tmp_path)):
+        events += seg.feed(m, time.monotonic(), 1_000_000.0 + m.timestamp / 1000)
+    events += seg.finish(time.monotonic())
+    for e in events:
+        (writer.add_part if isinstance(e, Part) else writer.add)(e)
+    writer.end()
+    assert writer.segments_skipped == 1
+    after = writer._listed[2]      # the segment after the skipped one (numbers are reused)
+    assert after.parts and after.parts[0].uri.endswith(".0.m4s")
+    assert (out / after.hls_name).read_bytes() == b"".join((out / p.uri).read_bytes() for p in after.parts)
+    for kind, (start, duration, _, name) in after.dash.items():
+        chunks = [n for n in after.chunks if n.startswith(name[: -len(".m4s")] + ".")]
+        assert (out / name).read_bytes() == b"".join((out / n).read_bytes() for n in chunks)
+        assert int(chunks[0].split(".")[-2]) == 0
+        with av.open(io.BytesIO((out / after.period.init_names[kind]).read_bytes() + (out / name).read_bytes())) as c:
+            assert sum(p.duration or 0 for p in c.demux() if p.size) == pytest.approx(duration, rel=0.05)
