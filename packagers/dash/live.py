@@ -2,7 +2,8 @@
 
 Layout. One Period per timeline of the stream (a publish, or a codec change inside one); Period@start is its offset
 from MPD@availabilityStartTime, and its media times start at 0, so no @presentationTimeOffset is needed. Each Period
-has a video and/or an audio AdaptationSet with one Representation whose SegmentTemplate (@timescale = the track's,
+has a video and/or an audio AdaptationSet with one Representation (video: also one per rendition of a transcoded
+ladder, each in the files of its own stream) whose SegmentTemplate (@timescale = the track's,
 ``$Number$`` media names, @startNumber = the first listed segment) carries a SegmentTimeline of the segments in the
 window: S@t is each segment's earliest presentation time, S@d its span (§5.3.9.6), with an explicit @t after a gap.
 
@@ -107,17 +108,28 @@ def build_live_mpd(periods: Sequence[LivePeriod], *, availability_start: float, 
                                                 "max": f"{low_latency.max_rate:g}"})
     for period in periods:
         element = ET.SubElement(root, "Period", {"id": period.id, "start": xs_duration(period.start_ms / 1000)})
-        for index, rep in enumerate(period.representations):
-            _adaptation_set(element, index, rep)
+        kinds = list(dict.fromkeys(rep.kind for rep in period.representations))
+        for index, kind in enumerate(kinds):
+            _adaptation_set(element, index, [rep for rep in period.representations if rep.kind == kind])
     ET.SubElement(root, "UTCTiming", {"schemeIdUri": UTC_TIMING_SCHEME, "value": utc_timing})
     ET.indent(root, "  ")
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
-def _adaptation_set(period: ET.Element, index: int, rep: LiveRepresentation) -> None:
-    attrs = {"id": str(index), "contentType": rep.kind, "mimeType": content_type(rep.kind),
+def _adaptation_set(period: ET.Element, index: int, reps: list[LiveRepresentation]) -> None:
+    """One AdaptationSet of ``reps`` (one kind): a stream's own track, and for video the renditions a ladder made of
+    it, each Representation with its own SegmentTemplate (files of another stream's directory)."""
+    kind = reps[0].kind
+    attrs = {"id": str(index), "contentType": kind, "mimeType": content_type(kind),
              "segmentAlignment": "true", "startWithSAP": "1"}
+    if kind == "video" and len(reps) > 1 and all(r.width and r.height for r in reps):
+        attrs.update(maxWidth=str(max(r.width for r in reps)), maxHeight=str(max(r.height for r in reps)))
     adaptation = ET.SubElement(period, "AdaptationSet", attrs)
+    for rep in sorted(reps, key=lambda r: -r.bandwidth) if len(reps) > 1 else reps:
+        _representation(adaptation, rep)
+
+
+def _representation(adaptation: ET.Element, rep: LiveRepresentation) -> None:
     rep_attrs = {"id": rep.id, "bandwidth": str(max(1, rep.bandwidth)), "codecs": rep.codecs}
     if rep.kind == "video":
         if rep.width and rep.height:

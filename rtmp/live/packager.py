@@ -142,7 +142,8 @@ class LivePackager:
                     wall=self._wall, monotonic=self._monotonic, dvr_s=app_config.dvr_window_s,
                     part_ms=self.config.live_part_duration_ms if app_config.low_latency else 0,
                     siblings=functools.partial(self._renditions, key),
-                    reports=functools.partial(self._reports, key))
+                    reports=functools.partial(self._reports, key),
+                    dash_siblings=functools.partial(self._dash_renditions, key))
             worker = self._workers.get(key)
             if worker is None:
                 worker = self._workers[key] = _Worker(self, key, writer)
@@ -188,6 +189,18 @@ class LivePackager:
                 variant = writer.variant(f"../{name}/{MEDIA_PLAYLIST}")
                 if variant is not None:
                     out.append(variant)
+        return out
+
+    def _dash_renditions(self, key: str) -> list:
+        """The video of the renditions of ``key``'s ladder being packaged, as Representations of ``key``'s MPD."""
+        app, _, stream = key.partition("/")
+        out = []
+        for text in self.config.for_app(app).transcode:
+            height = text.partition("@")[0]
+            writer = self._writers.get(f"{app}/{stream}_{height}")
+            rep = writer.dash_representation(f"../{stream}_{height}/", f"v{height}") if writer is not None else None
+            if rep is not None:
+                out.append(rep)
         return out
 
     def _reports(self, key: str) -> list[tuple[str, int, int | None]]:

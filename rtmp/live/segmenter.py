@@ -64,6 +64,7 @@ class Cut:
     wall_clock: float       # POSIX time when the segment's first sample arrived
     period_wall_clock: float  # ... and the period's first sample
     closed_at: float        # monotonic time when the message that closed the segment arrived
+    base_ms: int = 0        # the publisher's time (ms) of the period's media time 0
 
     @property
     def main(self) -> TrackCut:
@@ -81,6 +82,7 @@ class Part:
     independent: bool       # starts with a key frame (or has no video)
     period_wall_clock: float
     closed_at: float        # monotonic time when the message that closed the part arrived
+    base_ms: int = 0        # as Cut's
 
     @property
     def main(self) -> TrackCut:
@@ -279,7 +281,7 @@ class LiveSegmenter:
         if not parts:
             return out
         cut = Cut(self.period, self._new_period, tuple(parts), self._tracks, self._segment_wall, self._period_wall,
-                  received)
+                  received, self._base)
         self._new_period = False
         return out + [cut]
 
@@ -312,7 +314,8 @@ class LiveSegmenter:
             return []
         independent = tracks[0].track.kind != "video" or bool(tracks[0].samples.keyframe[0])
         first, self._first_part = self._first_part, False
-        return [Part(self.period, first, tuple(tracks), self._tracks, independent, self._period_wall, received)]
+        return [Part(self.period, first, tuple(tracks), self._tracks, independent, self._period_wall, received,
+                     self._base)]
 
     def _cut_video(self, track: Track, key: FlvSample | None) -> TrackCut | None:
         p = self._video

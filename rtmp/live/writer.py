@@ -44,6 +44,7 @@ fits. Skips are counted (``segments_skipped``) and logged at most once per ``ERR
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -94,6 +95,7 @@ class _Period:
     init_names: dict                # kind → file name (DASH); "hls" → the LL-HLS init segment
     hls: Fmp4Muxer | None = None    # LL-HLS: every track in one fragment
     frame_rate: str = ""
+    base_ms: int = 0                # the publisher's time of media time 0 (a ladder's renditions share the source's)
     end_ms: int = 0                 # media end of the last segment written, from availabilityStartTime
     last_number: int = 0
 
@@ -137,12 +139,14 @@ class LiveStreamWriter:
                  wall: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
                  utc_timing: str = "/time", part_ms: int = 0, dvr_s: float = 0.0,
                  siblings: Callable[[], list[LiveVariant]] = list,
-                 reports: Callable[[], list[tuple[str, int, int | None]]] = list) -> None:
+                 reports: Callable[[], list[tuple[str, int, int | None]]] = list,
+                 dash_siblings: Callable[[], list[tuple[int, LiveRepresentation]]] = list) -> None:
         self.directory = Path(directory)
         self.target_ms, self.window, self.keep_extra = target_ms, window, keep_extra
         self.dvr_s = dvr_s          # > 0: the window is this many seconds (a DVR window), not ``window`` segments
         self.siblings = siblings    # the variants of the renditions made of this stream (rtmp.live.ladder)
         self.reports = reports      # LL-HLS: (URI, LAST-MSN, LAST-PART) of the other renditions of its master
+        self.dash_siblings = dash_siblings  # those renditions' video as Representations of this stream's MPD
         self.part_ms = part_ms      # > 0: low-latency HLS (fMP4 parts), see the module docstring
         self._wall, self._monotonic, self.utc_timing = wall, monotonic, utc_timing
         self.tid = _base36(int(wall() * 1000))
@@ -312,7 +316,7 @@ class LiveStreamWriter:
         self._period = _Period(pid, start_ms, tracks, None if fmp4 else TsMuxer(tracks),
                                {t.kind: Fmp4Muxer([t]) for t in tracks},
                                {t.kind: Fmp4Muxer([t], styp=False) for t in tracks}, init_names,
-                               hls=Fmp4Muxer(tracks) if fmp4 else None)
+                               hls=Fmp4Muxer(tracks) if fmp4 else None, base_ms=cut.base_ms)
         self._periods += 1
 
     def _write_segment(self, cut: Cut) -> _Segment:
@@ -407,6 +411,8 @@ class LiveStreamWriter:
             progress = self._chunks if period is self._period else {}
             reps = tuple(r for r in (self._representation(period, t, segs, progress.get(t.kind))
                                      for t in period.tracks) if r is not None)
+            if period is self._period:
+                reps += self._aligned_siblings(reps)
             built.append(LivePeriod(str(period.id), period.start_ms, reps))
         seconds = [s.duration / s.timescale for s in listed]
         window_ms = math.ceil(sum(seconds) * 1000)
@@ -458,6 +464,37 @@ class LiveStreamWriter:
             durations=durations, width=track.codec.width, height=track.codec.height, frame_rate=period.frame_rate,
             sample_rate=track.codec.sample_rate, channel_configuration=channel_configuration(track.codec),
             availability_time_offset=offset)
+
+    def _aligned_siblings(self, own: tuple[LiveRepresentation, ...]) -> tuple[LiveRepresentation, ...]:
+        """The ladder's renditions on this stream's media timeline (their publish carries the source's timestamps:
+        the same publisher time of media time 0) whose segments start where this stream's do, so a player can switch
+        between them in one AdaptationSet; any other is left out rather than listed misaligned."""
+        video = next((r for r in own if r.kind == "video"), None)
+        if video is None:
+            return ()
+        starts, out = set(video.starts), []
+        for base_ms, r in self.dash_siblings():
+            first = next((i for i, t in enumerate(r.starts) if t >= video.starts[0]), len(r.starts))  # same window
+            if base_ms == self._period.base_ms and r.timescale == video.timescale and first < len(r.starts) \
+                    and set(r.starts[first:]) <= starts:
+                out.append(dataclasses.replace(r, start_number=r.start_number + first, starts=r.starts[first:],
+                                               durations=r.durations[first:]))
+        return tuple(out)
+
+    def dash_representation(self, prefix: str, rid: str) -> tuple[int, LiveRepresentation] | None:
+        """This stream's video in its current period as a Representation of another stream's MPD (a ladder's
+        source), with the period's ``base_ms``: file names prefixed by ``prefix`` (the way from that stream's
+        directory to this one)."""
+        period, chunks = self._period, self._chunks
+        video = next((t for t in period.tracks if t.kind == "video"), None) if period is not None else None
+        if video is None or self.ended:
+            return None
+        segs = [s for s in list(self._listed) if s.period is period]
+        rep = self._representation(period, video, segs, chunks.get("video"))
+        if rep is None:
+            return None
+        return period.base_ms, dataclasses.replace(rep, id=rid, initialization=prefix + rep.initialization,
+                                                   media=prefix + rep.media)
 
     def position(self) -> tuple[int, int | None] | None:
         """(LAST-MSN, LAST-PART) of this stream's playlist, for its siblings' EXT-X-RENDITION-REPORT: the segment in

@@ -176,3 +176,45 @@ def test_after_a_skipped_segment_the_next_starts_its_own_parts_and_chunks(tmp_pa
         assert int(chunks[0].split(".")[-2]) == 0
         with av.open(io.BytesIO((out / after.period.init_names[kind]).read_bytes() + (out / name).read_bytes())) as c:
             assert sum(p.duration or 0 for p in c.demux() if p.size) == pytest.approx(duration, rel=0.05)
+
+
+def _ladder_pair(tmp_path, skip_keyframes: int = 0):
+    """A source writer and a "rendition" writer (``<stream>_240p`` beside it) fed the same published stream, the
+    rendition from its ``skip_keyframes``-th key frame on; the source's MPD lists the rendition's video."""
+    messages = flv_messages(flv_from_mp4("title_360p", tmp_path))
+    keyframes = [i for i, m in enumerate(messages) if m.message_type_id == 9 and m.payload[0] >> 4 == 1
+                 and m.payload[1] == 1]
+    headers = [m for m in messages[: keyframes[0]]]
+    rendition_messages = headers + messages[keyframes[skip_keyframes]:] if skip_keyframes else messages
+    rendition = LiveStreamWriter(tmp_path / "cam_240p", target_ms=1000, window=6, part_ms=PART_MS)
+    source = LiveStreamWriter(tmp_path / "cam", target_ms=1000, window=6, part_ms=PART_MS, dash_siblings=lambda: [
+        r for r in [rendition.dash_representation("../cam_240p/", "v240p")] if r is not None])
+    for writer, stream in ((rendition, rendition_messages), (source, messages)):
+        seg = LiveSegmenter(1000, source="live/test", part_ms=PART_MS)
+        for m in stream[: len(stream) * 2 // 3]:    # (still live: the MPD has no end)
+            for e in seg.feed(m, time.monotonic(), 1_000_000.0 + m.timestamp / 1000):
+                (writer.add_part if isinstance(e, Part) else writer.add)(e)
+    return ET.fromstring((tmp_path / "cam" / "manifest.mpd").read_text())
+
+
+def test_the_source_mpd_lists_the_ladder_renditions_in_its_video_adaptation_set(tmp_path):
+    mpd = _ladder_pair(tmp_path)
+    (video,) = [a for a in mpd.findall("d:Period/d:AdaptationSet", NS) if a.get("contentType") == "video"]
+    reps = video.findall("d:Representation", NS)
+    assert [r.get("id") for r in reps] == ["v", "v240p"]
+    own, other = (r.find("d:SegmentTemplate", NS) for r in reps)
+    assert other.get("media").startswith("../cam_240p/") and other.get("initialization").startswith("../cam_240p/")
+    assert (tmp_path / "cam" / other.get("initialization")).exists()
+    timeline = [(s.get("t"), s.get("d")) for s in other.findall("d:SegmentTimeline/d:S", NS)]
+    assert timeline and timeline == [(s.get("t"), s.get("d")) for s in own.findall("d:SegmentTimeline/d:S", NS)]
+    t = 0
+    for s in other.findall("d:SegmentTimeline/d:S", NS)[:-1]:      # (the last may be in progress: its chunk)
+        t = int(s.get("t", t))
+        assert (tmp_path / "cam" / other.get("media").replace("$Time$", str(t))).exists()
+        t += int(s.get("d"))
+
+
+def test_a_rendition_whose_segments_do_not_start_with_the_sources_is_left_out(tmp_path):
+    mpd = _ladder_pair(tmp_path, skip_keyframes=1)     # its media time 0 is the source's second key frame
+    (video,) = [a for a in mpd.findall("d:Period/d:AdaptationSet", NS) if a.get("contentType") == "video"]
+    assert [r.get("id") for r in video.findall("d:Representation", NS)] == ["v"]
