@@ -126,7 +126,7 @@ def render_page(version: str, pid: int, files: list[str], settings: dict[str, ob
   <h2>Live streams</h2>
   <table>
     <thead><tr><th>stream</th><th>publishing</th><th>RTMP players</th><th>HLS viewers</th><th>DASH viewers</th>
-      <th>by quality</th></tr></thead>
+      <th>by quality</th><th>transcode (CPU share per rendition)</th></tr></thead>
     <tbody id="live-streams"></tbody>
   </table>
   <p id="live-none" class="muted">No live stream on this process (RTMP ingest off, or nothing published).</p>
@@ -179,6 +179,7 @@ async def serve_dashboard(request: web.Request) -> web.Response:
     stats = ingest_stats(request.app)
     by_stream, by_quality = metrics.live_counts(stats)
     streams = (stats or {}).get("streams") or {}
+    ladders = (stats or {}).get("ladder") or {}
     names = sorted(set(streams) | {s for s, _ in by_stream} | {s for s, _ in by_quality})
     live = [{
         "stream": name,
@@ -187,6 +188,8 @@ async def serve_dashboard(request: web.Request) -> web.Response:
         "hls_viewers": by_stream.get((name, "hls"), 0),
         "dash_viewers": by_stream.get((name, "dash"), 0),
         "qualities": {q: n for (s, q), n in sorted(by_quality.items()) if s == name},
+        # the ladder made of it: share of a core its process spent decoding ("decode") and per rendition
+        "transcode": dict(sorted((ladders.get(name) or {}).get("cpu_share", {}).items())),
     } for name in names]
     body = {"version": __version__, "pid": os.getpid(), "allocator": allocator.state, "collector": allocator.collector,
             "ingest": stats is not None, "live": live,

@@ -447,6 +447,10 @@ def test_transcode_cpu_per_rendition(metrics_store, tmp_path, monkeypatch):
                            "the rendition's CPU share")
         assert 0 < value(samples, "gateway_transcode_cpu_share", rendition="decode", **labels) < 1
         assert value(samples, "gateway_transcode_cpu_share", rendition="144p", **labels) < 1    # ~3 % of a core
+        # the status page's live table shows the same per stream (its JSON; the page renders it as "144p: 3%")
+        with urllib.request.urlopen(base + "/status/dashboard", timeout=10) as r:
+            (row,) = [x for x in json.loads(r.read())["live"] if x["stream"] == "tv/cam"]
+        assert set(row["transcode"]) == {"decode", "144p"} and 0 < row["transcode"]["144p"] < 1
         publisher.wait(30)
         wait_for(base, lambda s: value(s, "gateway_transcode_cpu_share", rendition="144p", **labels) == 0,
                  "the series to go with the publish")

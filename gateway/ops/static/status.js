@@ -69,6 +69,9 @@
       cell(row, st.hls_viewers);
       cell(row, st.dash_viewers);
       cell(row, Object.entries(st.qualities || {}).map(function (e) { return e[0] + ": " + e[1]; }).join(", "));
+      cell(row, Object.entries(st.transcode || {}).map(function (e) {
+        return e[0] + ": " + Math.round(e[1] * 100) + "%";
+      }).join(", "));
       live.appendChild(row);
     }
     $("live-none").hidden = (d.live || []).length > 0;
