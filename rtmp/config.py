@@ -43,6 +43,9 @@ class ApplicationConfig:
     on_record_done: str | None = None
     on_update: str | None = None
     notify_update_timeout: float = 30.0  # seconds between on_update calls of a publisher or player
+    notify_method: str = "post"       # get: the callbacks' fields go in the URL's query (nginx-rtmp's notify_method)
+    notify_update_strict: bool = False  # true: an on_update answer other than 2xx (3xx, timeout, error) drops too
+    notify_relay_redirect: bool = False  # true: an rtmp:// redirect's local stream is named md5(Location) in hex
     partner_id: int | None = None     # whose secret signs this application's stream keys
 
     def __post_init__(self) -> None:
@@ -71,6 +74,8 @@ class ApplicationConfig:
         if isinstance(self.notify_update_timeout, bool) or not isinstance(self.notify_update_timeout, (int, float)) \
                 or self.notify_update_timeout <= 0:
             raise ConfigError("notify_update_timeout must be a number of seconds > 0")
+        if self.notify_method not in ("get", "post"):
+            raise ConfigError(f"notify_method must be \"get\" or \"post\", got {self.notify_method!r}")
         for mode, callback, what in ((self.publish_auth, self.on_publish, "publish"),
                                      (self.play_auth, self.on_play, "play")):
             if mode not in AUTH_MODES:
@@ -98,7 +103,9 @@ class ApplicationConfig:
             if not isinstance(values["transcode"], (list, tuple)):
                 raise ConfigError(f"{where}: transcode must be a list like [\"480p@1200k\", \"360p@700k\"]")
             values["transcode"] = tuple(values["transcode"])
-        for name in ("live", "low_latency", "record"):
+        if isinstance(values.get("notify_method"), str):
+            values["notify_method"] = values["notify_method"].lower()     # nginx-rtmp takes GET as well as get
+        for name in ("live", "low_latency", "record", "notify_update_strict", "notify_relay_redirect"):
             if name in values and not isinstance(values[name], bool):
                 raise ConfigError(f"{where}: {name} must be true or false")
         if "partner_id" in values and (not isinstance(values["partner_id"], int) or isinstance(values["partner_id"], bool)):

@@ -188,17 +188,17 @@ class PushRelay:
 
     # RelayTap: called synchronously by the relay, so only bookkeeping and task creation here.
     def on_publish(self, key: str) -> None:
-        targets = self.config.for_app(key.partition("/")[0]).push
-        if not targets:
-            return
-        loop = asyncio.get_running_loop()
-        pushes = self._pushes.setdefault(key, [])
-        for target in targets:
-            push = _Push(self, key, target)
-            push.task = loop.create_task(push.run(), name=f"rtmp push {key} -> {target}")
-            self._tasks.add(push.task)
-            push.task.add_done_callback(self._tasks.discard)
-            pushes.append(push)
+        for target in self.config.for_app(key.partition("/")[0]).push:
+            self.push_to(key, target)
+
+    def push_to(self, key: str, target: str) -> None:
+        """Relay the published stream ``key`` to ``target`` until it is unpublished: a configured target, or an
+        on_publish callback's redirect to an rtmp:// URL (nginx-rtmp's notify push; rtmp.hooks)."""
+        push = _Push(self, key, target)
+        push.task = asyncio.get_running_loop().create_task(push.run(), name=f"rtmp push {key} -> {target}")
+        self._tasks.add(push.task)
+        push.task.add_done_callback(self._tasks.discard)
+        self._pushes.setdefault(key, []).append(push)
 
     def on_message(self, key: str, message: Message, *, keyframe: bool, sequence_header: bool) -> None:
         pass    # the target queues get the relay's serialised bytes

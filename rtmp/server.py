@@ -5,19 +5,8 @@ A player gets a second task that drains its `Subscriber` queue (bytes serialised
 or socket error closes only that connection, with one log line. A connection that has not started publishing or
 playing, or a publisher, that stays silent for ``idle_timeout`` seconds is closed; players may stay quiet.
 
-Policy is injected by the composition root (``rtmp`` never imports ``gateway``):
-- ``authorize(action, event, peer)``: awaited for every publish (action ``"publish"``) and play (``"play"``) before it
-  is accepted; returns None to allow or a reason to refuse. A refused publisher gets ``NetStream.Publish.BadName``,
-  a refused player ``NetStream.Play.Failed``; both are then closed.
-- ``pull(event)``: awaited when a player asks for a stream nobody publishes here; returns True once it has claimed the
-  key in the relay (an upstream pull), after which the player is subscribed as usual.
-- ``notify`` (`Notify`, nginx-rtmp's callbacks): ``check(call, client, event, extra)`` is awaited for ``connect``
-  (then the connect is held: nothing the client sent after it is looked at before the answer), ``publish`` and
-  ``play`` (after ``authorize``) and every ``update_interval(app)`` seconds for ``update_publish``/``update_play``;
-  it returns None (go on), a reason (refuse: ``NetConnection.Connect.Rejected``, ``NetStream.Publish.BadName``,
-  ``NetStream.Play.Failed``, or for an update the client is dropped) or a `Redirect` (connect: another app; publish
-  and play: another stream name). ``done(call, client, event)`` (``publish_done``, ``play_done``, ``done``) must not
-  block: it is called while the stream is torn down.
+Policy (``authorize``, ``pull``, ``push``, ``notify``: nginx-rtmp's callbacks) is injected by the composition root and
+applied by rtmp/hooks.py (`ConnectionHooks`, mixed into each connection).
 
 Every connection has a client id (1, 2, ... per server, nginx-rtmp's ``clientid``); ``clients`` maps them to the live
 connections, whose ``drop()`` and ``redirect(name)`` the control API uses.
@@ -27,53 +16,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
-from typing import Protocol
 
 from rtmp.errors import RtmpError
-from rtmp.messages import MSG_DATA_AMF0
+from rtmp.hooks import Authorize, Client, ConnectionHooks, Notify, Pull, Push, Redirect
 from rtmp.relay import Relay, Subscriber
-from typing import Awaitable, Callable, Literal, Optional
+from rtmp.session import Connect, Media, Metadata, Play, Publish, ServerSession, StopPlay, Unpublish
 
-from rtmp.session import Connect, Media, Metadata, Play, Publish, ServerSession, StopPlay, StreamEvent, Unpublish
-
-__all__ = ["RtmpServer", "serve_rtmp", "Authorize", "Pull", "Notify", "Client", "Redirect"]
-
-Authorize = Callable[[Literal["publish", "play"], StreamEvent, str], Awaitable[Optional[str]]]
-Pull = Callable[[Play], Awaitable[bool]]
+__all__ = ["RtmpServer", "serve_rtmp", "Authorize", "Pull", "Push", "Notify", "Client", "Redirect"]
 
 log = logging.getLogger("rtmp.server")
 
 
-@dataclass(frozen=True)
-class Client:
-    """Who a connection is, as nginx-rtmp's callbacks describe it (``ngx_rtmp_netcall_http_format_session``)."""
-    client_id: int
-    addr: str           # the peer's IP
-    app: str
-    flashver: str = ""
-    swfurl: str = ""
-    tcurl: str = ""
-    pageurl: str = ""
-    args: str = ""      # the query of the connect's app
-
-
-@dataclass(frozen=True)
-class Redirect:
-    """A callback's 3xx: go on under this name (an application for connect, a stream name for publish/play)."""
-    name: str
-
-
-class Notify(Protocol):
-    async def check(self, call: str, client: Client, event: StreamEvent | Connect | None,
-                    extra: dict) -> None | str | Redirect: ...
-
-    def done(self, call: str, client: Client, event: StreamEvent) -> None: ...
-
-    def update_interval(self, app: str) -> float | None: ...
-
-
-class _Connection:
+class _Connection(ConnectionHooks):
     def __init__(self, server: RtmpServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.server = server
         self.reader = reader
@@ -97,27 +51,6 @@ class _Connection:
         self.backlogged = False
         self.closing = False
         self.high_water = writer.transport.get_write_buffer_limits()[1]
-
-    @property
-    def client(self) -> Client:
-        c = self.session.connect_fields
-        return Client(self.client_id, self.addr, self.session.app, *((c.flashver, c.swfurl, c.tcurl, c.pageurl, c.args)
-                                                                      if c is not None else ()))
-
-    def info(self) -> dict:
-        """For the control API: who, what, since when."""
-        event = self.publish_event or self.play_event
-        return {"client_id": self.client_id, "addr": self.addr, "peer": self.peer, "app": self.session.app,
-                "role": "publisher" if self.publish_key else "player" if self.play_key else "idle",
-                "stream": event.key if event is not None and (self.publish_key or self.play_key) else None,
-                "flashver": self.client.flashver, "uptime": round(time.monotonic() - self.started, 3),
-                "bytes_in": self.session.bytes_in,
-                "bytes_out": self.subscriber.bytes_out if self.subscriber is not None else None}
-
-    def drop(self, reason: str) -> None:
-        """Close the connection now (control API, a refused on_update): the read loop ends and tears down."""
-        log.info("rtmp %s: dropped: %s", self.peer, reason)
-        self.writer.transport.abort()
 
     async def run(self) -> None:
         relay = self.server.relay
@@ -155,67 +88,14 @@ class _Connection:
             except (ConnectionError, OSError):
                 pass
 
-    async def _refused(self, action: Literal["publish", "play"], event: StreamEvent) -> str | None:
-        authorize = self.server.authorize
-        if authorize is None:
-            return None
-        try:
-            return await authorize(action, event, self.peer)
-        except Exception as e:  # a broken policy refuses rather than letting everyone in
-            log.exception("rtmp %s: authorize(%s %s) failed", self.peer, action, event.key)
-            return f"authorization failed: {e}"
-
-    async def _check(self, call: str, event, extra: dict | None = None) -> None | str | Redirect:
-        try:
-            return await self.server.notify.check(call, self.client, event, extra or {})
-        except Exception as e:  # a broken hook refuses, like a broken authorize
-            log.exception("rtmp %s: notify %s failed", self.peer, call)
-            return f"on_{call} failed: {e}"
-
-    def _done(self, call: str, event: StreamEvent) -> None:
-        notify = self.server.notify
-        if notify is None:
-            return
-        for name in (call, "done"):
-            try:
-                notify.done(name, self.client, event)
-            except Exception:   # fire-and-forget: never in the way of the teardown
-                log.exception("rtmp %s: notify %s failed", self.peer, name)
-
     async def _dispatch(self, event, relay: Relay) -> bool:
         """Act on one session event; False when the connection must be closed (a refused publish or play)."""
         s = self.session
         if isinstance(event, Connect):
-            verdict = await self._check("connect", event)
-            if isinstance(verdict, str):
-                log.info("rtmp %s: connect to %s refused: %s", self.peer, event.app, verdict)
-                self.server.refused += 1
-                self.writer.write(s.reject_connect(verdict))
-                return False
-            out = s.accept_connect(verdict.name if isinstance(verdict, Redirect) else None)
-            self.writer.write(out.send)
-            for held in out.events:
-                if not await self._dispatch(held, relay):
-                    return False
-            return True
+            return await self._admit_connect(event, relay)
         if isinstance(event, (Publish, Play)):
-            action = "publish" if isinstance(event, Publish) else "play"
-            reason = await self._refused(action, event)
-            if reason is None and self.server.notify is not None:
-                verdict = await self._check(action, event)
-                if isinstance(verdict, Redirect):
-                    log.info("rtmp %s: %s %s redirected to %s", self.peer, action, event.key, verdict.name)
-                    event = s.rename(event, verdict.name)
-                elif verdict is not None:
-                    reason = verdict
-            if reason is not None:
-                code = "NetStream.Publish.BadName" if isinstance(event, Publish) else "NetStream.Play.Failed"
-                log.info("rtmp %s: %s %s refused (%s): %s", self.peer, action, event.key, code, reason)
-                self.server.refused += 1
-                if isinstance(event, Publish):
-                    self.writer.write(s.reject_publish(code, reason, request=event))
-                else:
-                    self.writer.write(s.reject_play(code, reason, request=event))
+            event = await self._admit(event)
+            if event is None:
                 return False
         if isinstance(event, Play) and not relay.is_published(event.key) and self.server.pull is not None:
             try:
@@ -236,7 +116,7 @@ class _Connection:
                 self.publish_event = event
                 self.writer.write(s.accept_publish(event))
                 log.info("rtmp %s: publishing %s", self.peer, event.key)
-                self._start_updates("update_publish", event)
+                self._published(event)
             else:
                 self.writer.write(s.reject_publish("NetStream.Publish.BadName", f"{event.key} is already published",
                                                     request=event))
@@ -288,62 +168,6 @@ class _Connection:
                 self.pump.cancel()
                 self.pump = None
             self._done("play_done", self.play_event)
-
-    def redirect(self, name: str) -> bool:
-        """Move this player (or publisher) to stream ``name`` of its application (control API; nginx-rtmp's
-        redirect: the stream is closed and played, or published, again under the new name). A publisher's cached
-        metadata and sequence headers go along, so the new stream's players can decode. False when it neither
-        plays nor publishes."""
-        relay = self.server.relay
-        published = self.session.publishing
-        if self.publish_key is not None and published is not None:
-            headers = relay.headers(self.publish_key)
-            self._end_publish(relay)
-            new = self.session.rename(published, name)
-            if not relay.publish(new.key, self):
-                self.drop(f"redirect: {new.key} is already published")
-                return True
-            self.publish_key, self.publish_event = new.key, new
-            log.info("rtmp %s: publish redirected from %s to %s", self.peer, published.key, new.key)
-            for m in headers:
-                if m.message_type_id == MSG_DATA_AMF0:
-                    relay.metadata(new.key, m)
-                else:
-                    relay.media(new.key, m, keyframe=False, sequence_header=True)
-            self._start_updates("update_publish", new)
-            return True
-        event = self.session.playing
-        if self.play_key is None or event is None:
-            return False
-        self._end_play(self.server.relay)
-        new = self.session.rename(event, name)
-        log.info("rtmp %s: redirected from %s to %s", self.peer, event.key, new.key)
-        if self._start_play(new):
-            self._start_updates("update_play", new)
-        return True
-
-    def _start_updates(self, call: str, event: StreamEvent) -> None:
-        notify = self.server.notify
-        interval = notify.update_interval(event.app) if notify is not None else None
-        if interval:
-            self.updates = asyncio.create_task(self._updates(call, event, interval))
-
-    def _stop_updates(self) -> None:
-        if self.updates is not None and self.updates is not asyncio.current_task():
-            self.updates.cancel()
-        self.updates = None
-
-    async def _updates(self, call: str, event: StreamEvent, interval: float) -> None:
-        """nginx-rtmp's on_update: every ``interval`` s while the stream runs; a refusal drops the client."""
-        started = time.monotonic()
-        while True:
-            await asyncio.sleep(interval)
-            verdict = await self._check(call, event, {"time": int(time.monotonic() - started),
-                                                       "timestamp": self.last_timestamp})
-            if isinstance(verdict, str):
-                self.server.refused += 1
-                self.drop(verdict)
-                return
 
     def _on_unpublish(self) -> None:
         if self.subscriber is not None and self.session.playing is not None:
@@ -414,7 +238,8 @@ class RtmpServer:
 
     def __init__(self, relay: Relay | None = None, *, idle_timeout: float = 30.0,
                  queue_bytes: int = 4 * 1024 * 1024, authorize: Authorize | None = None,
-                 pull: Pull | None = None, fan_out_delay: float = 0.0, notify: Notify | None = None) -> None:
+                 pull: Pull | None = None, fan_out_delay: float = 0.0, notify: Notify | None = None,
+                 push: Push | None = None) -> None:
         self.relay = relay if relay is not None else Relay()
         # > 0: the relay batches each stream's messages for this long (Relay's docstring) and every batch is written
         # to each player at once; 0: each message is written in the loop turn that read it
@@ -423,6 +248,7 @@ class RtmpServer:
         self.queue_bytes = queue_bytes
         self.authorize = authorize
         self.pull = pull
+        self.push = push
         self.notify = notify
         self.clients: dict[int, _Connection] = {}   # client id → live connection (control API)
         self.refused = 0

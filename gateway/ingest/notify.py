@@ -1,19 +1,21 @@
 """nginx-rtmp's callbacks (``on_connect``, ``on_publish``, ``on_play``, ``on_update``, ``on_publish_done``,
-``on_play_done``, ``on_done``, ``on_record_done``): the `rtmp.server.Notify` hook, HTTP included.
+``on_play_done``, ``on_done``, ``on_record_done``): the `rtmp.hooks.Notify` hook, HTTP included.
 
-Each call is a form-encoded POST with the fields nginx-rtmp's notify module sends (``ngx_rtmp_notify_module.c``):
-the client's ``app``, ``flashver``, ``swfurl``, ``tcurl``, ``pageurl``, ``addr``, ``clientid``, then ``call`` and the
-call's own fields (publish: ``name``, ``type``; play: ``name``, ``start``, ``duration``, ``reset``; update:
-``time``, ``timestamp``, ``name``; record_done: ``recorder``, ``name``, ``path``; the done calls: ``name``), then
-every query argument of the stream name. on_connect sends what nginx-rtmp's does: no clientid, an ``epoch``, the
+Each call is a form-encoded POST (with ``notify_method = "get"``, a GET with the same fields as its query) with the
+fields nginx-rtmp's notify module sends (``ngx_rtmp_notify_module.c``): the client's ``app``, ``flashver``,
+``swfurl``, ``tcurl``, ``pageurl``, ``addr``, ``clientid``, then ``call`` and the call's own fields (publish:
+``name``, ``type``; play: ``name``, ``start``, ``duration``, ``reset``; update: ``time``, ``timestamp``, ``name``;
+record_done: ``recorder``, ``name``, ``path``; the done calls: ``name``), then every query argument of the stream
+name. on_connect sends what nginx-rtmp's does: no clientid, an ``epoch``, the
 query of the connect's app as arguments.
 
-Answers, as nginx-rtmp reads them: 2xx goes on; 3xx with ``Location`` redirects (connect: another application;
-publish: another stream name; play: another local stream, or with an ``rtmp://host[:port]/app/stream`` URL the
-stream is pulled from there under the name asked for); anything else, no answer within ``timeout`` or a connection
-error refuses. An on_update refusal (an answer other than 2xx/3xx) drops the client; its timeout or connection error
-only logs (nginx-rtmp's ``notify_update_strict off``). The done calls are fire-and-forget tasks: the teardown never
-waits for them, failures are logged.
+Answers, as nginx-rtmp reads them (``ngx_rtmp_notify_publish_handle`` / ``_play_handle``): 2xx goes on; 3xx with
+``Location`` redirects (connect: another application; publish and play: another stream name); a Location
+``rtmp://host[:port]/app[/stream]`` keeps the name asked for here (with ``notify_relay_redirect``, md5(Location) in
+hex) and relays: publish goes on here and is pushed there, play pulls from there (the stream part defaults to the
+local name). Anything else, no answer within ``timeout`` or a connection error refuses. An on_update answer other
+than 2xx/3xx drops the client, its timeout or connection error only logs; with ``notify_update_strict`` anything
+but 2xx drops. The done calls are fire-and-forget tasks: the teardown never waits for them, failures are logged.
 
 With ``publish_auth = "callback"`` (``play_auth``), gateway/ingest/auth.py already made the on_publish (on_play) call
 in its earlier form; it is not made twice.
@@ -21,16 +23,19 @@ in its earlier form; it is not made twice.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import aiohttp
 
-from rtmp.config import NOTIFY_CALLBACKS, RtmpConfig
+from rtmp.client import parse_rtmp_url
+from rtmp.config import NOTIFY_CALLBACKS, ApplicationConfig, RtmpConfig
+from rtmp.errors import RtmpError
+from rtmp.hooks import Client, Redirect
 from rtmp.pull import Puller
-from rtmp.server import Client, Redirect
 from rtmp.session import Connect, Play, Publish, StreamEvent
 
 from .auth import query_args
@@ -109,56 +114,77 @@ class Notifier:
     # ------------------------------------------------------------------------------------------------ calls
     async def check(self, call: str, client: Client, event, extra: dict) -> None | str | Redirect:
         app = event.app if event is not None else client.app
+        conf = self.config.for_app(app)
         url = self.url(app, call)
+        update = call.startswith("update")
         if url is None:
             verdict = None
         else:
             if call == "connect":
                 extra = {"epoch": int(time.time() * 1000) & 0xFFFFFFFF, **extra}
-            verdict = await self._post(call, url, self.fields(call, client, event, extra))
-        if isinstance(verdict, Redirect) and verdict.name.lower().startswith("rtmp://"):
-            verdict = self._remote(call, event, verdict.name)
-        if call.startswith("update") and isinstance(verdict, Redirect):
+            verdict = await self._post(call, url, self.fields(call, client, event, extra), conf.notify_method,
+                                       lenient=update and not conf.notify_update_strict,
+                                       only_2xx=update and conf.notify_update_strict)
+        if isinstance(verdict, Redirect) and not update and verdict.name.lower().startswith("rtmp://"):
+            verdict = self._remote(call, event, verdict.name, conf)
+        if update and isinstance(verdict, Redirect):
             verdict = None
-        if call == "publish" and verdict is None:
+        if call == "publish" and (verdict is None or isinstance(verdict, Redirect) and verdict.name == event.name):
             self._publishers.pop(event.key, None)
             self._publishers[event.key] = (client, event)
             if len(self._publishers) > 4096:   # bounded: the oldest streams' record_done loses its client fields
                 self._publishers.pop(next(iter(self._publishers)))
         return verdict
 
-    def _remote(self, call: str, event, url: str) -> None | str:
-        """A 3xx to an rtmp:// URL: play pulls from it (under the name asked for), as nginx-rtmp's notify does."""
-        parts = urlsplit(url)
-        app, _, name = parts.path.strip("/").rpartition("/")
-        if call != "play" or self.puller is None or not app or not name:
+    def _remote(self, call: str, event, url: str, conf: ApplicationConfig) -> None | str | Redirect:
+        """A 3xx to an rtmp:// URL, as nginx-rtmp's notify reads it: publish is pushed there, play pulled from there.
+        The local name is the one asked for, or md5(URL) with notify_relay_redirect; the remote stream is the URL's
+        path after the application (the query kept), else the local name."""
+        if call not in ("publish", "play"):
             return f"on_{call} redirect to {url} is not supported"
-        upstream = f"rtmp://{parts.netloc}/{app}"
-        log.info("notify: play %s pulls %s/%s", event.key, upstream, name)
-        if not self.puller.pull_from(event, upstream, name):
+        try:
+            target = parse_rtmp_url(url)
+        except RtmpError:
+            return f"on_{call} redirect to {url}: not rtmp://host[:port]/app[/stream]"
+        local = hashlib.md5(url.encode()).hexdigest() if conf.notify_relay_redirect else event.name
+        if call == "publish":
+            log.info("notify: publish %s/%s pushed to %s", event.app, local, url)
+            return Redirect(local, push=url)
+        if self.puller is None:
+            return f"on_{call} redirect to {url} is not supported"
+        upstream = target.tc_url
+        name = target.stream or local
+        log.info("notify: play %s/%s pulls %s/%s", event.app, local, upstream, name)
+        if not self.puller.pull_from(replace(event, name=local), upstream, name):
             return f"pull of {url} failed"
-        return None
+        return Redirect(local) if local != event.name else None
 
-    async def _post(self, call: str, url: str, form: list[tuple[str, str]]) -> None | str | Redirect:
+    async def _post(self, call: str, url: str, form: list[tuple[str, str]], method: str = "post", *,
+                    lenient: bool = False, only_2xx: bool = False) -> None | str | Redirect:
+        """One call; ``lenient``: a timeout or connection error is only logged (None), ``only_2xx``: a 3xx refuses
+        too (the on_update flavours of notify_update_strict off / on)."""
         if self._http is None:
             self._http = aiohttp.ClientSession()
         name = _SETTING[call]
         self.sent += 1
+        # GET: nginx-rtmp puts the same urlencoded fields in the request's query (after the URL's own)
+        options = {"allow_redirects": False, "timeout": aiohttp.ClientTimeout(total=self.timeout)}
+        request = self._http.get(url, params=form, **options) if method == "get" else \
+            self._http.post(url, data=form, **options)
         try:
-            async with self._http.post(url, data=form, allow_redirects=False,
-                                       timeout=aiohttp.ClientTimeout(total=self.timeout)) as response:
+            async with request as response:
                 await response.read()
                 status, location = response.status, response.headers.get("Location", "")
         except asyncio.TimeoutError:
             self.failed += 1
-            return None if call.startswith("update") else f"{name} did not answer within {self.timeout:g} s"
+            return None if lenient else f"{name} did not answer within {self.timeout:g} s"
         except aiohttp.ClientError as e:
             self.failed += 1
             log.warning("notify: %s %s failed: %s", name, url, e)
-            return None if call.startswith("update") else f"{name} failed: {type(e).__name__}: {e}"
+            return None if lenient else f"{name} failed: {type(e).__name__}: {e}"
         if 200 <= status < 300:
             return None
-        if 300 <= status < 400:
+        if 300 <= status < 400 and not only_2xx:
             return Redirect(location) if location else None
         return f"{name} answered {status}"
 
@@ -166,11 +192,12 @@ class Notifier:
     def done(self, call: str, client: Client, event: StreamEvent) -> None:
         url = self.url(event.app, call)
         if url is not None:
-            self._spawn(call, url, self.fields(call, client, event, {}))
+            self._spawn(call, url, self.fields(call, client, event, {}), self.config.for_app(event.app).notify_method)
 
     def record_done(self, path: str, info: dict) -> None:
         """From the recorder's worker thread: on_record_done with the finished file's path."""
-        url = self.config.for_app(info["app"]).on_record_done
+        conf = self.config.for_app(info["app"])
+        url = conf.on_record_done
         if url is None or self._loop is None:
             return
         known = self._publishers.get(info["key"])
@@ -178,10 +205,10 @@ class Notifier:
         if event is None:
             event = Publish(info["app"], info["stream"], 0, "live", info["stream"])
         form = self.fields("record_done", client, event, {"path": str(self.store / path)})
-        self._loop.call_soon_threadsafe(self._spawn, "record_done", url, form)
+        self._loop.call_soon_threadsafe(self._spawn, "record_done", url, form, conf.notify_method)
 
-    def _spawn(self, call: str, url: str, form: list) -> None:
-        task = asyncio.get_running_loop().create_task(self._post(call, url, form))
+    def _spawn(self, call: str, url: str, form: list, method: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._post(call, url, form, method))
         self._tasks.add(task)
         task.add_done_callback(self._finished)
 

@@ -102,6 +102,7 @@ async def start_ingest(settings: Settings, config: RtmpConfig, host: str, port: 
         ingest.closers.append(lambda: asyncio.to_thread(live.close))
     push = PushRelay(relay, config)         # re-publishes the streams of applications with push targets
     relay.add_tap(push)
+    server.push = push.push_to              # an on_publish callback's redirect to rtmp:// (nginx-rtmp's push)
     ingest.parts["push"] = push
     ingest.closers.append(push.close)
     server.pull = puller

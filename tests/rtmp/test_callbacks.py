@@ -6,6 +6,8 @@ the same callback URLs and compares what both send."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -16,7 +18,7 @@ from aiohttp import web
 
 from gateway.ingest.service import start_ingest
 from gateway.settings import Settings
-from rtmp.config import ApplicationConfig, RtmpConfig
+from rtmp.config import ApplicationConfig, ConfigError, RtmpConfig
 from rtmp.messages import MSG_COMMAND_AMF0, MSG_VIDEO
 from rtmp.server import RtmpServer
 from packagers.codecs import amf0
@@ -31,20 +33,22 @@ CALLS = ("connect", "publish", "play", "update", "publish_done", "play_done", "d
 
 
 class Cms:
-    """A real HTTP callback service: POST /<call> records the form; ``answer(call, form)`` returns (status,
-    location, delay) — 200 by default."""
+    """A real HTTP callback service: POST /<call> records the form (GET /<call>: the query, ``methods`` says which);
+    ``answer(call, form)`` returns (status, location, delay) — 200 by default."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict]] = []
+        self.methods: list[str] = []        # the HTTP method of each of ``calls``
         self.answer = lambda call, form: (200, None, 0.0)
         self.runner: web.AppRunner | None = None
         self.base = ""
 
     async def handle(self, request: web.Request) -> web.Response:
-        form = await request.post()
+        form = await request.post() if request.method == "POST" else request.query
         fields = {k: form[k] for k in form}
         call = request.match_info["call"]
         self.calls.append((call, fields))
+        self.methods.append(request.method)
         status, location, delay = self.answer(call, fields)
         if delay:
             await asyncio.sleep(delay)
@@ -53,6 +57,7 @@ class Cms:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/{call}", self.handle)
+        app.router.add_get("/{call}", self.handle)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", 0).start()
@@ -79,9 +84,26 @@ async def ingest(tmp_path: Path, cms: Cms):
     config = RtmpConfig(applications={
         "cb": ApplicationConfig(live=False, record=True, **cms.urls()),
         "upd": ApplicationConfig(live=False, on_update=f"{cms.base}/update", notify_update_timeout=0.5,
-                                 on_done=f"{cms.base}/done")})
+                                 on_done=f"{cms.base}/done"),
+        "strict": ApplicationConfig(live=False, on_update=f"{cms.base}/update", notify_update_timeout=0.5,
+                                    notify_update_strict=True),
+        "get": ApplicationConfig(live=False, notify_method="get", on_connect=f"{cms.base}/connect",
+                                 on_publish=f"{cms.base}/publish?site=1", on_play=f"{cms.base}/play",
+                                 on_publish_done=f"{cms.base}/publish_done", on_done=f"{cms.base}/done"),
+        "rr": ApplicationConfig(live=False, notify_relay_redirect=True, on_publish=f"{cms.base}/publish",
+                                on_play=f"{cms.base}/play")})
     ing = await start_ingest(Settings(store=tmp_path / "store"), config, "127.0.0.1", 0)
     ing.parts["notify"].timeout = 1.0
+    yield ing
+    await ing.close()
+
+
+@pytest.fixture
+async def remote(tmp_path: Path):
+    """A second gateway's ingest: the target of push redirects."""
+    (tmp_path / "remote").mkdir()
+    ing = await start_ingest(Settings(store=tmp_path / "remote"), RtmpConfig(default=ApplicationConfig(live=False)),
+                             "127.0.0.1", 0)
     yield ing
     await ing.close()
 
@@ -256,6 +278,136 @@ async def test_play_redirect_to_a_local_stream_and_to_a_remote_url(ingest, cms):
         await remote.close()
 
 
+# ------------------------------------------------------------------------------------------------ push redirects
+
+def decode(url: str, n: int) -> list[tuple[int, int]]:
+    """The sizes of the first ``n`` pictures PyAV (FFmpeg's RTMP client) decodes from ``url``."""
+    sizes = []
+    with av.open(url, timeout=10) as f:
+        for frame in f.decode(video=0):
+            sizes.append((frame.width, frame.height))
+            if len(sizes) == n:
+                break
+    return sizes
+
+
+async def raw_publish(port: int, app: str, name: str) -> tuple[RawClient, dict]:
+    c = await RawClient.connect(port)
+    c.w.write(c.c.connect(app) + c.c.command("createStream") + c.c.command("publish", name, "live", stream_id=1))
+    return c, await c.wait_status()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_publish_redirect_to_rtmp_publishes_here_and_pushes_there(ingest, remote, cms):
+    """nginx-rtmp's notify push: a 3xx to rtmp://B/app/name keeps the publish here, under the name asked for, and
+    relays it to the second gateway as app/name until the publisher leaves."""
+    target = f"rtmp://127.0.0.1:{remote.port}/live/other"
+    cms.answer = lambda call, form: (302, target, 0.0) if call == "publish" else (200, None, 0.0)
+    pub = publish(f"rtmp://127.0.0.1:{ingest.port}/cb/asked?token=t", 8)
+    try:
+        await wait_until(lambda: remote.relay.is_published("live/other"), 20, "the stream pushed to the 2nd gateway")
+        assert ingest.relay.is_published("cb/asked") and not remote.relay.is_published("live/asked")
+        assert await asyncio.to_thread(decode, f"rtmp://127.0.0.1:{remote.port}/live/other", 10) == [(160, 90)] * 10
+        near, status = await raw_play(ingest.port, "cb", "asked")
+        assert status["code"] == "NetStream.Play.Start"
+        assert len(await videos(near, 10)) == 10
+        near.close()
+        (push,) = ingest.parts["push"].stats().values()
+        assert push["stream"] == "cb/asked" and push["target"] == target and push["connected"]
+    finally:
+        code, err = await finish(pub)
+    assert code == 0, err
+    await wait_until(lambda: not remote.relay.is_published("live/other"), 20, "the push to end with the publish")
+    assert not ingest.parts["push"].stats()
+    (p,) = cms.of("publish")
+    assert p["call"] == "publish" and p["name"] == "asked" and p["token"] == "t" and p["app"] == "cb"
+    await wait_until(lambda: cms.of("publish_done"), 10, "on_publish_done")
+    assert cms.of("publish_done")[0]["name"] == "asked"
+
+
+async def test_push_redirect_to_an_unreachable_server_still_publishes_here(ingest, cms):
+    """nginx-rtmp ignores a failed notify push (the local publish goes on) but refuses a Location it cannot parse."""
+    target = f"rtmp://127.0.0.1:{closed_port()}/live/x"
+    locations = {"cam": target, "bad": "rtmp://127.0.0.1:99999/live/x"}
+    cms.answer = lambda call, form: (302, locations[form["name"]], 0.0) if call == "publish" else (200, None, 0.0)
+    pub, status = await raw_publish(ingest.port, "cb", "cam")
+    assert status["code"] == "NetStream.Publish.Start"
+    pub.w.write(pub.c.media(MSG_VIDEO, 0, AVC_SEQ) + pub.c.media(MSG_VIDEO, 40, AVC_KEY))
+    player, status = await raw_play(ingest.port, "cb", "cam")
+    assert status["code"] == "NetStream.Play.Start"
+    assert len(await videos(player, 2)) == 2
+    key = f"cb/cam -> {target}"
+    await wait_until(lambda: ingest.parts["push"].stats()[key]["last_error"], 20, "the failed push")
+    assert not ingest.parts["push"].stats()[key]["connected"] and ingest.relay.is_published("cb/cam")
+    bad, status = await raw_publish(ingest.port, "cb", "bad")
+    assert status["code"] == "NetStream.Publish.BadName" and "99999" in status["description"]
+    assert not ingest.relay.is_published("cb/bad")
+    for c in (pub, player, bad):
+        c.close()
+
+
+async def test_notify_relay_redirect_names_the_local_stream_after_the_url(ingest, remote, cms):
+    """notify_relay_redirect on: the local stream of a push (or pull) redirect is md5(Location) in hex."""
+    push_url = f"rtmp://127.0.0.1:{remote.port}/live/other"
+    pull_url = f"rtmp://127.0.0.1:{remote.port}/live/other?via=pull"
+    cms.answer = lambda call, form: (302, push_url if call == "publish" else pull_url, 0.0)
+    pushed = "rr/" + hashlib.md5(push_url.encode()).hexdigest()
+    pulled = "rr/" + hashlib.md5(pull_url.encode()).hexdigest()
+    pub, status = await raw_publish(ingest.port, "rr", "cam")
+    assert status["code"] == "NetStream.Publish.Start"
+    pub.w.write(pub.c.media(MSG_VIDEO, 0, AVC_SEQ) + pub.c.media(MSG_VIDEO, 40, AVC_KEY))
+    await wait_until(lambda: ingest.relay.is_published(pushed) and remote.relay.is_published("live/other"), 20,
+                     "the pushed stream")
+    assert not ingest.relay.is_published("rr/cam")
+    player, status = await raw_play(ingest.port, "rr", "anything")
+    assert status["code"] == "NetStream.Play.Start"
+    pub.w.write(pub.c.media(MSG_VIDEO, 80, AVC_KEY))
+    assert len(await videos(player, 2)) == 2        # there and back: pushed to the 2nd gateway, pulled from it
+    assert ingest.parts["pull"].stats()[pulled]["upstream"] == f"rtmp://127.0.0.1:{remote.port}/live/other?via=pull"
+    for c in (pub, player):
+        c.close()
+
+
+# ------------------------------------------------------------------------------------------------ notify_method
+
+async def test_notify_method_get_sends_the_fields_as_query_args(ingest, cms):
+    port = ingest.port
+    pub = publish(f"rtmp://127.0.0.1:{port}/get/cam?token=abc", 4)
+    await wait_until(lambda: ingest.relay.is_published("get/cam"), 20, "the publisher")
+    code, err = await finish(play(f"rtmp://127.0.0.1:{port}/get/cam?viewer=v1"))
+    assert code == 0, err
+    code, err = await finish(pub)
+    assert code == 0, err
+    await wait_until(lambda: len(cms.of("done")) >= 2 and cms.of("publish_done"), 20, "the done calls")
+    assert set(cms.methods) == {"GET"} and len(cms.methods) == len(cms.calls)
+    session = {"app": "get", "addr": "127.0.0.1", "tcurl": f"rtmp://127.0.0.1:{port}/get", "swfurl": "", "pageurl": ""}
+    (p,) = cms.of("publish")
+    assert p == {**session, "flashver": p["flashver"], "clientid": p["clientid"], "call": "publish", "name": "cam",
+                 "type": "live", "token": "abc", "site": "1"}      # site=1: the on_publish URL's own query
+    (pl,) = cms.of("play")
+    assert pl == {**session, "flashver": pl["flashver"], "clientid": pl["clientid"], "call": "play", "name": "cam",
+                  "start": str(-2000 & 0xFFFFFFFF), "duration": "0", "reset": "0", "viewer": "v1"}
+    assert len(cms.of("connect", call="connect", app="get")) == 2
+    (pd,) = cms.of("publish_done")
+    assert pd == {**session, "flashver": p["flashver"], "clientid": p["clientid"], "call": "publish_done",
+                  "name": "cam", "token": "abc"}
+
+
+def test_notify_settings_are_validated():
+    conf = ApplicationConfig.from_dict({"notify_method": "GET", "notify_update_strict": True,
+                                        "notify_relay_redirect": True})
+    assert conf.notify_method == "get" and ApplicationConfig().notify_method == "post"
+    for bad in ({"notify_method": "put"}, {"notify_method": 1}, {"notify_update_strict": "yes"},
+                {"notify_relay_redirect": 1}):
+        with pytest.raises(ConfigError):
+            ApplicationConfig.from_dict(bad)
+
+
 # ------------------------------------------------------------------------------------------------ on_update
 
 async def test_on_update_refusal_drops_that_client_only(ingest, cms):
@@ -286,6 +438,26 @@ async def test_on_update_refusal_drops_that_client_only(ingest, cms):
         c.close()
 
 
+async def test_notify_update_strict_drops_on_anything_but_2xx(ingest, cms):
+    """An on_update 3xx is fine by default (its Location, even an rtmp:// one, is not used) and drops the client
+    with notify_update_strict (nginx-rtmp's rule)."""
+    cms.answer = lambda call, form: (302, "rtmp://127.0.0.1:1/live/elsewhere", 0.0) if call == "update" \
+        else (200, None, 0.0)
+    strict, status = await raw_publish(ingest.port, "strict", "s")
+    assert status["code"] == "NetStream.Publish.Start"
+    lenient, status = await raw_publish(ingest.port, "upd", "s")
+    assert status["code"] == "NetStream.Publish.Start"
+    deadline = time.monotonic() + 15
+    with pytest.raises(EOFError):
+        while True:
+            assert time.monotonic() < deadline, "the strict publisher was not dropped"
+            await strict.next_message(timeout=max(0.1, deadline - time.monotonic()))
+    await wait_until(lambda: len(cms.of("update", app="upd")) >= 2, 10, "two updates of the lenient publisher")
+    assert ingest.relay.is_published("upd/s") and not ingest.relay.is_published("strict/s")
+    assert cms.of("update", app="strict")
+    lenient.close()
+
+
 # ------------------------------------------------------------------------------------------------ vs nginx-rtmp
 
 NGINX_CONF = """\
@@ -299,6 +471,7 @@ rtmp {{
     server {{
         listen 127.0.0.1:{port};
         chunk_size 4096;
+        notify_method {method};
         on_connect {base}/connect;
         application cb {{
             live on;
@@ -314,15 +487,17 @@ rtmp {{
 
 
 class NginxWithCallbacks(NginxRtmp):
-    def __init__(self, directory: Path, base: str) -> None:
+    def __init__(self, directory: Path, base: str, method: str = "post") -> None:
         super().__init__(directory)
         self.base = base
+        self.method = method
 
     def start(self, timeout: float = 10.0) -> NginxWithCallbacks:
         skip_without_nginx()
         self.dir.mkdir(parents=True, exist_ok=True)
         conf = self.dir / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(module=RTMP_MODULE, dir=self.dir, port=self.port, base=self.base))
+        conf.write_text(NGINX_CONF.format(module=RTMP_MODULE, dir=self.dir, port=self.port, base=self.base,
+                                          method=self.method))
         self.proc = subprocess.Popen([NGINX, "-p", str(self.dir), "-c", str(conf), "-e", str(self.dir / "error.log")],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         return self
@@ -331,6 +506,7 @@ class NginxWithCallbacks(NginxRtmp):
 async def _session(cms: Cms, port: int) -> dict[str, list[dict]]:
     """ffmpeg publishes cb/cam?token=abc and plays it with ?viewer=v1; every call by name, the port made neutral."""
     cms.calls.clear()
+    cms.methods.clear()
     pub = publish(f"rtmp://127.0.0.1:{port}/cb/cam?token=abc", 30)
     try:
         await wait_until(lambda: cms.of("publish"), 20, "on_publish")
@@ -347,20 +523,23 @@ async def _session(cms: Cms, port: int) -> dict[str, list[dict]]:
     return out
 
 
-async def test_the_same_fields_as_nginx_rtmp(tmp_path, cms):
+@pytest.mark.parametrize("method", ["post", "get"])
+async def test_the_same_fields_as_nginx_rtmp(tmp_path, cms, method):
     skip_without_nginx()
-    nginx = NginxWithCallbacks(tmp_path / "nginx", cms.base).start()
+    nginx = NginxWithCallbacks(tmp_path / "nginx", cms.base, method).start()
     try:
         await wait_until(lambda: _accepts(nginx.port), 10, "nginx")
         theirs = await _session(cms, nginx.port)
+        assert set(cms.methods) == {method.upper()}
     finally:
         nginx.stop()
     (tmp_path / "store").mkdir()
     urls = {k: v for k, v in cms.urls().items() if k not in ("on_update", "on_record_done")}
-    ingest = await start_ingest(Settings(store=tmp_path / "store"),
-                                RtmpConfig(applications={"cb": ApplicationConfig(live=False, **urls)}), "127.0.0.1", 0)
+    ingest = await start_ingest(Settings(store=tmp_path / "store"), RtmpConfig(applications={
+        "cb": ApplicationConfig(live=False, notify_method=method, **urls)}), "127.0.0.1", 0)
     try:
         ours = await _session(cms, ingest.port)
+        assert set(cms.methods) == {method.upper()}
     finally:
         await ingest.close()
     assert set(ours) == set(theirs) == {"connect", "publish", "play", "publish_done", "play_done", "done"}
@@ -373,6 +552,33 @@ async def test_the_same_fields_as_nginx_rtmp(tmp_path, cms):
             assert mine["flashver"].startswith(nginx_form["flashver"]), call
             assert {k: v for k, v in mine.items() if k not in varying | {"flashver"}} == \
                 {k: v for k, v in nginx_form.items() if k not in varying | {"flashver"}}, call
+
+
+async def test_push_redirect_as_nginx_rtmp_does_it(tmp_path, cms, remote):
+    """The same 302 to rtmp:// answered to nginx-rtmp: it too keeps the publish under the name asked for and pushes
+    it to the URL's app/name, and a push that cannot connect leaves the publish alone (what our tests expect of us)."""
+    skip_without_nginx()
+    target = f"rtmp://127.0.0.1:{remote.port}/live/other"
+    locations = {"asked": target, "cam": f"rtmp://127.0.0.1:{closed_port()}/live/x"}
+    cms.answer = lambda call, form: (302, locations[form["name"]], 0.0) if call == "publish" else (200, None, 0.0)
+    nginx = NginxWithCallbacks(tmp_path / "nginx", cms.base).start()
+    pub = unreachable = None
+    try:
+        await wait_until(lambda: _accepts(nginx.port), 10, "nginx")
+        pub = publish(f"rtmp://127.0.0.1:{nginx.port}/cb/asked?token=t", 30)
+        await wait_until(lambda: remote.relay.is_published("live/other"), 20, "nginx-rtmp's push")
+        assert not remote.relay.is_published("live/asked")
+        assert await asyncio.to_thread(decode, f"rtmp://127.0.0.1:{remote.port}/live/other", 5) == [(160, 90)] * 5
+        assert await asyncio.to_thread(decode, f"rtmp://127.0.0.1:{nginx.port}/cb/asked", 5) == [(160, 90)] * 5
+        unreachable = publish(f"rtmp://127.0.0.1:{nginx.port}/cb/cam", 30)     # its push fails: the publish stays
+        assert await asyncio.to_thread(decode, f"rtmp://127.0.0.1:{nginx.port}/cb/cam", 5) == [(160, 90)] * 5
+    finally:
+        for p in (pub, unreachable):
+            if p is not None:
+                p.terminate()
+                await finish(p)
+        nginx.stop()
+    await wait_until(lambda: not remote.relay.is_published("live/other"), 20, "the push to end with the publish")
 
 
 def _order(form: dict) -> str:
