@@ -91,6 +91,8 @@ async def _stream(request: web.Request, response: web.StreamResponse, waits, ind
             await response.write_eof()
             return response
         tail = snapshot.tail
+        if tail.ended or not tail.can_block:    # nothing more will come (an ended stream answers waits at once)
+            return _abort(request, response)
         msn, part = tail.last_msn + 1, tail.trailing_parts   # the next part of the LL-HLS playlist
         try:
             snapshot = await waits.wait(index, ("reload", msn, part), lambda t: reload_ready(t, msn, part),

@@ -20,11 +20,11 @@ import aiohttp
 import av
 import pytest
 
-from rtmp.live import LiveSegmenter, LiveStreamWriter
+from rtmp.live import LiveStreamWriter
 from rtmp.live.segmenter import Part
-from tests.gateway.test_ll_hls_http import TID, Producer, until
+from tests.gateway.test_ll_hls_http import TID, Producer, until, waits_of
 from tests.needs import needs_executable
-from tests.rtmp.test_flv import flv_from_mp4, flv_messages
+from tests.rtmp.test_ll_dash import live_events
 
 PART_MS = 500
 NS = {"d": "urn:mpeg:dash:schema:mpd:2011"}
@@ -35,11 +35,7 @@ class PacedWriter:
 
     def __init__(self, directory: Path, tmp: Path):
         self.writer = LiveStreamWriter(directory, target_ms=1000, window=100, part_ms=PART_MS)
-        seg = LiveSegmenter(1000, source="live/test", part_ms=PART_MS)
-        self.events = []
-        for m in flv_messages(flv_from_mp4("title_360p", tmp)):
-            self.events += seg.feed(m, time.monotonic(), 1_000_000.0 + m.timestamp / 1000)
-        self.events += seg.finish(time.monotonic())
+        self.events = live_events(tmp)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -189,3 +185,17 @@ def test_players_behind_nginx_each_get_the_segment_in_progress_as_it_is_written(
         lb.stop()
         for node in nodes:
             node.stop()
+
+
+async def test_a_segment_that_never_completes_on_an_ended_stream_is_cut_not_spun(make_client, store):
+    """Chunks of a segment whose stream ended without writing it (the packager died): the answer ends (cut) at
+    once instead of looking again and again."""
+    client = await make_client()
+    directory = store / "live" / "ll" / "cam"
+    producer = Producer(directory).fill(2)
+    producer.end()
+    (directory / f"{TID}-0-v-9000.0.m4s").write_bytes(b"chunk zero" * 10)
+    r = await client.get(f"/live/ll/cam/{TID}-0-v-9000.m4s")
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await asyncio.wait_for(r.content.read(), 10)
+    assert waits_of(client).stats()["polls"] == 0       # it never waited for a playlist that cannot change

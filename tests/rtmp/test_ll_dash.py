@@ -38,6 +38,21 @@ def representations(mpd: ET.Element):
     return out
 
 
+def live_events(tmp, messages=None, target_ms: int = 1000) -> list:
+    """title_360p (12 s, 2-s GOP) as ffmpeg publishes it (or ``messages``), through a low-latency segmenter: its
+    parts and cuts, in order."""
+    seg = LiveSegmenter(target_ms, source="live/test", part_ms=PART_MS)
+    events = []
+    for m in flv_messages(flv_from_mp4("title_360p", tmp)) if messages is None else messages:
+        events += seg.feed(m, time.monotonic(), 1_000_000.0 + m.timestamp / 1000)
+    return events + (seg.finish(time.monotonic()) if messages is None else [])
+
+
+def feed(writer, events) -> None:
+    for e in events:
+        (writer.add_part if isinstance(e, Part) else writer.add)(e)
+
+
 @pytest.fixture(scope="module")
 def ll_dash(tmp_path_factory):
     """title_360p (12 s, 2-s GOP) as ffmpeg publishes it, through the segmenter and a low-latency writer; every MPD
@@ -45,14 +60,9 @@ def ll_dash(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lldash")
     out = tmp / "out"
     writer = LiveStreamWriter(out, target_ms=1000, window=100, part_ms=PART_MS)
-    seg = LiveSegmenter(1000, source="live/test", part_ms=PART_MS)
     versions, last = [], None
-    events = []
-    for m in flv_messages(flv_from_mp4("title_360p", tmp)):
-        events += seg.feed(m, time.monotonic(), 1_000_000.0 + m.timestamp / 1000)
-    events += seg.finish(time.monotonic())
-    for e in events:
-        (writer.add_part if isinstance(e, Part) else writer.add)(e)
+    for e in live_events(tmp):
+        feed(writer, [e])
         text = (out / "manifest.mpd").read_text() if (out / "manifest.mpd").exists() else None
         if text is not None and text != last:
             versions.append((text, {p.name for p in out.iterdir()}))
@@ -158,13 +168,7 @@ def test_after_a_skipped_segment_the_next_starts_its_own_parts_and_chunks(tmp_pa
 
     out = tmp_path / "out"
     writer = FailingOnce(out, target_ms=1000, window=100, part_ms=PART_MS)
-    seg = LiveSegmenter(1000, source="live/test", part_ms=PART_MS)
-    events = []
-    for m in flv_messages(flv_from_mp4("title_360p", tmp_path)):
-        events += seg.feed(m, time.monotonic(), 1_000_000.0 + m.timestamp / 1000)
-    events += seg.finish(time.monotonic())
-    for e in events:
-        (writer.add_part if isinstance(e, Part) else writer.add)(e)
+    feed(writer, live_events(tmp_path))
     writer.end()
     assert writer.segments_skipped == 1
     after = writer._listed[2]      # the segment after the skipped one (numbers are reused)
@@ -190,10 +194,7 @@ def _ladder_pair(tmp_path, skip_keyframes: int = 0):
     source = LiveStreamWriter(tmp_path / "cam", target_ms=1000, window=6, part_ms=PART_MS, dash_siblings=lambda: [
         r for r in [rendition.dash_representation("../cam_240p/", "v240p")] if r is not None])
     for writer, stream in ((rendition, rendition_messages), (source, messages)):
-        seg = LiveSegmenter(1000, source="live/test", part_ms=PART_MS)
-        for m in stream[: len(stream) * 2 // 3]:    # (still live: the MPD has no end)
-            for e in seg.feed(m, time.monotonic(), 1_000_000.0 + m.timestamp / 1000):
-                (writer.add_part if isinstance(e, Part) else writer.add)(e)
+        feed(writer, live_events(tmp_path, stream[: len(stream) * 2 // 3]))    # (still live: the MPD has no end)
     return ET.fromstring((tmp_path / "cam" / "manifest.mpd").read_text())
 
 
