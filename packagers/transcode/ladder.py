@@ -102,6 +102,10 @@ class LadderEncoder:
         self.frame_rate = Fraction(frame_rate)
         self.failed: dict[str, str] = {}    # rendition → why it stopped (its encoder raised)
         self.seconds: dict[str, float] = {"decode": 0.0}   # CPU (thread) time per rendition and for decoding
+        # No picture before the source's first key picture (a mid-GOP join; ffmpeg's decoders hold those back by
+        # default, this does not depend on it): libx264's first picture is a key frame whatever it is given, so an
+        # earlier one would start every rendition's timeline, and its segments, before the source's.
+        self._keyed = False
 
     @property
     def renditions(self) -> list[str]:
@@ -140,6 +144,9 @@ class LadderEncoder:
         out = []
         for picture in pictures:
             key = bool(picture.key_frame)   # (decoded order: a B-frame source reorders its pictures)
+            self._keyed = self._keyed or key
+            if not self._keyed:
+                continue
             for name in self.renditions:
                 try:
                     out += self._encode_one(name, picture, bool(key))
@@ -171,6 +178,9 @@ class LadderEncoder:
         """The end of the source: the pictures the decoder still holds (B-frame reordering), then every encoder's."""
         out = []
         for picture in self.decoder.decode(None):
+            self._keyed = self._keyed or bool(picture.key_frame)
+            if not self._keyed:
+                continue
             for name in self.renditions:
                 out += self._encode_one(name, picture, bool(picture.key_frame))
         for name, ctx in self.encoders.items():

@@ -6,6 +6,9 @@ Each source stream gets one process (``ladder_worker``): its video is decoded on
 the audio is passed through as it is, straight from the event loop to every rendition. A sender and a reader thread
 per process move messages over its pipe, so the event loop never blocks on it.
 
+When the source's video configuration changes within a publish, each rendition is published again (its players
+stay attached), so that its packager starts a new period at the same key frame as the source's.
+
 Failure stays local. A rendition whose encoder fails is unpublished with a log line; the others go on. When the
 process falls behind (more than ``max_backlog_ms`` of video queued), its most expensive rendition still running is
 dropped (log line, unpublished), then the next one if that was not enough. A crashed process unpublishes its
@@ -155,6 +158,19 @@ class _Job:
                     self._fail(name, f"{key} is already published by someone else")
                     return
                 self.published.add(name)
+                if self.audio_header is not None:
+                    self.tap.relay.media(key, self.audio_header, keyframe=False, sequence_header=True)
+            elif sequence_header:
+                # A later sequence header: the source's video configuration changed, so its packager started a new
+                # period (an HLS discontinuity, a timeline from its next key frame). The rendition's new encoder
+                # may well give the same avcC, which would start none: publishing it again starts one at the same
+                # key frame, and the variants keep lining up (RFC 8216 §6.2.4). Its players stay attached.
+                self.tap.relay.unpublish(key, self)
+                if not self.tap.relay.publish(key, self):
+                    self.published.discard(name)
+                    self.tap.own.discard(key)
+                    self._fail(name, f"{key} was taken by someone else")
+                    return
                 if self.audio_header is not None:
                     self.tap.relay.media(key, self.audio_header, keyframe=False, sequence_header=True)
             if not sequence_header:

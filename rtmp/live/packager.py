@@ -178,8 +178,9 @@ class LivePackager:
             worker.put(("unpublish",))
 
     def _renditions(self, key: str) -> list:
-        """The variants of the renditions a ladder makes of ``key`` (``<key>_<height>p``) that are being packaged,
-        with URIs from ``key``'s directory: its master playlist lists them (from a worker thread: a snapshot)."""
+        """(base_ms, variant) of the renditions a ladder makes of ``key`` (``<key>_<height>p``) that are being
+        packaged, with URIs from ``key``'s directory: its master playlist lists them (from a worker thread: a
+        snapshot)."""
         app, _, stream = key.partition("/")
         out = []
         for text in self.config.for_app(app).transcode:
@@ -188,7 +189,7 @@ class LivePackager:
             if writer is not None and not writer.ended:
                 variant = writer.variant(f"../{name}/{MEDIA_PLAYLIST}")
                 if variant is not None:
-                    out.append(variant)
+                    out.append((writer.base_ms, variant))
         return out
 
     def _dash_renditions(self, key: str) -> list:

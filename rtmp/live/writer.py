@@ -138,13 +138,13 @@ class LiveStreamWriter:
     def __init__(self, directory: Path, *, target_ms: int, window: int, keep_extra: int = 3,
                  wall: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
                  utc_timing: str = "/time", part_ms: int = 0, dvr_s: float = 0.0,
-                 siblings: Callable[[], list[LiveVariant]] = list,
+                 siblings: Callable[[], list[tuple[int, LiveVariant]]] = list,
                  reports: Callable[[], list[tuple[str, int, int | None]]] = list,
                  dash_siblings: Callable[[], list[tuple[int, LiveRepresentation]]] = list) -> None:
         self.directory = Path(directory)
         self.target_ms, self.window, self.keep_extra = target_ms, window, keep_extra
         self.dvr_s = dvr_s          # > 0: the window is this many seconds (a DVR window), not ``window`` segments
-        self.siblings = siblings    # the variants of the renditions made of this stream (rtmp.live.ladder)
+        self.siblings = siblings    # (base_ms, variant) of the renditions made of this stream (rtmp.live.ladder)
         self.reports = reports      # LL-HLS: (URI, LAST-MSN, LAST-PART) of the other renditions of its master
         self.dash_siblings = dash_siblings  # those renditions' video as Representations of this stream's MPD
         self.part_ms = part_ms      # > 0: low-latency HLS (fMP4 parts), see the module docstring
@@ -506,6 +506,12 @@ class LiveStreamWriter:
             return None
         return listed[-1].number, (len(listed[-1].parts) - 1 if listed[-1].parts else None)
 
+    @property
+    def base_ms(self) -> int | None:
+        """The publisher's time of media time 0 in the current period (None before it starts)."""
+        period = self._period
+        return period.base_ms if period is not None else None
+
     def variant(self, uri: str = MEDIA_PLAYLIST) -> LiveVariant | None:
         """This stream as a master playlist's variant (None before its first segment); thread-safe enough for a
         sibling's writer to read: every field is replaced whole."""
@@ -523,8 +529,10 @@ class LiveStreamWriter:
 
     def _write_master(self) -> None:
         """master.m3u8: this stream, and the renditions a ladder makes of it (``siblings``: their variants with
-        URIs relative to this directory), highest bandwidth first."""
-        variants = [v for v in [self.variant(), *self.siblings()] if v is not None]
+        URIs relative to this directory), highest bandwidth first. Only renditions on this stream's timeline (the
+        same publisher time of media time 0: the same first key frame) are listed: variants must match in time."""
+        variants = [v for v in [self.variant(), *(v for b, v in self.siblings() if b == self.base_ms)]
+                    if v is not None]
         text = build_live_master_playlist(sorted(variants, key=lambda v: -v.bandwidth))
         if text != self._master:
             self._write(MASTER_PLAYLIST, text.encode())

@@ -15,14 +15,15 @@ from packagers.transcode import LadderEncoder, parse_rendition
 from packagers.codecs.avc import annexb_to_avcc
 
 
-def transcode(name: str, ladder: list[str], fps: int = 24):
+def transcode(name: str, ladder: list[str], fps: int = 24, skip: int = 0):
+    """``skip``: the source's first samples not fed (a ladder that joins mid-GOP)."""
     path = fixture_path(name)
     video = open_presentation(path).video_tracks[0]
     raw = path.read_bytes()
     encoder = LadderEncoder(video.codec, [parse_rendition(r) for r in ladder], frame_rate=Fraction(fps))
     ts, out = video.timescale, []
     s = video.samples
-    for o, n, d, c, k in zip(s.offsets, s.sizes, s.dts, s.cts, s.keyframe):
+    for o, n, d, c, k in zip(s.offsets[skip:], s.sizes[skip:], s.dts[skip:], s.cts[skip:], s.keyframe[skip:]):
         out += encoder.encode(raw[int(o):int(o) + int(n)], int(d) * 1000 // ts, int(c) * 1000 // ts, bool(k))
     out += encoder.flush()
     source_pts = s.dts * 1000 // ts + s.cts * 1000 // ts      # as fed: whole ms, like RTMP
@@ -65,6 +66,16 @@ def test_bitrates_stay_near_the_nominal_rates():
     for name_, rate in (("360p", 700_000), ("240p", 300_000)):
         bits = 8 * sum(len(x.data) for x in out if x.rendition == name_)
         assert bits / seconds == pytest.approx(rate, rel=0.15), name_
+
+
+def test_a_source_joined_mid_gop_starts_the_renditions_at_its_next_key_frame():
+    """No picture before the source's first key frame is encoded (whatever its decoder shows), so a rendition's first
+    key frame (libx264 starts with one whatever it is given) is the source's, and their segments line up."""
+    encoder, out, video, source_pts = transcode("title_360p.mp4", ["240p@300k"], skip=10)
+    keys = sorted(source_pts[video.samples.keyframe].tolist())
+    assert out[0].keyframe and out[0].dts + out[0].cts == keys[1]
+    assert sorted(x.dts + x.cts for x in out if x.keyframe) == keys[1:]
+    assert sorted(x.dts + x.cts for x in out) == sorted(source_pts[source_pts >= keys[1]].tolist())
 
 
 def test_annex_b_becomes_length_prefixed():

@@ -2,13 +2,16 @@
 ``transcode = ["240p@300k", "180p@200k"]``; a real RTMP client (PyAV, ffmpeg's RTMP protocol) plays a rendition;
 the live packager writes each rendition's HLS like any stream's; PyAV decodes those at their sizes with key frames
 at the source's times; a rendition taller than the source is not made; a crashed transcoding process unpublishes
-its renditions and leaves the source playing."""
+its renditions and leaves the source playing; a change of the source's video configuration starts a new period
+in every rendition too."""
 from __future__ import annotations
 
 import asyncio
 import io
 import os
 import signal
+import subprocess
+from dataclasses import replace
 
 import av
 import m3u8
@@ -18,9 +21,11 @@ from fixtures.generate import fixture_path
 from rtmp.config import ApplicationConfig, RtmpConfig
 from rtmp.live import LivePackager
 from rtmp.live.ladder import LadderTap
+from rtmp.messages import MSG_VIDEO
 from rtmp.relay import Relay
 from rtmp.server import serve_rtmp
 from tests.needs import needs_executable
+from tests.rtmp.test_flv import flv_messages
 from tests.rtmp.test_server_ffmpeg import ffmpeg_publish, stop, wait_until
 
 pytestmark = needs_executable("ffmpeg")
@@ -149,3 +154,53 @@ async def test_a_transcoder_that_falls_behind_sheds_renditions_then_stops(tmp_pa
         stop(publisher)
         await server.close()
         await tap.close()
+
+
+async def test_a_source_configuration_change_starts_a_new_period_in_every_rendition(tmp_path):
+    """The source's video configuration changes within a publish (a new SPS at the same size, as an encoder that
+    restarts its output sends): its packager starts a new period (EXT-X-DISCONTINUITY, a timeline from that key
+    frame). The rendition's new encoder gives the same avcC as before, yet it must start a new period at the same
+    key frame: same segments, durations, discontinuities and first times as the source's."""
+    source = str(fixture_path("title_360p.mp4"))
+    encode = ["-an", "-c:v", "libx264", "-bf", "0", "-g", "48", "-sc_threshold", "0", "-f", "flv"]
+    for name, profile in (("a", "high"), ("b", "baseline")):   # 4 s each, 2-s GOPs: whole GOPs only
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", source, "-t", "4", *encode[:-2], "-profile:v", profile,
+                        *encode[-2:], str(tmp_path / f"{name}.flv")], check=True, timeout=60)
+    a, b = (flv_messages(tmp_path / f"{name}.flv") for name in "ab")
+    messages = [m for m in a + [replace(m, timestamp=m.timestamp + 4000) for m in b] if m.message_type_id == MSG_VIDEO]
+
+    config = RtmpConfig(default=ApplicationConfig(low_latency=False),
+                        applications={"live": ApplicationConfig(transcode=("240p@300k",), low_latency=False)},
+                        live_segment_duration_ms=2000, live_window=20)
+    relay = Relay()
+    tap = LadderTap(relay, config, asyncio.get_running_loop(), max_backlog_ms=10**9)   # (fed faster than real time)
+    packager = LivePackager(tmp_path / "live", config)
+    relay.add_tap(tap)
+    relay.add_tap(packager)
+    publisher = object()
+    try:
+        assert relay.publish("live/cfg", publisher)
+        for m in messages:
+            relay.media("live/cfg", m, keyframe=m.payload[0] >> 4 == 1, sequence_header=m.payload[1] == 0)
+            await asyncio.sleep(0.002)
+        await wait_until(lambda: tap.jobs["live/cfg"].last_out is not None
+                         and tap.jobs["live/cfg"].last_out >= messages[-1].timestamp - 200, 60, "the transcoder")
+        relay.unpublish("live/cfg", publisher)
+        await wait_until(lambda: not tap.jobs, 30, "the transcoder to finish")
+    finally:
+        await tap.close()
+        await asyncio.to_thread(packager.close)
+    out = tmp_path / "live" / "live"
+
+    def segments(name: str) -> list[tuple[bool, float, int]]:
+        """(discontinuity, EXTINF, first video pts in ms) of each segment."""
+        found = []
+        for s in m3u8.loads((out / name / "index.m3u8").read_text()).segments:
+            with av.open(str(out / name / s.uri)) as c:
+                first = next(p for p in c.demux(video=0) if p.pts is not None)
+                found.append((s.discontinuity, s.duration, round(first.pts * first.time_base * 1000)))
+        return found
+
+    expected = segments("cfg")
+    assert [d for d, _, _ in expected] == [False, False, True, False], expected
+    assert segments("cfg_240p") == expected

@@ -192,17 +192,19 @@ def _ladder_pair(tmp_path, skip_keyframes: int = 0):
     rendition_messages = headers + messages[keyframes[skip_keyframes]:] if skip_keyframes else messages
     rendition = LiveStreamWriter(tmp_path / "cam_240p", target_ms=1000, window=6, part_ms=PART_MS)
     source = LiveStreamWriter(tmp_path / "cam", target_ms=1000, window=6, part_ms=PART_MS, dash_siblings=lambda: [
-        r for r in [rendition.dash_representation("../cam_240p/", "v240p")] if r is not None])
+        r for r in [rendition.dash_representation("../cam_240p/", "v240p")] if r is not None],
+        siblings=lambda: [(rendition.base_ms, v) for v in [rendition.variant("../cam_240p/index.m3u8")] if v])
     for writer, stream in ((rendition, rendition_messages), (source, messages)):
         feed(writer, live_events(tmp_path, stream[: len(stream) * 2 // 3]))    # (still live: the MPD has no end)
     return ET.fromstring((tmp_path / "cam" / "manifest.mpd").read_text())
 
 
-def test_the_source_mpd_lists_the_ladder_renditions_in_its_video_adaptation_set(tmp_path):
+def test_the_source_mpd_and_master_list_the_ladder_renditions(tmp_path):
     mpd = _ladder_pair(tmp_path)
     (video,) = [a for a in mpd.findall("d:Period/d:AdaptationSet", NS) if a.get("contentType") == "video"]
     reps = video.findall("d:Representation", NS)
     assert [r.get("id") for r in reps] == ["v", "v240p"]
+    assert "../cam_240p/index.m3u8" in (tmp_path / "cam" / "master.m3u8").read_text()    # HLS lists it too
     own, other = (r.find("d:SegmentTemplate", NS) for r in reps)
     assert other.get("media").startswith("../cam_240p/") and other.get("initialization").startswith("../cam_240p/")
     assert (tmp_path / "cam" / other.get("initialization")).exists()
@@ -215,7 +217,8 @@ def test_the_source_mpd_lists_the_ladder_renditions_in_its_video_adaptation_set(
         t += int(s.get("d"))
 
 
-def test_a_rendition_whose_segments_do_not_start_with_the_sources_is_left_out(tmp_path):
+def test_a_rendition_that_does_not_start_with_the_source_is_left_out_of_mpd_and_master(tmp_path):
     mpd = _ladder_pair(tmp_path, skip_keyframes=1)     # its media time 0 is the source's second key frame
     (video,) = [a for a in mpd.findall("d:Period/d:AdaptationSet", NS) if a.get("contentType") == "video"]
     assert [r.get("id") for r in video.findall("d:Representation", NS)] == ["v"]
+    assert "cam_240p" not in (tmp_path / "cam" / "master.m3u8").read_text()       # nor as an HLS variant
