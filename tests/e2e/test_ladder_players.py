@@ -11,6 +11,7 @@ with ``-c copy`` to the gateway's RTMP ingest, whose application transcodes ever
 - The master playlist lists every variant with its RESOLUTION, CODECS matching its SPS, and BANDWIDTH.
 - hls.js plays the source's master.m3u8 in headless Chromium and is made to switch levels (hls.nextLevel) to each
   level in turn: every level is switched to and shown at its height, playback keeps going, no stall, no fatal error.
+- dash.js finds all three in the source's MPD (one video AdaptationSet) and plays it.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import pytest
 from rtmp.config import ApplicationConfig, RtmpConfig
 from tests.needs import needs_executable
 
-from .browser_player import fatal_errors, require_browser, run_player, serve_player
+from .browser_player import fatal_errors, play_in_browser, require_browser, run_player, serve_player
 from .test_live_players import LiveGateway, get, playback_progress, publishing
 
 pytestmark = [needs_executable("ffmpeg"), needs_executable("ffprobe")]
@@ -188,3 +189,17 @@ def test_hls_js_switches_between_every_level_without_a_stall(ladder_live):
     shown = [int(m[1]) for e in events if (m := re.fullmatch(r"resize \d+x(\d+) @.*", e))]
     assert shown == [heights[level] for level in order], shown
     assert playback_progress(report) >= 12.0, report
+
+
+@pytest.mark.browser
+def test_dash_js_sees_every_rendition_in_the_source_mpd(ladder_live):
+    """The source's MPD lists the renditions as Representations of its video AdaptationSet: dash.js offers all
+    three (at their sizes) and plays, low latency, without a fatal error."""
+    require_browser()
+    gw, urls = ladder_live
+    report = play_in_browser(f"{urls['source']}/manifest.mpd", kind="dash", seconds=1e9, timeout=14)
+    assert not fatal_errors(report), report["errors"]
+    assert report["levels"] == 3, report
+    assert sorted((lvl["width"], lvl["height"]) for lvl in report["levelInfo"]) == [
+        (320, 180), (426, 240), (640, 360)]
+    assert playback_progress(report) >= 3.0, report
