@@ -252,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
         from .bench_rtmp import main as bench_rtmp
 
         return bench_rtmp(argv[1:])
+    if argv and argv[0] == "live":  # gateway bench live: glass-to-glass latency, ladder RTF (gateway/tools/bench_live.py)
+        from .bench_live import main as bench_live
+
+        return bench_live(argv[1:])
     p = argparse.ArgumentParser(prog="gateway bench", description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=5.0, help="duration of each HTTP load phase (default 5)")
     p.add_argument("--segments", type=int, default=None, help="build only the first N segments of the 720p file")

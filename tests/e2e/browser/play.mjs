@@ -185,6 +185,7 @@ async function main() {
       bufferedStart: p.bufferedStart ?? null,
       drm: p.drm || null,
       latency: p.latency || [],
+      clock: p.clock || null,  // player.html?clock=1 (gateway bench live)
     });
     if (values.screenshot && state.videoWidth) {
       // What a viewer sees, from the compositor: a canvas cannot read EME-decrypted frames back. Paused first, so
@@ -218,5 +219,5 @@ try {
                      fatal: true }],
           levels: 0, audioTracks: 0, duration: null };
 }
-process.stdout.write(JSON.stringify(out) + "\n");
-process.exit(0);
+// exit once the line is flushed: to a pipe, an exit right after write() cuts it at 64 KiB (a long clock=1 run)
+process.stdout.write(JSON.stringify(out) + "\n", () => process.exit(0));
