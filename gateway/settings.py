@@ -15,7 +15,18 @@ DASH_SUBTITLE_FORMATS = ("webvtt", "smpte-tt")  # nginx-vod-module's vod_dash_su
 
 @dataclass(frozen=True)
 class Settings:
-    store: Path = Path("media")  # content store root; nothing outside it is ever readable
+    store: Path = Path("media")  # content store root; nothing outside it is ever readable (with an origin: local state)
+    # media behind an HTTP(S)/S3 origin read by byte range (docs/stores.md); ``store`` then only keeps local state:
+    # live output, recordings, the default catalog place
+    origin: str | None = None
+    origin_connect_timeout: float = 3.0  # seconds to connect to the origin
+    origin_timeout: float = 10.0  # seconds for one origin request, body included (then 504)
+    origin_connections: int = 64  # pooled keep-alive connections to the origin, per worker
+    origin_tries: int = 3  # attempts on connection errors, timeouts and 5xx (then 502/504)
+    origin_identity_ttl: float = 2.0  # reuse an object's HEAD (size, ETag) this long
+    s3_endpoint: str | None = None  # s3:// origins on an S3-compatible server (else AWS_ENDPOINT_URL[_S3], else AWS)
+    s3_region: str | None = None  # else AWS_REGION / AWS_DEFAULT_REGION / the profile's (gateway/origin/s3.py)
+    s3_profile: str | None = None  # AWS config/credentials profile
     host: str = "127.0.0.1"  # loopback by default: exposing the gateway is an explicit choice (--host 0.0.0.0)
     port: int = 8080
     segment_duration_ms: int = 6000  # target; real segments end on the first key frame at or after the grid point
@@ -84,6 +95,12 @@ class Settings:
             raise ValueError("ready_timeout must be > 0 seconds")
         if self.rtmp_control_token is not None and len(self.rtmp_control_token) < 16:
             raise ValueError("rtmp_control_token must be at least 16 characters (or left out: no control API)")
+        if self.origin is not None and not self.origin.startswith(("http://", "https://", "s3://")):
+            raise ValueError(f"origin {self.origin!r} is not an http://, https:// or s3:// URL")
+        if min(self.origin_connect_timeout, self.origin_timeout) <= 0 or self.origin_connections < 1 \
+                or self.origin_tries < 1 or self.origin_identity_ttl < 0:
+            raise ValueError("origin timeouts must be > 0, origin_connections and origin_tries >= 1, "
+                             "origin_identity_ttl >= 0")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port {self.port} out of range")
 

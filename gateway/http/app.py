@@ -84,7 +84,8 @@ def make_app(settings: Settings, ingest: Ingest | None = None, *, caches: Caches
     app[WORKER_INDEX] = worker_index
     app[PROMETHEUS] = metrics
     app[METRICS_SOURCES] = MetricsSources(caches, executor, connections,
-                                          ingest.stats if ingest is not None else None)
+                                          ingest.stats if ingest is not None else None,
+                                          origin_counts=functools.partial(_origin_counts, app))
     if connections is not None:
         app[CONNECTIONS] = connections
     if ingest is not None:
@@ -116,7 +117,16 @@ async def _gateway_state(app: web.Application, executor: Executor, caches: Cache
     app[KEY_SOURCE] = KeySource()
     yield
     await app[KEY_SOURCE].close()
+    if hasattr(app[PACKAGING].store, "aclose"):  # a remote store's pooled origin connections
+        await app[PACKAGING].store.aclose()
     executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _origin_counts(app: web.Application):
+    """The counters of a remote store's origin client (gateway/origin/origin_client.py), None for a local store."""
+    packaging = app.get(PACKAGING)
+    client = getattr(packaging.store, "client", None) if packaging is not None else None
+    return client.counts if client is not None else None
 
 
 async def _on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:

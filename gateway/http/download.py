@@ -17,6 +17,7 @@ and the transport closed (never reused).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 
@@ -30,11 +31,13 @@ from .responses import (
     ByteRange,
     RangeNotSatisfiable,
     cache_control,
+    http_date,
     not_modified,
     range_decision,
     range_not_satisfiable,
 )
 from ..origin.store import FileIdentity
+from .errors import one_line
 
 MP4_TYPE = "video/mp4"
 PIECE = 8 << 20  # bytes per sendfile call, the descriptor re-checked between pieces (48 MB downloads: same MB/s)
@@ -158,6 +161,8 @@ def file_etag(size: int, mtime_ns: int) -> str:
 async def serve_mp4(request: web.Request, file: FileIdentity) -> web.StreamResponse:
     """``file`` as identified (fresh) and authorized by the dispatcher."""
     packaging = request.app[PACKAGING]
+    if getattr(packaging.store, "is_remote", False):
+        return await serve_remote_mp4(request, file, packaging.store)
     etag, last_modified = file_etag(file.size, file.mtime_ns), file.mtime_ns / 1e9
     byte_range = None
     if not not_modified(request, etag, last_modified):  # a 304 (FileResponse's) beats any Range verdict
@@ -167,3 +172,80 @@ async def serve_mp4(request: web.Request, file: FileIdentity) -> web.StreamRespo
             return range_not_satisfiable(file.size)
     headers = {"Content-Type": MP4_TYPE, "Cache-Control": cache_control(packaging.settings.manifest_max_age)}
     return StoreFileResponse(file, byte_range, headers)
+
+
+REMOTE_PIECE = 1 << 20  # bytes per ranged GET of a remote download; the next one is fetched while this one is sent
+
+
+def remote_etag(file: FileIdentity) -> str:
+    """The origin's validator folded into our format (size + a digest of its ETag, else of its Last-Modified)."""
+    info = file.info
+    digest = hashlib.sha256((info.etag or info.last_modified).encode()).hexdigest()[:16]
+    return f'"{digest}-{file.size:x}"'
+
+
+async def serve_remote_mp4(request: web.Request, file: FileIdentity, store) -> web.StreamResponse:
+    """A remote store's file streamed from its origin in ranged GETs (each If-Match'ed to the identified object).
+    The first piece is fetched before the headers go out, so an origin that fails at once is a clean 502/503/504;
+    a failure after that ends the connection, as a local file that shrinks does."""
+    packaging = request.app[PACKAGING]
+    etag, last_modified = remote_etag(file), file.mtime_ns / 1e9
+    headers = {"Content-Type": MP4_TYPE, "Cache-Control": cache_control(packaging.settings.manifest_max_age),
+               "ETag": etag, "Accept-Ranges": "bytes"}
+    if file.mtime_ns:
+        headers["Last-Modified"] = http_date(last_modified)
+    if not_modified(request, etag, last_modified):
+        return web.Response(status=304, headers=headers)
+    try:
+        byte_range = range_decision(request, file.size, etag, last_modified)
+    except RangeNotSatisfiable:
+        return range_not_satisfiable(file.size)
+    start, stop = (byte_range.start, byte_range.stop) if byte_range is not None else (0, file.size)
+    response = web.StreamResponse(status=200 if byte_range is None else 206, headers=headers)
+    if byte_range is not None:
+        response.headers["Content-Range"] = byte_range.content_range(file.size)
+    response.content_length = stop - start
+    if request.method == "HEAD" or stop <= start:
+        await response.prepare(request)
+        await response.write_eof()
+        return response
+
+    def fetch(at: int) -> asyncio.Task:
+        return asyncio.ensure_future(store.read_ranges(file, [(at, min(at + REMOTE_PIECE, stop))]))
+
+    piece = fetch(start)
+    try:
+        await asyncio.shield(piece)  # errors here are ordinary error responses: no header is out yet
+    except BaseException:
+        piece.cancel()
+        raise
+    await response.prepare(request)
+    at = start
+    try:
+        while at < stop:
+            data = (await piece)[0]
+            if not data:  # cannot happen with a well-behaved read (it raises), but never loop on nothing
+                raise OSError("the origin read returned no bytes")
+            at += len(data)
+            piece = fetch(at) if at < stop else None  # the next GET overlaps this write
+            await response.write(data)
+    except ConnectionError:
+        raise  # the client went away
+    except Exception as exc:
+        _abort_remote(request, at - start, stop - start, f"origin read failed: {one_line(str(exc))}")
+    finally:
+        if piece is not None and not piece.done():
+            piece.cancel()
+    await response.write_eof()
+    return response
+
+
+def _abort_remote(request: web.BaseRequest, sent: int, count: int, why: str):
+    log.warning("%s %s aborted after %d of %d body bytes: %s; connection closed", request.method,
+                request.rel_url.raw_path[:200], sent, count, why)
+    metrics = request.app.get(PROMETHEUS)
+    if metrics is not None:
+        metrics.record_abort(request, "read_error")
+    if request.transport is not None:
+        request.transport.abort()
+    raise ResponseAborted(why)

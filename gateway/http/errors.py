@@ -18,6 +18,7 @@ from delivery_profiles.tokens import TokenError
 from ..catalog.access import AccessDenied
 from ..catalog.delivery import DeliveryError
 from ..catalog.drm import DrmAnswerError, DrmUnavailable
+from ..origin.origin_client import OriginError
 from ..origin.store import FileChanged
 from ..origin.paths import UrlTooLong
 
@@ -79,6 +80,10 @@ def response_for_exception(exc: BaseException, request: web.Request, hide: tuple
     if isinstance(exc, DrmAnswerError):
         log.error("%s → 500: %s", where, exc)
         return error_response(500, "DRM_ERROR", "the DRM key service answered unusable keys (logged)",
+                              Cache_Control="no-store")
+    if isinstance(exc, OriginError):  # a remote store failed: 502 (bad or no answer) or 504 (no answer in time)
+        log.warning("%s → %d: %s", where, exc.status, exc.reason)
+        return error_response(exc.status, "ORIGIN_TIMEOUT" if exc.status == 504 else "ORIGIN_ERROR", exc.reason,
                               Cache_Control="no-store")
     if isinstance(exc, FileChanged):
         log.warning("%s → 503: %s", where, exc)

@@ -64,8 +64,11 @@ class Readiness:
         settings = app[SETTINGS]
         if self._probe is None or self._probe.done():
             loop = asyncio.get_running_loop()
-            self._probe = loop.run_in_executor(packaging.executor, probe_store, packaging.store.root,
-                                               settings.ready_file)
+            if hasattr(packaging.store, "probe"):  # a remote store: its origin answers (gateway/origin/remote.py)
+                self._probe = asyncio.ensure_future(_origin_probe(packaging.store, settings.ready_file))
+            else:
+                self._probe = loop.run_in_executor(packaging.executor, probe_store, packaging.store.root,
+                                                   settings.ready_file)
             self._probe.add_done_callback(_retrieve)
             self._probe_started = time.monotonic()
         try:
@@ -76,6 +79,12 @@ class Readiness:
         except OSError as e:
             return f"store: {e.strerror or type(e).__name__}"  # no path: messages never show the store root
         return None
+
+
+async def _origin_probe(store, ready_file: str | None) -> None:
+    reason = await store.probe(ready_file)
+    if reason is not None:
+        raise OSError(0, reason)  # strerror: the one line /ready shows
 
 
 def _retrieve(future: asyncio.Future) -> None:

@@ -96,6 +96,18 @@ class GatewayMetrics:
         self.aborted = Counter("gateway_responses_aborted", "Responses that could not be completed because their "
                                "file changed or a read failed (reason: truncated, changed, read_error)",
                                ["protocol", "reason"], registry=r)
+        origin_errors = Counter("gateway_origin_errors", "Failed attempts on a remote store's origin, by kind "
+                                "(timeout, connect, status_5xx, truncated, breaker: refused while the circuit is open)",
+                                ["kind"], registry=r)
+        self._origin = {  # mirrors of gateway.origin.origin_client.OriginCounts (a remote store only)
+            "requests": Counter("gateway_origin_requests", "Requests sent to a remote store's origin", registry=r),
+            "bytes": Counter("gateway_origin_bytes", "Body bytes read from a remote store's origin", registry=r),
+            "shared": Counter("gateway_origin_shared", "Origin reads that joined an identical one in flight",
+                              registry=r),
+            "latency_ns": _Scaled(Counter("gateway_origin_request_seconds", "Time of the answered origin requests, "
+                                          "summed (divide by gateway_origin_requests for a mean)", registry=r), 1e-9),
+            **{f"errors_{kind}": origin_errors.labels(kind) for kind in ORIGIN_ERRORS},
+        }
         stage = Histogram("gateway_stage_duration_seconds", "Time of one packaging stage (nginx-vod perf counters)",
                           ["stage"], buckets=STAGE_BUCKETS, registry=r)
         self._stages = {name: stage.labels(name) for name in STAGES}
@@ -211,6 +223,11 @@ class GatewayMetrics:
             self.http_connections.set(len(tracker.open))
             self._mirror(tracker.counters, self._connection_events)
 
+    def sync_origin(self, counts) -> None:
+        """A remote store's origin counters (``OriginCounts``) since the last call; None for a local store."""
+        if counts is not None:
+            self._mirror(counts, self._origin)
+
     def _mirror(self, counters, targets: dict) -> None:
         entry = self._baselines.get(id(counters))
         if entry is None or entry[0]() is not counters:
@@ -306,6 +323,7 @@ class MetricsSources:
     executor: Executor  # runs the exposition, which is blocking (multiprocess mode reads every worker's files)
     connections: object | None = None  # the worker's ConnectionTracker (`gateway serve`): `.open`, `.counters`
     ingest_stats: Callable[[], dict] | None = None  # ``Ingest.stats`` when the RTMP ingest runs in this process
+    origin_counts: Callable[[], object | None] | None = None  # a remote store's OriginCounts (None when local)
 
     def ingest(self) -> dict | None:
         return self.ingest_stats() if self.ingest_stats is not None else None
@@ -313,8 +331,21 @@ class MetricsSources:
     def refresh(self, metrics: GatewayMetrics) -> None:
         metrics.refresh(self.caches, self.ingest())
         metrics.sync_connections(self.connections)
+        if self.origin_counts is not None:
+            metrics.sync_origin(self.origin_counts())
 
 
+class _Scaled:
+    """A counter fed in other units (nanoseconds into seconds)."""
+
+    def __init__(self, counter, factor: float):
+        self.counter, self.factor = counter, factor
+
+    def inc(self, amount: float) -> None:
+        self.counter.inc(amount * self.factor)
+
+
+ORIGIN_ERRORS = ("timeout", "connect", "status_5xx", "truncated", "breaker")
 PROMETHEUS = web.AppKey("prometheus", GatewayMetrics)
 METRICS_SOURCES = web.AppKey("metrics_sources", MetricsSources)
 

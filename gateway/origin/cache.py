@@ -236,7 +236,7 @@ class Caches:
 
 def cache_bounds(settings: Settings) -> tuple:
     """The settings that choose what the caches hold and how much."""
-    return (settings.store, settings.segment_cache_mb, settings.metadata_cache_entries,
+    return (settings.store, settings.origin, settings.segment_cache_mb, settings.metadata_cache_entries,
             settings.media_set_cache_entries, settings.metadata_cache_mb, settings.stat_cache_seconds)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import time
 import weakref
 from concurrent.futures import Executor
@@ -31,7 +30,8 @@ from packagers.mp4 import read_presentation
 from .. import __version__
 from .cache import Caches
 from ..settings import Settings
-from .store import FileIdentity, Store, WouldBlock
+from .remote import make_store
+from .store import ContentStore, FileIdentity, Store, WouldBlock
 from .paths import MediaTarget
 
 T = TypeVar("T")
@@ -107,7 +107,7 @@ class Packaging:
                  observe_stage: Callable[[str, int], None] | None = None):
         self.settings = settings
         self.executor = executor
-        self.store = Store(settings.store)
+        self.store: ContentStore = make_store(settings)  # the local directory, or an origin read by range (remote.py)
         self.limits = limits_from(settings)
         self.caches = caches
         self.stats = caches.stats
@@ -232,7 +232,7 @@ def parse_presentation(store: Store, file: FileIdentity, limits: Limits | None =
     """Read the moov of one file (box headers and moov only). Blocking. The allocated size of the open file bounds
     the sample bytes it may claim (a sparse file cannot promise bytes it does not hold)."""
     with store.open(file) as reader:
-        allocated = os.fstat(reader.fd).st_blocks * 512
+        allocated = reader.allocated_bytes()
         return read_presentation(reader.pread, file.size, file.path, limits=limits or Limits(),
                                  allocated_bytes=allocated)
 

@@ -19,7 +19,7 @@ import threading
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -74,6 +74,34 @@ class FileIdentity:
     @property
     def etag_key(self) -> str:
         return f"{self.store_path}:{self.size}:{self.mtime_ns}"
+
+
+class Reader(Protocol):
+    """What packagers and handlers read an identified file with (FileReader here, RemoteReader in remote.py).
+    Blocking: executor threads only."""
+
+    identity: FileIdentity
+
+    def pread(self, offset: int, size: int) -> bytes: ...
+    def read_all(self, requests: Sequence[ReadRequest]) -> list[bytes]: ...
+    def read_scratch(self, requests: Sequence[ReadRequest], nowait: bool = False) -> Sequence: ...
+    def read_scatter(self, reads: Sequence[ScatterRead], nowait: bool = False) -> None: ...
+    def allocated_bytes(self) -> int | None: ...
+    def __enter__(self) -> "Reader": ...
+    def __exit__(self, *exc) -> None: ...
+
+
+class ContentStore(Protocol):
+    """The seam every media read goes through: this module's Store (a directory, NFS in production) and
+    gateway.origin.remote.RemoteStore (an HTTP/S3 origin read by byte range). ``root``: a local directory (the
+    store itself, or a remote store's local state directory); ``nowait_reads``: whether builds may run inline."""
+
+    root: str
+    nowait_reads: bool | None
+
+    def identify(self, path: str) -> FileIdentity: ...
+    async def identify_all(self, paths: Sequence[str], executor: Executor | None) -> tuple[FileIdentity, ...]: ...
+    def open(self, identity: FileIdentity) -> Reader: ...
 
 
 class Store:
@@ -141,6 +169,10 @@ class FileReader:
             self.close()
             raise FileChanged(identity.path)
 
+    def allocated_bytes(self) -> int:
+        """What the file really holds on disk (st_blocks): bounds the sample bytes a sparse file may claim."""
+        return os.fstat(self.fd).st_blocks * 512
+
     def _expected(self, offset: int, size: int) -> int:
         """What a read must return: all of it, except past the end of the file as identified."""
         return max(0, min(size, self.identity.size - offset))
@@ -192,9 +224,9 @@ class FileReader:
         The checks of ``read_scratch``: FileChanged when the file ends before its identified size or changed by the
         time all is read; a sample past the identified end is BAD_DATA (the file lies about its samples), as the
         gather of read bytes reports it. ``nowait``: WouldBlock unless every byte is in the page cache."""
-        flags, iov, first = RWF_NOWAIT if nowait else 0, _iovecs(reads), 0
+        flags, iov, first = RWF_NOWAIT if nowait else 0, piece_iovecs(reads), 0
         for r in reads:
-            got = _read_pieces(self.fd, r, iov, first, flags)
+            got = read_pieces(self.fd, r, iov, first, flags)
             first += len(r.at)
             if got < r.size:
                 if nowait:
@@ -293,7 +325,7 @@ if _preadv2 is not None:
     _preadv2.restype = ctypes.c_ssize_t
 
 
-def _iovecs(reads: Sequence[ScatterRead]) -> np.ndarray | None:
+def piece_iovecs(reads: Sequence[ScatterRead]) -> np.ndarray | None:
     """The iovec array (base, length) of every piece of ``reads``, after checking that each lies inside its buffer;
     built with numpy: a TS segment has a piece per sample, and ~400 views would cost more than the read. None
     without glibc's preadv2 (the pieces are then read as views with ``os.preadv``)."""
@@ -324,7 +356,7 @@ def _iovecs(reads: Sequence[ScatterRead]) -> np.ndarray | None:
     return iov[0] if len(iov) == 1 else np.concatenate(iov)
 
 
-def _read_pieces(fd: int, r: ScatterRead, iov: np.ndarray | None, first: int, flags: int) -> int:
+def read_pieces(fd: int, r: ScatterRead, iov: np.ndarray | None, first: int, flags: int) -> int:
     """preadv2 of ``r`` (its pieces are ``iov[first:]``) until they are full or the file ends; the bytes read.
     ``flags`` RWF_NOWAIT: WouldBlock instead of waiting for the disk."""
     if iov is None:

@@ -64,7 +64,11 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="serve a content store over HTTP",
                            description="Flags override the --config file; SIGHUP re-reads it (docs/operations.md).")
-    serve.add_argument("--store", type=Path, default=None, help="content store root (required here or in --config)")
+    serve.add_argument("--store", default=None, help="content store: a directory, http(s)://origin/prefix or "
+                       "s3://bucket/prefix (required here or in --config; docs/stores.md)")
+    serve.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
+                       help="with a remote store: local directory for live output, recordings and the catalog "
+                            "(default ./gateway-state, created)")
     serve.add_argument("--config", type=Path, default=None, metavar="FILE.toml",
                        help="every setting in one file (see gateway.example.toml); flags given here win")
     serve.add_argument("--workers", type=int, default=None, metavar="N",
@@ -136,6 +140,16 @@ def _server_options(p: argparse.ArgumentParser, default_port: int) -> None:
                    help="do not log every request")
     p.add_argument("--access-log-format", default=None, choices=ACCESS_LOG_FORMATS,
                    help="text (default) or json: one JSON object per line")
+    p.add_argument("--origin-timeout", type=float, default=None, metavar="SECONDS",
+                   help=f"remote store: one origin request, body included, then 504 (default {d.origin_timeout:g})")
+    p.add_argument("--origin-connect-timeout", type=float, default=None, metavar="SECONDS",
+                   help=f"remote store: connecting to the origin (default {d.origin_connect_timeout:g})")
+    p.add_argument("--origin-tries", type=int, default=None, metavar="N",
+                   help=f"remote store: attempts on connection errors, timeouts, 5xx (default {d.origin_tries})")
+    p.add_argument("--s3-endpoint", default=None, metavar="URL",
+                   help="s3:// store on an S3-compatible server (default: AWS_ENDPOINT_URL_S3, else AWS)")
+    p.add_argument("--s3-region", default=None, help="s3:// store region (default: the AWS environment/config)")
+    p.add_argument("--s3-profile", default=None, help="AWS profile of the s3:// store's credentials")
     p.add_argument("--catalog", type=Path, default=None, help="partners and entries (default <store>/.catalog)")
     p.add_argument("--catalog-ttl", type=float, default=None, metavar="SECONDS",
                    help=f"re-read changed catalog files at most this often (default {d.catalog_ttl:g}; 0: on every "
@@ -160,7 +174,8 @@ _FLAG_KEYS = ("store", "host", "port", "rtmp_port", "segment_cache_mb", "metadat
               "manifest_max_age", "not_found_max_age", "stat_cache_seconds", "io_threads", "access_log",
               "access_log_format", "catalog", "catalog_ttl", "signed_url_ttl", "hls_container", "thumbnail_mode",
               "thumbnail_decodes", "dash_subtitle_format", "workers",
-              "shutdown_grace", "drain_delay", "log_level")
+              "shutdown_grace", "drain_delay", "log_level", "state_dir", "origin_timeout", "origin_connect_timeout",
+              "origin_tries", "s3_endpoint", "s3_region", "s3_profile")
 
 
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -185,7 +200,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"gateway serve: {e}", file=sys.stderr)
         return 2
     logging.getLogger().setLevel(config.log_level.upper())
-    store = config.settings.store
+    store = config.settings.origin or config.settings.store
     return serve_config(config, lambda base: print(f"gateway {__version__}: serving {store} on {base}/", flush=True),
                         reload=source.load)
 

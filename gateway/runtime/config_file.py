@@ -72,7 +72,8 @@ class ServeConfig:
 _SETTINGS_TYPES: dict[str, Any] = typing.get_type_hints(Settings)
 _SERVE_TYPES: dict[str, Any] = {name: kind for name, kind in typing.get_type_hints(ServeConfig).items()
                                 if name not in ("settings", "rtmp")}
-KNOWN_KEYS = tuple(_SETTINGS_TYPES) + tuple(_SERVE_TYPES) + ("rtmp",)
+KNOWN_KEYS = tuple(_SETTINGS_TYPES) + tuple(_SERVE_TYPES) + ("rtmp", "state_dir")
+DEFAULT_STATE_DIR = "gateway-state"  # local state (live, recordings, catalog) when the store is an origin URL
 
 
 def _convert(key: str, value: Any, kind: Any, where: str) -> Any:
@@ -136,6 +137,9 @@ def load_serve_config(path: Path | None, overrides: Mapping[str, Any] | None = N
         raise ConfigError(f"{where}: rtmp must be a table ([rtmp])")
     if "store" not in values:
         raise ConfigError("no content store: give --store DIR or store = \"DIR\" in the config file")
+    state_dir = values.pop("state_dir", None)
+    if isinstance(values["store"], str) and "://" in values["store"]:  # an origin: the store keeps local state only
+        values["origin"], values["store"] = values["store"], state_dir or DEFAULT_STATE_DIR
     try:
         settings = Settings(**{k: _convert(k, v, _SETTINGS_TYPES[k], where) for k, v in values.items()
                                if k in _SETTINGS_TYPES})
@@ -163,6 +167,18 @@ class ConfigSource:
 
 def check_runnable(config: ServeConfig) -> ServeConfig:
     """What the dataclasses cannot know: that the store exists (a reload pointing elsewhere must not crash-loop)."""
+    if config.settings.origin:
+        from ..origin.remote import make_store
+
+        try:  # the origin's URL (and an s3:// store's endpoint and credentials), said once, before any socket binds
+            make_store(config.settings)
+        except ValueError as e:
+            raise ConfigError(f"store {config.settings.origin}: {e}") from None
+    if config.settings.origin and not config.settings.store.exists():
+        try:  # the local state directory of a remote store: ours to make
+            config.settings.store.mkdir(parents=True)
+        except OSError as e:
+            raise ConfigError(f"state directory {config.settings.store}: {e.strerror or e}") from None
     if not config.settings.store.is_dir():
         raise ConfigError(f"store {config.settings.store} is not a directory")
     return config

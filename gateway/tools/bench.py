@@ -244,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
         from .bench_nginx import main as bench_nginx
 
         return bench_nginx(argv[1:])
+    if argv and argv[0] == "origin":  # gateway bench origin: cold segments from an HTTP origin (bench_origin.py)
+        from .bench_origin import main as bench_origin
+
+        return bench_origin(argv[1:])
     if argv and argv[0] == "http":  # gateway bench http: every packaged request over HTTP (gateway/tools/bench_http.py)
         from .bench_http import main as bench_http
 

@@ -217,16 +217,17 @@ def only_child(pid: int, what: str) -> int:
         time.sleep(0.1)
 
 
-def start_gateway(store: Path, segment_cache_mb: float, metadata_cache_mb: float, work: Path,
-                  workers: int = 1) -> Server:
-    """One worker pinned to core 0, or ``workers`` workers on cores 0 .. workers - 1 (``Server.workers``)."""
+def start_gateway(store: Path | str, segment_cache_mb: float, metadata_cache_mb: float, work: Path,
+                  workers: int = 1, extra: tuple[str, ...] = ()) -> Server:
+    """One worker pinned to core 0, or ``workers`` workers on cores 0 .. workers - 1 (``Server.workers``);
+    ``extra``: more `gateway serve` flags (an origin URL as ``store`` needs ``--state-dir``)."""
     port = free_port()
     log = work / f"gateway-{port}.log"
     cores = ["taskset", "-c", f"0-{workers - 1}"] if workers > 1 else pinned(SERVER_CORE)
     cmd = cores + [
         sys.executable, "-m", "gateway", "serve", "--store", str(store), "--host", "127.0.0.1", "--port", str(port),
         "--no-access-log", "--workers", str(workers), "--segment-cache-mb", f"{segment_cache_mb:g}",
-        "--metadata-cache-mb", f"{metadata_cache_mb:g}"]
+        "--metadata-cache-mb", f"{metadata_cache_mb:g}", *extra]
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=out)
     base = f"http://127.0.0.1:{port}"

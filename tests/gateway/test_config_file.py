@@ -24,7 +24,7 @@ def test_the_example_file_is_every_key_at_its_default():
     assert config == ServeConfig(settings=Settings())  # store = "media" is Settings' default too
     assert config.rtmp == RtmpConfig()
     text = EXAMPLE.read_text()
-    present = set(re.findall(r"^#? ?([a-z_]+) *=", text, re.MULTILINE))  # set, or commented out (default none)
+    present = set(re.findall(r"^#? ?([a-z0-9_]+) *=", text, re.MULTILINE))  # set, or commented out (default none)
     keys = {f.name for f in dataclasses.fields(Settings)} | {f.name for f in dataclasses.fields(ServeConfig)}
     keys -= {"settings", "rtmp"}
     rtmp_keys = {f.name for f in dataclasses.fields(RtmpConfig)} - {"applications", "default"}

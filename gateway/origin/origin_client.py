@@ -1,0 +1,325 @@
+"""One pooled async HTTP client per origin: HEAD/ranged GETs with timeouts, retries, a circuit breaker, single flight.
+
+Everything here runs on the event loop that owns the ``aiohttp.ClientSession`` (created lazily on first use, so the
+session belongs to the loop that serves requests). ``gateway.origin.remote`` bridges executor threads to it.
+
+Failure model (what the handler sees):
+- the origin answered 404 → ``OriginNotFound`` (the store turns it into NOT_FOUND like a missing local file);
+- 412, a Content-Range naming another size, or a body shorter than announced → ``OriginChanged`` (FileChanged: 503
+  and a retry on the new file; nothing read so far is used);
+- connection errors, timeouts and 5xx are retried with backoff; when tries run out, or the breaker is open →
+  ``OriginError`` with status 504 (timeout) or 502 (anything else) and a one-line reason.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Awaitable, Callable, Mapping
+
+import aiohttp
+from yarl import URL
+
+log = logging.getLogger("gateway")
+
+# (method, url, headers) -> headers to send: e.g. gateway.origin.s3's SigV4 signer
+Signer = Callable[[str, str, Mapping[str, str]], Mapping[str, str]]
+
+
+class OriginError(Exception):
+    """The origin failed this request: ``status`` 502 (bad or no answer) or 504 (no answer in time)."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class OriginNotFound(Exception):
+    pass
+
+
+class OriginChanged(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class OriginInfo:
+    """What a HEAD tells: the size and the validators of the object as the origin has it now."""
+
+    size: int
+    etag: str  # "" when the origin sends none
+    last_modified: str  # the header as sent ("" when none)
+
+    @property
+    def mtime_ns(self) -> int:
+        try:
+            return int(parsedate_to_datetime(self.last_modified).timestamp()) * 1_000_000_000
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return 0
+
+    def conditions(self) -> dict[str, str]:
+        """Headers that make a read fail (412) unless the object is still this one."""
+        if self.etag and not self.etag.startswith("W/"):  # If-Match needs a strong comparison (RFC 9110 §13.1.1)
+            return {"If-Match": self.etag}
+        if self.last_modified:
+            return {"If-Unmodified-Since": self.last_modified}
+        return {}
+
+
+@dataclass(frozen=True)
+class OriginOptions:
+    connect_timeout: float = 3.0  # seconds to open a connection
+    timeout: float = 10.0  # seconds for one whole request (headers and body)
+    connections: int = 64  # pooled connections per process (keep-alive)
+    tries: int = 3  # attempts on connection errors, timeouts and 5xx
+    backoff: tuple[float, ...] = (0.05, 0.2, 0.8)  # seconds before the 2nd, 3rd... attempt
+    breaker_failures: int = 5  # consecutive failed attempts that open the breaker
+    breaker_cooldown: float = 5.0  # seconds it stays open before one probe is let through
+
+    def worst_case(self) -> float:
+        """An upper bound on one call, retries included: what a blocked executor thread waits at most."""
+        return self.tries * (self.connect_timeout + self.timeout) + sum(self.backoff[: self.tries]) + 5
+
+
+class Breaker:
+    """Closed → (``failures`` consecutive failures) open for ``cooldown`` → one probe (half open) → closed or open."""
+
+    def __init__(self, failures: int, cooldown: float):
+        self.failures, self.cooldown = failures, cooldown
+        self.consecutive = 0
+        self.open_until = 0.0
+        self.probing = False
+        self.opened = 0  # times it opened (stats)
+
+    def admit(self) -> bool:
+        if self.consecutive < self.failures:
+            return True
+        if time.monotonic() < self.open_until or self.probing:
+            return False
+        self.probing = True  # the one probe after the cool-down
+        return True
+
+    def success(self) -> None:
+        self.consecutive, self.probing = 0, False
+
+    def failure(self) -> None:
+        self.consecutive += 1
+        if self.consecutive >= self.failures and (self.probing or self.consecutive == self.failures):
+            self.open_until = time.monotonic() + self.cooldown
+            self.opened += 1
+        self.probing = False
+
+    @property
+    def is_open(self) -> bool:
+        return self.consecutive >= self.failures and time.monotonic() < self.open_until
+
+
+class OriginCounts:
+    """What one client counted (plain attributes: gateway/ops/metrics.py mirrors their growth)."""
+
+    __slots__ = ("requests", "bytes", "shared", "latency_ns", "errors_timeout", "errors_connect", "errors_status_5xx",
+                 "errors_truncated", "errors_breaker", "__weakref__")
+    ERRORS = ("timeout", "connect", "status_5xx", "truncated", "breaker")
+
+    def __init__(self) -> None:
+        for name in self.__slots__[:-1]:
+            setattr(self, name, 0)
+
+    def add(self, name: str, n: int = 1) -> None:
+        setattr(self, name, getattr(self, name) + n)
+
+    def as_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.__slots__[:-1]}
+
+
+class OriginClient:
+    """HEADs and ranged GETs against ``base_url`` (ends with "/"); ``name`` is what logs and errors call it."""
+
+    def __init__(self, base_url: str, options: OriginOptions | None = None, signer: Signer | None = None):
+        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self.options = options or OriginOptions()
+        self.signer = signer
+        self.name = URL(self.base_url).origin().human_repr()  # scheme://host:port, no path or query
+        self.breaker = Breaker(self.options.breaker_failures, self.options.breaker_cooldown)
+        self._session: aiohttp.ClientSession | None = None
+        self._inflight: dict[tuple, asyncio.Future] = {}
+        self.counts = OriginCounts()  # requests, bytes, errors by kind, shared (single-flight hits), latency
+        self._warned_no_ranges = False
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            o = self.options
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=o.connections, limit_per_host=o.connections,
+                                               keepalive_timeout=30),
+                timeout=aiohttp.ClientTimeout(total=o.timeout, sock_connect=o.connect_timeout),
+                auto_decompress=False,  # ranges are of the stored bytes, never of a decoded body
+                # a segment's range is read whole: a 64 KB buffer would pause and resume the socket ~25 times per MB
+                read_bufsize=1 << 20,
+                raise_for_status=False)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def stats(self) -> dict:
+        s = self.counts.as_dict()
+        s["breaker_open"] = self.breaker.is_open
+        s["breaker_opened"] = self.breaker.opened
+        return s
+
+    async def head(self, url: str) -> OriginInfo:
+        """Size and validators of ``url`` (HEAD; a ``Range: bytes=0-0`` GET where HEAD is refused)."""
+        async def fetch() -> OriginInfo:
+            status, headers, _ = await self._request("HEAD", url, {})
+            if status in (405, 501):
+                status, headers, _ = await self._request("GET", url, {"Range": "bytes=0-0"})
+            if status == 404 or status == 410:
+                raise OriginNotFound(url)
+            if status == 206:
+                size = _content_range(headers.get("Content-Range", ""))[2]
+            elif status == 200 and headers.get("Content-Length", "").isdigit():
+                size = int(headers["Content-Length"])
+            else:
+                raise OriginError(502, f"origin {self.name} answered {status} to HEAD")
+            if size is None:
+                raise OriginError(502, f"origin {self.name} sent no usable size")
+            return OriginInfo(size, headers.get("ETag", ""), headers.get("Last-Modified", ""))
+
+        return await self._single_flight(("HEAD", url), fetch)
+
+    async def get_range(self, url: str, info: OriginInfo, start: int, stop: int) -> bytes:
+        """Bytes [start, stop) of the object ``info`` describes (stop clipped to its size by the caller)."""
+        return joined(await self.get_range_chunks(url, info, start, stop))
+
+    async def get_range_chunks(self, url: str, info: OriginInfo, start: int, stop: int) -> tuple[bytes, ...]:
+        """``get_range`` as the chunks the socket gave: joining them is a copy of the whole range that a scatter
+        read does not need."""
+        if stop <= start:
+            return ()
+
+        async def fetch() -> tuple[bytes, ...]:
+            headers = {"Range": f"bytes={start}-{stop - 1}", **info.conditions()}
+            status, got, body = await self._request("GET", url, headers, body=True)
+            if status == 404 or status == 410:
+                raise OriginNotFound(url)
+            if status == 412:
+                raise OriginChanged("replaced")
+            if info.etag and got.get("ETag") and got["ETag"] != info.etag:  # an origin that ignores If-Match
+                raise OriginChanged("replaced")
+            if status == 206:
+                first, _, total = _content_range(got.get("Content-Range", ""))
+                if total is not None and total != info.size:
+                    raise OriginChanged("replaced")
+                if first != start:
+                    raise OriginError(502, f"origin {self.name} answered another range than asked")
+                size = sum(map(len, body))
+                if size > stop - start:  # more than asked (an origin rounding ranges up): only what was asked
+                    body = (joined(body)[: stop - start],)
+            elif status == 200:
+                whole = joined(body)
+                if len(whole) != info.size:
+                    raise OriginChanged("replaced")
+                if not self._warned_no_ranges:
+                    self._warned_no_ranges = True
+                    log.warning("origin %s ignores Range requests: whole files are read (slow)", self.name)
+                body = (whole[start:stop],)
+            else:
+                raise OriginError(502, f"origin {self.name} answered {status} to a ranged GET")
+            if sum(map(len, body)) < stop - start:
+                self.counts.add("errors_truncated")
+                raise OriginChanged("truncated")
+            return body
+
+        return await self._single_flight(("GET", url, info.etag, info.last_modified, start, stop), fetch)
+
+    async def probe(self, url: str) -> str | None:
+        """None when the origin answers at all (any status below 500), else why not; one try, breaker counted."""
+        try:
+            status, _, _ = await self._request("HEAD", url, {}, tries=1)
+        except OriginError as e:
+            return e.reason
+        return None if status < 500 else f"origin {self.name} answered {status}"
+
+    async def _single_flight(self, key: tuple, fetch: Callable[[], Awaitable]):
+        """Concurrent callers of the same key share one origin request (its result or its error). The request runs
+        as a task of its own: a caller that goes away (a client disconnect cancels its handler) does not cancel it
+        for the others."""
+        task = self._inflight.get(key)
+        if task is not None:
+            self.counts.add("shared")
+        else:
+            task = self._inflight[key] = asyncio.ensure_future(fetch())
+            task.add_done_callback(functools.partial(self._done, key))
+        return await asyncio.shield(task)
+
+    def _done(self, key: tuple, task: asyncio.Future) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: no "never retrieved" warning when every caller went away
+
+    async def _request(self, method: str, url: str, headers: dict[str, str], *, body: bool = False,
+                       tries: int | None = None) -> tuple[int, Mapping[str, str], tuple[bytes, ...]]:
+        """(status, headers, body) of the first attempt that is not a connection error, a timeout or a 5xx."""
+        tries = tries or self.options.tries
+        if self.signer is not None:
+            headers = dict(self.signer(method, url, headers))
+        reason, timed_out = "", False
+        for attempt in range(tries):
+            if attempt:
+                await asyncio.sleep(self.options.backoff[min(attempt - 1, len(self.options.backoff) - 1)])
+            if not self.breaker.admit():
+                self.counts.add("errors_breaker")
+                raise OriginError(502, f"origin {self.name} is failing: circuit open after "
+                                       f"{self.breaker.consecutive} consecutive failures")
+            started = time.perf_counter_ns()
+            self.counts.add("requests")
+            try:
+                # encoded=True: the path goes out exactly as built (and as a signer signed it), never re-quoted
+                async with self.session().request(method, URL(url, encoded=True), headers=headers,
+                                                  allow_redirects=False) as r:
+                    data = [chunk async for chunk in r.content.iter_any()] if body and method != "HEAD" else []
+                    status, got = r.status, r.headers
+            except (asyncio.TimeoutError, TimeoutError):
+                reason, timed_out, kind = f"origin {self.name} did not answer within {self.options.timeout:g} s", \
+                    True, "timeout"
+            except aiohttp.ClientPayloadError as e:  # body cut short of its Content-Length: the connection broke
+                reason, timed_out, kind = f"origin {self.name} sent a truncated body ({type(e).__name__})", False, \
+                    "truncated"
+            except (aiohttp.ClientError, OSError) as e:
+                reason, timed_out, kind = f"origin {self.name} unreachable: {type(e).__name__}", False, "connect"
+            else:
+                self.counts.add("latency_ns", time.perf_counter_ns() - started)
+                self.counts.add("bytes", sum(map(len, data)))
+                if status < 500:
+                    self.breaker.success()
+                    return status, got, tuple(data)
+                reason, timed_out, kind = f"origin {self.name} answered {status}", False, "status_5xx"
+            self.counts.add(f"errors_{kind}")
+            self.breaker.failure()
+        raise OriginError(504 if timed_out else 502, reason + (f" ({tries} tries)" if tries > 1 else ""))
+
+
+def joined(chunks: tuple[bytes, ...]) -> bytes:
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)  # b"" for none
+
+
+def _content_range(value: str) -> tuple[int | None, int | None, int | None]:
+    """(first, last, complete length) of ``bytes a-b/n``; None where absent or "*"."""
+    try:
+        unit, _, rest = value.strip().partition(" ")
+        span, _, total = rest.partition("/")
+        first, _, last = span.partition("-")
+        return (int(first) if first.isdigit() else None, int(last) if last.isdigit() else None,
+                int(total) if total.isdigit() else None)
+    except ValueError:
+        return None, None, None
