@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .load import terminate
 from .measure import free_port
 
 WARMUP_S = 5.0
@@ -98,12 +99,7 @@ class Gateway:
             return 0
 
     def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc)
         self.log.close()
 
 
