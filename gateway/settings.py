@@ -27,6 +27,8 @@ class Settings:
     s3_endpoint: str | None = None  # s3:// origins on an S3-compatible server (else AWS_ENDPOINT_URL[_S3], else AWS)
     s3_region: str | None = None  # else AWS_REGION / AWS_DEFAULT_REGION / the profile's (gateway/origin/s3.py)
     s3_profile: str | None = None  # AWS config/credentials profile
+    # tried for a path the store does not have (nginx-vod's fallback): a directory or an http(s)/s3 URL
+    fallback_store: str | None = None
     host: str = "127.0.0.1"  # loopback by default: exposing the gateway is an explicit choice (--host 0.0.0.0)
     port: int = 8080
     segment_duration_ms: int = 6000  # target; real segments end on the first key frame at or after the grid point
@@ -97,6 +99,10 @@ class Settings:
             raise ValueError("rtmp_control_token must be at least 16 characters (or left out: no control API)")
         if self.origin is not None and not self.origin.startswith(("http://", "https://", "s3://")):
             raise ValueError(f"origin {self.origin!r} is not an http://, https:// or s3:// URL")
+        if self.fallback_store is not None and "://" in self.fallback_store \
+                and not self.fallback_store.startswith(("http://", "https://", "s3://")):
+            raise ValueError(f"fallback_store {self.fallback_store!r} is not a directory or an http://, https:// or "
+                             "s3:// URL")
         if min(self.origin_connect_timeout, self.origin_timeout) <= 0 or self.origin_connections < 1 \
                 or self.origin_tries < 1 or self.origin_identity_ttl < 0:
             raise ValueError("origin timeouts must be > 0, origin_connections and origin_tries >= 1, "

@@ -30,6 +30,7 @@ from ..origin.packaging import PACKAGING, Packaging
 from .responses import ALLOWED_METHODS, add_common_headers, cache_control, preflight
 from ..settings import SETTINGS, Settings
 from ..origin.store import FileChanged
+from ..origin.fallback import FALLBACK_HEADER, NO_FALLBACK
 from ..catalog.access import CATALOG, IDENTITY_WATCH, IdentityWatch, authorize, catalog_view
 from ..catalog.catalog import Catalog
 from ..catalog.drm import KEY_SOURCE, KeySource
@@ -141,6 +142,9 @@ async def _on_response_prepare(request: web.Request, response: web.StreamRespons
 async def http_middleware(request: web.Request, handler) -> web.StreamResponse:
     """Methods, CORS preflight and the exception → response mapping for every route."""
     stamp_start(request)
+    # the loop guard: a request read by another gateway's fallback never asks this gateway's fallback (set for
+    # every request, so a kept-alive connection's next request does not inherit it)
+    NO_FALLBACK.set(FALLBACK_HEADER in request.headers)
     if request.method == "OPTIONS":
         return preflight(request)
     if request.method not in ("GET", "HEAD") and not (request.method == "POST" and (is_license_path(request)

@@ -161,7 +161,7 @@ def file_etag(size: int, mtime_ns: int) -> str:
 async def serve_mp4(request: web.Request, file: FileIdentity) -> web.StreamResponse:
     """``file`` as identified (fresh) and authorized by the dispatcher."""
     packaging = request.app[PACKAGING]
-    if getattr(packaging.store, "is_remote", False):
+    if getattr(file, "info", None) is not None:  # an origin object (RemoteIdentity), maybe a fallback store's
         return await serve_remote_mp4(request, file, packaging.store)
     etag, last_modified = file_etag(file.size, file.mtime_ns), file.mtime_ns / 1e9
     byte_range = None

@@ -46,6 +46,8 @@ class Readiness:
         self._valid_until = 0.0
         self._probe: asyncio.Future | None = None
         self._probe_started = 0.0
+        self.fallback_state: str | None = None  # "ok" or why not, with a --fallback-store (never makes /ready 503)
+        self._fallback_probe: asyncio.Future | None = None
 
     async def check(self, app: web.Application) -> str | None:
         """None when ready, else why not."""
@@ -56,19 +58,24 @@ class Readiness:
             return "starting: caches are not set up yet"
         now = time.monotonic()
         if now >= self._valid_until:
-            self._reason = await self._probe_store(app, packaging)
+            fallback = getattr(packaging.store, "fallback", None)
+            if fallback is None:
+                self._reason = await self._probe_store(app, packaging)
+            else:
+                self._reason, self.fallback_state = await asyncio.gather(
+                    self._probe_store(app, packaging), self._probe_fallback(app, packaging, fallback))
             self._valid_until = time.monotonic() + READY_CACHE_SECONDS
         return self._reason
 
     async def _probe_store(self, app: web.Application, packaging) -> str | None:
         settings = app[SETTINGS]
+        store = getattr(packaging.store, "primary", packaging.store)  # with a fallback store: the primary decides
         if self._probe is None or self._probe.done():
             loop = asyncio.get_running_loop()
-            if hasattr(packaging.store, "probe"):  # a remote store: its origin answers (gateway/origin/remote.py)
-                self._probe = asyncio.ensure_future(_origin_probe(packaging.store, settings.ready_file))
+            if hasattr(store, "probe"):  # a remote store: its origin answers (gateway/origin/remote.py)
+                self._probe = asyncio.ensure_future(_origin_probe(store, settings.ready_file))
             else:
-                self._probe = loop.run_in_executor(packaging.executor, probe_store, packaging.store.root,
-                                                   settings.ready_file)
+                self._probe = loop.run_in_executor(packaging.executor, probe_store, store.root, settings.ready_file)
             self._probe.add_done_callback(_retrieve)
             self._probe_started = time.monotonic()
         try:
@@ -79,6 +86,24 @@ class Readiness:
         except OSError as e:
             return f"store: {e.strerror or type(e).__name__}"  # no path: messages never show the store root
         return None
+
+    async def _probe_fallback(self, app: web.Application, packaging, store) -> str:
+        """The fallback store's state for /ready's body: "ok" or why not (the same bounded, single-flight probe)."""
+        timeout = app[SETTINGS].ready_timeout
+        if self._fallback_probe is None or self._fallback_probe.done():
+            if hasattr(store, "probe"):
+                self._fallback_probe = asyncio.ensure_future(_origin_probe(store, None))
+            else:
+                self._fallback_probe = asyncio.get_running_loop().run_in_executor(packaging.executor, probe_store,
+                                                                                  store.root, None)
+            self._fallback_probe.add_done_callback(_retrieve)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._fallback_probe), timeout)
+        except TimeoutError:
+            return f"no answer within {timeout:g} s"
+        except OSError as e:
+            return e.strerror or type(e).__name__
+        return "ok"
 
 
 async def _origin_probe(store, ready_file: str | None) -> None:
@@ -110,6 +135,8 @@ async def ready(request: web.Request) -> web.Response:
     body = {"ready": reason is None, "worker": app.get(WORKER_INDEX, 0), "pid": os.getpid()}
     if reason is not None:
         body["reason"] = reason
+    if app[READINESS].fallback_state is not None:
+        body["fallback"] = app[READINESS].fallback_state
     return web.json_response(body, status=200 if reason is None else 503, headers=_headers())
 
 

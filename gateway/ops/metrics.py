@@ -108,6 +108,8 @@ class GatewayMetrics:
                                           "summed (divide by gateway_origin_requests for a mean)", registry=r), 1e-9),
             **{f"errors_{kind}": origin_errors.labels(kind) for kind in ORIGIN_ERRORS},
         }
+        self._fallback = {"fallbacks": Counter("gateway_store_fallbacks", "Files the store did not have, found on "
+                                               "--fallback-store (gateway/origin/fallback.py)", registry=r)}
         stage = Histogram("gateway_stage_duration_seconds", "Time of one packaging stage (nginx-vod perf counters)",
                           ["stage"], buckets=STAGE_BUCKETS, registry=r)
         self._stages = {name: stage.labels(name) for name in STAGES}
@@ -227,6 +229,8 @@ class GatewayMetrics:
         """A remote store's origin counters (``OriginCounts``) since the last call; None for a local store."""
         if counts is not None:
             self._mirror(counts, self._origin)
+            if hasattr(counts, "fallbacks"):  # a FallbackStore's counts
+                self._mirror(counts, self._fallback)
 
     def _mirror(self, counters, targets: dict) -> None:
         entry = self._baselines.get(id(counters))

@@ -88,7 +88,8 @@ class OriginOptions:
 
 
 class Breaker:
-    """Closed → (``failures`` consecutive failures) open for ``cooldown`` → one probe (half open) → closed or open."""
+    """Closed → (``failures`` consecutive failures) open for ``cooldown`` → one probe (half open) → closed or
+    open."""
 
     def __init__(self, failures: int, cooldown: float):
         self.failures, self.cooldown = failures, cooldown
@@ -141,8 +142,12 @@ class OriginCounts:
 class OriginClient:
     """HEADs and ranged GETs against ``base_url`` (ends with "/"); ``name`` is what logs and errors call it."""
 
-    def __init__(self, base_url: str, options: OriginOptions | None = None, signer: Signer | None = None):
+    def __init__(self, base_url: str, options: OriginOptions | None = None, signer: Signer | None = None, *,
+                 fallback: bool = False):
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        # a fallback store's origin: every request says so (X-Gateway-Fallback), so that a gateway behind it does not
+        # ask its own fallback in turn (gateway/origin/fallback.py, the loop guard)
+        self.extra_headers = {"X-Gateway-Fallback": "1"} if fallback else {}
         self.options = options or OriginOptions()
         self.signer = signer
         self.name = URL(self.base_url).origin().human_repr()  # scheme://host:port, no path or query
@@ -271,6 +276,8 @@ class OriginClient:
                        tries: int | None = None) -> tuple[int, Mapping[str, str], tuple[bytes, ...]]:
         """(status, headers, body) of the first attempt that is not a connection error, a timeout or a 5xx."""
         tries = tries or self.options.tries
+        if self.extra_headers:
+            headers = {**headers, **self.extra_headers}
         if self.signer is not None:
             headers = dict(self.signer(method, url, headers))
         reason, timed_out = "", False
@@ -287,7 +294,11 @@ class OriginClient:
                 # encoded=True: the path goes out exactly as built (and as a signer signed it), never re-quoted
                 async with self.session().request(method, URL(url, encoded=True), headers=headers,
                                                   allow_redirects=False) as r:
-                    data = [chunk async for chunk in r.content.iter_any()] if body and method != "HEAD" else []
+                    if body and method != "HEAD":
+                        _widen_reads(r)
+                        data = [chunk async for chunk in r.content.iter_any()]
+                    else:
+                        data = []
                     status, got = r.status, r.headers
             except (asyncio.TimeoutError, TimeoutError):
                 reason, timed_out, kind = f"origin {self.name} did not answer within {self.options.timeout:g} s", \
@@ -307,6 +318,17 @@ class OriginClient:
             self.counts.add(f"errors_{kind}")
             self.breaker.failure()
         raise OriginError(504 if timed_out else 502, reason + (f" ({tries} tries)" if tries > 1 else ""))
+
+
+RECV_SIZE = 1 << 20  # bytes per recv() on an origin connection (asyncio's default is 256 KB)
+
+
+def _widen_reads(response: aiohttp.ClientResponse) -> None:
+    """Let the connection's transport read up to RECV_SIZE per recv(): a 1.5 MB range in 2 recv calls and parser
+    callbacks rather than 6 (the setting stays with the pooled connection)."""
+    transport = response.connection.transport if response.connection is not None else None
+    if transport is not None and getattr(transport, "max_size", RECV_SIZE) < RECV_SIZE:
+        transport.max_size = RECV_SIZE
 
 
 def joined(chunks: tuple[bytes, ...]) -> bytes:

@@ -321,10 +321,24 @@ def _write_all(fd: int, data: bytes, at: int) -> None:
 
 
 def make_store(settings) -> ContentStore:
-    """The store ``settings`` name: the local directory, or an origin (``settings.origin``) read by range."""
+    """The store ``settings`` name: the local directory, or an origin (``settings.origin``) read by range; with
+    ``settings.fallback_store``, paired with that store (gateway/origin/fallback.py)."""
     origin = getattr(settings, "origin", None)
-    if not origin:
-        return Store(settings.store)
+    primary = _one_store(origin, settings) if origin else Store(settings.store)
+    fallback = getattr(settings, "fallback_store", None)
+    if not fallback:
+        return primary
+    from .fallback import FallbackStore
+
+    if "://" not in fallback:
+        return FallbackStore(primary, Store(fallback))
+    store = _one_store(fallback, settings)
+    c = store.client  # a fallback origin's requests carry the loop-guard header
+    store.client = OriginClient(c.base_url, c.options, c.signer, fallback=True)
+    return FallbackStore(primary, store)
+
+
+def _one_store(origin: str, settings) -> "RemoteStore":
     options = OriginOptions(connect_timeout=settings.origin_connect_timeout, timeout=settings.origin_timeout,
                             connections=settings.origin_connections, tries=settings.origin_tries)
     root = str(settings.store)

@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
                            description="Flags override the --config file; SIGHUP re-reads it (docs/operations.md).")
     serve.add_argument("--store", default=None, help="content store: a directory, http(s)://origin/prefix or "
                        "s3://bucket/prefix (required here or in --config; docs/stores.md)")
+    serve.add_argument("--fallback-store", default=None, metavar="DIR|URL",
+                       help="tried for a file the store does not have (404): a directory, http(s):// or s3:// "
+                            "(docs/stores.md, Fallback store)")
     serve.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
                        help="with a remote store: local directory for live output, recordings and the catalog "
                             "(default ./gateway-state, created)")
@@ -175,7 +178,7 @@ _FLAG_KEYS = ("store", "host", "port", "rtmp_port", "segment_cache_mb", "metadat
               "access_log_format", "catalog", "catalog_ttl", "signed_url_ttl", "hls_container", "thumbnail_mode",
               "thumbnail_decodes", "dash_subtitle_format", "workers",
               "shutdown_grace", "drain_delay", "log_level", "state_dir", "origin_timeout", "origin_connect_timeout",
-              "origin_tries", "s3_endpoint", "s3_region", "s3_profile")
+              "origin_tries", "s3_endpoint", "s3_region", "s3_profile", "fallback_store")
 
 
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:

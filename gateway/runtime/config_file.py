@@ -181,4 +181,11 @@ def check_runnable(config: ServeConfig) -> ServeConfig:
             raise ConfigError(f"state directory {config.settings.store}: {e.strerror or e}") from None
     if not config.settings.store.is_dir():
         raise ConfigError(f"store {config.settings.store} is not a directory")
+    if config.settings.fallback_store:
+        from ..origin.remote import make_store
+
+        try:  # the fallback's directory or URL (an s3:// one's credentials), checked as the store's are
+            make_store(config.settings)
+        except ValueError as e:
+            raise ConfigError(f"fallback store {config.settings.fallback_store}: {e}") from None
     return config
