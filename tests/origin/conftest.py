@@ -104,7 +104,14 @@ class NginxOrigin:
         return out
 
     def mark(self) -> int:
-        return len(self.lines())
+        """Where the log ends once it stopped growing: nginx writes a request's line just after sending its answer,
+        so a request the client has already seen answered may be logged a moment later (after a plain count)."""
+        count, still, deadline = len(self.lines()), 0, time.monotonic() + 5
+        while still < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+            now = len(self.lines())
+            still, count = (still + 1, count) if now == count else (0, now)
+        return count
 
     def since(self, mark: int) -> list[LogLine]:
         return self.lines()[mark:]
