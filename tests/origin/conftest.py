@@ -20,6 +20,7 @@ from fixtures.generate import fixture_path
 from tests.e2e.conftest import free_port
 from tests.gateway.processes import gateways  # noqa: F401  (a fixture: real `gateway serve` processes)
 from tests.needs import missing
+from tests.nginx.conftest import _accepts
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 FILES = ("title_180p.mp4", "title_240p.mp4", "moov_end.mp4", "two_audio.mp4", "title_360p.mp4")
@@ -121,15 +122,6 @@ class NginxOrigin:
         tmp = self.root / f".{name}.tmp"
         shutil.copyfile(fixture_path(source), tmp)
         os.replace(tmp, self.root / name)
-
-
-def _accepts(port: int) -> bool:
-    import socket
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,8 @@ import botocore.session
 import pytest
 from botocore.config import Config
 
+from gateway.tools.load import terminate
+
 REGION = "us-east-1"
 BUCKET = "media"
 START_TIMEOUT = 60.0  # moto imports every service backend on a busy 2-core machine
@@ -158,12 +160,7 @@ def s3_server(tmp_path_factory) -> S3Server:
         server.client().create_bucket(Bucket=BUCKET)  # signed and checked already
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, 10)
 
 
 @pytest.fixture
