@@ -272,14 +272,21 @@ class OriginClient:
         if not task.cancelled():
             task.exception()  # retrieved: no "never retrieved" warning when every caller went away
 
+    async def send(self, method: str, url: str, headers: Mapping[str, str] | None = None, data: bytes = b"",
+                   tries: int | None = None) -> tuple[int, Mapping[str, str], bytes]:
+        """One whole request (a listing GET, a PUT with ``data``): (status, headers, body), retried as the reads are
+        on connection errors, timeouts and 5xx. Not single-flight: writes and listings are the caller's to share."""
+        status, got, body = await self._request(method, url, dict(headers or {}), body=True, tries=tries, data=data)
+        return status, got, joined(body)
+
     async def _request(self, method: str, url: str, headers: dict[str, str], *, body: bool = False,
-                       tries: int | None = None) -> tuple[int, Mapping[str, str], tuple[bytes, ...]]:
+                       tries: int | None = None, data: bytes = b"") -> tuple[int, Mapping[str, str], tuple[bytes, ...]]:
         """(status, headers, body) of the first attempt that is not a connection error, a timeout or a 5xx."""
         tries = tries or self.options.tries
         if self.extra_headers:
             headers = {**headers, **self.extra_headers}
         if self.signer is not None:
-            headers = dict(self.signer(method, url, headers))
+            headers = dict(self.signer(method, url, headers, data) if data else self.signer(method, url, headers))
         reason, timed_out = "", False
         for attempt in range(tries):
             if attempt:
@@ -293,7 +300,7 @@ class OriginClient:
             try:
                 # encoded=True: the path goes out exactly as built (and as a signer signed it), never re-quoted
                 async with self.session().request(method, URL(url, encoded=True), headers=headers,
-                                                  allow_redirects=False) as r:
+                                                  data=data or None, allow_redirects=False) as r:
                     if body and method != "HEAD":
                         _widen_reads(r)
                         data = [chunk async for chunk in r.content.iter_any()]
