@@ -20,19 +20,15 @@ flavor file changes the ctime of the inode concerned.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import functools
-import json
 import logging
 import os
-import secrets
 import stat
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from delivery_profiles import SYSTEM_DEFAULTS, DeliveryType, merge
 from packagers.errors import PackagerError
@@ -41,12 +37,13 @@ from .schema import (
     CATALOG_DIR_NAME, ENTRY_ID, SECRET, RULES, CatalogError, CatalogNotFound, Partner, Flavor, Entry, check_delivery, path_problem, parse_partner, parse_entry, resolve_flavors, missing_flavors, _decode,
 )
 from ..origin.store import FileIdentity, Store
+from .files import CatalogConflict, CatalogFiles, as_files, origin_files, write_json_atomic
 
 # the documents and their validation live in gateway/catalog/schema.py; importers may keep using this module for them
 __all__ = ["CATALOG_DIR_NAME", "ENTRY_ID", "SECRET", "RULES", "CatalogError", "CatalogNotFound", "Partner", "Flavor",
            "Entry", "check_delivery", "path_problem", "parse_partner", "parse_entry", "resolve_flavors",
-           "missing_flavors", "CatalogView", "Catalog", "catalog_dir", "read_partner", "read_entry", "write_partner",
-           "write_entry", "write_json_atomic", "write_lock"]
+           "missing_flavors", "CatalogView", "Catalog", "open_catalog", "catalog_dir", "read_partner", "read_entry", "write_partner",
+           "write_entry", "write_json_atomic", "write_lock", "CatalogConflict", "CatalogFiles"]
 
 log = logging.getLogger("gateway.catalog")
 
@@ -107,7 +104,7 @@ class CatalogView:
 
 @dataclass
 class _File:
-    signature: tuple[int, int, int]  # (mtime_ns, size, inode) of the version last read, valid or not
+    signature: Any  # of the version last read, valid or not: (mtime_ns, size, inode) in a directory, an ETag...
     value: Partner | Entry | None  # the last good version
     error: str | None = None
     resolved: tuple[FileIdentity | None, ...] = ()  # entries: flavor files; () = not identified yet
@@ -116,10 +113,14 @@ class _File:
 class Catalog:
     """The catalog as this node sees it, re-checked against the shared store at most every ``ttl`` seconds."""
 
-    def __init__(self, store: Path | str, catalog_dir: Path | str | None = None, ttl: float = 1.0, quiet: bool = False,
-                 rescan: float = 60.0):
-        self.store = Store(store)
-        self.dir = Path(catalog_dir) if catalog_dir is not None else Path(store) / CATALOG_DIR_NAME
+    def __init__(self, store: Path | str | None, catalog_dir: Path | str | CatalogFiles | None = None, ttl: float = 1.0,
+                 quiet: bool = False, rescan: float = 60.0, *, identify: bool = True):
+        """``store``: the directory flavor files are identified in; ``catalog_dir``: where the catalog is (default
+        ``<store>/.catalog``), or its files on an origin (gateway.catalog.files). ``identify=False`` for media
+        on an origin: flavors are known by their declared paths only (no stat, no hardlinks there)."""
+        self.files = as_files(catalog_dir if catalog_dir is not None else Path(store) / CATALOG_DIR_NAME)
+        self.identify = identify and self.files.identifies
+        self.store = Store(store) if self.identify else None
         if ttl < 0:
             raise ValueError(f"catalog ttl must be >= 0, got {ttl}")
         self.ttl = ttl
@@ -175,17 +176,18 @@ class Catalog:
         now = time.monotonic()
         full = full or self._rescanned is None or now - self._rescanned >= self.rescan
         changed = False
-        if scan and self._files and not os.path.isdir(self.dir):
+        if scan and self._files and not self.files.present():
             # The whole directory gone is an unmounted share, not an operator deleting every partner: forgetting
             # the catalog would make secured files look unsecured. Keep the last view until it is back.
             if not self._checked_missing:
-                log.warning("catalog: %s is missing; keeping the catalog loaded before", self.dir)
+                log.warning("catalog: %s is missing; keeping the catalog loaded before", self.files.where)
             self._checked_missing = True
         elif scan:
             self._checked_missing = False
             changed = self._scan("partners", parse_partner) | self._scan("entries", parse_entry)
         for state in self._files.values():
-            if isinstance(state.value, Entry) and (full or not state.resolved or None in state.resolved):
+            if self.identify and isinstance(state.value, Entry) and \
+                    (full or not state.resolved or None in state.resolved):
                 resolved = identify_flavors(state.value, self.store, state.resolved)
                 changed |= resolved != state.resolved
                 state.resolved = resolved
@@ -201,42 +203,36 @@ class Catalog:
             self._checked = time.monotonic()
 
     def _scan(self, kind: str, parse) -> bool:
-        directory = self.dir / kind
         try:
-            names = [n for n in os.listdir(directory) if n.endswith(".json") and not n.startswith(".")]
-        except FileNotFoundError:
-            names = []
-        except OSError as e:  # an NFS hiccup must not empty the catalog: keep what we have
-            log.warning("catalog: cannot list %s: %s", directory, e)
+            listed = self.files.list(kind)
+        except (OSError, CatalogError) as e:  # an NFS or origin hiccup must not empty the catalog: keep what we have
+            log.warning("catalog: cannot list %s/%s: %s", self.files.where, kind, e)
             return False
         changed = False
-        gone = {rel for rel in self._files if rel.startswith(kind + "/")} - {f"{kind}/{n}" for n in names}
+        gone = {rel for rel in self._files if rel.startswith(kind + "/")} - {f"{kind}/{n}" for n in listed}
         for rel in gone:
             del self._files[rel]
             log.debug("catalog: %s removed", rel)
             changed = True
-        for name in names:
-            changed |= self._load(f"{kind}/{name}", directory / name, parse)
+        for name, signature in listed.items():
+            old = self._files.get(f"{kind}/{name}")
+            if old is None or old.signature != signature:
+                changed |= self._load(f"{kind}/{name}", parse)
         return changed
 
-    def _load(self, rel: str, path: Path, parse) -> bool:
+    def _load(self, rel: str, parse) -> bool:
         old = self._files.get(rel)
         try:
-            st = os.stat(path)
-            if old is not None and old.signature == (st.st_mtime_ns, st.st_size, st.st_ino):
-                return False
-            with open(path, "rb") as f:  # the signature of what we read, not of what we stat'ed before
-                st = os.fstat(f.fileno())
-                raw = f.read()
+            got = self.files.read(rel)
         except FileNotFoundError:
-            changed = self._files.pop(rel, None) is not None  # renamed away between listdir and stat
+            changed = self._files.pop(rel, None) is not None  # renamed away since the listing
             return changed
         except OSError as e:
             log.warning("catalog: cannot read %s: %s", rel, e)
             return False
-        signature = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if not stat.S_ISREG(st.st_mode):
+        if got is None:  # not a regular file
             return False
+        signature, raw = got
         try:
             value = parse(_decode(raw, rel), rel)
         except Exception as e:  # CatalogError, or a bug in a validator: either way this file is not usable
@@ -301,82 +297,58 @@ def identify_flavors(entry: Entry, store: Store, known: tuple[FileIdentity | Non
 # ---------------------------------------------------------------- files and writes
 
 
+def open_catalog(settings, store=None) -> Catalog:
+    """The catalog a gateway reads: ``settings.catalog`` when given, else ``.catalog`` in the store — on the origin,
+    through ``store`` (its RemoteStore), when the media is there."""
+    if settings.catalog is not None or not settings.origin:
+        return Catalog(settings.store, settings.catalog, settings.catalog_ttl, identify=not settings.origin)
+    return Catalog(settings.store, origin_files(store, settings), settings.catalog_ttl)
+
+
 def catalog_dir(store: Path | str, override: Path | str | None = None) -> Path:
     return Path(override) if override is not None else Path(store) / CATALOG_DIR_NAME
 
 
-def partner_path(directory: Path, partner_id: int) -> Path:
-    return directory / "partners" / f"{partner_id}.json"
+Directory = Path | str | CatalogFiles  # a catalog directory, or the catalog's files on an origin
 
 
-def entry_path(directory: Path, entry_id: str) -> Path:
-    return directory / "entries" / f"{entry_id}.json"
-
-
-def _read(path: Path, parse, what: str):
-    where = f"{path.parent.name}/{path.name}"
+def _read(directory: Directory, rel: str, parse, what: str):
     try:
-        raw = path.read_bytes()
+        got = as_files(directory).read(rel)
     except FileNotFoundError:
-        raise CatalogNotFound(f"{what}: no {where}") from None
-    return parse(_decode(raw, where), where)
+        got = None
+    if got is None:
+        raise CatalogNotFound(f"{what}: no {rel}") from None
+    return parse(_decode(got[1], rel), rel)
 
 
-def read_partner(directory: Path, partner_id: int) -> Partner:
+def read_partner(directory: Directory, partner_id: int) -> Partner:
     """One partner file, strictly: CatalogNotFound if absent, CatalogError if invalid (no last good version here)."""
-    return _read(partner_path(directory, partner_id), parse_partner, "read_partner")
+    return _read(directory, f"partners/{partner_id}.json", parse_partner, "read_partner")
 
 
-def read_entry(directory: Path, entry_id: str) -> Entry:
+def read_entry(directory: Directory, entry_id: str) -> Entry:
     if not ENTRY_ID.fullmatch(entry_id):
         raise CatalogError(f"entries/{entry_id}.json: id: must look like 0_abcd1234 (a digit, '_', 8 of [a-z0-9])")
-    return _read(entry_path(directory, entry_id), parse_entry, "read_entry")
+    return _read(directory, f"entries/{entry_id}.json", parse_entry, "read_entry")
 
 
-def write_partner(directory: Path, partner: Partner) -> Path:
-    """Validate (delivery_profiles.merge included), then replace the file atomically."""
-    return _write(partner_path(directory, partner.id), partner.to_json(), parse_partner, "partners")
+def write_partner(directory: Directory, partner: Partner) -> Path | str:
+    """Validate (delivery_profiles.merge included), then replace the file atomically (inside ``write_lock`` on an
+    origin: only the version read there). Returns where it went."""
+    return _write(directory, f"partners/{partner.id}.json", partner.to_json(), parse_partner)
 
 
-def write_entry(directory: Path, entry: Entry) -> Path:
-    return _write(entry_path(directory, entry.id), entry.to_json(), parse_entry, "entries")
+def write_entry(directory: Directory, entry: Entry) -> Path | str:
+    return _write(directory, f"entries/{entry.id}.json", entry.to_json(), parse_entry)
 
 
-def _write(path: Path, doc: Any, parse: Callable[[Any, str], Any], folder: str) -> Path:
-    parse(doc, f"{folder}/{path.name}")  # what we write must read back
-    write_json_atomic(path, doc)
-    return path
+def _write(directory: Directory, rel: str, doc: Any, parse: Callable[[Any, str], Any]) -> Path | str:
+    parse(doc, rel)  # what we write must read back
+    return as_files(directory).write(rel, doc)
 
 
-def write_json_atomic(path: Path, doc: Any) -> None:
-    """Write ``<name>.tmp.<pid>.<random>`` beside ``path``, fsync, rename over ``path``, fsync the directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}.{secrets.token_hex(4)}")
-    data = (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-@contextmanager
-def write_lock(directory: Path) -> Iterator[None]:
-    """Serialise read-modify-write commands (two operators on one partner) with flock on ``<catalog>/.lock``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+def write_lock(directory: Directory):
+    """Make a read-modify-write safe: an flock on ``<catalog>/.lock`` in a directory; on an origin, writes replace
+    only the versions read inside it (CatalogConflict otherwise: the caller runs it again)."""
+    return as_files(directory).lock()

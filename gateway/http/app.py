@@ -32,7 +32,7 @@ from ..settings import SETTINGS, Settings
 from ..origin.store import FileChanged
 from ..origin.fallback import FALLBACK_HEADER, NO_FALLBACK
 from ..catalog.access import CATALOG, IDENTITY_WATCH, IdentityWatch, authorize, catalog_view
-from ..catalog.catalog import Catalog
+from ..catalog.catalog import open_catalog
 from ..catalog.drm import KEY_SOURCE, KeySource
 from ..ingest.service import INGEST, Ingest
 from .play_manifest import serve_play_manifest
@@ -110,7 +110,7 @@ async def _gateway_state(app: web.Application, executor: Executor, caches: Cache
                          observe_stage) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     app[PACKAGING] = Packaging(settings, executor, caches, observe_stage)
-    app[CATALOG] = Catalog(settings.store, settings.catalog, settings.catalog_ttl)
+    app[CATALOG] = open_catalog(settings, app[PACKAGING].store)
     app[IDENTITY_WATCH] = IdentityWatch(app[CATALOG])
     app[FAST_ANSWERS] = FastAnswers(app[CATALOG], caches.stats, caches.responses)
     app[METRICS] = Metrics()

@@ -19,7 +19,7 @@ import urllib.request
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Mapping
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import botocore.session
 from botocore.auth import S3SigV4Auth
@@ -195,11 +195,34 @@ def origin_for(origin: str, settings) -> tuple[str, S3Signer]:
     """(base URL, signer) of an ``s3://`` origin, for ``gateway.origin.remote.make_store``. The endpoint is
     ``settings.s3_endpoint``, else AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL (the AWS tools' variables); region and
     profile are ``settings.s3_region``/``s3_profile`` when set, else the AWS environment and files."""
+    location = location_for(origin, settings)
+    return location.base_url, S3Signer(location.region, getattr(settings, "s3_profile", None))
+
+
+def location_for(origin: str, settings) -> S3Location:
+    """The S3Location of an ``s3://`` store URL with ``settings``' endpoint, region and profile (see origin_for)."""
     endpoint = getattr(settings, "s3_endpoint", None) or os.environ.get("AWS_ENDPOINT_URL_S3") \
         or os.environ.get("AWS_ENDPOINT_URL") or None
-    profile = getattr(settings, "s3_profile", None)
-    location = S3Location.parse(origin, endpoint, getattr(settings, "s3_region", None), profile)
-    return location.base_url, S3Signer(location.region, profile)
+    return S3Location.parse(origin, endpoint, getattr(settings, "s3_region", None), getattr(settings, "s3_profile", None))
+
+
+def list_url(location: S3Location, folder: str, token: str | None = None) -> str:
+    """A ListObjectsV2 request for the keys under a store folder (``folder`` ends with "/"), one page of 1000."""
+    bucket = location.base_url.removesuffix(encode_key(location.prefix + "/") if location.prefix else "")
+    query = {"list-type": "2", "prefix": location.key(folder.rstrip("/")) + "/"}
+    if token:
+        query["continuation-token"] = token
+    # "/" stays as is: legal in a query, and what S3-compatible servers that re-encode the query expect
+    return bucket + "?" + urlencode(sorted(query.items()), quote_via=quote, safe="/")
+
+
+def parse_listing(body: bytes) -> tuple[dict[str, str], str | None]:
+    """({key: ETag}, the next page's continuation token or None) of a ListObjectsV2 answer."""
+    root = ET.fromstring(body)
+    ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    keys = {c.findtext(f"{ns}Key") or "": c.findtext(f"{ns}ETag") or "" for c in root.iter(f"{ns}Contents")}
+    more = (root.findtext(f"{ns}IsTruncated") or "").lower() == "true"
+    return keys, (root.findtext(f"{ns}NextContinuationToken") if more else None)
 
 
 def get_object(location: S3Location, path: str, signer: S3Signer, timeout: float = 30.0) -> tuple[bytes, str] | None:

@@ -7,15 +7,18 @@ exits 2 with the message and leaves the file as it was. Exit codes: 0 done, 1 no
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import json
 import re
 import secrets
 import string
 import sys
+import threading
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from delivery_profiles import FEATURES, DrmConfig, ProfileError, parse_format
 from packagers.captions.files import caption_problem
@@ -24,10 +27,15 @@ from packagers.errors import PackagerError
 from delivery_profiles.tokens import new_secret
 
 from ..catalog.schema import CAPTION_TAG, LANGUAGE_TAG
-from ..catalog.catalog import (ENTRY_ID, RULES, Catalog, CatalogError, CatalogNotFound, CatalogView, Entry, Flavor, Partner,
+from ..catalog.catalog import (ENTRY_ID, RULES, Catalog, CatalogConflict, CatalogError, CatalogNotFound, CatalogView, Entry,
+                      Flavor, Partner,
                       catalog_dir, missing_flavors, parse_entry, path_problem, read_entry, read_partner,
                       resolve_flavors, write_entry, write_lock, write_partner)
+from ..catalog.files import origin_files
+from ..origin.origin_client import OriginError
+from ..origin.remote import make_store
 from ..origin.store import Store
+from ..settings import Settings
 
 _INT = re.compile(r"-?[0-9]+")
 _FLOAT = re.compile(r"-?[0-9]+\.[0-9]+")
@@ -37,8 +45,12 @@ _LANGUAGE = re.compile(r"[a-z]{3}")  # ISO 639-2, as in an MP4's mdhd
 def add_catalog_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``partners`` and ``entries`` on gateway.runtime.cli's subcommand table."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--store", type=Path, required=True, help="content store root")
+    common.add_argument("--store", required=True, metavar="DIR|URL",
+                        help="content store: a directory, s3://bucket/prefix or http(s)://origin/prefix (read only)")
     common.add_argument("--catalog", type=Path, help="catalog directory (default <store>/.catalog)")
+    common.add_argument("--s3-endpoint", help="an S3-compatible server (else AWS_ENDPOINT_URL_S3 / AWS)")
+    common.add_argument("--s3-region")
+    common.add_argument("--s3-profile", help="AWS config/credentials profile")
 
     partners = sub.add_parser("partners", help="list, show, add and configure partners").add_subparsers(
         dest="action", required=True)
@@ -120,20 +132,54 @@ def _command(fn: Callable[[argparse.Namespace, Path], int]) -> Callable[[argpars
 
     def run(args: argparse.Namespace) -> int:
         name = f"gateway {args.command} {args.action}"
-        if not args.store.is_dir():  # never create a catalog where no store is mounted
+        remote = "://" in args.store
+        if not remote and not Path(args.store).is_dir():  # never create a catalog where no store is mounted
             print(f"{name}: store {args.store} is not a directory", file=sys.stderr)
             return 2
         try:
-            return fn(args, catalog_dir(args.store, args.catalog))
+            with origin_catalog(args) if remote else nullcontext((Store(args.store), None)) as (store, files):
+                args.content_store = store
+                directory = args.catalog or files or catalog_dir(args.store)
+                for attempt in range(5):  # a catalog on S3 is written optimistically: a lost race runs again
+                    try:
+                        return fn(args, directory)
+                    except CatalogConflict:
+                        if attempt == 4:
+                            raise
         except CatalogNotFound as e:
             print(f"{name}: {e.message}", file=sys.stderr)
             return 1
-        except CatalogError as e:
-            print(f"{name}: {e}", file=sys.stderr)
+        except (CatalogError, OriginError, ValueError) as e:  # ValueError: S3ConfigError, a bad URL
+            print(f"{name}: {getattr(e, 'reason', e)}", file=sys.stderr)
             return 2
 
     run.__name__ = fn.__name__
     return run
+
+
+@contextmanager
+def origin_catalog(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
+    """(the RemoteStore of ``--store URL``, its catalog files), on an event loop of their own in a thread: the
+    store's blocking calls are made from this (main) thread, as the gateway's executor threads make them."""
+    settings = Settings(origin=args.store, s3_endpoint=args.s3_endpoint, s3_region=args.s3_region,
+                        s3_profile=args.s3_profile)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="catalog-origin", daemon=True)
+    thread.start()
+    try:
+        async def opened():
+            store = make_store(settings)
+            return store, origin_files(store, settings)
+
+        store, files = asyncio.run_coroutine_threadsafe(opened(), loop).result()
+        try:
+            yield store, files
+        finally:
+            asyncio.run_coroutine_threadsafe(store.aclose(), loop).result(30)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
 
 
 def parse_value(text: str) -> Any:
@@ -164,7 +210,8 @@ def _table(headers: tuple[str, ...], rows: list[tuple]) -> None:
 
 def _view(args: argparse.Namespace, directory: Path) -> CatalogView:
     """The catalog as a node would load it; its problems (invalid files, missing media) as warnings on stderr."""
-    view = Catalog(args.store, directory, ttl=0, quiet=True).view()
+    remote = "://" in args.store
+    view = Catalog(None if remote else args.store, directory, ttl=0, quiet=True, identify=not remote).view()
     for problem in view.problems:
         if problem.startswith(args.command + "/"):
             print(f"gateway {args.command} {args.action}: warning: {problem}", file=sys.stderr)
@@ -291,7 +338,7 @@ def cmd_entries_add(args: argparse.Namespace, directory: Path) -> int:
             raise CatalogError(f"{where}: partner_id: no partner {args.partner} (gateway partners add)") from None
         _refuse_existing(read_entry, directory, args.entry_id, where)
         write_entry(directory, entry)
-    for warning in missing_flavors(entry, where, resolve_flavors(entry, Store(args.store))):
+    for warning in missing_flavors(entry, where, resolve_flavors(entry, args.content_store)):
         print(f"gateway entries add: warning: {warning}", file=sys.stderr)
     _print_json(entry.to_json())
     return 0
@@ -308,7 +355,7 @@ def cmd_entries_list(args: argparse.Namespace, directory: Path) -> int:
 @_command
 def cmd_entries_show(args: argparse.Namespace, directory: Path) -> int:
     entry = read_entry(directory, args.entry_id)
-    for warning in missing_flavors(entry, f"entries/{entry.id}.json", resolve_flavors(entry, Store(args.store))):
+    for warning in missing_flavors(entry, f"entries/{entry.id}.json", resolve_flavors(entry, args.content_store)):
         print(f"gateway entries show: warning: {warning}", file=sys.stderr)
     _print_json(entry.to_json())
     return 0

@@ -25,6 +25,7 @@ from tests.nginx.conftest import _accepts
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 FILES = ("title_180p.mp4", "title_240p.mp4", "moov_end.mp4", "two_audio.mp4", "title_360p.mp4")
 PREFIX = "media"  # the origin serves the files under /media/: the gateway must never ask outside it
+RW_PREFIX = "rw"  # a prefix that also takes PUT (empty at start): where recordings are uploaded
 
 NGINX_CONF = """
 {user}
@@ -45,6 +46,10 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         location /{prefix_path}/ {{ alias {root}/; }}
+        # the catalog's folders are listed as JSON (gateway/catalog/files.py: OriginFiles on an HTTP origin)
+        location /{prefix_path}/.catalog/ {{ alias {root}/.catalog/; autoindex on; autoindex_format json; }}
+        # writable (WebDAV PUT): recordings uploaded to an HTTP origin (tests/origin/test_recording_upload.py)
+        location /{rw_path}/ {{ alias {prefix}/{rw_path}/; dav_methods PUT; create_full_put_path on; client_max_body_size 0; }}
         location / {{ return 403; }}
     }}
 }}
@@ -71,7 +76,8 @@ class NginxOrigin:
         self.port = free_port()
         self.conf = workdir / "nginx.conf"
         user = "user root;" if os.geteuid() == 0 else ""  # as root, workers would switch to nobody: tmp is 0700
-        self.conf.write_text(NGINX_CONF.format(user=user, prefix=workdir, port=self.port, root=self.root, prefix_path=PREFIX))
+        self.conf.write_text(NGINX_CONF.format(user=user, prefix=workdir, port=self.port, root=self.root, prefix_path=PREFIX,
+                                                rw_path=RW_PREFIX))
         self.log = workdir / "access.log"
         self.proc: subprocess.Popen | None = None
 

@@ -295,13 +295,14 @@ def test_paths_are_percent_encoded_under_the_prefix():
 
 
 def test_a_secured_entry_needs_its_token_on_a_remote_store(origin, gateways, tmp_path):
-    """The catalog lives in the local state directory; its secured flavors are known by name on the origin."""
+    """A catalog on a local (NFS) directory given with --catalog; its secured flavors are known by name on the
+    origin. (A catalog on the origin itself: tests/origin/test_remote_catalog.py.)"""
     directory = catalog_dir(tmp_path / "state")
     write_partner(directory, Partner(301, "P301", "e4" * 32, {}))
     doc = {"id": "0_remote01", "partner_id": 301, "name": "r", "secured": True,
            "flavors": [{"id": "0_fl301001", "path": "title_180p.mp4"}]}
     write_entry(directory, parse_entry(doc, "entries/0_remote01.json"))
-    remote = remote_gateway(gateways, origin.url, tmp_path)
+    remote = remote_gateway(gateways, origin.url, tmp_path, "--catalog", str(directory))
     assert body(remote.base, "/hls/title_180p.mp4/master.m3u8")[0] == 403
     assert body(remote.base, "/mp4/title_180p.mp4")[0] == 403
     signed = f"/s/0_remote01/{sign_path('e4' * 32, 'title_180p.mp4', int(time.time()) + 600)}"
