@@ -27,7 +27,7 @@ from typing import Any, Iterator, Protocol
 
 from .schema import CATALOG_DIR_NAME, CatalogError
 
-__all__ = ["CatalogConflict", "CatalogFiles", "DirectoryFiles", "OriginFiles", "as_files", "origin_files",
+__all__ = ["CatalogConflict", "CatalogFiles", "DirectoryFiles", "OriginFiles", "as_files", "origin_catalog", "origin_files",
            "write_json_atomic"]
 
 MISSING = "missing"  # the signature lock() records for a file that was read and not found
@@ -134,6 +134,7 @@ class OriginFiles:
     from threads other than the store's event loop (the gateway's executor, the CLI's main thread)."""
 
     identifies = False  # an object store has no hardlinks or symlinks: a flavor is known by its declared path
+    page = 1000  # keys per S3 listing request (S3's most)
 
     def __init__(self, store, s3_location=None):
         self.store = store
@@ -160,7 +161,7 @@ class OriginFiles:
 
             found, token, prefix = {}, None, self.s3.key(folder.rstrip("/")) + "/"
             while True:
-                status, _, body = await client.send("GET", list_url(self.s3, folder, token))
+                status, _, body = await client.send("GET", list_url(self.s3, folder, token, self.page))
                 if status != 200:
                     raise CatalogError(f"{self.where}: listing {folder} answered {status}")
                 keys, token = parse_listing(body)
@@ -250,3 +251,29 @@ def origin_files(store, settings) -> OriginFiles:
     except RuntimeError:  # no loop in this thread: the caller binds one (the CLI's, gateway.runtime.catalog_cli)
         pass
     return OriginFiles(store, location)
+
+
+@contextmanager
+def origin_catalog(settings) -> Iterator[tuple[Any, OriginFiles]]:
+    """(the RemoteStore of ``settings.origin``, its catalog files) for a process without an event loop of its own
+    (the CLI, tests): the store runs on a loop in a thread, and its blocking calls are made from the caller's thread,
+    as the gateway's executor threads make them."""
+    from ..origin.remote import make_store
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="catalog-origin", daemon=True)
+    thread.start()
+    try:
+        async def opened():
+            store = make_store(settings)
+            return store, origin_files(store, settings)
+
+        store, files = asyncio.run_coroutine_threadsafe(opened(), loop).result()
+        try:
+            yield store, files
+        finally:
+            asyncio.run_coroutine_threadsafe(store.aclose(), loop).result(30)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()

@@ -206,10 +206,10 @@ def location_for(origin: str, settings) -> S3Location:
     return S3Location.parse(origin, endpoint, getattr(settings, "s3_region", None), getattr(settings, "s3_profile", None))
 
 
-def list_url(location: S3Location, folder: str, token: str | None = None) -> str:
-    """A ListObjectsV2 request for the keys under a store folder (``folder`` ends with "/"), one page of 1000."""
+def list_url(location: S3Location, folder: str, token: str | None = None, page: int = 1000) -> str:
+    """A ListObjectsV2 request for the keys under a store folder (``folder`` ends with "/"), ``page`` at most."""
     bucket = location.base_url.removesuffix(encode_key(location.prefix + "/") if location.prefix else "")
-    query = {"list-type": "2", "prefix": location.key(folder.rstrip("/")) + "/"}
+    query = {"list-type": "2", "max-keys": str(page), "prefix": location.key(folder.rstrip("/")) + "/"}
     if token:
         query["continuation-token"] = token
     # "/" stays as is: legal in a query, and what S3-compatible servers that re-encode the query expect

@@ -7,18 +7,16 @@ exits 2 with the message and leaves the file as it was. Exit codes: 0 done, 1 no
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import re
 import secrets
 import string
 import sys
-import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from delivery_profiles import FEATURES, DrmConfig, ProfileError, parse_format
 from packagers.captions.files import caption_problem
@@ -31,9 +29,8 @@ from ..catalog.catalog import (ENTRY_ID, RULES, Catalog, CatalogConflict, Catalo
                       Flavor, Partner,
                       catalog_dir, missing_flavors, parse_entry, path_problem, read_entry, read_partner,
                       resolve_flavors, write_entry, write_lock, write_partner)
-from ..catalog.files import origin_files
+from ..catalog.files import origin_catalog
 from ..origin.origin_client import OriginError
-from ..origin.remote import make_store
 from ..origin.store import Store
 from ..settings import Settings
 
@@ -137,7 +134,9 @@ def _command(fn: Callable[[argparse.Namespace, Path], int]) -> Callable[[argpars
             print(f"{name}: store {args.store} is not a directory", file=sys.stderr)
             return 2
         try:
-            with origin_catalog(args) if remote else nullcontext((Store(args.store), None)) as (store, files):
+            settings = Settings(origin=args.store, s3_endpoint=args.s3_endpoint, s3_region=args.s3_region,
+                                s3_profile=args.s3_profile) if remote else None
+            with origin_catalog(settings) if remote else nullcontext((Store(args.store), None)) as (store, files):
                 args.content_store = store
                 directory = args.catalog or files or catalog_dir(args.store)
                 for attempt in range(5):  # a catalog on S3 is written optimistically: a lost race runs again
@@ -155,31 +154,6 @@ def _command(fn: Callable[[argparse.Namespace, Path], int]) -> Callable[[argpars
 
     run.__name__ = fn.__name__
     return run
-
-
-@contextmanager
-def origin_catalog(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
-    """(the RemoteStore of ``--store URL``, its catalog files), on an event loop of their own in a thread: the
-    store's blocking calls are made from this (main) thread, as the gateway's executor threads make them."""
-    settings = Settings(origin=args.store, s3_endpoint=args.s3_endpoint, s3_region=args.s3_region,
-                        s3_profile=args.s3_profile)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="catalog-origin", daemon=True)
-    thread.start()
-    try:
-        async def opened():
-            store = make_store(settings)
-            return store, origin_files(store, settings)
-
-        store, files = asyncio.run_coroutine_threadsafe(opened(), loop).result()
-        try:
-            yield store, files
-        finally:
-            asyncio.run_coroutine_threadsafe(store.aclose(), loop).result(30)
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join()
-        loop.close()
 
 
 def parse_value(text: str) -> Any:

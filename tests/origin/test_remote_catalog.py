@@ -7,12 +7,10 @@ as processes.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
@@ -23,8 +21,7 @@ from delivery_profiles.tokens import sign_path
 from fixtures.generate import fixture_path
 from gateway.catalog.catalog import (Catalog, CatalogConflict, Partner, catalog_dir, parse_entry, read_partner,
                                      write_entry, write_lock, write_partner)
-from gateway.catalog.files import origin_files
-from gateway.origin.remote import make_store
+from gateway.catalog.files import origin_catalog
 from gateway.settings import Settings
 from tests.gateway.processes import get, wait_until
 from tests.origin.s3_server import s3_env, s3_server  # noqa: F401  (fixtures)
@@ -118,23 +115,9 @@ def test_the_cli_reads_an_http_origin_catalog_and_refuses_to_write_it(origin, tm
 
 def test_an_origin_that_cannot_list_keeps_the_catalog_loaded(origin, tmp_path):
     """A listing that fails (here: a folder served without JSON autoindex) is logged and the last view stays."""
-    settings = Settings(origin=origin.url.replace("/media", "/nowhere"))
-    store = make_store(settings)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        files = asyncio.run_coroutine_threadsafe(_opened(store, settings), loop).result()
+    with origin_catalog(Settings(origin=origin.url.replace("/media", "/nowhere"))) as (_, files):
         catalog = Catalog(None, files, ttl=0, identify=False)
         assert catalog.view().partners() == ()  # 403 from the origin: nothing to load, no crash
-    finally:
-        asyncio.run_coroutine_threadsafe(store.aclose(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join()
-
-
-async def _opened(store, settings):
-    return origin_files(store, settings)
 
 
 # --- S3: written with conditional PUTs ----------------------------------------------------------------------------
@@ -186,13 +169,7 @@ def test_concurrent_cli_writers_lose_no_update_on_s3(s3_env):
 def test_a_write_after_another_writers_change_is_a_conflict(s3_env):
     """Inside write_lock, a file read is replaced only in the version read (If-Match); a file found missing is only
     created (If-None-Match: *)."""
-    settings = Settings(origin=f"s3://{s3_env.bucket}/cat3/")
-    store = make_store(settings)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        files = asyncio.run_coroutine_threadsafe(_opened(store, settings), loop).result()
+    with origin_catalog(Settings(origin=f"s3://{s3_env.bucket}/cat3/")) as (_, files):
         write_partner(files, Partner(503, "first", SECRET, {}))
         with write_lock(files):
             assert read_partner(files, 503).name == "first"
@@ -209,7 +186,15 @@ def test_a_write_after_another_writers_change_is_a_conflict(s3_env):
             with pytest.raises(CatalogConflict):
                 write_partner(files, Partner(504, "mine", SECRET, {}))
         assert read_partner(files, 504).name == "raced"
-    finally:
-        asyncio.run_coroutine_threadsafe(store.aclose(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join()
+
+
+def test_an_s3_catalog_listed_over_several_pages(s3_env):
+    """ListObjectsV2 answers 1000 keys a page: the catalog follows the continuation tokens (here 2 keys a page)."""
+    with origin_catalog(Settings(origin=f"s3://{s3_env.bucket}/cat4/")) as (_, files):
+        files.page = 2
+        for i in range(5):
+            write_partner(files, Partner(600 + i, f"P{i}", SECRET, {}))
+        s3_env.put("cat4/.catalog/partners/.hidden.json", b"{}")  # not a catalog file
+        s3_env.put("cat4/.catalog/partners/sub/601.json", b"{}")  # nor is a deeper key
+        view = Catalog(None, files, ttl=0).view()
+        assert [p.name for p in view.partners()] == [f"P{i}" for i in range(5)] and view.problems == ()
