@@ -22,12 +22,14 @@ process); it is never the one stopped when ``workers`` shrinks.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import selectors
 import shutil
 import signal
 import socket
+import struct
 import sys
 import tempfile
 import time
@@ -78,6 +80,43 @@ def reserve_address(host: str, port: int) -> tuple[socket.socket, Address]:
     return sock, Address(family, sock.getsockname())
 
 
+class PortHeld(OSError):
+    """Another gateway's supervisor serves this port."""
+
+
+def claim_port(port: int) -> socket.socket:
+    """A listening socket in Linux's abstract Unix namespace named after ``port``: one gateway per port. SO_REUSEPORT
+    lets any process of the same user join a port's group, so without this a second `gateway serve` on a held port
+    would start and the kernel would split the traffic between two gateways. Its workers (and restarts of them, and
+    ``--workers`` changes) join the group freely: they are the claimant's. Another gateway's claim fails with the
+    holder's pid (SO_PEERCRED of a connection to it); the claim ends with the process, however it ends."""
+    name = b"\0media-gateway:port:%d" % port
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(name)
+        sock.listen(16)
+        sock.setblocking(False)
+        return sock
+    except OSError as e:
+        sock.close()
+        if e.errno != errno.EADDRINUSE:
+            raise
+    raise PortHeld(errno.EADDRINUSE, f"port {port} is held by gateway pid {_holder(name)}")
+
+
+def _holder(name: bytes) -> str:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2)
+    try:
+        probe.connect(name)
+        pid, _, _ = struct.unpack("3i", probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        return str(pid)
+    except OSError:
+        return "(unknown)"
+    finally:
+        probe.close()
+
+
 # (index, config, control connection, address) -> exit code; runs in the forked child
 WorkerFn = Callable[[int, ServeConfig, Connection, Address], int]
 
@@ -112,9 +151,15 @@ class Supervisor:
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; 0 after a clean stop, 1 when the first workers cannot start."""
         host, port = self.config.settings.host, self.config.settings.port
+        claim = reservation = None
         try:
+            claim = claim_port(port) if port else None  # first: a held port is named as such
             reservation, self.address = reserve_address(host, port)
+            claim = claim or claim_port(self.address.port)  # --port 0: the port the kernel gave
         except OSError as e:
+            for sock in (claim, reservation):
+                if sock is not None:
+                    sock.close()
             print(f"gateway serve: cannot listen on {host}:{port}: {e.strerror or e}", file=sys.stderr, flush=True)
             return 1
         metrics_dir = _multiprocess_metrics_dir()
@@ -123,7 +168,8 @@ class Supervisor:
         self._wake_w.setblocking(False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ)
-        self._reservation = reservation
+        self._selector.register(claim, selectors.EVENT_READ)  # another gateway asking who holds the port
+        self._reservation, self._claim = reservation, claim
         previous = self._install_signals()
         try:
             for index in range(self.config.workers):
@@ -145,6 +191,7 @@ class Supervisor:
             self._wake_r.close()
             self._wake_w.close()
             reservation.close()
+            claim.close()
             if metrics_dir is not None:
                 os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
                 shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -153,6 +200,11 @@ class Supervisor:
         for key, _ in self._selector.select(timeout):
             if key.fileobj is self._wake_r:
                 self._on_signals()
+            elif key.fileobj is self._claim:
+                try:
+                    self._claim.accept()[0].close()  # it read our pid at connect time (SO_PEERCRED)
+                except OSError:
+                    pass
             else:
                 self._on_message(key.data)
 
@@ -288,7 +340,7 @@ class Supervisor:
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reloads arrive over the pipe; a terminal hangup is not one
         self._selector.close()
-        for sock in (self._wake_r, self._wake_w, self._reservation):
+        for sock in (self._wake_r, self._wake_w, self._reservation, self._claim):
             sock.close()
         for other in self.workers.values():
             other.conn.close()

@@ -266,6 +266,29 @@ def test_a_port_in_use_is_a_clear_error(store):
     assert result.stderr.strip() == f"gateway serve: cannot listen on 127.0.0.1:{port}: Address already in use"
 
 
+def test_a_second_gateway_on_a_held_port_is_refused_and_names_the_holder(gateways, store, tmp_path):
+    """SO_REUSEPORT would let a second gateway join the port (the kernel then splits the traffic between two stores):
+    it is refused at start, naming the gateway that holds the port, and the first one serves on, alone."""
+    first = gateways("--workers", "2", store=store)
+    other = tmp_path / "other-store"
+    other.mkdir()
+    for host in ("127.0.0.1", "0.0.0.0"):
+        result = subprocess.run(gateway_command() + ["serve", "--store", str(other), "--host", host, "--port",
+                                                     str(first.port)], capture_output=True, text=True,
+                                timeout=HANG_GUARD)
+        assert result.returncode == 1, result
+        assert result.stderr.strip() == (f"gateway serve: cannot listen on {host}:{first.port}: port {first.port} "
+                                         f"is held by gateway pid {first.proc.pid}")
+    assert {get(first.base, "/health")[0] for _ in range(20)} == {200}
+    # the port is the first gateway's until it ends; then anyone may take it
+    first.stop()
+    second = Gateway(tmp_path / "second.log", "--port", str(first.port), store=other)
+    try:
+        assert get(second.base, "/health")[0] == 200
+    finally:
+        second.close()
+
+
 def test_workers_stop_when_the_supervisor_is_killed(gateways, store):
     gw = gateways("--workers", "2", store=store)
     workers = wait_until(lambda: len(gw.workers()) == 2 and gw.workers(), "two worker processes")
