@@ -44,7 +44,9 @@ class _Connection(ConnectionHooks):
         self.updates: asyncio.Task | None = None
         self.last_timestamp = 0
         self.publish_key: str | None = None
+        self.publish_since = (0.0, 0)  # (monotonic time, session bytes_in) when the publish was accepted
         self.play_key: str | None = None
+        self.play_since = 0.0
         self.subscriber: Subscriber | None = None
         self.wakeup = asyncio.Event()
         self.pump: asyncio.Task | None = None
@@ -114,6 +116,7 @@ class _Connection(ConnectionHooks):
             if relay.publish(event.key, self):
                 self.publish_key = event.key
                 self.publish_event = event
+                self.publish_since = (time.monotonic(), s.bytes_in)
                 self.writer.write(s.accept_publish(event))
                 log.info("rtmp %s: publishing %s", self.peer, event.key)
                 self._published(event)
@@ -142,6 +145,7 @@ class _Connection(ConnectionHooks):
             self.writer.write(s.accept_play(event))
             self.play_key = event.key
             self.play_event = event
+            self.play_since = time.monotonic()
             self.pump = asyncio.create_task(self._pump())
             self.backlogged = False
             self._flush()
@@ -154,6 +158,9 @@ class _Connection(ConnectionHooks):
 
     def _end_publish(self, relay: Relay) -> None:
         if self.publish_key is not None:
+            started, bytes_before = self.publish_since
+            log.info("rtmp %s: publish of %s ended after %.1f s, %d bytes received", self.peer, self.publish_key,
+                     time.monotonic() - started, self.session.bytes_in - bytes_before)
             relay.unpublish(self.publish_key, self)
             self.publish_key = None
             self._stop_updates()
@@ -161,6 +168,8 @@ class _Connection(ConnectionHooks):
 
     def _end_play(self, relay: Relay) -> None:
         if self.play_key is not None and self.subscriber is not None:
+            log.info("rtmp %s: player of %s left after %.1f s, %d bytes sent", self.peer, self.play_key,
+                     time.monotonic() - self.play_since, self.subscriber.bytes_out)
             relay.unsubscribe(self.play_key, self.subscriber)
             self.play_key = None
             self._stop_updates()
@@ -227,7 +236,6 @@ class _Connection(ConnectionHooks):
 
     def _leave(self, relay: Relay) -> None:
         if self.publish_key is not None:
-            log.info("rtmp %s: stream %s ended", self.peer, self.publish_key)
             self._end_publish(relay)
         self._end_play(relay)
         self._stop_updates()

@@ -197,6 +197,9 @@ class Catalog:
             identity_ctime_ns = max(identity_ctime_ns, covered_ctime_ns)
         if changed:
             self._view = self._build_view(identity_ctime_ns)
+            if not self.quiet:
+                log.info("catalog: %d partner(s), %d entrie(s) loaded from %s", len(self._view.by_partner),
+                         len(self._view.by_entry), self.files.where)
         elif identity_ctime_ns != self._view.identity_ctime_ns:
             self._view = dataclasses.replace(self._view, identity_ctime_ns=identity_ctime_ns)
         if scan:

@@ -16,10 +16,11 @@ import logging
 import os
 import sys
 import time
-from datetime import datetime, timezone
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+
+from .log_format import utc_time
 
 __all__ = ["ACCESS_LOGGER", "AccessLogger", "CACHE_RESULT", "QUIET_PATHS", "configure_access_log"]
 
@@ -37,7 +38,7 @@ class AccessLogger(AbstractAccessLogger):
         if not self.logger.isEnabledFor(level):
             return
         record = {
-            "time": datetime.fromtimestamp(time.time(), timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z",
+            "time": utc_time(time.time()),
             "remote": request.remote or "-",
             "method": request.method,
             "path": path,

@@ -6,7 +6,6 @@ a player. ``probe`` shows what the gateway will see in a file: its tracks and th
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from .catalog_cli import add_catalog_commands
 from ..tools.nginx_config import add_nginx_config_command
 from .config_file import LOG_LEVELS, ConfigError, ConfigSource, load_rtmp_table
 from .serve import serve, serve_config
+from ..ops.log_format import configure_logging
 from ..settings import ACCESS_LOG_FORMATS, DASH_SUBTITLE_FORMATS, HLS_CONTAINERS, THUMBNAIL_MODES, Settings
 from rtmp.config import RtmpConfig
 
@@ -44,8 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv[:1] == ["bench"]:
             return run_bench(argv[1:])
         args = _parser().parse_args(argv)
-        level = (args.log_level or "info").upper()  # None: not given (a config file may set log_level)
-        logging.basicConfig(level=getattr(logging, level), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        configure_logging(args.log_level or "info")  # None: not given (a config file may set log_level)
         return args.func(args)
     except ModuleNotFoundError as e:
         if e.name != "av":
@@ -54,6 +53,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("gateway: this command encodes sample media with PyAV: python3 -m pip install -e '.[demo]'",
               file=sys.stderr)
         return 2
+
+
+def _global_options_after_subcommands(parser: argparse.ArgumentParser) -> None:
+    """``gateway serve --log-level debug`` as well as ``gateway --log-level debug serve``: every subcommand (nested
+    ones too) takes the global option; given there, it wins (SUPPRESS: absent, it leaves the global value alone)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                if "--log-level" not in child._option_string_actions:
+                    child.add_argument("--log-level", default=argparse.SUPPRESS, choices=LOG_LEVELS,
+                                       help="as before the subcommand")
+                _global_options_after_subcommands(child)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("bench", help="benchmarks (gateway bench --help)", add_help=False)
     add_catalog_commands(sub)  # partners ..., entries ...
     add_nginx_config_command(sub)  # nginx-config: the load balancer in front of a pool of nodes
+    _global_options_after_subcommands(p)
     return p
 
 
@@ -202,7 +214,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"gateway serve: {e}", file=sys.stderr)
         return 2
-    logging.getLogger().setLevel(config.log_level.upper())
+    configure_logging(config.log_level, config.settings.access_log_format)
     store = config.settings.origin or config.settings.store
     return serve_config(config, lambda base: print(f"gateway {__version__}: serving {store} on {base}/", flush=True),
                         reload=source.load)

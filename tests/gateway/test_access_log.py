@@ -33,7 +33,9 @@ def parse_text(line: str) -> dict | None:
 
 
 def parse_json(line: str) -> dict | None:
-    return json.loads(line) if line.startswith("{") else None
+    """An access record; None for other lines (server log lines are JSON too in JSON mode, with a "logger")."""
+    doc = json.loads(line) if line.startswith("{") else None
+    return doc if doc is not None and "logger" not in doc else None
 
 
 def run_requests(base: str) -> list[tuple[str, str, int, int]]:
@@ -96,3 +98,31 @@ def test_a_disabled_cache_is_a_bypass(gateways, store):
     assert gw.stop() == 0
     records = [r for line in gw.log.read_text().splitlines() if (r := parse_json(line))]
     assert [r["cache"] for r in records] == ["bypass", "bypass"]
+
+
+ISO_UTC = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+
+
+def test_json_mode_makes_every_line_json_and_times_are_iso_utc(gateways, store):
+    """JSON mode: the server's own lines (start, a catalog warning, a failing request's traceback, the stop) are JSON
+    objects as the access records are; text mode: every line starts with the same ISO 8601 UTC time."""
+    (store / ".catalog" / "partners").mkdir(parents=True)
+    (store / ".catalog" / "partners" / "7.json").write_text("{broken")  # a warning line when the catalog loads
+    gw = gateways("--access-log-format", "json", "--log-level", "debug", store=store)  # options after `serve`
+    assert get(gw.base, "/hls/title_240p.mp4/master.m3u8")[0] == 200
+    assert gw.stop() == 0
+    docs = [json.loads(line) for line in gw.log.read_text().splitlines()]  # every line parses
+    server = [d for d in docs if "logger" in d]
+    assert any(d["level"] == "WARNING" and "partners/7.json" in d["message"] for d in server), server
+    assert any(d["level"] == "INFO" and d["message"].startswith("catalog: 0 partner(s), 0 entrie(s) loaded from")
+               for d in server), server
+    assert any(d["level"] == "DEBUG" for d in server)  # --log-level debug after the subcommand took effect
+    assert all(re.fullmatch(ISO_UTC, d["time"]) for d in docs)
+    assert {d["path"] for d in docs if "path" in d} == {"/hls/title_240p.mp4/master.m3u8"}
+
+    text = gateways(store=store)
+    assert get(text.base, "/hls/title_240p.mp4/master.m3u8")[0] == 200
+    assert text.stop() == 0
+    lines = text.log.read_text().splitlines()
+    assert any("partners/7.json" in line for line in lines)
+    assert all(re.match(ISO_UTC + " ", line) for line in lines), lines

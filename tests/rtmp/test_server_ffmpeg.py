@@ -3,6 +3,8 @@ by a raw scripted subscriber whose FLV payloads are compared with what ffmpeg pu
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import subprocess
 import time
 
@@ -126,7 +128,8 @@ def media_of(messages: list[Message]) -> list[tuple[int, int, bytes]]:
             if m.message_type_id in (MSG_AUDIO, MSG_VIDEO)]
 
 
-async def test_ffmpeg_publish_raw_subscriber_gets_exact_payloads_and_fast_start(server):
+async def test_ffmpeg_publish_raw_subscriber_gets_exact_payloads_and_fast_start(server, caplog):
+    caplog.set_level(logging.INFO, logger="rtmp.server")
     relay: RecordingRelay = server.relay
     pub = ffmpeg_publish(server.port)
     try:
@@ -174,6 +177,16 @@ async def test_ffmpeg_publish_raw_subscriber_gets_exact_payloads_and_fast_start(
     # The GOP cache is shown by the join order above (a key frame right after the headers); the time is only
     # reported here and measured under load by `gateway bench rtmp`.
     assert first_key_at is not None
+    # the operator's log: one line when the publisher stops and one when the player leaves, with time and bytes
+    lines = lambda pattern: [m for r in caplog.records if (m := re.fullmatch(pattern, r.getMessage()))]  # noqa: E731
+    await wait_until(lambda: lines(r"rtmp .*: player of live/test left after ([0-9.]+) s, (\d+) bytes sent"), 10,
+                     "the player's leave line")
+    published = lines(r"rtmp .*: publish of live/test ended after ([0-9.]+) s, (\d+) bytes received")
+    left = lines(r"rtmp .*: player of live/test left after ([0-9.]+) s, (\d+) bytes sent")
+    assert len(published) == 1 and len(left) == 1
+    assert 2.0 < float(published[0][1]) < 30 and int(published[0][2]) > sum(len(m[2]) for m in media_of(relay.published))
+    assert 0 < float(left[0][1]) < float(published[0][1])
+    assert sum(len(m[2]) for m in got) < int(left[0][2]) < 2 * sum(len(m.payload) for m in received) + 65536
 
 
 async def test_pyav_plays_fixture_with_source_payloads(server):
