@@ -104,7 +104,8 @@ def play_logged(log: Path, url: str, **kwargs) -> tuple[dict, list[dict]]:
     with open(log, "rb") as f:
         f.seek(start)
         lines = f.read().decode(errors="replace").splitlines()
-    return report, [json.loads(line) for line in lines if line.startswith("{")]
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    return report, [r for r in records if "logger" not in r]  # server lines are JSON too: only access records
 
 
 def requests_to(records: list[dict], path: str, method: str) -> list[int]:

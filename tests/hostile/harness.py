@@ -130,7 +130,7 @@ class Node:
         """Tracebacks logged since the last call (one entry each: request line ... exception line)."""
         text = self.gw.log.read_text(errors="replace")
         new, self.log_offset = text[self.log_offset:], len(text)
-        return [b.strip() for b in re.split(r"\n(?=\d{4}-\d\d-\d\d )", new) if "Traceback" in b]
+        return [b.strip() for b in re.split(r"\n(?=\d{4}-\d\d-\d\dT)", new) if "Traceback" in b]
 
     def close(self) -> None:
         self.gw.close()
