@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
+from urllib.parse import quote
 
 from .. import __version__
 from .catalog_cli import add_catalog_commands
@@ -216,8 +217,43 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     configure_logging(config.log_level, config.settings.access_log_format)
     store = config.settings.origin or config.settings.store
-    return serve_config(config, lambda base: print(f"gateway {__version__}: serving {store} on {base}/", flush=True),
-                        reload=source.load)
+    examples = [] if config.settings.origin else example_files(config.settings.store)
+
+    def banner(base: str) -> None:
+        lines = [f"gateway {__version__}: serving {store} on {base}/"]
+        for name in examples:
+            path = quote(name)
+            lines += [f"  {name}:", f"    HLS   {base}/hls/{path}/master.m3u8",
+                      f"    DASH  {base}/dash/{path}/manifest.mpd", f"    MP4   {base}/mp4/{path}"]
+        if examples:
+            lines.append(f"  status page and test player: {base}/")
+        print("\n".join(lines), flush=True)
+
+    return serve_config(config, banner, reload=source.load)
+
+
+def example_files(store: Path, limit: int = 2, scanned: int = 500) -> list[str]:
+    """A few MP4 files of a local store to show playback URLs for: the first found in name order, top level first,
+    then one folder down, looking at ``scanned`` directory entries at most (a big NFS store is not walked)."""
+    found: list[str] = []
+    folders = [""]
+    seen = 0
+    while folders and len(found) < limit and seen < scanned:
+        folder = folders.pop(0)
+        try:
+            entries = sorted(os.scandir(store / folder), key=lambda e: e.name)
+        except OSError:
+            continue
+        for entry in entries:
+            seen += 1
+            if entry.name.startswith(".") or seen > scanned:
+                continue
+            rel = f"{folder}/{entry.name}" if folder else entry.name
+            if entry.is_file() and entry.name.lower().endswith(".mp4") and len(found) < limit:
+                found.append(rel)
+            elif entry.is_dir() and not folder:
+                folders.append(rel)
+    return found
 
 
 def load_rtmp_config(path: Path | None) -> RtmpConfig:

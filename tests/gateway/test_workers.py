@@ -236,7 +236,10 @@ def rtmp_listener_owners(port: int, pids: set[int]) -> set[int]:
 def test_rtmp_ingest_runs_in_exactly_one_worker(gateways, store):
     rtmp_port = free_port()
     gw = gateways("--workers", "2", "--rtmp-port", str(rtmp_port), store=store)
-    assert gw.read_line().startswith(f"gateway: RTMP ingest on rtmp://127.0.0.1:{rtmp_port}/")
+    line = gw.read_line()
+    while line.startswith(" "):  # the banner's example URLs
+        line = gw.read_line()
+    assert line.startswith(f"gateway: RTMP ingest on rtmp://127.0.0.1:{rtmp_port}/")
     workers = wait_until(lambda: len(gw.workers()) == 2 and gw.workers(), "two worker processes")
     owners = rtmp_listener_owners(rtmp_port, workers | {gw.pid})
     assert len(owners) == 1 and owners <= workers
@@ -287,6 +290,15 @@ def test_a_second_gateway_on_a_held_port_is_refused_and_names_the_holder(gateway
         assert get(second.base, "/health")[0] == 200
     finally:
         second.close()
+
+
+def test_the_banner_shows_playable_urls_of_the_store(gateways, store):
+    gw = gateways(store=store)
+    lines = [gw.read_line(timeout=10).rstrip("\n") for _ in range(9)]
+    urls = [line.split()[-1] for line in lines if line.startswith("    ")]
+    assert len(urls) == 6 and lines[-1] == f"  status page and test player: {gw.base}/"
+    for url in urls:
+        assert get(gw.base, url.removeprefix(gw.base))[0] == 200, url
 
 
 def test_workers_stop_when_the_supervisor_is_killed(gateways, store):
