@@ -62,6 +62,9 @@ class CatalogView:
     # A file whose ctime is at most this was last linked, renamed or replaced before the last full identity pass
     # started, so by_identity knows it; a newer one may have a name the index has not seen (gateway.catalog.access).
     identity_ctime_ns: int = 0
+    # entry id -> the other entries with a flavor file in common (same path, realpath or inode): a secured one among
+    # them makes this entry's files need signed URLs too (gateway.catalog.access: secured wins)
+    sharing: dict[str, tuple[Entry, ...]] = field(default_factory=dict)
 
     def partner(self, partner_id: int) -> Partner:
         try:
@@ -93,6 +96,15 @@ class CatalogView:
     def entries_for_identity(self, device: int, inode: int) -> tuple[Entry, ...]:
         """Entries with a flavor file that is this inode, under whatever name it was requested."""
         return self.by_identity.get((device, inode), ())
+
+    def shares_with(self, entry: Entry) -> tuple[Entry, ...]:
+        """The other entries that have one of ``entry``'s flavor files."""
+        return self.sharing.get(entry.id, ())
+
+    def needs_signing(self, entry: Entry) -> bool:
+        """Whether players need signed URLs for ``entry``'s files: it is secured, or shares a file with an entry
+        that is (a file of a secured entry is served signed only, under whichever entry)."""
+        return entry.secured or any(e.secured for e in self.shares_with(entry))
 
     def partners(self) -> tuple[Partner, ...]:
         return tuple(self.by_partner[k] for k in sorted(self.by_partner))
@@ -269,7 +281,18 @@ class Catalog:
                 problems.append(f"entries/{entry.id}.json: partner_id: no partner {entry.partner_id} in the catalog")
         for problem in sorted(set(problems) - set(self._view.problems)) if not self.quiet else ():
             log.warning("catalog: %s", problem)
-        return CatalogView(partners, entries, by_path, tuple(problems), by_identity, identity_ctime_ns)
+        return CatalogView(partners, entries, by_path, tuple(problems), by_identity, identity_ctime_ns,
+                           sharing_index((*by_path.values(), *by_identity.values())))
+
+
+def sharing_index(groups) -> dict[str, tuple[Entry, ...]]:
+    """entry id -> the other entries of any group (entries owning one file) it is in."""
+    found: dict[str, dict[str, Entry]] = {}
+    for group in groups:
+        if len(group) > 1:
+            for entry in group:
+                found.setdefault(entry.id, {}).update((e.id, e) for e in group if e.id != entry.id)
+    return {k: tuple(v[i] for i in sorted(v)) for k, v in found.items()}
 
 
 def identify_flavors(entry: Entry, store: Store, known: tuple[FileIdentity | None, ...] = ()

@@ -76,7 +76,7 @@ async def serve_play_manifest(request: web.Request, pm: PlayManifest) -> web.Res
                           f"({duration:.3f} s)")
     target, url = media_url(decision.type, paths + captions, pm.clip)
     expires = None
-    if entry.secured:
+    if view.needs_signing(entry):  # secured, or a file in common with a secured entry (which wins)
         expires = int(now) + packaging.settings.signed_url_ttl
         url = signed(url, entry.id, target, partner.secret, expires)
     if request.query.get("responseFormat") == "json":

@@ -98,6 +98,8 @@ def add_catalog_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--caption", action="append", default=[], metavar="LANG=PATH",
                    help="a WebVTT or SRT sidecar file in the flavors' directory (ISO 639-2 language, e.g. "
                         "eng=movie_eng.vtt), repeatable: players get it as a subtitle track")
+    p.add_argument("--force", action="store_true",
+                   help="add it even when a flavor file cannot be served (not an MP4, truncated...)")
     p.set_defaults(func=cmd_entries_add)
     p = entries.add_parser("list", parents=[common], help="a table of entries")
     p.add_argument("--partner", type=int)
@@ -305,6 +307,13 @@ def cmd_entries_add(args: argparse.Namespace, directory: Path) -> int:
         flavors.append(Flavor(_new_id(partition), path, (CAPTION_TAG, LANGUAGE_TAG + language)))
     entry = Entry(args.entry_id, args.partner, args.name, args.secured, tuple(flavors))
     parse_entry(entry.to_json(), where)  # a malformed id or name is reported as such, before anything is read
+    for i, flavor in enumerate(entry.flavors):
+        problem = None if flavor.is_caption else unservable(args.content_store, flavor.path)
+        if problem and not args.force:
+            raise CatalogError(f"{where}: flavors[{i}].path: {flavor.path!r} cannot be served: {problem} "
+                               f"(--force adds it anyway)")
+        if problem:
+            print(f"gateway entries add: warning: {flavor.path!r} cannot be served: {problem}", file=sys.stderr)
     with write_lock(directory):
         try:
             read_partner(directory, args.partner)
@@ -314,8 +323,44 @@ def cmd_entries_add(args: argparse.Namespace, directory: Path) -> int:
         write_entry(directory, entry)
     for warning in missing_flavors(entry, where, resolve_flavors(entry, args.content_store)):
         print(f"gateway entries add: warning: {warning}", file=sys.stderr)
+    for warning in sharing_warnings(_view(args, directory), entry):
+        print(f"gateway entries add: warning: {warning}", file=sys.stderr)
     _print_json(entry.to_json())
     return 0
+
+
+def unservable(store, path: str) -> str | None:
+    """Why the gateway could not package ``path`` (read as a request would: its moov and sample tables), or None
+    (also when there is no such file yet: that is a warning of its own). Blocking."""
+    from ..origin.packaging import parse_presentation
+
+    try:
+        file = store.identify(path)
+    except PackagerError:
+        return None
+    try:
+        presentation = parse_presentation(store, file)
+    except PackagerError as e:
+        return e.message.split(": ", 1)[-1]  # what is wrong with the file, not which function found it
+    if not presentation.tracks:
+        return "it has no audio or video track"
+    return None
+
+
+def sharing_warnings(view: CatalogView, entry: Entry) -> list[str]:
+    """What an entry changes for the entries it shares files with: secured wins (docs/catalog.md), so one secured
+    entry makes every sharer's URLs need signing."""
+    entry = view.by_entry.get(entry.id, entry)
+    warnings = []
+    for other in view.shares_with(entry):
+        common = sorted(set(entry.paths) & set(other.paths)) or ["a file (another name of it)"]
+        if entry.secured and not other.secured:
+            warnings.append(f"entry {other.id} shares {common[0]} with this secured entry: its URLs must be signed "
+                            f"from now on (`gateway urls` and playManifest sign them)")
+        elif other.secured and not entry.secured:
+            warnings.append(f"{common[0]} belongs to secured entry {other.id} too: this entry's URLs must be signed "
+                            f"(`gateway urls` and playManifest sign them)")
+    return warnings
 
 
 @_command
@@ -352,7 +397,8 @@ def _new_id(partition: str) -> str:
 
 def entry_urls(view: CatalogView, partner_id: int, entry_id: str, base_url: str, ttl: int = 6 * 3600,
                now: float | None = None, clip: Clip = Clip()) -> dict[str, str]:
-    """Playback URLs of an entry by delivery type (signed when the entry is secured), plus its playManifest URL
+    """Playback URLs of an entry by delivery type (signed when its files need it: the entry, or another entry with
+    one of its files, is secured), plus its playManifest URL
     (with a ks when secured); of a clip of it with ``clip``. Another partner's entry is not found."""
     from delivery_profiles import KALTURA_FORMAT, SYSTEM_DEFAULTS, enabled_types, merge
     from delivery_profiles.tokens import make_ks
@@ -368,7 +414,7 @@ def entry_urls(view: CatalogView, partner_id: int, entry_id: str, base_url: str,
     config = merge(SYSTEM_DEFAULTS, partner.delivery)
     for delivery_type in enabled_types(config):
         target, path = media_url(str(delivery_type), list(entry.paths), clip)
-        if entry.secured:
+        if view.needs_signing(entry):
             path = signed(path, entry.id, target, partner.secret, expires)
         urls[KALTURA_FORMAT[delivery_type]] = base + path
     if not config.drm.service_url and any(p.encryption in DRM_SCHEMES for p in config.profiles.values()):

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from fixtures.generate import fixture_path
 from delivery_profiles import SYSTEM_DEFAULTS, DeliveryType, DrmConfig, merge
 from gateway.catalog.catalog import Catalog, CatalogNotFound, catalog_dir, read_partner
 from gateway.runtime.cli import main
@@ -21,8 +23,8 @@ SECRET = "0123456789abcdef" * 4
 def store(tmp_path: Path) -> Path:
     root = tmp_path / "store"
     (root / "a").mkdir(parents=True)
-    for name in ("hi.mp4", "lo.mp4"):
-        (root / "a" / name).write_bytes(b"media")
+    for name, source in (("hi.mp4", "title_240p.mp4"), ("lo.mp4", "title_180p.mp4")):
+        shutil.copyfile(fixture_path(source), root / "a" / name)  # entries add probes its flavors: real MP4s
     return root
 
 
@@ -381,3 +383,60 @@ def test_set_profile_refuses_a_scheme_the_type_cannot_carry(store, capsys, kind,
     assert err.startswith(f"gateway partners set-profile: partners/101.json: delivery: profiles.{kind}.encryption: "
                           f"{encryption!r} applies to ") and err.endswith(f" only ({allowed})\n")
     assert read_partner(catalog_dir(store), 101).delivery == {}
+
+
+def test_entries_add_probes_flavors_and_refuses_what_cannot_be_served(store, capsys):
+    """A flavor that is not an MP4 or is truncated would answer 500 to every player: refused with the reason
+    (exit 2, nothing written) unless --force, which adds it with a warning. Caption files are not probed."""
+    s = ("--store", str(store))
+    assert run(capsys, "partners", "add", "101", "--name", "Acme", *s)[0] == 0
+    (store / "a" / "text.mp4").write_bytes(b"not a movie at all\n" * 20)
+    whole = (store / "a" / "hi.mp4").read_bytes()
+    (store / "a" / "cut.mp4").write_bytes(whole[: len(whole) // 2])
+    for name, reason in (("text.mp4", "past the end of the file"), ("cut.mp4", "past the end of the file")):
+        code, out, err = run(capsys, "entries", "add", "0_bad00001", "--partner", "101", "--name", "x", "--flavor",
+                             "a/hi.mp4", "--flavor", f"a/{name}", *s)
+        assert (code, out) == (2, ""), err
+        assert f"flavors[1].path: 'a/{name}' cannot be served:" in err and reason in err and "--force" in err
+        assert "build_sample_table" not in err and "parse_header" not in err  # the file's problem, not our code's
+        assert not (catalog_dir(store) / "entries" / "0_bad00001.json").exists()
+    code, _, err = run(capsys, "entries", "add", "0_bad00001", "--partner", "101", "--name", "x", "--flavor",
+                       "a/cut.mp4", "--force", *s)
+    assert code == 0 and "warning: 'a/cut.mp4' cannot be served" in err
+    assert (catalog_dir(store) / "entries" / "0_bad00001.json").exists()
+
+
+def test_entries_sharing_a_file_with_a_secured_entry_are_warned_about_and_signed(store, capsys, gateways):
+    """Secured wins for a shared file: adding a secured entry names the entries whose URLs now need signing,
+    adding an entry beside a secured one says so, and `gateway urls` / playManifest sign that entry's URLs, which
+    a real gateway then serves (an unsigned URL is 403)."""
+    s = ("--store", str(store))
+    assert run(capsys, "partners", "add", "101", "--name", "Acme", "--secret", SECRET, *s)[0] == 0
+    assert run(capsys, "entries", "add", "0_open0001", "--partner", "101", "--name", "open", "--flavor",
+               "a/hi.mp4", *s)[0] == 0
+    code, _, err = run(capsys, "entries", "add", "0_lock0001", "--partner", "101", "--name", "locked", "--secured",
+                       "--flavor", "a/hi.mp4", "--flavor", "a/lo.mp4", *s)
+    assert code == 0 and "warning: entry 0_open0001 shares a/hi.mp4 with this secured entry" in err, err
+    code, _, err = run(capsys, "entries", "add", "0_open0002", "--partner", "101", "--name", "late", "--flavor",
+                       "a/lo.mp4", *s)
+    assert code == 0 and "a/lo.mp4 belongs to secured entry 0_lock0001 too" in err, err
+    view = Catalog(store, ttl=0).view()
+    gw = gateways(store=store)
+    urls = entry_urls(view, 101, "0_open0001", gw.base)
+    assert all("/s/0_open0001/" in u for k, u in urls.items() if k != "playManifest")
+    status, body = _get(urls["url"])
+    assert status == 200 and body == (store / "a" / "hi.mp4").read_bytes()
+    assert _get(f"{gw.base}/mp4/a/hi.mp4")[0] == 403
+    status, body = _get(f"{gw.base}/p/101/playManifest/entryId/0_open0002/format/applehttp/a.m3u8")
+    assert status == 200 and body.startswith(b"#EXTM3U")  # redirected to a signed URL, followed by urllib
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
