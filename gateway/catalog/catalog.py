@@ -43,7 +43,8 @@ from .files import CatalogConflict, CatalogFiles, as_files, origin_files, write_
 __all__ = ["CATALOG_DIR_NAME", "ENTRY_ID", "SECRET", "RULES", "CatalogError", "CatalogNotFound", "Partner", "Flavor",
            "Entry", "check_delivery", "path_problem", "parse_partner", "parse_entry", "resolve_flavors",
            "missing_flavors", "CatalogView", "Catalog", "open_catalog", "catalog_dir", "read_partner", "read_entry", "write_partner",
-           "write_entry", "write_json_atomic", "write_lock", "CatalogConflict", "CatalogFiles"]
+           "write_entry", "write_json_atomic", "write_lock", "CatalogConflict", "CatalogFiles", "delete_partner",
+           "delete_entry"]
 
 log = logging.getLogger("gateway.catalog")
 
@@ -367,6 +368,23 @@ def write_partner(directory: Directory, partner: Partner) -> Path | str:
 
 def write_entry(directory: Directory, entry: Entry) -> Path | str:
     return _write(directory, f"entries/{entry.id}.json", entry.to_json(), parse_entry)
+
+
+def delete_partner(directory: Directory, partner_id: int) -> None:
+    _delete(directory, f"partners/{partner_id}.json", "delete_partner")
+
+
+def delete_entry(directory: Directory, entry_id: str) -> None:
+    if not ENTRY_ID.fullmatch(entry_id):
+        raise CatalogNotFound(f"delete_entry: no entries/{entry_id}.json")
+    _delete(directory, f"entries/{entry_id}.json", "delete_entry")
+
+
+def _delete(directory: Directory, rel: str, what: str) -> None:
+    try:
+        as_files(directory).delete(rel)
+    except FileNotFoundError:
+        raise CatalogNotFound(f"{what}: no {rel}") from None
 
 
 def _write(directory: Directory, rel: str, doc: Any, parse: Callable[[Any, str], Any]) -> Path | str:

@@ -45,6 +45,7 @@ class CatalogFiles(Protocol):
     def list(self, kind: str) -> dict[str, Any]: ...
     def read(self, rel: str) -> tuple[Any, bytes] | None: ...
     def write(self, rel: str, doc: Any) -> Any: ...
+    def delete(self, rel: str) -> None: ...
     def lock(self) -> Any: ...
 
 
@@ -96,6 +97,11 @@ class DirectoryFiles:
         write_json_atomic(self.dir / rel, doc)
         return self.dir / rel
 
+    def delete(self, rel: str) -> None:
+        """FileNotFoundError when there is no such file."""
+        (self.dir / rel).unlink()
+        _fsync_dir(self.dir / rel)
+
     @contextmanager
     def lock(self) -> Iterator[None]:
         """Serialise read-modify-write commands (two operators on one partner) with flock on ``<catalog>/.lock``."""
@@ -122,6 +128,11 @@ def write_json_atomic(path: Path, doc: Any) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _fsync_dir(path)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in ``path``'s directory durable."""
     dir_fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
         os.fsync(dir_fd)
@@ -201,11 +212,25 @@ class OriginFiles:
             reads[rel] = signature
         return signature, body
 
-    def write(self, rel: str, doc: Any) -> str:
+    def _writable(self) -> None:
         if self.s3 is None:
             raise CatalogError(f"{self.where} cannot be written: an HTTP origin has no conditional PUT to make "
                                f"concurrent writers safe. Keep the catalog on a local or NFS directory: give it "
                                f"with --catalog DIR to these commands and to every gateway")
+
+    def delete(self, rel: str) -> None:
+        """FileNotFoundError when there is no such file. Not conditional (S3's DELETE ignores If-Match): a change
+        written meanwhile by another operator is removed with the file."""
+        self._writable()
+        url = self.store.url(f"{CATALOG_DIR_NAME}/{rel}")
+        if self.read(rel) is None:
+            raise FileNotFoundError(rel)
+        status, _, _ = self.store._call(self.store.client.send("DELETE", url))
+        if status not in (200, 204):
+            raise CatalogError(f"{self.where}/{rel}: the origin refused the delete ({status})")
+
+    def write(self, rel: str, doc: Any) -> str:
+        self._writable()
         headers = {"Content-Type": "application/json"}
         expected = getattr(self._reads, "seen", {}).get(rel)
         if expected == MISSING:

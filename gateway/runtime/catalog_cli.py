@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import json
 import re
 import secrets
@@ -25,14 +26,15 @@ from packagers.errors import PackagerError
 from delivery_profiles.tokens import new_secret
 
 from ..catalog.schema import CAPTION_TAG, LANGUAGE_TAG
-from ..catalog.catalog import (ENTRY_ID, RULES, Catalog, CatalogConflict, CatalogError, CatalogNotFound, CatalogView, Entry,
-                      Flavor, Partner,
-                      catalog_dir, missing_flavors, parse_entry, path_problem, read_entry, read_partner,
-                      resolve_flavors, write_entry, write_lock, write_partner)
+from ..catalog.catalog import (ENTRY_ID, RULES, Catalog, CatalogConflict, CatalogError, CatalogNotFound, CatalogView,
+                               Entry, Flavor, Partner, catalog_dir, missing_flavors, parse_entry, path_problem,
+                               read_entry, read_partner, resolve_flavors, write_entry, write_lock, write_partner)
 from ..catalog.files import origin_catalog
 from ..origin.origin_client import OriginError
 from ..origin.store import Store
 from ..settings import Settings
+from .catalog_edit import add_edit_commands
+from .config_file import ConfigError, ConfigSource
 
 _INT = re.compile(r"-?[0-9]+")
 _FLOAT = re.compile(r"-?[0-9]+\.[0-9]+")
@@ -42,9 +44,13 @@ _LANGUAGE = re.compile(r"[a-z]{3}")  # ISO 639-2, as in an MP4's mdhd
 def add_catalog_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``partners`` and ``entries`` on gateway.runtime.cli's subcommand table."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--store", required=True, metavar="DIR|URL",
-                        help="content store: a directory, s3://bucket/prefix or http(s)://origin/prefix (read only)")
+    common.add_argument("--store", metavar="DIR|URL",
+                        help="content store: a directory, s3://bucket/prefix or http(s)://origin/prefix (read only); "
+                             "default $GATEWAY_STORE, else the --config file's")
+    common.add_argument("--config", type=Path, metavar="FILE.toml", help="take store, catalog and S3 settings from "
+                        "this gateway config file (what `gateway serve --config` reads)")
     common.add_argument("--catalog", type=Path, help="catalog directory (default <store>/.catalog)")
+    common.add_argument("--json", action="store_true", help="lists as JSON (show is JSON already)")
     common.add_argument("--s3-endpoint", help="an S3-compatible server (else AWS_ENDPOINT_URL_S3 / AWS)")
     common.add_argument("--s3-region")
     common.add_argument("--s3-profile", help="AWS config/credentials profile")
@@ -108,6 +114,8 @@ def add_catalog_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("entry_id")
     p.set_defaults(func=cmd_entries_show)
 
+    add_edit_commands(partners, entries, common)  # update and remove (gateway/runtime/catalog_edit.py)
+
     p = sub.add_parser("urls", parents=[common], help="an entry's playback URLs for every enabled format")
     p.add_argument("partner_id", type=int)
     p.add_argument("entry_id")
@@ -130,7 +138,12 @@ def _command(fn: Callable[[argparse.Namespace, Path], int]) -> Callable[[argpars
     """Catalog errors become one stderr line and an exit code, named after the command."""
 
     def run(args: argparse.Namespace) -> int:
-        name = f"gateway {args.command} {args.action}"
+        name = f"gateway {args.command} {args.action}".rstrip()
+        try:
+            _resolve_store(args)
+        except (ConfigError, ValueError) as e:
+            print(f"{name}: {e}", file=sys.stderr)
+            return 2
         remote = "://" in args.store
         if not remote and not Path(args.store).is_dir():  # never create a catalog where no store is mounted
             print(f"{name}: store {args.store} is not a directory", file=sys.stderr)
@@ -156,6 +169,22 @@ def _command(fn: Callable[[argparse.Namespace, Path], int]) -> Callable[[argpars
 
     run.__name__ = fn.__name__
     return run
+
+
+def _resolve_store(args: argparse.Namespace) -> None:
+    """--store, else $GATEWAY_STORE, else the --config file's store; its catalog and S3 settings fill what the
+    command line left unset."""
+    if args.config is not None:
+        settings = ConfigSource(args.config).load().settings
+        if args.store is None:
+            args.store = settings.origin or str(settings.store)
+        args.catalog = args.catalog or settings.catalog
+        for key in ("s3_endpoint", "s3_region", "s3_profile"):
+            if getattr(args, key) is None:
+                setattr(args, key, getattr(settings, key))
+    args.store = args.store or os.environ.get("GATEWAY_STORE") or None
+    if args.store is None:
+        raise ValueError("which store? give --store DIR|URL, set GATEWAY_STORE, or --config FILE.toml")
 
 
 def parse_value(text: str) -> Any:
@@ -196,8 +225,11 @@ def _view(args: argparse.Namespace, directory: Path) -> CatalogView:
 
 @_command
 def cmd_partners_list(args: argparse.Namespace, directory: Path) -> int:
-    rows = [(p.id, p.name, ", ".join(p.delivery) or "-") for p in _view(args, directory).partners()]
-    _table(("ID", "NAME", "OVERRIDES"), rows)
+    partners = _view(args, directory).partners()
+    if args.json:
+        _print_json([p.to_json(show_secret=False) for p in partners])
+        return 0
+    _table(("ID", "NAME", "OVERRIDES"), [(p.id, p.name, ", ".join(p.delivery) or "-") for p in partners])
     return 0
 
 
@@ -289,31 +321,10 @@ def _update_delivery(args: argparse.Namespace, directory: Path, change: Callable
 @_command
 def cmd_entries_add(args: argparse.Namespace, directory: Path) -> int:
     where = f"entries/{args.entry_id}.json"
-    flavors = []
-    for i, spec in enumerate(args.flavor):
-        flavor_id, sep, path = spec.partition("=")
-        if not (sep and ENTRY_ID.fullmatch(flavor_id)):  # '=' may also be part of a file name
-            flavor_id, path = _new_id(args.entry_id[:1] if args.entry_id[:1].isdigit() else "0"), spec
-        if problem := path_problem(path):
-            raise CatalogError(f"{where}: flavors[{i}].path: {problem}")
-        flavors.append(Flavor(flavor_id, path))
-    for i, spec in enumerate(args.caption, len(flavors)):
-        language, sep, path = spec.partition("=")
-        if not sep or not _LANGUAGE.fullmatch(language):
-            raise CatalogError(f"{where}: --caption: expected <ISO 639-2 code>=<path>, got {spec!r}")
-        if problem := path_problem(path) or caption_problem(path):
-            raise CatalogError(f"{where}: flavors[{i}].path: {problem}")
-        partition = args.entry_id[:1] if args.entry_id[:1].isdigit() else "0"
-        flavors.append(Flavor(_new_id(partition), path, (CAPTION_TAG, LANGUAGE_TAG + language)))
-    entry = Entry(args.entry_id, args.partner, args.name, args.secured, tuple(flavors))
+    flavors = new_flavors(args.entry_id, args.flavor, args.caption, where)
+    entry = Entry(args.entry_id, args.partner, args.name, args.secured, flavors)
     parse_entry(entry.to_json(), where)  # a malformed id or name is reported as such, before anything is read
-    for i, flavor in enumerate(entry.flavors):
-        problem = None if flavor.is_caption else unservable(args.content_store, flavor.path)
-        if problem and not args.force:
-            raise CatalogError(f"{where}: flavors[{i}].path: {flavor.path!r} cannot be served: {problem} "
-                               f"(--force adds it anyway)")
-        if problem:
-            print(f"gateway entries add: warning: {flavor.path!r} cannot be served: {problem}", file=sys.stderr)
+    check_servable(args, entry, flavors, where)
     with write_lock(directory):
         try:
             read_partner(directory, args.partner)
@@ -321,12 +332,52 @@ def cmd_entries_add(args: argparse.Namespace, directory: Path) -> int:
             raise CatalogError(f"{where}: partner_id: no partner {args.partner} (gateway partners add)") from None
         _refuse_existing(read_entry, directory, args.entry_id, where)
         write_entry(directory, entry)
-    for warning in missing_flavors(entry, where, resolve_flavors(entry, args.content_store)):
-        print(f"gateway entries add: warning: {warning}", file=sys.stderr)
-    for warning in sharing_warnings(_view(args, directory), entry):
-        print(f"gateway entries add: warning: {warning}", file=sys.stderr)
-    _print_json(entry.to_json())
+    report_entry(args, directory, entry, where)
     return 0
+
+
+def new_flavors(entry_id: str, specs: list[str], captions: list[str], where: str, first: int = 0
+                ) -> tuple[Flavor, ...]:
+    """Flavors from ``--flavor [ID=]PATH`` and ``--caption LANG=PATH`` (ids generated unless given), numbered from
+    ``first`` in messages."""
+    partition = entry_id[:1] if entry_id[:1].isdigit() else "0"
+    flavors = []
+    for i, spec in enumerate(specs, first):
+        flavor_id, sep, path = spec.partition("=")
+        if not (sep and ENTRY_ID.fullmatch(flavor_id)):  # '=' may also be part of a file name
+            flavor_id, path = _new_id(partition), spec
+        if problem := path_problem(path):
+            raise CatalogError(f"{where}: flavors[{i}].path: {problem}")
+        flavors.append(Flavor(flavor_id, path))
+    for i, spec in enumerate(captions, first + len(flavors)):
+        language, sep, path = spec.partition("=")
+        if not sep or not _LANGUAGE.fullmatch(language):
+            raise CatalogError(f"{where}: --caption: expected <ISO 639-2 code>=<path>, got {spec!r}")
+        if problem := path_problem(path) or caption_problem(path):
+            raise CatalogError(f"{where}: flavors[{i}].path: {problem}")
+        flavors.append(Flavor(_new_id(partition), path, (CAPTION_TAG, LANGUAGE_TAG + language)))
+    return tuple(flavors)
+
+
+def check_servable(args: argparse.Namespace, entry: Entry, added: tuple[Flavor, ...], where: str) -> None:
+    """Refuse (CatalogError) an added media flavor the gateway could not serve, unless --force (then warn)."""
+    for flavor in added:
+        problem = None if flavor.is_caption else unservable(args.content_store, flavor.path)
+        if problem and not args.force:
+            raise CatalogError(f"{where}: flavors[{entry.flavors.index(flavor)}].path: {flavor.path!r} cannot be "
+                               f"served: {problem} (--force adds it anyway)")
+        if problem:
+            print(f"gateway entries {args.action}: warning: {flavor.path!r} cannot be served: {problem}",
+                  file=sys.stderr)
+
+
+def report_entry(args: argparse.Namespace, directory, entry: Entry, where: str) -> None:
+    """After a write: missing flavor files and what sharing files with secured entries means, then the entry."""
+    for warning in missing_flavors(entry, where, resolve_flavors(entry, args.content_store)):
+        print(f"gateway entries {args.action}: warning: {warning}", file=sys.stderr)
+    for warning in sharing_warnings(_view(args, directory), entry):
+        print(f"gateway entries {args.action}: warning: {warning}", file=sys.stderr)
+    _print_json(entry.to_json())
 
 
 def unservable(store, path: str) -> str | None:
@@ -365,9 +416,12 @@ def sharing_warnings(view: CatalogView, entry: Entry) -> list[str]:
 
 @_command
 def cmd_entries_list(args: argparse.Namespace, directory: Path) -> int:
-    rows = [(e.id, e.partner_id, "yes" if e.secured else "no", len(e.flavors), e.name)
-            for e in _view(args, directory).entries(args.partner)]
-    _table(("ID", "PARTNER", "SECURED", "FLAVORS", "NAME"), rows)
+    entries = _view(args, directory).entries(args.partner)
+    if args.json:
+        _print_json([e.to_json() for e in entries])
+        return 0
+    _table(("ID", "PARTNER", "SECURED", "FLAVORS", "NAME"),
+           [(e.id, e.partner_id, "yes" if e.secured else "no", len(e.flavors), e.name) for e in entries])
     return 0
 
 
@@ -433,7 +487,7 @@ def cmd_urls(args: argparse.Namespace, directory: Path) -> int:
     except PackagerError as e:
         raise CatalogError(f"urls: {e}") from None
     urls = entry_urls(_view(args, directory), args.partner_id, args.entry_id, args.base_url, args.ttl, clip=clip)
-    _table(("format", "url"), sorted(urls.items()))
+    _print_json(urls) if args.json else _table(("format", "url"), sorted(urls.items()))
     return 0
 
 
@@ -445,5 +499,6 @@ def cmd_stream_key(args: argparse.Namespace, directory: Path) -> int:
     if app_stream.count("/") != 1 or "?" in app_stream:
         raise CatalogError(f"{app_stream!r} is not APP/STREAM")
     secret = _view(args, directory).partner(args.partner_id).secret
-    _table(("what", "value"), list(stream_key_urls(secret, app_stream, args.base_url, args.ttl, args.play).items()))
+    values = stream_key_urls(secret, app_stream, args.base_url, args.ttl, args.play)
+    _print_json(values) if args.json else _table(("what", "value"), list(values.items()))
     return 0

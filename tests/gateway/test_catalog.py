@@ -216,7 +216,7 @@ def test_a_vanished_catalog_directory_keeps_the_last_view(store, caplog):
     with caplog.at_level(logging.WARNING, "gateway.catalog"):
         assert [e.id for e in catalog.entries_for_path("a/hi.mp4")] == ["0_abcd1234"]
         catalog.view()
-    assert [r.getMessage() for r in caplog.records] == [
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
         f"catalog: {store / '.catalog'} is missing; keeping the catalog loaded before"]
     (store / ".catalog-away").rename(store / ".catalog")
     os.unlink(store / ".catalog" / "entries" / "0_abcd1234.json")  # deleting files is deleting
@@ -242,7 +242,8 @@ def test_missing_media_is_a_warning_not_an_error(store, caplog):
     expected = ["entries/0_abcd1234.json: flavors[1].path: 'later/lo.mp4' is not a regular file inside the store (yet)",
                 "entries/0_efgh5678.json: partner_id: no partner 555 in the catalog"]
     assert sorted(catalog.view().problems) == expected
-    assert [r.getMessage() for r in caplog.records] == ["catalog: " + m for m in expected]
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warned == ["catalog: " + m for m in expected]
     caplog.clear()
     catalog.view()  # unchanged: nothing logged twice
     assert caplog.records == []
@@ -339,7 +340,7 @@ def test_invalid_edit_keeps_the_last_good_version(store, caplog):
         assert catalog.partner(101) == good
         put(store, "partners/101.json", partner_doc(delivery={"profiles": {"hls": {"segment_duration_ms": -1}}}))
         assert catalog.partner(101) == good
-    messages = [r.getMessage() for r in caplog.records]
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert messages == [
         "catalog: partners/101.json: (document): must be a JSON object (keeping the last good version)",
         "catalog: partners/101.json: (document): invalid JSON: Unterminated string starting at: "

@@ -440,3 +440,53 @@ def _get(url: str) -> tuple[int, bytes]:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
+
+
+def test_update_and_remove_partners_and_entries(store, capsys, monkeypatch, tmp_path):
+    """The catalog's objects change and go away through the CLI, with the same validation as add: a partner with
+    entries is removed only with --force (and its entries with it); the store comes from --store, $GATEWAY_STORE or
+    the gateway's config file; lists have --json."""
+    monkeypatch.setenv("GATEWAY_STORE", str(store))
+    assert run(capsys, "partners", "add", "101", "--name", "Acme", "--secret", SECRET)[0] == 0
+    code, out, _ = run(capsys, "partners", "update", "101", "--name", "Acme Media", "--new-secret")
+    assert code == 0 and json.loads(out)["name"] == "Acme Media"
+    assert read_partner(catalog_dir(store), 101).secret != SECRET
+    assert run(capsys, "partners", "update", "101", "--secret", "short")[0] == 2
+    assert run(capsys, "partners", "update", "102", "--name", "x")[0] == 1
+    assert run(capsys, "entries", "add", "0_upd00001", "--partner", "101", "--name", "one",
+               "--flavor", "a/hi.mp4")[0] == 0
+    code, out, err = run(capsys, "entries", "update", "0_upd00001", "--name", "renamed", "--secured", "--add-flavor",
+                         "a/lo.mp4", "--add-caption", "eng=a/hi_eng.vtt")
+    assert code == 0, err
+    entry = json.loads(out)
+    assert (entry["name"], entry["secured"], [f["path"] for f in entry["flavors"]]) == \
+        ("renamed", True, ["a/hi.mp4", "a/lo.mp4", "a/hi_eng.vtt"])
+    hi = entry["flavors"][0]["id"]
+    code, out, _ = run(capsys, "entries", "update", "0_upd00001", "--remove-flavor", hi, "--remove-flavor",
+                       "a/hi_eng.vtt", "--public")
+    assert code == 0 and [f["path"] for f in json.loads(out)["flavors"]] == ["a/lo.mp4"]
+    assert not json.loads(out)["secured"]
+    (store / "a" / "bad.mp4").write_bytes(b"\0" * 100)
+    code, _, err = run(capsys, "entries", "update", "0_upd00001", "--add-flavor", "a/bad.mp4")
+    assert code == 2 and "'a/bad.mp4' cannot be served" in err
+    assert run(capsys, "entries", "update", "0_upd00001", "--remove-flavor", "a/lo.mp4")[0] == 2  # no media left
+    assert run(capsys, "entries", "update", "0_upd00001", "--remove-flavor", "nope")[0] == 2
+    assert run(capsys, "entries", "update", "0_upd00001")[0] == 2  # nothing to change
+    assert run(capsys, "entries", "add", "0_upd00002", "--partner", "101", "--name", "two",
+               "--flavor", "a/hi.mp4")[0] == 0
+    code, out, _ = run(capsys, "entries", "list", "--json")
+    assert [e["id"] for e in json.loads(out)] == ["0_upd00001", "0_upd00002"]
+    code, _, err = run(capsys, "partners", "remove", "101")
+    assert code == 2 and "still has 2 entries (0_upd00001, 0_upd00002)" in err and "--force" in err
+    assert run(capsys, "entries", "remove", "0_upd00002")[0] == 0
+    assert run(capsys, "entries", "remove", "0_upd00002")[0] == 1
+    # the store named by a config file instead of the environment
+    monkeypatch.delenv("GATEWAY_STORE")
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'store = "{store}"\n')
+    assert run(capsys, "partners", "list")[0] == 2  # no store anywhere: said
+    code, out, _ = run(capsys, "partners", "list", "--json", "--config", str(config))
+    assert code == 0 and [p["id"] for p in json.loads(out)] == [101] and "*" in json.loads(out)[0]["secret"]
+    code, out, _ = run(capsys, "partners", "remove", "101", "--force", "--config", str(config))
+    assert code == 0 and "and its 1 entries" in out
+    assert Catalog(store, ttl=0).view().entries() == () and Catalog(store, ttl=0).view().partners() == ()

@@ -1,0 +1,124 @@
+"""``gateway partners update|remove`` and ``gateway entries update|remove``: changing and removing catalog objects.
+
+Like every catalog command (gateway.runtime.catalog_cli): inside the catalog's write lock, read, change, validate as
+the gateway will, write; on S3 a lost race runs the command again. A partner that still has entries is not removed
+unless ``--force``, which removes its entries too (an entry without its partner would be a catalog problem on every
+node, and its files would stay secured by nobody's secret).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from delivery_profiles.tokens import new_secret
+
+from ..catalog.catalog import (Catalog, CatalogError, Entry, delete_entry, delete_partner, parse_entry, read_entry,
+                               read_partner, write_entry, write_lock, write_partner)
+
+
+def add_edit_commands(partners: argparse._SubParsersAction, entries: argparse._SubParsersAction,
+                      common: argparse.ArgumentParser) -> None:
+    from .catalog_cli import _command
+
+    p = partners.add_parser("update", parents=[common], help="rename a partner or change its secret")
+    p.add_argument("partner_id", type=int)
+    p.add_argument("--name")
+    secret = p.add_mutually_exclusive_group()
+    secret.add_argument("--secret", help="hex, at least 32 characters")
+    secret.add_argument("--new-secret", action="store_true", help="generate a new secret (signed URLs, ks and "
+                        "stream keys made with the old one stop working)")
+    p.set_defaults(func=_command(cmd_partners_update))
+    p = partners.add_parser("remove", parents=[common], help="remove a partner (refused while it has entries)")
+    p.add_argument("partner_id", type=int)
+    p.add_argument("--force", action="store_true", help="remove its entries too")
+    p.set_defaults(func=_command(cmd_partners_remove))
+
+    p = entries.add_parser("update", parents=[common], help="change an entry: name, secured, flavors, captions")
+    p.add_argument("entry_id")
+    p.add_argument("--name")
+    secured = p.add_mutually_exclusive_group()
+    secured.add_argument("--secured", dest="secured", action="store_const", const=True, default=None,
+                         help="playback needs a signed URL")
+    secured.add_argument("--public", dest="secured", action="store_const", const=False)
+    p.add_argument("--add-flavor", action="append", default=[], metavar="[ID=]PATH")
+    p.add_argument("--add-caption", action="append", default=[], metavar="LANG=PATH")
+    p.add_argument("--remove-flavor", action="append", default=[], metavar="ID|PATH",
+                   help="a flavor (or caption) by its id or its path, repeatable")
+    p.add_argument("--force", action="store_true", help="add flavor files even when they cannot be served")
+    p.set_defaults(func=_command(cmd_entries_update))
+    p = entries.add_parser("remove", parents=[common], help="remove an entry (its files stay in the store)")
+    p.add_argument("entry_id")
+    p.set_defaults(func=_command(cmd_entries_remove))
+
+
+def cmd_partners_update(args: argparse.Namespace, directory) -> int:
+    from .catalog_cli import _print_json
+
+    if args.name is None and args.secret is None and not args.new_secret:
+        raise CatalogError(f"partners/{args.partner_id}.json: nothing to change (--name, --secret, --new-secret)")
+    with write_lock(directory):
+        partner = read_partner(directory, args.partner_id)
+        secret = new_secret() if args.new_secret else args.secret if args.secret is not None else partner.secret
+        partner = dataclasses.replace(partner, name=args.name if args.name is not None else partner.name,
+                                      secret=secret)
+        write_partner(directory, partner)  # validated first: a bad secret changes nothing
+    _print_json(partner.to_json(show_secret=False))
+    return 0
+
+
+def cmd_partners_remove(args: argparse.Namespace, directory) -> int:
+    with write_lock(directory):
+        read_partner(directory, args.partner_id)  # CatalogNotFound: exit 1
+        owned = [e.id for e in _catalog(args, directory).entries(args.partner_id)]
+        if owned and not args.force:
+            shown = ", ".join(owned[:5]) + (f" and {len(owned) - 5} more" if len(owned) > 5 else "")
+            raise CatalogError(f"partners/{args.partner_id}.json: partner {args.partner_id} still has "
+                               f"{len(owned)} entr{'y' if len(owned) == 1 else 'ies'} ({shown}): remove them first, "
+                               f"or --force to remove them with it")
+        for entry_id in owned:
+            delete_entry(directory, entry_id)
+        delete_partner(directory, args.partner_id)
+    print(f"removed partner {args.partner_id}" + (f" and its {len(owned)} entries" if owned else ""))
+    return 0
+
+
+def cmd_entries_update(args: argparse.Namespace, directory) -> int:
+    from .catalog_cli import check_servable, new_flavors, report_entry
+
+    where = f"entries/{args.entry_id}.json"
+    with write_lock(directory):
+        entry = read_entry(directory, args.entry_id)
+        flavors = list(entry.flavors)
+        for key in args.remove_flavor:
+            kept = [f for f in flavors if key not in (f.id, f.path)]
+            if len(kept) == len(flavors):
+                raise CatalogError(f"{where}: flavors: no flavor with id or path {key!r}")
+            flavors = kept
+        added = new_flavors(entry.id, args.add_flavor, args.add_caption, where, len(flavors))
+        taken = {f.path for f in flavors}
+        for flavor in added:
+            if flavor.path in taken:
+                raise CatalogError(f"{where}: flavors: {flavor.path!r} is a flavor of this entry already")
+        changed = Entry(entry.id, entry.partner_id, args.name if args.name is not None else entry.name,
+                        entry.secured if args.secured is None else args.secured, (*flavors, *added))
+        if changed == entry:
+            raise CatalogError(f"{where}: nothing to change")
+        parse_entry(changed.to_json(), where)  # at least one media flavor, valid name... before probing
+        check_servable(args, changed, added, where)
+        write_entry(directory, changed)
+    report_entry(args, directory, changed, where)
+    return 0
+
+
+def cmd_entries_remove(args: argparse.Namespace, directory) -> int:
+    with write_lock(directory):
+        entry = read_entry(directory, args.entry_id)
+        delete_entry(directory, entry.id)
+    print(f"removed entry {entry.id} (partner {entry.partner_id}); its files stay in the store", file=sys.stdout)
+    return 0
+
+
+def _catalog(args: argparse.Namespace, directory):
+    remote = "://" in args.store
+    return Catalog(None if remote else args.store, directory, ttl=0, quiet=True, identify=False).view()
