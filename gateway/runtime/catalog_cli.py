@@ -8,37 +8,27 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import json
 import re
-import secrets
-import string
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
 from delivery_profiles import FEATURES, DrmConfig, ProfileError, parse_format
-from packagers.captions.files import caption_problem
 from packagers.clipping import Clip
 from packagers.errors import PackagerError
 from delivery_profiles.tokens import new_secret
 
-from ..catalog.schema import CAPTION_TAG, LANGUAGE_TAG
-from ..catalog.catalog import (ENTRY_ID, RULES, Catalog, CatalogConflict, CatalogError, CatalogNotFound, CatalogView,
-                               Entry, Flavor, Partner, catalog_dir, missing_flavors, parse_entry, path_problem,
-                               read_entry, read_partner, resolve_flavors, write_entry, write_lock, write_partner)
-from ..catalog.files import origin_catalog
-from ..origin.origin_client import OriginError
-from ..origin.store import Store
-from ..settings import Settings
+from ..catalog.catalog import (RULES, CatalogError, CatalogNotFound, CatalogView, Entry, Partner, parse_entry,
+                               read_entry, read_partner, resolve_flavors, missing_flavors, write_entry, write_lock,
+                               write_partner)
+from .catalog_common import (catalog_command, catalog_view, check_servable, new_flavors, print_json,
+                             print_table, report_entry)
 from .catalog_edit import add_edit_commands
-from .config_file import ConfigError, ConfigSource
+from .check import cmd_check
 
 _INT = re.compile(r"-?[0-9]+")
 _FLOAT = re.compile(r"-?[0-9]+\.[0-9]+")
-_LANGUAGE = re.compile(r"[a-z]{3}")  # ISO 639-2, as in an MP4's mdhd
 
 
 def add_catalog_commands(sub: argparse._SubParsersAction) -> None:
@@ -116,6 +106,10 @@ def add_catalog_commands(sub: argparse._SubParsersAction) -> None:
 
     add_edit_commands(partners, entries, common)  # update and remove (gateway/runtime/catalog_edit.py)
 
+    p = sub.add_parser("check", parents=[common], help="is the catalog ready to serve? every flavor file read as a "
+                       "request would (gateway/runtime/check.py); exit 1 on errors")
+    p.set_defaults(func=catalog_command(cmd_check), action="")
+
     p = sub.add_parser("urls", parents=[common], help="an entry's playback URLs for every enabled format")
     p.add_argument("partner_id", type=int)
     p.add_argument("entry_id")
@@ -134,59 +128,6 @@ def add_catalog_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_stream_key, action="")
 
 
-def _command(fn: Callable[[argparse.Namespace, Path], int]) -> Callable[[argparse.Namespace], int]:
-    """Catalog errors become one stderr line and an exit code, named after the command."""
-
-    def run(args: argparse.Namespace) -> int:
-        name = f"gateway {args.command} {args.action}".rstrip()
-        try:
-            _resolve_store(args)
-        except (ConfigError, ValueError) as e:
-            print(f"{name}: {e}", file=sys.stderr)
-            return 2
-        remote = "://" in args.store
-        if not remote and not Path(args.store).is_dir():  # never create a catalog where no store is mounted
-            print(f"{name}: store {args.store} is not a directory", file=sys.stderr)
-            return 2
-        try:
-            settings = Settings(origin=args.store, s3_endpoint=args.s3_endpoint, s3_region=args.s3_region,
-                                s3_profile=args.s3_profile) if remote else None
-            with origin_catalog(settings) if remote else nullcontext((Store(args.store), None)) as (store, files):
-                args.content_store = store
-                directory = args.catalog or files or catalog_dir(args.store)
-                for attempt in range(5):  # a catalog on S3 is written optimistically: a lost race runs again
-                    try:
-                        return fn(args, directory)
-                    except CatalogConflict:
-                        if attempt == 4:
-                            raise
-        except CatalogNotFound as e:
-            print(f"{name}: {e.message}", file=sys.stderr)
-            return 1
-        except (CatalogError, OriginError, ValueError) as e:  # ValueError: S3ConfigError, a bad URL
-            print(f"{name}: {getattr(e, 'reason', e)}", file=sys.stderr)
-            return 2
-
-    run.__name__ = fn.__name__
-    return run
-
-
-def _resolve_store(args: argparse.Namespace) -> None:
-    """--store, else $GATEWAY_STORE, else the --config file's store; its catalog and S3 settings fill what the
-    command line left unset."""
-    if args.config is not None:
-        settings = ConfigSource(args.config).load().settings
-        if args.store is None:
-            args.store = settings.origin or str(settings.store)
-        args.catalog = args.catalog or settings.catalog
-        for key in ("s3_endpoint", "s3_region", "s3_profile"):
-            if getattr(args, key) is None:
-                setattr(args, key, getattr(settings, key))
-    args.store = args.store or os.environ.get("GATEWAY_STORE") or None
-    if args.store is None:
-        raise ValueError("which store? give --store DIR|URL, set GATEWAY_STORE, or --config FILE.toml")
-
-
 def parse_value(text: str) -> Any:
     """``set-profile`` values: integers (and decimals), true/false, otherwise the text itself."""
     if _INT.fullmatch(text):
@@ -202,54 +143,33 @@ def rule_value(rule: str, text: str) -> Any:
     return parse_value(text)
 
 
-def _print_json(doc: Any) -> None:
-    print(json.dumps(doc, indent=2, ensure_ascii=False))
-
-
-def _table(headers: tuple[str, ...], rows: list[tuple]) -> None:
-    cells = [headers] + [tuple(str(c) for c in row) for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    for row in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-
-
-def _view(args: argparse.Namespace, directory: Path) -> CatalogView:
-    """The catalog as a node would load it; its problems (invalid files, missing media) as warnings on stderr."""
-    remote = "://" in args.store
-    view = Catalog(None if remote else args.store, directory, ttl=0, quiet=True, identify=not remote).view()
-    for problem in view.problems:
-        if problem.startswith(args.command + "/"):
-            print(f"gateway {args.command} {args.action}: warning: {problem}", file=sys.stderr)
-    return view
-
-
-@_command
+@catalog_command
 def cmd_partners_list(args: argparse.Namespace, directory: Path) -> int:
-    partners = _view(args, directory).partners()
+    partners = catalog_view(args, directory).partners()
     if args.json:
-        _print_json([p.to_json(show_secret=False) for p in partners])
+        print_json([p.to_json(show_secret=False) for p in partners])
         return 0
-    _table(("ID", "NAME", "OVERRIDES"), [(p.id, p.name, ", ".join(p.delivery) or "-") for p in partners])
+    print_table(("ID", "NAME", "OVERRIDES"), [(p.id, p.name, ", ".join(p.delivery) or "-") for p in partners])
     return 0
 
 
-@_command
+@catalog_command
 def cmd_partners_show(args: argparse.Namespace, directory: Path) -> int:
-    _print_json(read_partner(directory, args.partner_id).to_json(show_secret=args.show_secret))
+    print_json(read_partner(directory, args.partner_id).to_json(show_secret=args.show_secret))
     return 0
 
 
-@_command
+@catalog_command
 def cmd_partners_add(args: argparse.Namespace, directory: Path) -> int:
     partner = Partner(args.partner_id, args.name, args.secret if args.secret is not None else new_secret(), {})
     with write_lock(directory):
         _refuse_existing(read_partner, directory, args.partner_id, f"partners/{args.partner_id}.json")
         write_partner(directory, partner)
-    _print_json(partner.to_json(show_secret=False))
+    print_json(partner.to_json(show_secret=False))
     return 0
 
 
-@_command
+@catalog_command
 def cmd_partners_set_profile(args: argparse.Namespace, directory: Path) -> int:
     changes = _settings(args.settings, f"partners/{args.partner_id}.json: delivery.profiles.{args.type}")
     try:
@@ -267,7 +187,7 @@ def cmd_partners_set_profile(args: argparse.Namespace, directory: Path) -> int:
     return _update_delivery(args, directory, change)
 
 
-@_command
+@catalog_command
 def cmd_partners_set_drm(args: argparse.Namespace, directory: Path) -> int:
     changes = _settings(args.settings, f"partners/{args.partner_id}.json: delivery.drm")
 
@@ -291,12 +211,12 @@ def _settings(items: list[str], where: str) -> dict[str, Any]:
     return changes
 
 
-@_command
+@catalog_command
 def cmd_partners_set_rule(args: argparse.Namespace, directory: Path) -> int:
     return _update_delivery(args, directory, lambda d: d.__setitem__(args.rule, rule_value(args.rule, args.value)))
 
 
-@_command
+@catalog_command
 def cmd_partners_set_feature(args: argparse.Namespace, directory: Path) -> int:
     def change(delivery: dict) -> None:
         features = delivery.setdefault("features", {})
@@ -314,11 +234,11 @@ def _update_delivery(args: argparse.Namespace, directory: Path, change: Callable
         change(delivery)
         partner = dataclasses.replace(partner, delivery=delivery)
         write_partner(directory, partner)  # validates before the rename: nothing changes on error
-    _print_json(partner.to_json(show_secret=False)["delivery"])
+    print_json(partner.to_json(show_secret=False)["delivery"])
     return 0
 
 
-@_command
+@catalog_command
 def cmd_entries_add(args: argparse.Namespace, directory: Path) -> int:
     where = f"entries/{args.entry_id}.json"
     flavors = new_flavors(args.entry_id, args.flavor, args.caption, where)
@@ -336,101 +256,23 @@ def cmd_entries_add(args: argparse.Namespace, directory: Path) -> int:
     return 0
 
 
-def new_flavors(entry_id: str, specs: list[str], captions: list[str], where: str, first: int = 0
-                ) -> tuple[Flavor, ...]:
-    """Flavors from ``--flavor [ID=]PATH`` and ``--caption LANG=PATH`` (ids generated unless given), numbered from
-    ``first`` in messages."""
-    partition = entry_id[:1] if entry_id[:1].isdigit() else "0"
-    flavors = []
-    for i, spec in enumerate(specs, first):
-        flavor_id, sep, path = spec.partition("=")
-        if not (sep and ENTRY_ID.fullmatch(flavor_id)):  # '=' may also be part of a file name
-            flavor_id, path = _new_id(partition), spec
-        if problem := path_problem(path):
-            raise CatalogError(f"{where}: flavors[{i}].path: {problem}")
-        flavors.append(Flavor(flavor_id, path))
-    for i, spec in enumerate(captions, first + len(flavors)):
-        language, sep, path = spec.partition("=")
-        if not sep or not _LANGUAGE.fullmatch(language):
-            raise CatalogError(f"{where}: --caption: expected <ISO 639-2 code>=<path>, got {spec!r}")
-        if problem := path_problem(path) or caption_problem(path):
-            raise CatalogError(f"{where}: flavors[{i}].path: {problem}")
-        flavors.append(Flavor(_new_id(partition), path, (CAPTION_TAG, LANGUAGE_TAG + language)))
-    return tuple(flavors)
-
-
-def check_servable(args: argparse.Namespace, entry: Entry, added: tuple[Flavor, ...], where: str) -> None:
-    """Refuse (CatalogError) an added media flavor the gateway could not serve, unless --force (then warn)."""
-    for flavor in added:
-        problem = None if flavor.is_caption else unservable(args.content_store, flavor.path)
-        if problem and not args.force:
-            raise CatalogError(f"{where}: flavors[{entry.flavors.index(flavor)}].path: {flavor.path!r} cannot be "
-                               f"served: {problem} (--force adds it anyway)")
-        if problem:
-            print(f"gateway entries {args.action}: warning: {flavor.path!r} cannot be served: {problem}",
-                  file=sys.stderr)
-
-
-def report_entry(args: argparse.Namespace, directory, entry: Entry, where: str) -> None:
-    """After a write: missing flavor files and what sharing files with secured entries means, then the entry."""
-    for warning in missing_flavors(entry, where, resolve_flavors(entry, args.content_store)):
-        print(f"gateway entries {args.action}: warning: {warning}", file=sys.stderr)
-    for warning in sharing_warnings(_view(args, directory), entry):
-        print(f"gateway entries {args.action}: warning: {warning}", file=sys.stderr)
-    _print_json(entry.to_json())
-
-
-def unservable(store, path: str) -> str | None:
-    """Why the gateway could not package ``path`` (read as a request would: its moov and sample tables), or None
-    (also when there is no such file yet: that is a warning of its own). Blocking."""
-    from ..origin.packaging import parse_presentation
-
-    try:
-        file = store.identify(path)
-    except PackagerError:
-        return None
-    try:
-        presentation = parse_presentation(store, file)
-    except PackagerError as e:
-        return e.message.split(": ", 1)[-1]  # what is wrong with the file, not which function found it
-    if not presentation.tracks:
-        return "it has no audio or video track"
-    return None
-
-
-def sharing_warnings(view: CatalogView, entry: Entry) -> list[str]:
-    """What an entry changes for the entries it shares files with: secured wins (docs/catalog.md), so one secured
-    entry makes every sharer's URLs need signing."""
-    entry = view.by_entry.get(entry.id, entry)
-    warnings = []
-    for other in view.shares_with(entry):
-        common = sorted(set(entry.paths) & set(other.paths)) or ["a file (another name of it)"]
-        if entry.secured and not other.secured:
-            warnings.append(f"entry {other.id} shares {common[0]} with this secured entry: its URLs must be signed "
-                            f"from now on (`gateway urls` and playManifest sign them)")
-        elif other.secured and not entry.secured:
-            warnings.append(f"{common[0]} belongs to secured entry {other.id} too: this entry's URLs must be signed "
-                            f"(`gateway urls` and playManifest sign them)")
-    return warnings
-
-
-@_command
+@catalog_command
 def cmd_entries_list(args: argparse.Namespace, directory: Path) -> int:
-    entries = _view(args, directory).entries(args.partner)
+    entries = catalog_view(args, directory).entries(args.partner)
     if args.json:
-        _print_json([e.to_json() for e in entries])
+        print_json([e.to_json() for e in entries])
         return 0
-    _table(("ID", "PARTNER", "SECURED", "FLAVORS", "NAME"),
+    print_table(("ID", "PARTNER", "SECURED", "FLAVORS", "NAME"),
            [(e.id, e.partner_id, "yes" if e.secured else "no", len(e.flavors), e.name) for e in entries])
     return 0
 
 
-@_command
+@catalog_command
 def cmd_entries_show(args: argparse.Namespace, directory: Path) -> int:
     entry = read_entry(directory, args.entry_id)
     for warning in missing_flavors(entry, f"entries/{entry.id}.json", resolve_flavors(entry, args.content_store)):
         print(f"gateway entries show: warning: {warning}", file=sys.stderr)
-    _print_json(entry.to_json())
+    print_json(entry.to_json())
     return 0
 
 
@@ -442,11 +284,6 @@ def _refuse_existing(read: Callable, directory: Path, key: Any, where: str) -> N
     except CatalogError:
         pass  # exists, even if invalid
     raise CatalogError(f"{where}: id: already exists")
-
-
-def _new_id(partition: str) -> str:
-    alphabet = string.ascii_lowercase + string.digits
-    return partition + "_" + "".join(secrets.choice(alphabet) for _ in range(8))
 
 
 def entry_urls(view: CatalogView, partner_id: int, entry_id: str, base_url: str, ttl: int = 6 * 3600,
@@ -480,25 +317,25 @@ def entry_urls(view: CatalogView, partner_id: int, entry_id: str, base_url: str,
     return urls
 
 
-@_command
+@catalog_command
 def cmd_urls(args: argparse.Namespace, directory: Path) -> int:
     try:
         clip = Clip(args.clip_from, args.clip_to)
     except PackagerError as e:
         raise CatalogError(f"urls: {e}") from None
-    urls = entry_urls(_view(args, directory), args.partner_id, args.entry_id, args.base_url, args.ttl, clip=clip)
-    _print_json(urls) if args.json else _table(("format", "url"), sorted(urls.items()))
+    urls = entry_urls(catalog_view(args, directory), args.partner_id, args.entry_id, args.base_url, args.ttl, clip=clip)
+    print_json(urls) if args.json else print_table(("format", "url"), sorted(urls.items()))
     return 0
 
 
-@_command
+@catalog_command
 def cmd_stream_key(args: argparse.Namespace, directory: Path) -> int:
     from ..ingest.auth import stream_key_urls
 
     app_stream = args.app_stream.strip("/")
     if app_stream.count("/") != 1 or "?" in app_stream:
         raise CatalogError(f"{app_stream!r} is not APP/STREAM")
-    secret = _view(args, directory).partner(args.partner_id).secret
+    secret = catalog_view(args, directory).partner(args.partner_id).secret
     values = stream_key_urls(secret, app_stream, args.base_url, args.ttl, args.play)
-    _print_json(values) if args.json else _table(("what", "value"), list(values.items()))
+    print_json(values) if args.json else print_table(("what", "value"), list(values.items()))
     return 0

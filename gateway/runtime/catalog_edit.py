@@ -13,14 +13,13 @@ import sys
 
 from delivery_profiles.tokens import new_secret
 
+from .catalog_common import catalog_command, check_servable, new_flavors, print_json, report_entry
 from ..catalog.catalog import (Catalog, CatalogError, Entry, delete_entry, delete_partner, parse_entry, read_entry,
                                read_partner, write_entry, write_lock, write_partner)
 
 
 def add_edit_commands(partners: argparse._SubParsersAction, entries: argparse._SubParsersAction,
                       common: argparse.ArgumentParser) -> None:
-    from .catalog_cli import _command
-
     p = partners.add_parser("update", parents=[common], help="rename a partner or change its secret")
     p.add_argument("partner_id", type=int)
     p.add_argument("--name")
@@ -28,11 +27,11 @@ def add_edit_commands(partners: argparse._SubParsersAction, entries: argparse._S
     secret.add_argument("--secret", help="hex, at least 32 characters")
     secret.add_argument("--new-secret", action="store_true", help="generate a new secret (signed URLs, ks and "
                         "stream keys made with the old one stop working)")
-    p.set_defaults(func=_command(cmd_partners_update))
+    p.set_defaults(func=catalog_command(cmd_partners_update))
     p = partners.add_parser("remove", parents=[common], help="remove a partner (refused while it has entries)")
     p.add_argument("partner_id", type=int)
     p.add_argument("--force", action="store_true", help="remove its entries too")
-    p.set_defaults(func=_command(cmd_partners_remove))
+    p.set_defaults(func=catalog_command(cmd_partners_remove))
 
     p = entries.add_parser("update", parents=[common], help="change an entry: name, secured, flavors, captions")
     p.add_argument("entry_id")
@@ -46,15 +45,13 @@ def add_edit_commands(partners: argparse._SubParsersAction, entries: argparse._S
     p.add_argument("--remove-flavor", action="append", default=[], metavar="ID|PATH",
                    help="a flavor (or caption) by its id or its path, repeatable")
     p.add_argument("--force", action="store_true", help="add flavor files even when they cannot be served")
-    p.set_defaults(func=_command(cmd_entries_update))
+    p.set_defaults(func=catalog_command(cmd_entries_update))
     p = entries.add_parser("remove", parents=[common], help="remove an entry (its files stay in the store)")
     p.add_argument("entry_id")
-    p.set_defaults(func=_command(cmd_entries_remove))
+    p.set_defaults(func=catalog_command(cmd_entries_remove))
 
 
 def cmd_partners_update(args: argparse.Namespace, directory) -> int:
-    from .catalog_cli import _print_json
-
     if args.name is None and args.secret is None and not args.new_secret:
         raise CatalogError(f"partners/{args.partner_id}.json: nothing to change (--name, --secret, --new-secret)")
     with write_lock(directory):
@@ -63,7 +60,7 @@ def cmd_partners_update(args: argparse.Namespace, directory) -> int:
         partner = dataclasses.replace(partner, name=args.name if args.name is not None else partner.name,
                                       secret=secret)
         write_partner(directory, partner)  # validated first: a bad secret changes nothing
-    _print_json(partner.to_json(show_secret=False))
+    print_json(partner.to_json(show_secret=False))
     return 0
 
 
@@ -84,8 +81,6 @@ def cmd_partners_remove(args: argparse.Namespace, directory) -> int:
 
 
 def cmd_entries_update(args: argparse.Namespace, directory) -> int:
-    from .catalog_cli import check_servable, new_flavors, report_entry
-
     where = f"entries/{args.entry_id}.json"
     with write_lock(directory):
         entry = read_entry(directory, args.entry_id)

@@ -84,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
                        help="with a remote store: local directory for live output, recordings and the catalog "
                             "(default ./gateway-state, created)")
+    serve.add_argument("--check", action="store_true", help="validate the configuration, then the catalog and "
+                       "every flavor file (gateway check), and exit: 0 ready, 1 errors, 2 invalid configuration")
     serve.add_argument("--config", type=Path, default=None, metavar="FILE.toml",
                        help="every setting in one file (see gateway.example.toml); flags given here win")
     serve.add_argument("--workers", type=int, default=None, metavar="N",
@@ -217,6 +219,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     configure_logging(config.log_level, config.settings.access_log_format)
     store = config.settings.origin or config.settings.store
+    if args.check:  # as nginx -t: the configuration loaded, then its catalog and media read (gateway check)
+        from .check import check_settings
+
+        print(f"gateway serve --check: the configuration is valid; checking {store}", file=sys.stderr)
+        return check_settings(config.settings)
     examples = [] if config.settings.origin else example_files(config.settings.store)
 
     def banner(base: str) -> None:
