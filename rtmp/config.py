@@ -5,6 +5,7 @@ startup error, not a surprise at the first publish. Applications not listed get 
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 from urllib.parse import urlsplit
@@ -90,7 +91,8 @@ class ApplicationConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}{_suggest(unknown, known)}; "
+                              f"known: {', '.join(sorted(known))}")
         values = dict(data)
         if "push" in values:
             push = values["push"]
@@ -144,7 +146,7 @@ class RtmpConfig:
         known = {"idle_timeout", "live_segment_duration_ms", "live_window", "live_part_duration_ms", "fan_out_ms"}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"rtmp: unknown setting(s) {', '.join(unknown)}")
+            raise ConfigError(f"rtmp: unknown setting(s) {', '.join(unknown)}{_suggest(unknown, known)}")
         config = cls(applications, default, **data)
         if config.idle_timeout <= 0 or config.live_segment_duration_ms <= 0 or config.live_window < 2:
             raise ConfigError("rtmp: idle_timeout and live_segment_duration_ms must be > 0, live_window >= 2")
@@ -155,3 +157,12 @@ class RtmpConfig:
         if not isinstance(config.fan_out_ms, (int, float)) or not 0 <= config.fan_out_ms <= 200:
             raise ConfigError("rtmp: fan_out_ms must be a number of milliseconds from 0 to 200")
         return config
+
+
+def _suggest(unknown: list[str], known) -> str:
+    """ (did you mean 'x'?) for the first unknown key close to a known one."""
+    for key in unknown:
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+        if close:
+            return f" (did you mean {close[0]!r}?)"
+    return ""

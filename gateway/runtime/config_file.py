@@ -14,6 +14,7 @@ with the same flags still on top.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import tomllib
 import types
 import typing
@@ -126,7 +127,7 @@ def load_serve_config(path: Path | None, overrides: Mapping[str, Any] | None = N
     values: dict[str, Any] = dict(_read_toml(path)) if path is not None else {}
     unknown = [key for key in values if key not in KNOWN_KEYS]
     if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known keys: {', '.join(KNOWN_KEYS)})")
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} ({did_you_mean(unknown[0], KNOWN_KEYS)})")
     for key, value in (overrides or {}).items():
         if key not in KNOWN_KEYS:
             raise ConfigError(f"command line: unknown setting {key!r}")
@@ -189,3 +190,9 @@ def check_runnable(config: ServeConfig) -> ServeConfig:
         except ValueError as e:
             raise ConfigError(f"fallback store {config.settings.fallback_store}: {e}") from None
     return config
+
+
+def did_you_mean(key: str, known) -> str:
+    """"did you mean 'x'?" when a known key is close to ``key``, else the list of known keys."""
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"

@@ -55,13 +55,15 @@ def test_flags_override_the_file_only_when_given(tmp_path, store):
 
 
 @pytest.mark.parametrize("text, message", [
-    ('store = "media"\nmanifest_max_agee = 1\n', "unknown key 'manifest_max_agee'"),
+    ('store = "media"\nmanifest_max_agee = 1\n', "unknown key 'manifest_max_agee' (did you mean 'manifest_max_age'?)"),
+    ('store = "media"\nzzz = 1\n', "unknown key 'zzz' (known keys: store, "),
     ('store = "media"\nworkers = "2"\n', "workers must be an integer, got '2'"),
     ('store = "media"\naccess_log = 1\n', "access_log must be true or false"),
     ('store = "media"\nworkers = 0\n', "workers must be between 1 and 256"),
     ('store = "media"\nhls_container = "webm"\n', "HLS container 'webm'"),
-    ('store = "media"\n[rtmp]\nidle_timeout = 5\nlive_windw = 3\n', "rtmp: unknown setting(s) live_windw"),
-    ('store = "media"\n[rtmp.default]\nrecrd = true\n', "rtmp.default: unknown setting(s) recrd"),
+    ('store = "media"\n[rtmp]\nidle_timeout = 5\nlive_windw = 3\n',
+     "rtmp: unknown setting(s) live_windw (did you mean 'live_window'?)"),
+    ('store = "media"\n[rtmp.default]\nrecrd = true\n', "rtmp.default: unknown setting(s) recrd (did you mean 'record'?)"),
     ('manifest_max_age = 1\n', "no content store"),
     ('store = "media"\nport = [1\n', "not valid TOML"),
 ])
