@@ -63,7 +63,8 @@ def test_flags_override_the_file_only_when_given(tmp_path, store):
     ('store = "media"\nhls_container = "webm"\n', "HLS container 'webm'"),
     ('store = "media"\n[rtmp]\nidle_timeout = 5\nlive_windw = 3\n',
      "rtmp: unknown setting(s) live_windw (did you mean 'live_window'?)"),
-    ('store = "media"\n[rtmp.default]\nrecrd = true\n', "rtmp.default: unknown setting(s) recrd (did you mean 'record'?)"),
+    ('store = "media"\n[rtmp.default]\nrecrd = true\n',
+     "rtmp.default: unknown setting(s) recrd (did you mean 'record'?)"),
     ('manifest_max_age = 1\n', "no content store"),
     ('store = "media"\nport = [1\n', "not valid TOML"),
 ])
