@@ -7,6 +7,7 @@ raised them, so a log line points straight at the code (nginx-vod-module does th
 from __future__ import annotations
 
 import enum
+import re
 
 
 class ErrorCode(enum.Enum):
@@ -37,3 +38,14 @@ def bad_request(message: str) -> PackagerError:
 
 def not_found(message: str) -> PackagerError:
     return PackagerError(ErrorCode.NOT_FOUND, message)
+
+
+_FUNCTION_PREFIX = re.compile(r"(?:[A-Z][A-Za-z0-9]*\.)?[a-z_][a-z0-9_]*: ")
+
+
+def user_message(message: str) -> str:
+    """``message`` without the name of the function that raised it ("Store.identify: no such file 'a.mp4'" → "no
+    such file 'a.mp4'"): players and operators read what is wrong with their file, entry or request; the server log
+    keeps the name (the convention of this package's messages, ``function_name: what``)."""
+    found = _FUNCTION_PREFIX.match(message)
+    return message[found.end():] if found else message

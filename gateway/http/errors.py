@@ -1,6 +1,7 @@
 """The one place where failures become HTTP responses.
 
-Clients get a status and one text/plain line ``<CODE>: <message>``; the traceback, if any, goes to the server log.
+Clients get a status and one text/plain line ``<CODE>: <message>``, the message without the name of the function
+that raised it (the log keeps it); the traceback, if any, goes to the server log.
 Messages from the core already name store-relative paths only; as a last guard any absolute store path and every
 line break are scrubbed, and the line is capped.
 """
@@ -10,7 +11,7 @@ import logging
 
 from aiohttp import web
 
-from packagers.errors import ErrorCode, PackagerError
+from packagers.errors import ErrorCode, PackagerError, user_message
 
 from delivery_profiles import ProfileError
 from delivery_profiles.tokens import TokenError
@@ -49,7 +50,8 @@ def one_line(message: str, hide: tuple[str, ...] = ()) -> str:
 
 def error_response(status: int, code: str, message: str, *, hide: tuple[str, ...] = (), **headers: str) -> web.Response:
     """A complete error response; CORS and Cache-Control are added by the response-prepare hook."""
-    response = web.Response(status=status, text=f"{code}: {one_line(message, hide)}\n", content_type="text/plain")
+    response = web.Response(status=status, text=f"{code}: {one_line(user_message(message), hide)}\n",
+                            content_type="text/plain")
     for name, value in headers.items():
         response.headers[name.replace("_", "-")] = value
     return response

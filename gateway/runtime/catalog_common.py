@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from packagers.captions.files import caption_problem
-from packagers.errors import PackagerError
+from packagers.errors import PackagerError, user_message
 
 from ..catalog.catalog import (ENTRY_ID, Catalog, CatalogConflict, CatalogError, CatalogNotFound, CatalogView, Entry,
                                Flavor, catalog_dir, missing_flavors, path_problem, resolve_flavors)
@@ -56,10 +56,10 @@ def catalog_command(fn: Callable[[argparse.Namespace, Path], int]) -> Callable[[
                         if attempt == 4:
                             raise
         except CatalogNotFound as e:
-            print(f"{name}: {e.message}", file=sys.stderr)
+            print(f"{name}: {user_message(e.message)}", file=sys.stderr)
             return 1
         except (CatalogError, OriginError, ValueError) as e:  # ValueError: S3ConfigError, a bad URL
-            print(f"{name}: {getattr(e, 'reason', e)}", file=sys.stderr)
+            print(f"{name}: {user_message(str(getattr(e, 'reason', e)))}", file=sys.stderr)
             return 2
 
     run.__name__ = fn.__name__

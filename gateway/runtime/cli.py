@@ -293,14 +293,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from packagers.errors import PackagerError
+    from packagers.errors import PackagerError, user_message
 
     from ..tools.probe import describe
 
     try:
         print(describe(args.file, int(round(args.segment_duration * 1000))))
     except PackagerError as e:
-        print(f"gateway probe: {e.code.name}: {e.message}", file=sys.stderr)
+        print(f"gateway probe: {e.code.name}: {user_message(e.message)}", file=sys.stderr)
         return 1
     except OSError as e:
         print(f"gateway probe: {args.file}: {os.strerror(e.errno) if e.errno else e}", file=sys.stderr)

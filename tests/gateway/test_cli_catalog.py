@@ -110,7 +110,7 @@ def test_a_missing_store_is_refused_not_created(tmp_path, capsys):
 
 def test_show_of_a_missing_partner_or_entry_exits_1(store, capsys):
     assert run(capsys, "partners", "show", "7", "--store", str(store)) == (
-        1, "", "gateway partners show: read_partner: no partners/7.json\n")
+        1, "", "gateway partners show: no partners/7.json\n")
     assert run(capsys, "entries", "show", "0_abcd1234", "--store", str(store))[0] == 1
 
 
@@ -343,7 +343,7 @@ def test_set_drm_merges_and_an_empty_service_url_clears_it(store, capsys):
     config = merge(SYSTEM_DEFAULTS, read_partner(catalog_dir(store), 101).delivery)
     assert config.drm == DrmConfig(service_url="", method="POST", ttl_s=60)  # derived keys again
     assert run(capsys, "partners", "set-drm", "999", "ttl_s=1", *s) == (
-        1, "", "gateway partners set-drm: read_partner: no partners/999.json\n")
+        1, "", "gateway partners set-drm: no partners/999.json\n")
 
 
 @pytest.mark.parametrize("settings, message", [

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 
 import av
@@ -45,6 +46,9 @@ def _assert_one_line(text: str, code: str, store) -> None:
     assert text.endswith("\n") and text.count("\n") == 1
     assert str(store) not in text and os.path.realpath(store) not in text
     assert "Traceback" not in text
+    # the message speaks of the request and the file, never of the function that found the problem
+    message = text.split(": ", 1)[1]
+    assert not re.match(r"(?:[A-Z][A-Za-z0-9]*\.)?[a-z_][a-z0-9_]*: ", message), text
 
 
 @pytest.mark.parametrize("path, status, code", CASES)
@@ -57,6 +61,11 @@ async def test_error_case(client, store, path, status, code):
     text = await response.text()
     assert int(response.headers["Content-Length"]) == len(text.encode())
     _assert_one_line(text, code, store)
+
+
+async def test_messages_name_the_file_not_the_function(client):
+    response = await client.get("/hls/missing.mp4/master.m3u8")
+    assert await response.text() == "NOT_FOUND: no such file 'missing.mp4'\n"
 
 
 async def test_not_found_may_be_cached_briefly_when_configured(make_client):
