@@ -39,6 +39,7 @@ from multiprocessing.connection import Connection, Pipe
 from typing import Callable
 
 from .config_file import ConfigError, ServeConfig
+from .sd_notify import monotonic_usec, notify
 
 __all__ = ["Address", "Supervisor", "WorkerFn", "reserve_address"]
 
@@ -250,6 +251,7 @@ class Supervisor:
         else:
             log.info("gateway: %s: stopping %d worker(s) (grace %g s)", why, len(self.workers),
                      self.config.shutdown_grace)
+            notify("STOPPING=1", f"STATUS=stopping ({why})")
         self._stop_all()
 
     @staticmethod
@@ -276,6 +278,16 @@ class Supervisor:
 
     # -- reload ----------------------------------------------------------------------------------------------------
     def _reload(self) -> None:
+        notify("RELOADING=1", monotonic_usec())
+        try:
+            self._reload_config()
+        finally:
+            notify("READY=1", self._status())  # applied or refused: the running configuration serves
+
+    def _status(self) -> str:
+        return f"STATUS=serving on port {self.address.port} with {self.config.workers} worker(s)"
+
+    def _reload_config(self) -> None:
         if self.reload is None:
             log.warning("gateway: SIGHUP: no configuration source to reload")
             return
@@ -358,6 +370,7 @@ class Supervisor:
                 self.started = True
                 infos = {w.index: w.info for w in self.workers.values()}
                 self.on_ready(self.address, infos)
+                notify("READY=1", self._status())
         elif kind == "failed" and not self.started:
             self.failure = f"worker {worker.index} could not start: {payload}"
         return True
