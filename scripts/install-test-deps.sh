@@ -33,11 +33,12 @@ node_ok() {
     [ "$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)" -ge "$NODE_MAJOR_MIN" ]
 }
 
-step "apt-get install ffmpeg chromium nginx libnginx-mod-stream libnginx-mod-rtmp wrk"
+step "apt-get install ffmpeg chromium nginx libnginx-mod-stream libnginx-mod-rtmp wrk systemd"
 apt_get update
 # nginx + libnginx-mod-stream (Debian builds the stream module apart): the load balancer tests (tests/nginx/);
-# wrk: the load generator of `gateway bench nginx`; libnginx-mod-rtmp: the real RTMP server of tests/rtmp (push, pull)
-apt_get install -y --no-install-recommends ffmpeg chromium nginx libnginx-mod-stream wrk libnginx-mod-rtmp
+# wrk: the load generator of `gateway bench nginx`; libnginx-mod-rtmp: the real RTMP server of tests/rtmp (push, pull);
+# systemd: only its systemd-analyze, which verifies deploy/gateway.service (tests/deploy)
+apt_get install -y --no-install-recommends ffmpeg chromium nginx libnginx-mod-stream wrk libnginx-mod-rtmp systemd
 
 # The machine image has node 20 + npm. Debian 12's own nodejs is 18, which playwright-core does not support, so a
 # machine without a recent node gets one from PyPI instead: the binary ships inside the wheel.
