@@ -6,6 +6,7 @@ a player. ``probe`` shows what the gateway will see in a file: its tracks and th
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -100,7 +101,12 @@ def _parser() -> argparse.ArgumentParser:
     probe = sub.add_parser("probe", help="print the tracks and segment plan of an MP4 file")
     probe.add_argument("file", type=Path)
     probe.add_argument("--segment-duration", type=float, default=6.0, metavar="SECONDS")
+    probe.add_argument("--json", action="store_true", help="tracks and segments as one JSON document")
     probe.set_defaults(func=cmd_probe)
+
+    completion = sub.add_parser("completion", help="shell completion: source <(gateway completion bash)")
+    completion.add_argument("shell", choices=("bash", "zsh"))
+    completion.set_defaults(func=cmd_completion)
 
     demo = sub.add_parser("demo", help="generate sample media into ./media (once) and serve it on port 8080")
     demo.add_argument("--store", type=Path, default=Path("media"))
@@ -292,13 +298,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    from .completion import script
+
+    sys.stdout.write(script(_parser(), args.shell))
+    return 0
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     from packagers.errors import PackagerError, user_message
 
-    from ..tools.probe import describe
+    from ..tools.probe import describe, describe_json
 
     try:
-        print(describe(args.file, int(round(args.segment_duration * 1000))))
+        ms = int(round(args.segment_duration * 1000))
+        print(json.dumps(describe_json(args.file, ms), indent=2) if args.json else describe(args.file, ms))
     except PackagerError as e:
         print(f"gateway probe: {e.code.name}: {user_message(e.message)}", file=sys.stderr)
         return 1

@@ -22,6 +22,23 @@ def describe(path: Path, segment_duration_ms: int) -> str:
     return "\n".join([head, "", track_table(presentation.tracks), "", plan_table(media_set, segment_duration_ms)])
 
 
+def describe_json(path: Path, segment_duration_ms: int) -> dict:
+    """``describe`` as data (``gateway probe --json``): the file, its tracks and its segment plan."""
+    presentation = load(path)
+    media_set = MediaSet([presentation], segment_duration_ms, False)
+    plan = media_set.plans[0]
+    starts = plan.boundaries[:-1] / plan.timescale
+    tracks = [{"id": t.track_id, "kind": t.kind, "codec": t.codec.codec_string, "language": t.language,
+               "samples": len(t.samples), "duration": round(t.duration_seconds, 3), "bitrate": t.average_bitrate,
+               **({"width": t.codec.width, "height": t.codec.height, "frame_rate": round(t.frame_rate, 3)}
+                  if t.kind == "video" else {"sample_rate": t.codec.sample_rate, "channels": t.codec.channels})}
+              for t in presentation.tracks]
+    segments = [{"start": round(float(a), 3), "duration": round(float(d), 3)}
+                for a, d in zip(starts, plan.durations())]
+    return {"file": path.name, "size": path.stat().st_size, "duration": round(presentation.duration_seconds, 3),
+            "brand": presentation.brand, "tracks": tracks, "segments": segments}
+
+
 def load(path: Path) -> Presentation:
     fd = os.open(path, os.O_RDONLY)
     try:

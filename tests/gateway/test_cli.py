@@ -117,6 +117,25 @@ def test_probe_prints_tracks_and_plan(capsys):
     assert table, out
 
 
+def test_probe_json_agrees_with_pyav(capsys):
+    """`probe --json`: the tracks as PyAV (an independent demuxer) sees them, and a plan that covers the file."""
+    import json
+
+    import av
+
+    path = fixture_path("two_audio.mp4")
+    assert main(["probe", str(path), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    with av.open(str(path)) as container:
+        streams = [(s.type, s.codec_context.name, s.language or "und") for s in container.streams]
+        video = container.streams.video[0]
+        size = (video.codec_context.width, video.codec_context.height)
+    assert [(t["kind"], t["codec"].split(".")[0], t["language"]) for t in doc["tracks"]] == \
+        [(kind, {"h264": "avc1", "aac": "mp4a"}[codec], language) for kind, codec, language in streams]
+    assert (doc["tracks"][0]["width"], doc["tracks"][0]["height"]) == size
+    assert doc["segments"][0]["start"] == 0 and abs(sum(s["duration"] for s in doc["segments"]) - doc["duration"]) < 0.01
+
+
 def test_probe_subprocess_and_errors(tmp_path):
     result = subprocess.run(gateway_command() + ["probe", str(fixture_path("audio_only.mp4")), "--segment-duration", "3"],
                             capture_output=True, text=True, timeout=60)
