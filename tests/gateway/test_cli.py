@@ -133,7 +133,8 @@ def test_probe_json_agrees_with_pyav(capsys):
     assert [(t["kind"], t["codec"].split(".")[0], t["language"]) for t in doc["tracks"]] == \
         [(kind, {"h264": "avc1", "aac": "mp4a"}[codec], language) for kind, codec, language in streams]
     assert (doc["tracks"][0]["width"], doc["tracks"][0]["height"]) == size
-    assert doc["segments"][0]["start"] == 0 and abs(sum(s["duration"] for s in doc["segments"]) - doc["duration"]) < 0.01
+    assert doc["segments"][0]["start"] == 0
+    assert abs(sum(s["duration"] for s in doc["segments"]) - doc["duration"]) < 0.01
 
 
 def test_probe_subprocess_and_errors(tmp_path):
