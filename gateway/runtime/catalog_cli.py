@@ -19,11 +19,10 @@ from packagers.clipping import Clip
 from packagers.errors import PackagerError
 from delivery_profiles.tokens import new_secret
 
-from ..catalog.catalog import (RULES, CatalogError, CatalogNotFound, CatalogView, Entry, Partner, parse_entry,
-                               read_entry, read_partner, resolve_flavors, missing_flavors, write_entry, write_lock,
-                               write_partner)
-from .catalog_common import (catalog_command, catalog_view, check_servable, new_flavors, print_json,
-                             print_table, report_entry)
+from ..catalog.catalog import (RULES, CatalogError, CatalogView, Entry, Partner, missing_flavors, read_entry,
+                               read_partner, resolve_flavors)
+from ..catalog.edits import change_partner, create_entry, create_partner
+from .catalog_common import catalog_command, catalog_view, new_flavors, print_json, print_table, report_entry
 from .catalog_edit import add_edit_commands
 from .check import cmd_check
 
@@ -162,9 +161,7 @@ def cmd_partners_show(args: argparse.Namespace, directory: Path) -> int:
 @catalog_command
 def cmd_partners_add(args: argparse.Namespace, directory: Path) -> int:
     partner = Partner(args.partner_id, args.name, args.secret if args.secret is not None else new_secret(), {})
-    with write_lock(directory):
-        _refuse_existing(read_partner, directory, args.partner_id, f"partners/{args.partner_id}.json")
-        write_partner(directory, partner)
+    create_partner(directory, partner)
     print_json(partner.to_json(show_secret=False))
     return 0
 
@@ -228,12 +225,12 @@ def cmd_partners_set_feature(args: argparse.Namespace, directory: Path) -> int:
 
 
 def _update_delivery(args: argparse.Namespace, directory: Path, change: Callable[[dict], None]) -> int:
-    with write_lock(directory):
-        partner = read_partner(directory, args.partner_id)
+    def changed(partner: Partner) -> Partner:
         delivery = partner.to_json()["delivery"]  # a deep copy
         change(delivery)
-        partner = dataclasses.replace(partner, delivery=delivery)
-        write_partner(directory, partner)  # validates before the rename: nothing changes on error
+        return dataclasses.replace(partner, delivery=delivery)
+
+    partner = change_partner(directory, args.partner_id, changed)  # validated first: nothing changes on error
     print_json(partner.to_json(show_secret=False)["delivery"])
     return 0
 
@@ -243,16 +240,8 @@ def cmd_entries_add(args: argparse.Namespace, directory: Path) -> int:
     where = f"entries/{args.entry_id}.json"
     flavors = new_flavors(args.entry_id, args.flavor, args.caption, where)
     entry = Entry(args.entry_id, args.partner, args.name, args.secured, flavors)
-    parse_entry(entry.to_json(), where)  # a malformed id or name is reported as such, before anything is read
-    check_servable(args, entry, flavors, where)
-    with write_lock(directory):
-        try:
-            read_partner(directory, args.partner)
-        except CatalogNotFound:
-            raise CatalogError(f"{where}: partner_id: no partner {args.partner} (gateway partners add)") from None
-        _refuse_existing(read_entry, directory, args.entry_id, where)
-        write_entry(directory, entry)
-    report_entry(args, directory, entry, where)
+    warnings = create_entry(directory, args.content_store, entry, args.force)
+    report_entry(args, directory, entry, warnings)
     return 0
 
 
@@ -274,16 +263,6 @@ def cmd_entries_show(args: argparse.Namespace, directory: Path) -> int:
         print(f"gateway entries show: warning: {warning}", file=sys.stderr)
     print_json(entry.to_json())
     return 0
-
-
-def _refuse_existing(read: Callable, directory: Path, key: Any, where: str) -> None:
-    try:
-        read(directory, key)
-    except CatalogNotFound:
-        return
-    except CatalogError:
-        pass  # exists, even if invalid
-    raise CatalogError(f"{where}: id: already exists")
 
 
 def entry_urls(view: CatalogView, partner_id: int, entry_id: str, base_url: str, ttl: int = 6 * 3600,

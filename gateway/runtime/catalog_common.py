@@ -7,18 +7,17 @@ import argparse
 import json
 import os
 import re
-import secrets
-import string
 import sys
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
 from packagers.captions.files import caption_problem
-from packagers.errors import PackagerError, user_message
+from packagers.errors import user_message
 
-from ..catalog.catalog import (ENTRY_ID, Catalog, CatalogConflict, CatalogError, CatalogNotFound, CatalogView, Entry,
-                               Flavor, catalog_dir, missing_flavors, path_problem, resolve_flavors)
+from ..catalog.catalog import (ENTRY_ID, Catalog, CatalogError, CatalogNotFound, CatalogView, Entry, Flavor,
+                               catalog_dir, path_problem)
+from ..catalog.edits import after_write, new_id
 from ..catalog.files import origin_catalog
 from ..catalog.schema import CAPTION_TAG, LANGUAGE_TAG
 from ..origin.origin_client import OriginError
@@ -49,12 +48,7 @@ def catalog_command(fn: Callable[[argparse.Namespace, Path], int]) -> Callable[[
             with origin_catalog(settings) if remote else nullcontext((Store(args.store), None)) as (store, files):
                 args.content_store = store
                 directory = args.catalog or files or catalog_dir(args.store)
-                for attempt in range(5):  # a catalog on S3 is written optimistically: a lost race runs again
-                    try:
-                        return fn(args, directory)
-                    except CatalogConflict:
-                        if attempt == 4:
-                            raise
+                return fn(args, directory)  # gateway.catalog.edits runs a write that lost an S3 race again
         except CatalogNotFound as e:
             print(f"{name}: {user_message(e.message)}", file=sys.stderr)
             return 1
@@ -126,61 +120,10 @@ def new_flavors(entry_id: str, specs: list[str], captions: list[str], where: str
     return tuple(flavors)
 
 
-def check_servable(args: argparse.Namespace, entry: Entry, added: tuple[Flavor, ...], where: str) -> None:
-    """Refuse (CatalogError) an added media flavor the gateway could not serve, unless --force (then warn)."""
-    for flavor in added:
-        problem = None if flavor.is_caption else unservable(args.content_store, flavor.path)
-        if problem and not args.force:
-            raise CatalogError(f"{where}: flavors[{entry.flavors.index(flavor)}].path: {flavor.path!r} cannot be "
-                               f"served: {problem} (--force adds it anyway)")
-        if problem:
-            print(f"gateway entries {args.action}: warning: {flavor.path!r} cannot be served: {problem}",
-                  file=sys.stderr)
-
-
-def report_entry(args: argparse.Namespace, directory, entry: Entry, where: str) -> None:
-    """After a write: missing flavor files and what sharing files with secured entries means, then the entry."""
-    for warning in missing_flavors(entry, where, resolve_flavors(entry, args.content_store)):
-        print(f"gateway entries {args.action}: warning: {warning}", file=sys.stderr)
-    for warning in sharing_warnings(catalog_view(args, directory), entry):
+def report_entry(args: argparse.Namespace, directory, entry: Entry, warnings: list[str]) -> None:
+    """After a write: the operation's warnings, missing flavor files and what sharing files with secured entries
+    means, then the entry."""
+    view = lambda: catalog_view(args, directory)  # noqa: E731
+    for warning in warnings + after_write(directory, args.content_store, entry, view):
         print(f"gateway entries {args.action}: warning: {warning}", file=sys.stderr)
     print_json(entry.to_json())
-
-
-def unservable(store, path: str) -> str | None:
-    """Why the gateway could not package ``path`` (read as a request would: its moov and sample tables), or None
-    (also when there is no such file yet: that is a warning of its own). Blocking."""
-    from ..origin.packaging import parse_presentation
-
-    try:
-        file = store.identify(path)
-    except PackagerError:
-        return None
-    try:
-        presentation = parse_presentation(store, file)
-    except PackagerError as e:
-        return e.message.split(": ", 1)[-1]  # what is wrong with the file, not which function found it
-    if not presentation.tracks:
-        return "it has no audio or video track"
-    return None
-
-
-def sharing_warnings(view: CatalogView, entry: Entry) -> list[str]:
-    """What an entry changes for the entries it shares files with: secured wins (docs/catalog.md), so one secured
-    entry makes every sharer's URLs need signing."""
-    entry = view.by_entry.get(entry.id, entry)
-    warnings = []
-    for other in view.shares_with(entry):
-        common = sorted(set(entry.paths) & set(other.paths)) or ["a file (another name of it)"]
-        if entry.secured and not other.secured:
-            warnings.append(f"entry {other.id} shares {common[0]} with this secured entry: its URLs must be signed "
-                            f"from now on (`gateway urls` and playManifest sign them)")
-        elif other.secured and not entry.secured:
-            warnings.append(f"{common[0]} belongs to secured entry {other.id} too: this entry's URLs must be signed "
-                            f"(`gateway urls` and playManifest sign them)")
-    return warnings
-
-
-def new_id(partition: str) -> str:
-    alphabet = string.ascii_lowercase + string.digits
-    return partition + "_" + "".join(secrets.choice(alphabet) for _ in range(8))

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 
 from delivery_profiles.tokens import new_secret
 
-from .catalog_common import catalog_command, check_servable, new_flavors, print_json, report_entry
-from ..catalog.catalog import (Catalog, CatalogError, Entry, delete_entry, delete_partner, parse_entry, read_entry,
-                               read_partner, write_entry, write_lock, write_partner)
+from .catalog_common import catalog_command, new_flavors, print_json, report_entry
+from ..catalog.catalog import CatalogError, Entry, Partner
+from ..catalog.edits import change_entry, change_partner, current_view, edit_flavors, remove_entry, remove_partner
 
 
 def add_edit_commands(partners: argparse._SubParsersAction, entries: argparse._SubParsersAction,
@@ -54,66 +53,39 @@ def add_edit_commands(partners: argparse._SubParsersAction, entries: argparse._S
 def cmd_partners_update(args: argparse.Namespace, directory) -> int:
     if args.name is None and args.secret is None and not args.new_secret:
         raise CatalogError(f"partners/{args.partner_id}.json: nothing to change (--name, --secret, --new-secret)")
-    with write_lock(directory):
-        partner = read_partner(directory, args.partner_id)
+
+    def change(partner: Partner) -> Partner:
         secret = new_secret() if args.new_secret else args.secret if args.secret is not None else partner.secret
-        partner = dataclasses.replace(partner, name=args.name if args.name is not None else partner.name,
-                                      secret=secret)
-        write_partner(directory, partner)  # validated first: a bad secret changes nothing
+        return dataclasses.replace(partner, name=args.name if args.name is not None else partner.name, secret=secret)
+
+    partner = change_partner(directory, args.partner_id, change)  # validated first: a bad secret changes nothing
     print_json(partner.to_json(show_secret=False))
     return 0
 
 
 def cmd_partners_remove(args: argparse.Namespace, directory) -> int:
-    with write_lock(directory):
-        read_partner(directory, args.partner_id)  # CatalogNotFound: exit 1
-        owned = [e.id for e in _catalog(args, directory).entries(args.partner_id)]
-        if owned and not args.force:
-            shown = ", ".join(owned[:5]) + (f" and {len(owned) - 5} more" if len(owned) > 5 else "")
-            raise CatalogError(f"partners/{args.partner_id}.json: partner {args.partner_id} still has "
-                               f"{len(owned)} entr{'y' if len(owned) == 1 else 'ies'} ({shown}): remove them first, "
-                               f"or --force to remove them with it")
-        for entry_id in owned:
-            delete_entry(directory, entry_id)
-        delete_partner(directory, args.partner_id)
+    remote = "://" in args.store
+    entries = current_view(None if remote else args.store, directory, False)
+    owned = remove_partner(directory, args.partner_id, lambda: entries().entries(), args.force)
     print(f"removed partner {args.partner_id}" + (f" and its {len(owned)} entries" if owned else ""))
     return 0
 
 
 def cmd_entries_update(args: argparse.Namespace, directory) -> int:
     where = f"entries/{args.entry_id}.json"
-    with write_lock(directory):
-        entry = read_entry(directory, args.entry_id)
-        flavors = list(entry.flavors)
-        for key in args.remove_flavor:
-            kept = [f for f in flavors if key not in (f.id, f.path)]
-            if len(kept) == len(flavors):
-                raise CatalogError(f"{where}: flavors: no flavor with id or path {key!r}")
-            flavors = kept
-        added = new_flavors(entry.id, args.add_flavor, args.add_caption, where, len(flavors))
-        taken = {f.path for f in flavors}
-        for flavor in added:
-            if flavor.path in taken:
-                raise CatalogError(f"{where}: flavors: {flavor.path!r} is a flavor of this entry already")
-        changed = Entry(entry.id, entry.partner_id, args.name if args.name is not None else entry.name,
-                        entry.secured if args.secured is None else args.secured, (*flavors, *added))
-        if changed == entry:
-            raise CatalogError(f"{where}: nothing to change")
-        parse_entry(changed.to_json(), where)  # at least one media flavor, valid name... before probing
-        check_servable(args, changed, added, where)
-        write_entry(directory, changed)
-    report_entry(args, directory, changed, where)
+
+    def change(entry: Entry) -> Entry:
+        added = new_flavors(entry.id, args.add_flavor, args.add_caption, where, len(entry.flavors))
+        return Entry(entry.id, entry.partner_id, args.name if args.name is not None else entry.name,
+                     entry.secured if args.secured is None else args.secured,
+                     edit_flavors(entry, args.remove_flavor, added))
+
+    changed, warnings = change_entry(directory, args.content_store, args.entry_id, change, args.force)
+    report_entry(args, directory, changed, warnings)
     return 0
 
 
 def cmd_entries_remove(args: argparse.Namespace, directory) -> int:
-    with write_lock(directory):
-        entry = read_entry(directory, args.entry_id)
-        delete_entry(directory, entry.id)
-    print(f"removed entry {entry.id} (partner {entry.partner_id}); its files stay in the store", file=sys.stdout)
+    entry = remove_entry(directory, args.entry_id)
+    print(f"removed entry {entry.id} (partner {entry.partner_id}); its files stay in the store")
     return 0
-
-
-def _catalog(args: argparse.Namespace, directory):
-    remote = "://" in args.store
-    return Catalog(None if remote else args.store, directory, ttl=0, quiet=True, identify=False).view()
