@@ -60,6 +60,10 @@ class Settings:
     ready_timeout: float = 2.0  # /ready answers 503 when the store check takes longer (a hung NFS mount)
     ready_file: str | None = None  # store-relative file /ready also reads: proves data reads, not cached metadata
     rtmp_control_token: str | None = None  # bearer token of the RTMP control API (/rtmp/..., /control/...); none: off
+    # the admin API (/api/v1/, docs/admin_api.md): its own listener, served by worker 0; off without a token
+    admin_token: str | None = None
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 0  # 0: no admin listener
 
     def __post_init__(self) -> None:
         if self.segment_duration_ms <= 0:
@@ -95,6 +99,10 @@ class Settings:
             raise ValueError(f"access log format {self.access_log_format!r} is not one of {ACCESS_LOG_FORMATS}")
         if self.ready_timeout <= 0:
             raise ValueError("ready_timeout must be > 0 seconds")
+        if self.admin_token is not None and len(self.admin_token) < 16:
+            raise ValueError("admin_token must be at least 16 characters (or left out: no admin API)")
+        if not 0 <= self.admin_port <= 65535:
+            raise ValueError(f"admin_port must be 0 (off) to 65535, got {self.admin_port}")
         if self.rtmp_control_token is not None and len(self.rtmp_control_token) < 16:
             raise ValueError("rtmp_control_token must be at least 16 characters (or left out: no control API)")
         if self.origin is not None and not self.origin.startswith(("http://", "https://", "s3://")):

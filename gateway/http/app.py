@@ -59,6 +59,7 @@ class Metrics:
 
 METRICS = web.AppKey("metrics", Metrics)
 FAST_ANSWERS = web.AppKey("fast_answers", FastAnswers)
+CACHES = web.AppKey("caches", Caches)  # this generation's caches (the admin API's stats)
 # Media here is public unless signed (issue 4), like the CORS policy: any domain may load it.
 CROSSDOMAIN_XML = (
     '<?xml version="1.0"?>\n<!DOCTYPE cross-domain-policy SYSTEM "http://www.adobe.com/xml/dtds/cross-domain-policy.dtd">\n'
@@ -84,6 +85,7 @@ def make_app(settings: Settings, ingest: Ingest | None = None, *, caches: Caches
     app[SETTINGS] = settings
     app[WORKER_INDEX] = worker_index
     app[PROMETHEUS] = metrics
+    app[CACHES] = caches
     app[METRICS_SOURCES] = MetricsSources(caches, executor, connections,
                                           ingest.stats if ingest is not None else None,
                                           origin_counts=functools.partial(_origin_counts, app))

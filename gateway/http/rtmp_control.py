@@ -30,7 +30,7 @@ from ..ingest.service import INGEST, Ingest
 from ..settings import SETTINGS
 from .errors import error_response
 
-__all__ = ["add_rtmp_control_routes", "is_control_path"]
+__all__ = ["add_rtmp_control_routes", "is_control_path", "stream_info"]
 
 FILTERS = ("publisher", "subscriber", "client")
 RECORD_START_WAIT = 10.0    # seconds record/start waits for the first key frame to name the file
@@ -75,12 +75,16 @@ def _text(body: str | None) -> web.Response:
 
 # ------------------------------------------------------------------------------------------------ JSON
 async def list_streams(request: web.Request, ingest: Ingest) -> web.Response:
-    clients = ingest.server.clients
-    streams = {}
-    for key, st in ingest.relay.stats().items():
-        publisher = clients.get(st["publisher_id"])
-        streams[key] = {**st, "publisher": publisher.info() if publisher is not None else st["publisher"]}
-    return _json({"streams": streams})
+    return _json({"streams": {key: stream_info(ingest, key) for key in ingest.relay.stats()}})
+
+
+def stream_info(ingest: Ingest, key: str) -> dict | None:
+    """One stream's stats (codecs, bitrate, uptime, players) with its publisher's connection; None if not there."""
+    st = ingest.relay.stats().get(key)
+    if st is None:
+        return None
+    publisher = ingest.server.clients.get(st["publisher_id"])
+    return {**st, "publisher": publisher.info() if publisher is not None else st["publisher"]}
 
 
 async def list_clients(request: web.Request, ingest: Ingest) -> web.Response:

@@ -61,12 +61,15 @@ class ServeConfig:
     def restart_only_changes(self, new: ServeConfig) -> list[str]:
         """The keys that differ in ``new`` but cannot change in a running server (the sockets are bound)."""
         pairs = {"host": (self.settings.host, new.settings.host), "port": (self.settings.port, new.settings.port),
-                 "rtmp_port": (self.rtmp_port, new.rtmp_port), "rtmp": (self.rtmp, new.rtmp)}
+                 "rtmp_port": (self.rtmp_port, new.rtmp_port), "rtmp": (self.rtmp, new.rtmp),
+                 "admin_host": (self.settings.admin_host, new.settings.admin_host),
+                 "admin_port": (self.settings.admin_port, new.settings.admin_port)}
         return [key for key, (old, now) in pairs.items() if old != now]
 
     def keeping_bound(self, new: ServeConfig) -> ServeConfig:
         """``new`` with this config's restart-only values: what a reload can actually apply."""
-        settings = new.settings.replace(host=self.settings.host, port=self.settings.port)
+        settings = new.settings.replace(host=self.settings.host, port=self.settings.port,
+                                        admin_host=self.settings.admin_host, admin_port=self.settings.admin_port)
         return dataclasses.replace(new, settings=settings, rtmp_port=self.rtmp_port, rtmp=self.rtmp)
 
 

@@ -71,6 +71,9 @@ def serve_config(config: ServeConfig, on_listening: Callable[[str], None],
         rtmp_port = infos.get(0, {}).get("rtmp_port")
         if rtmp_port:
             print(f"gateway: RTMP ingest on rtmp://{shown}:{rtmp_port}/<app>/<stream>", flush=True)
+        admin = infos.get(0, {}).get("admin")
+        if admin:
+            print(f"gateway: admin API on {admin}", flush=True)
 
     return Supervisor(config, run_worker, announce, reload).run()
 
@@ -116,6 +119,8 @@ class Worker:
         self.control = control
         self.address = address
         self.ingest = None
+        self.admin = None  # the admin API's runner (worker 0, when configured)
+        self.admin_url: str | None = None
         self.current: Generation | None = None
         self.connections: ConnectionTracker | None = None  # every generation's connections: caps, header timeout
         self.metrics = None  # GatewayMetrics, one per process, shared by every generation (gateway/ops/metrics.py)
@@ -141,6 +146,7 @@ class Worker:
                 settings = self.config.settings
                 self.ingest = await start_ingest(settings, self.config.rtmp, settings.host, self.config.rtmp_port)
             self.current = await self.start_generation(self.config)
+            await self.start_admin()
             self.server = await loop.create_server(self.new_connection, sock=self.sock, backlog=ACCEPT_BATCH)
             self.sock.listen(LISTEN_BACKLOG)
         except Exception as e:
@@ -149,11 +155,26 @@ class Worker:
             await self.close_ingest()
             return 1
         tune_collector()  # after the first generation: what it holds lives as long as the worker
-        self._send(("ready", {"pid": os.getpid(), "rtmp_port": self.ingest.port if self.ingest else None}))
+        self._send(("ready", {"pid": os.getpid(), "rtmp_port": self.ingest.port if self.ingest else None,
+                              "admin": self.admin_url}))
         loop.add_reader(self.control.fileno(), self.on_control)
         await self.stop.wait()
         await self.shutdown()
         return 0
+
+    async def start_admin(self) -> None:
+        """The admin API's listener (gateway/http/admin_api.py): worker 0 only, with a token and a port set."""
+        settings = self.config.settings
+        if self.index != 0 or not settings.admin_port or not settings.admin_token:
+            return
+        from aiohttp import web
+
+        from ..http.admin_api import make_admin_app
+
+        self.admin = web.AppRunner(make_admin_app(lambda: self.current.app), access_log=None)
+        await self.admin.setup()
+        await web.TCPSite(self.admin, settings.admin_host, settings.admin_port).start()
+        self.admin_url = f"http://{shown_host(settings.admin_host)}:{settings.admin_port}/api/v1/"
 
     def new_connection(self):
         """The protocol for a connection just accepted: a request handler of the current generation, tracked."""
@@ -236,6 +257,8 @@ class Worker:
                 except TimeoutError:
                     pass
             self.server.close()  # closes the socket: from now on the port refuses new connections
+            if self.admin is not None:
+                await self.admin.cleanup()
             await self.close_ingest()
             await retire(generation.runner)
         if self.retiring:
