@@ -33,6 +33,7 @@ from .admin_openapi import openapi_document
 __all__ = ["make_admin_app"]
 
 CURRENT = web.AppKey("current_app", Callable)  # () -> the worker's current public app (its catalog, packaging...)
+PURGE = web.AppKey("purge", Callable)  # (store paths | None) -> None: every worker drops what it made of them
 MAX_LIMIT = 1000
 SECRET_SETTINGS = ("admin_token", "rtmp_control_token")
 
@@ -43,9 +44,12 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.field = status, code, message, field
 
 
-def make_admin_app(current: Callable[[], web.Application]) -> web.Application:
+def make_admin_app(current: Callable[[], web.Application],
+                   purge: Callable[[tuple[str, ...] | None], None] | None = None) -> web.Application:
+    """``purge``: tells every worker to purge (through the supervisor); without it, this process's caches."""
     app = web.Application(middlewares=[_errors], client_max_size=1 << 20)
     app[CURRENT] = current
+    app[PURGE] = purge or (lambda paths: current()[PACKAGING].purge(paths))
     r = app.router
     r.add_get("/api/v1/openapi.json", openapi)
     r.add_get("/api/v1/partners", list_partners)
@@ -64,6 +68,7 @@ def make_admin_app(current: Callable[[], web.Application]) -> web.Application:
     r.add_post("/api/v1/live/streams/{app}/{stream}/drop", live_action)
     r.add_post("/api/v1/live/streams/{app}/{stream}/record/{action:start|stop}", live_action)
     r.add_get("/api/v1/cache", cache_stats)
+    r.add_post("/api/v1/cache/purge", cache_purge)
     r.add_get("/api/v1/config", show_config)
     return app
 
@@ -354,6 +359,24 @@ async def cache_stats(request: web.Request) -> web.Response:
     caches = request.app[CURRENT]()[CACHES]
     return _json({"scope": "worker 0 (each worker has its own caches)", "responses": caches.responses.stats(),
                   "metadata": caches.metadata.stats()})
+
+
+async def cache_purge(request: web.Request) -> web.Response:
+    """``{"paths": [...]}``, ``{"entry_id": ...}`` (its flavor files) or ``{"all": true}``: every worker drops the
+    packaged responses, parsed files and plans made of them, and stats them afresh (202: the workers do it as the
+    message reaches them, a moment later)."""
+    doc = await _body(request)
+    if doc.get("all") is True:
+        paths = None
+    elif "entry_id" in doc:
+        view = await _view(request, fresh=True)
+        paths = view.entry(str(doc["entry_id"])).paths
+    elif isinstance(doc.get("paths"), list) and doc["paths"] and all(isinstance(p, str) for p in doc["paths"]):
+        paths = tuple(doc["paths"])
+    else:
+        raise ApiError(422, "INVALID", 'give {"paths": [store paths]}, {"entry_id": id} or {"all": true}', "paths")
+    request.app[PURGE](paths)
+    return _json({"purging": "every file" if paths is None else list(paths)}, 202)
 
 
 async def show_config(request: web.Request) -> web.Response:

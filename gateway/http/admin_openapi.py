@@ -116,6 +116,13 @@ def openapi_document() -> dict:
                 "post": {"summary": "start or stop recording", "responses": _answers({"type": "object"}, 404, 503)}},
             "/api/v1/cache": {"get": {"summary": "cache statistics of worker 0",
                                       "responses": _answers({"type": "object"})}},
+            "/api/v1/cache/purge": {"post": {
+                "summary": "every worker drops what its caches made of these store files (or of all)",
+                "requestBody": _body({"type": "object", "properties": {
+                    "paths": {"type": "array", "items": {"type": "string"}}, "entry_id": {"type": "string"},
+                    "all": {"type": "boolean"}}}),
+                "responses": _answers({"type": "object", "required": ["purging"]}, 400, 404, 422, status="202",
+                                      description="sent to every worker")}},
             "/api/v1/config": {"get": {"summary": "the effective settings, secrets redacted",
                                        "responses": _answers({"type": "object", "required": ["settings"]})}},
         },

@@ -119,6 +119,13 @@ class SingleFlightLRU(Generic[V]):
             self.weight -= evicted
             self.counters.evictions += 1
 
+    def discard(self, match: Callable[[Hashable], bool]) -> int:
+        """Remove the stored entries whose key ``match``es (a purge); in-flight builds finish and are stored."""
+        gone = [key for key in self._entries if match(key)]
+        for key in gone:
+            self.weight -= self._entries.pop(key)[1]
+        return len(gone)
+
     def stats(self) -> dict:
         c = self.counters
         return {
@@ -197,6 +204,9 @@ class StatCache:
             found.append(entry[1])
         return tuple(found)
 
+    def clear(self) -> None:
+        self._entries.clear()
+
     def forget(self, path: str) -> None:
         self._entries.pop(path, None)
 
@@ -226,6 +236,18 @@ class Caches:
         self.metadata = MetadataCache(settings.metadata_cache_entries, settings.media_set_cache_entries,
                                       settings.metadata_cache_bytes)
         self.stats = StatCache(settings.stat_cache_seconds)
+
+    def purge(self, files: frozenset[str] | None) -> dict[str, int]:
+        """Drop what was made from these files (their resolved paths or URLs, ``FileIdentity.real_path``; None:
+        everything): packaged responses, parsed presentations and media sets, trusted stats."""
+        def made_from(keys: tuple) -> bool:
+            return files is None or any(k[0] in files for k in keys)
+
+        purged = {"responses": self.responses.discard(lambda key: made_from(key[0])),
+                  "media_sets": self.metadata.media_sets.discard(lambda key: made_from(key[0])),
+                  "presentations": self.metadata.presentations.discard(lambda key: made_from((key,)))}
+        self.stats.clear()
+        return purged
 
     def fits(self, settings: Settings) -> bool:
         """Whether these caches can serve an app with ``settings``: the same store and the same bounds. Cache keys

@@ -9,6 +9,7 @@ the identities of the files involved, so a file replaced on disk is never served
 from __future__ import annotations
 
 import asyncio
+import os
 import hashlib
 import time
 import weakref
@@ -117,6 +118,23 @@ class Packaging:
         self._validators: dict[tuple, Validators] = {}  # by media set key: no MediaSet kept alive here
         # muxers by media set (weakly: they go with it), then by selection and kind
         self._muxers: weakref.WeakKeyDictionary[MediaSet, dict] = weakref.WeakKeyDictionary()
+
+    def purge(self, paths: tuple[str, ...] | None) -> dict[str, int]:
+        """Drop what the caches made from these store files (None: everything) and forget their identities, so that
+        the next request reads the file (or object) as it is now."""
+        files = None
+        if paths is not None:
+            stores = [getattr(self.store, "primary", self.store), getattr(self.store, "fallback", None)]
+            files = set()
+            for store in filter(None, stores):
+                for path in paths:
+                    if getattr(store, "is_remote", False):
+                        files.add(store.url(path))
+                        store.forget(path)
+                    else:
+                        files.add(os.path.realpath(os.path.join(store.root, path)))
+            files = frozenset(files)
+        return self.caches.purge(files)
 
     async def run(self, fn: Callable[..., T], *args) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)

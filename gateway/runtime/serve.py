@@ -171,10 +171,20 @@ class Worker:
 
         from ..http.admin_api import make_admin_app
 
-        self.admin = web.AppRunner(make_admin_app(lambda: self.current.app), access_log=None)
+        self.admin = web.AppRunner(make_admin_app(lambda: self.current.app, purge=lambda files: self._send(
+            ("purge", files))), access_log=None)
         await self.admin.setup()
         await web.TCPSite(self.admin, settings.admin_host, settings.admin_port).start()
         self.admin_url = f"http://{shown_host(settings.admin_host)}:{settings.admin_port}/api/v1/"
+
+    def purge(self, paths: tuple[str, ...] | None) -> None:
+        """Drop what this worker's caches made from these store files (None: everything), as the admin API asked."""
+        from ..origin.packaging import PACKAGING
+
+        counts = self.current.app[PACKAGING].purge(paths)
+        log.info("cache purge: worker %d dropped %d response(s), %d parsed file(s), %d plan(s) of %s", self.index,
+                 counts["responses"], counts["presentations"], counts["media_sets"],
+                 "every file" if paths is None else ", ".join(paths)[:300])
 
     def new_connection(self):
         """The protocol for a connection just accepted: a request handler of the current generation, tracked."""
@@ -199,6 +209,8 @@ class Worker:
             return
         if kind == "hurry":
             self.hurry.set()
+        elif kind == "purge":
+            self.purge(payload)
         elif kind == "reload":
             task = asyncio.get_running_loop().create_task(self.reload(payload))
             self.retiring.add(task)

@@ -373,6 +373,10 @@ class Supervisor:
                 notify("READY=1", self._status())
         elif kind == "failed" and not self.started:
             self.failure = f"worker {worker.index} could not start: {payload}"
+        elif kind == "purge":  # the admin API (worker 0) purges every worker's caches
+            for each in self.workers.values():
+                if not each.stopping:
+                    self._send(each, ("purge", payload))
         return True
 
     def _forget_conn(self, worker: _Worker) -> None:

@@ -164,3 +164,44 @@ def test_the_openapi_document_matches_the_routes():
                   for method in item if method != "parameters"}
     assert routed == documented
     jsonschema.Draft202012Validator.check_schema(openapi_document()["components"]["schemas"]["Entry"])
+
+
+def test_a_purge_reaches_every_worker(gateways, store, tmp_path):
+    """Two workers each hold a segment in their response cache (the access log says hit, with their pids); a purge
+    through the API (served by worker 0) makes both build it again (miss), and both log what they dropped."""
+    port = free_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'store = "{store}"\nadmin_token = "{TOKEN}"\nadmin_port = {port}\n'
+                      'access_log_format = "json"\n')
+    gw = gateways("--config", str(config), "--workers", "2")
+    wait_until(lambda: _up(port), "the admin listener")
+    admin = Admin(f"http://127.0.0.1:{port}")
+    url = "/hls/title_240p.mp4/seg-1.ts"
+
+    def results() -> dict[int, list[str]]:
+        found: dict[int, list[str]] = {}
+        for line in gw.log.read_text().splitlines():
+            doc = json.loads(line) if line.startswith("{") else {}
+            if doc.get("path") == url:
+                found.setdefault(doc["pid"], []).append(doc["cache"])
+        return found
+
+    def both_hit() -> bool:
+        assert get(gw.base, url)[0] == 200  # a fresh connection: the kernel picks the worker
+        found = results()
+        return len(found) == 2 and all("hit" in r for r in found.values())
+
+    wait_until(both_hit, "both workers to hold the segment")
+    before = {pid: len(r) for pid, r in results().items()}
+    assert admin("POST", "/api/v1/cache/purge", {"paths": ["title_240p.mp4"]}) == \
+        (202, {"purging": ["title_240p.mp4"]})
+    wait_until(lambda: gw.log.read_text().count("cache purge: worker") == 2, "both workers' purge lines")
+
+    def both_missed() -> bool:
+        assert get(gw.base, url)[0] == 200
+        after = {pid: r[before[pid]:] for pid, r in results().items()}
+        return all(a and a[0] == "miss" for a in after.values()) and len(after) == 2
+
+    wait_until(both_missed, "a miss in each worker after the purge")
+    assert "dropped 1 response(s), 1 parsed file(s), 1 plan(s) of title_240p.mp4" in gw.log.read_text()
+    assert admin("POST", "/api/v1/cache/purge", {"nothing": 1})[0] == 422
