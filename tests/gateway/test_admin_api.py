@@ -137,7 +137,7 @@ def test_catalog_crud_with_the_clis_validation_enforced_on_the_public_port(admin
     assert admin("POST", "/api/v1/partners", b"[1]".decode())[0] == 400  # not an object
 
 
-def test_live_streams_from_a_real_publish(admin_gateway):
+def test_live_streams_from_a_real_publish(admin_gateway, store):
     admin = admin_gateway.admin
     ffmpeg = subprocess.Popen(["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re", "-stream_loop",
                                "-1", "-i", str(fixture_path("title_180p.mp4")), "-c", "copy", "-f", "flv",
@@ -148,6 +148,12 @@ def test_live_streams_from_a_real_publish(admin_gateway):
         status, stream = admin("GET", "/api/v1/live/streams/live/cam")
         assert status == 200 and stream["publisher"]
         assert admin("GET", "/api/v1/live/streams/live/nope")[0] == 404
+        status, started = admin("POST", "/api/v1/live/streams/live/cam/record/start")
+        assert status == 200 and started["recording"] and started["path"].startswith("recordings/live/cam-")
+        time.sleep(1.5)
+        status, stopped = admin("POST", "/api/v1/live/streams/live/cam/record/stop")
+        assert status == 200 and stopped["path"] == started["path"]
+        wait_until(lambda: (store / started["path"]).exists(), "the finished recording")
         assert admin("POST", "/api/v1/live/streams/live/cam/drop") == (200, {"dropped": 1})
         ffmpeg.wait(60)
     finally:
