@@ -18,6 +18,7 @@ inode's ctime). Copies are other files (another inode, not in the catalog): they
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -38,13 +39,29 @@ from ..origin.store import FileIdentity
 
 
 CATALOG = web.AppKey("catalog", Catalog)
+log = logging.getLogger("gateway.catalog")
 
 
 async def catalog_view(app: web.Application, run) -> CatalogView:
     """The catalog as of now: from memory while fresh (no thread hop on the hot path), else refreshed in ``run``
-    (the executor), since a refresh stats the shared store."""
+    (the executor), since a refresh stats the shared store. A catalog on an origin, once loaded, is refreshed in
+    the background while requests go on with the view they have (up to a ttl plus a listing old): two listings
+    through a slow or failing origin must not hold every request that finds the ttl run out."""
     catalog = app[CATALOG]
-    return catalog.view() if not catalog.due() else await run(catalog.view)
+    if not catalog.due():
+        return catalog.current  # never catalog.view(): the ttl may run out in between, and that refreshes here
+    if catalog.loaded and not catalog.files.identifies:
+        task = getattr(catalog, "refreshing", None)
+        if task is None or task.done():
+            catalog.refreshing = asyncio.ensure_future(run(catalog.view))
+            catalog.refreshing.add_done_callback(_retrieved)
+        return catalog.current
+    return await run(catalog.view)
+
+
+def _retrieved(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("catalog: background refresh failed: %s", task.exception())
 
 
 class IdentityWatch:

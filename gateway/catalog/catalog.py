@@ -150,6 +150,15 @@ class Catalog:
     def due(self) -> bool:
         return self._checked is None or time.monotonic() - self._checked >= self.ttl
 
+    @property
+    def current(self) -> CatalogView:
+        """The view as last loaded, never refreshed here (memory only: safe on the event loop)."""
+        return self._view
+
+    @property
+    def loaded(self) -> bool:
+        return self._checked is not None
+
     def view(self) -> CatalogView:
         """The current view, refreshed first if the ttl ran out (then it touches the disk)."""
         if self.due():

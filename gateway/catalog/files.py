@@ -172,7 +172,7 @@ class OriginFiles:
 
             found, token, prefix = {}, None, self.s3.key(folder.rstrip("/")) + "/"
             while True:
-                status, _, body = await client.send("GET", list_url(self.s3, folder, token, self.page))
+                status, _, body = await client.send("GET", list_url(self.s3, folder, token, self.page), tries=1)
                 if status != 200:
                     raise CatalogError(f"{self.where}: listing {folder} answered {status}")
                 keys, token = parse_listing(body)
@@ -180,7 +180,8 @@ class OriginFiles:
                              if k.startswith(prefix) and _catalog_name(k[len(prefix):]))
                 if token is None:
                     return found
-        status, _, body = await client.send("GET", self.store.url(folder.rstrip("/")) + "/")
+        # one try: a listing that fails keeps the last view until the next ttl (no retries holding a refresh)
+        status, _, body = await client.send("GET", self.store.url(folder.rstrip("/")) + "/", tries=1)
         if status == 404:
             return {}
         try:

@@ -75,7 +75,7 @@ class FastAnswers:
         if remembered is None or not self.plain(request):
             return None
         catalog = self.catalog
-        if catalog.due() or catalog.view() is not remembered.view:
+        if catalog.due() or catalog.current is not remembered.view:
             return None
         answer = remembered.answer
         files = self.stats.get(answer.paths)
