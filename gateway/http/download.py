@@ -186,8 +186,9 @@ def remote_etag(file: FileIdentity) -> str:
 
 async def serve_remote_mp4(request: web.Request, file: FileIdentity, store) -> web.StreamResponse:
     """A remote store's file streamed from its origin in ranged GETs (each If-Match'ed to the identified object).
-    The first piece is fetched before the headers go out, so an origin that fails at once is a clean 502/503/504;
-    a failure after that ends the connection, as a local file that shrinks does."""
+    The first piece is fetched here, before any header goes out, so an origin that fails at once is a clean
+    502/503/504; the rest is sent by ``RemoteFileResponse.prepare``, where a failure ends the connection, as a local
+    file that shrinks does."""
     packaging = request.app[PACKAGING]
     etag, last_modified = remote_etag(file), file.mtime_ns / 1e9
     headers = {"Content-Type": MP4_TYPE, "Cache-Control": cache_control(packaging.settings.manifest_max_age),
@@ -201,43 +202,66 @@ async def serve_remote_mp4(request: web.Request, file: FileIdentity, store) -> w
     except RangeNotSatisfiable:
         return range_not_satisfiable(file.size)
     start, stop = (byte_range.start, byte_range.stop) if byte_range is not None else (0, file.size)
-    response = web.StreamResponse(status=200 if byte_range is None else 206, headers=headers)
     if byte_range is not None:
-        response.headers["Content-Range"] = byte_range.content_range(file.size)
-    response.content_length = stop - start
-    if request.method == "HEAD" or stop <= start:
-        await response.prepare(request)
-        await response.write_eof()
-        return response
-
-    def fetch(at: int) -> asyncio.Task:
-        return asyncio.ensure_future(store.read_ranges(file, [(at, min(at + REMOTE_PIECE, stop))]))
-
-    piece = fetch(start)
-    try:
-        await asyncio.shield(piece)  # errors here are ordinary error responses: no header is out yet
-    except BaseException:
-        piece.cancel()
-        raise
-    await response.prepare(request)
-    at = start
-    try:
-        while at < stop:
-            data = (await piece)[0]
-            if not data:  # cannot happen with a well-behaved read (it raises), but never loop on nothing
-                raise OSError("the origin read returned no bytes")
-            at += len(data)
-            piece = fetch(at) if at < stop else None  # the next GET overlaps this write
-            await response.write(data)
-    except ConnectionError:
-        raise  # the client went away
-    except Exception as exc:
-        _abort_remote(request, at - start, stop - start, f"origin read failed: {one_line(str(exc))}")
-    finally:
-        if piece is not None and not piece.done():
+        headers["Content-Range"] = byte_range.content_range(file.size)
+    first = b""
+    if request.method != "HEAD" and stop > start:
+        piece = asyncio.ensure_future(store.read_ranges(file, [(start, min(start + REMOTE_PIECE, stop))]))
+        try:
+            first = (await asyncio.shield(piece))[0]  # errors here are ordinary error responses
+        except BaseException:
             piece.cancel()
-    await response.write_eof()
-    return response
+            raise
+    return RemoteFileResponse(200 if byte_range is None else 206, headers, store, file, start, stop, first)
+
+
+class RemoteFileResponse(web.StreamResponse):
+    """[start, stop) of a remote file, its first piece already fetched. The body is written in ``prepare``, which
+    aiohttp calls after the handler (as StoreFileResponse's is), not in the handler: a failure after the headers is
+    then a ConnectionError where aiohttp expects one (the connection ends, the access log keeps the status that
+    went out), never an exception through the error mapping (a logged "500" for a response that was a cut 200),
+    and headers set on the response after the handler (a signed URL's Cache-Control) still go out."""
+
+    def __init__(self, status: int, headers: dict[str, str], store, file: FileIdentity, start: int, stop: int,
+                 first: bytes):
+        super().__init__(status=status, headers=headers)
+        self.content_length = stop - start
+        # not _start/_stop: StreamResponse has methods of those names
+        self._store, self._file, self._span, self._first = store, file, (start, stop), first
+
+    async def prepare(self, request: web.BaseRequest):
+        if self.prepared:
+            return await super().prepare(request)
+        writer = await super().prepare(request)
+        start, stop = self._span
+        if request.method == "HEAD" or stop <= start:
+            return writer
+
+        def fetch(at: int) -> asyncio.Future:
+            return asyncio.ensure_future(self._store.read_ranges(self._file, [(at, min(at + REMOTE_PIECE, stop))]))
+
+        data, self._first = self._first, b""  # not kept alive for the whole download
+        at, piece = start, None
+        try:
+            while True:
+                if not data:  # cannot happen with a well-behaved read (it raises), but never loop on nothing
+                    raise OSError("the origin read returned no bytes")
+                at += len(data)
+                piece = fetch(at) if at < stop else None  # the next GET overlaps this write
+                await self.write(data)
+                if piece is None:
+                    break
+                data = (await piece)[0]
+        except ConnectionError:
+            raise  # the client went away
+        except Exception as exc:
+            _abort_remote(request, at - start, stop - start, f"origin read failed: {one_line(str(exc))}")
+        finally:
+            if piece is not None and not piece.done():
+                piece.cancel()
+            elif piece is not None and not piece.cancelled():
+                piece.exception()  # retrieved (the client left first): no "never retrieved" warning
+        return writer
 
 
 def _abort_remote(request: web.BaseRequest, sent: int, count: int, why: str):

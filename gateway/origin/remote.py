@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno
+import functools
 import os
 import threading
 import time
@@ -71,6 +72,7 @@ class RemoteStore:
         self.root = root
         self.ttl = ttl
         self._identities: dict[str, tuple[float, RemoteIdentity]] = {}
+        self._identifying: dict[str, asyncio.Future] = {}  # the HEAD in flight per path (single flight)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- identify ---------------------------------------------------------------------------------------------
@@ -86,12 +88,23 @@ class RemoteStore:
         return self.base_url + "/".join(quote(p, safe="") for p in parts)
 
     async def identify_async(self, path: str) -> RemoteIdentity:
+        """The kept identity, else one HEAD shared by every concurrent caller. The identity is kept by the shared
+        task itself, in the step that ends it, so that a caller arriving at any moment finds either the HEAD in
+        flight or its identity kept: had each caller kept it after its own wake-up (one loop step after the HEAD's
+        single flight ends), one arriving in that step would send a second HEAD."""
         self._bind_loop()
         url = self.url(path)
-        now = time.monotonic()
         kept = self._identities.get(path)
-        if kept is not None and kept[0] > now:
+        if kept is not None and kept[0] > time.monotonic():
             return kept[1]
+        task = self._identifying.get(path)
+        if task is None:
+            task = self._identifying[path] = asyncio.ensure_future(self._identify(path, url))
+            task.add_done_callback(functools.partial(self._identified, path))
+        return await asyncio.shield(task)  # a caller that goes away does not cancel the others' HEAD
+
+    async def _identify(self, path: str, url: str) -> RemoteIdentity:
+        now = time.monotonic()
         try:
             info = await self.client.head(url)
         except OriginNotFound:
@@ -102,6 +115,12 @@ class RemoteStore:
                 self._identities.pop(next(iter(self._identities)))
             self._identities[path] = (now + self.ttl, identity)
         return identity
+
+    def _identified(self, path: str, task: asyncio.Future) -> None:
+        if self._identifying.get(path) is task:
+            del self._identifying[path]
+        if not task.cancelled():
+            task.exception()  # retrieved: no "never retrieved" warning when every caller went away
 
     async def identify_all(self, paths: Sequence[str], executor: Executor | None = None) -> tuple[RemoteIdentity, ...]:
         """On the loop: the HEADs of a url set run concurrently; nothing blocks, so no executor hop."""

@@ -8,6 +8,7 @@ aiohttp server in front of the same nginx).
 from __future__ import annotations
 
 import asyncio
+import http.client
 import re
 import shutil
 import time
@@ -22,6 +23,7 @@ from fixtures.generate import fixture_path
 from gateway.catalog.catalog import Partner, catalog_dir, parse_entry, write_entry, write_partner
 from gateway.origin.origin_client import OriginClient, OriginError, OriginOptions
 from gateway.origin.packaging import parse_presentation
+from gateway.http.download import REMOTE_PIECE
 from gateway.http.products import Scatter, build_segment
 from gateway.origin import remote as remote_module
 from gateway.origin.remote import RemoteStore
@@ -38,7 +40,7 @@ from tests.e2e.conftest import free_port
 from tests.gateway.processes import get
 from tests.nginx.conftest import player_urls
 
-from .conftest import FILES
+from .conftest import FILES, FaultProxy
 
 SEGMENT = ("--segment-duration", "4")
 URLSET = "title_,240p,180p,.mp4.urlset"
@@ -132,21 +134,25 @@ def test_a_segment_reads_only_its_ranges_and_the_moov_once(origin, gateways, tmp
 
 
 def test_fifty_concurrent_requests_for_a_cold_segment_reach_the_origin_once_per_range(origin, gateways, tmp_path):
+    """50 players asking at once for one cold segment: one HEAD, the moov once, each range once; for every file of
+    the origin (each cold), so that a request arriving in the very loop step the HEAD completes gets several chances.
+    That step fell between the HEAD's single flight and the identity cache (each waiter kept the identity one step
+    later) and sent a second HEAD, in ~5% of bursts: RemoteStore.identify_async now keeps it in the shared task."""
     local = gateways(*SEGMENT, store=origin.root)
-    remote = remote_gateway(gateways, origin.url, tmp_path)
-    url = "/hls/two_audio.mp4/seg-2-v1-a1.ts"
-    mark = origin.mark()
-    started = time.monotonic()
-    with ThreadPoolExecutor(50) as pool:
-        answers = list(pool.map(lambda _: body(remote.base, url), range(50)))
-    elapsed = time.monotonic() - started
-    assert all(a == body(local.base, url) for a in answers)
-    lines = [(line.method, line.range) for line in origin.since(mark) if line.uri.endswith("two_audio.mp4")]
-    gets = Counter(x for x in lines if x[0] == "GET")
-    assert gets and max(gets.values()) == 1, Counter(lines)
-    # the object's HEAD is shared too, once more when its 2-s identity TTL ran out (a loaded machine); a second HEAD
-    # within the TTL has been seen twice in ~20 runs and is not explained yet (noted in issue 16): tolerated, not 50
-    assert 1 <= sum(1 for x in lines if x[0] == "HEAD") <= 2 + int(elapsed / 2.0), (Counter(lines), elapsed)
+    config = tmp_path / "gateway.toml"  # no identity or stat expires during the bursts, however slow the machine
+    config.write_text("origin_identity_ttl = 600\nstat_cache_seconds = 600\n")
+    remote = remote_gateway(gateways, origin.url, tmp_path, "--config", str(config))
+    for name in FILES:
+        url = f"/hls/{name}/seg-2-v1-a1.ts"
+        mark = origin.mark()
+        with ThreadPoolExecutor(50) as pool:
+            answers = list(pool.map(lambda _: body(remote.base, url), range(50)))
+        assert all(a == body(local.base, url) for a in answers), name
+        origin.mark()  # until the burst's last lines are written
+        lines = [(line.method, line.range) for line in origin.since(mark) if line.uri.endswith("/" + name)]
+        gets = Counter(x for x in lines if x[0] == "GET")
+        assert gets and max(gets.values()) == 1, (name, Counter(lines))
+        assert sum(1 for x in lines if x[0] == "HEAD") == 1, (name, Counter(lines))
 
 
 async def test_concurrent_reads_of_one_range_share_one_origin_request(origin):
@@ -186,9 +192,15 @@ async def test_scattered_segments_from_the_origin_equal_local_ones(origin, monke
         await remote.aclose()
 
 
+def local_catalog(tmp_path) -> tuple[str, str]:
+    """--catalog on a local directory: the media reads alone reach the origin (a catalog on the origin would list
+    its folders through the same client, counted by the breaker and the fault proxy; test_remote_catalog.py)."""
+    return "--catalog", str(tmp_path / "catalog")
+
+
 def test_origin_down_is_502_and_not_ready(gateways, tmp_path):
     dead = f"http://127.0.0.1:{free_port()}/media/"
-    remote = remote_gateway(gateways, dead, tmp_path, "--origin-tries", "2")
+    remote = remote_gateway(gateways, dead, tmp_path, "--origin-tries", "2", *local_catalog(tmp_path))
     status, data = body(remote.base, "/hls/title_180p.mp4/master.m3u8")
     assert status == 502 and data.startswith(b"ORIGIN_ERROR: origin http://127.0.0.1") and data.count(b"\n") == 1
     status, _, ready = get(remote.base, "/ready")
@@ -203,7 +215,7 @@ def test_slow_origin_is_504(origin, fault_proxy, gateways, tmp_path):
 
 
 def test_origin_500s_are_retried_then_502(origin, fault_proxy, gateways, tmp_path):
-    remote = remote_gateway(gateways, fault_proxy.url, tmp_path, "--origin-tries", "3")
+    remote = remote_gateway(gateways, fault_proxy.url, tmp_path, "--origin-tries", "3", *local_catalog(tmp_path))
     fault_proxy.mode = "500"
     status, data = body(remote.base, "/hls/title_180p.mp4/master.m3u8")
     assert status == 502 and b"answered 500 (3 tries)" in data, data
@@ -325,3 +337,91 @@ def test_an_origin_url_as_store_keeps_local_state_in_the_state_dir(tmp_path):
     assert (local.settings.origin, local.settings.store) == (None, tmp_path)  # a directory stays the store
     with pytest.raises(ValueError, match="not an http"):
         Settings(origin="ftp://x/y")
+
+
+class PieceFaultProxy(FaultProxy):
+    """The fault proxy failing only the ranged GETs of ``name`` after the first ``good`` of them (``fault``: "500",
+    or "truncate": the headers of the whole range, half its body, then the connection closed); everything else
+    passes. The mode is set per request before FaultProxy's handler reads it (synchronously, on the proxy's loop)."""
+
+    def __init__(self, upstream: str, name: str, fault: str, good: int = 1):
+        super().__init__(upstream)
+        self.name, self.fault, self.good, self.gets = name, fault, good, 0
+
+    async def _handle(self, request):
+        self.mode = "pass"
+        if request.method == "GET" and request.path.endswith(self.name) and "Range" in request.headers:
+            self.gets += 1
+            if self.gets > self.good:
+                self.mode = self.fault
+        return await super()._handle(request)
+
+
+def read_cut(base: str, url: str, **headers) -> tuple[int, int, bytes, bool]:
+    """(status, Content-Length, the body bytes that arrived, whether the connection ended before all of them)."""
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        conn.request("GET", url, headers=headers)
+        response = conn.getresponse()
+        length = int(response.getheader("Content-Length"))
+        try:
+            return response.status, length, response.read(), False
+        except http.client.IncompleteRead as cut:
+            return response.status, length, cut.partial, True
+        except ConnectionError:
+            return response.status, length, b"", True
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("fault", ["500", "truncate"])
+def test_a_download_whose_origin_fails_between_pieces_is_cut_never_short(origin, gateways, tmp_path, fault):
+    """A remote /mp4/ download streams the file in REMOTE_PIECE ranged GETs: when the second one fails (500s, or a
+    body cut short, through every retry) after the headers and the first piece went out, the client sees the
+    connection end before Content-Length (never a complete-looking body of the wrong length); the gateway logs it,
+    counts it, and serves the next requests (the same download included, once the origin recovers)."""
+    name = "title_360p.mp4"
+    whole = (origin.root / name).read_bytes()
+    assert len(whole) > REMOTE_PIECE  # at least two pieces
+    proxy = PieceFaultProxy(f"http://127.0.0.1:{origin.port}", name, fault)
+    try:
+        remote = remote_gateway(gateways, proxy.url, tmp_path, "--origin-tries", "2")
+        for url, headers, status, start in ((f"/mp4/{name}", {}, 200, 0),
+                                            (f"/mp4/{name}", {"Range": "bytes=1000-"}, 206, 1000)):
+            proxy.gets = 0
+            got, length, data, cut = read_cut(remote.base, url, **headers)
+            assert (got, length) == (status, len(whole) - start)
+            assert cut and len(data) < length, (fault, len(data), length)
+            assert data == whole[start:start + len(data)]  # what did arrive is the file's, in order
+            assert proxy.gets >= 2  # the first piece, then the second one (tried again by the origin client)
+        log = remote.log.read_text()
+        assert log.count(f"GET /mp4/{name} aborted after") == 2 and "origin read failed" in log, log
+        assert "Traceback" not in log and "unexpected" not in log, log  # an abort, not an internal error
+        metrics = get(remote.base, "/metrics")[2].decode()
+        assert re.search(r'^gateway_responses_aborted_total\{[^}]*reason="read_error"[^}]*\} 2\.0$', metrics, re.M), \
+            [line for line in metrics.splitlines() if "aborted" in line]
+        assert body(remote.base, "/hls/title_180p.mp4/index-v1-a1.m3u8")[0] == 200  # still serving
+        proxy.good = 10**6  # the origin recovers: the same download is whole again
+        assert body(remote.base, f"/mp4/{name}") == (200, whole)
+    finally:
+        proxy.close()
+
+
+def test_a_signed_remote_download_is_private(origin, gateways, tmp_path):
+    """A secured entry's download from an origin carries the token's Cache-Control (private, up to its expiry), as
+    every other signed response does: the headers the dispatcher sets after the handler are the ones that go out
+    (the body is streamed after the handler returns, not inside it)."""
+    directory = tmp_path / "catalog"  # a local catalog (--catalog), wherever a remote store's own would be
+    write_partner(directory, Partner(302, "P302", "e5" * 32, {}))
+    doc = {"id": "0_remote02", "partner_id": 302, "name": "r", "secured": True,
+           "flavors": [{"id": "0_fl302001", "path": "title_240p.mp4"}]}
+    write_entry(directory, parse_entry(doc, "entries/0_remote02.json"))
+    remote = remote_gateway(gateways, origin.url, tmp_path, "--catalog", str(directory))
+    assert get(remote.base, "/mp4/title_240p.mp4")[0] == 403  # the catalog is read: the entry's file needs its token
+    signed = f"/s/0_remote02/{sign_path('e5' * 32, 'title_240p.mp4', int(time.time()) + 600)}/mp4/title_240p.mp4"
+    for headers in ({}, {"Range": "bytes=10-"}):
+        status, got, data = get(remote.base, signed, headers=headers)
+        assert status in (200, 206) and data == (origin.root / "title_240p.mp4").read_bytes()[10 if headers else 0:]
+        assert re.fullmatch(r"private, max-age=(\d+)", got["Cache-Control"]), got
+        assert 0 < int(got["Cache-Control"].rsplit("=", 1)[1]) <= 600
