@@ -149,7 +149,7 @@ class _Stream:
     audio_codec: str | None = None
     dropped_gone: int = 0       # drops of subscribers that already left
     bytes_out_gone: int = 0
-    video: dict = field(default_factory=dict)     # width, height, fps as declared by onMetaData
+    video: dict = field(default_factory=dict)     # width, height, fps, encoder as declared by onMetaData
     window: deque = field(default_factory=deque)  # [second, payload bytes, video frames] per clock second
     first_in: float | None = None                 # clock of the first message: rates are measured from there
     pending: list = field(default_factory=list)   # items not yet fanned out (Relay's batching)
@@ -393,6 +393,7 @@ class Relay:
             "width": st.video.get("width"),
             "height": st.video.get("height"),
             "declared_fps": st.video.get("fps"),
+            "encoder": st.video.get("encoder"),
             **_rates(st.window, now, now - (st.first_in if st.first_in is not None else now)),
         } for key, st in self._streams.items()}
 
@@ -412,7 +413,8 @@ def _rates(window: deque, now: float, age: float) -> dict:
 
 
 def _declared_video(payload: bytes) -> dict:
-    """width/height/framerate from an ``onMetaData`` body (ffmpeg and OBS write them); {} when absent or unreadable."""
+    """width/height/framerate and the encoder's name from an ``onMetaData`` body (ffmpeg and OBS write them); {} when
+    absent or unreadable."""
     try:
         values = amf0.decode_all(payload)
     except amf0.Amf0Error:
@@ -423,5 +425,8 @@ def _declared_video(payload: bytes) -> dict:
         v = meta.get(key)
         if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e6:
             out[name] = int(v) if name != "fps" else round(float(v), 3)
+    encoder = meta.get("encoder")  # ffmpeg: "Lavf61.7.100", OBS: "obs-output module (libobs version ...)"
+    if isinstance(encoder, str) and encoder:
+        out["encoder"] = encoder[:100]
     return out
 

@@ -38,7 +38,8 @@ from ..ingest.service import INGEST, Ingest
 from .play_manifest import serve_play_manifest
 from ..ops.metrics import (METRICS_SOURCES, PROMETHEUS, GatewayMetrics, MetricsSources, metrics_for_this_process,
                            metrics_state, record_response, serve_metrics, stamp_start)
-from ..ops.status_page import serve_dashboard, serve_static, serve_status_page
+from ..ops.status_page import (dashboard_state, record_for_dashboard, serve_dashboard, serve_static,
+                               serve_status_page)
 from ..ops.health import WORKER_INDEX, add_health_routes
 from .connections import CONNECTIONS, ConnectionTracker
 from ..ops.access_log import CACHE_RESULT
@@ -96,6 +97,7 @@ def make_app(settings: Settings, ingest: Ingest | None = None, *, caches: Caches
     app.cleanup_ctx.append(functools.partial(_gateway_state, executor=executor, caches=caches,
                                              observe_stage=metrics.observe_stage))
     app.cleanup_ctx.append(metrics_state)
+    app.cleanup_ctx.append(dashboard_state)  # the status page's in-memory series (gateway/ops/timeseries.py)
     app.on_response_prepare.append(_on_response_prepare)
     add_health_routes(app)  # /health, /ready: before the catch-all
     app.router.add_get("/metrics", serve_metrics)  # Prometheus (gateway/ops/metrics.py)
@@ -134,10 +136,11 @@ def _origin_counts(app: web.Application):
 
 async def _on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
     """The one response hook (one signal handler instead of three: it runs for every response): CORS and safe
-    defaults, the /status counters, the Prometheus metrics."""
+    defaults, the /status counters, the Prometheus metrics, the status page's series."""
     add_common_headers(response)
     request.app[METRICS].responses[f"{response.status // 100}xx"] += 1
     record_response(request, response)
+    record_for_dashboard(request, response)
 
 
 @web.middleware

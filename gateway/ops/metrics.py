@@ -38,7 +38,6 @@ import logging
 import os
 import time
 import weakref
-from collections import deque
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable
@@ -62,7 +61,6 @@ STAGES = ("cache_lookup", "parse", "plan", "read", "mux", "manifest")
 REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STAGE_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 REFRESH_SECONDS = 1.0  # how often gauges (cache sizes, live viewers) are republished for scrapes by other workers
-RECENT_ERRORS = 50
 # when the request reached the app (perf_counter_ns); RequestKey since aiohttp 3.13, a plain string before
 _START = web.RequestKey("metrics_start_ns", int) if hasattr(web, "RequestKey") else "gateway.ops.metrics.start_ns"
 
@@ -152,7 +150,6 @@ class GatewayMetrics:
         self._published: dict[Gauge, set[tuple[str, ...]]] = {self.viewers: set(), self.quality_viewers: set(),
                                                               self.transcode_cpu: set()}
         self.live_viewers = LiveViewers()
-        self.recent_errors: deque[dict] = deque(maxlen=RECENT_ERRORS)
         self.pending = PendingSamples()
         self._flush_scheduled = False
 
@@ -181,9 +178,7 @@ class GatewayMetrics:
             length = response.content_length
             if length:
                 pending.inc(self._child(self.bytes_out, protocol, kind), length)
-        if status >= 400:
-            self.recent_errors.append(_error_entry(request, response))
-        elif protocol == "live" and kind == "manifest":
+        if status < 400 and protocol == "live" and kind == "manifest":
             self.live_viewers.saw(request.rel_url.raw_path, client_id(request))
 
     def record_abort(self, request: web.BaseRequest, reason: str) -> None:
@@ -306,14 +301,6 @@ def _players(stream_stats: dict) -> int:
     if isinstance(players, int):
         return players
     return int(stream_stats.get("subscribers", 0))
-
-
-def _error_entry(request: web.BaseRequest, response: web.StreamResponse) -> dict:
-    message = ""
-    if isinstance(response, web.Response) and response.body is not None and isinstance(response.body, bytes):
-        message = response.body[:300].decode("utf-8", "replace").strip()
-    return {"time": time.time(), "status": response.status, "method": request.method,
-            "path": request.path[:300], "message": message or (response.reason or "")}
 
 
 # --- aiohttp wiring ------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 // The gateway's status page (gateway/ops/status_page.py): fills the numbers from /status and /status/dashboard every
-// 2 s, and runs the test player (hls.js or dash.js, both served from /static/ by the gateway itself).
+// 2 s, draws the charts of /status/dashboard's per-second series on <canvas>, and runs the test player (hls.js or
+// dash.js, both served from /static/ by the gateway itself).
 //
 // Everything that comes from the server is written with textContent, never as HTML: paths, error messages and
 // stream names are chosen by clients and publishers. window.__statusPage exposes the page's state to the e2e test.
@@ -58,34 +59,133 @@
     show("uptime", duration(s.uptime_seconds || 0), s.uptime_seconds || 0);
   }
 
+  function cells(tbodyId, rows) {
+    const body = $(tbodyId);
+    body.replaceChildren();
+    for (const values of rows) {
+      const row = document.createElement("tr");
+      for (const v of values) {
+        if (Array.isArray(v)) cell(row, v[0], v[1]); else cell(row, v === null || v === undefined ? "–" : v);
+      }
+      body.appendChild(row);
+    }
+  }
+
+  function sum(a) { let t = 0; for (const x of a) t += x; return t; }
+
+  // ---- charts: drawn by hand on <canvas> (no library, no CDN); y from 0 to the series' max, x = the last 10 min ----
+
+  const COLORS = ["#1f6feb", "#c62828", "#2e7d32", "#ef6c00", "#6a1b9a", "#00838f"];
+
+  function chart(id, series, opts) {
+    const canvas = $(id);
+    if (!canvas) return;
+    if (canvas.clientWidth && canvas.width !== canvas.clientWidth) canvas.width = canvas.clientWidth;  // no stretching
+    const ctx = canvas.getContext("2d");
+    const w = canvas.width, h = canvas.height, left = 76, bottom = 16, top = 6;
+    ctx.clearRect(0, 0, w, h);
+    ctx.font = "11px system-ui, sans-serif";
+    let max = opts.max || 0;
+    for (const s of series) for (const v of s.values) if (v !== null && v > max) max = v;
+    if (!max) max = 1;
+    // axes and the max label
+    ctx.strokeStyle = "#dde2e7";
+    ctx.fillStyle = "#6b7480";
+    ctx.beginPath();
+    ctx.moveTo(left, top); ctx.lineTo(left, h - bottom); ctx.lineTo(w - 4, h - bottom);
+    ctx.stroke();
+    ctx.textAlign = "right";
+    ctx.fillText(opts.format(max), left - 4, top + 10);
+    ctx.fillText(opts.format(0), left - 4, h - bottom);
+    ctx.textAlign = "left";
+    ctx.fillText("-" + Math.round(opts.span / 60) + " min", left + 2, h - 3);
+    ctx.textAlign = "right";
+    ctx.fillText("now", w - 4, h - 3);
+    const n = opts.points;
+    const x = function (i) { return left + (w - 4 - left) * (n <= 1 ? 1 : i / (n - 1)); };
+    const y = function (v) { return h - bottom - (h - bottom - top) * v / max; };
+    series.forEach(function (s, k) {
+      ctx.strokeStyle = s.color || COLORS[k % COLORS.length];
+      ctx.lineWidth = 1.5;
+      ctx.beginPath();
+      let pen = false;
+      const offset = n - s.values.length;  // a shorter series ends at "now"
+      ctx.fillStyle = ctx.strokeStyle;
+      s.values.forEach(function (v, i) {
+        if (v === null) { pen = false; return; }
+        if (pen) ctx.lineTo(x(i + offset), y(v)); else ctx.moveTo(x(i + offset), y(v));
+        const next = s.values[i + 1];
+        const alone = !pen && (next === null || next === undefined);
+        if (alone) ctx.fillRect(x(i + offset) - 2, y(v) - 2, 4, 4);  // a lone point: a dot
+        pen = true;
+      });
+      ctx.stroke();
+      if (s.label) {
+        ctx.fillStyle = ctx.strokeStyle;
+        ctx.textAlign = "left";
+        ctx.fillText(s.label, left + 6 + 150 * k, top + 10);
+      }
+    });
+    canvas.dataset.drawn = String(series.length);
+    canvas.dataset.max = String(max);
+  }
+
+  function bits(n) {
+    const units = ["bit/s", "kbit/s", "Mbit/s", "Gbit/s"];
+    let i = 0, x = Number(n) || 0;
+    while (x >= 1000 && i < units.length - 1) { x /= 1000; i += 1; }
+    return (i ? x.toFixed(1) : String(Math.round(x))) + " " + units[i];
+  }
+
+  function renderCharts(d) {
+    const s = d.series || {};
+    const req = s.requests || [], out = s.bytes || [], hits = s.hits || [], misses = s.misses || [];
+    const span = req.length;
+    chart("chart-requests", [{ values: req }, { values: s.errors || [], color: COLORS[1] }],
+          { points: span, span: span, format: function (v) { return String(Math.round(v)); } });
+    chart("chart-egress", [{ values: out.map(function (b) { return b * 8; }) }],
+          { points: span, span: span, format: bits });
+    const ratio = [];  // 10-second bins: one second holds too few lookups to say much
+    for (let i = 0; i + 10 <= hits.length; i += 10) {
+      const h = sum(hits.slice(i, i + 10)), m = sum(misses.slice(i, i + 10));
+      ratio.push(h + m ? 100 * h / (h + m) : null);
+    }
+    chart("chart-hit-ratio", [{ values: ratio }],
+          { points: ratio.length, span: span, max: 100, format: function (v) { return Math.round(v) + " %"; } });
+    show("rate-now", sum(req.slice(-11, -1)) / 10 + " req/s", sum(req.slice(-11, -1)) / 10);
+    show("egress-now", bits(sum(out.slice(-11, -1)) * 8 / 10), sum(out.slice(-11, -1)) * 8 / 10);
+    show("dash-worker", d.worker + " (pid " + d.pid + ")", d.worker);  // --workers N: each has its own numbers
+    show("win-requests", sum(req));
+    show("win-errors", sum(s.errors || []));
+    show("win-bytes", bytes(sum(out)), sum(out));
+    const live = (d.live || []).filter(function (st) { return st.ingest && st.ingest.bps.length; });
+    chart("chart-ingest", live.map(function (st) { return { values: st.ingest.bps, label: st.stream }; }),
+          { points: span, span: span, format: bits });
+  }
+
   function renderDashboard(d) {
-    const live = $("live-streams");
-    live.replaceChildren();
-    for (const st of d.live || []) {
-      const row = document.createElement("tr");
-      cell(row, st.stream);
-      cell(row, st.publishing ? "yes" : "no");
-      cell(row, st.rtmp_players);
-      cell(row, st.hls_viewers);
-      cell(row, st.dash_viewers);
-      cell(row, Object.entries(st.qualities || {}).map(function (e) { return e[0] + ": " + e[1]; }).join(", "));
-      cell(row, Object.entries(st.transcode || {}).map(function (e) {
-        return e[0] + ": " + Math.round(e[1] * 100) + "%";
-      }).join(", "));
-      live.appendChild(row);
-    }
+    cells("live-streams", (d.live || []).map(function (st) {
+      return [st.stream, st.publishing ? "yes" : "no", st.rtmp_players, st.hls_viewers, st.dash_viewers,
+        Object.entries(st.qualities || {}).map(function (e) { return e[0] + ": " + e[1]; }).join(", "),
+        Object.entries(st.transcode || {}).map(function (e) {
+          return e[0] + ": " + Math.round(e[1] * 100) + "%";
+        }).join(", "),
+        st.publisher, st.encoder, st.uptime === null || st.uptime === undefined ? null : duration(st.uptime),
+        [st.video_codec, st.audio_codec].filter(Boolean).join(" + "),
+        st.width && st.height ? st.width + "x" + st.height : null,
+        st.bitrate === null || st.bitrate === undefined ? null : bits(st.bitrate)];
+    }));
     $("live-none").hidden = (d.live || []).length > 0;
-    const errors = $("recent-errors");
-    errors.replaceChildren();
-    for (const e of d.errors || []) {
-      const row = document.createElement("tr");
-      cell(row, new Date(e.time * 1000).toISOString().slice(11, 19));
-      cell(row, e.status, e.status >= 500 ? "error" : "");
-      cell(row, e.method + " " + e.path, "path");
-      cell(row, e.message);
-      errors.appendChild(row);
-    }
+    cells("recent-errors", (d.errors || []).map(function (e) {
+      return [new Date(e.time * 1000).toISOString().slice(11, 19), [e.status, e.status >= 500 ? "error" : ""],
+        [e.method + " " + e.url, "path"], e.message, e.code];
+    }));
     $("errors-none").hidden = (d.errors || []).length > 0;
+    cells("latency", Object.entries(d.latency || {}).map(function (e) {
+      return [e[0], e[1].count, e[1].p50_ms, e[1].p95_ms];
+    }));
+    cells("busiest", (d.busiest || []).map(function (b) { return [[b.entry, "path"], b.count]; }));
+    renderCharts(d);
   }
 
   async function getJSON(url) {
