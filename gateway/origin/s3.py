@@ -203,7 +203,8 @@ def location_for(origin: str, settings) -> S3Location:
     """The S3Location of an ``s3://`` store URL with ``settings``' endpoint, region and profile (see origin_for)."""
     endpoint = getattr(settings, "s3_endpoint", None) or os.environ.get("AWS_ENDPOINT_URL_S3") \
         or os.environ.get("AWS_ENDPOINT_URL") or None
-    return S3Location.parse(origin, endpoint, getattr(settings, "s3_region", None), getattr(settings, "s3_profile", None))
+    return S3Location.parse(origin, endpoint, getattr(settings, "s3_region", None),
+                            getattr(settings, "s3_profile", None))
 
 
 def list_url(location: S3Location, folder: str, token: str | None = None, page: int = 1000) -> str:
