@@ -28,6 +28,7 @@ import logging
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import aiohttp
 
@@ -57,9 +58,11 @@ class Notifier:
     """``rtmp.server.Notify`` for a config; ``record_done(path, info)`` may be called from any thread."""
 
     def __init__(self, config: RtmpConfig, store: Path | str, *, puller: Puller | None = None,
-                 timeout: float = 5.0) -> None:
+                 timeout: float = 5.0, locate: Callable[[str], str] | None = None) -> None:
         self.config = config
         self.store = Path(store)
+        # where a finished recording is, for on_record_done's path: the local file, or its URL on a remote store
+        self.locate = locate or (lambda path: str(self.store / path))
         self.puller = puller
         self.timeout = timeout
         self._http: aiohttp.ClientSession | None = None
@@ -204,7 +207,7 @@ class Notifier:
         client, event = known if known is not None else (Client(0, "", info["app"], ""), None)
         if event is None:
             event = Publish(info["app"], info["stream"], 0, "live", info["stream"])
-        form = self.fields("record_done", client, event, {"path": str(self.store / path)})
+        form = self.fields("record_done", client, event, {"path": self.locate(path)})
         self._loop.call_soon_threadsafe(self._spawn, "record_done", url, form, conf.notify_method)
 
     def _spawn(self, call: str, url: str, form: list, method: str) -> None:

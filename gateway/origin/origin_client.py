@@ -1,7 +1,10 @@
 """One pooled async HTTP client per origin: HEAD/ranged GETs with timeouts, retries, a circuit breaker, single flight.
 
 Everything here runs on the event loop that owns the ``aiohttp.ClientSession`` (created lazily on first use, so the
-session belongs to the loop that serves requests). ``gateway.origin.remote`` bridges executor threads to it.
+session belongs to the loop that serves requests). ``gateway.origin.remote`` bridges executor threads to it. The
+ranged GETs of a plain ``http://`` origin go through this client's range pool instead (gateway/origin/
+range_protocol.py: bodies received into one buffer, or into a scatter read's pieces), with the same retries,
+breaker, counts and single flight; HEADs, other requests, https and unusual answers use the aiohttp session.
 
 Failure model (what the handler sees):
 - the origin answered 404 → ``OriginNotFound`` (the store turns it into NOT_FOUND like a missing local file);
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -22,6 +26,9 @@ from typing import Awaitable, Callable, Mapping
 
 import aiohttp
 from yarl import URL
+
+from .landing import Disarmed, Landing
+from .range_protocol import RangePool, Unusual
 
 log = logging.getLogger("gateway")
 
@@ -154,8 +161,13 @@ class OriginClient:
         self.breaker = Breaker(self.options.breaker_failures, self.options.breaker_cooldown)
         self._session: aiohttp.ClientSession | None = None
         self._inflight: dict[tuple, asyncio.Future] = {}
+        self._joined: dict[tuple, int] = {}  # callers that joined a flight (a landed range is copied for them)
         self.counts = OriginCounts()  # requests, bytes, errors by kind, shared (single-flight hits), latency
         self._warned_no_ranges = False
+        # ranged GETs of a plain http:// origin: received into one buffer each (gateway/origin/range_protocol.py)
+        self._ranges = RangePool(self.base_url, self.options.connections, self.options.connect_timeout) \
+            if self.base_url.startswith("http://") and RANGE_POOL else None
+        self._unusual = 0  # answers in a row left to aiohttp: at UNUSUAL_LIMIT, this origin's GETs all go there
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -171,6 +183,8 @@ class OriginClient:
         return self._session
 
     async def close(self) -> None:
+        if self._ranges is not None:
+            self._ranges.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -205,15 +219,20 @@ class OriginClient:
         """Bytes [start, stop) of the object ``info`` describes (stop clipped to its size by the caller)."""
         return joined(await self.get_range_chunks(url, info, start, stop))
 
-    async def get_range_chunks(self, url: str, info: OriginInfo, start: int, stop: int) -> tuple[bytes, ...]:
+    async def get_range_chunks(self, url: str, info: OriginInfo, start: int, stop: int,
+                               landing: Landing | None = None) -> tuple[bytes, ...] | None:
         """``get_range`` as the chunks the socket gave: joining them is a copy of the whole range that a scatter
-        read does not need."""
+        read does not need. With ``landing`` (gateway/origin/landing.py) the range may be read straight into its
+        pieces: then None (callers sharing that request get a copy)."""
         if stop <= start:
             return ()
+        if landing is not None and (landing.start, landing.size) != (start, stop - start):
+            landing = None  # a range clipped to the object's size: read, then found short, as without
+        key = ("GET", url, info.etag, info.last_modified, start, stop)
 
-        async def fetch() -> tuple[bytes, ...]:
+        async def fetch() -> tuple[bytes, ...] | Landed:
             headers = {"Range": f"bytes={start}-{stop - 1}", **info.conditions()}
-            status, got, body = await self._request("GET", url, headers, body=True)
+            status, got, body = await self._request("GET", url, headers, body=True, landing=landing)
             if status == 404 or status == 410:
                 raise OriginNotFound(url)
             if status == 412:
@@ -226,6 +245,8 @@ class OriginClient:
                     raise OriginChanged("replaced")
                 if first != start:
                     raise OriginError(502, f"origin {self.name} answered another range than asked")
+                if body is None:  # in the landing's pieces
+                    return self._landed(key, landing)
                 size = sum(map(len, body))
                 if size > stop - start:  # more than asked (an origin rounding ranges up): only what was asked
                     body = (joined(body)[: stop - start],)
@@ -244,7 +265,24 @@ class OriginClient:
                 raise OriginChanged("truncated")
             return body
 
-        return await self._single_flight(("GET", url, info.etag, info.last_modified, start, stop), fetch)
+        result = await self._single_flight(key, fetch)
+        if isinstance(result, Landed):
+            return None if result.landing is landing else (result.copy,)
+        return result
+
+    def _landed(self, key: tuple, landing: Landing) -> "Landed":
+        """A range that landed: copied for the callers that joined its request, and no longer joinable (from here
+        on the pieces are the leader's alone)."""
+        task = self._inflight.get(key)
+        if task is not None and task is asyncio.current_task():
+            del self._inflight[key]
+        copy = None
+        if self._joined.pop(key, 0):
+            try:
+                copy = landing.gather()
+            except (Disarmed, OSError) as e:
+                raise OriginError(502, f"origin {self.name}: a shared range was abandoned ({e!r})") from None
+        return Landed(landing, copy)
 
     async def probe(self, url: str) -> str | None:
         """None when the origin answers at all (any status below 500), else why not; one try, breaker counted."""
@@ -261,6 +299,7 @@ class OriginClient:
         task = self._inflight.get(key)
         if task is not None:
             self.counts.add("shared")
+            self._joined[key] = self._joined.get(key, 0) + 1
         else:
             task = self._inflight[key] = asyncio.ensure_future(fetch())
             task.add_done_callback(functools.partial(self._done, key))
@@ -269,6 +308,7 @@ class OriginClient:
     def _done(self, key: tuple, task: asyncio.Future) -> None:
         if self._inflight.get(key) is task:
             del self._inflight[key]
+            self._joined.pop(key, None)
         if not task.cancelled():
             task.exception()  # retrieved: no "never retrieved" warning when every caller went away
 
@@ -280,9 +320,12 @@ class OriginClient:
         return status, got, joined(body)
 
     async def _request(self, method: str, url: str, headers: dict[str, str], *, body: bool = False,
-                       tries: int | None = None, data: bytes = b"") -> tuple[int, Mapping[str, str], tuple[bytes, ...]]:
+                       tries: int | None = None, data: bytes = b"", landing: Landing | None = None
+                       ) -> tuple[int, Mapping[str, str], tuple[bytes, ...] | None]:
         """(status, headers, body) of the first attempt that is not a connection error, a timeout or a 5xx."""
         tries = tries or self.options.tries
+        fast = method == "GET" and body and not data and "Range" in headers and self._ranges is not None \
+            and self._unusual < UNUSUAL_LIMIT and self._ranges.serves(url)
         if self.extra_headers:
             headers = {**headers, **self.extra_headers}
         if self.signer is not None:
@@ -298,15 +341,10 @@ class OriginClient:
             started = time.perf_counter_ns()
             self.counts.add("requests")
             try:
-                # encoded=True: the path goes out exactly as built (and as a signer signed it), never re-quoted
-                async with self.session().request(method, URL(url, encoded=True), headers=headers,
-                                                  data=data or None, allow_redirects=False) as r:
-                    if body and method != "HEAD":
-                        _widen_reads(r)
-                        data = [chunk async for chunk in r.content.iter_any()]
-                    else:
-                        data = []
-                    status, got = r.status, r.headers
+                answer = await self._fast_get(url, headers, landing) if fast else None
+                if answer is None:
+                    answer = await self._aiohttp(method, url, headers, body, data)
+                status, got, chunks = answer  # not ``data``: a retry sends the request's own body again
             except (asyncio.TimeoutError, TimeoutError):
                 reason, timed_out, kind = f"origin {self.name} did not answer within {self.options.timeout:g} s", \
                     True, "timeout"
@@ -317,16 +355,77 @@ class OriginClient:
                 reason, timed_out, kind = f"origin {self.name} unreachable: {type(e).__name__}", False, "connect"
             else:
                 self.counts.add("latency_ns", time.perf_counter_ns() - started)
-                self.counts.add("bytes", sum(map(len, data)))
+                self.counts.add("bytes", landing.size if chunks is None else sum(map(len, chunks)))
                 if status < 500:
                     self.breaker.success()
-                    return status, got, tuple(data)
+                    return status, got, None if chunks is None else tuple(chunks)
                 reason, timed_out, kind = f"origin {self.name} answered {status}", False, "status_5xx"
             self.counts.add(f"errors_{kind}")
             self.breaker.failure()
         raise OriginError(504 if timed_out else 502, reason + (f" ({tries} tries)" if tries > 1 else ""))
 
+    async def _fast_get(self, url: str, headers: dict[str, str], landing: Landing | None = None):
+        """A ranged GET on the range pool; None when its answer is one for aiohttp (then asked again there)."""
+        expect = (0, 0) if landing is None else (landing.start, landing.size)
+        try:
+            async with asyncio.timeout(self.options.timeout):
+                answer = await self._ranges.get(url, headers, landing, expect)
+            self._unusual = 0  # a plain answer: an odd one now and then never turns the pool off
+            return answer
+        except Unusual as e:
+            self._unusual += 1
+            if self._unusual == UNUSUAL_LIMIT:
+                log.warning("origin %s: its answers go through aiohttp from now on (%s)", self.name, e)
+            return None
 
+    async def _aiohttp(self, method: str, url: str, headers: dict[str, str], body: bool, data: bytes):
+        # encoded=True: the path goes out exactly as built (and as a signer signed it), never re-quoted
+        async with self.session().request(method, URL(url, encoded=True), headers=headers,
+                                          data=data or None, allow_redirects=False) as r:
+            if body and method != "HEAD":
+                _widen_reads(r)
+                chunks = [chunk async for chunk in r.content.iter_any()]
+            else:
+                chunks = []
+            return r.status, r.headers, chunks
+
+    async def send_fresh(self, method: str, url: str, headers: Mapping[str, str] | None,
+                         body: Callable[[], object], tries: int | None = None) -> tuple[int, Mapping[str, str], bytes]:
+        """``send`` with a body made anew for each attempt by ``body()``: bytes (signed, as ``send``), or for an
+        unsigned origin an async iterable (a file streamed, never whole in memory; give its Content-Length in
+        ``headers``). A streamed body cannot be sent twice, so each attempt is one ``_request`` try, with the same
+        backoff between them as the reads."""
+        tries = tries or self.options.tries
+        failed: OriginError | None = None
+        for attempt in range(tries):
+            if attempt:
+                await asyncio.sleep(self.options.backoff[min(attempt - 1, len(self.options.backoff) - 1)])
+            data = body()
+            if self.signer is not None and not isinstance(data, bytes):
+                raise TypeError("OriginClient.send_fresh: a signed origin needs a bytes body (the signature hashes it)")
+            try:
+                status, got, chunks = await self._request(method, url, dict(headers or {}), body=True, tries=1,
+                                                          data=data)
+            except OriginError as e:
+                failed = e
+                continue
+            return status, got, joined(chunks)
+        raise OriginError(failed.status, f"{failed.reason} ({tries} tries)")
+
+
+# GATEWAY_ORIGIN_RANGE_POOL=0: every request through aiohttp (`gateway bench origin --both-paths` compares the two)
+RANGE_POOL = os.environ.get("GATEWAY_ORIGIN_RANGE_POOL", "1") != "0"
+
+
+@dataclass(frozen=True)
+class Landed:
+    """A range read into ``landing``'s pieces; ``copy``: its bytes for the callers that shared the request."""
+
+    landing: Landing
+    copy: bytes | None
+
+
+UNUSUAL_LIMIT = 3  # answers in a row that the range pool leaves to aiohttp (chunked...) before it stops trying
 RECV_SIZE = 1 << 20  # bytes per recv() on an origin connection (asyncio's default is 256 KB)
 
 

@@ -32,6 +32,8 @@ import numpy as np
 from packagers.errors import bad_data, not_found
 from packagers.media_data import MAX_PIECES_PER_READ, ReadRequest, ScatterRead
 
+from . import landing as landing_module
+from .landing import Landing
 from .origin_client import (OriginChanged, OriginClient, OriginError, OriginInfo, OriginNotFound, OriginOptions,
                             Signer, joined)
 from .store import SCRATCH_KEEP, ContentStore, FileChanged, FileIdentity, Store, piece_iovecs, read_pieces
@@ -142,14 +144,16 @@ class RemoteStore:
         object is not the identified one any more (or came back short)."""
         return [joined(chunks) for chunks in await self.read_chunks(identity, ranges)]
 
-    async def read_chunks(self, identity: RemoteIdentity, ranges: Sequence[tuple[int, int]]
-                          ) -> list[tuple[bytes, ...]]:
-        """``read_ranges``, each range as the chunks it arrived in (not joined)."""
+    async def read_chunks(self, identity: RemoteIdentity, ranges: Sequence[tuple[int, int]],
+                          landings: Sequence[Landing | None] = ()) -> list[tuple[bytes, ...] | None]:
+        """``read_ranges``, each range as the chunks it arrived in (not joined); None for a range that was read
+        straight into its landing's pieces (``landings``: one per range, or none)."""
         self._bind_loop()
+        landings = landings or [None] * len(ranges)
         try:
             return list(await asyncio.gather(*(self.client.get_range_chunks(identity.real_path, identity.info, a,
-                                                                            min(b, identity.size))
-                                               for a, b in ranges)))
+                                                                            min(b, identity.size), landing)
+                                               for (a, b), landing in zip(ranges, landings))))
         except OriginChanged as e:
             self.forget(identity.path)
             raise FileChanged(identity.path, e.reason) from None
@@ -238,22 +242,35 @@ class RemoteReader:
         return self._ranges([(r.offset, r.offset + r.size) for r in requests])
 
     def read_scratch(self, requests: Sequence[ReadRequest], nowait: bool = False) -> list[memoryview]:
-        return [memoryview(b) for b in self.read_all(requests)]
+        ranges = [(r.offset, r.offset + r.size) for r in requests]
+        chunks = self.store._call(self.store.read_chunks(self.identity, ranges))
+        return [memoryview(joined(parts)) for parts in chunks]  # one buffer a range from the range pool: no copy
 
     def read_scatter(self, reads: Sequence[ScatterRead], nowait: bool = False) -> None:
-        """Each read's bytes into its pieces, as the local reader does: one process_vm_readv per read copies the
-        fetched range into the muxer's layout (the kernel walks the pieces: no Python loop per sample, one copy);
-        where a sandbox refuses that call, the range goes through this thread's memory file and preadv2. A sample
-        past the identified end is BAD_DATA, as locally."""
+        """Each read's bytes into its pieces, as the local reader does. From a plain http:// origin each range's
+        body is read (readv) straight into the muxer's layout by the range pool (gateway/origin/landing.py: one
+        copy, as preadv2 from a file); otherwise one process_vm_readv per read copies the fetched range there (the
+        kernel walks the pieces: no Python loop per sample); where a sandbox refuses that call, the range goes
+        through this thread's memory file and preadv2. A sample past the identified end is BAD_DATA, as locally."""
         ranges = [(r.offset, r.offset + r.size) for r in reads]
-        chunks = self.store._call(self.store.read_chunks(self.identity, ranges))
+        iov = piece_iovecs(reads)
+        landings = _landings(iov, reads) if iov is not None and _vm_copies[0] and LAND else []
+        try:
+            chunks = self.store._call(self.store.read_chunks(self.identity, ranges, landings))
+        finally:
+            for landing in landings:
+                if landing is not None:
+                    landing.disarm()  # from here on nothing writes into the pieces, whatever became of the reads
+        if all(parts is None for parts in chunks):
+            return  # every range read straight into its pieces: one copy, as from a local file
         for r, parts in zip(reads, chunks):
-            if sum(map(len, parts)) < r.size:
+            if parts is not None and sum(map(len, parts)) < r.size:
                 raise bad_data(f"read_scatter: a sample ends at byte {r.offset + r.size} of a file of "
                                f"{self.identity.size} bytes (file truncated?)")
-        iov = piece_iovecs(reads)
         if iov is not None and _copy_into_pieces(iov, reads, chunks):
             return
+        if any(parts is None for parts in chunks):  # a landed range, then the copy refused: read them again
+            chunks = self.store._call(self.store.read_chunks(self.identity, ranges))
         fd, at, local = _memory_file(), 0, []
         for r, parts in zip(reads, chunks):
             _write_all(fd, joined(parts), at)
@@ -302,6 +319,8 @@ def _copy_into_pieces(iov: np.ndarray, reads: Sequence[ScatterRead], chunks: lis
     for r, parts in zip(reads, chunks):
         rows = iov[first: first + len(r.at)]
         first += len(r.at)
+        if parts is None:  # landed already
+            continue
         if len(parts) > MAX_PIECES_PER_READ:  # more chunks than one call takes: one source
             parts = (joined(parts),)
         source = np.array([(np.frombuffer(p, dtype=np.uint8).__array_interface__["data"][0], len(p))
@@ -317,6 +336,20 @@ def _copy_into_pieces(iov: np.ndarray, reads: Sequence[ScatterRead], chunks: lis
         if n != r.size:
             raise OSError(f"read_scatter: process_vm_readv copied {n} of {r.size} bytes")
     return True
+
+
+# GATEWAY_ORIGIN_LAND=0: scatter reads take the fetched bytes and copy them (bench comparisons)
+LAND = landing_module.available() and os.environ.get("GATEWAY_ORIGIN_LAND", "1") != "0"
+
+
+def _landings(iov: np.ndarray, reads: Sequence[ScatterRead]) -> list[Landing | None]:
+    """One Landing per read: its rows of ``iov`` (the pool reads the range's body straight into them)."""
+    out, first = [], 0
+    for r in reads:
+        rows = iov[first: first + len(r.at)]
+        first += len(r.at)
+        out.append(Landing(rows, r.offset, r.size) if len(rows) and int(rows[:, 1].sum()) == r.size else None)
+    return out
 
 
 class _MemoryFile(threading.local):
