@@ -206,3 +206,27 @@ def test_demo_without_pyav_says_which_extra_to_install(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert "pip install -e '.[demo]'" in done.stderr
+
+
+def test_demo_says_first_run_once_and_prints_playable_urls(tmp_path):
+    """`gateway demo`: the first run makes the sample media (and says so), a second one does not; every URL of its
+    banner plays (200) on the server it started."""
+    store = tmp_path / "media"
+    for run in (1, 2):
+        proc = subprocess.Popen(gateway_command() + ["demo", "--store", str(store), "--port", "0"],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            lines = []
+            while not lines or not lines[-1].startswith("above with `ffplay URL`"):
+                line = proc.stdout.readline()
+                assert line, lines
+                lines.append(line.strip())
+            assert any("first run only" in line for line in lines) == (run == 1), lines
+            urls = [line.split()[-1] for line in lines if line.split() and line.split()[-1].startswith("http://")]
+            assert len(urls) >= 10
+            for url in urls:
+                with urllib.request.urlopen(url, timeout=60) as r:
+                    assert r.status == 200, url
+        finally:
+            proc.terminate()
+            proc.wait(60)
