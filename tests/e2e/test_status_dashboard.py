@@ -17,9 +17,9 @@ import time
 import pytest
 
 from fixtures.generate import fixture_path
-from tests.e2e.browser_player import BROWSER_DIR, CHROMIUM, ensure_node_modules, require_browser
+from tests.e2e.browser_player import ensure_node_modules, require_browser
 from tests.e2e.conftest import free_port, start_gateway
-from tests.e2e.test_status_page import get, luma
+from tests.e2e.test_status_page import drive as drive_page, get, luma
 from tests.needs import require_executable
 
 pytestmark = pytest.mark.browser  # ~11 s here (ffmpeg publish + Chromium): not "slow"
@@ -50,13 +50,7 @@ def metric_sum(base: str, name: str, **labels: str) -> float:
 
 
 def drive(base: str, *args: str, timeout: float = 40.0) -> dict:
-    cmd = ["node", str(BROWSER_DIR / "status_dashboard.mjs"), "--url", base + "/", "--timeout", str(timeout),
-           "--chromium", CHROMIUM, *args]
-    proc = subprocess.run(cmd, cwd=BROWSER_DIR, capture_output=True, text=True, timeout=timeout + 60,
-                          stdin=subprocess.DEVNULL)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert proc.returncode == 0 and lines, f"status_dashboard.mjs failed: {proc.stdout}\n{proc.stderr}"
-    report = json.loads(lines[-1])
+    report = drive_page(base, *args, timeout=timeout, script="status_dashboard.mjs")
     assert report["ok"], report
     assert not report["pageErrors"] and not report["dialogs"], report
     return report["page"]

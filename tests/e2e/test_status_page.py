@@ -49,14 +49,14 @@ def status(base: str) -> dict:
     return json.loads(body)
 
 
-def drive(base: str, *args: str, timeout: float = 40.0) -> dict:
-    """Run status_page.mjs against the node; its JSON report."""
-    cmd = ["node", str(BROWSER_DIR / "status_page.mjs"), "--url", base + "/", "--timeout", str(timeout),
+def drive(base: str, *args: str, timeout: float = 40.0, script: str = "status_page.mjs") -> dict:
+    """Run ``script`` (status_page.mjs, status_dashboard.mjs) against the node; its JSON report."""
+    cmd = ["node", str(BROWSER_DIR / script), "--url", base + "/", "--timeout", str(timeout),
            "--chromium", CHROMIUM, *args]
     proc = subprocess.run(cmd, cwd=BROWSER_DIR, capture_output=True, text=True, timeout=timeout + 60,
                           stdin=subprocess.DEVNULL)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert proc.returncode == 0 and lines, f"status_page.mjs failed: {proc.stdout}\n{proc.stderr}"
+    assert proc.returncode == 0 and lines, f"{script} failed: {proc.stdout}\n{proc.stderr}"
     return json.loads(lines[-1])
 
 
