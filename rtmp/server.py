@@ -25,6 +25,7 @@ from rtmp.session import Connect, Media, Metadata, Play, Publish, ServerSession,
 __all__ = ["RtmpServer", "serve_rtmp", "Authorize", "Pull", "Push", "Notify", "Client", "Redirect"]
 
 log = logging.getLogger("rtmp.server")
+CLOSE_WAIT = 5.0  # seconds close() waits for cancelled connections before aborting their sockets
 
 
 class _Connection(ConnectionHooks):
@@ -61,8 +62,11 @@ class _Connection(ConnectionHooks):
             while True:
                 idle = self.server.idle_timeout if self.play_key is None else None
                 try:
-                    data = await asyncio.wait_for(self.reader.read(65536), idle)
-                except asyncio.TimeoutError:
+                    # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancel that comes as the
+                    # read completes, and the server's close() would then wait for this task forever
+                    async with asyncio.timeout(idle):
+                        data = await self.reader.read(65536)
+                except TimeoutError:
                     log.info("rtmp %s: idle for %.0f s, closing", self.peer, idle)
                     return
                 if not data:
@@ -314,7 +318,14 @@ class RtmpServer:
         for t in list(self._tasks):
             t.cancel()
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            _, stuck = await asyncio.wait(list(self._tasks), timeout=CLOSE_WAIT)
+            if stuck:  # a cancel lost in a library's wait: end their reads by closing the sockets, then cancel again
+                log.warning("rtmp: %d connection(s) did not stop when cancelled; aborting their sockets", len(stuck))
+                for client in list(self.clients.values()):
+                    client.writer.transport.abort()
+                for t in stuck:
+                    t.cancel()
+                await asyncio.wait(stuck, timeout=CLOSE_WAIT)
         if self.server is not None:
             await self.server.wait_closed()
 

@@ -264,3 +264,32 @@ async def test_second_publisher_badname_unknown_stream_not_found_bad_client_isol
     for c in (second, nobody, player):
         c.close()
     bad.close()
+
+
+async def test_close_ends_a_connection_that_lost_its_cancel(monkeypatch, caplog):
+    """Python 3.11's wait_for can swallow a cancel (the read completing at that moment): a connection task then goes
+    on reading. close() must still end: after CLOSE_WAIT it aborts the sockets, which ends such a read."""
+    import rtmp.server as server_module
+
+    monkeypatch.setattr(server_module, "CLOSE_WAIT", 0.5)
+    async def run_losing_cancels(self):
+        """A connection's read loop whose cancels get lost, as in that wait_for: it reads on until its socket ends."""
+        self.server.clients[self.client_id] = self
+        try:
+            while True:
+                try:
+                    if not await self.reader.read(65536):
+                        return
+                except asyncio.CancelledError:
+                    continue
+        finally:
+            self.server.clients.pop(self.client_id, None)
+
+    monkeypatch.setattr(server_module._Connection, "run", run_losing_cancels)
+    srv = await serve_rtmp("127.0.0.1", 0, Relay())
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+    await wait_until(lambda: srv.clients, 10, "the connection")
+    await asyncio.wait_for(srv.close(), 10)
+    assert "did not stop when cancelled; aborting their sockets" in caplog.text
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # the client sees the connection closed
+    writer.close()
