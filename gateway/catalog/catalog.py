@@ -42,7 +42,8 @@ from .files import CatalogConflict, CatalogFiles, as_files, origin_files, write_
 # the documents and their validation live in gateway/catalog/schema.py; importers may keep using this module for them
 __all__ = ["CATALOG_DIR_NAME", "ENTRY_ID", "SECRET", "RULES", "CatalogError", "CatalogNotFound", "Partner", "Flavor",
            "Entry", "check_delivery", "path_problem", "parse_partner", "parse_entry", "resolve_flavors",
-           "missing_flavors", "CatalogView", "Catalog", "open_catalog", "catalog_dir", "read_partner", "read_entry", "write_partner",
+           "missing_flavors", "CatalogView", "Catalog", "open_catalog", "catalog_dir", "read_partner", "read_entry",
+           "write_partner",
            "write_entry", "write_json_atomic", "write_lock", "CatalogConflict", "CatalogFiles", "delete_partner",
            "delete_entry"]
 

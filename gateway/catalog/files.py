@@ -27,7 +27,8 @@ from typing import Any, Iterator, Protocol
 
 from .schema import CATALOG_DIR_NAME, CatalogError
 
-__all__ = ["CatalogConflict", "CatalogFiles", "DirectoryFiles", "OriginFiles", "as_files", "origin_catalog", "origin_files",
+__all__ = ["CatalogConflict", "CatalogFiles", "DirectoryFiles", "OriginFiles", "as_files", "origin_catalog",
+           "origin_files",
            "write_json_atomic"]
 
 MISSING = "missing"  # the signature lock() records for a file that was read and not found

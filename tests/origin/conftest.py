@@ -49,7 +49,9 @@ http {{
         # the catalog's folders are listed as JSON (gateway/catalog/files.py: OriginFiles on an HTTP origin)
         location /{prefix_path}/.catalog/ {{ alias {root}/.catalog/; autoindex on; autoindex_format json; }}
         # writable (WebDAV PUT): recordings uploaded to an HTTP origin (tests/origin/test_recording_upload.py)
-        location /{rw_path}/ {{ alias {prefix}/{rw_path}/; dav_methods PUT; create_full_put_path on; client_max_body_size 0; }}
+        location /{rw_path}/ {{
+            alias {prefix}/{rw_path}/; dav_methods PUT; create_full_put_path on; client_max_body_size 0;
+        }}
         location / {{ return 403; }}
     }}
 }}
@@ -76,8 +78,8 @@ class NginxOrigin:
         self.port = free_port()
         self.conf = workdir / "nginx.conf"
         user = "user root;" if os.geteuid() == 0 else ""  # as root, workers would switch to nobody: tmp is 0700
-        self.conf.write_text(NGINX_CONF.format(user=user, prefix=workdir, port=self.port, root=self.root, prefix_path=PREFIX,
-                                                rw_path=RW_PREFIX))
+        self.conf.write_text(NGINX_CONF.format(user=user, prefix=workdir, port=self.port, root=self.root,
+                                               prefix_path=PREFIX, rw_path=RW_PREFIX))
         self.log = workdir / "access.log"
         self.proc: subprocess.Popen | None = None
 
