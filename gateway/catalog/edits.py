@@ -3,14 +3,16 @@
 
 Each runs inside the catalog's write lock: read, change, validate as the gateway will (``parse_*``,
 ``delivery_profiles.merge``), write; on S3 a write that lost a race raises CatalogConflict, and ``retrying`` runs
-the whole operation again (5 tries). Media flavor files being added are read as a request would (``unservable``):
+the whole operation again (12 tries, with random pauses). Media flavor files being added are read as a request would (``unservable``):
 one the gateway could not package is refused unless ``force``. The returned warnings say what a node would log
 (a flavor file not there yet) and what a secured entry does to the entries it shares files with.
 """
 from __future__ import annotations
 
+import random
 import secrets
 import string
+import time
 from typing import Callable, TypeVar
 
 from packagers.errors import PackagerError
@@ -20,17 +22,19 @@ from .catalog import (Catalog, CatalogConflict, CatalogError, CatalogNotFound, C
                       resolve_flavors, write_entry, write_lock, write_partner)
 
 T = TypeVar("T")
-TRIES = 5
+TRIES = 12  # n writers racing on one file: each round one wins, so the last needs up to n tries
 
 
 def retrying(operation: Callable[[], T]) -> T:
-    """``operation()``, run again when an optimistic (S3) write lost a race to another writer."""
+    """``operation()``, run again when an optimistic (S3) write lost a race to another writer, after a random pause
+    that grows with the tries (writers that lost together do not collide again in step)."""
     for attempt in range(TRIES):
         try:
             return operation()
         except CatalogConflict:
             if attempt == TRIES - 1:
                 raise
+            time.sleep(random.uniform(0, 0.02 * (attempt + 1)))
     raise AssertionError("unreachable")
 
 

@@ -22,8 +22,9 @@ from rtmp.record import Recorder
 from rtmp.relay import Relay
 from rtmp.server import RtmpServer
 
-from ..catalog.catalog import (CatalogConflict, CatalogError, CatalogNotFound, Directory, Entry, Flavor, open_catalog,
-                               read_entry, read_partner, write_entry, write_lock)
+from ..catalog.catalog import (CatalogError, CatalogNotFound, Directory, Entry, Flavor, open_catalog, read_entry,
+                               read_partner, write_entry, write_lock)
+from ..catalog.edits import retrying
 from ..origin.upload import Uploader, remote_store, sizes_from_env
 from .auth import IngestAuth
 from .notify import Notifier
@@ -134,22 +135,21 @@ def register_recording(directory: Directory, partner_id: int, path: str, info: d
     digest = int.from_bytes(hashlib.sha256(path.encode()).digest()[:12], "big")
     entry_id, flavor_id = (f"0_{_base36(digest >> shift, 8)}" for shift in (0, 48))
     entry = Entry(entry_id, partner_id, Path(path).stem, False, (Flavor(flavor_id, path),))
-    for _ in range(5):  # a catalog on S3 is written optimistically: a lost race reads again
-        try:
-            with write_lock(directory):
-                kept = _registered(directory, partner_id, path, entry_id)
-                if kept is not _WRITE:
-                    return kept
-                write_entry(directory, entry)
-            break
-        except CatalogConflict:
-            continue
-        except (CatalogError, OSError) as e:
-            log.error("ingest: recording %s not registered: %s", path, e)
-            return None
-    else:
-        log.error("ingest: recording %s not registered: entry %s kept changing under us", path, entry_id)
+    def register() -> Entry | None:
+        with write_lock(directory):
+            kept = _registered(directory, partner_id, path, entry_id)
+            if kept is not _WRITE:
+                return kept
+            write_entry(directory, entry)
+        return entry
+
+    try:
+        registered = retrying(register)  # a catalog on S3 is written optimistically: a lost race reads again
+    except (CatalogError, OSError) as e:
+        log.error("ingest: recording %s not registered: %s", path, e)
         return None
+    if registered is not entry:
+        return registered
     log.info("ingest: recording %s registered as entry %s of partner %s", path, entry_id, partner_id)
     return entry
 
