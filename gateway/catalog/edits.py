@@ -3,9 +3,10 @@
 
 Each runs inside the catalog's write lock: read, change, validate as the gateway will (``parse_*``,
 ``delivery_profiles.merge``), write; on S3 a write that lost a race raises CatalogConflict, and ``retrying`` runs
-the whole operation again (12 tries, with random pauses). Media flavor files being added are read as a request would (``unservable``):
-one the gateway could not package is refused unless ``force``. The returned warnings say what a node would log
-(a flavor file not there yet) and what a secured entry does to the entries it shares files with.
+the whole operation again (12 tries, with random pauses). Media flavor files being added are read as a request
+would (``unservable``): one the gateway could not package is refused unless ``force``. The returned warnings say
+what a node would log (a flavor file not there yet) and what a secured entry does to the entries it shares files
+with.
 """
 from __future__ import annotations
 
