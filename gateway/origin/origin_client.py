@@ -232,7 +232,7 @@ class OriginClient:
 
         async def fetch() -> tuple[bytes, ...] | Landed:
             headers = {"Range": f"bytes={start}-{stop - 1}", **info.conditions()}
-            status, got, body = await self._request("GET", url, headers, body=True, landing=landing)
+            status, got, body = await self._request("GET", url, headers, body=True, landing=landing, size=info.size)
             if status == 404 or status == 410:
                 raise OriginNotFound(url)
             if status == 412:
@@ -320,9 +320,10 @@ class OriginClient:
         return status, got, joined(body)
 
     async def _request(self, method: str, url: str, headers: dict[str, str], *, body: bool = False,
-                       tries: int | None = None, data: bytes = b"", landing: Landing | None = None
-                       ) -> tuple[int, Mapping[str, str], tuple[bytes, ...] | None]:
-        """(status, headers, body) of the first attempt that is not a connection error, a timeout or a 5xx."""
+                       tries: int | None = None, data: bytes = b"", landing: Landing | None = None,
+                       size: int = 0) -> tuple[int, Mapping[str, str], tuple[bytes, ...] | None]:
+        """(status, headers, body) of the first attempt that is not a connection error, a timeout or a 5xx. ``size``:
+        the object's, when known (the range pool never takes a longer body)."""
         tries = tries or self.options.tries
         fast = method == "GET" and body and not data and "Range" in headers and self._ranges is not None \
             and self._unusual < UNUSUAL_LIMIT and self._ranges.serves(url)
@@ -341,7 +342,7 @@ class OriginClient:
             started = time.perf_counter_ns()
             self.counts.add("requests")
             try:
-                answer = await self._fast_get(url, headers, landing) if fast else None
+                answer = await self._fast_get(url, headers, landing, size) if fast else None
                 if answer is None:
                     answer = await self._aiohttp(method, url, headers, body, data)
                 status, got, chunks = answer  # not ``data``: a retry sends the request's own body again
@@ -364,9 +365,9 @@ class OriginClient:
             self.breaker.failure()
         raise OriginError(504 if timed_out else 502, reason + (f" ({tries} tries)" if tries > 1 else ""))
 
-    async def _fast_get(self, url: str, headers: dict[str, str], landing: Landing | None = None):
+    async def _fast_get(self, url: str, headers: dict[str, str], landing: Landing | None = None, size: int = 0):
         """A ranged GET on the range pool; None when its answer is one for aiohttp (then asked again there)."""
-        expect = (0, 0) if landing is None else (landing.start, landing.size)
+        expect = (*((landing.start, landing.size) if landing is not None else (0, 0)), size)
         try:
             async with asyncio.timeout(self.options.timeout):
                 answer = await self._ranges.get(url, headers, landing, expect)

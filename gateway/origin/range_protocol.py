@@ -56,7 +56,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.keep = False
         self._sock = None
         self._landing: Landing | None = None  # where a 206 of the expected range goes (gateway/origin/landing.py)
-        self._expect = (0, 0)  # (first byte, length) of the range asked
+        self._expect = (0, 0, 0)  # (first byte, length) of the range asked, the object's size (0: not known)
         self._landing_fd = -1  # reading into the landing: the transport is paused, this fd is watched instead
         self._dup = -1  # the socket's second descriptor (asyncio lets no one else watch a transport's own)
         self.landed = False
@@ -126,7 +126,7 @@ class _Connection(asyncio.BufferedProtocol):
             self._answer.set_exception(error)
 
     # --- the request -------------------------------------------------------------------------------------------
-    async def request(self, data: bytes, landing: Landing | None = None, expect: tuple[int, int] = (0, 0)
+    async def request(self, data: bytes, landing: Landing | None = None, expect: tuple[int, int, int] = (0, 0, 0)
                       ) -> tuple[int, CIMultiDict, bytes | None]:
         """(status, headers, body); body None when it landed in ``landing`` (a 206 of ``expect``)."""
         self._head.clear()
@@ -172,13 +172,18 @@ class _Connection(asyncio.BufferedProtocol):
             raise Unusual("length")
         else:
             length = int(lengths[0])
+        # a body longer than the object (a hostile or broken length), or an error page longer than a head: never
+        # allocated here; aiohttp's path decides (and reads it as a stream)
+        limit = self._expect[2] if status < 300 else MAX_HEAD
+        if limit and length > limit:
+            raise Unusual("longer than the object")
         self._status, self._headers = status, headers
         self.keep = "close" not in headers.get("Connection", "").lower()
         return length
 
     # --- landing: the body read straight into a scatter read's pieces -------------------------------------------
     def _lands(self, length: int) -> bool:
-        start, size = self._expect
+        start, size, _ = self._expect
         return self._status == 206 and length == size and \
             self._headers.get("Content-Range", "").startswith(f"bytes {start}-")
 
@@ -283,7 +288,7 @@ class RangePool:
         return url.startswith(self.prefix)
 
     async def get(self, url: str, headers: Mapping[str, str], landing: Landing | None = None,
-                  expect: tuple[int, int] = (0, 0)) -> tuple[int, CIMultiDict, tuple[bytes, ...] | None]:
+                  expect: tuple[int, int, int] = (0, 0, 0)) -> tuple[int, CIMultiDict, tuple[bytes, ...] | None]:
         """(status, headers, (body,)) of one GET of ``url`` (under ``prefix``); a reused connection the origin had
         closed meanwhile is replaced once, as aiohttp does for idempotent requests."""
         lines = [f"GET {url[len(self.prefix) - 1:]} HTTP/1.1\r\nHost: {self.host_header}\r\n"]
