@@ -212,9 +212,11 @@ def _refuse_existing(read: Callable[[], object], where: str) -> None:
     raise CatalogError(f"{where}: id: already exists")
 
 
-def current_view(store_root, directory: Directory, identify: bool) -> Callable[[], CatalogView]:
-    """A function giving the catalog as a node would load it now (for warnings after a write)."""
-    return lambda: Catalog(store_root, directory, ttl=0, quiet=True, identify=identify).view()
+def current_view(store_root, directory: Directory | None, identify: bool = True) -> Callable[[], CatalogView]:
+    """A function giving the catalog as a node would load it now (``store_root`` None: the media are on an origin,
+    known by name only; ``directory`` None: ``<store_root>/.catalog``)."""
+    return lambda: Catalog(store_root, directory, ttl=0, quiet=True, identify=identify and store_root is not None
+                           ).view()
 
 
 __all__ = ["retrying", "new_id", "unservable", "servable", "sharing_warnings", "after_write", "create_partner",

@@ -142,9 +142,8 @@ def _parts(request: web.Request):
 
 
 async def _run(request: web.Request, fn, *args):
-    """A blocking catalog operation in the executor; the catalog re-read after a write (read-your-writes)."""
-    catalog, _, packaging = _parts(request)
-    return await asyncio.get_running_loop().run_in_executor(packaging.executor, lambda: fn(*args))
+    """A blocking catalog operation in the executor (handlers then re-read the catalog: read-your-writes)."""
+    return await asyncio.get_running_loop().run_in_executor(_parts(request)[2].executor, lambda: fn(*args))
 
 
 async def _view(request: web.Request, fresh: bool = False):

@@ -15,9 +15,9 @@ from typing import Any, Callable
 from packagers.captions.files import caption_problem
 from packagers.errors import user_message
 
-from ..catalog.catalog import (ENTRY_ID, Catalog, CatalogError, CatalogNotFound, CatalogView, Entry, Flavor,
+from ..catalog.catalog import (ENTRY_ID, CatalogError, CatalogNotFound, CatalogView, Entry, Flavor,
                                catalog_dir, path_problem)
-from ..catalog.edits import after_write, new_id
+from ..catalog.edits import after_write, current_view, new_id
 from ..catalog.files import origin_catalog
 from ..catalog.schema import CAPTION_TAG, LANGUAGE_TAG
 from ..origin.origin_client import OriginError
@@ -90,7 +90,7 @@ def print_table(headers: tuple[str, ...], rows: list[tuple]) -> None:
 def catalog_view(args: argparse.Namespace, directory: Path) -> CatalogView:
     """The catalog as a node would load it; its problems (invalid files, missing media) as warnings on stderr."""
     remote = "://" in args.store
-    view = Catalog(None if remote else args.store, directory, ttl=0, quiet=True, identify=not remote).view()
+    view = current_view(None if remote else args.store, directory)()
     for problem in view.problems:
         if problem.startswith(args.command + "/"):
             print(f"gateway {args.command} {args.action}: warning: {problem}", file=sys.stderr)

@@ -65,7 +65,7 @@ def cmd_partners_update(args: argparse.Namespace, directory) -> int:
 
 def cmd_partners_remove(args: argparse.Namespace, directory) -> int:
     remote = "://" in args.store
-    entries = current_view(None if remote else args.store, directory, False)
+    entries = current_view(None if remote else args.store, directory, identify=False)
     owned = remove_partner(directory, args.partner_id, lambda: entries().entries(), args.force)
     print(f"removed partner {args.partner_id}" + (f" and its {len(owned)} entries" if owned else ""))
     return 0

@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass
 
 from packagers.errors import PackagerError
 
-from ..catalog.catalog import Catalog, CatalogView
+from ..catalog.catalog import CatalogView
+from ..catalog.edits import current_view
 
 BROWSER_CODECS = {"h264", "aac"}  # what every MSE browser decodes
 CODEC_NOTES = {
@@ -86,7 +87,7 @@ def report(findings: list[Finding], partners: int, entries: int, probed: int, as
 
 def cmd_check(args: argparse.Namespace, directory) -> int:
     remote = "://" in args.store
-    view = Catalog(None if remote else args.store, directory, ttl=0, quiet=True, identify=not remote).view()
+    view = current_view(None if remote else args.store, directory)()
     findings, probed = check_catalog(view, args.content_store)
     return report(findings, len(view.by_partner), len(view.by_entry), probed, args.json)
 
@@ -98,9 +99,9 @@ def check_settings(settings, as_json: bool = False) -> int:
 
     if settings.origin:
         with origin_catalog(settings) as (store, files):
-            view = Catalog(None, settings.catalog or files, ttl=0, quiet=True, identify=False).view()
+            view = current_view(None, settings.catalog or files)()
             findings, probed = check_catalog(view, store)
     else:
-        view = Catalog(settings.store, settings.catalog, ttl=0, quiet=True).view()
+        view = current_view(settings.store, settings.catalog)()
         findings, probed = check_catalog(view, Store(settings.store))
     return report(findings, len(view.by_partner), len(view.by_entry), probed, as_json)
