@@ -64,6 +64,19 @@ class Settings:
     admin_token: str | None = None
     admin_host: str = "127.0.0.1"
     admin_port: int = 0  # 0: no admin listener
+    # audience analytics from the players' CMCD reports (docs/analytics.md, gateway/ops/audience.py)
+    analytics: bool = True  # off: nothing is collected, /api/v1/analytics answers 404
+    analytics_window_minutes: int = 1440  # minutes of series kept in memory (24 h)
+    analytics_bucket_seconds: int = 60  # one point of a series ("a minute"); shorter only for tests and demos
+    analytics_memory_mb: float = 64  # per worker: past it the oldest minutes go first
+    analytics_streams: int = 2000  # streams one minute tracks; more are counted as the stream "other"
+    analytics_metrics_streams: int = 20  # /metrics labels: the busiest streams of the minute, the rest as "other"
+    # the key of the session-id hashes: the same on every node of a pool (else a player moving between nodes counts
+    # twice); none: derived from admin_token, else a fixed key (then hashed client addresses could be brute-forced)
+    analytics_salt: str | None = None
+    # the pool: every gateway node as "host:port" (what `gateway nginx-config` balances over), each optionally with
+    # " admin=host:port" where its admin API listens (default: the node's host and this node's admin_port)
+    nodes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.segment_duration_ms <= 0:
@@ -117,6 +130,12 @@ class Settings:
                              "origin_identity_ttl >= 0")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port {self.port} out of range")
+        if not 1 <= self.analytics_window_minutes <= 7 * 1440 or not 1 <= self.analytics_bucket_seconds <= 3600:
+            raise ValueError("analytics_window_minutes must be 1 to 10080 and analytics_bucket_seconds 1 to 3600")
+        if self.analytics_memory_mb <= 0 or self.analytics_streams < 1 or self.analytics_metrics_streams < 1:
+            raise ValueError("analytics_memory_mb must be > 0, analytics_streams and analytics_metrics_streams >= 1")
+        for node in self.nodes:
+            parse_node(node)
 
     @property
     def segment_cache_bytes(self) -> int:
@@ -128,6 +147,27 @@ class Settings:
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)
+
+
+def parse_node(text: str) -> tuple[str, int, str | None, int | None]:
+    """``"host:port"`` or ``"host:port admin=host:port"`` (an item of ``nodes``): (host, port, admin host, admin port),
+    the admin part None when not given. ValueError names the item."""
+    address, *options = text.split()
+    admin_host = admin_port = None
+
+    def split(hostport: str) -> tuple[str, int]:
+        host, sep, port = hostport.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ValueError(f"nodes: {text!r} is not host:port [admin=host:port]")
+        return host.strip("[]"), int(port)
+
+    host, port = split(address)
+    for option in options:
+        name, _, value = option.partition("=")
+        if name != "admin":
+            raise ValueError(f"nodes: {text!r}: unknown option {name!r} (only admin=host:port)")
+        admin_host, admin_port = split(value)
+    return host, port, admin_host, admin_port
 
 
 SETTINGS = web.AppKey("settings", Settings)

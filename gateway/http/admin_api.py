@@ -29,13 +29,14 @@ from ..catalog.edits import (change_entry, change_partner, create_entry, create_
 from ..origin.packaging import PACKAGING
 from ..settings import SETTINGS
 from .admin_openapi import openapi_document
+from .analytics_api import QueryError, analytics
 
 __all__ = ["make_admin_app"]
 
 CURRENT = web.AppKey("current_app", Callable)  # () -> the worker's current public app (its catalog, packaging...)
 PURGE = web.AppKey("purge", Callable)  # (store paths | None) -> None: every worker drops what it made of them
 MAX_LIMIT = 1000
-SECRET_SETTINGS = ("admin_token", "rtmp_control_token")
+SECRET_SETTINGS = ("admin_token", "rtmp_control_token", "analytics_salt")
 
 
 class ApiError(Exception):
@@ -70,6 +71,7 @@ def make_admin_app(current: Callable[[], web.Application],
     r.add_get("/api/v1/cache", cache_stats)
     r.add_post("/api/v1/cache/purge", cache_purge)
     r.add_get("/api/v1/config", show_config)
+    r.add_get("/api/v1/analytics", show_analytics)
     return app
 
 
@@ -385,5 +387,16 @@ async def show_config(request: web.Request) -> web.Response:
         value = getattr(settings, field.name)
         if field.name in SECRET_SETTINGS and value:
             value = "<redacted>"
-        values[field.name] = value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+        values[field.name] = value if isinstance(value, (int, float, str, bool, type(None))) else \
+            list(value) if isinstance(value, tuple) else str(value)
     return _json({"settings": values})
+
+
+async def show_analytics(request: web.Request) -> web.Response:
+    """Audience series (gateway/http/analytics_api.py)."""
+    try:
+        return _json(await analytics(request, request.app[CURRENT]()))
+    except QueryError as e:
+        raise ApiError(400, "INVALID", str(e), e.field) from None
+    except LookupError as e:
+        raise ApiError(404, "NOT_FOUND", str(e)) from None

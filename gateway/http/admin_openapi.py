@@ -46,6 +46,43 @@ WRITTEN = {"type": "object", "required": ["entry", "warnings"],
            "properties": {"entry": _ref("Entry"), "warnings": {"type": "array", "items": {"type": "string"}}}}
 
 
+ANALYTICS_QUERY = [
+    {"name": "stream", "in": "query", "schema": {"type": "string", "maxLength": 300},
+     "description": "entry:<id>, file:<path> or live:<app>/<stream>"},
+    {"name": "partner", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+    {"name": "top", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+     "description": "the N streams with most sessions (default 10 without stream or partner)"},
+    {"name": "from", "in": "query", "schema": {"type": "string"}, "description": "unix seconds or ISO 8601"},
+    {"name": "to", "in": "query", "schema": {"type": "string"}, "description": "unix seconds or ISO 8601"},
+    {"name": "scope", "in": "query", "schema": {"enum": ["node", "pool"]}},
+    {"name": "raw", "in": "query", "schema": {"enum": ["0", "1"]},
+     "description": "the mergeable export nodes exchange, not the series"}]
+_COUNTS = {"type": "object", "additionalProperties": {"type": "integer"}}
+_DISTRIBUTION = {"type": "object", "required": ["count"], "properties": {
+    "count": {"type": "integer"}, "p50": {"type": ["number", "null"]}, "p90": {"type": ["number", "null"]}}}
+ANALYTICS_MINUTE = {
+    "type": "object",
+    "required": ["t", "sessions", "by_rendition", "by_player", "bytes", "requests", "errors", "rebuffer",
+                 "startup_seconds", "buffer_ms", "throughput_kbps"],
+    "properties": {"t": {"type": "integer", "description": "the minute's start, unix seconds"},
+                   "sessions": {"type": "integer"}, "by_rendition": _COUNTS, "by_player": _COUNTS,
+                   "bytes": {"type": "integer"}, "requests": {"type": "integer"}, "errors": {"type": "integer"},
+                   "object_types": _COUNTS, "cmcd_requests": {"type": "integer"},
+                   "estimated_requests": {"type": "integer"}, "cmcd_invalid": {"type": "integer"},
+                   "rebuffer": {"type": "object", "required": ["events", "sessions", "ratio"]},
+                   "startup_seconds": _DISTRIBUTION, "buffer_ms": _DISTRIBUTION, "throughput_kbps": _DISTRIBUTION}}
+ANALYTICS = {
+    "type": "object", "required": ["scope", "bucket_seconds", "streams"],
+    "properties": {
+        "scope": {"enum": ["node", "pool"]}, "bucket_seconds": {"type": "integer"},
+        "nodes": {"type": "object", "properties": {"answered": {"type": "array"}, "missing": {"type": "array"}}},
+        "streams": {"type": "array", "items": {
+            "type": "object", "required": ["stream", "partner", "totals", "minutes"],
+            "properties": {"stream": {"type": "string"}, "partner": {"type": ["integer", "null"]},
+                           "totals": {"type": "object", "required": ["sessions", "bytes", "requests"]},
+                           "minutes": {"type": "array", "items": ANALYTICS_MINUTE}}}}}}
+
+
 @functools.cache
 def openapi_document() -> dict:
     return {
@@ -125,6 +162,10 @@ def openapi_document() -> dict:
                                       description="sent to every worker")}},
             "/api/v1/config": {"get": {"summary": "the effective settings, secrets redacted",
                                        "responses": _answers({"type": "object", "required": ["settings"]})}},
+            "/api/v1/analytics": {"get": {
+                "summary": "audience series per stream and minute from the players' CMCD (docs/analytics.md)",
+                "parameters": ANALYTICS_QUERY,
+                "responses": _answers(_ref("Analytics"), 400, 404)}},
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -171,6 +212,7 @@ def openapi_document() -> dict:
                                                "partner_id": {"type": "integer"}, "force": {"type": "boolean"},
                                                "flavors": {"type": "array"}}},
                 "Removed": {"type": "object", "required": ["removed"]},
+                "Analytics": ANALYTICS,
                 "Delivery": {"type": "object",
                              "required": ["entry_id", "partner_id", "duration", "delivery_type", "reason",
                                           "preference", "signed"],

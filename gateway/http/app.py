@@ -44,6 +44,7 @@ from ..ops.health import WORKER_INDEX, add_health_routes
 from .connections import CONNECTIONS, ConnectionTracker
 from ..ops.access_log import CACHE_RESULT
 from ..ops.labels import REQUEST_LABEL
+from ..ops.audience_node import AUDIENCE, AUDIENCE_STREAM, AudienceNode, serve_status_audience
 from .urls import (ClearKeyLicense, CrossDomainPolicy, GatewayRequest, PlayManifest, Signed, StatusRequest,
                    ThumbRequest, parse_path)
 from .clearkey import serve_clearkey
@@ -60,6 +61,9 @@ class Metrics:
 
 METRICS = web.AppKey("metrics", Metrics)
 FAST_ANSWERS = web.AppKey("fast_answers", FastAnswers)
+# aiohttp refuses a request line or header over 8190 bytes with 400; players' CMCD (query or CMCD-* headers) may come
+# long and must never change an answer (issue 18): 16 KB, as the rendered nginx's large_client_header_buffers
+HEADER_LIMITS = {"max_line_size": 16384, "max_field_size": 16384}
 CACHES = web.AppKey("caches", Caches)  # this generation's caches (the admin API's stats)
 # Media here is public unless signed (issue 4), like the CORS policy: any domain may load it.
 CROSSDOMAIN_XML = (
@@ -70,23 +74,25 @@ CROSSDOMAIN_XML = (
 
 def make_app(settings: Settings, ingest: Ingest | None = None, *, caches: Caches | None = None,
              metrics: GatewayMetrics | None = None, connections: ConnectionTracker | None = None,
-             worker_index: int = 0) -> web.Application:
+             worker_index: int = 0, audience: AudienceNode | None = None) -> web.Application:
     """The app of one generation. ``ingest``: the running RTMP ingest of this process, if any (its stats appear in
     /status as "rtmp" and in /metrics). The worker's parts, built once per worker process (gateway/runtime/serve.py):
     ``caches`` (built with ``metrics.observe_stage`` as their observer), ``metrics`` (one per process: see
     gateway/ops/metrics.py), ``connections`` (its middleware marks connections busy while a request runs) and
-    ``worker_index``. Left out, the app builds its own caches and metrics."""
+    ``worker_index``, ``audience`` (the worker's analytics, gateway/ops/audience_node.py). Left out, the app builds its
+    own caches, metrics and analytics."""
     if metrics is None:
         metrics = metrics_for_this_process()
     if caches is None:
         caches = Caches(settings, metrics.observe_stage)
     executor = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="gateway-io")
     busy = [connections.middleware] if connections is not None else []  # outermost: the whole request is busy time
-    app = web.Application(middlewares=[*busy, http_middleware])
+    app = web.Application(middlewares=[*busy, http_middleware], handler_args=HEADER_LIMITS)
     app[SETTINGS] = settings
     app[WORKER_INDEX] = worker_index
     app[PROMETHEUS] = metrics
     app[CACHES] = caches
+    app[AUDIENCE] = audience if audience is not None else AudienceNode(settings, worker_index=worker_index)
     app[METRICS_SOURCES] = MetricsSources(caches, executor, connections,
                                           ingest.stats if ingest is not None else None,
                                           origin_counts=functools.partial(_origin_counts, app))
@@ -103,6 +109,7 @@ def make_app(settings: Settings, ingest: Ingest | None = None, *, caches: Caches
     app.router.add_get("/metrics", serve_metrics)  # Prometheus (gateway/ops/metrics.py)
     app.router.add_get("/", serve_status_page)  # the dashboard and test player (gateway/ops/status_page.py)
     app.router.add_get("/status/dashboard", serve_dashboard)
+    app.router.add_get("/status/audience", serve_status_audience)  # the page's audience charts
     app.router.add_get("/static/{name}", serve_static)
     add_live_routes(app)  # /live/<app>/<stream>/<file> and /time, before the catch-all
     add_rtmp_control_routes(app)  # /rtmp/... and nginx-rtmp's /control/... (off without rtmp_control_token)
@@ -141,6 +148,7 @@ async def _on_response_prepare(request: web.Request, response: web.StreamRespons
     request.app[METRICS].responses[f"{response.status // 100}xx"] += 1
     record_response(request, response)
     record_for_dashboard(request, response)
+    request.app[AUDIENCE].record(request, response)
 
 
 @web.middleware
@@ -168,7 +176,9 @@ async def http_middleware(request: web.Request, handler) -> web.StreamResponse:
 async def dispatch(request: web.Request) -> web.StreamResponse:
     fast = request.app[FAST_ANSWERS].answer(request)
     if fast is not None:  # the same plain request as before, nothing it depends on changed (gateway/http/fast_path.py)
-        response, request[REQUEST_LABEL] = fast
+        response, request[REQUEST_LABEL], stream = fast
+        if stream is not None:
+            request[AUDIENCE_STREAM] = stream
         request[CACHE_RESULT] = "hit"
         return response
     parsed = parse_path(request.rel_url.raw_path, request.app[SETTINGS].max_url_set_files)
@@ -192,6 +202,7 @@ async def _serve(request: web.Request, parsed: GatewayRequest) -> web.StreamResp
     files = await packaging.identify_all(media.store_paths, fresh=media.is_download)
     view = await request.app[IDENTITY_WATCH].view(view, files, packaging.run)  # a file linked since the index?
     context = authorize(view, request.app[SETTINGS], media, signed, files)
+    stream = request[AUDIENCE_STREAM] = audience_stream(media, context)
     if media.is_download:
         request[CACHE_RESULT] = "bypass"  # the file itself (sendfile), never the response cache
         if media.clip.is_whole and media.narrowing.is_default:
@@ -204,12 +215,20 @@ async def _serve(request: web.Request, parsed: GatewayRequest) -> web.StreamResp
         response = await serve_packaged_request(request, media, context)
     answer = request.get(PACKAGED_ANSWER)
     if answer is not None and signed is None:
-        request.app[FAST_ANSWERS].remember(request.rel_url.raw_path, answer, view, media.metrics_label)
+        request.app[FAST_ANSWERS].remember(request.rel_url.raw_path, answer, view, media.metrics_label, stream)
     if signed is not None:
         # signed bytes: no shared cache may keep them, and no copy may outlive the token
         remaining = max(0, signed_expiry(signed.token) - int(time.time()))
         response.headers["Cache-Control"] = f"private, max-age={remaining}"
     return response
+
+
+def audience_stream(media, context) -> tuple[str, int | None]:
+    """The analytics' stream of a media request: its entry (with the partner), else the file or url set it names."""
+    entry = context.entry
+    if entry is not None:
+        return f"entry:{entry.id}", entry.partner_id
+    return f"file:{media.target.name}"[:300], None
 
 
 def signed_expiry(token: str) -> int:

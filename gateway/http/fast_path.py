@@ -47,6 +47,7 @@ class _Remembered:
     answer: PackagedAnswer
     view: CatalogView
     label: tuple[str, str]  # the metrics label of the request (gateway/ops/labels.py)
+    stream: tuple | None = None  # the audience analytics' (stream, partner) of the request (gateway/ops/audience_node.py)
 
 
 class FastAnswers:
@@ -61,16 +62,18 @@ class FastAnswers:
         headers = request.headers
         return request.method in ("GET", "HEAD") and not any(name in headers for name in _PLAIN_ONLY)
 
-    def remember(self, raw_path: str, answer: PackagedAnswer, view: CatalogView, label: tuple[str, str]) -> None:
+    def remember(self, raw_path: str, answer: PackagedAnswer, view: CatalogView, label: tuple[str, str],
+                 stream: tuple | None = None) -> None:
         if view is not self._view:  # the catalog changed: every answer made before is void, and no old view is kept
             self._answers.clear()
             self._view = view
         if len(self._answers) >= self.max_answers and raw_path not in self._answers:
             self._answers.pop(next(iter(self._answers)))  # the oldest remembered
-        self._answers[raw_path] = _Remembered(answer, view, label)
+        self._answers[raw_path] = _Remembered(answer, view, label, stream)
 
-    def answer(self, request: web.BaseRequest) -> tuple[web.Response, tuple[str, str]] | None:
-        """The response and its metrics label, or None: then the full path answers (and may remember)."""
+    def answer(self, request: web.BaseRequest) -> tuple[web.Response, tuple[str, str], tuple | None] | None:
+        """The response, its metrics label and its analytics stream, or None: then the full path answers (and may
+        remember)."""
         remembered = self._answers.get(request.rel_url.raw_path)
         if remembered is None or not self.plain(request):
             return None
@@ -84,4 +87,4 @@ class FastAnswers:
         body = self.responses.peek(answer.cache_key)
         if body is None:
             return None
-        return whole_body(body, answer.content_type, answer.headers), remembered.label
+        return whole_body(body, answer.content_type, answer.headers), remembered.label, remembered.stream

@@ -37,6 +37,7 @@ from .live_chunked import serve_growing_segment
 from .live_wait import (DELTA_PLAYLIST, PLAYLIST_MAX_AGE, live_waits_state, read_whole, serve_hinted_part,
                         serve_ll_playlist)
 from ..ingest.service import INGEST
+from ..ops.audience_node import AUDIENCE_STREAM
 from ..ops.labels import REQUEST_LABEL, live_label
 from ..origin.packaging import PACKAGING
 from .responses import serve_packaged
@@ -59,6 +60,8 @@ def content_type(name: str) -> str:
 async def serve_live(request: web.Request) -> web.StreamResponse:
     app, stream, name = (request.match_info[k] for k in ("app", "stream", "file"))
     request[REQUEST_LABEL] = live_label(name)  # the live grammar's label, whatever the answer
+    if STREAM_NAME.fullmatch(app) and STREAM_NAME.fullmatch(stream):
+        request[AUDIENCE_STREAM] = (f"live:{app}/{stream}", None)  # the analytics' stream (gateway/ops/audience_node.py)
     if name.startswith("thumb-") and STREAM_NAME.fullmatch(app) and STREAM_NAME.fullmatch(stream):
         return await serve_live_thumbnail(request, app, stream, parse_thumb_name(name))
     if not (STREAM_NAME.fullmatch(app) and STREAM_NAME.fullmatch(stream) and LIVE_FILE.fullmatch(name)) \

@@ -50,6 +50,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from .. import __version__
 from ..origin.cache import Caches
+from .audience_node import AUDIENCE
 from .labels import request_label
 from .live_viewers import LiveViewers, client_id
 from .pending import PendingSamples
@@ -401,4 +402,9 @@ async def serve_metrics(request: web.Request) -> web.Response:
     sources.refresh(metrics)
     body, content_type = await asyncio.get_running_loop().run_in_executor(sources.executor, metrics.exposition,
                                                                           request.headers.get("Accept"))
+    audience = request.app.get(AUDIENCE)
+    if audience is not None and audience.enabled:  # the node's current minute (every worker's), not this worker's
+        lines = (await audience.metrics_text()).encode()
+        eof = body.rfind(b"# EOF\n")  # OpenMetrics ends with it: the lines go before
+        body = body[:eof] + lines + body[eof:] if eof >= 0 and body.endswith(b"# EOF\n") else body + lines
     return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})

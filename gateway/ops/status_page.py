@@ -190,6 +190,27 @@ def render_page(version: str, pid: int, files: list[str], settings: dict[str, ob
     <canvas id="chart-ingest" class="chart" width="1100" height="140"></canvas></figure>
 </section>
 <section class="card wide">
+  <h2>Audience <small>(players' CMCD reports, this node's workers, last hour per minute)</small>
+    <select id="audience-stream" aria-label="stream"></select></h2>
+  <table>
+    <thead><tr><th>stream</th><th>sessions</th><th>sent</th><th>rebuffer events</th><th>players</th></tr></thead>
+    <tbody id="audience"></tbody>
+  </table>
+  <p id="audience-none" class="muted">No stream watched in the last hour (or analytics off).</p>
+  <div class="charts">
+    <figure><figcaption>viewers (sessions per minute)</figcaption>
+      <canvas id="chart-viewers" class="chart" width="560" height="140"></canvas></figure>
+    <figure><figcaption>quality mix (sessions per rendition, kbps)</figcaption>
+      <canvas id="chart-quality" class="chart" width="560" height="140"></canvas></figure>
+    <figure><figcaption>rebuffering (share of segment requests after a stall)</figcaption>
+      <canvas id="chart-rebuffer" class="chart" width="560" height="140"></canvas></figure>
+    <figure><figcaption>startup time (p50, first manifest to first segment)</figcaption>
+      <canvas id="chart-startup" class="chart" width="560" height="140"></canvas></figure>
+  </div>
+  <p class="muted">Sessions are CMCD session ids, else client address + browser (players without CMCD);
+    see docs/analytics.md. <code>GET /api/v1/analytics</code> has the whole pool.</p>
+</section>
+<section class="card wide">
   <h2>Test player</h2>
   <form id="player-form" autocomplete="off">
     <input id="player-src" type="text" size="60" spellcheck="false"

@@ -91,6 +91,10 @@ def _convert(key: str, value: Any, kind: Any, where: str) -> Any:
     elif kind is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
+    elif typing.get_origin(kind) is tuple:  # tuple[str, ...]: a TOML array of strings
+        ok = isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value)
+        value = tuple(value) if ok else value
+        kind = "an array of strings"
     elif kind is Path:
         ok = isinstance(value, (str, Path)) and str(value) != ""
         value = Path(value) if ok else value
@@ -98,7 +102,7 @@ def _convert(key: str, value: Any, kind: Any, where: str) -> Any:
         ok = isinstance(value, kind)
     if not ok:
         name = {bool: "true or false", int: "an integer", float: "a number", Path: "a path (string)",
-                str: "a string"}.get(kind, getattr(kind, "__name__", str(kind)))
+                str: "a string"}.get(kind, getattr(kind, "__name__", str(kind))) if not isinstance(kind, str) else kind
         raise ConfigError(f"{where}: {key} must be {name}, got {value!r}")
     return value
 

@@ -124,6 +124,7 @@ class Worker:
         self.current: Generation | None = None
         self.connections: ConnectionTracker | None = None  # every generation's connections: caps, header timeout
         self.metrics = None  # GatewayMetrics, one per process, shared by every generation (gateway/ops/metrics.py)
+        self.audience = None  # AudienceNode, one per process, kept across reloads (gateway/ops/audience_node.py)
         self.server: asyncio.Server | None = None
         self.retiring: set[asyncio.Task] = set()  # old generations finishing their in-flight responses
         self.stop = asyncio.Event()
@@ -138,6 +139,10 @@ class Worker:
         try:
             from ..ops.metrics import metrics_for_this_process
             self.metrics = metrics_for_this_process()
+            from ..ops.audience_node import AudienceNode
+            self.audience = AudienceNode(self.config.settings, worker_index=self.index, workers=self.config.workers,
+                                         port=self.address.port)
+            await self.audience.start()
             self.connections = ConnectionTracker(self.config.settings, rtmp=self._runs_rtmp(self.config))
             self.connections.install(loop)  # accept errors: one log line a second at most
             self.sock = listen(self.address)
@@ -227,7 +232,7 @@ class Worker:
         caches = running if running is not None and running.fits(settings) else \
             Caches(settings, self.metrics.observe_stage)
         app = make_app(settings, ingest=self.ingest, caches=caches, metrics=self.metrics,
-                       connections=self.connections, worker_index=self.index)
+                       connections=self.connections, worker_index=self.index, audience=self.audience)
         access_log, access_log_class = configure_access_log(settings.access_log, settings.access_log_format)
         runner = web.AppRunner(app, access_log=access_log, access_log_class=access_log_class,
                                access_log_format=settings.access_log_format, shutdown_timeout=config.shutdown_grace,
@@ -251,6 +256,7 @@ class Worker:
                 return
             self.config = config
             self.connections.configure(config.settings, rtmp=self._runs_rtmp(config))
+            self.audience.configure(config.settings, config.workers)
             logging.getLogger().setLevel(config.log_level.upper())
             log.info("gateway: worker %d (pid %d): configuration reloaded", self.index, os.getpid())
         await retire(old.runner)  # not under the lock: a SIGTERM must not wait for it
@@ -273,6 +279,7 @@ class Worker:
                 await self.admin.cleanup()
             await self.close_ingest()
             await retire(generation.runner)
+            await self.audience.close()
         if self.retiring:
             await asyncio.gather(*self.retiring, return_exceptions=True)
 

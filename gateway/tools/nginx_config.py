@@ -15,8 +15,11 @@ import argparse
 import re
 import shlex
 import sys
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..settings import parse_node
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "nginx" / "templates"
 DEBIAN_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"  # Debian builds the stream module dynamic
@@ -190,8 +193,11 @@ def add_nginx_config_command(sub: argparse._SubParsersAction) -> None:
     d = NginxConfig(nodes=("x:1",))
     p = sub.add_parser("nginx-config", help="print the nginx load balancer configuration for a pool of nodes",
                        description="Render nginx/templates for a pool of `gateway serve` nodes (see nginx/README.md).")
-    p.add_argument("--node", action="append", required=True, metavar="HOST:PORT",
+    p.add_argument("--node", action="append", default=[], metavar="HOST:PORT",
                    help="a gateway node (repeat for each; HTTP is hashed on the entry across them)")
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="take the nodes from this gateway.toml's `nodes` (the pool's list, which analytics also "
+                        "use) when no --node is given")
     p.add_argument("--listen", default=d.listen, metavar="[ADDR:]PORT", help=f"HTTP listen (default {d.listen})")
     p.add_argument("--rtmp-node", action="append", default=[], metavar="HOST:PORT",
                    help="an RTMP ingest node: the first is active, the others are its backups (no stream block "
@@ -217,9 +223,25 @@ def add_nginx_config_command(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_nginx_config)
 
 
+def nodes_of_config(path: Path) -> tuple[str, ...]:
+    """The ``nodes`` of a gateway.toml as host:port (their ``admin=`` parts are the analytics', not nginx's)."""
+    with open(path, "rb") as f:
+        try:
+            nodes = tomllib.load(f).get("nodes", [])
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{path}: not valid TOML: {e}") from None
+    if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
+        raise ValueError(f"{path}: nodes must be an array of strings")
+    parsed = [parse_node(n) for n in nodes]
+    return tuple(f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port, _, _ in parsed)
+
+
 def config_from_args(args: argparse.Namespace) -> NginxConfig:
+    nodes = tuple(args.node) or (nodes_of_config(args.config) if args.config is not None else ())
+    if not nodes:
+        raise ValueError("no nodes: give --node HOST:PORT (repeated) or --config FILE with nodes = [...]")
     return NginxConfig(
-        nodes=tuple(args.node), listen=args.listen, rtmp_nodes=tuple(args.rtmp_node), rtmp_listen=args.rtmp_listen,
+        nodes=nodes, listen=args.listen, rtmp_nodes=tuple(args.rtmp_node), rtmp_listen=args.rtmp_listen,
         cache_dir=args.cache_dir, cache_size=args.cache_size, log_dir=args.log_dir, pid_file=args.pid_file,
         temp_dir=args.temp_dir, user=args.user, stream_module=args.stream_module, max_fails=args.max_fails, fail_timeout=args.fail_timeout,
     )
@@ -234,7 +256,7 @@ def cmd_nginx_config(args: argparse.Namespace) -> int:
                     f"include /etc/nginx/gateway-{args.snippet}.conf;\n" + render_block(config, args.snippet))
         else:
             text = render(config)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         print(f"gateway nginx-config: {e}", file=sys.stderr)
         return 2
     if args.output is None:

@@ -191,7 +191,9 @@ def serve_player() -> Iterator[str]:
 
 def run_player(player_url: str, manifest_url: str, *, kind: str = "hls", seconds: float = 3.0,
                timeout: float = 40.0, config: dict | None = None, text: bool = False,
-               drm: dict | None = None, screenshot: str | None = None) -> dict:
+               drm: dict | None = None, screenshot: str | None = None, cmcd: str | None = None,
+               cmcd_mode: str = "query", level: int | None = None, throttle: str | None = None,
+               network: bool = False) -> dict:
     """Run play.mjs against an already served player page; returns its JSON report."""
     if drm:
         # play.mjs keeps the player URL's query and adds its own parameters to it
@@ -204,6 +206,14 @@ def run_player(player_url: str, manifest_url: str, *, kind: str = "hls", seconds
         cmd.append("--text")
     if screenshot:
         cmd += ["--screenshot", screenshot]
+    if cmcd:
+        cmd += ["--cmcd", cmcd, "--cmcd-mode", cmcd_mode]
+    if level is not None:
+        cmd += ["--level", str(level)]
+    if throttle:
+        cmd += ["--throttle", throttle]
+    if network:
+        cmd.append("--network")
     cmd.append(manifest_url)
     # Own session, so that on a hang the whole tree (node and Chromium's processes) can be ended by group id.
     proc = subprocess.Popen(cmd, cwd=BROWSER_DIR, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -228,7 +238,7 @@ def run_player(player_url: str, manifest_url: str, *, kind: str = "hls", seconds
 
 def play_in_browser(manifest_url: str, seconds: float = 3.0, timeout: float = 40.0, *, kind: str = "hls",
                     config: dict | None = None, text: bool = False, drm: dict | None = None,
-                    picture: bool = False) -> dict:
+                    picture: bool = False, **traffic) -> dict:
     """Play ``manifest_url`` in headless Chromium until currentTime >= ``seconds``, a fatal error or ``timeout``.
 
     Returns play.mjs's report: ``ok`` (target reached without a fatal error), ``currentTime``, ``totalVideoFrames``,
@@ -245,11 +255,17 @@ def play_in_browser(manifest_url: str, seconds: float = 3.0, timeout: float = 40
     picture: Chromium gives a canvas only black for EME-decrypted video): ``picture`` is that image as an RGB numpy
     array, ``screenshotTime`` the currentTime it shows, ``pictureStats`` its ``lumaMean``, ``lumaVariance`` and
     ``nonBlackFraction`` (BT.601 luma > 24); both None when no frame was ever shown.
+    ``traffic`` (CMCD analytics, issue 18): ``cmcd=SID`` turns the player's CMCD on with that session id,
+    ``cmcd_mode`` "query" (default) or "header"; ``level=N`` makes it play only its N-th lowest video rendition (the
+    report's ``playing`` is the rendition the player says it plays); ``throttle="PATH_PART:MS"`` holds the first
+    request whose path contains PATH_PART until playback started plus MS ms (``throttle`` in the report);
+    ``network=True`` (implied by the others) adds ``network``: ``requests`` [{path, method, status, bytes, cmcd:
+    {mode, text, values} or None, fromCache?}], ``bytesByPath``, ``failed``, ``blocked`` (see play.mjs).
     """
     with serve_player() as player_url, tempfile.TemporaryDirectory(prefix="gateway-e2e-shot-") as tmp:
         shot = os.path.join(tmp, "video.png") if picture else None
         report = run_player(player_url, manifest_url, kind=kind, seconds=seconds, timeout=timeout, config=config,
-                            text=text, drm=drm, screenshot=shot)
+                            text=text, drm=drm, screenshot=shot, **traffic)
         if picture:
             report["picture"] = _read_png(shot) if report.get("screenshot") else None
             report["pictureStats"] = picture_stats(report["picture"])

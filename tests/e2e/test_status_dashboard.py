@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import time
+import urllib.parse
 
 import pytest
 
@@ -29,6 +30,8 @@ SEGMENTS = [f"/hls/{TITLE}/seg-{i}-v1-a1.ts" for i in (1, 2, 3)]
 HLS_OK = [f"/hls/{TITLE}/master.m3u8", f"/hls/{TITLE}/index-v1-a1.m3u8", *SEGMENTS, *SEGMENTS]  # 2nd round: hits
 MISSING = [f"/hls/missing-{i}.mp4/master.m3u8" for i in range(3)]  # asked with ?token=secret: never shown
 STREAM = "live/cam"
+CMCD_MANIFEST, CMCD_SEGMENT = 'ot=m,sid="status-1"', 'br=400,bl=8000,ot=av,sid="status-1"'
+SENT: list[int] = []  # body bytes of the HLS_OK requests
 
 
 def dashboard(base: str) -> dict:
@@ -86,8 +89,11 @@ def node(tmp_path_factory):
         clients.append(subprocess.Popen(ffmpeg + ["-i", url, "-c", "copy", "-f", "null", "-"],
                                         stderr=subprocess.DEVNULL))
         wait_for("the player", lambda: dashboard(base)["live"][0]["rtmp_players"] == 1)
-        for path in HLS_OK:
-            assert get(base + path)[0] == 200, path
+        for path in HLS_OK:  # one player with CMCD: the audience section's session (docs/analytics.md)
+            cmcd = CMCD_SEGMENT if "/seg-" in path else CMCD_MANIFEST
+            code, body, _ = get(base + path + "?CMCD=" + urllib.parse.quote(cmcd))
+            assert code == 200, path
+            SENT.append(len(body))
         for path in MISSING:
             assert get(base + path + "?token=secret")[0] == 404, path
         # a few seconds of ingest history (sampled once a second) for the chart
@@ -147,6 +153,17 @@ def test_page_matches_dashboard_and_metrics(node, tmp_path):
     for name in ("chart-requests", "chart-egress", "chart-hit-ratio", "chart-ingest"):
         assert charts[name]["colored"] > 20, (name, charts[name])
     assert charts["chart-ingest"]["series"] == 1 and charts["chart-requests"]["max"] >= 1
+
+    # the audience section: one CMCD session on the title, its rendition, bytes and requests, and its charts
+    assert page["audienceStream"] == f"file:{TITLE}"
+    assert page["tables"]["audience"][0][:2] == [f"file:{TITLE}", "1"]
+    (watched,) = [s for s in page["audience"]["streams"] if s["stream"] == f"file:{TITLE}"]
+    assert watched["totals"]["sessions"] == 1 and watched["totals"]["bytes"] == sum(SENT)
+    assert watched["totals"]["requests"] == len(HLS_OK)
+    assert {r for m in watched["minutes"] for r in m["by_rendition"]} == {"400"}
+    for name in ("chart-viewers", "chart-quality"):
+        assert charts[name]["colored"] > 20, (name, charts[name])
+    assert charts["chart-quality"]["series"] == 1
 
     # the broken store file is flagged and offers no player; the good one offers HLS, DASH and MP4
     links = {link["text"].split()[0]: link for link in page["quickLinks"]}

@@ -133,7 +133,8 @@ def test_nginx_t_catches_a_broken_config(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    ((), "required"),
+    ((), "no nodes: give --node"),
+    (("--config", "/nonexistent/gateway.toml"), "No such file"),
     (("--node", "10.0.0.1:80; include /etc/passwd"), "is not host:port"),
     (("--node", "10.0.0.1"), "is not host:port"),
     (("--node", "10.0.0.1:70000"), "port 1-65535"),

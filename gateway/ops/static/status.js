@@ -8,7 +8,8 @@
 (function () {
   const POLL_MS = 2000;
   const version = document.body.dataset.version || "";
-  const state = { ready: false, polls: 0, status: null, dashboard: null,
+  const AUDIENCE_EVERY = 5;  // polls between two /status/audience reads (per-minute series: every 10 s is plenty)
+  const state = { ready: false, polls: 0, status: null, dashboard: null, audience: null,
                   player: { kind: null, url: null, errors: [], fatal: false, started: false } };
   window.__statusPage = state;
 
@@ -188,6 +189,50 @@
     renderCharts(d);
   }
 
+  // ---- audience: the players' CMCD reports per stream and minute (/status/audience, docs/analytics.md) ----
+
+  function renderAudience(d) {
+    const streams = d.streams || [];
+    $("audience-none").hidden = streams.length > 0;
+    cells("audience", streams.map(function (s) {
+      const players = {};
+      for (const m of s.minutes) for (const p in m.by_player) players[p] = Math.max(players[p] || 0, m.by_player[p]);
+      return [[s.stream, "path"], s.totals.sessions, bytes(s.totals.bytes), s.totals.rebuffer_events,
+        Object.entries(players).map(function (e) { return e[0] + ": " + e[1]; }).join(", ")];
+    }));
+    const select = $("audience-stream");
+    const chosen = select.value;
+    while (select.firstChild) select.removeChild(select.firstChild);
+    for (const s of streams) {
+      const option = document.createElement("option");
+      option.value = s.stream;
+      option.textContent = s.stream;  // chosen by whoever named the file or stream: text only
+      select.appendChild(option);
+    }
+    if (streams.some(function (s) { return s.stream === chosen; })) select.value = chosen;
+    const stream = streams.find(function (s) { return s.stream === select.value; }) || streams[0];
+    const bucket = d.bucket_seconds || 60, n = Math.max(1, Math.round((d.to - d.from) / bucket));
+    const times = [];
+    for (let i = 0; i < n; i++) times.push(d.from + i * bucket);
+    const byT = {};
+    for (const m of (stream ? stream.minutes : [])) byT[m.t] = m;
+    const pick = function (f, missing) { return times.map(function (t) { return byT[t] ? f(byT[t]) : missing; }); };
+    const opts = function (format, max) { return { points: n, span: n * bucket, format: format, max: max }; };
+    const count = function (v) { return String(Math.round(v)); };
+    chart("chart-viewers", [{ values: pick(function (m) { return m.sessions; }, 0) }], opts(count));
+    const renditions = {};
+    for (const t in byT) for (const r in byT[t].by_rendition) renditions[r] = (renditions[r] || 0) + byT[t].by_rendition[r];
+    const top = Object.keys(renditions).sort(function (a, b) { return renditions[b] - renditions[a]; }).slice(0, 6);
+    chart("chart-quality", top.map(function (r) {
+      return { label: r, values: pick(function (m) { return m.by_rendition[r] || 0; }, 0) };
+    }), opts(count));
+    chart("chart-rebuffer", [{ values: pick(function (m) {
+      return m.rebuffer.ratio === null ? null : 100 * m.rebuffer.ratio; }, null) }],
+      opts(function (v) { return v.toFixed(1) + " %"; }));
+    chart("chart-startup", [{ values: pick(function (m) { return m.startup_seconds.p50; }, null) }],
+      opts(function (v) { return v.toFixed(2) + " s"; }));
+  }
+
   async function getJSON(url) {
     const response = await fetch(url, { cache: "no-store" });
     if (!response.ok) throw new Error(url + " answered " + response.status);
@@ -196,9 +241,14 @@
 
   async function poll() {
     try {
+      const audience = state.polls % AUDIENCE_EVERY === 0 ? getJSON("/status/audience") : null;
       const both = await Promise.all([getJSON("/status"), getJSON("/status/dashboard")]);
       renderStatus(both[0]);
       renderDashboard(both[1]);
+      if (audience) {
+        state.audience = await audience;
+        renderAudience(state.audience);
+      }
       state.status = both[0];
       state.dashboard = both[1];
       state.polls += 1;
@@ -316,6 +366,9 @@
     if (state.player.url) playerError({ source: "video", details: e ? "MEDIA_ERR_" + e.code : "unknown", message: e ? e.message : "", fatal: true });
   });
 
+  $("audience-stream").addEventListener("change", function () {
+    if (state.audience) renderAudience(state.audience);
+  });
   $("player-form").addEventListener("submit", function (event) {
     event.preventDefault();
     play($("player-src").value, $("player-kind").value);

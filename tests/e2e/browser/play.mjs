@@ -2,12 +2,27 @@
 // Plays one manifest in Debian's headless Chromium and prints what happened as ONE JSON line on stdout.
 //
 //   node play.mjs --player http://127.0.0.1:PORT/player.html [--kind hls] [--seconds 3] [--timeout 40]
-//                 [--config '{"startLevel":0}'] [--chromium /usr/bin/chromium] [--screenshot PNG] MANIFEST_URL
+//                 [--config '{"startLevel":0}'] [--chromium /usr/bin/chromium] [--screenshot PNG]
+//                 [--cmcd SESSION_ID [--cmcd-mode query|header]] [--level N] [--throttle URL_SUBSTRING:MS] [--network]
+//                 MANIFEST_URL
 //
 // The page (player.html, served by tests/e2e/browser_player.py) plays MANIFEST_URL with the player library of
 // --kind; this script waits until video.currentTime >= --seconds, a fatal player error, the end of the stream, or
 // --timeout seconds (counted from this script's start, browser launch included), then reports {ok, currentTime, totalVideoFrames, droppedVideoFrames, errors, levels, audioTracks, duration, ...}.
 // It always exits 0 once it has printed its line: the caller (pytest) decides what is a failure.
+//
+// CMCD and traffic (issue 18's analytics are checked against what the page itself saw on the wire):
+//   --cmcd SID      the player sends CMCD with session id SID (player.html cmcd=), --cmcd-mode as query or headers
+//   --level N       the player plays only its N-th lowest video rendition (player.html level=); the report's `playing`
+//                   is the rendition the player says it plays
+//   --throttle S:MS the first request whose URL path contains S is held until playback has started plus MS ms, so the
+//                   buffer runs dry and the player's next requests carry bs (CMCD buffer starvation); `throttle` says
+//                   what was held and when
+//   --network       (implied by the three above) `network`: every request to another origin than the page's (the
+//                   gateway) with its path, status, body bytes as received (request.sizes().responseBodySize) and
+//                   the CMCD it carried, parsed; `network.bytesByPath` sums the bytes per URL path. Before closing,
+//                   the script waits (up to 3 s) until no such request is in flight, so that what the gateway
+//                   answered and what the page received can be compared.
 //
 // The browser is the system's Chromium, driven by playwright-core: no browser is ever downloaded.
 import { mkdtemp, rm } from "node:fs/promises";
@@ -29,6 +44,46 @@ const CHROMIUM_ARGS = [
 ];
 const POLL_MS = 200;
 const AFTER_FATAL_MS = 500; // let the errors that follow a fatal one arrive before reporting
+const QUIET_MS = 3000; // at the end, how long to wait for the requests still in flight
+const MAX_REQUESTS = 3000; // requests listed one by one in the report (bytesByPath counts them all)
+
+// One CMCD shard (RFC 8941 dictionary as CTA-5004 writes it) into {key: value}: strings unquoted, numbers as numbers,
+// a bare key as true, an inner list "(a b)" as its items. Deliberately small and independent of the gateway's parser.
+function parseCmcd(text) {
+  const out = {};
+  const member = /([a-z0-9_.*-]+)(?:=("(?:[^"\\]|\\.)*"|\([^)]*\)|[^,]*))?(?:,|$)/gy;
+  let m;
+  while (member.lastIndex < text.length && (m = member.exec(text)) !== null) {
+    const raw = m[2];
+    let value;
+    if (raw === undefined) value = true;
+    else if (raw.startsWith('"')) value = raw.slice(1, -1).replace(/\\(.)/g, "$1");
+    else if (raw.startsWith("(")) value = raw.slice(1, -1).split(" ").filter(Boolean).map(scalar);
+    else value = scalar(raw);
+    out[m[1]] = value;
+  }
+  return out;
+}
+
+function scalar(raw) {
+  if (raw === "?1") return true;
+  if (raw === "?0") return false;
+  if (raw.startsWith('"')) return raw.slice(1, -1);
+  const n = Number(raw);
+  return raw !== "" && Number.isFinite(n) ? n : raw;
+}
+
+// The CMCD a request carries: {mode, text, values} or null.
+function cmcdOf(request) {
+  const url = new URL(request.url());
+  const query = url.searchParams.get("CMCD");
+  if (query !== null) return { mode: "query", text: query, values: parseCmcd(query) };
+  const headers = request.headers();
+  const shards = ["cmcd-object", "cmcd-request", "cmcd-session", "cmcd-status"].map((h) => headers[h]).filter(Boolean);
+  if (!shards.length) return null;
+  const text = shards.join(",");
+  return { mode: "header", text, values: parseCmcd(text) };
+}
 
 function finiteOrNull(x) {
   return typeof x === "number" && Number.isFinite(x) ? x : null;
@@ -46,6 +101,11 @@ async function main() {
       text: { type: "boolean", default: false },
       chromium: { type: "string", default: process.env.CHROMIUM || "/usr/bin/chromium" },
       screenshot: { type: "string" },
+      cmcd: { type: "string" },
+      "cmcd-mode": { type: "string", default: "query" },
+      level: { type: "string" },
+      throttle: { type: "string" },
+      network: { type: "boolean", default: false },
     },
   });
   const src = positionals[0];
@@ -76,6 +136,25 @@ async function main() {
   page_url.searchParams.set("kind", values.kind);
   if (values.config) page_url.searchParams.set("config", values.config);
   if (values.text) page_url.searchParams.set("text", "1");
+  if (values.cmcd) {
+    page_url.searchParams.set("cmcd", JSON.stringify({ sid: values.cmcd, mode: values["cmcd-mode"] }));
+    result.cmcdSessionId = values.cmcd;
+    result.cmcdMode = values["cmcd-mode"];
+  }
+  if (values.level !== undefined) page_url.searchParams.set("level", values.level);
+  let throttle = null;
+  if (values.throttle) {
+    const cut = values.throttle.lastIndexOf(":");
+    throttle = { match: values.throttle.slice(0, cut), ms: Number(values.throttle.slice(cut + 1)), url: null,
+                 heldAt: null, playingAt: null, releasedAt: null, error: null };
+    if (cut <= 0 || !(throttle.ms >= 0)) {
+      result.reason = "usage: --throttle URL_SUBSTRING:MS";
+      result.errors.push({ source: "harness", type: "usage", details: result.reason, fatal: true });
+      return result;
+    }
+    result.throttle = throttle;
+  }
+  const watchNetwork = values.network || !!values.cmcd || values.level !== undefined || !!throttle;
 
   const userDataDir = await mkdtemp(join(tmpdir(), "gateway-e2e-chromium-"));
   let context;
@@ -105,6 +184,77 @@ async function main() {
       result.errors.push({ source: "page", type: "pageerror", details: err.name, message: err.message, fatal: false });
     });
     result.console = consoleLines;
+
+    // playback started (the poll loop below sees currentTime move): what a --throttle hold waits for
+    let markPlaying;
+    const playing = new Promise((resolve) => { markPlaying = resolve; });
+    const t0 = Date.now();
+    const network = watchNetwork ? { requests: [], bytesByPath: {}, failed: [], inFlight: 0, listed: 0 } : null;
+    const pending = new Set();
+    const blockedRequests = new WeakSet(); // aborted by the harness while closing, never sent
+    if (network) {
+      result.network = network;
+      const pageOrigin = page_url.origin;
+      const entries = new Map();
+      page.on("request", (request) => {
+        const url = new URL(request.url());
+        if (url.origin === pageOrigin || !url.protocol.startsWith("http")) return;
+        const entry = { path: url.pathname, method: request.method(), t: Date.now() - t0, status: null, bytes: null,
+                        cmcd: cmcdOf(request) };
+        entries.set(request, entry);
+        network.inFlight += 1;
+        if (network.requests.length < MAX_REQUESTS) network.requests.push(entry);
+        network.listed += 1;
+      });
+      const finish = async (request, failed) => {
+        const entry = entries.get(request);
+        if (!entry) return;
+        entries.delete(request);
+        try {
+          const response = failed ? null : await request.response();
+          entry.status = response ? response.status() : null;
+          entry.bytes = failed ? 0 : (await request.sizes()).responseBodySize;
+          // Chromium's memory cache answered (no request went out): responseBodySize is then 0 minus the headers
+          if (entry.bytes < 0) {
+            entry.bytes = 0;
+            entry.fromCache = true;
+          }
+        } catch (e) {
+          entry.error = String(e.message || e);
+        }
+        if (failed) {
+          entry.error = (request.failure() || {}).errorText || "failed";
+          if (blockedRequests.has(request)) entry.blocked = true;
+          else network.failed.push(entry);
+        } else if (entry.bytes) {
+          network.bytesByPath[entry.path] = (network.bytesByPath[entry.path] || 0) + entry.bytes;
+        }
+        network.inFlight -= 1;
+      };
+      const track = (request, failed) => {
+        const p = finish(request, failed);
+        pending.add(p);
+        p.finally(() => pending.delete(p));
+      };
+      page.on("requestfinished", (request) => track(request, false));
+      page.on("requestfailed", (request) => track(request, true));
+    }
+    if (throttle) {
+      await page.route("**/*", async (route) => {
+        const url = route.request().url();
+        // the path only: a CMCD query names the next object (nor), which must not match
+        if (throttle.url !== null || !new URL(url).pathname.includes(throttle.match)) {
+          return route.continue().catch(() => {});
+        }
+        throttle.url = url;
+        throttle.heldAt = Date.now() - t0;
+        await playing;
+        throttle.playingAt = Date.now() - t0;
+        await new Promise((r) => setTimeout(r, throttle.ms));
+        throttle.releasedAt = Date.now() - t0;
+        await route.continue().catch((e) => { throttle.error = String(e.message || e); });
+      });
+    }
 
     try {
       const response = await page.goto(page_url.href, { waitUntil: "load", timeout: Math.min(timeoutMs, 15_000) });
@@ -140,6 +290,7 @@ async function main() {
         };
       });
       const now = Date.now();
+      if (state.currentTime > 0 && !state.paused) markPlaying();
       if (state.player.fatal) {
         if (fatalSince === null) fatalSince = now;
         else if (now - fatalSince >= AFTER_FATAL_MS) {
@@ -187,6 +338,28 @@ async function main() {
       latency: p.latency || [],
       clock: p.clock || null,  // player.html?clock=1 (gateway bench live)
     });
+    if (watchNetwork) result.playing = p.playing || null;
+    if (result.network) {
+      // From here on no new request leaves the page (the player may go on asking: a live playlist, the next segment):
+      // each is aborted before it is sent and listed in `blocked`, so the gateway never sees it. The ones in flight
+      // are let finish, so both sides count the same requests. (The newest route handler runs first.)
+      result.network.blocked = [];
+      await page.route("**/*", (route) => {
+        const url = new URL(route.request().url());
+        if (url.origin === page_url.origin) return route.continue().catch(() => {});
+        result.network.blocked.push(url.pathname);
+        blockedRequests.add(route.request());
+        return route.abort("aborted").catch(() => {});
+      });
+      markPlaying();  // a hold still waiting for playback is let go
+      const quietBy = Date.now() + QUIET_MS;
+      while ((result.network.inFlight > 0 || pending.size) && Date.now() < quietBy) {
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      await Promise.allSettled([...pending]);
+      result.network.inFlightAtClose = result.network.inFlight;
+      delete result.network.inFlight;
+    }
     if (values.screenshot && state.videoWidth) {
       // What a viewer sees, from the compositor: a canvas cannot read EME-decrypted frames back. Paused first, so
       // the frame on screen is the one at the reported time.

@@ -59,12 +59,15 @@ async function main() {
       }
       return {
         shown, canvases,
-        tables: Object.fromEntries(["latency", "busiest", "live-streams", "recent-errors"].map((id) => [id, rows(id)])),
+        tables: Object.fromEntries(["latency", "busiest", "live-streams", "recent-errors", "audience"].map(
+          (id) => [id, rows(id)])),
         quickLinks: [...document.querySelectorAll("#quick-links li")].map((li) => ({
           text: li.textContent.trim(), broken: li.dataset.broken === "1",
           players: li.querySelectorAll("button.quick, a").length })),
         header: document.querySelector("header").textContent,
         dashboard: window.__statusPage.dashboard,
+        audience: window.__statusPage.audience,
+        audienceStream: document.getElementById("audience-stream").value,
       };
     });
     if (values.screenshot) await page.screenshot({ path: values.screenshot, fullPage: true });

@@ -1,0 +1,295 @@
+"""Audience analytics of one node and of the pool: the per-worker ``Audience`` (gateway/ops/audience.py), fed by the
+app's response hook, and the gathering of every worker's and every node's minutes into one answer.
+
+- Recording (``AudienceNode.record``, from gateway/http/app.py's one response hook): the http layer has put the
+  request's stream on it (``AUDIENCE_STREAM``: ``entry:<id>``, ``file:<path>``, ``live:<app>/<stream>``, with the
+  entry's partner); this adds the CMCD the player sent (query ``CMCD=`` and the four ``CMCD-*`` headers,
+  gateway/ops/cmcd.py), its player/browser from the User-Agent, the bytes announced and the status. A request
+  without CMCD counts under its client (first X-Forwarded-For hop or peer, plus User-Agent), as the viewer estimate
+  did: old players still count. Nothing here can fail a response: a bad value is ignored and counted.
+- A node: each worker process keeps its own minutes (requests of one player land on several workers), and serves
+  them to its siblings on an abstract Unix socket named after the node's port and the worker's index
+  (``\\0gateway-audience-<port>-<index>``: no file, gone with the process). ``node_export`` merges every worker's
+  export; a worker that does not answer within ``SIBLING_TIMEOUT`` is reported missing, never waited for.
+- The pool: ``pool_export`` asks every node of ``nodes`` (settings) for its node export over its admin API (same
+  token), concurrently, each bounded by ``PEER_TIMEOUT``; sessions are counted once across nodes because every node
+  hashes session ids with the same key (``analytics_salt``). A node that does not answer is listed in ``missing``.
+  This node is recognised among the answers by its ``node`` id (host name and port); if the list does not name it,
+  its own export is added.
+- A SIGHUP reload keeps the worker's ``AudienceNode`` (gateway/runtime/serve.py hands it to the next app
+  generation, as it does the metrics) and applies the new bounds with ``configure``.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import json
+import logging
+import socket
+import time
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from ..settings import Settings, parse_node
+from .audience import Audience, merge_exports, summarize
+from .audience_metrics import exposition
+from .cmcd import parse_cmcd
+from .labels import request_label
+from .live_viewers import client_id
+from .user_agents import player_of
+
+log = logging.getLogger("gateway.analytics")
+
+# the request's stream: (stream key, partner id or None), put there by the http layer
+AUDIENCE = web.AppKey("audience", object)  # the worker's AudienceNode (gateway/http/app.py)
+AUDIENCE_STREAM = (web.RequestKey("audience_stream", tuple) if hasattr(web, "RequestKey")
+                   else "gateway.ops.audience.stream")
+RECORDED_KINDS = frozenset(("manifest", "segment", "init", "key"))
+SIBLING_TIMEOUT = 1.0  # seconds a sibling worker gets to send its export (a local socket: milliseconds)
+PEER_TIMEOUT = 3.0  # seconds a peer node gets: the pool answer never waits longer for a node
+STATUS_STREAMS = 10  # streams the status page charts
+MAX_EXPORT_BYTES = 256 << 20  # a sibling's or peer's export larger than this is refused (a bounded node is far below)
+_FIXED_SALT = b"gateway-analytics-v1"
+
+
+def salt_of(settings: Settings) -> bytes:
+    """The key of the session hashes: ``analytics_salt``, else derived from ``admin_token`` (a pool shares its
+    config, so every node derives the same), else a fixed key."""
+    if settings.analytics_salt:
+        return settings.analytics_salt.encode()
+    if settings.admin_token:
+        return hashlib.sha256(b"analytics:" + settings.admin_token.encode()).digest()[:16]
+    return _FIXED_SALT
+
+
+def _bounds(settings: Settings) -> dict[str, Any]:
+    return {"window_minutes": settings.analytics_window_minutes, "bucket_seconds": settings.analytics_bucket_seconds,
+            "max_bytes": int(settings.analytics_memory_mb * 1024 * 1024), "max_streams": settings.analytics_streams,
+            "salt": salt_of(settings)}
+
+
+def sibling_socket(port: int, index: int) -> str:
+    return f"\0gateway-audience-{port}-{index}"
+
+
+class AudienceNode:
+    """One worker's audience: the minutes it recorded, and how to reach its siblings' and the pool's."""
+
+    def __init__(self, settings: Settings, *, worker_index: int = 0, workers: int = 1, port: int | None = None):
+        self.settings = settings
+        self.enabled = settings.analytics
+        self.audience = Audience(**_bounds(settings))
+        self.worker_index, self.workers = worker_index, workers
+        self.port = port if port is not None else settings.port
+        self.node_id = f"{socket.gethostname()}:{self.port}"
+        self._server: web.AppRunner | None = None
+
+    def configure(self, settings: Settings, workers: int | None = None) -> None:
+        """A reload: the new bounds; the minutes recorded so far stay (unless the bucket length or key changed)."""
+        self.settings, self.enabled = settings, settings.analytics
+        self.audience.configure(**_bounds(settings))
+        if workers is not None:
+            self.workers = workers
+
+    # -- recording (every response: cheap)
+
+    def record(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
+        stream = request.get(AUDIENCE_STREAM)
+        if stream is None or not self.enabled:
+            return
+        kind = request_label(request)[1]
+        if kind not in RECORDED_KINDS:
+            return
+        headers = request.headers
+        query = request.query.get("CMCD") if "CMCD=" in request.query_string else None
+        report = parse_cmcd(query, headers)
+        user_agent = headers.get("User-Agent")
+        nbytes = (response.content_length or 0) if request.method != "HEAD" else 0
+        client = "" if report.values.get("sid") else client_id(request)
+        self.audience.record(stream[0], stream[1], kind, report, client, player_of(user_agent), nbytes,
+                             response.status)
+
+    # -- a node: every worker's minutes
+
+    async def start(self) -> None:
+        """Serve this worker's export to its siblings (gateway serve with several workers)."""
+        if self._server is not None:
+            return
+        app = web.Application()
+        app.router.add_get("/export", self._serve_export)
+        self._server = web.AppRunner(app, access_log=None)
+        await self._server.setup()
+        try:
+            await web.UnixSite(self._server, sibling_socket(self.port, self.worker_index)).start()
+        except OSError as e:  # a previous process of this worker index still holds the name: siblings miss us
+            log.warning("analytics: worker %d cannot serve its siblings: %s", self.worker_index, e)
+
+    async def metrics_text(self) -> str:
+        """The node's current minute for /metrics (gateway/ops/audience_metrics.py)."""
+        bucket = self.settings.analytics_bucket_seconds
+        raw, _ = await self.node_export({"start": time.time() // bucket * bucket})
+        return exposition(await _off_loop(summarize, raw), self.settings.analytics_metrics_streams)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            await self._server.cleanup()
+            self._server = None
+
+    async def _serve_export(self, request: web.Request) -> web.Response:
+        return web.json_response(self.local_export(query_of(request.query)))
+
+    def local_export(self, query: dict[str, Any]) -> dict:
+        """This worker's minutes that ``query`` asks for: from/to in unix seconds (the minutes holding them)."""
+        bucket = self.audience_bucket
+        start, end = query.get("start"), query.get("end")
+        export = self.audience.export(None if start is None else int(start // bucket),
+                                      None if end is None else int(end // bucket) + 1,
+                                      query.get("streams"), query.get("partner"))
+        export["stats"] = self.stats()
+        return export
+
+    def stats(self) -> dict:
+        """This worker's bound and counters (the API shows every worker's: memory within its bound, drops)."""
+        audience = self.audience
+        return {"worker": self.worker_index, "memory_bytes": audience.memory_bytes(),
+                "max_bytes": int(self.settings.analytics_memory_mb * 1024 * 1024), **audience.counters}
+
+    @property
+    def audience_bucket(self) -> int:
+        return self.settings.analytics_bucket_seconds
+
+    async def node_export(self, query: dict[str, Any]) -> tuple[dict, list[str]]:
+        """Every worker's minutes merged, and the workers that did not answer."""
+        exports, missing = [self.local_export(query)], []
+        siblings = [i for i in range(self.workers) if i != self.worker_index]
+        answers = await asyncio.gather(*(self._sibling(i, query) for i in siblings), return_exceptions=True)
+        for index, answer in zip(siblings, answers):
+            if isinstance(answer, BaseException):
+                missing.append(f"worker {index}: {_reason(answer)}")
+            else:
+                exports.append(answer)
+        merged = await _off_loop(merge_exports, exports)
+        merged["node"] = self.node_id
+        merged["workers"] = sorted((e["stats"] for e in exports if isinstance(e.get("stats"), dict)),
+                                   key=lambda s: s.get("worker", 0))
+        return merged, missing
+
+    async def _sibling(self, index: int, query: dict[str, Any]) -> dict:
+        connector = aiohttp.UnixConnector(path=sibling_socket(self.port, index))
+        timeout = aiohttp.ClientTimeout(total=SIBLING_TIMEOUT)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            async with session.get("http://worker/export", params=_params(query)) as response:
+                response.raise_for_status()
+                return await _bounded_json(response)
+
+    # -- the pool: every node's minutes
+
+    async def pool_export(self, query: dict[str, Any]) -> tuple[dict, list[str], list[dict]]:
+        """Every node's minutes merged (sessions once), the nodes that answered and the ones that did not."""
+        peers = [peer_admin_url(node, self.settings) for node in self.settings.nodes]
+        timeout = aiohttp.ClientTimeout(total=PEER_TIMEOUT)
+        headers = {"Authorization": f"Bearer {self.settings.admin_token}"}
+        async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
+            answers = await asyncio.gather(*(self._peer(session, url, query) for url in peers),
+                                           return_exceptions=True)
+        exports: dict[str, dict] = {}
+        stats: dict[str, list] = {}
+        answered, missing = [], []
+        for node, answer in zip(self.settings.nodes, answers):
+            if isinstance(answer, BaseException):
+                missing.append({"node": node, "error": _reason(answer)})
+                continue
+            answered.append(node)
+            exports.setdefault(str(answer.get("node", node)), answer)  # a node listed twice counts once
+            stats[str(answer.get("node", node))] = answer.get("workers", [])
+        if self.node_id not in exports:  # the list does not name this node (or its answer was lost): add ours
+            exports[self.node_id], missed_workers = await self.node_export(query)
+            answered.append(f"{self.node_id} (this node)")
+            missing += [{"node": self.node_id, "error": m} for m in missed_workers]
+            stats[self.node_id] = exports[self.node_id]["workers"]
+        merged = await _off_loop(merge_exports, list(exports.values()))
+        merged["workers"] = stats
+        return merged, answered, missing
+
+    async def _peer(self, session: aiohttp.ClientSession, url: str, query: dict[str, Any]) -> dict:
+        params = {**_params(query), "scope": "node", "raw": "1"}
+        async with session.get(url, params=params) as response:
+            if response.status != 200:
+                raise RuntimeError(f"HTTP {response.status}")
+            return await _bounded_json(response)
+
+
+def peer_admin_url(node: str, settings: Settings) -> str:
+    host, _, admin_host, admin_port = parse_node(node)
+    host, port = admin_host or host, admin_port or settings.admin_port
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port}/api/v1/analytics"
+
+
+def query_of(params) -> dict[str, Any]:
+    """The export's arguments from query parameters (from/to in unix seconds, stream, partner)."""
+    query: dict[str, Any] = {}
+    for name, key in (("from", "start"), ("to", "end")):
+        if params.get(name):
+            query[key] = float(params[name])
+    if params.get("stream"):
+        query["streams"] = [params["stream"]]
+    if params.get("partner"):
+        query["partner"] = int(params["partner"])
+    return query
+
+
+def _params(query: dict[str, Any]) -> dict[str, str]:
+    params = {}
+    for key, name in (("start", "from"), ("end", "to")):
+        if query.get(key) is not None:
+            params[name] = repr(float(query[key]))
+    if query.get("streams"):
+        params["stream"] = query["streams"][0]
+    if query.get("partner") is not None:
+        params["partner"] = str(query["partner"])
+    return params
+
+
+async def _off_loop(fn, *args, **kwargs):
+    """Merging and summarising many minutes takes milliseconds to seconds: never on the loop serving players."""
+    return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args, **kwargs))
+
+
+async def _bounded_json(response: aiohttp.ClientResponse) -> dict:
+    if (response.content_length or 0) > MAX_EXPORT_BYTES:
+        raise RuntimeError(f"export of {response.content_length} bytes refused")
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(1 << 16):
+        body += chunk
+        if len(body) > MAX_EXPORT_BYTES:
+            raise RuntimeError("export too large")
+    data = json.loads(body)
+    if not isinstance(data, dict):
+        raise RuntimeError("export is not a JSON object")
+    return data
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, (asyncio.TimeoutError, TimeoutError)):
+        return "timed out"
+    return (str(error) or type(error).__name__)[:200]
+
+
+async def serve_status_audience(request: web.Request) -> web.Response:
+    """``/status/audience``: the status page's charts (gateway/ops/static/status.js): the node's busiest streams of
+    the last ``minutes`` (default 60, at most 1440), as the admin API's series. Nothing a client could not see on the
+    page already: stream names, counts, no address or session id."""
+    node: AudienceNode = request.app[AUDIENCE]
+    if not node.enabled:
+        return web.json_response({"enabled": False, "streams": []}, headers={"Cache-Control": "no-store"})
+    text = request.query.get("minutes", "60")
+    minutes = min(int(text), 1440) if text.isdigit() and int(text) > 0 else 60
+    start = time.time() - minutes * node.settings.analytics_bucket_seconds
+    raw, missing = await node.node_export({"start": start})
+    body = await _off_loop(summarize, raw, top=STATUS_STREAMS)
+    return web.json_response({"enabled": True, "missing_workers": missing, **body},
+                             headers={"Cache-Control": "no-store"})
