@@ -234,24 +234,16 @@ class Audience:
                     self._pending.popitem(last=False)
                     counters["startup_table_dropped"] += 1
                     grow -= TABLE_ENTRY
-        bl = values.get("bl")
-        if bl.__class__ is int:
-            index = _BUFFER + (0 if bl < _BL_BASE else min(int(_LOG2(bl / _BL_BASE) * PER_OCTAVE) + 1, LAST))
-            hist = cell.hist
-            if index in hist:
-                hist[index] += 1
-            else:
-                hist[index] = 1
-                grow += DICT_ENTRY
-        mtp = values.get("mtp")
-        if mtp.__class__ is int:
-            index = _THROUGHPUT + (0 if mtp < _MTP_BASE else min(int(_LOG2(mtp / _MTP_BASE) * PER_OCTAVE) + 1, LAST))
-            hist = cell.hist
-            if index in hist:
-                hist[index] += 1
-            else:
-                hist[index] = 1
-                grow += DICT_ENTRY
+        for name, offset, base in (("bl", _BUFFER, _BL_BASE), ("mtp", _THROUGHPUT, _MTP_BASE)):
+            value = values.get(name)
+            if value.__class__ is int:  # a log-scale bucket: PER_OCTAVE per doubling from base, bucket 0 below it
+                index = offset + (0 if value < base else min(int(_LOG2(value / base) * PER_OCTAVE) + 1, LAST))
+                hist = cell.hist
+                if index in hist:
+                    hist[index] += 1
+                else:
+                    hist[index] = 1
+                    grow += DICT_ENTRY
         self._bytes += grow
 
     def _segment_started(self, cell: Cell, key: int, now: float) -> int:
