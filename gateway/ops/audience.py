@@ -297,9 +297,10 @@ class Audience:
             packed = pack(cell)
             cells[stream] = (cell.partner, packed)
             size += packed.nbytes + CLOSED_CELL + len(stream)
+        open_bytes = self._open_bytes()  # before the closed minute counts: it would be subtracted twice
         self._closed[self._minute] = cells
         self._closed_bytes[self._minute] = size
-        self._bytes += size - self._open_bytes()
+        self._bytes += size - open_bytes
         self._open = {}
 
     def _open_bytes(self) -> int:

@@ -29,6 +29,7 @@ import logging
 import socket
 import time
 from typing import Any
+from urllib.parse import unquote
 
 import aiohttp
 from aiohttp import web
@@ -50,6 +51,7 @@ AUDIENCE_STREAM = (web.RequestKey("audience_stream", tuple) if hasattr(web, "Req
 RECORDED_KINDS = frozenset(("manifest", "segment", "init", "key"))
 SIBLING_TIMEOUT = 1.0  # seconds a sibling worker gets to send its export (a local socket: milliseconds)
 PEER_TIMEOUT = 3.0  # seconds a peer node gets: the pool answer never waits longer for a node
+MEMO_ENTRIES = 4096  # parsed CMCD and User-Agents remembered (cleared when full)
 STATUS_STREAMS = 10  # streams the status page charts
 MAX_EXPORT_BYTES = 256 << 20  # a sibling's or peer's export larger than this is refused (a bounded node is far below)
 _FIXED_SALT = b"gateway-analytics-v1"
@@ -86,6 +88,8 @@ class AudienceNode:
         self.port = port if port is not None else settings.port
         self.node_id = f"{socket.gethostname()}:{self.port}"
         self._server: web.AppRunner | None = None
+        self._reports: dict[tuple, Any] = {}  # CMCD strings → parsed report (record)
+        self._players: dict[str | None, str] = {}  # User-Agent → player
 
     def configure(self, settings: Settings, workers: int | None = None) -> None:
         """A reload: the new bounds; the minutes recorded so far stay (unless the bucket length or key changed)."""
@@ -104,13 +108,29 @@ class AudienceNode:
         if kind not in RECORDED_KINDS:
             return
         headers = request.headers
-        query = request.query.get("CMCD") if "CMCD=" in request.query_string else None
-        report = parse_cmcd(query, headers)
-        user_agent = headers.get("User-Agent")
+        get = headers.get
+        query_string = request.query_string
+        query = cmcd_query(query_string, decode=False) if "CMCD=" in query_string else None
+        # a player repeats the same CMCD on many requests (its playlists, every header shard but CMCD-Request):
+        # decoded and parsed once. Transient, bounded, never exported (the raw strings hold the sid)
+        key = (query, get("CMCD-Request"), get("CMCD-Object"), get("CMCD-Status"), get("CMCD-Session"))
+        reports = self._reports
+        report = reports.get(key)
+        if report is None:
+            report = parse_cmcd(unquote(query) if query and "%" in query else query, headers)
+            if len(reports) >= MEMO_ENTRIES:
+                reports.clear()
+            reports[key] = report
+        user_agent = get("User-Agent")
+        player = self._players.get(user_agent)
+        if player is None:
+            player = player_of(user_agent)
+            if len(self._players) >= MEMO_ENTRIES:
+                self._players.clear()
+            self._players[user_agent] = player
         nbytes = (response.content_length or 0) if request.method != "HEAD" else 0
         client = "" if report.values.get("sid") else client_id(request)
-        self.audience.record(stream[0], stream[1], kind, report, client, player_of(user_agent), nbytes,
-                             response.status)
+        self.audience.record(stream[0], stream[1], kind, report, client, player, nbytes, response.status)
 
     # -- a node: every worker's minutes
 
@@ -220,6 +240,18 @@ class AudienceNode:
             if response.status != 200:
                 raise RuntimeError(f"HTTP {response.status}")
             return await _bounded_json(response)
+
+
+def cmcd_query(query_string: str, decode: bool = True) -> str | None:
+    """The ``CMCD=`` argument of a raw query string, decoded unless asked not to (without parsing the others)."""
+    at = query_string.find("CMCD=")
+    while at > 0 and query_string[at - 1] != "&":  # the tail of another argument's name (xCMCD=)
+        at = query_string.find("CMCD=", at + 1)
+    if at < 0:
+        return None
+    end = query_string.find("&", at)
+    value = query_string[at + 5:] if end < 0 else query_string[at + 5:end]
+    return unquote(value) if decode and "%" in value else value
 
 
 def peer_admin_url(node: str, settings: Settings) -> str:

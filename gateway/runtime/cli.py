@@ -16,6 +16,7 @@ from urllib.parse import quote
 from .. import __version__
 from .catalog_cli import add_catalog_commands
 from ..tools.nginx_config import add_nginx_config_command
+from ..tools.cmcd_load import add_analytics_load_command
 from .config_file import LOG_LEVELS, ConfigError, ConfigSource, load_rtmp_table
 from .serve import serve, serve_config
 from ..ops.log_format import configure_logging
@@ -116,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("bench", help="benchmarks (gateway bench --help)", add_help=False)
     add_catalog_commands(sub)  # partners ..., entries ...
     add_nginx_config_command(sub)  # nginx-config: the load balancer in front of a pool of nodes
+    add_analytics_load_command(sub)  # analytics-load: simulated CMCD players and their ground truth
     _global_options_after_subcommands(p)
     return p
 

@@ -252,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
         from .bench_http import main as bench_http
 
         return bench_http(argv[1:])
+    if argv and argv[0] == "analytics":  # gateway bench analytics: audience collection's cost (bench_analytics.py)
+        from .bench_analytics import main as bench_analytics
+
+        return bench_analytics(argv[1:])
     if argv and argv[0] == "rtmp":  # gateway bench rtmp: RTMP fan-out cost (gateway/tools/bench_rtmp.py)
         from .bench_rtmp import main as bench_rtmp
 

@@ -234,3 +234,17 @@ async def test_requires_the_admin_token(pair):
     assert (await admin.get("/api/v1/analytics")).status == 401
     assert (await admin.get("/api/v1/analytics", headers={"Authorization": "Bearer " + "w" * 24})).status == 403
 
+
+
+@pytest.mark.parametrize("query_string, value", [
+    ("CMCD=br%3D800%2Csid%3D%22a%22", 'br=800,sid="a"'), ("x=1&CMCD=ot%3Dm&y=2", "ot=m"), ("xCMCD=1", None),
+    ("xCMCD=1&CMCD=bs", "bs"), ("CMCD=", ""), ("a=b", None), ("CMCD=br=1,bs", "br=1,bs"),
+])
+def test_the_cmcd_argument_is_cut_from_the_raw_query(query_string, value):
+    from urllib.parse import parse_qs
+
+    from gateway.ops.audience_node import cmcd_query
+
+    assert cmcd_query(query_string) == value
+    if value:  # what a full query parser finds
+        assert parse_qs(query_string, keep_blank_values=True)["CMCD"] == [value]

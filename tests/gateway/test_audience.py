@@ -527,3 +527,19 @@ def test_merge_refuses_mismatched_and_malformed_exports():
     assert refused > 300
     minimal = {"format": 1, "bucket_seconds": 60, "minutes": {"5": {"entry:a": {"requests": 2}}}}  # fields missing
     assert summarize(merge_exports([minimal]))["streams"][0]["totals"]["requests"] == 2
+
+
+def test_closing_a_minute_accounts_its_bytes_once():
+    """memory_bytes after a minute closes is the base plus that minute's packed size, not twice it."""
+    from gateway.ops.audience import BASE_BYTES, TABLE_ENTRY
+
+    now = [1_796_000_000.0]
+    audience = Audience(bucket_seconds=60, clock=lambda: now[0])
+    for i in range(50):
+        report = CmcdReport({"sid": f"s{i}", "br": 800, "ot": "v"}, present=True)
+        audience.record("file:a.mp4", None, "segment", report, "", "Chrome", 1000, 200)
+    now[0] += 60
+    audience.export()  # closes the minute
+    closed = sum(audience._closed_bytes.values())
+    assert closed > 0 and audience.memory_bytes() == BASE_BYTES + closed + (
+        len(audience._pending) + len(audience._started)) * TABLE_ENTRY
