@@ -28,6 +28,7 @@ import json
 import logging
 import socket
 import time
+from time import perf_counter_ns
 from typing import Any
 from urllib.parse import unquote
 
@@ -90,6 +91,7 @@ class AudienceNode:
         self._server: web.AppRunner | None = None
         self._reports: dict[tuple, Any] = {}  # CMCD strings → parsed report (record)
         self._players: dict[str | None, str] = {}  # User-Agent → player
+        self.record_ns = self.timed = 0  # time spent recording, and the requests recorded
 
     def configure(self, settings: Settings, workers: int | None = None) -> None:
         """A reload: the new bounds; the minutes recorded so far stay (unless the bucket length or key changed)."""
@@ -107,6 +109,7 @@ class AudienceNode:
         kind = request_label(request)[1]
         if kind not in RECORDED_KINDS:
             return
+        started = perf_counter_ns()
         headers = request.headers
         get = headers.get
         query_string = request.query_string
@@ -131,6 +134,8 @@ class AudienceNode:
         nbytes = (response.content_length or 0) if request.method != "HEAD" else 0
         client = "" if report.values.get("sid") else client_id(request)
         self.audience.record(stream[0], stream[1], kind, report, client, player, nbytes, response.status)
+        self.record_ns += perf_counter_ns() - started  # what collection costs, for `gateway bench analytics`
+        self.timed += 1
 
     # -- a node: every worker's minutes
 
@@ -174,7 +179,8 @@ class AudienceNode:
     def stats(self) -> dict:
         """This worker's bound and counters (the API shows every worker's: memory within its bound, drops)."""
         audience = self.audience
-        return {"worker": self.worker_index, "memory_bytes": audience.memory_bytes(),
+        return {"worker": self.worker_index, "memory_bytes": audience.memory_bytes(), "record_ns": self.record_ns,
+                "recorded": self.timed,
                 "max_bytes": int(self.settings.analytics_memory_mb * 1024 * 1024), **audience.counters}
 
     @property
@@ -323,5 +329,5 @@ async def serve_status_audience(request: web.Request) -> web.Response:
     start = time.time() - minutes * node.settings.analytics_bucket_seconds
     raw, missing = await node.node_export({"start": start})
     body = await _off_loop(summarize, raw, top=STATUS_STREAMS)
-    return web.json_response({"enabled": True, "missing_workers": missing, **body},
+    return web.json_response({"enabled": True, "missing_workers": missing, "workers": raw["workers"], **body},
                              headers={"Cache-Control": "no-store"})

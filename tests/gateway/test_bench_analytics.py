@@ -51,6 +51,9 @@ def test_each_ratio_is_made_of_the_printed_figures(figures):
         assert f["rate_ratio_paired_median"] == pytest.approx(sum(paired) / 2), target  # median of two
         assert f["drop"] == pytest.approx({"rate": 1 - f["rate_ratio"], "cpu": 1 - f["cpu_ratio"]}), target
         assert f["target_met"] == {k: v < TARGET_DROP for k, v in f["drop"].items()}, target
+        # the hook's own time, measured inside the on server: a few to tens of µs, never more than a request costs
+        assert 0 < f["record_us_per_request"] < on["cpu_us_per_request"], target
+        assert f["record_share"] == pytest.approx(f["record_us_per_request"] / off["cpu_us_per_request"]), target
 
 
 def test_the_on_server_collected_every_cmcd_session_and_the_off_server_nothing(figures):
@@ -76,6 +79,7 @@ def test_the_text_report_shows_every_figure(figures):
             assert f"{f[mode]['cpu_us_per_request']:,.1f} us CPU/req" in block, (target, mode)
         assert f"rate {f['rate_ratio']:.3f}" in block and f"CPU {f['cpu_ratio']:.3f}" in block, target
         assert f"({f['cpu_overhead_us_per_request']:+,.1f} us/req)" in block, target
+        assert f"{f['record_us_per_request']:.1f} us per request = {f['record_share']:.1%}" in block, target
 
 
 @pytest.mark.parametrize("target", TARGETS)
