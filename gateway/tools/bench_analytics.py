@@ -24,18 +24,16 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 import uuid
 from pathlib import Path
 from urllib.parse import quote
 
-import aiohttp
 
 from .bench_http import FILE_NAME, row_paths
 from .load import (_TIME_UNIT, _WRK_ERRORS, _WRK_TOTAL, CONNECTIONS, LOAD_CORE, SERVER_CORE, WRK, Server,
-                   cpu_seconds, get, pinned, start_gateway)
+                   bench_store, cpu_seconds, get, pinned, python_load, start_gateway)
 
 TARGET_DROP = 0.05  # issue 18: "request throughput drops by < 5 % with collection on"
 SESSIONS = 6  # distinct CMCD sids the load cycles over (a handful of players)
@@ -73,27 +71,6 @@ def wrk_load(base: str, paths: list[str], headers: dict[str, str], seconds: floa
     return int(total.group(1)), float(total.group(2)) * _TIME_UNIT[total.group(3)]
 
 
-async def python_load(base: str, paths: list[str], headers: dict[str, str], seconds: float) -> tuple[int, float]:
-    """(requests, seconds) of a closed loop of 16 connections cycling over ``paths`` (when wrk is missing)."""
-    done = 0
-    deadline = time.perf_counter() + seconds
-    connector = aiohttp.TCPConnector(limit=CONNECTIONS)
-    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
-        async def worker() -> None:
-            nonlocal done
-            while time.perf_counter() < deadline:
-                path = paths[done % len(paths)]
-                async with session.get(base + path) as r:
-                    await r.read()
-                    if r.status != 200:
-                        raise RuntimeError(f"bench analytics: {path} answered {r.status}")
-                    done += 1
-
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(CONNECTIONS)))
-        return done, time.perf_counter() - start
-
-
 def warm(url: str) -> None:
     """One request as the load sends it (the same User-Agent): a 200 with a body, else RuntimeError."""
     with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": USER_AGENT}), timeout=60) as r:
@@ -108,7 +85,7 @@ def one_pass(server: Server, paths: list[str], seconds: float, work: Path) -> di
     if WRK:
         requests, elapsed = wrk_load(server.base, paths, headers, seconds, work)
     else:
-        requests, elapsed = asyncio.run(python_load(server.base, paths, headers, seconds))
+        requests, elapsed = asyncio.run(python_load(server.base, paths, seconds, headers))
     cpu = cpu_seconds(server.pid) - cpu0
     return {"req_per_s": requests / elapsed, "cpu_us_per_request": cpu * 1e6 / max(1, requests),
             "server_core_busy": cpu / elapsed, "requests": requests, "seconds": elapsed}
@@ -160,13 +137,7 @@ def run(seconds: float, rounds: int, json_out: bool) -> int:
     media = fixture_path("bench_720p_10min.mp4")
     if pinned(LOAD_CORE):
         os.sched_setaffinity(0, {LOAD_CORE})  # the bench itself (and the Python load, without wrk) on core 1
-    work = Path(tempfile.mkdtemp(prefix="bench-analytics-"))
-    store = work / "store"
-    store.mkdir()
-    try:  # a symlink leaving the store is refused (404) by design: a hard link, else a copy
-        os.link(media, store / FILE_NAME)
-    except OSError:
-        shutil.copyfile(media, store / FILE_NAME)
+    work, store = bench_store(media, FILE_NAME, "bench-analytics-")
     defaults = Settings()
     servers: dict[str, Server] = {}
     sids = session_ids()

@@ -14,13 +14,11 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from pathlib import Path
 
-from .load import (CONNECTIONS, LOAD_CORE, NGINX, SERVER_CORE, SMALL_BODY, WRK, Server, get, load, peak_rss_mb,
-                   pinned, start_empty_app, start_gateway, start_nginx)
+from .load import (CONNECTIONS, LOAD_CORE, NGINX, SERVER_CORE, SMALL_BODY, WRK, Server, bench_store, get, load,
+                   peak_rss_mb, pinned, start_empty_app, start_gateway, start_nginx)
 from ..ops.allocator import memory_bound_mb
 from .measure import MB, Progress, Report, measure_file_read, measure_memcpy
 
@@ -124,13 +122,7 @@ def run(seconds: float, row_names: tuple[str, ...], json_out: bool) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if pinned(LOAD_CORE):
         os.sched_setaffinity(0, {LOAD_CORE})  # the bench itself (and the Python load, without wrk) on core 1
-    work = Path(tempfile.mkdtemp(prefix="bench-http-"))
-    store = work / "store"
-    store.mkdir()
-    try:  # a symlink leaving the store is refused (404) by design: a hard link, else a copy
-        os.link(media, store / FILE_NAME)
-    except OSError:
-        shutil.copyfile(media, store / FILE_NAME)
+    work, store = bench_store(media, FILE_NAME, "bench-http-")
 
     # The yardsticks are measured twice, at the start and at the end of the run, and the better pass is kept: on a
     # shared machine noise only ever slows a pass down, and a yardstick caught in someone else's burst would make

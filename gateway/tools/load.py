@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -154,11 +155,13 @@ def wrk_load(base: str, paths: list[str], seconds: float, work: Path, core: int 
     return int(total.group(1)), float(total.group(2)) * _TIME_UNIT[total.group(3)]
 
 
-async def python_load(base: str, paths: list[str], seconds: float) -> tuple[int, float]:
+async def python_load(base: str, paths: list[str], seconds: float,
+                      headers: dict[str, str] | None = None) -> tuple[int, float]:
     """(requests, seconds) of a closed loop of 16 connections cycling over ``paths`` (when wrk is missing)."""
     done = 0
     deadline = time.perf_counter() + seconds
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONNECTIONS)) as session:
+    connector = aiohttp.TCPConnector(limit=CONNECTIONS)
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
         async def worker() -> None:
             nonlocal done
             while time.perf_counter() < deadline:
@@ -166,12 +169,24 @@ async def python_load(base: str, paths: list[str], seconds: float) -> tuple[int,
                 async with session.get(base + path) as r:
                     await r.read()
                     if r.status != 200:
-                        raise RuntimeError(f"bench http: {path} answered {r.status}")
+                        raise RuntimeError(f"bench: {path} answered {r.status}")
                     done += 1
 
         t = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(CONNECTIONS)))
         return done, time.perf_counter() - t
+
+
+def bench_store(media: Path, name: str, prefix: str) -> tuple[Path, Path]:
+    """(work directory, store) for a bench: the store holds ``media`` as ``name``."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    store = work / "store"
+    store.mkdir()
+    try:  # a symlink leaving the store is refused (404) by design: a hard link, else a copy
+        os.link(media, store / name)
+    except OSError:
+        shutil.copyfile(media, store / name)
+    return work, store
 
 
 def load(base: str, paths: list[str], seconds: float, server_pid: int | list[int], work: Path,
