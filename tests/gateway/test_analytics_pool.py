@@ -27,6 +27,7 @@ from gateway.ops.cmcd import parse_cmcd
 from gateway.tools import cmcd_load
 from tests.e2e.conftest import free_port
 from tests.needs import missing
+from tests.nginx.conftest import _accepts
 from .conftest import add_to_store
 from .processes import HANG_GUARD, Gateway, get, wait_until
 from .test_workers import rtmp_listener_owners, write_config
@@ -280,14 +281,6 @@ def start_nginx(prefix: Path, config: Path) -> tuple[subprocess.Popen, int]:
     wait_until(lambda: proc.poll() is not None or _accepts(port), "nginx to listen")
     assert proc.poll() is None, (prefix / "stderr.log").read_text()
     return proc, port
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def worker_export(port: int, index: int) -> dict:
