@@ -47,7 +47,7 @@ class _Remembered:
     answer: PackagedAnswer
     view: CatalogView
     label: tuple[str, str]  # the metrics label of the request (gateway/ops/labels.py)
-    stream: tuple | None = None  # the audience analytics' (stream, partner) of the request (gateway/ops/audience_node.py)
+    stream: tuple | None = None  # the analytics' (stream, partner) of the request (gateway/ops/audience_node.py)
 
 
 class FastAnswers:

@@ -61,7 +61,7 @@ async def serve_live(request: web.Request) -> web.StreamResponse:
     app, stream, name = (request.match_info[k] for k in ("app", "stream", "file"))
     request[REQUEST_LABEL] = live_label(name)  # the live grammar's label, whatever the answer
     if STREAM_NAME.fullmatch(app) and STREAM_NAME.fullmatch(stream):
-        request[AUDIENCE_STREAM] = (f"live:{app}/{stream}", None)  # the analytics' stream (gateway/ops/audience_node.py)
+        request[AUDIENCE_STREAM] = (f"live:{app}/{stream}", None)  # the analytics' stream (ops/audience_node.py)
     if name.startswith("thumb-") and STREAM_NAME.fullmatch(app) and STREAM_NAME.fullmatch(stream):
         return await serve_live_thumbnail(request, app, stream, parse_thumb_name(name))
     if not (STREAM_NAME.fullmatch(app) and STREAM_NAME.fullmatch(stream) and LIVE_FILE.fullmatch(name)) \
