@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import time
 from datetime import datetime
 from typing import Any
@@ -21,7 +22,8 @@ from ..ops.audience_node import AUDIENCE, AudienceNode
 
 MAX_TOP = 1000
 DEFAULT_TOP = 10
-DEFAULT_MINUTES = 60  # without from: the last hour
+DEFAULT_MINUTES = 60
+MAX_TIME = 1e11  # unix seconds: year 5138; past it (inf, nan, 1e308) a minute index means nothing  # without from: the last hour
 
 
 class QueryError(ValueError):
@@ -63,9 +65,13 @@ def parse_query(params) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _time(name: str, text: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(value) or abs(value) > MAX_TIME:
+            raise QueryError(name, f"{name} must be unix seconds (0 to {MAX_TIME:g}) or an ISO 8601 time")
+        return value
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:

@@ -52,6 +52,7 @@ AUDIENCE_STREAM = (web.RequestKey("audience_stream", tuple) if hasattr(web, "Req
 RECORDED_KINDS = frozenset(("manifest", "segment", "init", "key"))
 SIBLING_TIMEOUT = 1.0  # seconds a sibling worker gets to send its export (a local socket: milliseconds)
 PEER_TIMEOUT = 3.0  # seconds a peer node gets: the pool answer never waits longer for a node
+SHARED_SECONDS = 1.0  # /status/audience and /metrics answers reused this long
 MEMO_ENTRIES = 4096  # parsed CMCD and User-Agents remembered (cleared when full)
 STATUS_STREAMS = 10  # streams the status page charts
 MAX_EXPORT_BYTES = 256 << 20  # a sibling's or peer's export larger than this is refused (a bounded node is far below)
@@ -92,6 +93,7 @@ class AudienceNode:
         self._reports: dict[tuple, Any] = {}  # CMCD strings → parsed report (record)
         self._players: dict[str | None, str] = {}  # User-Agent → player
         self.record_ns = self.timed = 0  # time spent recording, and the requests recorded
+        self._shared: dict[tuple, tuple[float, asyncio.Future]] = {}  # public answers: at most ~1,441 keys
 
     def configure(self, settings: Settings, workers: int | None = None) -> None:
         """A reload: the new bounds; the minutes recorded so far stay (unless the bucket length or key changed)."""
@@ -153,10 +155,22 @@ class AudienceNode:
             log.warning("analytics: worker %d cannot serve its siblings: %s", self.worker_index, e)
 
     async def metrics_text(self) -> str:
-        """The node's current minute for /metrics (gateway/ops/audience_metrics.py)."""
-        bucket = self.settings.analytics_bucket_seconds
-        raw, _ = await self.node_export({"start": time.time() // bucket * bucket})
-        return exposition(await _off_loop(summarize, raw), self.settings.analytics_metrics_streams)
+        """The node's current minute for /metrics (gateway/ops/audience_metrics.py), at most once a second."""
+        async def text() -> str:
+            bucket = self.settings.analytics_bucket_seconds
+            raw, _ = await self.node_export({"start": time.time() // bucket * bucket})
+            return exposition(await _off_loop(summarize, raw), self.settings.analytics_metrics_streams)
+
+        return await self.shared(("metrics",), text)
+
+    async def shared(self, key: tuple, make) -> Any:
+        """``make()``'s answer, computed once for every caller within SHARED_SECONDS (callers that arrive while it
+        runs wait for the same one): what public URLs gather from the workers costs the node once a second."""
+        now = time.monotonic()
+        entry = self._shared.get(key)
+        if entry is None or entry[0] < now:
+            entry = self._shared[key] = (now + SHARED_SECONDS, asyncio.ensure_future(make()))
+        return await asyncio.shield(entry[1])
 
     async def close(self) -> None:
         if self._server is not None:
@@ -325,9 +339,13 @@ async def serve_status_audience(request: web.Request) -> web.Response:
     if not node.enabled:
         return web.json_response({"enabled": False, "streams": []}, headers={"Cache-Control": "no-store"})
     text = request.query.get("minutes", "60")
-    minutes = min(int(text), 1440) if text.isdigit() and int(text) > 0 else 60
-    start = time.time() - minutes * node.settings.analytics_bucket_seconds
-    raw, missing = await node.node_export({"start": start})
-    body = await _off_loop(summarize, raw, top=STATUS_STREAMS)
-    return web.json_response({"enabled": True, "missing_workers": missing, "workers": raw["workers"], **body},
-                             headers={"Cache-Control": "no-store"})
+    minutes = min(int(text), 1440) if text.isdigit() and len(text) <= 4 and int(text) > 0 else 60
+
+    async def answer() -> dict:
+        start = time.time() - minutes * node.settings.analytics_bucket_seconds
+        raw, missing = await node.node_export({"start": start})
+        body = await _off_loop(summarize, raw, top=STATUS_STREAMS)
+        return {"enabled": True, "missing_workers": missing, "workers": raw["workers"], **body}
+
+    # a public URL: however often it is asked, a node gathers and summarises at most once a second per length
+    return web.json_response(await node.shared(("status", minutes), answer), headers={"Cache-Control": "no-store"})

@@ -209,7 +209,8 @@ async def test_collection_off(pair):
 @pytest.mark.parametrize("params, field", [
     ({"top": "0"}, "top"), ({"top": "x"}, "top"), ({"partner": "-1"}, "partner"), ({"from": "yesterday"}, "from"),
     ({"from": "2026-12-07T03:00:00"}, "from"), ({"from": "200", "to": "100"}, "to"), ({"scope": "world"}, "scope"),
-    ({"stream": "x" * 301}, "stream"), ({"bogus": "1"}, "bogus"),
+    ({"stream": "x" * 301}, "stream"), ({"bogus": "1"}, "bogus"), ({"from": "nan"}, "from"), ({"to": "inf"}, "to"),
+    ({"from": "1e308"}, "from"), ({"from": "-inf"}, "from"),
 ])
 async def test_bad_queries_are_400_naming_the_parameter(pair, params, field):
     _, admin = await pair()
@@ -249,3 +250,33 @@ def test_the_cmcd_argument_is_cut_from_the_raw_query(query_string, value):
     assert cmcd_query(query_string) == value
     if value:  # what a full query parser finds
         assert parse_qs(query_string, keep_blank_values=True)["CMCD"] == [value]
+
+
+async def test_public_audience_answers_are_shared_and_bounded(pair):
+    """/status/audience and /metrics are public: however often they are asked, the node gathers and summarises
+    at most once a second per kind of answer, and a hostile ``minutes`` is the default, never an error."""
+    import asyncio
+
+    from gateway.ops.audience_node import AUDIENCE
+
+    public, _ = await pair()
+    await fetch(public, "/hls/title_240p.mp4/master.m3u8", params={"CMCD": 'sid="a"'})
+    node = public.server.app[AUDIENCE]
+    calls = []
+    gather = node.node_export
+
+    async def counted(query):
+        calls.append(query)
+        return await gather(query)
+
+    node.node_export = counted
+    answers = await asyncio.gather(*(public.get("/status/audience") for _ in range(20)))
+    assert {r.status for r in answers} == {200} and len(calls) == 1
+    for minutes in ("9" * 5000, "-1", "abc", "0"):
+        r = await public.get("/status/audience", params={"minutes": minutes})
+        assert r.status == 200 and len(calls) == 1  # the default (60), as already computed
+    for _ in range(5):
+        assert "gateway_audience_sessions" in await (await public.get("/metrics")).text()
+    assert len(calls) == 2
+    await asyncio.sleep(1.1)
+    assert (await public.get("/status/audience")).status == 200 and len(calls) == 3
