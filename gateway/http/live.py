@@ -15,7 +15,9 @@ origin); segments never change under a given name (the names carry the writer's 
 
 Low-latency HLS (``gateway.http.live_wait``): ``index.m3u8`` with ``_HLS_msn``/``_HLS_part``/``_HLS_skip`` is held
 until it lists the part asked for (or answers the delta update), and a request for a part that does not exist yet
-but is the playlist's preload hint is held until it does; ``index_delta.m3u8`` is served only that way.
+but is the playlist's preload hint is held until it does; ``index_delta.m3u8`` is served only that way. A plain
+``index.m3u8`` of a low-latency stream waits for its hinted part too (one PART-TARGET at most): players start a
+PART-HOLD-BACK behind the edge they are given, so a playlist a part old would keep them a part further behind.
 """
 from __future__ import annotations
 
@@ -34,8 +36,8 @@ from rtmp.live import LIVE_FILE, MEDIA_PLAYLIST, STREAM_NAME
 
 from .errors import error_response
 from .live_chunked import serve_growing_segment
-from .live_wait import (DELTA_PLAYLIST, PLAYLIST_MAX_AGE, live_waits_state, read_whole, serve_hinted_part,
-                        serve_ll_playlist)
+from .live_wait import (DELTA_PLAYLIST, PLAYLIST_MAX_AGE, live_waits_state, read_whole, serve_fresh_playlist,
+                        serve_hinted_part, serve_ll_playlist)
 from ..ingest.service import INGEST
 from ..ops.audience_node import AUDIENCE_STREAM
 from ..ops.labels import REQUEST_LABEL, live_label
@@ -68,8 +70,12 @@ async def serve_live(request: web.Request) -> web.StreamResponse:
             or name == DELTA_PLAYLIST:
         return error_response(404, "NOT_FOUND", "serve_live: no such live file")
     directory = os.path.join(request.app[SETTINGS].store, "live", app, stream)
-    if name == MEDIA_PLAYLIST and any(k in request.query for k in DIRECTIVES):
-        return await serve_ll_playlist(request, directory)
+    if name == MEDIA_PLAYLIST:
+        if any(k in request.query for k in DIRECTIVES):
+            return await serve_ll_playlist(request, directory)
+        fresh = await serve_fresh_playlist(request, directory)
+        if fresh is not None:
+            return fresh
     path = os.path.join(directory, name)
     try:
         data, ino, size, mtime_ns = await request.app[PACKAGING].run(read_whole, path)

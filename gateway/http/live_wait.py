@@ -36,7 +36,8 @@ from ..origin.packaging import PACKAGING
 from ..settings import SETTINGS
 
 __all__ = ["DELTA_PLAYLIST", "GONE", "LIVE_WAITS", "LiveWaits", "Overloaded", "PLAYLIST_MAX_AGE", "PLAYLIST_TYPE",
-           "Snapshot", "live_waits_state", "read_snapshot", "read_whole", "serve_hinted_part", "serve_ll_playlist"]
+           "Snapshot", "live_waits_state", "read_snapshot", "read_whole", "serve_fresh_playlist", "serve_hinted_part",
+           "serve_ll_playlist"]
 
 log = logging.getLogger("gateway.live")
 POLL_INTERVAL = 0.02    # s: the lag a waiter may add on top of the writer's; a check per 20 ms per watched file
@@ -44,6 +45,7 @@ MAX_WAITERS = 10_000    # held requests per process (each is also a busy connect
 MAX_WATCHES = 512       # watched playlist files per process (two per stream at most: index and its delta)
 BLOCK_TARGETS = 3       # a held request gives up after this many target durations (§6.2.5.2-S2)
 PLAYLIST_MAX_AGE = 1    # s: a live playlist asked for without directives (a reload per second at most reaches us)
+FRESH_SLACK = 0.1       # s: a plain LL playlist request waits this much past PART-TARGET for the hinted part
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 PART_TYPE = "video/mp4"
 
@@ -323,6 +325,30 @@ async def serve_ll_playlist(request: web.Request, directory: str) -> web.StreamR
         except (FileNotFoundError, NotADirectoryError):
             return _not_found(f"serve_ll_playlist: {name} is not live any more")
     return await _respond(request, snapshot, _directive_control(snapshot.tail))
+
+
+async def serve_fresh_playlist(request: web.Request, directory: str) -> web.StreamResponse | None:
+    """``index.m3u8`` without directives. Of a low-latency playlist, the version that lists the preload-hinted part,
+    held for it at most one PART-TARGET, rather than the version already there, which may be a part old: a player
+    starts PART-HOLD-BACK behind the edge of the first playlist it gets, taking it for new (hls.js dates it by its
+    arrival), so a playlist s old starts it s later for the whole session. Holding adds that wait to the join (half
+    a part on average) and takes it off the latency. None when there is no playlist (the caller's 404)."""
+    waits = request.app[LIVE_WAITS]
+    index = os.path.join(directory, MEDIA_PLAYLIST)
+    try:
+        snapshot = await waits.current(index)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    hint = snapshot.tail.hint
+    if snapshot.tail.low_latency and hint is not None:
+        try:
+            fresh = await waits.wait(index, ("part", hint), functools.partial(_part_settled, hint),
+                                     snapshot.tail.part_target + FRESH_SLACK, snapshot)
+        except Overloaded:
+            fresh = None    # the version there is still a right answer
+        if fresh is not None and fresh is not GONE:
+            snapshot = fresh
+    return await _respond(request, snapshot, "")
 
 
 def _reload_ready(msn: int, part: int | None, tail: PlaylistTail) -> bool:

@@ -16,9 +16,10 @@ before that key frame's time go with the closing segment. Audio only: before the
 the next key frame's pts), so for closed GOPs it is exactly the next segment's start.
 
 Parts (low-latency HLS, ``part_ms`` > 0): a segment is also cut into `Part`s as its samples arrive, each as long as
-fits in ``part_ms`` (a part closes before the frame that would take it past, so no part is longer than the
-PART-TARGET the playlist states), audio split at the same times as video; the last part of a segment ends where
-the segment does and is emitted just before its `Cut`. Parts tile their segment: the same samples, in order.
+fits in ``part_ms`` (never longer than the PART-TARGET the playlist states: exactly as long for the common frame
+rates, so parts meet whole-second key frames), or closed early at a key frame once it is 85 % full; audio is split
+at the same times as video; the last part of a segment ends where the segment does and is emitted just before its
+`Cut`. Parts tile their segment: the same samples, in order.
 """
 from __future__ import annotations
 
@@ -89,9 +90,11 @@ class Part:
         return self.tracks[0]
 
 
-# a part closes when the next frame would take it past part_ms less this margin (ticks at 90 kHz): FLV times are
-# whole ms, so frame durations jitter by 1 ms
-_PART_MARGIN = 180
+# a frame joins the part when the part would end within this much of part_ms (ticks at 90 kHz): FLV times are whole
+# ms, so a 30-fps part of 15 frames that lasts exactly 500 ms looks up to ~0.5 ms longer from its frames' times
+_PART_FIT = 90
+# RFC 8216bis 4.4.4.9: a part other than the last of its segment (or an independent one) lasts >= 85 % of PART-TARGET
+_PART_MIN = 0.85
 
 
 @dataclass
@@ -192,9 +195,7 @@ class LiveSegmenter:
                 self.dropped["no key frame within max_segment_ms"] += 1
                 return self.interrupt(received)
             if self.part_ms and len(self._video.dts) > self._part_video:
-                first, last = self._video.dts[self._part_video], self._video.dts[-1]
-                if dts - first + (dts - last) > self.part_ms * 90 - _PART_MARGIN:
-                    out += self._part(received, dts, s.dts)
+                out += self._video_part(received, dts, s)
             if not self._video.dts:
                 self._segment_ms, self._segment_wall = s.dts, wall
             self._video.add(dts, s.cts * 90, s.keyframe, s.data, s.dts)
@@ -267,8 +268,10 @@ class LiveSegmenter:
             return []
         out: list = []
         if self.part_ms:    # the segment's last part first
-            out += self._part(received, (key.dts - self._base) * 90 if key is not None else None,
-                              key.dts if key is not None else None)
+            end = (key.dts - self._base) * 90 if key is not None else self._video_end_guess()
+            if end is not None and len(self._video.dts) > self._part_video:
+                out += self._overrun(received, end)
+            out += self._part(received, end, key.dts if key is not None else None)
         self._part_video = self._part_audio = 0
         parts = []
         for track in self._tracks:
@@ -285,15 +288,39 @@ class LiveSegmenter:
         self._new_period = False
         return out + [cut]
 
-    def _part(self, received: float, next_dts: int | None, next_ms: int | None) -> list[Part]:
+    def _video_part(self, received: float, dts: int, s: FlvSample) -> list[Part]:
+        """Close the part in progress before the video frame at ``dts`` if it is full, or if that frame is a key frame
+        and the part is long enough to close early (the key frame then starts an independent part). A part is full
+        when this frame, lasting as long as the part's frames on average, would take it past PART-TARGET: so a
+        24/25/30/50/60-fps part is exactly part_ms long and its grid meets the key frames of a whole-second GOP
+        (a player joins, or switches, on any of them). When FLV's whole-ms times say the part has just run past
+        PART-TARGET after all, its last frame starts the next part instead."""
+        out = self._overrun(received, dts)
+        v, a = self._video, self._part_video
+        limit, first, n = self.part_ms * 90, v.dts[a], len(v.dts) - a
+        mean = (v.dts[-1] - first) / (n - 1) if n > 1 else dts - v.dts[-1]
+        if dts - first + mean > limit + _PART_FIT or (s.keyframe and dts - first >= _PART_MIN * limit):
+            out += self._part(received, dts, s.dts)
+        return out
+
+    def _overrun(self, received: float, dts: int) -> list[Part]:
+        """The part in progress ends at ``dts`` past PART-TARGET: all but its newest frame are a part."""
+        v, a = self._video, self._part_video
+        if len(v.dts) - a > 1 and dts - v.dts[a] > self.part_ms * 90:
+            return self._part(received, v.dts[-1], v.ms[-1], video_end=len(v.dts) - 1)
+        return []
+
+    def _part(self, received: float, next_dts: int | None, next_ms: int | None,
+              video_end: int | None = None) -> list[Part]:
         """The samples since the last part, up to the video frame at ``next_dts`` (ticks; its publisher time
-        ``next_ms``), or all of them (None: the publisher left or the period ends)."""
+        ``next_ms``; pending at ``video_end`` when it is not the newest), or all of them (None: the publisher left or
+        the period ends)."""
         tracks = []
         for track in self._tracks:
             p = self._video if track.kind == "video" else self._audio
             a = self._part_video if track.kind == "video" else self._part_audio
             if track.kind == "video" or next_ms is None:
-                b = len(p.dts)
+                b = len(p.dts) if video_end is None or track.kind != "video" else video_end
             else:
                 b = a + int(np.searchsorted(np.array(p.ms[a:], dtype=np.int64), next_ms, "left"))
             if b <= a:
@@ -316,6 +343,14 @@ class LiveSegmenter:
         first, self._first_part = self._first_part, False
         return [Part(self.period, first, tuple(tracks), self._tracks, independent, self._period_wall, received,
                      self._base)]
+
+    def _video_end_guess(self) -> int | None:
+        """Where the pending video ends when no frame follows (the publisher left): its last frame lasts as long as
+        the one before (as `_cut_video` has it)."""
+        v = self._video
+        if v is None or not v.dts:
+            return None
+        return v.dts[-1] + (v.dts[-1] - v.dts[-2] if len(v.dts) > 1 else self._last_video_duration or 3600)
 
     def _cut_video(self, track: Track, key: FlvSample | None) -> TrackCut | None:
         p = self._video

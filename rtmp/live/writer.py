@@ -374,6 +374,20 @@ class LiveStreamWriter:
                     self._remove(name)
 
     # ------------------------------------------------------------------------------------------------ playlists
+    def _preload_hint(self, trailing: tuple[LivePart, ...]) -> str | None:
+        """The part a player should ask for next: the next of the segment in progress, or the next segment's first
+        when the segment in progress is as long as the target and as the one before it (segments end at key frames:
+        with a steady GOP they repeat, so the next frame is the key frame that closes this one). A wrong guess
+        costs a held request a 404 (§6.2.6-S3)."""
+        if self.ended:
+            return None
+        so_far = sum(p.duration for p in trailing)
+        if trailing and so_far >= self.target_ms / 1000 - 5e-4:
+            before = self._listed[-1].entry if self._listed else None
+            if before is None or so_far >= (sum(p.duration for p in before.parts) or before.seconds) - 5e-4:
+                return f"{self.tid}-{self._next_number + 1}.0.m4s"
+        return f"{self.tid}-{self._next_number}.{len(trailing)}.m4s"
+
     def _write_playlists(self, mpd: bool = True) -> None:
         listed = list(self._listed)
         hls = [s.entry for s in listed]
@@ -384,9 +398,8 @@ class LiveStreamWriter:
         if self.part_ms:
             trailing = tuple(p for p, _ in self._parts)
             options["low_latency"] = LowLatency(
-                self.part_ms / 1000, trailing, None if self.ended else f"{self.tid}-{self._next_number}."
-                f"{len(trailing)}.m4s", self._period.init_names["hls"] if trailing else None, self._next_number,
-                tuple(self.reports()))
+                self.part_ms / 1000, trailing, self._preload_hint(trailing),
+                self._period.init_names["hls"] if trailing else None, self._next_number, tuple(self.reports()))
         first = hls[0].number if hls else 0
         for number in [n for n in self._lines if n < first]:    # slid out of the window
             del self._lines[number]

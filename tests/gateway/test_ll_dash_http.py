@@ -31,9 +31,11 @@ NS = {"d": "urn:mpeg:dash:schema:mpd:2011"}
 
 
 class PacedWriter:
-    """The live writer fed title_360p's parts and segments on a thread, a part every ``PART_MS / 2``."""
+    """The live writer fed title_360p's parts and segments on a thread, a part every ``PART_MS / 2`` (``pace``: the
+    share of real time)."""
 
-    def __init__(self, directory: Path, tmp: Path):
+    def __init__(self, directory: Path, tmp: Path, pace: float = 0.5):
+        self.pace = pace
         self.writer = LiveStreamWriter(directory, target_ms=1000, window=100, part_ms=PART_MS)
         self.events = live_events(tmp)
         self.stop = threading.Event()
@@ -45,7 +47,7 @@ class PacedWriter:
                 return
             if isinstance(e, Part):
                 self.writer.add_part(e)
-                self.stop.wait(PART_MS / 2000)
+                self.stop.wait(PART_MS / 1000 * self.pace)
             else:
                 self.writer.add(e)
         self.writer.end()
@@ -169,7 +171,7 @@ def test_players_behind_nginx_each_get_the_segment_in_progress_as_it_is_written(
         for node in nodes:
             node.start()
         lb.start()
-        with PacedWriter(directory, tmp_path):
+        with PacedWriter(directory, tmp_path, pace=1.0):   # (a 1-s segment is in progress for 0.5 s of it)
             deadline = time.monotonic() + 30
             while (found := in_progress(directory)) is None:
                 assert time.monotonic() < deadline, "no segment in progress"

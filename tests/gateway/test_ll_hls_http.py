@@ -159,6 +159,27 @@ async def test_blocked_reloads_are_answered_once_their_part_is_listed(make_clien
           f"(max) after the part was listed; part duration {producer.part_s * 1000:.0f} ms, {len(lags)} reloads")
 
 
+async def test_a_plain_request_gets_the_playlist_that_lists_the_hinted_part(make_client, producer):
+    """index.m3u8 without directives, of a low-latency stream: held until the preload-hinted part is listed (a
+    player starts PART-HOLD-BACK behind the edge it is given: a playlist a part old would start it a part later),
+    and when none comes, answered after one PART-TARGET with the version there; an ended stream's at once."""
+    client = await make_client()
+    hint = producer.hint
+    held = asyncio.ensure_future(client.get(URL))
+    await until(lambda: waits_of(client).waiting == 1, "the plain request is held")
+    producer.step()
+    r = await held
+    assert r.status == 200 and r.headers["Cache-Control"] == "public, max-age=1"
+    assert parse_tail(await r.text()).newest_part == hint
+    started = time.monotonic()
+    r = await client.get(URL)      # nothing is written: the version there, a part target later
+    assert time.monotonic() - started >= 0.9 * producer.part_s
+    assert r.status == 200 and parse_tail(await r.text()).hint == producer.hint
+    producer.end()
+    r = await client.get(URL)
+    assert r.status == 200 and parse_tail(await r.text()).ended and waits_of(client).waiting == 0
+
+
 async def test_requests_too_far_ahead_or_malformed_are_400_at_once(make_client, producer):
     client = await make_client()
     last, trailing = producer.msn - 1, len(producer.parts)    # 8 complete segments, no part of the 9th yet

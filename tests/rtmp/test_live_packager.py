@@ -56,7 +56,7 @@ def audio_frame(ms: int, index: int = 0) -> Message:
     return Message(4, ms & 0xFFFFFFFF, MSG_AUDIO, 1, bytes([0xAF, 1]) + AAC_FRAME + index.to_bytes(4, "big"))
 
 
-def av_stream(start_ms: int, seconds: float, *, fps: int = 25, gop: int = 30, audio: bool = True,
+def av_stream(start_ms: int, seconds: float, *, fps: float = 25, gop: int = 30, audio: bool = True,
               video: bool = True, headers: bool = True) -> list[Message]:
     """Headers, then video (key frame every ``gop`` frames) and AAC frames interleaved in time order, as ffmpeg
     sends them; times are whole ms like FLV's."""
@@ -66,8 +66,8 @@ def av_stream(start_ms: int, seconds: float, *, fps: int = 25, gop: int = 30, au
     timed = []
     if video:
         n = int(seconds * fps)
-        timed += [(start_ms + i * 1000 // fps, 1, video_frame(start_ms + i * 1000 // fps, i % gop == 0, 0, i))
-                  for i in range(n)]
+        ms = [start_ms + int(i * 1000 // fps) for i in range(n)]    # (fps may be fractional: 30000 / 1001)
+        timed += [(ms[i], 1, video_frame(ms[i], i % gop == 0, 0, i)) for i in range(n)]
     if audio:
         n = int(seconds * AUDIO_RATE / 1024)
         timed += [(start_ms + round(i * 1024 * 1000 / AUDIO_RATE), 0,

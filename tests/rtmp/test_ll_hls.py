@@ -61,6 +61,7 @@ def audio_on_video_times(messages):
 
 @pytest.mark.parametrize("fps, gop, audio, video, variant", [
     (25, 25, True, True, None), (30, 60, True, True, jittered), (24, 48, False, True, None),
+    (30000 / 1001, 30, True, True, None),
     (25, 25, True, False, None), (25, 25, False, True, audio_on_video_times)])
 def test_parts_tile_their_segment_and_never_exceed_the_part_target(fps, gop, audio, video, variant):
     seg = LiveSegmenter(2000, source="live/test", part_ms=PART_MS)
@@ -92,6 +93,48 @@ def test_parts_tile_their_segment_and_never_exceed_the_part_target(fps, gop, aud
         # the parts of one segment end where the next begins (no gap, no overlap)
         mains = [p.main for p in its_parts]
         assert all(a.samples.dts[-1] + a.samples.durations[-1] == b.samples.dts[0] for a, b in zip(mains, mains[1:]))
+
+
+@pytest.mark.parametrize("fps", [24, 30, 50])
+def test_parts_meet_whole_second_key_frames(fps):
+    """A 1-s GOP at a frame rate that divides PART-TARGET: every part is exactly PART-TARGET long, so every key frame
+    starts a part (INDEPENDENT=YES each second: a player joins, or switches, decoding at most one part ahead)."""
+    seg = LiveSegmenter(2000, part_ms=PART_MS)
+    _, events = run_segmenter(av_stream(0, 8.5, fps=fps, gop=fps), segmenter=seg)
+    segments, parts = split(events)
+    assert len(segments) >= 3
+    for its in parts:
+        assert [len(p.main.samples) for p in its] == [fps // 2] * 4
+        assert [p.main.duration for p in its] == [PART_MS * 90] * 4
+        assert [p.independent for p in its] == [True, False, True, False]
+
+
+def test_a_part_that_runs_past_the_part_target_gives_its_last_frame_to_the_next():
+    """29.97 fps: 15 frames last 500.5 ms, 500 or 501 in FLV's whole ms; a 501-ms part would break PART-TARGET, so
+    its 15th frame starts the next part (and a 500-ms one keeps it)."""
+    seg = LiveSegmenter(2000, part_ms=PART_MS)
+    _, events = run_segmenter(av_stream(0, 8.5, fps=30000 / 1001, gop=30), segmenter=seg)
+    events += seg.finish(time.monotonic())
+    _, parts = split(events)
+    mains = [p.main for its in parts for p in its]
+    assert max(m.duration for m in mains) <= PART_MS * 90
+    lengths = [len(m.samples) for its in parts for m in [p.main for p in its][:-1]]    # (a segment's last: a rest)
+    assert 14 in lengths and 15 in lengths
+
+
+@pytest.mark.parametrize("gop, all_independent", [(11, True), (10, False)])
+def test_a_part_closes_at_a_key_frame_once_85_percent_full(gop, all_independent):
+    """25 fps: a key frame every 11 frames (440 ms, 88 % of PART-TARGET) starts its own part, so every part is
+    independent; every 10 frames (400 ms, 80 %) it cannot (RFC 8216bis: a part that is not its segment's last nor
+    independent lasts at least 85 % of PART-TARGET), so the parts stay 12 frames long."""
+    seg = LiveSegmenter(2000, part_ms=PART_MS)
+    _, events = run_segmenter(av_stream(0, 8.5, fps=25, gop=gop), segmenter=seg)
+    segments, parts = split(events + seg.finish(time.monotonic()))
+    assert len(segments) >= 3
+    assert all(p.independent for its in parts for p in its) == all_independent
+    for its in parts:
+        assert all(p.main.duration >= 0.85 * PART_MS * 90 for p in its[:-1])
+        assert all(p.main.duration <= PART_MS * 90 for p in its)
 
 
 def test_a_long_gop_gives_parts_that_are_not_independent():
@@ -140,15 +183,22 @@ def test_every_playlist_version_lists_only_written_files_and_hints_the_next_part
         for s in p.segments:
             assert s.uri is None or (s.uri in files and s.init_section is not None)
             assert all(part.uri in files and part.duration <= p.part_inf.part_target for part in s.parts)
-        number = int(p.preload_hint.uri.split("-")[1].split(".")[0])
-        assert number == p.media_sequence + len([s for s in p.segments if s.uri])   # the segment in progress
+        number, k = (int(x) for x in p.preload_hint.uri.split("-")[1].split(".")[:2])
+        in_progress = p.media_sequence + len([s for s in p.segments if s.uri])
+        trailing = [part for s in p.segments if not s.uri for part in s.parts]
+        # the segment in progress, or the next when this one is already as long as the one before (same GOP)
+        assert (number, k) in ((in_progress, len(trailing)), (in_progress + 1, 0))
+        complete = [s for s in p.segments if s.uri]
+        if number > in_progress and complete:
+            assert sum(part.duration for part in trailing) >= complete[-1].duration - 1e-3
         hint = p.preload_hint.uri
         assert hint not in files                              # hinted before it exists
-        if i + 1 < len(versions):
-            nxt = m3u8.loads(versions[i + 1][0])
-            listed = [part.uri for s in nxt.segments for part in s.parts]
-            hinted_then_written += hint in listed
-    assert hinted_then_written >= len(versions) // 2
+        for later in versions[i + 1:i + 3]:   # the next part (after the version that closes a segment, if any)
+            if hint in [part.uri for s in m3u8.loads(later[0]).segments for part in s.parts]:
+                hinted_then_written += 1
+                break
+    # all but the first segment's (a 2-s GOP in 1-s segments: nothing before says it is not yet over) and the last
+    assert hinted_then_written >= len(versions) - 4
 
 
 def test_segments_are_their_parts_and_decode_to_the_published_frames(ll_stream):
