@@ -46,6 +46,7 @@ MAX_WATCHES = 512       # watched playlist files per process (two per stream at 
 BLOCK_TARGETS = 3       # a held request gives up after this many target durations (§6.2.5.2-S2)
 PLAYLIST_MAX_AGE = 1    # s: a live playlist asked for without directives (a reload per second at most reaches us)
 FRESH_SLACK = 0.1       # s: a plain LL playlist request waits this much past PART-TARGET for the hinted part
+FRESH_MAX = 2.0         # s: ... and never longer than this, whatever PART-TARGET a playlist on the store states
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 PART_TYPE = "video/mp4"
 
@@ -343,7 +344,7 @@ async def serve_fresh_playlist(request: web.Request, directory: str) -> web.Stre
     if snapshot.tail.low_latency and hint is not None:
         try:
             fresh = await waits.wait(index, ("part", hint), functools.partial(_part_settled, hint),
-                                     snapshot.tail.part_target + FRESH_SLACK, snapshot)
+                                     min(snapshot.tail.part_target, FRESH_MAX) + FRESH_SLACK, snapshot)
         except Overloaded:
             fresh = None    # the version there is still a right answer
         if fresh is not None and fresh is not GONE:
