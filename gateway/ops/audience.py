@@ -1,8 +1,8 @@
 """Per-stream, per-minute audience analytics from CMCD (issue 18): the in-memory aggregator of one worker.
 
-``Audience.record`` runs on every manifest/segment response: a keyed hash and a few dict/set operations on the open
-minute's plain Python sets and dicts (``audience_query.Cell``; no numpy): 3-5 µs of CPU with CMCD, ~2.7 µs without,
-a third of it the hash. The first record of the next minute, or any ``export``/``current`` call after the minute
+``Audience.record`` counts one or more identical manifest/segment responses (batched by gateway/ops/audience_node.py):
+a keyed hash and a few dict/set operations on the open minute's plain Python sets and dicts (``audience_query.Cell``;
+no numpy): 3-5 µs of CPU with CMCD, ~2.7 µs without, a third of it the hash. The first record of the next minute, or any ``export``/``current`` call after the minute
 ended, closes it: each stream's minute is packed into one uint64 array (``audience_query.pack``: counters,
 histogram entries, sorted session hashes overall, per rendition and per player), a fraction of the sets' memory.
 Reading: ``export`` encodes the packed arrays as they are; ``merge_exports`` and ``summarize``
@@ -134,17 +134,18 @@ class Audience:
     # -- recording (hot path)
 
     def record(self, stream: str, partner: int | None, kind: str, report: CmcdReport, client: str,
-               player: str, nbytes: int, status: int, now: float | None = None) -> None:
-        """Count one response. ``client`` identifies the session when the CMCD has no ``sid``; it is only hashed."""
+               player: str, nbytes: int, status: int, now: float | None = None, count: int = 1) -> None:
+        """Count ``count`` identical responses (``nbytes`` in all) of one session, timed ``now`` (the first).
+        ``client`` identifies the session when the CMCD has no ``sid``; it is only hashed."""
         counters = self.counters
-        counters["records"] += 1
+        counters["records"] += count
         if now is None:
             now = self._clock()
         minute = int(now // self._bucket)
         if minute != self._minute:
             self._reach(minute)
         if self._bytes > self._limit and not self._make_room(RECORD_RESERVE):
-            counters["dropped_over_budget"] += 1
+            counters["dropped_over_budget"] += count
             return
         values = report.values
         sid = values.get("sid")
@@ -162,30 +163,31 @@ class Audience:
         cell = self._open.get(stream)
         if cell is None:
             if len(self._open) >= self._max_streams:
-                counters["streams_overflow"] += 1
+                counters["streams_overflow"] += count
                 stream, partner = "other", None
                 cell = self._open.get(stream)
             if cell is None:
                 cell = self._open[stream] = Cell(partner)
                 grow += OPEN_CELL + len(stream)
         c = cell.counts
-        c[REQUESTS] += 1
+        c[REQUESTS] += count
         c[BYTES] += nbytes
         if status >= 400:
-            c[ERRORS] += 1
+            c[ERRORS] += count
         present = report.present
         if present:
-            c[CMCD_REQUESTS] += 1
-            counters["cmcd_requests"] += 1
+            c[CMCD_REQUESTS] += count
+            counters["cmcd_requests"] += count
         if estimated:
-            c[ESTIMATED] += 1
-            counters["estimated_requests"] += 1
+            c[ESTIMATED] += count
+            counters["estimated_requests"] += count
         if report.invalid or report.unknown:
-            c[INVALID] += report.invalid
-            c[UNKNOWN] += report.unknown
-            counters["cmcd_invalid"] += report.invalid
-            counters["cmcd_unknown"] += report.unknown
-        c[_OT_INDEX.get(values.get("ot"), _OT_NONE)] += 1
+            invalid, unknown = report.invalid * count, report.unknown * count
+            c[INVALID] += invalid
+            c[UNKNOWN] += unknown
+            counters["cmcd_invalid"] += invalid
+            counters["cmcd_unknown"] += unknown
+        c[_OT_INDEX.get(values.get("ot"), _OT_NONE)] += count
         sessions = cell.sessions
         if h not in sessions:
             sessions.add(h)
@@ -206,7 +208,7 @@ class Audience:
                 members = cell.renditions.get(key)
                 if members is None:
                     if len(cell.renditions) >= MAX_RENDITIONS:
-                        counters["renditions_overflow"] += 1
+                        counters["renditions_overflow"] += count
                         key = OTHER_RENDITION
                         members = cell.renditions.get(key)
                     if members is None:
@@ -216,9 +218,9 @@ class Audience:
                     members.add(h)
                     grow += SET_ENTRY
             if present:
-                c[MEDIA_CMCD] += 1
+                c[MEDIA_CMCD] += count
             if values.get("bs") is True or values.get("sta") == "r":  # v2: a request made while rebuffering
-                c[REBUFFER_EVENTS] += 1
+                c[REBUFFER_EVENTS] += count
                 if h not in cell.rebuffer_sessions:
                     cell.rebuffer_sessions.add(h)
                     grow += SET_ENTRY
@@ -240,9 +242,9 @@ class Audience:
                 index = offset + (0 if value < base else min(int(_LOG2(value / base) * PER_OCTAVE) + 1, LAST))
                 hist = cell.hist
                 if index in hist:
-                    hist[index] += 1
+                    hist[index] += count
                 else:
-                    hist[index] = 1
+                    hist[index] = count
                     grow += DICT_ENTRY
         self._bytes += grow
 

@@ -280,3 +280,45 @@ async def test_public_audience_answers_are_shared_and_bounded(pair):
     assert len(calls) == 2
     await asyncio.sleep(1.1)
     assert (await public.get("/status/audience")).status == 200 and len(calls) == 3
+
+
+async def test_requests_are_counted_in_batches_within_a_second_and_keep_their_times(pair):
+    """The hook batches requests (identical ones counted once with their number): a batch reaches the worker's
+    minutes within BATCH_SECONDS with no read to force it, and a startup is timed from each request's own time."""
+    import asyncio
+
+    from gateway.ops.audience_node import AUDIENCE, BATCH_SECONDS
+
+    public, admin = await pair()
+    node = public.server.app[AUDIENCE]
+    cmcd = {"CMCD": 'ot=m,sid="batched"'}
+    text = await (await public.get("/hls/title_240p.mp4/index.m3u8", params=cmcd)).text()
+    for _ in range(4):
+        assert (await fetch(public, "/hls/title_240p.mp4/index.m3u8", params=cmcd))[0] == 200
+    assert node.audience.counters["records"] == 0  # held in the batch: nothing read the audience yet
+    await asyncio.sleep(0.3)
+    segment = next(line for line in text.splitlines() if line and not line.startswith("#"))
+    assert (await fetch(public, f"/hls/title_240p.mp4/{segment}", params={"CMCD": 'ot=av,sid="batched"'}))[0] == 200
+    await asyncio.sleep(BATCH_SECONDS + 0.3)
+    assert node.audience.counters["records"] == 6  # counted by the batch's timer
+    s = stream_of(await analytics(admin), "file:title_240p.mp4")
+    assert (s["totals"]["sessions"], s["totals"]["requests"]) == (1, 6)
+    startup = s["minutes"][-1]["startup_seconds"]
+    assert startup["count"] == 1 and 0.3 <= startup["mean"] < 1.0, startup  # first playlist → first segment
+
+
+async def test_oversized_cmcd_is_counted_but_never_remembered(pair):
+    """Kilobytes of CMCD (a hostile client) are parsed for each request and batched under the report's identity:
+    neither the parse memo nor a batch key holds the strings, and the requests still count as they came."""
+    from gateway.ops.audience_node import AUDIENCE, MEMO_KEY_CHARS
+
+    public, admin = await pair()
+    node = public.server.app[AUDIENCE]
+    for i in range(5):
+        headers = {"CMCD-Request": f"bl={i}" + ",x" * MEMO_KEY_CHARS, "CMCD-Session": 'sid="big"'}
+        assert (await fetch(public, "/hls/title_240p.mp4/master.m3u8", headers=headers))[0] == 200
+    assert await fetch(public, "/hls/title_240p.mp4/master.m3u8", params={"CMCD": 'sid="small"'})
+    assert len(node._reports) == 1  # the small one only
+    assert max(len(str(group)) for group in node._batch) < MEMO_KEY_CHARS
+    s = stream_of(await analytics(admin), "file:title_240p.mp4")
+    assert (s["totals"]["sessions"], s["totals"]["requests"]) == (2, 6)
