@@ -34,7 +34,8 @@ async def serve_packaged_request(request: web.Request, parsed: PackagedRequest, 
         hit = cache.capacity > 0 and opened.cache_key(product.key) in cache
         request[CACHE_RESULT] = "hit" if hit else ("miss" if cache.capacity > 0 else "bypass")
         try:
-            return await packaging.packaged(opened, product.key, product.build, product.build_inline)
+            return await packaging.packaged(opened, product.key, product.build, product.build_inline,
+                                            product.prefetch)
         except FileChanged as changed:
             if changed.reason != "replaced":  # changed in place while read: 503 before any header, counted
                 log.warning("%s %s: %s (%s)", request.method, request.rel_url.raw_path[:200], changed, changed.reason)

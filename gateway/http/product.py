@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Callable, Hashable
 
 from ..origin.packaging import Packaging, timed
+from ..origin.prefetch import Prefetch
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,8 @@ class Product:
     private: bool = False  # keys: never stored by shared caches
     # the same build, tried first on the event loop: raises WouldBlock unless every byte it reads is in the page cache
     build_inline: Callable[[], bytes] | None = None
+    # from a remote store: the bytes fetched on the event loop, then the same build run there (origin/prefetch.py)
+    prefetch: Prefetch | None = None
 
 
 def text_product(packaging: Packaging, fn: Callable[..., str], *args) -> Callable[[], bytes]:

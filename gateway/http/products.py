@@ -37,6 +37,7 @@ from ..catalog.delivery import encrypt_segment
 from .protected import (fmp4_muxer, identity_key, init_segment, protection_key, sample_aes_mux,
                         with_session_keys)
 from ..origin.packaging import OpenedSet, Packaging, ignore_stage
+from ..origin.prefetch import Prefetch
 from ..origin.store import FileIdentity, Store, WouldBlock
 from .caption_products import (caption_renditions, caption_source, dash_text, hls_caption_segment, mss_text_fragment,
                                stpp_fragment, stpp_init)
@@ -96,7 +97,7 @@ def _observe(observe_stage: Callable[[str, int], None], t0: int, t1: int, read: 
 class Scatter:
     """A muxer that lays a segment out before reading it (``TsMuxer.prepare``), and what follows it (encryption)."""
 
-    prepare: Callable[[int, list], ScatterBuild | None]
+    prepare: Callable[..., ScatterBuild | None]  # (index, tables[, payload buffers])
     post: Callable[[bytes], bytes] = lambda body: body
 
 
@@ -112,8 +113,23 @@ def _segment(packaging: Packaging, opened: OpenedSet, cache_key: Hashable, selec
     file = opened.files[selection.file_index]
     build = partial(build_segment, packaging.store, file, opened.media_set, selection, index, mux,
                     packaging.observe_stage, scatter=scatter)
+    prefetch = None
+    if inline:
+        def build_from(store) -> bytes:
+            return build_segment(store, file, opened.media_set, selection, index, mux, packaging.observe_stage,
+                                 scatter=scatter, nowait=True)
+
+        prefetch = Prefetch(file, partial(segment_ranges, opened.media_set, selection, index), build_from,
+                            INLINE_READ_LIMIT, index, partial(opened.media_set.segment_tables, selection, index),
+                            scatter, packaging.observe_stage)
     return Product(cache_key, build, content_type, packaging.settings.segment_max_age,
-                   build_inline=partial(build, nowait=True) if inline else None)
+                   build_inline=partial(build, nowait=True) if inline else None, prefetch=prefetch)
+
+
+def segment_ranges(media_set: MediaSet, selection: Selection, index: int) -> list[tuple[int, int]]:
+    """The [start, stop) byte ranges ``build_segment`` reads for segment ``index``: its coalesced reads (a scatter
+    read's ranges lie inside them: it splits where they merge)."""
+    return [(r.offset, r.end) for r in plan_reads(media_set.segment_tables(selection, index))]
 
 
 def build_joined_segment(store: Store, files: tuple[FileIdentity, ...], media_set: MediaSet, selection: Selection,

@@ -1,12 +1,12 @@
 """Per-stream, per-minute audience analytics from CMCD (issue 18): the in-memory aggregator of one worker.
 
-``Audience.record`` counts one or more identical manifest/segment responses (batched by gateway/ops/audience_node.py):
-a keyed hash and a few dict/set operations on the open minute's plain Python sets and dicts (``audience_query.Cell``;
-no numpy): 3-5 µs of CPU with CMCD, ~2.7 µs without, a third of it the hash. The first record of the next minute, or any ``export``/``current`` call after the minute
-ended, closes it: each stream's minute is packed into one uint64 array (``audience_query.pack``: counters,
-histogram entries, sorted session hashes overall, per rendition and per player), a fraction of the sets' memory.
-Reading: ``export`` encodes the packed arrays as they are; ``merge_exports`` and ``summarize``
-(gateway/ops/audience_query.py) decode the JSON into sets.
+``Audience.record`` counts one or more identical manifest/segment responses (batched by
+gateway/ops/audience_node.py): a keyed hash and a few dict/set operations on the open minute's plain Python sets and
+dicts (``audience_query.Cell``; no numpy): 3-5 µs of CPU with CMCD, ~2.7 µs without, a third of it the hash. The
+first record of the next minute, or any ``export``/``current`` call after the minute ended, closes it: each stream's
+minute is packed into one uint64 array (``audience_query.pack``: counters, histogram entries, sorted session hashes
+overall, per rendition and per player), a fraction of the sets' memory. Reading: ``export`` encodes the packed
+arrays as they are; ``merge_exports`` and ``summarize`` (gateway/ops/audience_query.py) decode the JSON into sets.
 
 - Minute = floor(unix time / bucket_seconds); minutes older than ``window_minutes`` are dropped. A record whose time
   is before the open minute (the clock stepped back) counts in the open minute (``late_records``).

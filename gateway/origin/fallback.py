@@ -145,8 +145,8 @@ class FallbackStore:
     async def read_ranges(self, identity: FileIdentity, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         return await self._store_of(identity).read_ranges(identity, ranges)
 
-    async def read_chunks(self, identity: FileIdentity, ranges: Sequence[tuple[int, int]]) -> list:
-        return await self._store_of(identity).read_chunks(identity, ranges)
+    async def read_chunks(self, identity: FileIdentity, ranges: Sequence[tuple[int, int]], landings=()) -> list:
+        return await self._store_of(identity).read_chunks(identity, ranges, landings)
 
     # --- lifetime -------------------------------------------------------------------------------------------------
     def stats(self) -> dict:

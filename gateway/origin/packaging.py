@@ -31,6 +31,7 @@ from packagers.mp4 import read_presentation
 from .. import __version__
 from .cache import Caches
 from ..settings import Settings
+from .prefetch import Prefetch
 from .remote import make_store
 from .store import ContentStore, FileIdentity, Store, WouldBlock
 from .paths import MediaTarget
@@ -201,10 +202,16 @@ class Packaging:
         return muxer
 
     async def packaged(self, opened: OpenedSet, request_key: Hashable, build: Callable[[], bytes],
-                       build_inline: Callable[[], bytes] | None = None) -> bytes:
+                       build_inline: Callable[[], bytes] | None = None, prefetch: Prefetch | None = None) -> bytes:
         """The response cache in front of a blocking ``build`` that runs in the executor, or of ``build_inline`` run
-        right here on the event loop when the store answers non-blocking reads and it does not raise WouldBlock."""
+        right here on the event loop when the store answers non-blocking reads and it does not raise WouldBlock, or
+        (a remote store's file) of ``prefetch``: its bytes fetched on the loop, then built here."""
         async def make() -> bytes:
+            if prefetch is not None and prefetch.applies(self.store):
+                try:
+                    return await prefetch.run(self.store)
+                except WouldBlock:
+                    pass
             if build_inline is not None and self.store.nowait_reads:
                 try:
                     return build_inline()

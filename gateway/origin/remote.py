@@ -254,20 +254,12 @@ class RemoteReader:
         through this thread's memory file and preadv2. A sample past the identified end is BAD_DATA, as locally."""
         ranges = [(r.offset, r.offset + r.size) for r in reads]
         iov = piece_iovecs(reads)
-        landings = _landings(iov, reads) if iov is not None and _vm_copies[0] and LAND else []
+        landings = scatter_landings(iov, reads)
         try:
             chunks = self.store._call(self.store.read_chunks(self.identity, ranges, landings))
         finally:
-            for landing in landings:
-                if landing is not None:
-                    landing.disarm()  # from here on nothing writes into the pieces, whatever became of the reads
-        if all(parts is None for parts in chunks):
-            return  # every range read straight into its pieces: one copy, as from a local file
-        for r, parts in zip(reads, chunks):
-            if parts is not None and sum(map(len, parts)) < r.size:
-                raise bad_data(f"read_scatter: a sample ends at byte {r.offset + r.size} of a file of "
-                               f"{self.identity.size} bytes (file truncated?)")
-        if iov is not None and _copy_into_pieces(iov, reads, chunks):
+            disarm(landings)
+        if landed_or_copied(self.identity, iov, reads, chunks):
             return
         if any(parts is None for parts in chunks):  # a landed range, then the copy refused: read them again
             chunks = self.store._call(self.store.read_chunks(self.identity, ranges))
@@ -308,7 +300,7 @@ if _vm_readv is not None:
 _vm_copies = [_vm_readv is not None]  # turned off for the process when a sandbox (seccomp) refuses the call
 
 
-def _copy_into_pieces(iov: np.ndarray, reads: Sequence[ScatterRead], chunks: list[tuple[bytes, ...]]) -> bool:
+def copy_into_pieces(iov: np.ndarray, reads: Sequence[ScatterRead], chunks: list[tuple[bytes, ...]]) -> bool:
     """Copy each read's bytes (the chunks they arrived in) into its pieces (``iov``: the (base, length) rows of
     every read's pieces, in order) with process_vm_readv on this very process: the kernel walks both lists, so the
     bytes are copied once, straight from the socket's buffers into the segment. False, having copied nothing
@@ -340,6 +332,31 @@ def _copy_into_pieces(iov: np.ndarray, reads: Sequence[ScatterRead], chunks: lis
 
 # GATEWAY_ORIGIN_LAND=0: scatter reads take the fetched bytes and copy them (bench comparisons)
 LAND = landing_module.available() and os.environ.get("GATEWAY_ORIGIN_LAND", "1") != "0"
+
+
+def scatter_landings(iov: np.ndarray | None, reads: Sequence[ScatterRead]) -> list[Landing | None]:
+    """Where each read's range may land straight from the socket (none where that cannot be done)."""
+    return _landings(iov, reads) if iov is not None and _vm_copies[0] and LAND else []
+
+
+def disarm(landings: Sequence[Landing | None]) -> None:
+    """From here on nothing writes into the pieces, whatever became of the reads."""
+    for landing in landings:
+        if landing is not None:
+            landing.disarm()
+
+
+def landed_or_copied(identity: FileIdentity, iov: np.ndarray | None, reads: Sequence[ScatterRead],
+                     chunks: Sequence[tuple[bytes, ...] | None]) -> bool:
+    """True when every read's bytes are in its pieces: landed (None) or now copied there by process_vm_readv.
+    BAD_DATA for a read past the end of the object."""
+    if all(parts is None for parts in chunks):
+        return True  # every range read straight into its pieces: one copy, as from a local file
+    for r, parts in zip(reads, chunks):
+        if parts is not None and sum(map(len, parts)) < r.size:
+            raise bad_data(f"read_scatter: a sample ends at byte {r.offset + r.size} of a file of "
+                           f"{identity.size} bytes (file truncated?)")
+    return iov is not None and copy_into_pieces(iov, reads, chunks)
 
 
 def _landings(iov: np.ndarray, reads: Sequence[ScatterRead]) -> list[Landing | None]:

@@ -11,12 +11,12 @@ PTS and 5 stuffing bytes when DTS would equal PTS; when a PCR would not fit the 
 Speed. No Python loop runs per byte or per TS packet. Each unit (sample) gets a prefix: a PES's first unit gets the
 PES's *lead* ([adaptation field][PES header][AUD or ADTS header], written over 0xFF stuffing), the others their ADTS
 header, and key frames the parameter sets after their AUD. ``prepare`` computes all of it from the sample tables
-before any byte is read: the prefixes go into the TS payload buffer (reused per thread, ``_Scratch``) and the
-gateway reads every sample straight into its place behind them (``ScatterBuild.reads``); ``finish`` overwrites the
-NAL length prefixes with start codes. ``build`` does the same from samples already read: one ``writelines`` of
-(prefix, sample) slices. Either way the payload's length is a multiple of 184 by construction; the packet headers
-(sync byte, PUSI, PID, continuity_counter) are one uint32 column, and one strided copy lays the 184-byte rows
-behind them, straight into the ``bytes`` that is returned (``packagers.output``).
+before any byte is read: the prefixes go into the TS payload buffer (reused per thread, or the caller's
+``PayloadBuffer``) and the gateway reads every sample straight into its place behind them (``ScatterBuild.reads``);
+``finish`` overwrites the NAL length prefixes with start codes. ``build`` does the same from samples already read:
+one ``writelines`` of (prefix, sample) slices. Either way the payload's length is a multiple of 184 by construction;
+the packet headers (sync byte, PUSI, PID, continuity_counter) are one uint32 column, and one strided copy lays the
+184-byte rows behind them, straight into the ``bytes`` that is returned (``packagers.output``).
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from .pes import (AF, AF_LENGTH, BOTH, CC, COUNT, DTS, DTS2, FIRST, FLAGS, HEADE
                   PES_LENGTH, PTS, PTS2, RAI, STREAM, STUFFING, TS_PTS_OFFSET, Stream, Units, audio_layout,
                   audio_units, nal_layout, video_layout, video_units)  # fmt: skip
 
-__all__ = ["PAYLOAD_BUFFER_KEEP", "PCR_DELAY", "ScatterBuild", "TS_PTS_OFFSET", "TsMuxer"]
+__all__ = ["PAYLOAD_BUFFER_KEEP", "PCR_DELAY", "PayloadBuffer", "ScatterBuild", "TS_PTS_OFFSET", "TsMuxer"]
 
 # PCR = DTS - PCR_DELAY: each PES "arrives" 100 ms before it is decoded (more than a frame at >= 10 fps, so a
 # whole access unit is in the T-STD buffer by its DTS); never after the DTS of the PES that carries it.
@@ -173,17 +173,20 @@ class TsMuxer:
             view.release()
             _scratch.release_large()
 
-    def prepare(self, index: int, tables: Sequence[SampleTable]) -> "ScatterBuild | None":
+    def prepare(self, index: int, tables: Sequence[SampleTable],
+                buffers: "PayloadBuffer | None" = None) -> "ScatterBuild | None":
         """Segment ``index`` laid out from its sample tables (one per track given to the constructor, in that order)
         before any byte is read: the returned build asks for each sample to be read straight into its place in the
         TS payload (``ScatterBuild.reads``), then ``finish`` adds the packet headers. None when the segment must come
         from gathered samples (``build``): NAL length prefixes other than 4 bytes, samples that overlap in the file,
-        or a track already seen carrying its own AUD or SPS; and always with SAMPLE-AES (encryption changes sizes)."""
+        or a track already seen carrying its own AUD or SPS; and always with SAMPLE-AES (encryption changes sizes).
+        ``buffers``: where the payload is laid out, for a caller that awaits between ``prepare`` and ``finish``
+        (its own buffer: this thread's, the default, may serve another build meanwhile)."""
         found = self._layout_of(tables)
         if found is None:
             return None
         layout, offsets = found
-        return ScatterBuild.start(self, layout, self._psi[index & 0x0F], offsets)
+        return ScatterBuild.start(self, layout, self._psi[index & 0x0F], offsets, buffers or _scratch)
 
     def key_frame_ranges(self, tables: Sequence[SampleTable]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """Where each video key frame of a segment lies in its TS bytes, without reading or building it (I-frame
@@ -341,14 +344,16 @@ class ScatterBuild:
     prefixes into start codes and lays the packets out; ``close`` (or leaving the ``with`` block) releases the
     thread's payload buffer, finished or not. Saves the gather of the samples and one full copy of the payload."""
 
-    def __init__(self, muxer: TsMuxer, layout: SegmentLayout, head: bytes, view: memoryview, reads: list[ScatterRead]):
+    def __init__(self, muxer: TsMuxer, layout: SegmentLayout, head: bytes, view: memoryview, reads: list[ScatterRead],
+                 buffers: "PayloadBuffer"):
         self.muxer, self.layout, self.head, self._view, self.reads = muxer, layout, head, view, reads
+        self._buffers = buffers
 
     @classmethod
-    def start(cls, muxer: TsMuxer, layout: SegmentLayout, head: bytes,
-              file_offsets: np.ndarray) -> "ScatterBuild | None":
+    def start(cls, muxer: TsMuxer, layout: SegmentLayout, head: bytes, file_offsets: np.ndarray,
+              buffers: "PayloadBuffer") -> "ScatterBuild | None":
         """Prefixes written into the payload; ``file_offsets``: of every unit's sample (units in stream order)."""
-        view = _scratch.payload_for(layout.n_rows * _PAYLOAD + HEAD_SIZE).getbuffer()
+        view = buffers.payload_for(layout.n_rows * _PAYLOAD + HEAD_SIZE).getbuffer()
         reads = payload = None
         placed = False
         try:
@@ -361,7 +366,7 @@ class ScatterBuild:
             del payload  # its export must go before the view can be released
             if not placed:
                 view.release()
-        return cls(muxer, layout, head, view, reads) if placed else None
+        return cls(muxer, layout, head, view, reads, buffers) if placed else None
 
     def __enter__(self) -> "ScatterBuild":
         return self
@@ -374,7 +379,7 @@ class ScatterBuild:
         if self._view is not None:
             self._view.release()
             self._view = None
-            _scratch.release_large()
+            self._buffers.release_large()
 
     def finish(self) -> bytes | None:
         """The segment, once ``reads`` were done; None when its video samples turn out to carry their own AUD or
@@ -407,9 +412,10 @@ def _parameter_set_lengths(u: Units) -> np.ndarray:
     return u.with_ps * (len(u.stream.prefixes[1]) - len(u.stream.prefixes[0]))
 
 
-class _Scratch(threading.local):
-    """The per-thread TS payload buffer, reused from build to build: a fresh multi-megabyte buffer costs a page fault
-    per 4 KB, which is more than the copies themselves. The packets are written straight into the returned bytes."""
+class PayloadBuffer:
+    """A TS payload buffer, reused from build to build: a fresh multi-megabyte buffer costs a page fault per 4 KB,
+    which is more than the copies themselves. The packets are written straight into the returned bytes. One build
+    at a time: each thread has its own (``_scratch``)."""
 
     def __init__(self) -> None:
         self.payload, self.payload_size = io.BytesIO(), 0
@@ -430,6 +436,10 @@ class _Scratch(threading.local):
     def release_large(self) -> None:
         if self.payload_size > PAYLOAD_BUFFER_KEEP:
             self.payload, self.payload_size = io.BytesIO(), 0
+
+
+class _Scratch(PayloadBuffer, threading.local):
+    """This thread's PayloadBuffer."""
 
 
 _scratch = _Scratch()

@@ -15,6 +15,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import pytest
 
@@ -24,10 +25,11 @@ from gateway.catalog.catalog import Partner, catalog_dir, parse_entry, write_ent
 from gateway.origin.origin_client import OriginClient, OriginError, OriginOptions
 from gateway.origin.packaging import parse_presentation
 from gateway.http.download import REMOTE_PIECE
-from gateway.http.products import Scatter, build_segment
+from gateway.http.products import Scatter, build_segment, segment_ranges
 from gateway.origin import remote as remote_module
+from gateway.origin.prefetch import Prefetch
 from gateway.origin.remote import RemoteStore
-from gateway.origin.store import Store
+from gateway.origin.store import Store, WouldBlock
 from gateway.runtime.cli import _parser, flag_overrides
 from gateway.runtime.config_file import ConfigSource
 from gateway.settings import Settings
@@ -35,6 +37,7 @@ from packagers.errors import PackagerError
 from packagers.media_data import plan_reads
 from packagers.media_set import MediaSet
 from packagers.naming import TrackSpec
+from packagers.fmp4 import Fmp4Muxer
 from packagers.ts import TsMuxer
 from tests.e2e.conftest import free_port
 from tests.gateway.processes import get
@@ -97,7 +100,8 @@ def test_every_protocol_is_byte_identical_to_the_local_store(origin, gateways, t
         want, got = get(local.base, url, headers={"Range": rng}), get(remote.base, url, headers={"Range": rng})
         assert (got[0], got[1]["Content-Range"], got[2]) == (want[0], want[1]["Content-Range"], want[2])
     head = get(remote.base, "/mp4/title_180p.mp4", method="HEAD")
-    assert head[0] == 200 and head[2] == b"" and int(head[1]["Content-Length"]) == (origin.root / FILES[0]).stat().st_size
+    size = (origin.root / FILES[0]).stat().st_size
+    assert head[0] == 200 and head[2] == b"" and int(head[1]["Content-Length"]) == size
     etag = get(remote.base, "/mp4/title_180p.mp4")[1]["ETag"]
     assert get(remote.base, "/mp4/title_180p.mp4", headers={"If-None-Match": etag})[0] == 304
     assert body(remote.base, "/hls/missing.mp4/master.m3u8")[0] == 404
@@ -190,6 +194,58 @@ async def test_scattered_segments_from_the_origin_equal_local_ones(origin, monke
         assert remote_module._vm_copies[0] is (kernel_copy and remote_module._vm_readv is not None)
     finally:
         await remote.aclose()
+
+
+class _NoExecutor(ThreadPoolExecutor):
+    def submit(self, *args, **kwargs):
+        raise AssertionError("a prefetched segment went to the executor")
+
+
+@pytest.mark.parametrize("land, kernel_copy", [(True, True), (False, True), (False, False)])
+async def test_prefetched_segments_are_built_on_the_loop_and_equal_local_ones(origin, monkeypatch, land, kernel_copy):
+    """A remote segment's bytes fetched on the loop, then built there (gateway/origin/prefetch.py): TS with its
+    ranges landed straight in the muxer's pieces, or fetched and copied (process_vm_readv, or piece by piece where
+    that is refused), fMP4 from the fetched ranges; no executor thread, and the same bytes as from a local file.
+    Bigger than the limit: WouldBlock before anything is fetched."""
+    monkeypatch.setattr(remote_module, "LAND", land)
+    monkeypatch.setattr(remote_module, "_vm_copies", [kernel_copy and remote_module._vm_readv is not None])
+    remote, local = RemoteStore(origin.url), Store(origin.root)
+    loop = asyncio.get_running_loop()
+    try:
+        file = (await remote.identify_all(["two_audio.mp4"]))[0]
+        media_set = MediaSet([parse_presentation(local, local.identify("two_audio.mp4"))], 4000, False)
+        selection, local_file = media_set.resolve(TrackSpec()), local.identify("two_audio.mp4")
+        ts, fmp4 = TsMuxer(selection.tracks), Fmp4Muxer(selection.tracks)
+        loop.set_default_executor(_NoExecutor())
+        count = media_set.plan(selection).count
+        assert count >= 3
+        for i in range(count):
+            for mux, scatter in ((ts.build, Scatter(ts.prepare)), (fmp4.build, None)):
+                prefetch = Prefetch(file, partial(segment_ranges, media_set, selection, i),
+                                    partial(_build_from, file, media_set, selection, i, mux, scatter), 8 << 20, i,
+                                    partial(media_set.segment_tables, selection, i), scatter)
+                assert prefetch.applies(remote) and not prefetch.applies(local)
+                want = build_segment(local, local_file, media_set, selection, i, mux)
+                assert await prefetch.run(remote) == want, (i, scatter)
+        # every TS segment at once: each waits for its bytes in a payload buffer of its own
+        prefetches = [Prefetch(file, partial(segment_ranges, media_set, selection, i),
+                               partial(_build_from, file, media_set, selection, i, ts.build, Scatter(ts.prepare)),
+                               8 << 20, i, partial(media_set.segment_tables, selection, i), Scatter(ts.prepare))
+                      for i in range(count)] * 3
+        got = await asyncio.gather(*(p.run(remote) for p in prefetches))
+        assert got == [build_segment(local, local_file, media_set, selection, p.index, ts.build) for p in prefetches]
+        mark = origin.mark()
+        with pytest.raises(WouldBlock):
+            await Prefetch(file, partial(segment_ranges, media_set, selection, 0), None, 1000, 0,
+                           partial(media_set.segment_tables, selection, 0), Scatter(ts.prepare)).run(remote)
+        assert origin.since(mark) == []
+    finally:
+        loop.set_default_executor(ThreadPoolExecutor())
+        await remote.aclose()
+
+
+def _build_from(file, media_set, selection, index, mux, scatter, store) -> bytes:
+    return build_segment(store, file, media_set, selection, index, mux, scatter=scatter, nowait=True)
 
 
 def local_catalog(tmp_path) -> tuple[str, str]:
