@@ -37,7 +37,7 @@ from ..catalog.delivery import encrypt_segment
 from .protected import (fmp4_muxer, identity_key, init_segment, protection_key, sample_aes_mux,
                         with_session_keys)
 from ..origin.packaging import OpenedSet, Packaging, ignore_stage
-from ..origin.prefetch import Prefetch
+from ..origin.prefetch import Prefetch, fetched_first
 from ..origin.store import FileIdentity, Store, WouldBlock
 from .caption_products import (caption_renditions, caption_source, dash_text, hls_caption_segment, mss_text_fragment,
                                stpp_fragment, stpp_init)
@@ -57,13 +57,14 @@ TS_TYPE = "video/MP2T"
 
 def build_segment(store: Store, file: FileIdentity, media_set: MediaSet, selection: Selection, index: int,
                   mux: Callable, observe_stage: Callable[[str, int], None] = ignore_stage,
-                  nowait: bool = False, scatter: "Scatter | None" = None) -> bytes:
+                  nowait: bool = False, scatter: "Scatter | None" = None, tables: list | None = None) -> bytes:
     """Read one segment's samples with coalesced preads on one descriptor, then mux; or, with ``scatter``, let the
     muxer lay the segment out first and read each sample straight into its place. Blocking, unless ``nowait``:
     then WouldBlock before any muxing when a byte is not in the page cache or the segment is too big to be built
     on the event loop (INLINE_READ_LIMIT)."""
     t0 = perf_counter_ns()
-    tables = media_set.segment_tables(selection, index)
+    if tables is None:  # (given: the prefetch planned its reads from them)
+        tables = media_set.segment_tables(selection, index)
     if nowait and sum(int(t.sizes.sum(dtype=np.int64)) for t in tables) > INLINE_READ_LIMIT:
         raise WouldBlock()
     t1 = perf_counter_ns()
@@ -114,22 +115,15 @@ def _segment(packaging: Packaging, opened: OpenedSet, cache_key: Hashable, selec
     build = partial(build_segment, packaging.store, file, opened.media_set, selection, index, mux,
                     packaging.observe_stage, scatter=scatter)
     prefetch = None
-    if inline:
-        def build_from(store) -> bytes:
+    if inline and fetched_first(file):
+        def build_from(store: Store, tables: list) -> bytes:
             return build_segment(store, file, opened.media_set, selection, index, mux, packaging.observe_stage,
-                                 scatter=scatter, nowait=True)
+                                 scatter=scatter, nowait=True, tables=tables)
 
-        prefetch = Prefetch(file, partial(segment_ranges, opened.media_set, selection, index), build_from,
-                            INLINE_READ_LIMIT, index, partial(opened.media_set.segment_tables, selection, index),
-                            scatter, packaging.observe_stage)
+        prefetch = Prefetch(file, index, partial(opened.media_set.segment_tables, selection, index), build_from,
+                            INLINE_READ_LIMIT, scatter, packaging.observe_stage)
     return Product(cache_key, build, content_type, packaging.settings.segment_max_age,
                    build_inline=partial(build, nowait=True) if inline else None, prefetch=prefetch)
-
-
-def segment_ranges(media_set: MediaSet, selection: Selection, index: int) -> list[tuple[int, int]]:
-    """The [start, stop) byte ranges ``build_segment`` reads for segment ``index``: its coalesced reads (a scatter
-    read's ranges lie inside them: it splits where they merge)."""
-    return [(r.offset, r.end) for r in plan_reads(media_set.segment_tables(selection, index))]
 
 
 def build_joined_segment(store: Store, files: tuple[FileIdentity, ...], media_set: MediaSet, selection: Selection,

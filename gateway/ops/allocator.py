@@ -25,6 +25,7 @@ import os
 
 from packagers.ts.muxer import PAYLOAD_BUFFER_KEEP
 
+from ..origin.prefetch import POOLED_PAYLOADS
 from ..origin.store import SCRATCH_KEEP
 
 ARENAS = 2
@@ -82,10 +83,13 @@ def tune_collector() -> str:
 WORKER_BASE_MB = 96
 
 
-def memory_bound_mb(segment_cache_mb: float, metadata_cache_mb: float, io_threads: int) -> float:
+def memory_bound_mb(segment_cache_mb: float, metadata_cache_mb: float, io_threads: int,
+                    remote: bool = False) -> float:
     """What a VOD worker's resident memory stays under: its caches, a base, what each thread that builds segments
-    (the executor's and the event loop's) keeps between builds, and the free memory malloc keeps. A segment bigger
+    (the executor's and the event loop's) keeps between builds, and the free memory malloc keeps; with a ``remote``
+    store, the payload buffers the loop's prefetched TS builds keep (gateway/origin/prefetch.py). A segment bigger
     than the kept buffers adds about three times its size while it is being built; RTMP ingest is not counted."""
     per_thread = (SCRATCH_KEEP + PAYLOAD_BUFFER_KEEP) / 2**20
-    return (segment_cache_mb + metadata_cache_mb + WORKER_BASE_MB + (io_threads + 1) * per_thread
+    pooled = POOLED_PAYLOADS * PAYLOAD_BUFFER_KEEP / 2**20 if remote else 0.0
+    return (segment_cache_mb + metadata_cache_mb + WORKER_BASE_MB + (io_threads + 1) * per_thread + pooled
             + ARENAS * TRIM_THRESHOLD / 2**20)

@@ -11,7 +11,7 @@ app's response hook, and the gathering of every worker's and every node's minute
   client, status) with a count and bytes; identical requests (a player's repeated playlists) share one entry. The
   batch goes into the minutes (``Audience.record``, once per entry with its count, at the entry's first request's
   time) ``BATCH_SECONDS`` after it opened, when it holds ``BATCH_GROUPS`` entries or a minute ends, and before
-  anything reads them. That cut the hook on a cached master.m3u8 from 6.1 to 2.2 µs in-process (16-19 µs to ~7 µs in
+  anything reads them. That cut the hook on a cached master.m3u8 from 6.1 to 2.2 µs in-process (16-19 µs to ~4 µs in
   a loaded server, where the per-request code runs cache-cold): docs/performance.md.
 - A node: each worker process keeps its own minutes (requests of one player land on several workers), and serves
   them to its siblings on an abstract Unix socket named after the node's port and the worker's index

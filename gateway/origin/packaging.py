@@ -117,6 +117,7 @@ class Packaging:
         self.responses = caches.responses
         self.observe_stage: Callable[[str, int], None] = observe_stage or ignore_stage
         self._validators: dict[tuple, Validators] = {}  # by media set key: no MediaSet kept alive here
+        self._fetch_slots = asyncio.Semaphore(settings.io_threads)  # remote segments fetched and built on the loop
         # muxers by media set (weakly: they go with it), then by selection and kind
         self._muxers: weakref.WeakKeyDictionary[MediaSet, dict] = weakref.WeakKeyDictionary()
 
@@ -201,15 +202,21 @@ class Packaging:
             muxer = muxers[key] = make(selection.tracks)
         return muxer
 
+    async def prefetched(self, prefetch: Prefetch) -> bytes:
+        """A remote segment fetched, then built on the loop: at most ``io_threads`` at a time, as many as the
+        executor builds (each holds its fetched bytes or payload buffer: up to INLINE_READ_LIMIT), the others wait."""
+        async with self._fetch_slots:
+            return await prefetch.run(self.store)
+
     async def packaged(self, opened: OpenedSet, request_key: Hashable, build: Callable[[], bytes],
                        build_inline: Callable[[], bytes] | None = None, prefetch: Prefetch | None = None) -> bytes:
         """The response cache in front of a blocking ``build`` that runs in the executor, or of ``build_inline`` run
         right here on the event loop when the store answers non-blocking reads and it does not raise WouldBlock, or
         (a remote store's file) of ``prefetch``: its bytes fetched on the loop, then built here."""
         async def make() -> bytes:
-            if prefetch is not None and prefetch.applies(self.store):
+            if prefetch is not None:
                 try:
-                    return await prefetch.run(self.store)
+                    return await self.prefetched(prefetch)
                 except WouldBlock:
                     pass
             if build_inline is not None and self.store.nowait_reads:

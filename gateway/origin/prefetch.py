@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from packagers.media_data import ReadRequest, ScatterRead
+from packagers.media_data import ReadRequest, ScatterRead, plan_reads
 from packagers.ts import PayloadBuffer
 
 from .origin_client import joined
@@ -31,44 +31,43 @@ from .remote import RemoteIdentity, copy_into_pieces, disarm, landed_or_copied, 
 from .store import _SKIPPED, FileIdentity, WouldBlock, piece_iovecs
 
 
+def fetched_first(file: FileIdentity) -> bool:
+    """Whether a segment of ``file`` is fetched on the loop before it is built: a file of a remote store (the
+    fallback store's remote files included)."""
+    return isinstance(file, RemoteIdentity)
+
+
 @dataclass(frozen=True)
 class Prefetch:
-    """How to build one segment from bytes fetched on the loop: the file, the ranges its build reads (``ranges()``:
-    sorted [start, stop) pairs, from the same sample tables the build uses) and the build given a store to read
-    from; for a muxer that lays the segment out first (TS: ``scatter``), the tables, so that the bytes land straight
-    in their places (no copy besides the socket's)."""
+    """How to build segment ``index`` of ``file`` from bytes fetched on the loop: its sample tables (``tables()``),
+    the build given a store to read from and those tables, and for a muxer that lays the segment out first (TS:
+    ``scatter``) its layout step, so that the bytes land straight in their places (no copy besides the socket's)."""
 
     file: FileIdentity
-    ranges: Callable[[], list[tuple[int, int]]]
-    build: Callable[[object], bytes]  # build(store): blocking in form, but reads only memory here
+    index: int
+    tables: Callable[[], list]
+    build: Callable[[object, list], bytes]  # build(store, tables): blocking in form, but reads only memory here
     limit: int  # bytes: a bigger segment is built in the executor
-    index: int = 0
-    tables: Callable[[], list] | None = None
     scatter: object | None = None  # gateway/http/products.py Scatter: prepare(index, tables, buffers), post(body)
     observe: Callable[[str, int], None] = lambda stage, elapsed_ns: None  # the build's plan/read/mux times
 
-    def applies(self, store) -> bool:
-        return isinstance(self.file, RemoteIdentity) and hasattr(store, "read_ranges")
-
     async def run(self, store) -> bytes:
         """Fetch the ranges (the store's pooled client: single flight, retries, validators), then build here."""
-        if self.scatter is not None:
-            body = await self._landed(store)
-            if body is not None:
-                return body
-        ranges = self.ranges()
-        if sum(b - a for a, b in ranges) > self.limit:
-            raise WouldBlock()
-        buffers = await store.read_ranges(self.file, ranges)
-        return self.build(Prefetched(self.file, ranges, buffers))
-
-    async def _landed(self, store) -> bytes | None:
-        """The segment laid out in a payload buffer of its own (other builds run on the loop while this one waits
-        for its bytes), its ranges read straight into their places; None when the muxer cannot lay it out first."""
         t0 = perf_counter_ns()
         tables = self.tables()
         if sum(int(t.sizes.sum(dtype=np.int64)) for t in tables) > self.limit:
             raise WouldBlock()
+        if self.scatter is not None:
+            body = await self._landed(store, tables, t0)
+            if body is not None:
+                return body
+        ranges = [(r.offset, r.end) for r in plan_reads(tables)]  # what build_segment reads from these tables
+        buffers = await store.read_ranges(self.file, ranges)
+        return self.build(Prefetched(self.file, ranges, buffers), tables)
+
+    async def _landed(self, store, tables: list, t0: int) -> bytes | None:
+        """The segment laid out in a payload buffer of its own (other builds run on the loop while this one waits
+        for its bytes), its ranges read straight into their places; None when the muxer cannot lay it out first."""
         buffers = _payloads.take()
         try:
             job = self.scatter.prepare(self.index, tables, buffers)
@@ -98,11 +97,14 @@ class Prefetch:
         return body
 
 
+POOLED_PAYLOADS = 16  # payload buffers kept between builds (each at most PAYLOAD_BUFFER_KEEP): the default io_threads
+
+
 class _PayloadPool:
     """Payload buffers of the TS builds waiting for their bytes on the loop: reused (a fresh one costs a page fault
-    per 4 KB), at most ``keep`` of them kept."""
+    per 4 KB), at most ``keep`` of them kept (each releases what is over PAYLOAD_BUFFER_KEEP after its build)."""
 
-    def __init__(self, keep: int = 32):
+    def __init__(self, keep: int = POOLED_PAYLOADS):
         self.free: list[PayloadBuffer] = []
         self.keep = keep
 

@@ -23,9 +23,10 @@ from delivery_profiles.tokens import sign_path
 from fixtures.generate import fixture_path
 from gateway.catalog.catalog import Partner, catalog_dir, parse_entry, write_entry, write_partner
 from gateway.origin.origin_client import OriginClient, OriginError, OriginOptions
-from gateway.origin.packaging import parse_presentation
+from gateway.origin.cache import Caches
+from gateway.origin.packaging import Packaging, parse_presentation
 from gateway.http.download import REMOTE_PIECE
-from gateway.http.products import Scatter, build_segment, segment_ranges
+from gateway.http.products import Scatter, build_segment
 from gateway.origin import remote as remote_module
 from gateway.origin.prefetch import Prefetch
 from gateway.origin.remote import RemoteStore
@@ -221,31 +222,72 @@ async def test_prefetched_segments_are_built_on_the_loop_and_equal_local_ones(or
         assert count >= 3
         for i in range(count):
             for mux, scatter in ((ts.build, Scatter(ts.prepare)), (fmp4.build, None)):
-                prefetch = Prefetch(file, partial(segment_ranges, media_set, selection, i),
-                                    partial(_build_from, file, media_set, selection, i, mux, scatter), 8 << 20, i,
-                                    partial(media_set.segment_tables, selection, i), scatter)
-                assert prefetch.applies(remote) and not prefetch.applies(local)
                 want = build_segment(local, local_file, media_set, selection, i, mux)
-                assert await prefetch.run(remote) == want, (i, scatter)
+                assert await _prefetch(file, media_set, selection, i, mux, scatter).run(remote) == want, (i, scatter)
         # every TS segment at once: each waits for its bytes in a payload buffer of its own
-        prefetches = [Prefetch(file, partial(segment_ranges, media_set, selection, i),
-                               partial(_build_from, file, media_set, selection, i, ts.build, Scatter(ts.prepare)),
-                               8 << 20, i, partial(media_set.segment_tables, selection, i), Scatter(ts.prepare))
+        prefetches = [_prefetch(file, media_set, selection, i, ts.build, Scatter(ts.prepare))
                       for i in range(count)] * 3
         got = await asyncio.gather(*(p.run(remote) for p in prefetches))
         assert got == [build_segment(local, local_file, media_set, selection, p.index, ts.build) for p in prefetches]
         mark = origin.mark()
         with pytest.raises(WouldBlock):
-            await Prefetch(file, partial(segment_ranges, media_set, selection, 0), None, 1000, 0,
-                           partial(media_set.segment_tables, selection, 0), Scatter(ts.prepare)).run(remote)
+            await _prefetch(file, media_set, selection, 0, ts.build, Scatter(ts.prepare), limit=1000).run(remote)
         assert origin.since(mark) == []
     finally:
         loop.set_default_executor(ThreadPoolExecutor())
         await remote.aclose()
 
 
-def _build_from(file, media_set, selection, index, mux, scatter, store) -> bytes:
-    return build_segment(store, file, media_set, selection, index, mux, scatter=scatter, nowait=True)
+def _prefetch(file, media_set, selection, index, mux, scatter, limit=8 << 20) -> Prefetch:
+    def build(store, tables) -> bytes:
+        return build_segment(store, file, media_set, selection, index, mux, scatter=scatter, nowait=True,
+                             tables=tables)
+
+    return Prefetch(file, index, partial(media_set.segment_tables, selection, index), build, limit, scatter)
+
+
+class _InFlight:
+    """A remote store that counts its reads in flight (the real store answers them)."""
+
+    def __init__(self, store: RemoteStore):
+        self.store, self.now, self.most = store, 0, 0
+
+    async def _counted(self, read):
+        self.now += 1
+        self.most = max(self.most, self.now)
+        try:
+            return await read
+        finally:
+            self.now -= 1
+
+    async def read_chunks(self, *args):
+        return await self._counted(self.store.read_chunks(*args))
+
+    async def read_ranges(self, *args):
+        return await self._counted(self.store.read_ranges(*args))
+
+
+async def test_prefetched_builds_are_bounded_like_the_executor(origin, tmp_path):
+    """However many remote segments are asked for at once, at most ``io_threads`` are fetched and held at a time
+    (each holds up to 8 MB: the loop must not take more than the executor's threads would)."""
+    settings = Settings(store=tmp_path, io_threads=2)
+    remote, local = RemoteStore(origin.url), Store(origin.root)
+    executor = ThreadPoolExecutor(2)
+    try:
+        packaging = Packaging(settings, executor, Caches(settings))
+        packaging.store = counted = _InFlight(remote)
+        file = (await remote.identify_all(["two_audio.mp4"]))[0]
+        media_set = MediaSet([parse_presentation(local, local.identify("two_audio.mp4"))], 4000, False)
+        selection, local_file = media_set.resolve(TrackSpec()), local.identify("two_audio.mp4")
+        ts = TsMuxer(selection.tracks)
+        count = media_set.plan(selection).count
+        jobs = [_prefetch(file, media_set, selection, i % count, ts.build, Scatter(ts.prepare)) for i in range(12)]
+        got = await asyncio.gather(*(packaging.prefetched(job) for job in jobs))
+        assert got == [build_segment(local, local_file, media_set, selection, job.index, ts.build) for job in jobs]
+        assert counted.most == 2, counted.most
+    finally:
+        executor.shutdown()
+        await remote.aclose()
 
 
 def local_catalog(tmp_path) -> tuple[str, str]:
