@@ -184,8 +184,17 @@ def test_hls_js_switches_between_every_level_without_a_stall(ladder_live):
     assert not [e for e in report["errors"] if "stall" in e.get("details", "").lower()], report["errors"]
     playing = events.index(next(e for e in events if e.startswith("playing")))
     assert not [e for e in events[playing:] if e.startswith(("waiting", "stalled"))], events
-    switched = [int(m[1]) for e in events if (m := re.fullmatch(r"level switched to (\d+)", e))]
-    assert switched == order, switched
+    # hls.js's own switches between our requests: each window must end on the level asked for. A fragment of the
+    # old level that was in flight when nextLevel flushed the buffer may still be appended and play for a moment
+    # (seen once: 0, 1, 0, 1 after the request for 1; no resize: the viewer never saw it), so not every step is
+    # asserted, only where each request lands; what the viewer saw is asserted exactly below
+    windows: list[list[int]] = [[]]
+    for e in events:
+        if e.startswith("switch request "):
+            windows.append([])
+        elif m := re.fullmatch(r"level switched to (\d+)", e):
+            windows[-1].append(int(m[1]))
+    assert [w[-1] if w else None for w in windows] == order, windows
     shown = [int(m[1]) for e in events if (m := re.fullmatch(r"resize \d+x(\d+) @.*", e))]
     assert shown == [heights[level] for level in order], shown
     assert playback_progress(report) >= 12.0, report
