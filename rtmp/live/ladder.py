@@ -6,6 +6,12 @@ Each source stream gets one process (``ladder_worker``): its video is decoded on
 the audio is passed through as it is, straight from the event loop to every rendition. A sender and a reader thread
 per process move messages over its pipe, so the event loop never blocks on it.
 
+A rendition starts (and, after a configuration change, starts again) at its first key frame, which the process gives
+back a while after the source sent it. The source's audio of that while is kept (``AUDIO_KEPT`` messages) and
+given to the rendition right after that key frame: its first segment has its audio from the start, and its packager
+snaps the same first audio frame onto the same timeline as the source's, so the variants' audio timestamps match
+exactly (not only within FLV's millisecond).
+
 When the source's video configuration changes within a publish, each rendition is published again (its players
 stay attached), so that its packager starts a new period at the same key frame as the source's.
 
@@ -17,6 +23,7 @@ renditions. The source is never touched: it has been relayed before this tap see
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import multiprocessing
 import queue
@@ -36,6 +43,7 @@ __all__ = ["LadderTap", "rendition_key"]
 log = logging.getLogger("rtmp.ladder")
 MAX_BACKLOG_MS = 3000       # video queued for a process before its most expensive rendition is dropped
 GIVE_UP = 4                 # ... and this many times as much (or no rendition left): the process is stopped
+AUDIO_KEPT = 1024           # audio messages kept for a rendition's start: ~21 s of AAC at 48 kHz, > GIVE_UP's 12 s
 
 
 def rendition_key(key: str, rendition: str) -> str:
@@ -59,6 +67,8 @@ class _Job:
         self.last_out: int | None = None
         self.shed_at: int | None = None     # last_in when a rendition was last dropped for overload
         self.published: set[str] = set()
+        self.starting: set[str] = set()     # published, their first key frame not relayed yet: no audio for them
+        self.recent_audio: collections.deque[Message] = collections.deque(maxlen=AUDIO_KEPT)
         self.failed: dict[str, str] = {}
         self.cpu: dict[str, float] = {}
         self.started = time.monotonic()
@@ -111,7 +121,9 @@ class _Job:
     def audio(self, message: Message, sequence_header: bool) -> None:
         if sequence_header:
             self.audio_header = message
-        for name in self.published:
+        else:
+            self.recent_audio.append(message)
+        for name in self.published - self.starting:
             self.tap.relay.media(rendition_key(self.key, name), message, keyframe=False,
                                  sequence_header=sequence_header)
 
@@ -158,6 +170,7 @@ class _Job:
                     self._fail(name, f"{key} is already published by someone else")
                     return
                 self.published.add(name)
+                self.starting.add(name)
                 if self.audio_header is not None:
                     self.tap.relay.media(key, self.audio_header, keyframe=False, sequence_header=True)
             elif sequence_header:
@@ -171,16 +184,27 @@ class _Job:
                     self.tap.own.discard(key)
                     self._fail(name, f"{key} was taken by someone else")
                     return
+                self.starting.add(name)
                 if self.audio_header is not None:
                     self.tap.relay.media(key, self.audio_header, keyframe=False, sequence_header=True)
             if not sequence_header:
                 self.last_out = timestamp
             self.tap.relay.media(key, Message(6, timestamp, MSG_VIDEO, 1, payload), keyframe=keyframe,
                                  sequence_header=sequence_header)
+            if name in self.starting and keyframe and not sequence_header:
+                self._start_audio(key, name, timestamp)
         elif kind == "failed":
             self._fail(item[1], item[2])
         elif kind == "stats":
             self.cpu = item[1]
+
+    def _start_audio(self, key: str, name: str, timestamp: int) -> None:
+        """The rendition's first key frame (publisher time ``timestamp``) is out: the source's audio from that time
+        on, then the audio as it comes."""
+        self.starting.discard(name)
+        for message in self.recent_audio:
+            if (message.timestamp - timestamp) & 0xFFFFFFFF < 0x80000000:    # at or after it (32-bit ms wrap)
+                self.tap.relay.media(key, message, keyframe=False, sequence_header=False)
 
     def _fail(self, name: str, why: str) -> None:
         if name in self.failed:
@@ -192,6 +216,7 @@ class _Job:
     def _unpublish(self, name: str) -> None:
         if name in self.published:
             self.published.discard(name)
+            self.starting.discard(name)
             key = rendition_key(self.key, name)
             self.tap.relay.unpublish(key, self)
             self.tap.own.discard(key)

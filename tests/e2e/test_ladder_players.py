@@ -8,6 +8,8 @@ with ``-c copy`` to the gateway's RTMP ingest, whose application transcodes ever
 - Every segment the source and both renditions list under the same media sequence number has the same EXTINF and
   starts with a key frame at the same pts, its key frames are at the same pts in every variant, and each rendition
   picture is the source's picture of the same pts (PyAV decodes them; the closest of the segment's pictures).
+- In every variant each track's parts, taken as they are listed for 6 s, follow one another with no gap or overlap,
+  and every variant carries the same audio samples at the same times (it is passed through to the renditions).
 - The master playlist lists every variant with its RESOLUTION, CODECS matching its SPS, and BANDWIDTH.
 - hls.js plays the source's master.m3u8 in headless Chromium and is made to switch levels (hls.nextLevel) to each
   level in turn: every level is switched to and shown at its height, playback keeps going, no stall, no fatal error.
@@ -28,6 +30,7 @@ import pytest
 from rtmp.config import ApplicationConfig, RtmpConfig
 from tests.needs import needs_executable
 
+from ..packagers.fmp4_tools import read_fragment
 from .browser_player import fatal_errors, play_in_browser, require_browser, run_player, serve_player
 from .test_live_players import LiveGateway, get, playback_progress, publishing
 
@@ -147,6 +150,47 @@ def test_key_frames_and_segments_line_up_across_variants(ladder_live, tmp_path):
             assert len(pts) >= len(source_pts) - 1 and np.array_equal(matched, pts), (name, msn, pts, matched)
 
 
+def listed_parts(url: str) -> dict[tuple[int, int], str]:
+    """{(media sequence number, part index): part URI} of the parts a playlist lists now."""
+    p = playlist(url)
+    return {(p.media_sequence + i, j): part.uri for i, s in enumerate(p.segments) for j, part in enumerate(s.parts)}
+
+
+def test_parts_tile_every_track_and_every_variant_has_the_same_audio(ladder_live):
+    """A player appending a variant's parts in order never meets a hole: each part of each track starts where the
+    one before it ended (tfdt against tfdt + the durations of the part before; no part skipped in between: the
+    numbering is checked to be gapless too). The audio is passed through to the renditions, so over the span every
+    variant has, each must hold the source's audio samples at the same times, none lost or moved."""
+    _, urls = ladder_live
+    parts: dict[str, dict[tuple[int, int], list]] = {name: {} for name in urls}
+    deadline = time.monotonic() + 6.0
+    while time.monotonic() < deadline:
+        for name, url in urls.items():
+            for key, uri in listed_parts(url).items():
+                if key not in parts[name]:
+                    parts[name][key] = read_fragment(get(f"{url}/{uri}")[2])
+        time.sleep(0.2)
+    audio = {}
+    for name, got in parts.items():
+        keys = sorted(got)
+        assert len(keys) >= 12, (name, keys)    # 6 s of 0.5-s parts, over at least two segment boundaries
+        for before, after in zip(keys, keys[1:]):
+            assert after in ((before[0], before[1] + 1), (before[0] + 1, 0)), (name, "a part was missed", before)
+            ends = {t.track_id: int(t.decode[-1] + t.durations[-1]) for t in got[before]}
+            starts = {t.track_id: int(t.decode[0]) for t in got[after]}
+            assert starts == ends, (name, before, after, ends, starts)
+        samples = [t for key in keys for t in got[key] if t.track_id != 1]
+        audio[name] = (np.concatenate([t.decode for t in samples]),
+                       [t.payload[o:o + n] for t in samples for o, n in zip(np.cumsum(t.sizes) - t.sizes, t.sizes)])
+    start = max(times[0] for times, _ in audio.values())
+    end = min(times[-1] for times, _ in audio.values())
+    span = {name: [(int(t), payload) for t, payload in zip(times, payloads) if start <= t <= end]
+            for name, (times, payloads) in audio.items()}
+    assert len(span["source"]) >= 100, span["source"][:3]     # AAC at 44.1/48 kHz: > 2 s of frames
+    for name in LADDER:
+        assert span[name] == span["source"], name
+
+
 def test_the_master_playlist_lists_every_rendition(ladder_live, tmp_path):
     """RESOLUTION exact, CODECS naming the profile and level of the rendition's own SPS (as ffprobe reads it) and
     AAC, BANDWIDTH above the rendition's video rate."""
@@ -178,7 +222,7 @@ def test_hls_js_switches_between_every_level_without_a_stall(ladder_live):
         report = run_player(f"{player}?switch={','.join(map(str, order))}&switchEvery=4",
                             f"{urls['source']}/master.m3u8", kind="hls", seconds=1e9, timeout=30)
     events = [e["what"] for e in report["events"]]
-    print("\n" + "\n".join(events))
+    print("\n" + "\n".join(events) + "\nappended:\n" + "\n".join(report["appended"]))
     assert not fatal_errors(report), report["errors"]
     assert [info["height"] for info in report["levelInfo"]] == heights, report["levelInfo"]
     assert not [e for e in report["errors"] if "stall" in e.get("details", "").lower()], report["errors"]

@@ -52,6 +52,24 @@ async def ladder(tmp_path):
         await asyncio.to_thread(packager.close)
 
 
+def hls_audio(directory) -> list[tuple[int, bytes]]:
+    """(pts in 90-kHz ticks, ADTS frame) of every AAC frame of a live stream's whole HLS output (a PES may carry
+    several: each frame after the first is 1024 samples later, to within a tick)."""
+    playlist = m3u8.loads((directory / "index.m3u8").read_text())
+    data = b"".join((directory / s.uri).read_bytes() for s in playlist.segments)
+    frames = []
+    with av.open(io.BytesIO(data), format="mpegts") as c:
+        stream = c.streams.audio[0]
+        step = 1024 * 90_000 // stream.rate
+        for packet in c.demux(stream):
+            payload, at, pts = bytes(packet), 0, packet.pts
+            while at < len(payload):
+                size = (payload[at + 3] & 3) << 11 | payload[at + 4] << 3 | payload[at + 5] >> 5
+                frames.append((pts, payload[at:at + size]))
+                at, pts = at + size, pts + step
+    return frames
+
+
 def hls_frames(directory) -> tuple[list, list[int]]:
     """(decoded video frames, key-frame pts in ms) of a live stream's whole HLS output (MPEG-TS)."""
     playlist = m3u8.loads((directory / "index.m3u8").read_text())
@@ -105,11 +123,17 @@ async def test_renditions_are_live_streams_with_the_source_key_frames(ladder):
     assert not relay.is_published("live/test_720p") and not (out / "test_720p").exists()   # no upscaling
     source_frames, source_keys = hls_frames(out / "test")
     assert len(source_keys) >= 3
+    source_audio = hls_audio(out / "test")
     for name, size in (("test_240p", (426, 240)), ("test_180p", (320, 180))):
         frames, keys = hls_frames(out / name)
         assert {(f.width, f.height) for f in frames} == {size}
         assert keys == source_keys, name                                     # switching points line up
         assert abs(len(frames) - len(source_frames)) <= 3                    # (the last frames may still be in flight)
+        # the source's audio, passed through: from the first key frame on (not from when the rendition's first
+        # picture came back), at the same times (a frame after a PES's first is timed here to within a tick)
+        audio = hls_audio(out / name)
+        assert [a for _, a in audio] == [a for _, a in source_audio], name
+        assert max(abs(t - u) for (t, _), (u, _) in zip(audio, source_audio)) <= 1, name
     stats = tap.stats()
     assert stats == {} or all(not s["failed"] for s in stats.values())
 

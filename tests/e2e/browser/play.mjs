@@ -331,6 +331,7 @@ async function main() {
       readyState: state.readyState,
       support: p.support || null,
       events: p.events || [],
+      appended: p.appended || [],
       subtitleTracks: p.subtitleTracks || [],
       textTracks: p.textTracks || [],
       bufferedStart: p.bufferedStart ?? null,
