@@ -106,6 +106,7 @@ class AudienceNode:
         # request's time, parsed CMCD]; counted at most BATCH_SECONDS later, or before anything reads the audience
         self._batch: dict[tuple, list] = {}
         self._batch_minute = 0
+        self._batch_until = 0.0  # when the batch's minute ends: a request from then on is another minute's
         self._flush_timer: asyncio.TimerHandle | None = None
         self.record_ns = self.timed = 0  # time spent recording, and the requests recorded
         self._shared: dict[tuple, tuple[float, asyncio.Future]] = {}  # public answers: at most ~1,441 keys
@@ -143,7 +144,7 @@ class AudienceNode:
         nbytes = (response.content_length or 0) if request.method != "HEAD" else 0
         group = (stream, kind, key, user_agent, client, response.status)
         counted = self._batch.get(group)
-        if counted is None:
+        if counted is None or time.time() >= self._batch_until:  # (a repeat in the next minute is that minute's)
             self._open_group(group, report, nbytes)
         else:
             counted[0] += 1
@@ -170,7 +171,7 @@ class AudienceNode:
         batch = self._batch
         if batch and (minute != self._batch_minute or len(batch) >= BATCH_GROUPS):
             self.flush()
-        self._batch_minute = minute
+        self._batch_minute, self._batch_until = minute, (minute + 1) * self.audience_bucket
         self._batch[group] = [1, nbytes, now, report]
         if self._flush_timer is None:
             try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import m3u8
 import pytest
@@ -305,6 +306,22 @@ async def test_requests_are_counted_in_batches_within_a_second_and_keep_their_ti
     assert (s["totals"]["sessions"], s["totals"]["requests"]) == (1, 6)
     startup = s["minutes"][-1]["startup_seconds"]
     assert startup["count"] == 1 and 0.3 <= startup["mean"] < 1.0, startup  # first playlist → first segment
+
+
+async def test_a_repeated_request_after_a_minute_ends_is_counted_in_the_new_minute(pair):
+    """Identical requests share a batch entry only within one minute: the same playlist asked for again once the
+    minute has ended is counted in the new one, not filed with its twin of the minute before (the batch's timer
+    only counts it up to a second later)."""
+    import asyncio
+
+    public, admin = await pair(analytics_bucket_seconds=1)
+    cmcd = {"CMCD": 'ot=m,sid="straddle"'}
+    for turn in range(3):
+        await asyncio.sleep(1.0 - time.time() % 1.0 + 0.05)  # just after a "minute" (here a second) begins
+        for _ in range(2):
+            assert (await fetch(public, "/hls/title_240p.mp4/index.m3u8", params=cmcd))[0] == 200
+    s = stream_of(await analytics(admin), "file:title_240p.mp4")
+    assert [m["requests"] for m in s["minutes"]] == [2, 2, 2], s["minutes"]
 
 
 async def test_oversized_cmcd_is_counted_but_never_remembered(pair):
