@@ -344,7 +344,9 @@ def test_a_thousand_players_through_nginx_match_the_truth_minute_by_minute(gatew
     assert stats[0]["records"] + stats[1]["records"] > 0 and stats[2]["records"] + stats[3]["records"] > 0  # nginx
     for n, (gw, path, values) in enumerate(zip(gws, configs, settings)):
         smallest = min(s["memory_bytes"] for s in stats[2 * n:2 * n + 2])
-        bound = max(MIN_MEMORY_MB, round(smallest * 0.75 / (1 << 20), 4))
+        # well below: the reload also closes each worker's open minute, which alone can free ~25 % (0.75 left a
+        # worker under the bound with nothing evicted once in CI)
+        bound = max(MIN_MEMORY_MB, round(smallest * 0.6 / (1 << 20), 4))
         reload(gw, path, store, 2 + n, analytics_memory_mb=bound, **values)
     exports = {(port, i): worker_export(port, i) for port in ports for i in range(2)}
     shrunk = [e["stats"] for e in exports.values()]
