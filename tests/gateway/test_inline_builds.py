@@ -7,9 +7,12 @@ app's own muxer call, and every body is compared with the one the executor build
 """
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,8 @@ from gateway.settings import Settings
 from .conftest import add_to_store
 
 pytestmark = pytest.mark.skipif(not RWF_NOWAIT, reason="no RWF_NOWAIT on this platform: every build is in the executor")
+
+LIBC = ctypes.CDLL(None, use_errno=True)
 
 SEGMENTS = ("/hls/title_360p.mp4/seg-1-v1-a1.ts", "/dash/title_360p.mp4/fragment-2-v1.m4s",
             "/hls/title_360p.mp4/seg-2-v1-a1.m4s")
@@ -44,13 +49,35 @@ def build_threads(monkeypatch) -> list[str]:
     return seen
 
 
+def resident_pages(path: Path) -> int:
+    """How many of the file's pages are in the page cache, by mincore(2) on a mapping (mapping faults none in)."""
+    size = path.stat().st_size
+    pages = -(-size // mmap.PAGESIZE)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) as mapped:
+        start = ctypes.c_char.from_buffer(mapped)
+        vector = (ctypes.c_ubyte * pages)()
+        try:
+            if LIBC.mincore(ctypes.byref(start), ctypes.c_size_t(size), vector) != 0:
+                raise OSError(ctypes.get_errno(), "mincore")
+        finally:
+            del start
+    return sum(v & 1 for v in vector)
+
+
 def drop_from_page_cache(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fdatasync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+    """posix_fadvise(DONTNEED) until mincore shows none of the file's pages cached: the kernel skips pages it holds
+    at that moment (in a CPU's LRU batch, under I/O), so a single call can leave some behind on a busy machine."""
+    for _ in range(100):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        if resident_pages(path) == 0:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the kernel kept {resident_pages(path)} pages of {path} cached after 100 drops")
 
 
 async def fetch(client, path: str) -> bytes:
