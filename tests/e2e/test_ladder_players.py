@@ -1,5 +1,5 @@
-"""The transcoded ladder as players see it: the ffmpeg CLI publishes title_360p (640x360, 24 fps, 2-s GOP, B-frames)
-with ``-c copy`` to the gateway's RTMP ingest, whose application transcodes every publish to ``240p@300k`` and
+"""The transcoded ladder as players see it: the ffmpeg CLI publishes title_360p (640x360, 24 fps, 2-s GOP, B-frames,
+repeated in one file) with ``-c copy`` to the gateway's RTMP ingest, whose application transcodes every publish to ``240p@300k`` and
 ``180p@200k``; the live output is low-latency HLS (fMP4 parts, the default).
 
 - ffprobe (the CLI) reads each rendition's live segments over HTTP (init + media segments): its size is exactly the
@@ -32,7 +32,7 @@ from tests.needs import needs_executable
 
 from ..packagers.fmp4_tools import read_fragment
 from .browser_player import fatal_errors, play_in_browser, require_browser, run_player, serve_player
-from .test_live_players import LiveGateway, get, playback_progress, publishing
+from .test_live_players import LiveGateway, get, looped_source, playback_progress, publishing
 
 pytestmark = [needs_executable("ffmpeg"), needs_executable("ffprobe")]
 
@@ -45,12 +45,15 @@ PROFILES = {66: "Constrained Baseline", 77: "Main", 100: "High"}    # profile_id
 @pytest.fixture(scope="module")
 def ladder_live(tmp_path_factory):
     """The gateway transcoding live/<stream> to 240p and 180p, ffmpeg publishing; yields (gateway, {variant: URL})
-    once every variant lists 5 complete segments."""
+    once every variant lists 5 complete segments. The publish is of title_360p looped 20 times in one file (4 min,
+    longer than this module runs): see looped_source for the late parts a loop of the CLI's input makes."""
     store = tmp_path_factory.mktemp("ladder-store")
+    source = looped_source(tmp_path_factory.mktemp("ladder-source"), 20)
     config = RtmpConfig(applications={"live": ApplicationConfig(transcode=tuple(f"{n}@{r // 1000}k" for n, (_, r)
                                                                                 in LADDER.items()))},
                         live_segment_duration_ms=2000, live_window=8, live_part_duration_ms=500)
-    with LiveGateway(store, config) as gw, publishing(gw, "lad", ["-c", "copy"], segments=2) as url:
+    with LiveGateway(store, config) as gw, \
+            publishing(gw, "lad", ["-c", "copy"], segments=2, source=source) as url:
         urls = {"source": url, **{name: f"{gw.base}/live/live/lad_{name}" for name in LADDER}}
         deadline = time.monotonic() + 60    # hang guard only
         while not all(len(complete(u)) >= 5 for u in urls.values()):

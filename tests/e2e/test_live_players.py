@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import av
 import m3u8
@@ -113,12 +114,12 @@ def live(tmp_path_factory):
 
 
 @contextlib.contextmanager
-def publishing(gw: LiveGateway, stream: str, codec_args: list[str], segments: int):
-    """The ffmpeg CLI publishing SOURCE in a loop to rtmp://.../live/<stream> (``codec_args``: -c copy, or a
-    re-encode); yields the stream's HTTP URL once its playlist lists ``segments`` complete segments."""
+def publishing(gw: LiveGateway, stream: str, codec_args: list[str], segments: int, source: Path | None = None):
+    """The ffmpeg CLI publishing ``source`` (SOURCE by default) in a loop to rtmp://.../live/<stream> (``codec_args``:
+    -c copy, or a re-encode); yields the stream's HTTP URL once its playlist lists ``segments`` complete segments."""
     publisher = subprocess.Popen(
         ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re", "-stream_loop", "-1",
-         "-i", str(fixture_path(SOURCE)), *codec_args, "-f", "flv", f"rtmp://127.0.0.1:{gw.ingest.port}/live/{stream}"],
+         "-i", str(source or fixture_path(SOURCE)), *codec_args, "-f", "flv", f"rtmp://127.0.0.1:{gw.ingest.port}/live/{stream}"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"{gw.base}/live/live/{stream}"
     try:
@@ -137,6 +138,17 @@ def publishing(gw: LiveGateway, stream: str, codec_args: list[str], segments: in
     finally:
         publisher.terminate()
         publisher.wait(10)
+
+
+def looped_source(into: Path, times: int) -> Path:
+    """SOURCE repeated ``times`` times in one MP4 (-c copy). The ffmpeg CLI's ``-re -stream_loop`` sends about a
+    second ahead at each loop of its input and then waits: a transcoder's decoder holds the burst's last pictures
+    (B-frame reordering) until packets come again, so a rendition's parts come ~1 s late there. A publish of this
+    file paces evenly for ``times`` loops of SOURCE."""
+    path = into / f"looped{times}_{SOURCE}"
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-stream_loop", str(times - 1),
+                    "-i", str(fixture_path(SOURCE)), "-c", "copy", str(path)], check=True, timeout=60)
+    return path
 
 
 def playback_progress(report: dict) -> float:
