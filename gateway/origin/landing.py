@@ -9,6 +9,7 @@ before its pieces can be released or reused, whatever became of the request.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import threading
 
@@ -62,17 +63,24 @@ class Landing:
             self.armed = False
 
     def put(self, address: int, n: int) -> None:
-        """The next ``n`` bytes from memory at ``address`` (body bytes that came with the answer's head)."""
+        """The next ``n`` bytes from memory at ``address`` (body bytes that came with the answer's head: at most a
+        head read's worth, so a piece or two): copied piece by piece (memmove: 2 µs where process_vm_readv and its
+        bookkeeping took ~60)."""
         with self.lock:
             if not self.armed:
                 raise Disarmed()
-            source = np.array([(address, n)], dtype=np.int64)
-            rows = self._work[self._first:]
-            got = _vm_readv(os.getpid(), rows.__array_interface__["data"][0], len(rows),
-                            source.__array_interface__["data"][0], 1, 0)
-            if got != n:
-                raise OSError(ctypes.get_errno(), f"Landing.put: process_vm_readv copied {got} of {n} bytes")
-            self._advance(n)
+            if n > self.size - self.filled:
+                raise OSError(errno.EOVERFLOW, f"Landing.put: {n} bytes for the {self.size - self.filled} left")
+            work, i, left = self._work, self._first, n
+            while left:
+                to, room = int(work[i, 0]), int(work[i, 1])
+                if room > left:  # the last piece touched is filled in part: it goes on after these bytes
+                    ctypes.memmove(to, address, left)
+                    work[i, 0], work[i, 1] = to + left, room - left
+                    break
+                ctypes.memmove(to, address, room)
+                address, left, i = address + room, left - room, i + 1
+            self._first, self.filled = i, self.filled + n
 
     def readv(self, fd: int) -> int:
         """One ``readv`` of the socket ``fd`` into the next pieces: bytes read, 0 at end of file, -errno."""

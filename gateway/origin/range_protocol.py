@@ -197,8 +197,9 @@ class _Connection(asyncio.BufferedProtocol):
             self._fail(aiohttp.ClientPayloadError(f"the body could not land: {e!r}"))
             return
         rest.release()
-        if landing.filled == landing.size:
-            self._landed()
+        # the body is usually in the socket already (loopback, a near origin): read it now, and only when the
+        # socket runs dry switch to watching it (a dup'd fd, the transport paused: ~75 µs of event-loop calls)
+        if not self._read_landing(self._sock.fileno()) or self._answer is None:
             return
         if self._dup < 0:
             self._dup = os.dup(self._sock.fileno())
@@ -207,23 +208,30 @@ class _Connection(asyncio.BufferedProtocol):
         asyncio.get_running_loop().add_reader(self._landing_fd, self._land_ready)
 
     def _land_ready(self) -> None:
+        if self._landing is not None:
+            self._read_landing(self._landing_fd)
+
+    def _read_landing(self, fd: int) -> bool:
+        """``readv`` into the landing until it is full or the socket has nothing more; True when it is to be
+        waited for (EAGAIN), False when the answer is over (landed or failed)."""
         landing = self._landing
-        if landing is None:
-            return
-        try:
-            n = landing.readv(self._landing_fd)
-        except Disarmed:
-            self._fail(aiohttp.ClientPayloadError("the body's reader went away"))
-            return
-        if n > 0:
-            if landing.filled == landing.size:
-                self._landed()
-            else:
-                self._ack()
-        elif n == 0:  # the origin closed the connection before the end of the body
-            self._fail(aiohttp.ClientPayloadError("Response payload is not completed"))
-        elif -n not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
-            self._fail(aiohttp.ClientOSError(-n, os.strerror(-n)))
+        while landing.filled < landing.size:
+            try:
+                n = landing.readv(fd)
+            except Disarmed:
+                self._fail(aiohttp.ClientPayloadError("the body's reader went away"))
+                return False
+            if n == 0:  # the origin closed the connection before the end of the body
+                self._fail(aiohttp.ClientPayloadError("Response payload is not completed"))
+                return False
+            if n < 0:
+                if -n in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
+                    self._ack()
+                    return True
+                self._fail(aiohttp.ClientOSError(-n, os.strerror(-n)))
+                return False
+        self._landed()
+        return False
 
     def _landed(self) -> None:
         self._stop_landing()
