@@ -1,6 +1,6 @@
 """The transcoded ladder as players see it: the ffmpeg CLI publishes title_360p (640x360, 24 fps, 2-s GOP, B-frames,
-repeated in one file) with ``-c copy`` to the gateway's RTMP ingest, whose application transcodes every publish to ``240p@300k`` and
-``180p@200k``; the live output is low-latency HLS (fMP4 parts, the default).
+repeated in one file) with ``-c copy`` to the gateway's RTMP ingest, whose application transcodes every publish to
+``240p@300k`` and ``180p@200k``; the live output is low-latency HLS (fMP4 parts, the default).
 
 - ffprobe (the CLI) reads each rendition's live segments over HTTP (init + media segments): its size is exactly the
   rendition's and its video bitrate (video packet bytes of >= 6 s of consecutive segments / their EXTINF sum) is

@@ -119,7 +119,8 @@ def publishing(gw: LiveGateway, stream: str, codec_args: list[str], segments: in
     -c copy, or a re-encode); yields the stream's HTTP URL once its playlist lists ``segments`` complete segments."""
     publisher = subprocess.Popen(
         ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re", "-stream_loop", "-1",
-         "-i", str(source or fixture_path(SOURCE)), *codec_args, "-f", "flv", f"rtmp://127.0.0.1:{gw.ingest.port}/live/{stream}"],
+         "-i", str(source or fixture_path(SOURCE)), *codec_args,
+         "-f", "flv", f"rtmp://127.0.0.1:{gw.ingest.port}/live/{stream}"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"{gw.base}/live/live/{stream}"
     try:
