@@ -57,13 +57,15 @@ TS_TYPE = "video/MP2T"
 
 def build_segment(store: Store, file: FileIdentity, media_set: MediaSet, selection: Selection, index: int,
                   mux: Callable, observe_stage: Callable[[str, int], None] = ignore_stage,
-                  nowait: bool = False, scatter: "Scatter | None" = None, tables: list | None = None) -> bytes:
+                  nowait: bool = False, scatter: "Scatter | None" = None, tables: list | None = None,
+                  requests: list | None = None) -> bytes:
     """Read one segment's samples with coalesced preads on one descriptor, then mux; or, with ``scatter``, let the
     muxer lay the segment out first and read each sample straight into its place. Blocking, unless ``nowait``:
     then WouldBlock before any muxing when a byte is not in the page cache or the segment is too big to be built
-    on the event loop (INLINE_READ_LIMIT)."""
+    on the event loop (INLINE_READ_LIMIT). ``tables`` and ``requests``: given by a prefetch that planned its reads
+    from them (gateway/origin/prefetch.py), not worked out again."""
     t0 = perf_counter_ns()
-    if tables is None:  # (given: the prefetch planned its reads from them)
+    if tables is None:
         tables = media_set.segment_tables(selection, index)
     if nowait and sum(int(t.sizes.sum(dtype=np.int64)) for t in tables) > INLINE_READ_LIMIT:
         raise WouldBlock()
@@ -81,7 +83,8 @@ def build_segment(store: Store, file: FileIdentity, media_set: MediaSet, selecti
                 _observe(observe_stage, t0, t1, (t3 - t2), perf_counter_ns() - t3 + t2 - t1)
                 return body
         t1 = perf_counter_ns()
-        requests = plan_reads(tables)
+        if requests is None:
+            requests = plan_reads(tables)
         buffers = reader.read_scratch(requests, nowait)  # valid in this thread until its next read: muxers copy out
         t2 = perf_counter_ns()
         body = mux(media_set.media_segment(selection, index, requests, buffers, tables))
@@ -116,9 +119,9 @@ def _segment(packaging: Packaging, opened: OpenedSet, cache_key: Hashable, selec
                     packaging.observe_stage, scatter=scatter)
     prefetch = None
     if inline and fetched_first(file):
-        def build_from(store: Store, tables: list) -> bytes:
+        def build_from(store: Store, tables: list, requests: list) -> bytes:
             return build_segment(store, file, opened.media_set, selection, index, mux, packaging.observe_stage,
-                                 scatter=scatter, nowait=True, tables=tables)
+                                 scatter=scatter, nowait=True, tables=tables, requests=requests)
 
         prefetch = Prefetch(file, index, partial(opened.media_set.segment_tables, selection, index), build_from,
                             INLINE_READ_LIMIT, scatter, packaging.observe_stage)

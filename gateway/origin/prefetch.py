@@ -46,7 +46,8 @@ class Prefetch:
     file: FileIdentity
     index: int
     tables: Callable[[], list]
-    build: Callable[[object, list], bytes]  # build(store, tables): blocking in form, but reads only memory here
+    build: Callable[[object, list, list], bytes]  # build(store, tables, read requests): blocking in form, but
+    # reads only memory here
     limit: int  # bytes: a bigger segment is built in the executor
     scatter: object | None = None  # gateway/http/products.py Scatter: prepare(index, tables, buffers), post(body)
     observe: Callable[[str, int], None] = lambda stage, elapsed_ns: None  # the build's plan/read/mux times
@@ -61,9 +62,10 @@ class Prefetch:
             body = await self._landed(store, tables, t0)
             if body is not None:
                 return body
-        ranges = [(r.offset, r.end) for r in plan_reads(tables)]  # what build_segment reads from these tables
+        requests = plan_reads(tables)  # what build_segment reads from these tables (given to it: not planned twice)
+        ranges = [(r.offset, r.end) for r in requests]
         buffers = await store.read_ranges(self.file, ranges)
-        return self.build(Prefetched(self.file, ranges, buffers), tables)
+        return self.build(Prefetched(self.file, ranges, buffers), tables, requests)
 
     async def _landed(self, store, tables: list, t0: int) -> bytes | None:
         """The segment laid out in a payload buffer of its own (other builds run on the loop while this one waits

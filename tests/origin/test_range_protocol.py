@@ -285,6 +285,35 @@ async def test_a_scatter_range_lands_in_its_pieces_and_is_copied_for_sharers(ori
         await fast.close()
 
 
+@pytest.mark.parametrize("mode", ["pass", "dribble", "close_mid_body"])
+async def test_a_range_lands_whether_its_body_is_there_at_once_or_comes_slowly(mode):
+    """The body that follows the head is read at once while the socket has it ("pass": one write); a body that comes
+    in 20 KB writes with pauses ("dribble") makes the landing wait on the socket and go on; either way the pieces
+    hold exactly the range and the connection is kept for the next GET. A body cut short fails the read."""
+    raw = await RawOrigin(DATA, mode).start()
+    fast, _ = clients(raw.url)
+    try:
+        url = raw.url + "object.bin"
+        info = await fast.head(url)
+        start, size = 1000, 300000
+        for attempt in range(3):
+            dest, at, lengths, rows = pieces_of(size, attempt)
+            landing = Landing(rows, start, size)
+            if mode == "close_mid_body":
+                with pytest.raises(OriginError):
+                    await fast.get_range_chunks(url, info, start, start + size, landing)
+                continue
+            assert await fast.get_range_chunks(url, info, start, start + size, landing) is None  # landed
+            got = b"".join(bytes(dest[a: a + n]) for a, n in zip(at.tolist(), lengths.tolist()))
+            assert got == DATA[start: start + size], attempt
+            landing.disarm()
+        if mode != "close_mid_body":
+            assert fast._ranges.landed == 3 and fast._ranges.opened == 1  # one keep-alive connection for all
+    finally:
+        await fast.close()
+        await raw.close()
+
+
 async def test_ts_segments_land_in_the_muxer_layout_and_equal_local_ones(origin):
     """The TS muxer's scatter reads from the range pool: each range read straight into the payload's pieces."""
     remote, local = RemoteStore(origin.url), Store(origin.root)

@@ -239,9 +239,9 @@ async def test_prefetched_segments_are_built_on_the_loop_and_equal_local_ones(or
 
 
 def _prefetch(file, media_set, selection, index, mux, scatter, limit=8 << 20) -> Prefetch:
-    def build(store, tables) -> bytes:
+    def build(store, tables, requests) -> bytes:
         return build_segment(store, file, media_set, selection, index, mux, scatter=scatter, nowait=True,
-                             tables=tables)
+                             tables=tables, requests=requests)
 
     return Prefetch(file, index, partial(media_set.segment_tables, selection, index), build, limit, scatter)
 
