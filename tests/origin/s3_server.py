@@ -1,4 +1,5 @@
-"""A real S3 API server for the tests: moto's standalone server (``python -m moto.server``) on a loopback port.
+"""A real S3 API server for the tests: moto's standalone server on a loopback port (run by ``moto_serve.py``, which
+makes its conditional writes atomic, as S3's are).
 
 Signatures are enforced: after setup the fixture sets moto's "initial no-auth action count" to 0 (its
 ``/moto-api/reset-auth``, the server form of ``INITIAL_NO_AUTH_ACTION_COUNT``), so every later request must carry a
@@ -112,13 +113,13 @@ def client(service: str, endpoint: str, access_key: str, secret_key: str):
 
 
 def start_moto(log: Path) -> tuple[subprocess.Popen, str]:
-    """``python -m moto.server`` on port 0 of 127.0.0.1; the URL comes from its banner in the log file (a file, not
-    a pipe: moto logs every request and must never block on a full pipe)."""
+    """moto's server (``moto_serve.py``) on port 0 of 127.0.0.1; the URL comes from its banner in the log file (a
+    file, not a pipe: moto logs every request and must never block on a full pipe)."""
     import moto  # a test dependency (moto[server]); imported here to fail with its name rather than a dead process
 
     env = {**without_aws(dict(os.environ)), **isolated_aws_env(log.parent)}
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("moto_serve.py")), "127.0.0.1", "0"],
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
