@@ -181,6 +181,11 @@ def test_clipped_mp4_plays_in_chromium(gateway_url, source):
     assert abs(report["duration"] - clip_seconds(source)) < FRAME and report["videoWidth"] == 320
 
 
+def moved_on_a_stall(report: dict) -> bool:
+    """hls.js said it moved the playhead itself (a nudge on a stall, a seek over a buffer hole)."""
+    return any(e.get("details") in ("bufferNudgeOnStall", "bufferSeekOverHole") for e in report.get("errors", []))
+
+
 @pytest.mark.browser
 @pytest.mark.parametrize("kind, container", [("hls", "ts"), ("shaka", "ts"), ("hls", "fmp4"), ("shaka", "fmp4")])
 def test_hls_players_start_on_the_picture_at_clip_from(gateway_ts_url, gateway_fmp4_url, kind, container):
@@ -202,15 +207,21 @@ def test_hls_players_start_on_the_picture_at_clip_from(gateway_ts_url, gateway_f
         (traf,) = read_fragment(first)
         assert traf.presentation.min() == 0 and offset == pytest.approx(1.5, abs=0.001)  # key frames every 2 s
     assert precise == "YES"
-    report = play_in_browser(f"{base}/hls/{CLIP}/master.m3u8", seconds=offset + 2, timeout=40, kind=kind)
-    assert report["ok"] and not fatal_errors(report), report
-    events = [e["what"] for e in report["events"]]
-    playing = next(i for i, what in enumerate(events) if what.startswith("playing"))
-    # where the player put the playhead: its last seek before playback (to EXT-X-START; a gap skip would be a later
-    # seek), else where it played from. The picture at clipFrom is on screen from the offset for one frame: a player
-    # starting anywhere in it shows it
-    seeks = [float(what.split("@")[1]) for what in events[:playing] if what.startswith("seeking @")]
-    started = seeks[-1] if seeks else float(events[playing].split("@")[1])
-    assert offset - 0.005 <= started < offset + FRAME, events
+    for _ in range(3):
+        report = play_in_browser(f"{base}/hls/{CLIP}/master.m3u8", seconds=offset + 2, timeout=40, kind=kind)
+        assert report["ok"] and not fatal_errors(report), report
+        events = [e["what"] for e in report["events"]]
+        playing = next(i for i, what in enumerate(events) if what.startswith("playing"))
+        # where the player put the playhead: its last seek before playback (to EXT-X-START; a gap skip would be a
+        # later seek), else where it played from. The picture at clipFrom is on screen from the offset for one frame:
+        # a player starting anywhere in it shows it
+        seeks = [float(what.split("@")[1]) for what in events[:playing] if what.startswith("seeking @")]
+        started = seeks[-1] if seeks else float(events[playing].split("@")[1])
+        if offset - 0.005 <= started < offset + FRAME or not moved_on_a_stall(report):
+            break
+        # hls.js's stall watchdog nudged the playhead at 0 before its start seek ran, then refused that seek
+        # ("already seeking") and skipped the hole to the buffer instead: a busy machine (CI saw seeking @0.100 then
+        # @1.560), not where EXT-X-START puts the player. Play again; a miss without a nudge fails at once
+    assert offset - 0.005 <= started < offset + FRAME, (events, report.get("errors"))
     # and playback began there: 'playing' is noted when the page's busy main thread gets to it, frames later at worst
     assert offset - 0.005 <= float(events[playing].split("@")[1]) < offset + 0.25, events
