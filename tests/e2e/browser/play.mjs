@@ -19,7 +19,8 @@
 //                   buffer runs dry and the player's next requests carry bs (CMCD buffer starvation); `throttle` says
 //                   what was held and when
 //   --network       (implied by the three above) `network`: every request to another origin than the page's (the
-//                   gateway) with its path, status, body bytes as received (request.sizes().responseBodySize) and
+//                   gateway) with its path, status, body bytes as received (request.sizes().responseBodySize), the
+//                   Content-Length answered (`announced`; `aborted` when the player gave up on the body) and
 //                   the CMCD it carried, parsed; `network.bytesByPath` sums the bytes per URL path. Before closing,
 //                   the script waits (up to 3 s) until no such request is in flight, so that what the gateway
 //                   answered and what the page received can be compared.
@@ -211,8 +212,12 @@ async function main() {
         if (!entry) return;
         entries.delete(request);
         try {
-          const response = failed ? null : await request.response();
+          // a request the player abandoned mid-body (dash.js's abandon rule on a slow download) had an answer too:
+          // its status and Content-Length are kept (`aborted`), its bytes are not counted as received
+          const response = await request.response();
           entry.status = response ? response.status() : null;
+          const announced = response ? Number(response.headers()["content-length"]) : NaN;
+          if (Number.isFinite(announced)) entry.announced = announced;
           entry.bytes = failed ? 0 : (await request.sizes()).responseBodySize;
           // Chromium's memory cache answered (no request went out): responseBodySize is then 0 minus the headers
           if (entry.bytes < 0) {
@@ -226,6 +231,7 @@ async function main() {
           entry.error = (request.failure() || {}).errorText || "failed";
           if (blockedRequests.has(request)) entry.blocked = true;
           else network.failed.push(entry);
+          if (entry.status !== null && !entry.blocked) entry.aborted = true;
         } else if (entry.bytes) {
           network.bytesByPath[entry.path] = (network.bytesByPath[entry.path] || 0) + entry.bytes;
         }
