@@ -185,7 +185,8 @@ def video_bandwidths(base: str, play: Play) -> list[int]:
 
 def sent(report: dict, play: Play) -> list[dict]:
     """The requests of the play's stream the gateway answered (not blocked at the end, not from Chromium's memory
-    cache, not failed before an answer). dash.js's clock requests (UTCTiming /time) are no media request: outside the folder."""
+    cache, not failed before an answer). dash.js's clock requests (UTCTiming /time) are no media request: outside
+    the folder."""
     return [r for r in report["network"]["requests"]
             if not r.get("blocked") and not r.get("fromCache") and r.get("status") is not None
             and urllib.parse.unquote(r["path"]).startswith(play.folder)]
