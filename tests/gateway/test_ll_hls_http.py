@@ -349,12 +349,12 @@ def test_blocked_reload_and_hinted_part_through_nginx(tmp_path):
         assert r.headers.get("X-Cache-Status") == "BYPASS"
         assert all(p.status == 200 and p.body == producer.part_bytes(hint.msn, hint.k) for p in answers)
         # the 4 players asking for the hinted part at once made one held upstream request (proxy_cache_lock)
-        upstream = [x.split("upstream=")[1].split()[0] for x in lb.log_lines() if f"/{part_name} " in x]
+        upstream = [x.split("upstream=")[1].split()[0] for x in lb.wait_log_lines(lambda x: f"/{part_name} " in x, 4)]
         assert len(upstream) == 4 and len([u for u in upstream if u != "-"]) == 1, upstream
         hint = producer.hint    # nothing more is produced
         stalled = fetch(f"{lb.base}{URL}?_HLS_msn={hint.msn}&_HLS_part={hint.k}")
         assert stalled.status == 503 and stalled.headers.get("Retry-After") == "1"
-        (line,) = [x for x in lb.log_lines() if f"_HLS_msn={hint.msn}&_HLS_part={hint.k} " in x]
+        (line,) = lb.wait_log_lines(lambda x: f"_HLS_msn={hint.msn}&_HLS_part={hint.k} " in x, 1)
         assert " 503 " in line and line.count("upstream=") == 1 and "," not in line.split("upstream=")[1].split()[0]
     finally:
         lb.stop()

@@ -244,6 +244,17 @@ class Nginx:
     def log_lines(self) -> list[str]:
         return self.access_log.read_text().splitlines() if self.access_log.exists() else []
 
+    def wait_log_lines(self, match, count: int, timeout: float = 10) -> list[str]:
+        """The access-log lines ``match`` accepts, once there are ``count`` of them (or ``timeout`` passed): nginx
+        writes a request's line after its last byte is sent, so a client can hold the answer before the line exists.
+        More than ``count`` are returned as they are, for the caller's assertion to see."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = [line for line in self.log_lines() if match(line)]
+            if len(lines) >= count or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.05)
+
 
 def nginx_config(prefix: Path, pool: Pool, *, cache: bool, rtmp_nodes: tuple[str, ...] = (), **kw) -> NginxConfig:
     """The production template with test paths: everything under ``prefix``, loopback ports, workers as root when

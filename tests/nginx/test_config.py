@@ -191,14 +191,8 @@ def test_hash_key_is_the_entry_of_every_url_form(lb_nocache, live_pool):
     """nginx logs the key it hashed on ($gateway_entry); it must be the entry gateway/http/urls.py parses from the URL."""
     for path in URL_FORMS:
         fetch(lb_nocache.base + path)  # any status: only the key matters here
-    keys: dict[str, str] = {}
-    deadline = time.monotonic() + 10
-    while len(keys) < len(URL_FORMS) and time.monotonic() < deadline:  # the log line follows the response
-        for line in lb_nocache.log_lines():
-            m = re.search(r'"GET (\S+) HTTP/1\.1" \d+ \d+ entry="([^"]*)"', line)
-            if m:
-                keys[m.group(1)] = m.group(2)
-        time.sleep(0.05)
+    logged = re.compile(r'"GET (\S+) HTTP/1\.1" \d+ \d+ entry="([^"]*)"')
+    keys = dict(logged.search(line).groups() for line in lb_nocache.wait_log_lines(logged.search, len(URL_FORMS)))
     for path in URL_FORMS:
         assert keys.get(path) == expected_entry(path), path
     # one title, four protocols, one key: its parsed moov and plans stay on one node
