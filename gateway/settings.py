@@ -5,7 +5,6 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiohttp import web
 
 HLS_CONTAINERS = ("auto", "ts", "fmp4", "mpegts")  # auto: fMP4 for HEVC (Apple requires it), MPEG-TS otherwise
 ACCESS_LOG_FORMATS = ("text", "json")
@@ -169,5 +168,3 @@ def parse_node(text: str) -> tuple[str, int, str | None, int | None]:
         admin_host, admin_port = split(value)
     return host, port, admin_host, admin_port
 
-
-SETTINGS = web.AppKey("settings", Settings)

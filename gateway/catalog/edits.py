@@ -21,6 +21,7 @@ from packagers.errors import PackagerError
 from .catalog import (Catalog, CatalogConflict, CatalogError, CatalogNotFound, CatalogView, Directory, Entry, Flavor,
                       Partner, delete_entry, delete_partner, missing_flavors, parse_entry, read_entry, read_partner,
                       resolve_flavors, write_entry, write_lock, write_partner)
+from ..origin.store import parse_presentation
 
 T = TypeVar("T")
 TRIES = 12  # n writers racing on one file: each round one wins, so the last needs up to n tries
@@ -47,8 +48,6 @@ def new_id(partition: str) -> str:
 def unservable(store, path: str) -> str | None:
     """Why the gateway could not package ``path`` (read as a request would: its moov and sample tables), or None
     (also when there is no such file yet: that is a warning of its own). Blocking."""
-    from ..origin.packaging import parse_presentation
-
     try:
         file = store.identify(path)
     except PackagerError:

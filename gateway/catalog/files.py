@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator, Protocol
 
 from .schema import CATALOG_DIR_NAME, CatalogError
+from ..origin.errors import OriginError
 
 __all__ = ["CatalogConflict", "CatalogFiles", "DirectoryFiles", "OriginFiles", "as_files", "origin_catalog",
            "origin_files",
@@ -159,8 +160,6 @@ class OriginFiles:
 
     def list(self, kind: str) -> dict[str, Any]:
         """{name: signature}; CatalogError when the origin cannot list the folder (the caller keeps what it has)."""
-        from ..origin.origin_client import OriginError
-
         try:
             return self.store._call(self._list(f"{CATALOG_DIR_NAME}/{kind}/"))
         except OriginError as e:
@@ -195,8 +194,6 @@ class OriginFiles:
                                ) from None
 
     def read(self, rel: str) -> tuple[Any, bytes] | None:
-        from ..origin.origin_client import OriginError
-
         try:
             status, headers, body = self.store._call(self.store.client.send("GET", self.store.url(
                 f"{CATALOG_DIR_NAME}/{rel}")))

@@ -27,7 +27,7 @@ from ..catalog.catalog import CatalogError, CatalogNotFound, Entry, Flavor, Part
 from ..catalog.edits import (change_entry, change_partner, create_entry, create_partner, new_id, remove_entry,
                              remove_partner)
 from ..origin.packaging import PACKAGING
-from ..settings import SETTINGS
+from ..ops.app_keys import SETTINGS
 from .admin_openapi import openapi_document
 from .analytics_api import QueryError, analytics
 

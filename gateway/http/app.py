@@ -28,7 +28,8 @@ from .rtmp_control import add_rtmp_control_routes, is_control_path
 from ..origin.cache import Caches
 from ..origin.packaging import PACKAGING, Packaging
 from .responses import ALLOWED_METHODS, add_common_headers, cache_control, preflight
-from ..settings import SETTINGS, Settings
+from ..ops.app_keys import SETTINGS
+from ..settings import Settings
 from ..origin.store import FileChanged
 from ..origin.fallback import FALLBACK_HEADER, NO_FALLBACK
 from ..catalog.access import CATALOG, IDENTITY_WATCH, IdentityWatch, authorize, catalog_view

@@ -43,7 +43,7 @@ from ..ops.audience_node import AUDIENCE_STREAM
 from ..ops.labels import REQUEST_LABEL, live_label
 from ..origin.packaging import PACKAGING
 from .responses import serve_packaged
-from ..settings import SETTINGS
+from ..ops.app_keys import SETTINGS
 from .thumbnails import JPEG_TYPE, THUMBNAIL_SLOTS
 
 DIRECTIVES = ("_HLS_msn", "_HLS_part", "_HLS_skip")

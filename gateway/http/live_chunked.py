@@ -27,7 +27,7 @@ from rtmp.live import MEDIA_PLAYLIST
 
 from .live_wait import BLOCK_TARGETS, GONE, LIVE_WAITS, Overloaded, read_whole
 from .responses import cache_control
-from ..settings import SETTINGS
+from ..ops.app_keys import SETTINGS
 
 __all__ = ["DASH_SEGMENT", "serve_growing_segment"]
 

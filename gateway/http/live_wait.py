@@ -33,7 +33,7 @@ from rtmp.live.writer import DELTA_PLAYLIST
 from .errors import error_response
 from .responses import serve_packaged
 from ..origin.packaging import PACKAGING
-from ..settings import SETTINGS
+from ..ops.app_keys import SETTINGS
 
 __all__ = ["DELTA_PLAYLIST", "GONE", "LIVE_WAITS", "LiveWaits", "Overloaded", "PLAYLIST_MAX_AGE", "PLAYLIST_TYPE",
            "Snapshot", "live_waits_state", "read_snapshot", "read_whole", "serve_fresh_playlist", "serve_hinted_part",

@@ -27,7 +27,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..ingest.service import INGEST, Ingest
-from ..settings import SETTINGS
+from ..ops.app_keys import SETTINGS
 from .errors import error_response
 
 __all__ = ["add_rtmp_control_routes", "is_control_path", "stream_info"]

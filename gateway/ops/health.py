@@ -19,7 +19,7 @@ import time
 from aiohttp import web
 
 from ..origin.packaging import PACKAGING
-from ..settings import SETTINGS
+from .app_keys import SETTINGS
 
 __all__ = ["READINESS", "READY_CACHE_SECONDS", "Readiness", "WORKER_INDEX", "add_health_routes", "probe_store"]
 

@@ -37,7 +37,8 @@ from .health import WORKER_INDEX
 from .labels import request_label
 from .metrics import _START, PROMETHEUS, ingest_stats
 from .timeseries import Dashboard
-from ..origin.packaging import PACKAGING, parse_presentation
+from ..origin.packaging import PACKAGING
+from ..origin.store import parse_presentation
 
 log = logging.getLogger("gateway.status_page")
 

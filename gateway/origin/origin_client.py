@@ -27,6 +27,7 @@ from typing import Awaitable, Callable, Mapping
 import aiohttp
 from yarl import URL
 
+from .errors import OriginChanged, OriginError, OriginNotFound
 from .landing import Disarmed, Landing
 from .range_protocol import RangePool, Unusual
 
@@ -34,25 +35,6 @@ log = logging.getLogger("gateway")
 
 # (method, url, headers) -> headers to send: e.g. gateway.origin.s3's SigV4 signer
 Signer = Callable[[str, str, Mapping[str, str]], Mapping[str, str]]
-
-
-class OriginError(Exception):
-    """The origin failed this request: ``status`` 502 (bad or no answer) or 504 (no answer in time)."""
-
-    def __init__(self, status: int, reason: str):
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-class OriginNotFound(Exception):
-    pass
-
-
-class OriginChanged(Exception):
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True)

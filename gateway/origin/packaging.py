@@ -26,14 +26,13 @@ from packagers.selection import number_tracks
 from packagers.limits import Limits
 from packagers.media_set import MediaSet, Selection
 from packagers.model import Presentation
-from packagers.mp4 import read_presentation
 
 from .. import __version__
 from .cache import Caches
 from ..settings import Settings
 from .prefetch import Prefetch
 from .remote import make_store
-from .store import ContentStore, FileIdentity, Store, WouldBlock
+from .store import ContentStore, FileIdentity, Store, WouldBlock, parse_presentation
 from .paths import MediaTarget
 
 T = TypeVar("T")
@@ -258,15 +257,6 @@ def timed(observe_stage: Callable[[str, int], None], stage: str, fn: Callable[..
 def limits_from(settings: Settings) -> Limits:
     """The packaging core's limits from the server settings (the rest keep packagers.limits' defaults)."""
     return Limits(max_frame_count=settings.max_frame_count, segment_max_frame_count=settings.segment_max_frame_count)
-
-
-def parse_presentation(store: Store, file: FileIdentity, limits: Limits | None = None) -> Presentation:
-    """Read the moov of one file (box headers and moov only). Blocking. The allocated size of the open file bounds
-    the sample bytes it may claim (a sparse file cannot promise bytes it does not hold)."""
-    with store.open(file) as reader:
-        allocated = reader.allocated_bytes()
-        return read_presentation(reader.pread, file.size, file.path, limits=limits or Limits(),
-                                 allocated_bytes=allocated)
 
 
 PACKAGING = web.AppKey("packaging", Packaging)

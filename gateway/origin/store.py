@@ -24,6 +24,9 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from packagers.errors import bad_data, not_found
+from packagers.limits import Limits
+from packagers.model import Presentation
+from packagers.mp4 import read_presentation
 from packagers.media_data import MAX_PIECES_PER_READ, SKIP_LIMIT, ReadRequest, ScatterRead
 
 
@@ -397,3 +400,12 @@ def _checked(read: Callable[[], int], nowait: bool) -> int:
         if nowait and e.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # EINVAL: kernels before the flag existed
             raise WouldBlock(unsupported=True) from None
         raise
+
+
+def parse_presentation(store: Store, file: FileIdentity, limits: Limits | None = None) -> Presentation:
+    """Read the moov of one file (box headers and moov only). Blocking. The allocated size of the open file bounds
+    the sample bytes it may claim (a sparse file cannot promise bytes it does not hold)."""
+    with store.open(file) as reader:
+        allocated = reader.allocated_bytes()
+        return read_presentation(reader.pread, file.size, file.path, limits=limits or Limits(),
+                                 allocated_bytes=allocated)

@@ -20,7 +20,7 @@ from ..catalog.catalog import (ENTRY_ID, CatalogError, CatalogNotFound, CatalogV
 from ..catalog.edits import after_write, current_view, new_id
 from ..catalog.files import origin_catalog
 from ..catalog.schema import CAPTION_TAG, LANGUAGE_TAG
-from ..origin.origin_client import OriginError
+from ..origin.errors import OriginError
 from ..origin.store import Store
 from ..settings import Settings
 from .config_file import ConfigError, ConfigSource

@@ -18,6 +18,8 @@ from packagers.errors import PackagerError
 
 from ..catalog.catalog import CatalogView
 from ..catalog.edits import current_view
+from ..catalog.files import origin_catalog
+from ..origin.store import Store, parse_presentation
 
 BROWSER_CODECS = {"h264", "aac"}  # what every MSE browser decodes
 CODEC_NOTES = {
@@ -35,8 +37,6 @@ class Finding:
 
 def check_catalog(view: CatalogView, store) -> tuple[list[Finding], int]:
     """(findings, files probed): the catalog's problems, then every flavor file of every entry. Blocking."""
-    from ..origin.packaging import parse_presentation
-
     findings = [Finding("error" if _is_error(p) else "warning", p.split(": ", 1)[0], p.split(": ", 1)[-1])
                 for p in view.problems]
     probed: dict[str, list[Finding]] = {}
@@ -94,9 +94,6 @@ def cmd_check(args: argparse.Namespace, directory) -> int:
 
 def check_settings(settings, as_json: bool = False) -> int:
     """``gateway serve --check``: the catalog and media of a loaded configuration, as ``gateway check``."""
-    from ..catalog.files import origin_catalog
-    from ..origin.store import Store
-
     if settings.origin:
         with origin_catalog(settings) as (store, files):
             view = current_view(None, settings.catalog or files)()

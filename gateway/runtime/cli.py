@@ -18,7 +18,6 @@ from .catalog_cli import add_catalog_commands
 from ..tools.nginx_config import add_nginx_config_command
 from ..tools.cmcd_load import add_analytics_load_command
 from .config_file import LOG_LEVELS, ConfigError, ConfigSource, load_rtmp_table
-from .serve import serve, serve_config
 from ..ops.log_format import configure_logging
 from ..settings import ACCESS_LOG_FORMATS, DASH_SUBTITLE_FORMATS, HLS_CONTAINERS, THUMBNAIL_MODES, Settings
 from rtmp.config import RtmpConfig
@@ -244,6 +243,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             lines.append(f"  status page and test player: {base}/")
         print("\n".join(lines), flush=True)
 
+    from .serve import serve_config  # (on demand: the catalog commands never load the server)
+
     return serve_config(config, banner, reload=source.load)
 
 
@@ -295,6 +296,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "above with `ffplay URL` or in Safari. Ctrl-C stops the server.",
         ]
         print("\n".join(lines), flush=True)
+
+    from .serve import serve
 
     serve(settings, banner)
     return 0

@@ -51,7 +51,7 @@ def measure_segment_build(path: Path, segment_ms: int, container: str, limit: in
     from packagers.ts import TsMuxer
 
     from ..http.products import Scatter, build_segment
-    from ..origin.packaging import parse_presentation
+    from ..origin.store import parse_presentation
     from ..origin.store import Store
 
     store = Store(path.parent)

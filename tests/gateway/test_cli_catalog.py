@@ -89,6 +89,20 @@ def test_operator_session_as_subprocesses(store):
     assert [e.id for e in catalog.entries_for_path("a/lo.mp4")] == ["0_abcd1234"]
 
 
+def test_catalog_commands_start_without_the_server(store):
+    """A catalog command (operators and their scripts run many) loads neither aiohttp nor the server: importing
+    them was about 40 % of each command's time (`gateway partners list`: 1.18 s before, 0.67 s after, median of 7)."""
+    commands = [["partners", "add", "7", "--name", "P"], ["partners", "list"], ["check"],
+                ["entries", "add", "0_load0001", "--partner", "7", "--name", "M", "--flavor", "a/hi.mp4"]]
+    loaded = "sorted(m for m in sys.modules if m.startswith(('aiohttp', 'gateway.runtime.serve')))"
+    code = ("import json, sys; from gateway.runtime.cli import main; "
+            f"codes = [main(c + ['--store', {str(store)!r}]) for c in {commands!r}]; "
+            f"print(json.dumps([codes, {loaded}]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       cwd=Path(__file__).resolve().parents[2])
+    assert json.loads(r.stdout.splitlines()[-1]) == [[0, 0, 0, 0], []], (r.stdout, r.stderr)
+
+
 def test_partners_add(store, capsys):
     s = ("--store", str(store))
     assert run(capsys, "partners", "add", "101", "--name", "Acme", "--secret", SECRET, *s)[0] == 0

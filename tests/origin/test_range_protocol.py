@@ -16,7 +16,7 @@ from gateway.http.products import Scatter, build_segment
 from gateway.origin import store as store_module
 from gateway.origin.landing import Disarmed, Landing
 from gateway.origin.origin_client import OriginChanged, OriginClient, OriginError, OriginOptions
-from gateway.origin.packaging import parse_presentation
+from gateway.origin.store import parse_presentation
 from gateway.origin.remote import RemoteStore
 from gateway.origin.store import Store
 from packagers.media_set import MediaSet
