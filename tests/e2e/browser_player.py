@@ -40,6 +40,7 @@ import tempfile
 import threading
 import urllib.parse
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tests.needs import in_ci
@@ -288,6 +289,14 @@ def picture_stats(rgb) -> dict | None:
     luma = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     return {"width": rgb.shape[1], "height": rgb.shape[0], "lumaMean": float(luma.mean()),
             "lumaVariance": float(luma.var()), "nonBlackFraction": float((luma > 24).mean())}
+
+
+def plays_at_once(plays: dict, workers: int = 2) -> dict:
+    """``play_in_browser(**kwargs)`` of each ``{key: kwargs}``, ``workers`` at a time (a play mostly waits for the
+    media's own real time): ``{key: Future}``, all done; a test takes its own with ``.result()``, which raises what
+    that play raised and nothing of the others."""
+    with ThreadPoolExecutor(workers) as pool:
+        return {key: pool.submit(play_in_browser, **kwargs) for key, kwargs in plays.items()}
 
 
 async def aplay_in_browser(manifest_url: str, seconds: float = 3.0, timeout: float = 40.0, **kwargs) -> dict:

@@ -27,7 +27,7 @@ from fixtures.generate import fixture_path
 from packagers.ts import TS_PTS_OFFSET
 
 from ..packagers.fmp4_tools import read_fragment, root
-from .browser_player import fatal_errors, play_in_browser, require_browser
+from .browser_player import fatal_errors, plays_at_once, require_browser
 from .conftest import start_gateway
 from .http import get
 
@@ -235,17 +235,27 @@ def test_catalog_captions_come_with_the_entry_urls(caption_base):
     assert raised.value.code == 403 and b"captions are disabled" in raised.value.read()
 
 
-@pytest.mark.browser
-@pytest.mark.parametrize("kind, path, fmp4", [
+PLAYS = [
     ("hls", f"hls/{SET}/master.m3u8", False), ("shaka", f"hls/{SET}/master.m3u8", False),
     ("hls", f"hls/{SET}/master.m3u8", True), ("shaka", f"dash/{SET}/manifest.mpd", False),
     ("dash", f"dash/{SET}/manifest.mpd", False), ("shaka", f"dash/{SET}/manifest.mpd", "stpp"),
     ("dash", f"dash/{SET}/manifest.mpd", "stpp"), ("mss", f"mss/{SET}/manifest", False),
-])  # fmt: skip
-def test_players_show_each_cue_once(caption_base, kind, path, fmp4):
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def caption_plays(caption_base):
+    """Every play of PLAYS (9 s of media each, in real time), two at a time."""
     require_browser()
-    base = {False: caption_base[0], True: caption_base[2], "stpp": caption_base[3]}[fmp4]
-    report = play_in_browser(f"{base}/{path}", seconds=9, timeout=60, kind=kind, text=True)
+    bases = {False: caption_base[0], True: caption_base[2], "stpp": caption_base[3]}
+    return plays_at_once({(kind, path, fmp4): dict(manifest_url=f"{bases[fmp4]}/{path}", seconds=9, timeout=60,
+                                                   kind=kind, text=True) for kind, path, fmp4 in PLAYS})
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("kind, path, fmp4", PLAYS)
+def test_players_show_each_cue_once(caption_plays, kind, path, fmp4):
+    report = caption_plays[(kind, path, fmp4)].result()
     assert report["ok"] and not fatal_errors(report), report
     assert [t["language"][:2] for t in report["subtitleTracks"]] == ["en", "fr"], report["subtitleTracks"]
     shown = [c for t in report["textTracks"] for c in t["cues"]]

@@ -12,7 +12,7 @@ import pytest
 
 from fixtures.generate import fixture_path
 
-from .browser_player import fatal_errors, in_ci, play_in_browser, require_browser
+from .browser_player import fatal_errors, in_ci, plays_at_once, require_browser
 
 URLSET = "title_,360p,240p,180p,.mp4.urlset"
 
@@ -26,12 +26,25 @@ def source_frames(name: str) -> dict[str, int]:
         return counts
 
 
+PATHS = [URLSET, "two_audio.mp4", "audio_only.mp4"]
+
+
+@pytest.fixture(scope="module")
+def reports(gateway_url, gateway_fmp4_url):
+    """Every browser play of this module (3 s of media each), two at a time: {(player, path): Future of its report}."""
+    require_browser()
+    plays = {(kind, path): dict(manifest_url=f"{gateway_url}/dash/{path}/manifest.mpd", kind=kind, seconds=3.0,
+                                timeout=60) for kind in ("dash", "shaka") for path in PATHS}
+    plays.update({("hls", path): dict(manifest_url=f"{gateway_fmp4_url}/hls/{path}/master.m3u8", seconds=3.0,
+                                      timeout=60) for path in PATHS})
+    return plays_at_once(plays)
+
+
 @pytest.mark.browser
 @pytest.mark.parametrize("kind", ["dash", "shaka"])
-@pytest.mark.parametrize("path", [URLSET, "two_audio.mp4", "audio_only.mp4"])
-def test_dash_plays_in_dash_js_and_shaka(gateway_url, kind, path):
-    require_browser()
-    report = play_in_browser(f"{gateway_url}/dash/{path}/manifest.mpd", kind=kind, seconds=3.0, timeout=60)
+@pytest.mark.parametrize("path", PATHS)
+def test_dash_plays_in_dash_js_and_shaka(reports, kind, path):
+    report = reports[(kind, path)].result()
     assert report["ok"], report
     assert not fatal_errors(report), report["errors"]
     assert report["currentTime"] >= 3.0
@@ -43,10 +56,9 @@ def test_dash_plays_in_dash_js_and_shaka(gateway_url, kind, path):
 
 
 @pytest.mark.browser
-@pytest.mark.parametrize("path", [URLSET, "two_audio.mp4", "audio_only.mp4"])
-def test_hls_fmp4_plays_in_hls_js(gateway_fmp4_url, path):
-    require_browser()
-    report = play_in_browser(f"{gateway_fmp4_url}/hls/{path}/master.m3u8", seconds=3.0, timeout=60)
+@pytest.mark.parametrize("path", PATHS)
+def test_hls_fmp4_plays_in_hls_js(reports, path):
+    report = reports[("hls", path)].result()
     assert report["ok"], report
     assert not fatal_errors(report), report["errors"]
     if path != "audio_only.mp4":
