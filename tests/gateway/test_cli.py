@@ -169,7 +169,7 @@ def test_python_dash_m_gateway_version():
 
 def test_demo_banner_lists_playable_urls(monkeypatch, tmp_path, capsys):
     """`gateway demo` fills ./media once and prints URLs; the server loop itself is stubbed out here."""
-    from gateway.runtime import cli
+    from gateway.runtime import serve as serve_module  # (`gateway demo` imports it when it runs)
 
     monkeypatch.chdir(tmp_path)
     seen = {}
@@ -178,7 +178,7 @@ def test_demo_banner_lists_playable_urls(monkeypatch, tmp_path, capsys):
         seen["settings"] = settings
         on_listening("http://127.0.0.1:8080")
 
-    monkeypatch.setattr(cli, "serve", fake_serve)
+    monkeypatch.setattr(serve_module, "serve", fake_serve)
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
     assert "http://127.0.0.1:8080/hls/title_,360p,240p,180p,.mp4.urlset/master.m3u8" in out
