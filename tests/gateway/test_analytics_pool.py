@@ -308,8 +308,11 @@ MIN_MEMORY_MB = 0.07  # the least Audience accepts is 64 KiB
 def test_a_thousand_players_through_nginx_match_the_truth_minute_by_minute(gateways, store, tmp_path):
     """The memory bound, per worker: during the load it is loose enough that no record can be dropped (an open minute
     costs ~10 times what it costs once closed, and which worker gets how much is up to nginx's hash and the kernel);
-    then a reload sets each node's bound below what its workers hold: the oldest minutes go, the API still answers,
-    and the minutes kept equal the truth."""
+    then a reload sets each node's bound below what its workers hold (or to the least bound there is): the oldest
+    minutes go, the API still answers, and the minutes kept equal the truth. (How much each worker holds varies from
+    run to run: nginx's consistent hash is over the nodes' ports, free ones picked at random, and the kernel shares a
+    node's connections between its workers; one worker may hold five times another, or barely more than the least
+    bound there is.)"""
     for i in range(LOAD_FILES):
         add_to_store(store, "audio_only.mp4", f"a{i}.mp4")
     ports, admins = [free_port() for _ in range(2)], [free_port() for _ in range(2)]
@@ -338,23 +341,32 @@ def test_a_thousand_players_through_nginx_match_the_truth_minute_by_minute(gatew
     assert truth["failed"] == 0 and truth["requests"] > 4000, truth["failures"]
     assert truth["seconds"] < 30, truth["seconds"]
 
-    stats = [worker_export(port, i)["stats"] for port in ports for i in range(2)]
+    before = [worker_export(port, i) for port in ports for i in range(2)]
+    stats = [e["stats"] for e in before]
     assert all(s["memory_bytes"] <= s["max_bytes"] == int(LOAD_MEMORY_MB * 1024 * 1024) for s in stats), stats
     assert all(s["dropped_over_budget"] == 0 for s in stats), stats
     assert stats[0]["records"] + stats[1]["records"] > 0 and stats[2]["records"] + stats[3]["records"] > 0  # nginx
     for n, (gw, path, values) in enumerate(zip(gws, configs, settings)):
-        smallest = min(s["memory_bytes"] for s in stats[2 * n:2 * n + 2])
-        # well below: the reload also closes each worker's open minute, which alone can free ~25 % (0.75 left a
-        # worker under the bound with nothing evicted once in CI)
-        bound = max(MIN_MEMORY_MB, round(smallest * 0.6 / (1 << 20), 4))
+        held = [s["memory_bytes"] for s in stats[2 * n:2 * n + 2]]
+        # below the smaller worker's bytes (and well below: closing a worker's open minute alone can free ~25 %),
+        # but not so far below the larger's that it keeps no minute to compare with the truth
+        bound = max(MIN_MEMORY_MB, round(max(min(held) * 0.6, max(held) * 0.35) / (1 << 20), 4))
         reload(gw, path, store, 2 + n, analytics_memory_mb=bound, **values)
-    exports = {(port, i): worker_export(port, i) for port in ports for i in range(2)}
-    shrunk = [e["stats"] for e in exports.values()]
-    assert all(s["memory_bytes"] <= s["max_bytes"] < b["memory_bytes"] for s, b in zip(shrunk, stats)), shrunk
-    assert sum(a["evicted_minutes"] > b["evicted_minutes"] for b, a in zip(stats, shrunk)) >= 2, (stats, shrunk)
+    after = [worker_export(port, i) for port in ports for i in range(2)]
+    shrunk = [e["stats"] for e in after]
+    assert all(s["memory_bytes"] <= s["max_bytes"] < LOAD_MEMORY_MB * (1 << 20) for s in shrunk), shrunk
+    evicted = [a["evicted_minutes"] > b["evicted_minutes"] for b, a in zip(stats, shrunk)]
+    # a worker that held twice its new bound must have let minutes go (what else a reload frees, its startup tables
+    # cut to an eighth of the bound, is less than half of the least bound); one at least did
+    assert all(e for e, b, a in zip(evicted, stats, shrunk) if b["memory_bytes"] > 2 * a["max_bytes"]), shrunk
+    assert any(evicted), (stats, shrunk)
     assert all(s["dropped_over_budget"] == 0 for s in shrunk)
-    cutoff = max((min(map(int, e["minutes"]), default=1 << 40) for e in exports.values()
-                  if e["stats"]["evicted_minutes"]), default=0)
+    # the oldest minutes went: every minute a worker let go is older than every minute it kept
+    lost = [sorted(int(m) for m in set(b["minutes"]) - set(a["minutes"])) for b, a in zip(before, after)]
+    assert all(not gone or gone[-1] < min(map(int, a["minutes"]), default=gone[-1] + 1)
+               for gone, a in zip(lost, after)), (lost, [sorted(a["minutes"]) for a in after])
+    # from the minute after the newest one any worker let go, the pool's answer must equal the truth
+    cutoff = max((gone[-1] for gone in lost if gone), default=-1) + 1
     status, body, _ = api(admins[1], scope="pool", top=1000, **{"from": cutoff})
     assert status == 200 and body["nodes"]["missing"] == [] and len(body["nodes"]["answered"]) == 2
     for node_stats in body["nodes"]["workers"].values():
@@ -379,6 +391,6 @@ def test_a_thousand_players_through_nginx_match_the_truth_minute_by_minute(gatew
             compared += 1
         if not any(stream == label for stream, _ in uncertain):
             assert row["totals"] == {**expected["totals_since"][str(min(kept))], "errors": 0}, label
-    assert compared >= 2 * len(streams), compared  # a few minutes of each stream survived the evictions
+    assert compared >= len(streams), compared  # as many stream-minutes as streams at least survived the evictions
     for gw in gws:
         assert gw.stop() == 0
