@@ -26,7 +26,6 @@ import urllib.parse
 import urllib.request
 import uuid
 import xml.etree.ElementTree as ET
-from concurrent.futures import ThreadPoolExecutor
 
 import m3u8
 import pytest
@@ -35,7 +34,7 @@ from fixtures.generate import fixture_path
 from tests.gateway.processes import Gateway, wait_until
 from tests.needs import needs_executable
 
-from .browser_player import fatal_errors, play_in_browser, require_browser
+from .browser_player import fatal_errors, plays_at_once, require_browser
 from .conftest import free_port
 from .test_live_players import playback_progress
 
@@ -124,8 +123,8 @@ def plays(tmp_path_factory):
             for play in PLAYS:
                 if play.live:
                     publishers.enter_context(publishing(store, rtmp_port, play.prefix))
-            with ThreadPoolExecutor(max_workers=2) as pool:
-                reports = dict(zip([p.name for p in PLAYS], pool.map(lambda p: _play(gw.base, p), PLAYS)))
+            played = plays_at_once({p.name: _play(gw.base, p) for p in PLAYS})
+            reports = {name: future.result() for name, future in played.items()}
             yield admin_port, gw.base, {p.name: (p, reports[p.name]) for p in PLAYS}
     finally:
         gw.stop()
@@ -161,14 +160,14 @@ def _admin_up(port: int) -> bool:
 
 
 def _play(base: str, play: Play) -> dict:
+    """play_in_browser's arguments for ``play``."""
     sid = f"e2e-{play.name}-{uuid.uuid4().hex[:12]}"
     if play.live:  # never "ok": plays on for the timeout, then the test measures the progress
-        return play_in_browser(base + play.path(), seconds=1e9, timeout=14, kind=play.kind, cmcd=sid,
-                               cmcd_mode=play.mode)
-    return play_in_browser(base + play.path(), seconds=8 if play.throttle else 5, timeout=45, kind=play.kind,
-                           cmcd=sid, cmcd_mode=play.mode, level=1,
-                           config=SMALL_BUFFER[play.kind] if play.throttle else None,
-                           throttle=f"{play.throttle}:4000" if play.throttle else None)
+        return dict(manifest_url=base + play.path(), seconds=1e9, timeout=14, kind=play.kind, cmcd=sid,
+                    cmcd_mode=play.mode)
+    return dict(manifest_url=base + play.path(), seconds=8 if play.throttle else 5, timeout=45, kind=play.kind,
+                cmcd=sid, cmcd_mode=play.mode, level=1, config=SMALL_BUFFER[play.kind] if play.throttle else None,
+                throttle=f"{play.throttle}:4000" if play.throttle else None)
 
 
 def video_bandwidths(base: str, play: Play) -> list[int]:
